@@ -1,0 +1,33 @@
+//! `drun images`.
+
+use anyhow::Result;
+
+use crate::cli::{GlobalArgs, ImagesArgs};
+use crate::units::ByteSize;
+
+pub fn run(global: &GlobalArgs, args: ImagesArgs) -> Result<i32> {
+    let store = super::open_store(global)?;
+    let images = store.images()?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&images)?);
+    } else if args.quiet {
+        for r in &images {
+            println!("{}", r.name);
+        }
+    } else {
+        let width = images.iter().map(|r| r.name.len()).max().unwrap_or(0).max(10);
+        println!("{:<width$}  {:<12}  {:<19}  {:>10}  PULLED", "REFERENCE", "IMAGE ID", "DIGEST", "SIZE");
+        let fmt = time::macros::format_description!("[year]-[month]-[day] [hour]:[minute]:[second]");
+        for r in &images {
+            println!(
+                "{:<width$}  {:<12}  sha256:{:<12}  {:>10}  {}",
+                r.name,
+                r.id().short(),
+                r.manifest_digest.short(),
+                ByteSize(r.size).to_string(),
+                r.pulled_at.format(&fmt).unwrap_or_default()
+            );
+        }
+    }
+    Ok(0)
+}

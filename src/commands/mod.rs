@@ -1,0 +1,28 @@
+//! One module per subcommand. Only here is anything printed to stdout.
+
+pub mod images;
+pub mod inspect;
+pub mod prune;
+pub mod pull;
+pub mod rmi;
+
+use anyhow::{Context, Result};
+
+use crate::cli::{Command, GlobalArgs};
+use crate::image::store::Store;
+
+pub fn open_store(global: &GlobalArgs) -> Result<Store> {
+    let root = global.root.clone().unwrap_or_else(crate::config::default_root);
+    Store::open(&root).with_context(|| format!("cannot open the image store at {}", root.display()))
+}
+
+/// Runs a parsed command; returns the process exit status.
+pub fn dispatch(global: &GlobalArgs, command: Command) -> Result<i32> {
+    match command {
+        Command::Pull(a) => pull::run(global, a),
+        Command::Images(a) => images::run(global, a),
+        Command::Inspect(a) => inspect::run(global, a),
+        Command::Rmi(a) => rmi::run(global, a),
+        Command::Prune(a) => prune::run(global, a),
+    }
+}

@@ -1,0 +1,20 @@
+//! `drun rmi`: forget images, then collect what nothing references any more.
+
+use anyhow::Result;
+
+use crate::cli::{GlobalArgs, RmiArgs};
+use crate::image::source::lookup_names;
+use crate::units::ByteSize;
+
+pub fn run(global: &GlobalArgs, args: RmiArgs) -> Result<i32> {
+    let store = super::open_store(global)?;
+    let lock = store.lock_exclusive()?;
+    for typed in &args.images {
+        let rec = store.find_image(typed, &lookup_names(typed))?;
+        store.remove_image(&rec.name)?;
+        println!("Untagged: {}", rec.name);
+    }
+    let freed = store.collect_garbage(&lock)?;
+    eprintln!("freed {}", ByteSize(freed));
+    Ok(0)
+}

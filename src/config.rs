@@ -1,0 +1,136 @@
+//! drun's configuration: store location and per-registry settings.
+//!
+//! Files, later ones overriding earlier ones per registry: `/etc/drun/config.toml`, then
+//! `$XDG_CONFIG_HOME/drun/config.toml` (default `~/.config/drun/config.toml`); `DRUN_CONFIG=FILE` replaces both.
+//!
+//! ```toml
+//! # extra CA certificates trusted for every registry (PEM files)
+//! ca_files = ["/etc/drun/certs/site-ca.pem"]
+//!
+//! [registries."registry.example.org:5000"]
+//! insecure = true                          # allow plain HTTP and unverified TLS for this registry
+//! ca_files = ["/etc/drun/certs/reg.pem"]  # CA certificates for this registry only
+//! ```
+//! Registries on 127.0.0.0/8, `::1` and `localhost` may use plain HTTP without configuration, as in Docker.
+
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub ca_files: Vec<PathBuf>,
+    #[serde(default)]
+    pub registries: BTreeMap<String, RegistryConfig>,
+}
+
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegistryConfig {
+    #[serde(default)]
+    pub insecure: bool,
+    #[serde(default)]
+    pub ca_files: Vec<PathBuf>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("failed to read config file {path}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("invalid config file {path}: {source}")]
+    Parse { path: PathBuf, source: toml::de::Error },
+}
+
+impl Config {
+    /// Loads the system and user configuration files (missing files are fine).
+    pub fn load() -> Result<Config, ConfigError> {
+        let files: Vec<PathBuf> = match std::env::var_os("DRUN_CONFIG") {
+            Some(f) => vec![PathBuf::from(f)],
+            None => {
+                let mut v = vec![PathBuf::from("/etc/drun/config.toml")];
+                if let Some(dir) = xdg_dir("XDG_CONFIG_HOME", ".config") {
+                    v.push(dir.join("drun/config.toml"));
+                }
+                v
+            }
+        };
+        let mut cfg = Config::default();
+        for path in files {
+            let text = match std::fs::read_to_string(&path) {
+                Ok(t) => t,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(source) => return Err(ConfigError::Read { path, source }),
+            };
+            let more: Config = toml::from_str(&text).map_err(|source| ConfigError::Parse { path: path.clone(), source })?;
+            cfg.ca_files.extend(more.ca_files);
+            cfg.registries.extend(more.registries);
+        }
+        Ok(cfg)
+    }
+
+    pub fn registry(&self, host: &str) -> RegistryConfig {
+        self.registries.get(host).cloned().unwrap_or_default()
+    }
+
+    /// Whether plain HTTP may be used for `host` (`name[:port]`).
+    pub fn allows_http(&self, host: &str) -> bool {
+        self.registry(host).insecure || is_loopback_host(host)
+    }
+}
+
+/// `localhost`, `127.x.y.z` or `[::1]`, with or without a port.
+pub fn is_loopback_host(host: &str) -> bool {
+    let name = if let Some(rest) = host.strip_prefix('[') {
+        rest.split(']').next().unwrap_or(rest)
+    } else {
+        host.rsplit_once(':').map_or(host, |(h, p)| if p.bytes().all(|b| b.is_ascii_digit()) { h } else { host })
+    };
+    name.eq_ignore_ascii_case("localhost") || name.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+/// `$VAR` if set and absolute, else `$HOME/<fallback>`.
+pub fn xdg_dir(var: &str, fallback: &str) -> Option<PathBuf> {
+    match std::env::var_os(var).map(PathBuf::from) {
+        Some(p) if p.is_absolute() => Some(p),
+        _ => std::env::var_os("HOME").map(|h| Path::new(&h).join(fallback)),
+    }
+}
+
+/// The store root: `--root`/`DRUN_ROOT`, else `/var/lib/drun` for root and `$XDG_DATA_HOME/drun` otherwise.
+pub fn default_root() -> PathBuf {
+    if nix::unistd::geteuid().is_root() {
+        PathBuf::from("/var/lib/drun")
+    } else {
+        xdg_dir("XDG_DATA_HOME", ".local/share").unwrap_or_else(|| PathBuf::from("/tmp")).join("drun")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loopback_hosts() {
+        for h in ["localhost", "localhost:5000", "127.0.0.1:5000", "127.1.2.3", "[::1]:5000"] {
+            assert!(is_loopback_host(h), "{h}");
+        }
+        for h in ["docker.io", "10.0.0.1:5000", "localhost.example.com", "128.0.0.1"] {
+            assert!(!is_loopback_host(h), "{h}");
+        }
+    }
+
+    #[test]
+    fn parses_registry_table() {
+        let cfg: Config = toml::from_str(
+            "ca_files = [\"/a.pem\"]\n[registries.\"r.example:5000\"]\ninsecure = true\nca_files = [\"/b.pem\"]\n",
+        )
+        .unwrap();
+        assert!(cfg.allows_http("r.example:5000"));
+        assert!(!cfg.allows_http("other.example"));
+        assert_eq!(cfg.registry("r.example:5000").ca_files, vec![PathBuf::from("/b.pem")]);
+        assert!(toml::from_str::<Config>("[registries.x]\ninsecur = true\n").is_err());
+    }
+}

@@ -1,0 +1,538 @@
+//! Pulling: resolve a source to one manifest for the platform, fetch its config, and make sure every layer is
+//! unpacked in the store — downloading, verifying and unpacking each layer in one streaming pass, layers
+//! concurrently — then record the image.
+
+use std::io::{self, BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use oci_client::Reference;
+use serde::Deserialize;
+use tokio::sync::mpsc;
+
+use crate::config::Config;
+use crate::digest::{Digest, HashingReader};
+use crate::image::local::{self, LocalError};
+use crate::image::platform::Platform;
+use crate::image::registry::{Registry, RegistryError};
+use crate::image::source::ImageSource;
+use crate::image::store::{remove_tree, ImageRecord, LayerMeta, LayerRecord, Store, StoreError, IDMAP_HOST};
+use crate::image::unpack::{unpack_layer, UnpackError, UnpackOptions, UnpackStats};
+use crate::progress::Progress;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PullError {
+    #[error("failed to pull {name}")]
+    Registry { name: String, source: RegistryError },
+    #[error("failed to pull {name}")]
+    Local { name: String, source: LocalError },
+    #[error("failed to pull {name}")]
+    Store { name: String, source: StoreError },
+    #[error("failed to pull {name}: {message}")]
+    Invalid { name: String, message: String },
+    #[error("failed to pull {name}: layer {digest}")]
+    Layer { name: String, digest: String, source: LayerError },
+    #[error("failed to pull {name}: no manifest for platform {platform} in the index (available: {available})")]
+    NoPlatform { name: String, platform: Platform, available: String },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LayerError {
+    #[error("digest mismatch: the blob's content hashes to {actual}, expected {expected}")]
+    Digest { expected: Digest, actual: Digest },
+    #[error("uncompressed content hashes to {actual}, but the image config's diff_id is {expected}")]
+    DiffId { expected: Digest, actual: Digest },
+    #[error("size mismatch: got {actual} bytes, the manifest says {expected}")]
+    Size { expected: u64, actual: u64 },
+    #[error(transparent)]
+    Unpack(#[from] UnpackError),
+    #[error("failed to decompress")]
+    Decompress(#[source] io::Error),
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("failed to read {path}")]
+    File { path: PathBuf, source: io::Error },
+    #[error("unpack task failed: {0}")]
+    Task(String),
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct PullOptions {
+    pub platform: Option<Platform>,
+    pub quiet: bool,
+}
+
+/// What a pull did.
+#[derive(Debug)]
+pub struct PullReport {
+    pub records: Vec<ImageRecord>,
+    pub layers_fetched: usize,
+    pub layers_reused: usize,
+    pub bytes_fetched: u64,
+    pub elapsed: Duration,
+}
+
+/// Where a layer's bytes come from.
+#[derive(Clone)]
+pub enum LayerFetch {
+    Registry(Arc<Registry>),
+    /// A byte range of a local file (a blob in an OCI layout, or a member of a docker archive).
+    File { path: PathBuf, offset: u64 },
+}
+
+/// A layer to make present: its expected identity and where to get it.
+pub struct PendingLayer {
+    /// Expected blob digest, when the source names one (a docker archive's legacy layout does not).
+    pub digest: Option<Digest>,
+    pub diff_id: Digest,
+    pub size: u64,
+    pub media_type: String,
+    pub fetch: LayerFetch,
+}
+
+/// A source resolved to one image for one platform, ready to be fetched.
+pub struct Resolved {
+    pub names: Vec<String>,
+    pub index: Option<(Vec<u8>, Digest)>,
+    pub manifest: (Vec<u8>, Digest),
+    pub config: (Vec<u8>, Digest),
+    pub platform: String,
+    pub layers: Vec<PendingLayer>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct Descriptor {
+    #[serde(default)]
+    pub media_type: String,
+    pub digest: Digest,
+    pub size: u64,
+    #[serde(default)]
+    pub platform: Option<DescPlatform>,
+    #[serde(default)]
+    pub annotations: std::collections::HashMap<String, String>,
+}
+
+#[derive(Deserialize, Clone)]
+pub(crate) struct DescPlatform {
+    pub os: String,
+    pub architecture: String,
+    #[serde(default)]
+    pub variant: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct Manifest {
+    #[serde(default)]
+    pub media_type: Option<String>,
+    #[serde(default)]
+    pub manifests: Option<Vec<Descriptor>>,
+    #[serde(default)]
+    pub config: Option<Descriptor>,
+    #[serde(default)]
+    pub layers: Option<Vec<Descriptor>>,
+    #[serde(default)]
+    pub schema_version: Option<u32>,
+}
+
+#[derive(Deserialize)]
+pub(crate) struct ConfigDoc {
+    #[serde(default)]
+    pub os: String,
+    #[serde(default)]
+    pub architecture: String,
+    #[serde(default)]
+    pub variant: Option<String>,
+    pub rootfs: RootFs,
+}
+
+#[derive(Deserialize)]
+pub(crate) struct RootFs {
+    pub diff_ids: Vec<Digest>,
+}
+
+/// Either an index (list of platform manifests) or an image manifest.
+pub(crate) enum Parsed {
+    Index(Vec<Descriptor>),
+    Image { config: Descriptor, layers: Vec<Descriptor> },
+}
+
+pub(crate) fn parse_manifest(data: &[u8]) -> Result<Parsed, String> {
+    let m: Manifest = serde_json::from_slice(data).map_err(|e| format!("unreadable manifest: {e}"))?;
+    if m.schema_version == Some(1) {
+        return Err("Docker schema-1 manifests are not supported (re-push the image with a current client)".into());
+    }
+    match (m.manifests, m.config, m.layers) {
+        (Some(list), _, _) => Ok(Parsed::Index(list)),
+        (None, Some(config), Some(layers)) => Ok(Parsed::Image { config, layers }),
+        _ => Err(format!("unsupported manifest (media type {})", m.media_type.as_deref().unwrap_or("unknown"))),
+    }
+}
+
+/// Picks the platform's entry of an index.
+pub(crate) fn select_platform<'a>(list: &'a [Descriptor], want: &Platform) -> Result<&'a Descriptor, String> {
+    list.iter()
+        .find(|d| d.platform.as_ref().is_some_and(|p| want.matches(&p.os, &p.architecture, p.variant.as_deref())))
+        .ok_or_else(|| {
+            list.iter()
+                .filter_map(|d| d.platform.as_ref())
+                .map(|p| match &p.variant {
+                    Some(v) => format!("{}/{}/{v}", p.os, p.architecture),
+                    None => format!("{}/{}", p.os, p.architecture),
+                })
+                .collect::<Vec<_>>()
+                .join(", ")
+        })
+}
+
+/// Checks a config against its manifest's layers and pairs them up.
+pub(crate) fn pair_layers(
+    config: &[u8],
+    layers: &[Descriptor],
+    fetch: impl Fn(&Descriptor) -> LayerFetch,
+) -> Result<(Vec<PendingLayer>, String), String> {
+    let cfg: ConfigDoc = serde_json::from_slice(config).map_err(|e| format!("unreadable image config: {e}"))?;
+    if cfg.rootfs.diff_ids.len() != layers.len() {
+        return Err(format!(
+            "the manifest lists {} layers but the config has {} diff_ids",
+            layers.len(),
+            cfg.rootfs.diff_ids.len()
+        ));
+    }
+    let mut out = Vec::new();
+    for (d, diff_id) in layers.iter().zip(cfg.rootfs.diff_ids) {
+        if !d.media_type.is_empty() && !d.media_type.contains("tar") {
+            return Err(format!("layer {} has unsupported media type {}", d.digest, d.media_type));
+        }
+        if d.media_type.contains("encrypted") || d.media_type.contains("foreign") {
+            return Err(format!("layer {} has unsupported media type {}", d.digest, d.media_type));
+        }
+        out.push(PendingLayer { digest: Some(d.digest.clone()), diff_id, size: d.size, media_type: d.media_type.clone(), fetch: fetch(d) });
+    }
+    let platform = match cfg.variant {
+        Some(v) => format!("{}/{}/{v}", cfg.os, cfg.architecture),
+        None => format!("{}/{}", cfg.os, cfg.architecture),
+    };
+    Ok((out, platform))
+}
+
+async fn resolve_registry(cfg: &Config, store: &Store, reference: &Reference, platform: &Platform, name: &str) -> Result<Resolved, PullError> {
+    let reg_err = |source| PullError::Registry { name: name.to_string(), source };
+    let invalid = |message: String| PullError::Invalid { name: name.to_string(), message };
+    let registry = Arc::new(Registry::connect(cfg, reference).await.map_err(reg_err)?);
+    let (data, digest) = registry.manifest(reference).await.map_err(reg_err)?;
+    let mut index = None;
+    let (manifest, mdigest) = match parse_manifest(&data).map_err(invalid)? {
+        Parsed::Index(list) => {
+            let chosen = select_platform(&list, platform)
+                .map_err(|available| PullError::NoPlatform { name: name.to_string(), platform: platform.clone(), available })?;
+            let by_digest = Reference::with_digest(reference.registry().to_string(), reference.repository().to_string(), chosen.digest.to_string());
+            let (m, md) = registry.manifest(&by_digest).await.map_err(reg_err)?;
+            if md != chosen.digest {
+                return Err(invalid(format!("manifest {} hashes to {md}", chosen.digest)));
+            }
+            index = Some((data.to_vec(), digest));
+            (m, md)
+        }
+        Parsed::Image { .. } => (data, digest),
+    };
+    let Parsed::Image { config, layers } = parse_manifest(&manifest).map_err(invalid)? else {
+        return Err(invalid("an index points to another index".into()));
+    };
+    let config_bytes = match store.read_blob(&config.digest).map_err(|source| PullError::Store { name: name.to_string(), source })? {
+        Some(b) => b,
+        None => registry.blob(&config.digest, config.size).await.map_err(reg_err)?,
+    };
+    let (layers, plat) = pair_layers(&config_bytes, &layers, |_| LayerFetch::Registry(registry.clone())).map_err(invalid)?;
+    Ok(Resolved {
+        names: vec![name.to_string()],
+        index,
+        manifest: (manifest.to_vec(), mdigest),
+        config: (config_bytes, config.digest),
+        platform: plat,
+        layers,
+    })
+}
+
+/// Pulls `source` into `store`.
+pub fn pull(store: &Store, cfg: &Config, source: &ImageSource, opts: &PullOptions) -> Result<PullReport, PullError> {
+    let started = Instant::now();
+    let name = source.canonical_name();
+    let platform = opts.platform.clone().unwrap_or_else(Platform::host);
+    let store_err = |source| PullError::Store { name: name.clone(), source };
+    let _shared = store.lock_shared().map_err(store_err)?;
+    let progress = Progress::new(opts.quiet);
+    // The runtime lives only for this call: later stages (libcontainer) must not run beside its threads.
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .max_blocking_threads(8)
+        .enable_all()
+        .build()
+        .map_err(|e| PullError::Invalid { name: name.clone(), message: format!("cannot start the async runtime: {e}") })?;
+    let report = rt.block_on(async {
+        let resolved = match source {
+            ImageSource::Registry(r) => resolve_registry(cfg, store, r, &platform, &name).await?,
+            ImageSource::OciLayout { dir, tag } => {
+                local::resolve_oci_layout(dir, tag.as_deref(), &platform, &name).map_err(|source| PullError::Local { name: name.clone(), source })?
+            }
+            ImageSource::DockerArchive { file } => {
+                local::resolve_docker_archive(file, &name).map_err(|source| PullError::Local { name: name.clone(), source })?
+            }
+        };
+        fetch_resolved(store, resolved, &progress, &name).await
+    });
+    rt.shutdown_timeout(Duration::from_secs(1));
+    let mut report = report?;
+    report.elapsed = started.elapsed();
+    Ok(report)
+}
+
+async fn fetch_resolved(store: &Store, resolved: Resolved, progress: &Progress, name: &str) -> Result<PullReport, PullError> {
+    let store_err = |source| PullError::Store { name: name.to_string(), source };
+    let mut tasks = tokio::task::JoinSet::new();
+    let limit = Arc::new(tokio::sync::Semaphore::new(6));
+    let mut layers_reused = 0;
+    let mut order = Vec::new();
+    for (i, layer) in resolved.layers.into_iter().enumerate() {
+        order.push((layer.diff_id.clone(), layer.media_type.clone()));
+        if store.has_layer(IDMAP_HOST, &layer.diff_id) {
+            layers_reused += 1;
+            continue;
+        }
+        let store = store.clone();
+        let bar = progress.bar(layer.diff_id.short(), layer.size);
+        let limit = limit.clone();
+        tasks.spawn(async move {
+            let _permit = limit.acquire_owned().await.expect("semaphore is never closed");
+            let label = layer.digest.as_ref().map_or_else(|| layer.diff_id.to_string(), Digest::to_string);
+            let res = ensure_layer(&store, layer, bar.clone()).await;
+            bar.finish_and_clear();
+            (i, label, res)
+        });
+    }
+    let mut fetched = 0;
+    let mut bytes_fetched = 0;
+    let mut metas: Vec<Option<LayerMeta>> = vec![None; order.len()];
+    let mut first_err = None;
+    while let Some(joined) = tasks.join_next().await {
+        let (i, label, res) = joined.map_err(|e| PullError::Invalid { name: name.to_string(), message: format!("layer task failed: {e}") })?;
+        match res {
+            Ok((meta, did_fetch)) => {
+                if did_fetch {
+                    fetched += 1;
+                    bytes_fetched += meta.blob_size;
+                } else {
+                    layers_reused += 1;
+                }
+                metas[i] = Some(meta);
+            }
+            Err(source) if first_err.is_none() => {
+                first_err = Some(PullError::Layer { name: name.to_string(), digest: label, source });
+                tasks.abort_all();
+            }
+            Err(_) => {}
+        }
+    }
+    if let Some(e) = first_err {
+        return Err(e);
+    }
+    let mut layers = Vec::new();
+    let mut size = 0;
+    for (i, (diff_id, media_type)) in order.into_iter().enumerate() {
+        let meta = match metas[i].take() {
+            Some(m) => m,
+            None => store.layer_meta(IDMAP_HOST, &diff_id).ok_or_else(|| PullError::Invalid {
+                name: name.to_string(),
+                message: format!("layer {diff_id} vanished from the store"),
+            })?,
+        };
+        size += meta.unpacked_bytes;
+        layers.push(LayerRecord { digest: meta.blob_digest, diff_id, media_type, size: meta.blob_size });
+    }
+    if let Some((data, digest)) = &resolved.index {
+        store.write_blob(digest, data).map_err(store_err)?;
+    }
+    store.write_blob(&resolved.manifest.1, &resolved.manifest.0).map_err(store_err)?;
+    store.write_blob(&resolved.config.1, &resolved.config.0).map_err(store_err)?;
+    crate::failpoint::hit("before-record");
+    let mut records = Vec::new();
+    for n in resolved.names {
+        let rec = ImageRecord {
+            name: n,
+            manifest_digest: resolved.manifest.1.clone(),
+            index_digest: resolved.index.as_ref().map(|i| i.1.clone()),
+            config_digest: resolved.config.1.clone(),
+            platform: resolved.platform.clone(),
+            layers: layers.clone(),
+            size,
+            pulled_at: time::OffsetDateTime::now_utc(),
+        };
+        store.save_image(&rec).map_err(store_err)?;
+        records.push(rec);
+    }
+    Ok(PullReport { records, layers_fetched: fetched, layers_reused, bytes_fetched, elapsed: Duration::ZERO })
+}
+
+/// Makes one layer present in the store. Returns its metadata and whether this process produced it.
+async fn ensure_layer(store: &Store, layer: PendingLayer, bar: indicatif::ProgressBar) -> Result<(LayerMeta, bool), LayerError> {
+    let diff_id = layer.diff_id.clone();
+    let (s, d) = (store.clone(), diff_id.clone());
+    let lock = tokio::task::spawn_blocking(move || s.lock_layer(IDMAP_HOST, &d))
+        .await
+        .map_err(|e| LayerError::Task(e.to_string()))??;
+    if let Some(meta) = store.layer_meta(IDMAP_HOST, &diff_id) {
+        return Ok((meta, false));
+    }
+    let staging = store.layer_staging(IDMAP_HOST, &diff_id)?;
+    let tree = staging.join("root");
+    let opts = UnpackOptions { unprivileged: !nix::unistd::geteuid().is_root() };
+    let result = match layer.fetch.clone() {
+        LayerFetch::Registry(registry) => {
+            let (tx, rx) = mpsc::channel::<Bytes>(32);
+            let t = tree.clone();
+            let unpack = tokio::task::spawn_blocking(move || unpack_verified(ChannelReader { rx, cur: Bytes::new() }, &t, opts));
+            let digest = layer.digest.clone().expect("registry layers have a digest");
+            let b = bar.clone();
+            let download = registry.stream_blob(&digest, layer.size, tx, move |n| b.inc(n));
+            let (dl, up) = tokio::join!(download, unpack);
+            let up = up.map_err(|e| LayerError::Task(e.to_string()))?;
+            // A download error explains a truncated stream better than the unpacker's complaint about it.
+            dl?;
+            up
+        }
+        LayerFetch::File { path, offset } => {
+            let t = tree.clone();
+            let size = layer.size;
+            tokio::task::spawn_blocking(move || {
+                use std::io::Seek;
+                let mut f = std::fs::File::open(&path).map_err(|source| LayerError::File { path: path.clone(), source })?;
+                f.seek(io::SeekFrom::Start(offset)).map_err(|source| LayerError::File { path: path.clone(), source })?;
+                let b = bar.clone();
+                unpack_verified(ProgressReader { inner: f.take(size), bar: b }, &t, opts)
+            })
+            .await
+            .map_err(|e| LayerError::Task(e.to_string()))?
+        }
+    };
+    let outcome = result.and_then(|v| {
+        if let Some(want) = &layer.digest {
+            if *want != v.digest {
+                return Err(LayerError::Digest { expected: want.clone(), actual: v.digest });
+            }
+        }
+        if v.size != layer.size {
+            return Err(LayerError::Size { expected: layer.size, actual: v.size });
+        }
+        if v.diff_id != diff_id {
+            return Err(LayerError::DiffId { expected: diff_id.clone(), actual: v.diff_id });
+        }
+        Ok(v)
+    });
+    let v = match outcome {
+        Ok(v) => v,
+        Err(e) => {
+            let _ = remove_tree(&staging);
+            return Err(e);
+        }
+    };
+    tracing::debug!(%diff_id, entries = v.stats.entries, bytes = v.stats.bytes, whiteouts = v.stats.whiteouts,
+        skipped_devices = v.stats.skipped_devices, "layer unpacked");
+    let meta = LayerMeta { diff_id: diff_id.clone(), blob_digest: v.digest, blob_size: v.size, unpacked_bytes: v.stats.bytes, entries: v.stats.entries };
+    if let Err(e) = store.publish_layer(IDMAP_HOST, &staging, &meta) {
+        let _ = remove_tree(&staging);
+        return Err(e.into());
+    }
+    drop(lock);
+    Ok((meta, true))
+}
+
+struct Verified {
+    digest: Digest,
+    size: u64,
+    diff_id: Digest,
+    stats: UnpackStats,
+}
+
+/// The single pass: hash the blob, detect and undo its compression, hash the tar, unpack it.
+fn unpack_verified<R: Read>(src: R, dest: &Path, opts: UnpackOptions) -> Result<Verified, LayerError> {
+    let mut blob = BufReader::with_capacity(1 << 20, HashingReader::new(src));
+    let head = blob.fill_buf().map_err(LayerError::Decompress)?.to_vec();
+    let decoder: Box<dyn Read + '_> = if head.starts_with(&[0x1f, 0x8b]) {
+        Box::new(flate2::bufread::MultiGzDecoder::new(&mut blob))
+    } else if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
+        Box::new(zstd::stream::read::Decoder::with_buffer(&mut blob).map_err(LayerError::Decompress)?)
+    } else {
+        Box::new(&mut blob)
+    };
+    let mut tar = HashingReader::new(decoder);
+    let stats = unpack_layer(&mut tar, dest, opts)?;
+    let (diff_id, _) = tar.finish().map_err(LayerError::Decompress)?;
+    io::copy(&mut blob, &mut io::sink()).map_err(LayerError::Decompress)?;
+    let (digest, size) = blob.into_inner().finish().map_err(LayerError::Decompress)?;
+    Ok(Verified { digest, size, diff_id, stats })
+}
+
+/// Blocking reader over the chunks a download task sends.
+struct ChannelReader {
+    rx: mpsc::Receiver<Bytes>,
+    cur: Bytes,
+}
+
+impl Read for ChannelReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        while self.cur.is_empty() {
+            match self.rx.blocking_recv() {
+                Some(b) => self.cur = b,
+                None => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.cur.len());
+        buf[..n].copy_from_slice(&self.cur[..n]);
+        self.cur = self.cur.slice(n..);
+        Ok(n)
+    }
+}
+
+struct ProgressReader<R> {
+    inner: R,
+    bar: indicatif::ProgressBar,
+}
+
+impl<R: Read> Read for ProgressReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.bar.inc(n as u64);
+        Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn selects_platform_from_index() {
+        let idx = br#"{"schemaVersion":2,"manifests":[
+            {"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:1111111111111111111111111111111111111111111111111111111111111111","size":1,"platform":{"os":"linux","architecture":"amd64"}},
+            {"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:2222222222222222222222222222222222222222222222222222222222222222","size":1,"platform":{"os":"linux","architecture":"arm64","variant":"v8"}}]}"#;
+        let Parsed::Index(list) = parse_manifest(idx).unwrap() else { panic!("not an index") };
+        let arm = select_platform(&list, &"linux/arm64".parse().unwrap()).unwrap();
+        assert!(arm.digest.hex().starts_with("2222"));
+        let err = select_platform(&list, &"linux/s390x".parse().unwrap()).unwrap_err();
+        assert_eq!(err, "linux/amd64, linux/arm64/v8");
+    }
+
+    #[test]
+    fn rejects_schema1_and_mismatched_configs() {
+        assert!(parse_manifest(br#"{"schemaVersion":1,"fsLayers":[]}"#).is_err());
+        let layers = vec![];
+        let cfg = br#"{"os":"linux","architecture":"amd64","rootfs":{"type":"layers","diff_ids":["sha256:1111111111111111111111111111111111111111111111111111111111111111"]}}"#;
+        let err = pair_layers(cfg, &layers, |_| LayerFetch::File { path: "/x".into(), offset: 0 }).err().unwrap();
+        assert!(err.contains("lists 0 layers"), "{err}");
+    }
+}

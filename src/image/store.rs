@@ -1,0 +1,384 @@
+//! The content-addressed image store shared by every drun process of one user.
+//!
+//! ```text
+//! <root>/blobs/sha256/<hex>          manifests, indexes and configs, verified against their digest
+//! <root>/layers/<idmap>/<diff_id>/   an unpacked layer (overlay lower format) in `root/`, and `meta.json`
+//! <root>/images/<sha256(name)>.json  one record per image name: manifest digest, config, layers
+//! <root>/tmp/                        staging; an entry becomes visible only by rename(2) into place
+//! <root>/locks/                      flock(2) files
+//! ```
+//! Keys: layers are keyed by their diff_id (the digest of the uncompressed tar, so gzip and zstd variants of one
+//! layer share an entry) under the ID mapping they were unpacked for (`host` when files keep the image's owners);
+//! another mapping, as a rootless user's, gets its own tree. Compressed layer blobs are not kept: the unpacked tree
+//! is what runs, and keeping both would double the disk used.
+//!
+//! Concurrency: every pull holds `locks/store.lock` shared, `rmi` and `prune` exclusive, so collection never removes
+//! what a live pull is about to reference. Each layer is produced under its own exclusive lock; a second process
+//! wanting the same layer waits for it and then finds it published. Nothing else is ever waited for.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+use nix::fcntl::{Flock, FlockArg};
+use serde::{Deserialize, Serialize};
+
+use crate::digest::Digest;
+
+/// The ID mapping of an unpacked tree: files owned as in the image.
+pub const IDMAP_HOST: &str = "host";
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("failed to {action} {path}")]
+    Io { action: &'static str, path: PathBuf, source: io::Error },
+    #[error("corrupt store entry {path}: {reason}")]
+    Corrupt { path: PathBuf, reason: String },
+    #[error("no image {0:?} in the store (see `drun images`)")]
+    UnknownImage(String),
+    #[error("{name:?} matches several images: {candidates}")]
+    Ambiguous { name: String, candidates: String },
+}
+
+fn io_err<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> StoreError + 'a {
+    move |source| StoreError::Io { action, path: path.to_path_buf(), source }
+}
+
+/// One layer of a stored image.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct LayerRecord {
+    /// Digest of the blob as the registry serves it (possibly compressed).
+    pub digest: Digest,
+    /// Digest of the uncompressed tar: the key of the unpacked layer.
+    pub diff_id: Digest,
+    pub media_type: String,
+    /// Size of the blob.
+    pub size: u64,
+}
+
+/// What the store knows about one image name.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ImageRecord {
+    /// Canonical name, e.g. `127.0.0.1:5000/drun-test/busybox:latest` or `oci:/abs/dir:tag`.
+    pub name: String,
+    /// Digest of the manifest that was chosen (for an index, the platform's manifest).
+    pub manifest_digest: Digest,
+    /// Digest of the index or manifest list the name pointed to, when there was one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub index_digest: Option<Digest>,
+    pub config_digest: Digest,
+    pub platform: String,
+    pub layers: Vec<LayerRecord>,
+    /// Unpacked size of all layers, in bytes.
+    pub size: u64,
+    #[serde(with = "time::serde::rfc3339")]
+    pub pulled_at: time::OffsetDateTime,
+}
+
+impl ImageRecord {
+    /// The image ID as Docker shows it: the config digest.
+    pub fn id(&self) -> &Digest {
+        &self.config_digest
+    }
+}
+
+/// Metadata kept beside an unpacked layer.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct LayerMeta {
+    pub diff_id: Digest,
+    pub blob_digest: Digest,
+    pub blob_size: u64,
+    pub unpacked_bytes: u64,
+    pub entries: u64,
+}
+
+/// A held lock; released on drop.
+pub struct Lock(#[allow(dead_code)] Flock<File>);
+
+#[derive(Clone, Debug)]
+pub struct Store {
+    root: PathBuf,
+}
+
+impl Store {
+    /// Opens (creating if needed) the store at `root`.
+    pub fn open(root: &Path) -> Result<Store, StoreError> {
+        for sub in ["blobs/sha256", "layers", "images", "tmp", "locks"] {
+            let p = root.join(sub);
+            fs::create_dir_all(&p).map_err(io_err("create", &p))?;
+        }
+        // The store holds setuid binaries and root-owned trees from images: keep other users out of it.
+        let _ = fs::set_permissions(root, std::os::unix::fs::PermissionsExt::from_mode(0o700));
+        Ok(Store { root: root.to_path_buf() })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn lock_file(&self, name: &str, arg: FlockArg) -> Result<Lock, StoreError> {
+        let path = self.root.join("locks").join(name);
+        let f = OpenOptions::new().create(true).truncate(false).write(true).open(&path).map_err(io_err("open lock", &path))?;
+        Flock::lock(f, arg).map(Lock).map_err(|(_, e)| StoreError::Io { action: "lock", path, source: e.into() })
+    }
+
+    /// Shared lock held by every pull (and later every run) while it uses the store.
+    pub fn lock_shared(&self) -> Result<Lock, StoreError> {
+        self.lock_file("store.lock", FlockArg::LockShared)
+    }
+
+    /// Exclusive lock for removing things from the store.
+    pub fn lock_exclusive(&self) -> Result<Lock, StoreError> {
+        self.lock_file("store.lock", FlockArg::LockExclusive)
+    }
+
+    /// Exclusive lock for producing one layer.
+    pub fn lock_layer(&self, idmap: &str, diff_id: &Digest) -> Result<Lock, StoreError> {
+        self.lock_file(&format!("layer-{idmap}-{}.lock", diff_id.hex()), FlockArg::LockExclusive)
+    }
+
+    pub fn blob_path(&self, digest: &Digest) -> PathBuf {
+        self.root.join("blobs/sha256").join(digest.hex())
+    }
+
+    pub fn layer_dir(&self, idmap: &str, diff_id: &Digest) -> PathBuf {
+        self.root.join("layers").join(idmap).join(diff_id.hex())
+    }
+
+    /// The unpacked tree of a published layer.
+    pub fn layer_root(&self, idmap: &str, diff_id: &Digest) -> PathBuf {
+        self.layer_dir(idmap, diff_id).join("root")
+    }
+
+    pub fn has_layer(&self, idmap: &str, diff_id: &Digest) -> bool {
+        self.layer_dir(idmap, diff_id).join("meta.json").is_file()
+    }
+
+    pub fn read_blob(&self, digest: &Digest) -> Result<Option<Vec<u8>>, StoreError> {
+        let path = self.blob_path(digest);
+        match fs::read(&path) {
+            Ok(data) if Digest::of(&data) == *digest => Ok(Some(data)),
+            Ok(_) => Err(StoreError::Corrupt { path, reason: "content does not match its digest".into() }),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io_err("read", &path)(e)),
+        }
+    }
+
+    /// Stores a small verified blob (manifest, index, config).
+    pub fn write_blob(&self, digest: &Digest, data: &[u8]) -> Result<(), StoreError> {
+        let path = self.blob_path(digest);
+        if path.exists() {
+            return Ok(());
+        }
+        self.write_atomic(&path, data)
+    }
+
+    fn write_atomic(&self, path: &Path, data: &[u8]) -> Result<(), StoreError> {
+        let tmp = self.root.join("tmp").join(format!(
+            "{}.{}.{}",
+            path.file_name().and_then(|n| n.to_str()).unwrap_or("f"),
+            std::process::id(),
+            unique()
+        ));
+        let mut f = File::create(&tmp).map_err(io_err("create", &tmp))?;
+        f.write_all(data).map_err(io_err("write", &tmp))?;
+        drop(f);
+        fs::rename(&tmp, path).map_err(|e| {
+            let _ = fs::remove_file(&tmp);
+            io_err("publish", path)(e)
+        })
+    }
+
+    /// A fresh staging directory for a layer; the caller holds the layer's lock, so anything already there is
+    /// debris of a producer that died and is removed.
+    pub fn layer_staging(&self, idmap: &str, diff_id: &Digest) -> Result<PathBuf, StoreError> {
+        let dir = self.root.join("tmp").join(format!("layer-{idmap}-{}", diff_id.hex()));
+        remove_tree(&dir)?;
+        let tree = dir.join("root");
+        fs::create_dir_all(&tree).map_err(io_err("create", &tree))?;
+        Ok(dir)
+    }
+
+    /// Publishes a staged layer by renaming it into place.
+    pub fn publish_layer(&self, idmap: &str, staging: &Path, meta: &LayerMeta) -> Result<(), StoreError> {
+        let meta_path = staging.join("meta.json");
+        fs::write(&meta_path, serde_json::to_vec_pretty(meta).expect("layer metadata serialises"))
+            .map_err(io_err("write", &meta_path))?;
+        let parent = self.root.join("layers").join(idmap);
+        fs::create_dir_all(&parent).map_err(io_err("create", &parent))?;
+        let dest = self.layer_dir(idmap, &meta.diff_id);
+        crate::failpoint::hit("layer-before-publish");
+        fs::rename(staging, &dest).map_err(io_err("publish", &dest))?;
+        crate::failpoint::hit("layer-after-publish");
+        Ok(())
+    }
+
+    pub fn layer_meta(&self, idmap: &str, diff_id: &Digest) -> Option<LayerMeta> {
+        let data = fs::read(self.layer_dir(idmap, diff_id).join("meta.json")).ok()?;
+        serde_json::from_slice(&data).ok()
+    }
+
+    fn record_path(&self, name: &str) -> PathBuf {
+        self.root.join("images").join(format!("{}.json", Digest::of(name.as_bytes()).hex()))
+    }
+
+    pub fn save_image(&self, rec: &ImageRecord) -> Result<(), StoreError> {
+        let data = serde_json::to_vec_pretty(rec).expect("image record serialises");
+        self.write_atomic(&self.record_path(&rec.name), &data)
+    }
+
+    pub fn image(&self, name: &str) -> Result<Option<ImageRecord>, StoreError> {
+        let path = self.record_path(name);
+        match fs::read(&path) {
+            Ok(data) => serde_json::from_slice(&data)
+                .map(Some)
+                .map_err(|e| StoreError::Corrupt { path, reason: e.to_string() }),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io_err("read", &path)(e)),
+        }
+    }
+
+    pub fn images(&self) -> Result<Vec<ImageRecord>, StoreError> {
+        let dir = self.root.join("images");
+        let mut out = Vec::new();
+        for e in fs::read_dir(&dir).map_err(io_err("list", &dir))? {
+            let e = e.map_err(io_err("list", &dir))?;
+            let path = e.path();
+            if path.extension().is_some_and(|x| x == "json") {
+                let data = fs::read(&path).map_err(io_err("read", &path))?;
+                out.push(serde_json::from_slice(&data).map_err(|e| StoreError::Corrupt { path, reason: e.to_string() })?);
+            }
+        }
+        out.sort_by(|a: &ImageRecord, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+
+    /// Finds an image by exact name, by one of `candidates` (normalised forms of what the user typed), or by an
+    /// ID prefix (at least 4 hex characters of the config digest, as `docker images` shows).
+    pub fn find_image(&self, typed: &str, candidates: &[String]) -> Result<ImageRecord, StoreError> {
+        for c in candidates.iter().map(String::as_str).chain([typed]) {
+            if let Some(r) = self.image(c)? {
+                return Ok(r);
+            }
+        }
+        let prefix = typed.strip_prefix("sha256:").unwrap_or(typed);
+        if prefix.len() >= 4 && prefix.bytes().all(|b| b.is_ascii_hexdigit()) {
+            let found: Vec<ImageRecord> = self
+                .images()?
+                .into_iter()
+                .filter(|r| r.config_digest.hex().starts_with(prefix) || r.manifest_digest.hex().starts_with(prefix))
+                .collect();
+            let mut ids: Vec<&Digest> = found.iter().map(|r| &r.config_digest).collect();
+            ids.dedup();
+            match ids.len() {
+                0 => {}
+                1 => return Ok(found.into_iter().next().expect("one match")),
+                _ => {
+                    return Err(StoreError::Ambiguous {
+                        name: typed.to_string(),
+                        candidates: found.iter().map(|r| r.name.as_str()).collect::<Vec<_>>().join(", "),
+                    })
+                }
+            }
+        }
+        Err(StoreError::UnknownImage(typed.to_string()))
+    }
+
+    pub fn remove_image(&self, name: &str) -> Result<(), StoreError> {
+        let path = self.record_path(name);
+        fs::remove_file(&path).map_err(io_err("remove", &path))
+    }
+
+    /// Removes layers and blobs that no image references, and staging debris. Needs the exclusive store lock.
+    /// Returns the bytes freed.
+    pub fn collect_garbage(&self, _lock: &Lock) -> Result<u64, StoreError> {
+        use std::collections::HashSet;
+        let images = self.images()?;
+        let mut blobs: HashSet<String> = HashSet::new();
+        let mut layers: HashSet<String> = HashSet::new();
+        for r in &images {
+            blobs.insert(r.manifest_digest.hex().to_string());
+            blobs.insert(r.config_digest.hex().to_string());
+            if let Some(i) = &r.index_digest {
+                blobs.insert(i.hex().to_string());
+            }
+            layers.extend(r.layers.iter().map(|l| l.diff_id.hex().to_string()));
+        }
+        let mut freed = 0;
+        let blob_dir = self.root.join("blobs/sha256");
+        for e in fs::read_dir(&blob_dir).map_err(io_err("list", &blob_dir))?.flatten() {
+            if !blobs.contains(e.file_name().to_string_lossy().as_ref()) {
+                freed += tree_size(&e.path());
+                remove_tree(&e.path())?;
+            }
+        }
+        let layers_dir = self.root.join("layers");
+        for idmap in fs::read_dir(&layers_dir).map_err(io_err("list", &layers_dir))?.flatten() {
+            for e in fs::read_dir(idmap.path()).map_err(io_err("list", &idmap.path()))?.flatten() {
+                if !layers.contains(e.file_name().to_string_lossy().as_ref()) {
+                    freed += tree_size(&e.path());
+                    remove_tree(&e.path())?;
+                }
+            }
+        }
+        // Under the exclusive lock no pull is running, so everything in tmp/ is debris.
+        let tmp = self.root.join("tmp");
+        for e in fs::read_dir(&tmp).map_err(io_err("list", &tmp))?.flatten() {
+            freed += tree_size(&e.path());
+            remove_tree(&e.path())?;
+        }
+        Ok(freed)
+    }
+}
+
+fn unique() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    N.fetch_add(1, Ordering::Relaxed)
+}
+
+/// Removes a file or tree if present; a tree whose directories were made read-only by an image is made writable
+/// first.
+pub fn remove_tree(path: &Path) -> Result<(), StoreError> {
+    match fs::symlink_metadata(path) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(io_err("inspect", path)(e)),
+        Ok(m) if !m.is_dir() => fs::remove_file(path).map_err(io_err("remove", path)),
+        Ok(_) => match fs::remove_dir_all(path) {
+            Ok(()) => Ok(()),
+            Err(_) => {
+                make_writable(path);
+                fs::remove_dir_all(path).map_err(io_err("remove", path))
+            }
+        },
+    }
+}
+
+fn make_writable(dir: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let _ = fs::set_permissions(dir, fs::Permissions::from_mode(0o700));
+    if let Ok(rd) = fs::read_dir(dir) {
+        for e in rd.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                make_writable(&e.path());
+            }
+        }
+    }
+}
+
+/// Disk usage of a tree (apparent sizes of regular files; hardlinked files counted once).
+pub fn tree_size(path: &Path) -> u64 {
+    use std::collections::HashSet;
+    use std::os::unix::fs::MetadataExt;
+    fn walk(p: &Path, seen: &mut HashSet<(u64, u64)>) -> u64 {
+        let Ok(m) = fs::symlink_metadata(p) else { return 0 };
+        if m.is_dir() {
+            fs::read_dir(p).map(|rd| rd.flatten().map(|e| walk(&e.path(), seen)).sum()).unwrap_or(0)
+        } else if m.is_file() && seen.insert((m.dev(), m.ino())) {
+            m.len()
+        } else {
+            0
+        }
+    }
+    walk(path, &mut HashSet::new())
+}

@@ -1,0 +1,379 @@
+//! Safe extraction of one layer tarball into a fresh directory, in overlayfs' lower-layer format.
+//!
+//! Layer tarballs are hostile input. Every entry name is checked before anything is written (absolute paths and
+//! `..` components are refused), every parent directory is resolved with `openat2(RESOLVE_IN_ROOT)` so that no
+//! symlink, whether from this layer or planted by it, can lead a write outside the layer directory, and each final
+//! component is created with `*at` calls relative to that parent, never following a symlink. OCI whiteouts become
+//! overlay whiteouts: `.wh.NAME` a 0:0 character device, `.wh..wh..opq` the `trusted.overlay.opaque` xattr.
+
+use std::collections::HashMap;
+use std::ffi::{CString, OsStr};
+use std::fs::File;
+use std::io::{self, Read};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+use nix::errno::Errno;
+use nix::fcntl::{openat2, AtFlags, OFlag, OpenHow, ResolveFlag};
+use nix::sys::stat::{fchmod, fchmodat, fstatat, futimens, mkdirat, mknodat, utimensat, FchmodatFlags, Mode, SFlag, UtimensatFlags};
+use nix::sys::time::TimeSpec;
+use nix::unistd::{fchown, fchownat, linkat, symlinkat, unlinkat, Gid, Uid, UnlinkatFlags};
+
+const WHITEOUT_PREFIX: &str = ".wh.";
+const OPAQUE_MARKER: &str = ".wh..wh..opq";
+pub const OVERLAY_OPAQUE_XATTR: &str = "trusted.overlay.opaque";
+
+/// How the unpacker may represent what it finds.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct UnpackOptions {
+    /// Running without privileges: skip device nodes, keep the caller as owner, drop setuid/setgid bits.
+    pub unprivileged: bool,
+}
+
+#[derive(Debug, Default, Clone, Copy, serde::Serialize, serde::Deserialize)]
+pub struct UnpackStats {
+    pub entries: u64,
+    /// Bytes of regular-file content written.
+    pub bytes: u64,
+    pub whiteouts: u64,
+    pub skipped_devices: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum UnpackError {
+    #[error("layer entry {path:?} has an absolute path; refusing to unpack it")]
+    AbsolutePath { path: String },
+    #[error("layer entry {path:?} contains a \"..\" component; refusing to unpack it")]
+    DotDot { path: String },
+    #[error("layer entry {path:?} is an invalid whiteout")]
+    BadWhiteout { path: String },
+    #[error("hardlink {path:?} points to {target:?}, which is not in this layer")]
+    HardlinkTarget { path: String, target: String },
+    #[error("failed to read the layer tarball")]
+    Read(#[source] io::Error),
+    #[error("failed to unpack {path:?}")]
+    Entry { path: String, source: io::Error },
+    #[error("unsupported entry type {kind:?} for {path:?}")]
+    Unsupported { path: String, kind: tar::EntryType },
+}
+
+/// An entry name, split into safe components. Leading "./" and repeated slashes are normal in layer tarballs.
+fn components(raw: &[u8]) -> Result<Vec<&OsStr>, UnpackError> {
+    let shown = || String::from_utf8_lossy(raw).into_owned();
+    if raw.first() == Some(&b'/') {
+        return Err(UnpackError::AbsolutePath { path: shown() });
+    }
+    let mut out = Vec::new();
+    for c in raw.split(|b| *b == b'/') {
+        match c {
+            b"" | b"." => {}
+            b".." => return Err(UnpackError::DotDot { path: shown() }),
+            c => out.push(OsStr::from_bytes(c)),
+        }
+    }
+    Ok(out)
+}
+
+fn join(comps: &[&OsStr]) -> PathBuf {
+    if comps.is_empty() {
+        return PathBuf::from(".");
+    }
+    comps.iter().collect()
+}
+
+fn errno_io(e: Errno) -> io::Error {
+    io::Error::from_raw_os_error(e as i32)
+}
+
+/// Opens `path` below `root` without ever leaving it: symlinks and ".." are resolved as if `root` were "/".
+fn open_in_root(root: BorrowedFd<'_>, path: &Path, flags: OFlag) -> Result<OwnedFd, Errno> {
+    let how = OpenHow::new()
+        .flags(flags | OFlag::O_CLOEXEC)
+        .resolve(ResolveFlag::RESOLVE_IN_ROOT | ResolveFlag::RESOLVE_NO_MAGICLINKS | ResolveFlag::RESOLVE_NO_XDEV);
+    openat2(root, path, how)
+}
+
+/// Resolves (creating missing directories) the directory that will hold an entry.
+fn parent_dir(root: BorrowedFd<'_>, comps: &[&OsStr]) -> io::Result<OwnedFd> {
+    let dir_flags = OFlag::O_PATH | OFlag::O_DIRECTORY;
+    match open_in_root(root, &join(comps), dir_flags) {
+        Ok(fd) => return Ok(fd),
+        Err(Errno::ENOENT) => {}
+        Err(e) => return Err(errno_io(e)),
+    }
+    let mut parent = open_in_root(root, Path::new("."), dir_flags).map_err(errno_io)?;
+    for i in 1..=comps.len() {
+        let path = join(&comps[..i]);
+        parent = match open_in_root(root, &path, dir_flags) {
+            Ok(fd) => fd,
+            Err(Errno::ENOENT) => {
+                match mkdirat(parent.as_fd(), comps[i - 1], Mode::from_bits_truncate(0o755)) {
+                    Ok(()) | Err(Errno::EEXIST) => {}
+                    Err(e) => return Err(errno_io(e)),
+                }
+                open_in_root(root, &path, dir_flags).map_err(errno_io)?
+            }
+            Err(e) => return Err(errno_io(e)),
+        };
+    }
+    Ok(parent)
+}
+
+/// Removes `name` in `dir`, recursively if it is a directory. Never follows symlinks.
+fn remove_at(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<()> {
+    let st = match fstatat(dir, name, AtFlags::AT_SYMLINK_NOFOLLOW) {
+        Ok(st) => st,
+        Err(Errno::ENOENT) => return Ok(()),
+        Err(e) => return Err(errno_io(e)),
+    };
+    if SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == SFlag::S_IFDIR {
+        let fd = nix::fcntl::openat(dir, name, OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC, Mode::empty())
+            .map_err(errno_io)?;
+        let mut d = nix::dir::Dir::from_fd(fd).map_err(errno_io)?;
+        let names: Vec<CString> = d
+            .iter()
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_owned())
+            .filter(|n| n.as_bytes() != b"." && n.as_bytes() != b"..")
+            .collect();
+        for n in names {
+            remove_at(d.as_fd(), OsStr::from_bytes(n.as_bytes()))?;
+        }
+        unlinkat(dir, name, UnlinkatFlags::RemoveDir).map_err(errno_io)
+    } else {
+        unlinkat(dir, name, UnlinkatFlags::NoRemoveDir).map_err(errno_io)
+    }
+}
+
+fn is_dir_at(dir: BorrowedFd<'_>, name: &OsStr) -> bool {
+    fstatat(dir, name, AtFlags::AT_SYMLINK_NOFOLLOW)
+        .is_ok_and(|st| SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == SFlag::S_IFDIR)
+}
+
+fn set_xattr(fd: BorrowedFd<'_>, name: &str, value: &[u8]) -> io::Result<()> {
+    let cname = CString::new(name).map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "xattr name with NUL"))?;
+    // SAFETY: fd is a valid open descriptor, cname is NUL-terminated and value's pointer/length pair is valid.
+    let rc = unsafe { libc::fsetxattr(fd.as_raw_fd(), cname.as_ptr(), value.as_ptr().cast(), value.len(), 0) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// xattrs from PAX `SCHILY.xattr.*` records. overlayfs' own attributes are dropped: an image must not be able to
+/// plant redirects or metacopy markers that the kernel would interpret.
+fn xattrs_of<R: Read>(entry: &mut tar::Entry<'_, R>) -> io::Result<Vec<(String, Vec<u8>)>> {
+    let mut out = Vec::new();
+    if let Some(exts) = entry.pax_extensions()? {
+        for ext in exts {
+            let ext = ext?;
+            if let Ok(key) = ext.key() {
+                if let Some(name) = key.strip_prefix("SCHILY.xattr.") {
+                    if !name.starts_with("trusted.overlay.") {
+                        out.push((name.to_string(), ext.value_bytes().to_vec()));
+                    }
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+struct DirMeta {
+    comps: Vec<Vec<u8>>,
+    mode: u32,
+    mtime: i64,
+}
+
+/// Unpacks the tar stream `src` into the existing, empty directory `dest`.
+pub fn unpack_layer<R: Read>(src: R, dest: &Path, opts: UnpackOptions) -> Result<UnpackStats, UnpackError> {
+    let root_fd = nix::fcntl::open(dest, OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC, Mode::empty())
+        .map_err(|e| UnpackError::Entry { path: dest.display().to_string(), source: errno_io(e) })?;
+    let root = root_fd.as_fd();
+    let mut archive = tar::Archive::new(src);
+    let mut stats = UnpackStats::default();
+    let mut dirs: Vec<DirMeta> = Vec::new();
+    let mut dir_index: HashMap<Vec<Vec<u8>>, usize> = HashMap::new();
+    let uid_ok = !opts.unprivileged;
+    for entry in archive.entries().map_err(UnpackError::Read)? {
+        let mut entry = entry.map_err(UnpackError::Read)?;
+        let raw = entry.path_bytes().into_owned();
+        let shown = String::from_utf8_lossy(&raw).into_owned();
+        let comps = components(&raw)?;
+        stats.entries += 1;
+        let Some((&name, parent_comps)) = comps.split_last() else {
+            continue; // "./": the layer root itself; its metadata belongs to the image's root, not to a layer.
+        };
+        let wrap = |source: io::Error| UnpackError::Entry { path: shown.clone(), source };
+        let kind = entry.header().entry_type();
+        let parent = parent_dir(root, parent_comps).map_err(wrap)?;
+        let pfd = parent.as_fd();
+
+        let name_bytes = name.as_bytes();
+        if name_bytes == OPAQUE_MARKER.as_bytes() {
+            let dir = open_in_root(root, &join(parent_comps), OFlag::O_RDONLY | OFlag::O_DIRECTORY).map_err(|e| wrap(errno_io(e)))?;
+            set_xattr(dir.as_fd(), OVERLAY_OPAQUE_XATTR, b"y").map_err(wrap)?;
+            stats.whiteouts += 1;
+            continue;
+        }
+        if let Some(target) = name_bytes.strip_prefix(WHITEOUT_PREFIX.as_bytes()) {
+            if target.is_empty() || target == b"." || target == b".." || target.contains(&b'/') {
+                return Err(UnpackError::BadWhiteout { path: shown });
+            }
+            let target = OsStr::from_bytes(target);
+            remove_at(pfd, target).map_err(wrap)?;
+            mknodat(pfd, target, SFlag::S_IFCHR, Mode::empty(), 0).map_err(|e| wrap(errno_io(e)))?;
+            stats.whiteouts += 1;
+            continue;
+        }
+
+        let header = entry.header();
+        let mode = header.mode().map_err(wrap)? & 0o7777;
+        let mode = if opts.unprivileged { mode & 0o1777 } else { mode };
+        let uid = header.uid().map_err(wrap)? as u32;
+        let gid = header.gid().map_err(wrap)? as u32;
+        let mtime = header.mtime().map_err(wrap)? as i64;
+        let times = TimeSpec::new(mtime, 0);
+        let owner = |fd: BorrowedFd<'_>| -> io::Result<()> {
+            if uid_ok {
+                fchown(fd, Some(Uid::from_raw(uid)), Some(Gid::from_raw(gid))).map_err(errno_io)?;
+            }
+            Ok(())
+        };
+
+        match kind {
+            tar::EntryType::Directory => {
+                if !is_dir_at(pfd, name) {
+                    remove_at(pfd, name).map_err(wrap)?;
+                    mkdirat(pfd, name, Mode::from_bits_truncate(0o700)).map_err(|e| wrap(errno_io(e)))?;
+                }
+                let xattrs = xattrs_of(&mut entry).map_err(wrap)?;
+                let dir = open_in_root(root, &join(&comps), OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW)
+                    .map_err(|e| wrap(errno_io(e)))?;
+                owner(dir.as_fd()).map_err(wrap)?;
+                for (k, v) in xattrs {
+                    set_xattr(dir.as_fd(), &k, &v).map_err(wrap)?;
+                }
+                // Mode and times are applied last: creating children would change the times, and a read-only
+                // directory would stop an unprivileged unpacker from filling it.
+                let key: Vec<Vec<u8>> = comps.iter().map(|c| c.as_bytes().to_vec()).collect();
+                let meta = DirMeta { comps: key.clone(), mode, mtime };
+                match dir_index.get(&key) {
+                    Some(&i) => dirs[i] = meta,
+                    None => {
+                        dir_index.insert(key, dirs.len());
+                        dirs.push(meta);
+                    }
+                }
+            }
+            tar::EntryType::Regular | tar::EntryType::Continuous | tar::EntryType::GNUSparse => {
+                remove_at(pfd, name).map_err(wrap)?;
+                let fd = nix::fcntl::openat(
+                    pfd,
+                    name,
+                    OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_WRONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+                    Mode::from_bits_truncate(0o600),
+                )
+                .map_err(|e| wrap(errno_io(e)))?;
+                let xattrs = xattrs_of(&mut entry).map_err(wrap)?;
+                let mut file = File::from(fd);
+                stats.bytes += io::copy(&mut entry, &mut file).map_err(wrap)?;
+                owner(file.as_fd()).map_err(wrap)?;
+                // After chown, which clears setuid/setgid bits.
+                fchmod(file.as_fd(), Mode::from_bits_truncate(mode)).map_err(|e| wrap(errno_io(e)))?;
+                for (k, v) in xattrs {
+                    set_xattr(file.as_fd(), &k, &v).map_err(wrap)?;
+                }
+                futimens(file.as_fd(), &times, &times).map_err(|e| wrap(errno_io(e)))?;
+            }
+            tar::EntryType::Symlink => {
+                let target = entry.link_name_bytes().ok_or_else(|| wrap(io::Error::other("symlink without target")))?.into_owned();
+                remove_at(pfd, name).map_err(wrap)?;
+                symlinkat(OsStr::from_bytes(&target), pfd, name).map_err(|e| wrap(errno_io(e)))?;
+                if uid_ok {
+                    fchownat(pfd, name, Some(Uid::from_raw(uid)), Some(Gid::from_raw(gid)), AtFlags::AT_SYMLINK_NOFOLLOW)
+                        .map_err(|e| wrap(errno_io(e)))?;
+                }
+                utimensat(pfd, name, &times, &times, UtimensatFlags::NoFollowSymlink).map_err(|e| wrap(errno_io(e)))?;
+            }
+            tar::EntryType::Link => {
+                let target_raw = entry.link_name_bytes().ok_or_else(|| wrap(io::Error::other("hardlink without target")))?.into_owned();
+                let tcomps = components(&target_raw)?;
+                let target_shown = String::from_utf8_lossy(&target_raw).into_owned();
+                let missing = || UnpackError::HardlinkTarget { path: shown.clone(), target: target_shown.clone() };
+                let Some((&tname, tparent)) = tcomps.split_last() else { return Err(missing()) };
+                let tdir = match open_in_root(root, &join(tparent), OFlag::O_PATH | OFlag::O_DIRECTORY) {
+                    Ok(fd) => fd,
+                    Err(Errno::ENOENT | Errno::ENOTDIR) => return Err(missing()),
+                    Err(e) => return Err(wrap(errno_io(e))),
+                };
+                match fstatat(tdir.as_fd(), tname, AtFlags::AT_SYMLINK_NOFOLLOW) {
+                    Ok(st) if SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT != SFlag::S_IFDIR => {}
+                    Ok(_) | Err(Errno::ENOENT) => return Err(missing()),
+                    Err(e) => return Err(wrap(errno_io(e))),
+                }
+                if tcomps != comps {
+                    remove_at(pfd, name).map_err(wrap)?;
+                    linkat(tdir.as_fd(), tname, pfd, name, AtFlags::empty()).map_err(|e| wrap(errno_io(e)))?;
+                }
+            }
+            tar::EntryType::Char | tar::EntryType::Block | tar::EntryType::Fifo => {
+                if opts.unprivileged && kind != tar::EntryType::Fifo {
+                    stats.skipped_devices += 1;
+                    continue;
+                }
+                let sflag = match kind {
+                    tar::EntryType::Char => SFlag::S_IFCHR,
+                    tar::EntryType::Block => SFlag::S_IFBLK,
+                    _ => SFlag::S_IFIFO,
+                };
+                let major = entry.header().device_major().map_err(wrap)?.unwrap_or(0);
+                let minor = entry.header().device_minor().map_err(wrap)?.unwrap_or(0);
+                remove_at(pfd, name).map_err(wrap)?;
+                mknodat(pfd, name, sflag, Mode::from_bits_truncate(0o600), nix::sys::stat::makedev(major.into(), minor.into()))
+                    .map_err(|e| wrap(errno_io(e)))?;
+                if uid_ok {
+                    fchownat(pfd, name, Some(Uid::from_raw(uid)), Some(Gid::from_raw(gid)), AtFlags::AT_SYMLINK_NOFOLLOW)
+                        .map_err(|e| wrap(errno_io(e)))?;
+                }
+                fchmodat(pfd, name, Mode::from_bits_truncate(mode), FchmodatFlags::FollowSymlink).map_err(|e| wrap(errno_io(e)))?;
+                utimensat(pfd, name, &times, &times, UtimensatFlags::NoFollowSymlink).map_err(|e| wrap(errno_io(e)))?;
+            }
+            tar::EntryType::XGlobalHeader | tar::EntryType::XHeader | tar::EntryType::GNULongName | tar::EntryType::GNULongLink => {}
+            other => return Err(UnpackError::Unsupported { path: shown, kind: other }),
+        }
+    }
+    // Deepest first, so a parent's mtime is set after its children's metadata changes.
+    dirs.sort_by_key(|d| std::cmp::Reverse(d.comps.len()));
+    for d in dirs {
+        let comps: Vec<&OsStr> = d.comps.iter().map(|c| OsStr::from_bytes(c)).collect();
+        let shown = join(&comps).display().to_string();
+        let wrap = |e: Errno| UnpackError::Entry { path: shown.clone(), source: errno_io(e) };
+        // A later entry may have replaced the directory; then there is nothing to finish.
+        let dir = match open_in_root(root, &join(&comps), OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW) {
+            Ok(fd) => fd,
+            Err(Errno::ENOENT | Errno::ENOTDIR | Errno::ELOOP) => continue,
+            Err(e) => return Err(wrap(e)),
+        };
+        fchmod(dir.as_fd(), Mode::from_bits_truncate(d.mode)).map_err(wrap)?;
+        let t = TimeSpec::new(d.mtime, 0);
+        futimens(dir.as_fd(), &t, &t).map_err(wrap)?;
+    }
+    Ok(stats)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entry_names_are_checked() {
+        assert_eq!(components(b"./usr//bin/").unwrap(), vec![OsStr::new("usr"), OsStr::new("bin")]);
+        assert!(matches!(components(b"/etc/passwd"), Err(UnpackError::AbsolutePath { .. })));
+        assert!(matches!(components(b"a/../../etc"), Err(UnpackError::DotDot { .. })));
+        assert!(matches!(components(b".."), Err(UnpackError::DotDot { .. })));
+        assert!(components(b"./").unwrap().is_empty());
+    }
+}

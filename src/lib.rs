@@ -1,0 +1,18 @@
+//! drun: a daemonless container runtime for HPC and GPU hosts.
+//!
+//! The library does all the work; `main.rs` only parses the command line and maps errors to exit codes.
+//! Data flows one way: a reference is resolved against a registry or a local source (`image::source`,
+//! `image::registry`), its blobs are verified and unpacked into a content-addressed store (`image::store`,
+//! `image::unpack`), and later issues turn the stored image into a running container.
+
+pub mod cli;
+pub mod commands;
+pub mod config;
+pub mod digest;
+pub mod failpoint;
+pub mod image;
+pub mod progress;
+pub mod units;
+
+/// Exit status for errors of drun itself (as `docker run` uses 125).
+pub const EXIT_DRUN_ERROR: i32 = 125;

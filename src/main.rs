@@ -1,0 +1,34 @@
+//! The drun binary: parse, set up logging, dispatch, map errors to exit codes.
+
+use clap::Parser;
+use drun::cli::Cli;
+
+fn main() {
+    let cli = Cli::parse();
+    let filter = cli
+        .global
+        .log_level
+        .clone()
+        .or_else(|| std::env::var("DRUN_LOG").ok())
+        .unwrap_or_else(|| "warn".to_string());
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_new(&filter).unwrap_or_else(|_| "warn".into()))
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+    let code = match drun::commands::dispatch(&cli.global, cli.command) {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("error: {err}");
+            let mut causes = err.chain().skip(1).peekable();
+            if causes.peek().is_some() {
+                eprintln!("\nCaused by:");
+                for (i, c) in causes.enumerate() {
+                    eprintln!("  {i}: {c}");
+                }
+            }
+            drun::EXIT_DRUN_ERROR
+        }
+    };
+    std::process::exit(code);
+}
