@@ -19,7 +19,7 @@ use crate::image::platform::Platform;
 use crate::image::registry::{Registry, RegistryError};
 use crate::image::source::ImageSource;
 use crate::image::store::{remove_tree, ImageRecord, LayerMeta, LayerRecord, Store, StoreError, IDMAP_HOST};
-use crate::image::unpack::{unpack_layer, UnpackError, UnpackOptions, UnpackStats};
+use crate::image::unpack::{link_from_lower, unpack_layer, LowerLink, UnpackError, UnpackOptions, UnpackStats};
 use crate::progress::Progress;
 
 #[derive(Debug, thiserror::Error)]
@@ -104,7 +104,7 @@ pub struct Resolved {
     pub layers: Vec<PendingLayer>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Debug)]
 #[serde(rename_all = "camelCase")]
 pub(crate) struct Descriptor {
     #[serde(default)]
@@ -117,7 +117,7 @@ pub(crate) struct Descriptor {
     pub annotations: std::collections::HashMap<String, String>,
 }
 
-#[derive(Deserialize, Clone)]
+#[derive(Deserialize, Clone, Debug)]
 pub(crate) struct DescPlatform {
     pub os: String,
     pub architecture: String,
@@ -307,10 +307,11 @@ async fn fetch_resolved(store: &Store, resolved: Resolved, progress: &Progress, 
         let store = store.clone();
         let bar = progress.bar(layer.diff_id.short(), layer.size);
         let limit = limit.clone();
+        let lowers: Vec<Digest> = order.iter().rev().skip(1).map(|(d, _)| d.clone()).collect();
         tasks.spawn(async move {
-            let _permit = limit.acquire_owned().await.expect("semaphore is never closed");
+            let permit = limit.acquire_owned().await.expect("semaphore is never closed");
             let label = layer.digest.as_ref().map_or_else(|| layer.diff_id.to_string(), Digest::to_string);
-            let res = ensure_layer(&store, layer, bar.clone()).await;
+            let res = ensure_layer(&store, layer, lowers, permit, bar.clone()).await;
             bar.finish_and_clear();
             (i, label, res)
         });
@@ -379,7 +380,13 @@ async fn fetch_resolved(store: &Store, resolved: Resolved, progress: &Progress, 
 }
 
 /// Makes one layer present in the store. Returns its metadata and whether this process produced it.
-async fn ensure_layer(store: &Store, layer: PendingLayer, bar: indicatif::ProgressBar) -> Result<(LayerMeta, bool), LayerError> {
+async fn ensure_layer(
+    store: &Store,
+    layer: PendingLayer,
+    lowers: Vec<Digest>,
+    permit: tokio::sync::OwnedSemaphorePermit,
+    bar: indicatif::ProgressBar,
+) -> Result<(LayerMeta, bool), LayerError> {
     let diff_id = layer.diff_id.clone();
     let (s, d) = (store.clone(), diff_id.clone());
     let lock = tokio::task::spawn_blocking(move || s.lock_layer(IDMAP_HOST, &d))
@@ -433,6 +440,22 @@ async fn ensure_layer(store: &Store, layer: PendingLayer, bar: indicatif::Progre
         }
         Ok(v)
     });
+    let outcome = match outcome {
+        Ok(v) if !v.lower_links.is_empty() => {
+            // Its lower layers are produced by sibling tasks (or other processes): give the slot back and wait.
+            drop(permit);
+            wait_for_layers(store, &lowers).await;
+            let roots: Vec<PathBuf> = lowers.iter().map(|d| store.layer_root(IDMAP_HOST, d)).collect();
+            let t = tree.clone();
+            let links = v.lower_links.clone();
+            tokio::task::spawn_blocking(move || link_from_lower(&t, &roots, &links))
+                .await
+                .map_err(|e| LayerError::Task(e.to_string()))
+                .and_then(|r| r.map_err(LayerError::from))
+                .map(|()| v)
+        }
+        other => other,
+    };
     let v = match outcome {
         Ok(v) => v,
         Err(e) => {
@@ -451,11 +474,19 @@ async fn ensure_layer(store: &Store, layer: PendingLayer, bar: indicatif::Progre
     Ok((meta, true))
 }
 
+/// Waits until every layer in `layers` is published. The pull fails (and aborts this task) if one cannot be.
+async fn wait_for_layers(store: &Store, layers: &[Digest]) {
+    while !layers.iter().all(|d| store.has_layer(IDMAP_HOST, d)) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 struct Verified {
     digest: Digest,
     size: u64,
     diff_id: Digest,
     stats: UnpackStats,
+    lower_links: Vec<LowerLink>,
 }
 
 /// The single pass: hash the blob, detect and undo its compression, hash the tar, unpack it.
@@ -470,11 +501,11 @@ fn unpack_verified<R: Read>(src: R, dest: &Path, opts: UnpackOptions) -> Result<
         Box::new(&mut blob)
     };
     let mut tar = HashingReader::new(decoder);
-    let stats = unpack_layer(&mut tar, dest, opts)?;
+    let unpacked = unpack_layer(&mut tar, dest, opts)?;
     let (diff_id, _) = tar.finish().map_err(LayerError::Decompress)?;
     io::copy(&mut blob, &mut io::sink()).map_err(LayerError::Decompress)?;
     let (digest, size) = blob.into_inner().finish().map_err(LayerError::Decompress)?;
-    Ok(Verified { digest, size, diff_id, stats })
+    Ok(Verified { digest, size, diff_id, stats: unpacked.stats, lower_links: unpacked.lower_links })
 }
 
 /// Blocking reader over the chunks a download task sends.

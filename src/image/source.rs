@@ -87,7 +87,8 @@ mod tests {
         assert_eq!(name("127.0.0.1:5000/drun-test/busybox"), "127.0.0.1:5000/drun-test/busybox:latest");
         let d = "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
         assert_eq!(name(&format!("quay.io/a/b@{d}")), format!("quay.io/a/b@{d}"));
-        assert!(ImageSource::parse("UPPER/case").is_err());
+        assert!(ImageSource::parse("not a reference").is_err());
+        assert!(ImageSource::parse("library/UPPER").is_err());
     }
 
     #[test]

@@ -40,6 +40,21 @@ pub struct UnpackStats {
     pub skipped_devices: u64,
 }
 
+/// A hardlink whose target is not in its own layer but in a lower one: resolved by [`link_from_lower`] once the
+/// lower layers are present.
+#[derive(Debug, Clone)]
+pub struct LowerLink {
+    pub link: Vec<u8>,
+    pub target: Vec<u8>,
+}
+
+/// What unpacking a layer produced.
+#[derive(Debug, Default)]
+pub struct Unpacked {
+    pub stats: UnpackStats,
+    pub lower_links: Vec<LowerLink>,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum UnpackError {
     #[error("layer entry {path:?} has an absolute path; refusing to unpack it")]
@@ -48,7 +63,7 @@ pub enum UnpackError {
     DotDot { path: String },
     #[error("layer entry {path:?} is an invalid whiteout")]
     BadWhiteout { path: String },
-    #[error("hardlink {path:?} points to {target:?}, which is not in this layer")]
+    #[error("hardlink {path:?} points to {target:?}, which is in neither this layer nor a lower one")]
     HardlinkTarget { path: String, target: String },
     #[error("failed to read the layer tarball")]
     Read(#[source] io::Error),
@@ -188,12 +203,13 @@ struct DirMeta {
 }
 
 /// Unpacks the tar stream `src` into the existing, empty directory `dest`.
-pub fn unpack_layer<R: Read>(src: R, dest: &Path, opts: UnpackOptions) -> Result<UnpackStats, UnpackError> {
+pub fn unpack_layer<R: Read>(src: R, dest: &Path, opts: UnpackOptions) -> Result<Unpacked, UnpackError> {
     let root_fd = nix::fcntl::open(dest, OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC, Mode::empty())
         .map_err(|e| UnpackError::Entry { path: dest.display().to_string(), source: errno_io(e) })?;
     let root = root_fd.as_fd();
     let mut archive = tar::Archive::new(src);
     let mut stats = UnpackStats::default();
+    let mut lower_links = Vec::new();
     let mut dirs: Vec<DirMeta> = Vec::new();
     let mut dir_index: HashMap<Vec<Vec<u8>>, usize> = HashMap::new();
     let uid_ok = !opts.unprivileged;
@@ -305,15 +321,29 @@ pub fn unpack_layer<R: Read>(src: R, dest: &Path, opts: UnpackOptions) -> Result
                 let missing = || UnpackError::HardlinkTarget { path: shown.clone(), target: target_shown.clone() };
                 let Some((&tname, tparent)) = tcomps.split_last() else { return Err(missing()) };
                 let tdir = match open_in_root(root, &join(tparent), OFlag::O_PATH | OFlag::O_DIRECTORY) {
-                    Ok(fd) => fd,
-                    Err(Errno::ENOENT | Errno::ENOTDIR) => return Err(missing()),
+                    Ok(fd) => Some(fd),
+                    Err(Errno::ENOENT | Errno::ENOTDIR) => None,
                     Err(e) => return Err(wrap(errno_io(e))),
                 };
-                match fstatat(tdir.as_fd(), tname, AtFlags::AT_SYMLINK_NOFOLLOW) {
-                    Ok(st) if SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT != SFlag::S_IFDIR => {}
-                    Ok(_) | Err(Errno::ENOENT) => return Err(missing()),
-                    Err(e) => return Err(wrap(errno_io(e))),
-                }
+                let present = match &tdir {
+                    None => None,
+                    Some(t) => match fstatat(t.as_fd(), tname, AtFlags::AT_SYMLINK_NOFOLLOW) {
+                        Ok(st) => Some(SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT),
+                        Err(Errno::ENOENT) => None,
+                        Err(e) => return Err(wrap(errno_io(e))),
+                    },
+                };
+                let tdir = match (present, tdir) {
+                    (Some(SFlag::S_IFDIR), _) => return Err(missing()),
+                    // A whiteout in this layer hides the target.
+                    (Some(SFlag::S_IFCHR), _) if is_whiteout_at(root, &tcomps) => return Err(missing()),
+                    (Some(_), Some(t)) => t,
+                    _ => {
+                        // The target was laid down by a lower layer (legal, if rare): link it once those exist.
+                        lower_links.push(LowerLink { link: raw.clone(), target: target_raw.clone() });
+                        continue;
+                    }
+                };
                 if tcomps != comps {
                     remove_at(pfd, name).map_err(wrap)?;
                     linkat(tdir.as_fd(), tname, pfd, name, AtFlags::empty()).map_err(|e| wrap(errno_io(e)))?;
@@ -361,7 +391,79 @@ pub fn unpack_layer<R: Read>(src: R, dest: &Path, opts: UnpackOptions) -> Result
         let t = TimeSpec::new(d.mtime, 0);
         futimens(dir.as_fd(), &t, &t).map_err(wrap)?;
     }
-    Ok(stats)
+    Ok(Unpacked { stats, lower_links })
+}
+
+fn is_whiteout_at(root: BorrowedFd<'_>, comps: &[&OsStr]) -> bool {
+    let Some((&name, parent)) = comps.split_last() else { return false };
+    let Ok(dir) = open_in_root(root, &join(parent), OFlag::O_PATH | OFlag::O_DIRECTORY) else { return false };
+    fstatat(dir.as_fd(), name, AtFlags::AT_SYMLINK_NOFOLLOW).is_ok_and(|st| {
+        SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == SFlag::S_IFCHR && st.st_rdev == 0
+    })
+}
+
+/// Resolves hardlinks into lower layers for the layer unpacked at `dest`. `lowers` are the unpacked trees of the
+/// layers below it, nearest first. The link is a real hardlink to the lower layer's file (same file system, so
+/// the merged root shows one inode, as Docker's would); where the kernel refuses that (`protected_hardlinks` for
+/// an unprivileged user), the file is copied.
+pub fn link_from_lower(dest: &Path, lowers: &[PathBuf], links: &[LowerLink]) -> Result<(), UnpackError> {
+    let root_fd = nix::fcntl::open(dest, OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC, Mode::empty())
+        .map_err(|e| UnpackError::Entry { path: dest.display().to_string(), source: errno_io(e) })?;
+    for l in links {
+        let shown = String::from_utf8_lossy(&l.link).into_owned();
+        let wrap = |source: io::Error| UnpackError::Entry { path: shown.clone(), source };
+        let missing = || UnpackError::HardlinkTarget { path: shown.clone(), target: String::from_utf8_lossy(&l.target).into_owned() };
+        let tcomps = components(&l.target)?;
+        let lcomps = components(&l.link)?;
+        let (Some((&tname, tparent)), Some((&lname, lparent))) = (tcomps.split_last(), lcomps.split_last()) else {
+            return Err(missing());
+        };
+        let mut source = None;
+        for lower in lowers {
+            let lroot = nix::fcntl::open(lower, OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC, Mode::empty())
+                .map_err(|e| wrap(errno_io(e)))?;
+            let Ok(dir) = open_in_root(lroot.as_fd(), &join(tparent), OFlag::O_PATH | OFlag::O_DIRECTORY) else { continue };
+            match fstatat(dir.as_fd(), tname, AtFlags::AT_SYMLINK_NOFOLLOW) {
+                Ok(st) => {
+                    let fmt = SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT;
+                    if fmt == SFlag::S_IFDIR || (fmt == SFlag::S_IFCHR && st.st_rdev == 0) {
+                        break; // a directory, or deleted by a whiteout: nothing to link
+                    }
+                    source = Some(dir);
+                    break;
+                }
+                Err(_) => continue,
+            }
+        }
+        let sdir = source.ok_or_else(missing)?;
+        let pdir = parent_dir(root_fd.as_fd(), lparent).map_err(wrap)?;
+        remove_at(pdir.as_fd(), lname).map_err(wrap)?;
+        match linkat(sdir.as_fd(), tname, pdir.as_fd(), lname, AtFlags::empty()) {
+            Ok(()) => {}
+            Err(Errno::EPERM | Errno::EXDEV) => copy_file_at(sdir.as_fd(), tname, pdir.as_fd(), lname).map_err(wrap)?,
+            Err(e) => return Err(wrap(errno_io(e))),
+        }
+    }
+    Ok(())
+}
+
+fn copy_file_at(sdir: BorrowedFd<'_>, sname: &OsStr, ddir: BorrowedFd<'_>, dname: &OsStr) -> io::Result<()> {
+    let src = nix::fcntl::openat(sdir, sname, OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC, Mode::empty()).map_err(errno_io)?;
+    let mut src = File::from(src);
+    let meta = src.metadata()?;
+    let dst = nix::fcntl::openat(
+        ddir,
+        dname,
+        OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_WRONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        Mode::from_bits_truncate(0o600),
+    )
+    .map_err(errno_io)?;
+    let mut dst = File::from(dst);
+    io::copy(&mut src, &mut dst)?;
+    use std::os::unix::fs::MetadataExt;
+    fchmod(dst.as_fd(), Mode::from_bits_truncate(meta.mode() & 0o7777)).map_err(errno_io)?;
+    let t = TimeSpec::new(meta.mtime(), 0);
+    futimens(dst.as_fd(), &t, &t).map_err(errno_io)
 }
 
 #[cfg(test)]

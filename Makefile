@@ -1,0 +1,51 @@
+# drun: the two set-up commands of the README are `make demo` and `make test`; everything else is a step of them.
+SHELL := /bin/bash
+CARGO ?= cargo
+DRUN := target/release/drun
+export DRUN_TEST_STATE ?= /tmp/drun-test-state
+export DRUN_TEST_CACHE ?= /var/cache/drun-test
+# Packages drun needs to build (libseccomp for the run path) and the test infrastructure uses.
+DEB_PACKAGES := build-essential pkg-config libseccomp-dev docker-registry skopeo umoci busybox-static debootstrap \
+	apache2-utils openssl jq zstd python3 ca-certificates curl
+
+.PHONY: all deps build registry images demo test lint unit integration bench-pull registry-down clean
+
+all: build
+
+deps:
+	@. hack/lib.sh && need_pkgs $(DEB_PACKAGES)
+	@command -v $(CARGO) >/dev/null || { echo "cargo not found: install Rust (https://rustup.rs)"; exit 1; }
+
+build: deps
+	$(CARGO) build --release --locked
+
+registry: deps
+	bash hack/registry.sh up
+
+images: registry
+	bash hack/images.sh
+
+registry-down:
+	bash hack/registry.sh down
+
+demo: build images
+	bash hack/demo.sh
+
+lint: deps
+	$(CARGO) fmt --check
+	$(CARGO) clippy --release --locked --all-targets -- -D warnings
+
+unit: deps
+	$(CARGO) test --release --locked --lib
+
+integration: build images
+	$(CARGO) test --release --locked --test integration -- --test-threads=2
+
+test: lint build images
+	$(CARGO) test --release --locked -- --test-threads=2
+
+bench-pull: build images
+	bash hack/bench-pull
+
+clean:
+	$(CARGO) clean

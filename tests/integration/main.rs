@@ -1,0 +1,7 @@
+//! drun's integration tests: real drun processes against the real local registries started by `make images`.
+//! Tests that mount or chown need root (as CI runs them); they say so when they are not.
+
+mod common;
+mod pull;
+mod store;
+mod unpack;
