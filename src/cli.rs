@@ -5,7 +5,11 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 
 #[derive(Parser, Debug)]
-#[command(name = "drun", version, about = "A daemonless container runtime for HPC and GPU hosts")]
+#[command(
+    name = "drun",
+    version,
+    about = "A daemonless container runtime for HPC and GPU hosts"
+)]
 pub struct Cli {
     #[command(flatten)]
     pub global: GlobalArgs,

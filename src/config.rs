@@ -64,7 +64,10 @@ impl Config {
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
                 Err(source) => return Err(ConfigError::Read { path, source }),
             };
-            let more: Config = toml::from_str(&text).map_err(|source| ConfigError::Parse { path: path.clone(), source })?;
+            let more: Config = toml::from_str(&text).map_err(|source| ConfigError::Parse {
+                path: path.clone(),
+                source,
+            })?;
             cfg.ca_files.extend(more.ca_files);
             cfg.registries.extend(more.registries);
         }
@@ -86,7 +89,16 @@ pub fn is_loopback_host(host: &str) -> bool {
     let name = if let Some(rest) = host.strip_prefix('[') {
         rest.split(']').next().unwrap_or(rest)
     } else {
-        host.rsplit_once(':').map_or(host, |(h, p)| if p.bytes().all(|b| b.is_ascii_digit()) { h } else { host })
+        host.rsplit_once(':').map_or(
+            host,
+            |(h, p)| {
+                if p.bytes().all(|b| b.is_ascii_digit()) {
+                    h
+                } else {
+                    host
+                }
+            },
+        )
     };
     name.eq_ignore_ascii_case("localhost") || name.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
@@ -104,7 +116,9 @@ pub fn default_root() -> PathBuf {
     if nix::unistd::geteuid().is_root() {
         PathBuf::from("/var/lib/drun")
     } else {
-        xdg_dir("XDG_DATA_HOME", ".local/share").unwrap_or_else(|| PathBuf::from("/tmp")).join("drun")
+        xdg_dir("XDG_DATA_HOME", ".local/share")
+            .unwrap_or_else(|| PathBuf::from("/tmp"))
+            .join("drun")
     }
 }
 
@@ -114,7 +128,13 @@ mod tests {
 
     #[test]
     fn loopback_hosts() {
-        for h in ["localhost", "localhost:5000", "127.0.0.1:5000", "127.1.2.3", "[::1]:5000"] {
+        for h in [
+            "localhost",
+            "localhost:5000",
+            "127.0.0.1:5000",
+            "127.1.2.3",
+            "[::1]:5000",
+        ] {
             assert!(is_loopback_host(h), "{h}");
         }
         for h in ["docker.io", "10.0.0.1:5000", "localhost.example.com", "128.0.0.1"] {

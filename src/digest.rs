@@ -22,7 +22,9 @@ pub struct DigestParseError {
 
 impl Digest {
     pub fn from_sha256_bytes(bytes: &[u8]) -> Self {
-        Digest { hex: hex::encode(bytes) }
+        Digest {
+            hex: hex::encode(bytes),
+        }
     }
 
     pub fn of(data: &[u8]) -> Self {
@@ -43,8 +45,13 @@ impl Digest {
 impl FromStr for Digest {
     type Err = DigestParseError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let err = |reason| DigestParseError { value: s.to_string(), reason };
-        let hex = s.strip_prefix("sha256:").ok_or_else(|| err("only sha256 digests are supported"))?;
+        let err = |reason| DigestParseError {
+            value: s.to_string(),
+            reason,
+        };
+        let hex = s
+            .strip_prefix("sha256:")
+            .ok_or_else(|| err("only sha256 digests are supported"))?;
         if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
             return Err(err("expected 64 lowercase hex characters after \"sha256:\""));
         }
@@ -108,7 +115,10 @@ pub struct HashingReader<R> {
 
 impl<R: Read> HashingReader<R> {
     pub fn new(inner: R) -> Self {
-        HashingReader { inner, hasher: Hasher::default() }
+        HashingReader {
+            inner,
+            hasher: Hasher::default(),
+        }
     }
     /// Reads the rest of the stream (a tar reader stops before trailing padding) and returns the digest and size.
     pub fn finish(mut self) -> io::Result<(Digest, u64)> {
@@ -144,14 +154,23 @@ mod tests {
     #[test]
     fn parses_and_prints() {
         let d = Digest::of(b"");
-        assert_eq!(d.to_string(), "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
+        assert_eq!(
+            d.to_string(),
+            "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+        );
         assert_eq!(d.to_string().parse::<Digest>().unwrap(), d);
         assert_eq!(d.short(), "e3b0c44298fc");
     }
 
     #[test]
     fn rejects_bad_digests() {
-        for bad in ["sha512:00", "sha256:xyz", "e3b0c44298fc", "sha256:../../etc/passwd", "sha256:E3B0C44298FC1C149AFBF4C8996FB92427AE41E4649B934CA495991B7852B855"] {
+        for bad in [
+            "sha512:00",
+            "sha256:xyz",
+            "e3b0c44298fc",
+            "sha256:../../etc/passwd",
+            "sha256:E3B0C44298FC1C149AFBF4C8996FB92427AE41E4649B934CA495991B7852B855",
+        ] {
             assert!(bad.parse::<Digest>().is_err(), "{bad}");
         }
     }

@@ -12,7 +12,9 @@ pub struct Progress {
 impl Progress {
     pub fn new(quiet: bool) -> Progress {
         let tty = std::io::stderr().is_terminal();
-        Progress { multi: (!quiet && tty).then(|| MultiProgress::with_draw_target(ProgressDrawTarget::stderr())) }
+        Progress {
+            multi: (!quiet && tty).then(|| MultiProgress::with_draw_target(ProgressDrawTarget::stderr())),
+        }
     }
 
     pub fn hidden() -> Progress {

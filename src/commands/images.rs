@@ -16,7 +16,10 @@ pub fn run(global: &GlobalArgs, args: ImagesArgs) -> Result<i32> {
         }
     } else {
         let width = images.iter().map(|r| r.name.len()).max().unwrap_or(0).max(10);
-        println!("{:<width$}  {:<12}  {:<19}  {:>10}  PULLED", "REFERENCE", "IMAGE ID", "DIGEST", "SIZE");
+        println!(
+            "{:<width$}  {:<12}  {:<19}  {:>10}  PULLED",
+            "REFERENCE", "IMAGE ID", "DIGEST", "SIZE"
+        );
         let fmt = time::macros::format_description!("[year]-[month]-[day] [hour]:[minute]:[second]");
         for r in &images {
             println!(

@@ -9,7 +9,9 @@ pub fn run(global: &GlobalArgs, args: InspectArgs) -> Result<i32> {
     let store = super::open_store(global)?;
     let rec = store.find_image(&args.image, &lookup_names(&args.image))?;
     let load = |d: &crate::digest::Digest| -> Result<serde_json::Value> {
-        let data = store.read_blob(d)?.with_context(|| format!("blob {d} is missing from the store"))?;
+        let data = store
+            .read_blob(d)?
+            .with_context(|| format!("blob {d} is missing from the store"))?;
         Ok(serde_json::from_slice(&data)?)
     };
     let doc = serde_json::json!({

@@ -13,10 +13,18 @@ pub fn run(global: &GlobalArgs, args: PullArgs) -> Result<i32> {
     let platform = args.platform.as_deref().map(str::parse).transpose()?;
     let cfg = Config::load()?;
     let store = super::open_store(global)?;
-    let report = pull(&store, &cfg, &source, &PullOptions { platform, quiet: args.quiet })?;
+    let report = pull(
+        &store,
+        &cfg,
+        &source,
+        &PullOptions {
+            platform,
+            quiet: args.quiet,
+        },
+    )?;
     if !args.quiet {
         for rec in &report.records {
-            let state = if report.layers_fetched == 0 { "up to date" } else { "pulled" };
+            let state = if report.up_to_date { "up to date" } else { "pulled" };
             eprintln!(
                 "{}: {state} ({} layers: {} fetched, {} reused; {} in {:.2}s)",
                 rec.name,

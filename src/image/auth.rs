@@ -15,7 +15,10 @@ use std::process::{Command, Stdio};
 #[derive(Clone, PartialEq, Eq)]
 pub enum Credentials {
     Anonymous,
-    Basic { username: String, password: String },
+    Basic {
+        username: String,
+        password: String,
+    },
     /// An OAuth2 refresh/identity token (Docker's `identitytoken`), sent as a bearer token.
     Token(String),
 }
@@ -39,7 +42,11 @@ pub enum AuthError {
     #[error("invalid \"auth\" entry for {registry} in {path}: expected base64 of \"user:password\"")]
     BadAuthField { registry: String, path: PathBuf },
     #[error("credential helper docker-credential-{helper} failed for {registry}: {message}")]
-    Helper { helper: String, registry: String, message: String },
+    Helper {
+        helper: String,
+        registry: String,
+        message: String,
+    },
 }
 
 #[derive(Deserialize, Default)]
@@ -87,9 +94,21 @@ pub fn auth_files() -> Vec<PathBuf> {
 
 /// The keys a registry may be stored under: `host[:port]`, with a scheme, and Docker Hub's legacy URL.
 fn keys_for(registry: &str) -> Vec<String> {
-    let mut keys = vec![registry.to_string(), format!("https://{registry}"), format!("http://{registry}")];
+    let mut keys = vec![
+        registry.to_string(),
+        format!("https://{registry}"),
+        format!("http://{registry}"),
+    ];
     if matches!(registry, "docker.io" | "index.docker.io" | "registry-1.docker.io") {
-        keys.extend(["https://index.docker.io/v1/", "index.docker.io", "docker.io", "registry-1.docker.io"].map(String::from));
+        keys.extend(
+            [
+                "https://index.docker.io/v1/",
+                "index.docker.io",
+                "docker.io",
+                "registry-1.docker.io",
+            ]
+            .map(String::from),
+        );
     }
     keys
 }
@@ -115,7 +134,10 @@ pub fn credentials_for(registry: &str) -> Result<Credentials, AuthError> {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
             Err(source) => return Err(AuthError::Read { path, source }),
         };
-        let file: AuthFile = serde_json::from_str(&text).map_err(|source| AuthError::Parse { path: path.clone(), source })?;
+        let file: AuthFile = serde_json::from_str(&text).map_err(|source| AuthError::Parse {
+            path: path.clone(),
+            source,
+        })?;
         if let Some((_, helper)) = lookup_key(&file.cred_helpers, registry) {
             return run_helper(helper, registry);
         }
@@ -140,14 +162,25 @@ fn entry_credentials(entry: &AuthEntry, registry: &str, path: &Path) -> Result<O
         return Ok(Some(Credentials::Token(tok.to_string())));
     }
     if let Some(auth) = entry.auth.as_deref().filter(|a| !a.is_empty()) {
-        let bad = || AuthError::BadAuthField { registry: registry.to_string(), path: path.to_path_buf() };
-        let raw = base64::engine::general_purpose::STANDARD.decode(auth.trim()).map_err(|_| bad())?;
+        let bad = || AuthError::BadAuthField {
+            registry: registry.to_string(),
+            path: path.to_path_buf(),
+        };
+        let raw = base64::engine::general_purpose::STANDARD
+            .decode(auth.trim())
+            .map_err(|_| bad())?;
         let text = String::from_utf8(raw).map_err(|_| bad())?;
         let (u, p) = text.split_once(':').ok_or_else(bad)?;
-        return Ok(Some(Credentials::Basic { username: u.to_string(), password: p.to_string() }));
+        return Ok(Some(Credentials::Basic {
+            username: u.to_string(),
+            password: p.to_string(),
+        }));
     }
     if let (Some(u), Some(p)) = (&entry.username, &entry.password) {
-        return Ok(Some(Credentials::Basic { username: u.clone(), password: p.clone() }));
+        return Ok(Some(Credentials::Basic {
+            username: u.clone(),
+            password: p.clone(),
+        }));
     }
     Ok(None)
 }
@@ -162,7 +195,11 @@ struct HelperAnswer {
 /// Runs `docker-credential-<helper> get` with the registry on stdin, as the Docker credential-helper protocol says.
 fn run_helper(helper: &str, registry: &str) -> Result<Credentials, AuthError> {
     let program = format!("docker-credential-{helper}");
-    let fail = |message: String| AuthError::Helper { helper: helper.to_string(), registry: registry.to_string(), message };
+    let fail = |message: String| AuthError::Helper {
+        helper: helper.to_string(),
+        registry: registry.to_string(),
+        message,
+    };
     let mut child = Command::new(&program)
         .arg("get")
         .stdin(Stdio::piped())
@@ -181,13 +218,24 @@ fn run_helper(helper: &str, registry: &str) -> Result<Credentials, AuthError> {
             return Ok(Credentials::Anonymous);
         }
         let msg = String::from_utf8_lossy(&out.stderr);
-        return Err(fail(format!("{}: {}", out.status, if msg.trim().is_empty() { stdout.trim() } else { msg.trim() })));
+        return Err(fail(format!(
+            "{}: {}",
+            out.status,
+            if msg.trim().is_empty() {
+                stdout.trim()
+            } else {
+                msg.trim()
+            }
+        )));
     }
     let ans: HelperAnswer = serde_json::from_str(&stdout).map_err(|e| fail(format!("unreadable answer: {e}")))?;
     if ans.username == "<token>" {
         Ok(Credentials::Token(ans.secret))
     } else {
-        Ok(Credentials::Basic { username: ans.username, password: ans.secret })
+        Ok(Credentials::Basic {
+            username: ans.username,
+            password: ans.secret,
+        })
     }
 }
 
@@ -198,12 +246,21 @@ mod tests {
     #[test]
     fn decodes_auth_field_and_pairs() {
         let p = Path::new("/x");
-        let e = AuthEntry { auth: Some(base64::engine::general_purpose::STANDARD.encode("drun:s3:cret")), ..Default::default() };
+        let e = AuthEntry {
+            auth: Some(base64::engine::general_purpose::STANDARD.encode("drun:s3:cret")),
+            ..Default::default()
+        };
         assert_eq!(
             entry_credentials(&e, "r", p).unwrap(),
-            Some(Credentials::Basic { username: "drun".into(), password: "s3:cret".into() })
+            Some(Credentials::Basic {
+                username: "drun".into(),
+                password: "s3:cret".into()
+            })
         );
-        let e = AuthEntry { auth: Some("!!!".into()), ..Default::default() };
+        let e = AuthEntry {
+            auth: Some("!!!".into()),
+            ..Default::default()
+        };
         assert!(entry_credentials(&e, "r", p).is_err());
         assert_eq!(entry_credentials(&AuthEntry::default(), "r", p).unwrap(), None);
     }

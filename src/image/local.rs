@@ -23,11 +23,17 @@ pub enum LocalError {
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, LocalError> {
-    std::fs::read(path).map_err(|source| LocalError::Read { path: path.to_path_buf(), source })
+    std::fs::read(path).map_err(|source| LocalError::Read {
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 fn invalid(path: &Path, message: impl Into<String>) -> LocalError {
-    LocalError::Invalid { path: path.to_path_buf(), message: message.into() }
+    LocalError::Invalid {
+        path: path.to_path_buf(),
+        message: message.into(),
+    }
 }
 
 fn blob_path(dir: &Path, d: &Digest) -> PathBuf {
@@ -44,19 +50,45 @@ fn read_verified(dir: &Path, d: &Digest) -> Result<Vec<u8>, LocalError> {
 }
 
 /// Resolves an OCI image layout: the entry of `index.json` tagged `tag` (or its only entry), then the platform.
-pub fn resolve_oci_layout(dir: &Path, tag: Option<&str>, platform: &Platform, name: &str) -> Result<Resolved, LocalError> {
+pub fn resolve_oci_layout(
+    dir: &Path,
+    tag: Option<&str>,
+    platform: &Platform,
+    name: &str,
+) -> Result<Resolved, LocalError> {
     let index_path = dir.join("index.json");
     let data = read(&index_path)?;
     let Parsed::Index(entries) = parse_manifest(&data).map_err(|m| invalid(&index_path, m))? else {
         return Err(invalid(&index_path, "index.json is not an image index"));
     };
-    let tags: Vec<&str> = entries.iter().filter_map(|e| e.annotations.get(REF_NAME).map(String::as_str)).collect();
+    let tags: Vec<&str> = entries
+        .iter()
+        .filter_map(|e| e.annotations.get(REF_NAME).map(String::as_str))
+        .collect();
     let entry = match tag {
-        Some(t) => entries.iter().find(|e| e.annotations.get(REF_NAME).is_some_and(|n| n == t)).ok_or_else(|| {
-            invalid(&index_path, format!("no image tagged {t:?} (tags: {})", if tags.is_empty() { "none".into() } else { tags.join(", ") }))
-        })?,
+        Some(t) => entries
+            .iter()
+            .find(|e| e.annotations.get(REF_NAME).is_some_and(|n| n == t))
+            .ok_or_else(|| {
+                invalid(
+                    &index_path,
+                    format!(
+                        "no image tagged {t:?} (tags: {})",
+                        if tags.is_empty() {
+                            "none".into()
+                        } else {
+                            tags.join(", ")
+                        }
+                    ),
+                )
+            })?,
         None if entries.len() == 1 => &entries[0],
-        None => return Err(invalid(&index_path, format!("several images; name one with oci:DIR:TAG (tags: {})", tags.join(", ")))),
+        None => {
+            return Err(invalid(
+                &index_path,
+                format!("several images; name one with oci:DIR:TAG (tags: {})", tags.join(", ")),
+            ))
+        }
     };
     let mut index = None;
     let mut digest = entry.digest.clone();
@@ -73,9 +105,19 @@ pub fn resolve_oci_layout(dir: &Path, tag: Option<&str>, platform: &Platform, na
         return Err(invalid(&mpath, "an index points to another index"));
     };
     let config_bytes = read_verified(dir, &config.digest)?;
-    let (layers, plat) = pair_layers(&config_bytes, &layers, |d| LayerFetch::File { path: blob_path(dir, &d.digest), offset: 0 })
-        .map_err(|m| invalid(&mpath, m))?;
-    Ok(Resolved { names: vec![name.to_string()], index, manifest: (manifest, digest), config: (config_bytes, config.digest), platform: plat, layers })
+    let (layers, plat) = pair_layers(&config_bytes, &layers, |d| LayerFetch::File {
+        path: blob_path(dir, &d.digest),
+        offset: 0,
+    })
+    .map_err(|m| invalid(&mpath, m))?;
+    Ok(Resolved {
+        names: vec![name.to_string()],
+        index,
+        manifest: (manifest, digest),
+        config: (config_bytes, config.digest),
+        platform: plat,
+        layers,
+    })
 }
 
 #[derive(Deserialize)]
@@ -89,16 +131,24 @@ struct ArchiveEntry {
 
 /// Resolves a `docker save` archive (its first image). Layers are read in place from the tarball.
 pub fn resolve_docker_archive(file: &Path, name: &str) -> Result<Resolved, LocalError> {
-    let f = std::fs::File::open(file).map_err(|source| LocalError::Read { path: file.to_path_buf(), source })?;
+    let f = std::fs::File::open(file).map_err(|source| LocalError::Read {
+        path: file.to_path_buf(),
+        source,
+    })?;
     let mut archive = tar::Archive::new(f);
     // Member name → (offset of its data, size).
     let mut members: HashMap<String, (u64, u64)> = HashMap::new();
     let mut manifest_json = None;
     let mut small: HashMap<String, Vec<u8>> = HashMap::new();
-    let rd = |source| LocalError::Read { path: file.to_path_buf(), source };
+    let rd = |source| LocalError::Read {
+        path: file.to_path_buf(),
+        source,
+    };
     for entry in archive.entries_with_seek().map_err(rd)? {
         let mut entry = entry.map_err(rd)?;
-        let path = String::from_utf8_lossy(&entry.path_bytes()).trim_start_matches("./").to_string();
+        let path = String::from_utf8_lossy(&entry.path_bytes())
+            .trim_start_matches("./")
+            .to_string();
         let size = entry.size();
         members.insert(path.clone(), (entry.raw_file_position(), size));
         if path == "manifest.json" || (path.ends_with(".json") && size < (16 << 20)) {
@@ -111,14 +161,20 @@ pub fn resolve_docker_archive(file: &Path, name: &str) -> Result<Resolved, Local
             }
         }
     }
-    let manifest_json = manifest_json.ok_or_else(|| invalid(file, "no manifest.json: not a docker-archive (docker save) tarball"))?;
-    let entries: Vec<ArchiveEntry> = serde_json::from_slice(&manifest_json).map_err(|e| invalid(file, format!("bad manifest.json: {e}")))?;
-    let Some(entry) = entries.into_iter().next() else { return Err(invalid(file, "manifest.json lists no image")) };
+    let manifest_json =
+        manifest_json.ok_or_else(|| invalid(file, "no manifest.json: not a docker-archive (docker save) tarball"))?;
+    let entries: Vec<ArchiveEntry> =
+        serde_json::from_slice(&manifest_json).map_err(|e| invalid(file, format!("bad manifest.json: {e}")))?;
+    let Some(entry) = entries.into_iter().next() else {
+        return Err(invalid(file, "manifest.json lists no image"));
+    };
     let config_bytes = match small.remove(entry.config.trim_start_matches("./")) {
         Some(b) => b,
         None => {
             // Newer archives name the config blobs/sha256/<hex> without a .json suffix.
-            let (off, size) = *members.get(entry.config.trim_start_matches("./")).ok_or_else(|| invalid(file, format!("missing member {}", entry.config)))?;
+            let (off, size) = *members
+                .get(entry.config.trim_start_matches("./"))
+                .ok_or_else(|| invalid(file, format!("missing member {}", entry.config)))?;
             read_range(file, off, size)?
         }
     };
@@ -127,9 +183,13 @@ pub fn resolve_docker_archive(file: &Path, name: &str) -> Result<Resolved, Local
     let mut descs = Vec::new();
     for l in &entry.layers {
         let key = l.trim_start_matches("./");
-        let (offset, size) = *members.get(key).ok_or_else(|| invalid(file, format!("missing layer member {l}")))?;
+        let (offset, size) = *members
+            .get(key)
+            .ok_or_else(|| invalid(file, format!("missing layer member {l}")))?;
         // In the OCI-style archive layout the member name is the blob digest; in the legacy one it says nothing.
-        let digest = key.strip_prefix("blobs/sha256/").and_then(|h| format!("sha256:{h}").parse::<Digest>().ok());
+        let digest = key
+            .strip_prefix("blobs/sha256/")
+            .and_then(|h| format!("sha256:{h}").parse::<Digest>().ok());
         layers.push((digest, offset, size));
     }
     // Pair with diff_ids through the same checks as a registry image, then fill in what the archive knows.
@@ -141,8 +201,11 @@ pub fn resolve_docker_archive(file: &Path, name: &str) -> Result<Resolved, Local
     }
     let descs: Vec<crate::image::pull::Descriptor> =
         serde_json::from_str(&format!("[{}]", descs.join(","))).expect("descriptors are well-formed");
-    let (paired, plat) = pair_layers(&config_bytes, &descs, |_| LayerFetch::File { path: file.to_path_buf(), offset: 0 })
-        .map_err(|m| invalid(file, m))?;
+    let (paired, plat) = pair_layers(&config_bytes, &descs, |_| LayerFetch::File {
+        path: file.to_path_buf(),
+        offset: 0,
+    })
+    .map_err(|m| invalid(file, m))?;
     let mut pending = Vec::new();
     let mut manifest_layers = Vec::new();
     for (p, (digest, offset, size)) in paired.into_iter().zip(layers) {
@@ -151,7 +214,16 @@ pub fn resolve_docker_archive(file: &Path, name: &str) -> Result<Resolved, Local
             "digest": digest.as_ref().unwrap_or(&p.diff_id).to_string(),
             "size": size,
         }));
-        pending.push(PendingLayer { digest, diff_id: p.diff_id, size, media_type: p.media_type, fetch: LayerFetch::File { path: file.to_path_buf(), offset } });
+        pending.push(PendingLayer {
+            digest,
+            diff_id: p.diff_id,
+            size,
+            media_type: p.media_type,
+            fetch: LayerFetch::File {
+                path: file.to_path_buf(),
+                offset,
+            },
+        });
     }
     // The archive has no manifest of its own: record an equivalent OCI manifest so the image has a digest.
     let manifest = serde_json::to_vec(&serde_json::json!({
@@ -165,16 +237,30 @@ pub fn resolve_docker_archive(file: &Path, name: &str) -> Result<Resolved, Local
     let names: Vec<String> = match entry.repo_tags.filter(|t| !t.is_empty()) {
         Some(tags) => tags
             .iter()
-            .map(|t| ImageSource::parse(t).map(|s| s.canonical_name()).map_err(|e| invalid(file, e.to_string())))
+            .map(|t| {
+                ImageSource::parse(t)
+                    .map(|s| s.canonical_name())
+                    .map_err(|e| invalid(file, e.to_string()))
+            })
             .collect::<Result<_, _>>()?,
         None => vec![name.to_string()],
     };
-    Ok(Resolved { names, index: None, manifest: (manifest, mdigest), config: (config_bytes, config_digest), platform: plat, layers: pending })
+    Ok(Resolved {
+        names,
+        index: None,
+        manifest: (manifest, mdigest),
+        config: (config_bytes, config_digest),
+        platform: plat,
+        layers: pending,
+    })
 }
 
 fn read_range(file: &Path, offset: u64, size: u64) -> Result<Vec<u8>, LocalError> {
     use std::io::Seek;
-    let rd = |source| LocalError::Read { path: file.to_path_buf(), source };
+    let rd = |source| LocalError::Read {
+        path: file.to_path_buf(),
+        source,
+    };
     let mut f = std::fs::File::open(file).map_err(rd)?;
     f.seek(std::io::SeekFrom::Start(offset)).map_err(rd)?;
     let mut buf = Vec::with_capacity(size as usize);

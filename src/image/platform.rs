@@ -28,7 +28,11 @@ pub fn host_arch() -> &'static str {
 
 impl Platform {
     pub fn host() -> Platform {
-        Platform { os: "linux".into(), arch: host_arch().into(), variant: None }
+        Platform {
+            os: "linux".into(),
+            arch: host_arch().into(),
+            variant: None,
+        }
     }
 
     /// Whether an index entry's platform satisfies this request. arm64 images often omit the "v8" variant.
@@ -47,10 +51,16 @@ impl FromStr for Platform {
         let parts: Vec<&str> = s.split('/').collect();
         let ok = |p: &&str| !p.is_empty() && p.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
         match parts.as_slice() {
-            [os, arch] if ok(os) && ok(arch) => Ok(Platform { os: os.to_string(), arch: arch.to_string(), variant: None }),
-            [os, arch, v] if ok(os) && ok(arch) && ok(v) => {
-                Ok(Platform { os: os.to_string(), arch: arch.to_string(), variant: Some(v.to_string()) })
-            }
+            [os, arch] if ok(os) && ok(arch) => Ok(Platform {
+                os: os.to_string(),
+                arch: arch.to_string(),
+                variant: None,
+            }),
+            [os, arch, v] if ok(os) && ok(arch) && ok(v) => Ok(Platform {
+                os: os.to_string(),
+                arch: arch.to_string(),
+                variant: Some(v.to_string()),
+            }),
             _ => Err(PlatformError(s.to_string())),
         }
     }

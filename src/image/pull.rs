@@ -33,9 +33,17 @@ pub enum PullError {
     #[error("failed to pull {name}: {message}")]
     Invalid { name: String, message: String },
     #[error("failed to pull {name}: layer {digest}")]
-    Layer { name: String, digest: String, source: LayerError },
+    Layer {
+        name: String,
+        digest: String,
+        source: Box<LayerError>,
+    },
     #[error("failed to pull {name}: no manifest for platform {platform} in the index (available: {available})")]
-    NoPlatform { name: String, platform: Platform, available: String },
+    NoPlatform {
+        name: String,
+        platform: Platform,
+        available: String,
+    },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -58,6 +66,8 @@ pub enum LayerError {
     File { path: PathBuf, source: io::Error },
     #[error("unpack task failed: {0}")]
     Task(String),
+    #[error("cancelled because another layer failed")]
+    Cancelled,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -73,6 +83,8 @@ pub struct PullReport {
     pub layers_fetched: usize,
     pub layers_reused: usize,
     pub bytes_fetched: u64,
+    /// Every name already pointed at this manifest and nothing had to be fetched.
+    pub up_to_date: bool,
     pub elapsed: Duration,
 }
 
@@ -81,7 +93,10 @@ pub struct PullReport {
 pub enum LayerFetch {
     Registry(Arc<Registry>),
     /// A byte range of a local file (a blob in an OCI layout, or a member of a docker archive).
-    File { path: PathBuf, offset: u64 },
+    File {
+        path: PathBuf,
+        offset: u64,
+    },
 }
 
 /// A layer to make present: its expected identity and where to get it.
@@ -159,7 +174,10 @@ pub(crate) struct RootFs {
 /// Either an index (list of platform manifests) or an image manifest.
 pub(crate) enum Parsed {
     Index(Vec<Descriptor>),
-    Image { config: Descriptor, layers: Vec<Descriptor> },
+    Image {
+        config: Descriptor,
+        layers: Vec<Descriptor>,
+    },
 }
 
 pub(crate) fn parse_manifest(data: &[u8]) -> Result<Parsed, String> {
@@ -170,14 +188,21 @@ pub(crate) fn parse_manifest(data: &[u8]) -> Result<Parsed, String> {
     match (m.manifests, m.config, m.layers) {
         (Some(list), _, _) => Ok(Parsed::Index(list)),
         (None, Some(config), Some(layers)) => Ok(Parsed::Image { config, layers }),
-        _ => Err(format!("unsupported manifest (media type {})", m.media_type.as_deref().unwrap_or("unknown"))),
+        _ => Err(format!(
+            "unsupported manifest (media type {})",
+            m.media_type.as_deref().unwrap_or("unknown")
+        )),
     }
 }
 
 /// Picks the platform's entry of an index.
 pub(crate) fn select_platform<'a>(list: &'a [Descriptor], want: &Platform) -> Result<&'a Descriptor, String> {
     list.iter()
-        .find(|d| d.platform.as_ref().is_some_and(|p| want.matches(&p.os, &p.architecture, p.variant.as_deref())))
+        .find(|d| {
+            d.platform
+                .as_ref()
+                .is_some_and(|p| want.matches(&p.os, &p.architecture, p.variant.as_deref()))
+        })
         .ok_or_else(|| {
             list.iter()
                 .filter_map(|d| d.platform.as_ref())
@@ -207,12 +232,24 @@ pub(crate) fn pair_layers(
     let mut out = Vec::new();
     for (d, diff_id) in layers.iter().zip(cfg.rootfs.diff_ids) {
         if !d.media_type.is_empty() && !d.media_type.contains("tar") {
-            return Err(format!("layer {} has unsupported media type {}", d.digest, d.media_type));
+            return Err(format!(
+                "layer {} has unsupported media type {}",
+                d.digest, d.media_type
+            ));
         }
         if d.media_type.contains("encrypted") || d.media_type.contains("foreign") {
-            return Err(format!("layer {} has unsupported media type {}", d.digest, d.media_type));
+            return Err(format!(
+                "layer {} has unsupported media type {}",
+                d.digest, d.media_type
+            ));
         }
-        out.push(PendingLayer { digest: Some(d.digest.clone()), diff_id, size: d.size, media_type: d.media_type.clone(), fetch: fetch(d) });
+        out.push(PendingLayer {
+            digest: Some(d.digest.clone()),
+            diff_id,
+            size: d.size,
+            media_type: d.media_type.clone(),
+            fetch: fetch(d),
+        });
     }
     let platform = match cfg.variant {
         Some(v) => format!("{}/{}/{v}", cfg.os, cfg.architecture),
@@ -221,17 +258,36 @@ pub(crate) fn pair_layers(
     Ok((out, platform))
 }
 
-async fn resolve_registry(cfg: &Config, store: &Store, reference: &Reference, platform: &Platform, name: &str) -> Result<Resolved, PullError> {
-    let reg_err = |source| PullError::Registry { name: name.to_string(), source };
-    let invalid = |message: String| PullError::Invalid { name: name.to_string(), message };
+async fn resolve_registry(
+    cfg: &Config,
+    store: &Store,
+    reference: &Reference,
+    platform: &Platform,
+    name: &str,
+) -> Result<Resolved, PullError> {
+    let reg_err = |source| PullError::Registry {
+        name: name.to_string(),
+        source,
+    };
+    let invalid = |message: String| PullError::Invalid {
+        name: name.to_string(),
+        message,
+    };
     let registry = Arc::new(Registry::connect(cfg, reference).await.map_err(reg_err)?);
     let (data, digest) = registry.manifest(reference).await.map_err(reg_err)?;
     let mut index = None;
     let (manifest, mdigest) = match parse_manifest(&data).map_err(invalid)? {
         Parsed::Index(list) => {
-            let chosen = select_platform(&list, platform)
-                .map_err(|available| PullError::NoPlatform { name: name.to_string(), platform: platform.clone(), available })?;
-            let by_digest = Reference::with_digest(reference.registry().to_string(), reference.repository().to_string(), chosen.digest.to_string());
+            let chosen = select_platform(&list, platform).map_err(|available| PullError::NoPlatform {
+                name: name.to_string(),
+                platform: platform.clone(),
+                available,
+            })?;
+            let by_digest = Reference::with_digest(
+                reference.registry().to_string(),
+                reference.repository().to_string(),
+                chosen.digest.to_string(),
+            );
             let (m, md) = registry.manifest(&by_digest).await.map_err(reg_err)?;
             if md != chosen.digest {
                 return Err(invalid(format!("manifest {} hashes to {md}", chosen.digest)));
@@ -244,11 +300,15 @@ async fn resolve_registry(cfg: &Config, store: &Store, reference: &Reference, pl
     let Parsed::Image { config, layers } = parse_manifest(&manifest).map_err(invalid)? else {
         return Err(invalid("an index points to another index".into()));
     };
-    let config_bytes = match store.read_blob(&config.digest).map_err(|source| PullError::Store { name: name.to_string(), source })? {
+    let config_bytes = match store.read_blob(&config.digest).map_err(|source| PullError::Store {
+        name: name.to_string(),
+        source,
+    })? {
         Some(b) => b,
         None => registry.blob(&config.digest, config.size).await.map_err(reg_err)?,
     };
-    let (layers, plat) = pair_layers(&config_bytes, &layers, |_| LayerFetch::Registry(registry.clone())).map_err(invalid)?;
+    let (layers, plat) =
+        pair_layers(&config_bytes, &layers, |_| LayerFetch::Registry(registry.clone())).map_err(invalid)?;
     Ok(Resolved {
         names: vec![name.to_string()],
         index,
@@ -264,7 +324,10 @@ pub fn pull(store: &Store, cfg: &Config, source: &ImageSource, opts: &PullOption
     let started = Instant::now();
     let name = source.canonical_name();
     let platform = opts.platform.clone().unwrap_or_else(Platform::host);
-    let store_err = |source| PullError::Store { name: name.clone(), source };
+    let store_err = |source| PullError::Store {
+        name: name.clone(),
+        source,
+    };
     let _shared = store.lock_shared().map_err(store_err)?;
     let progress = Progress::new(opts.quiet);
     // The runtime lives only for this call: later stages (libcontainer) must not run beside its threads.
@@ -273,15 +336,23 @@ pub fn pull(store: &Store, cfg: &Config, source: &ImageSource, opts: &PullOption
         .max_blocking_threads(8)
         .enable_all()
         .build()
-        .map_err(|e| PullError::Invalid { name: name.clone(), message: format!("cannot start the async runtime: {e}") })?;
+        .map_err(|e| PullError::Invalid {
+            name: name.clone(),
+            message: format!("cannot start the async runtime: {e}"),
+        })?;
     let report = rt.block_on(async {
         let resolved = match source {
             ImageSource::Registry(r) => resolve_registry(cfg, store, r, &platform, &name).await?,
-            ImageSource::OciLayout { dir, tag } => {
-                local::resolve_oci_layout(dir, tag.as_deref(), &platform, &name).map_err(|source| PullError::Local { name: name.clone(), source })?
-            }
+            ImageSource::OciLayout { dir, tag } => local::resolve_oci_layout(dir, tag.as_deref(), &platform, &name)
+                .map_err(|source| PullError::Local {
+                    name: name.clone(),
+                    source,
+                })?,
             ImageSource::DockerArchive { file } => {
-                local::resolve_docker_archive(file, &name).map_err(|source| PullError::Local { name: name.clone(), source })?
+                local::resolve_docker_archive(file, &name).map_err(|source| PullError::Local {
+                    name: name.clone(),
+                    source,
+                })?
             }
         };
         fetch_resolved(store, resolved, &progress, &name).await
@@ -292,9 +363,18 @@ pub fn pull(store: &Store, cfg: &Config, source: &ImageSource, opts: &PullOption
     Ok(report)
 }
 
-async fn fetch_resolved(store: &Store, resolved: Resolved, progress: &Progress, name: &str) -> Result<PullReport, PullError> {
-    let store_err = |source| PullError::Store { name: name.to_string(), source };
+async fn fetch_resolved(
+    store: &Store,
+    resolved: Resolved,
+    progress: &Progress,
+    name: &str,
+) -> Result<PullReport, PullError> {
+    let store_err = |source| PullError::Store {
+        name: name.to_string(),
+        source,
+    };
     let mut tasks = tokio::task::JoinSet::new();
+    let (cancel_tx, cancel_rx) = tokio::sync::watch::channel(false);
     let limit = Arc::new(tokio::sync::Semaphore::new(6));
     let mut layers_reused = 0;
     let mut order = Vec::new();
@@ -308,10 +388,14 @@ async fn fetch_resolved(store: &Store, resolved: Resolved, progress: &Progress, 
         let bar = progress.bar(layer.diff_id.short(), layer.size);
         let limit = limit.clone();
         let lowers: Vec<Digest> = order.iter().rev().skip(1).map(|(d, _)| d.clone()).collect();
+        let cancel = cancel_rx.clone();
         tasks.spawn(async move {
             let permit = limit.acquire_owned().await.expect("semaphore is never closed");
-            let label = layer.digest.as_ref().map_or_else(|| layer.diff_id.to_string(), Digest::to_string);
-            let res = ensure_layer(&store, layer, lowers, permit, bar.clone()).await;
+            let label = layer
+                .digest
+                .as_ref()
+                .map_or_else(|| layer.diff_id.to_string(), Digest::to_string);
+            let res = ensure_layer(&store, layer, lowers, permit, cancel, bar.clone()).await;
             bar.finish_and_clear();
             (i, label, res)
         });
@@ -321,7 +405,10 @@ async fn fetch_resolved(store: &Store, resolved: Resolved, progress: &Progress, 
     let mut metas: Vec<Option<LayerMeta>> = vec![None; order.len()];
     let mut first_err = None;
     while let Some(joined) = tasks.join_next().await {
-        let (i, label, res) = joined.map_err(|e| PullError::Invalid { name: name.to_string(), message: format!("layer task failed: {e}") })?;
+        let (i, label, res) = joined.map_err(|e| PullError::Invalid {
+            name: name.to_string(),
+            message: format!("layer task failed: {e}"),
+        })?;
         match res {
             Ok((meta, did_fetch)) => {
                 if did_fetch {
@@ -333,8 +420,13 @@ async fn fetch_resolved(store: &Store, resolved: Resolved, progress: &Progress, 
                 metas[i] = Some(meta);
             }
             Err(source) if first_err.is_none() => {
-                first_err = Some(PullError::Layer { name: name.to_string(), digest: label, source });
-                tasks.abort_all();
+                first_err = Some(PullError::Layer {
+                    name: name.to_string(),
+                    digest: label,
+                    source: Box::new(source),
+                });
+                // Siblings stop at their next chunk and clean up their own staging directories.
+                let _ = cancel_tx.send(true);
             }
             Err(_) => {}
         }
@@ -347,22 +439,36 @@ async fn fetch_resolved(store: &Store, resolved: Resolved, progress: &Progress, 
     for (i, (diff_id, media_type)) in order.into_iter().enumerate() {
         let meta = match metas[i].take() {
             Some(m) => m,
-            None => store.layer_meta(IDMAP_HOST, &diff_id).ok_or_else(|| PullError::Invalid {
-                name: name.to_string(),
-                message: format!("layer {diff_id} vanished from the store"),
-            })?,
+            None => store
+                .layer_meta(IDMAP_HOST, &diff_id)
+                .ok_or_else(|| PullError::Invalid {
+                    name: name.to_string(),
+                    message: format!("layer {diff_id} vanished from the store"),
+                })?,
         };
         size += meta.unpacked_bytes;
-        layers.push(LayerRecord { digest: meta.blob_digest, diff_id, media_type, size: meta.blob_size });
+        layers.push(LayerRecord {
+            digest: meta.blob_digest,
+            diff_id,
+            media_type,
+            size: meta.blob_size,
+        });
     }
     if let Some((data, digest)) = &resolved.index {
         store.write_blob(digest, data).map_err(store_err)?;
     }
-    store.write_blob(&resolved.manifest.1, &resolved.manifest.0).map_err(store_err)?;
-    store.write_blob(&resolved.config.1, &resolved.config.0).map_err(store_err)?;
+    store
+        .write_blob(&resolved.manifest.1, &resolved.manifest.0)
+        .map_err(store_err)?;
+    store
+        .write_blob(&resolved.config.1, &resolved.config.0)
+        .map_err(store_err)?;
     crate::failpoint::hit("before-record");
     let mut records = Vec::new();
+    let mut up_to_date = fetched == 0;
     for n in resolved.names {
+        let previous = store.image(&n).map_err(store_err)?;
+        up_to_date &= previous.is_some_and(|p| p.manifest_digest == resolved.manifest.1);
         let rec = ImageRecord {
             name: n,
             manifest_digest: resolved.manifest.1.clone(),
@@ -376,7 +482,14 @@ async fn fetch_resolved(store: &Store, resolved: Resolved, progress: &Progress, 
         store.save_image(&rec).map_err(store_err)?;
         records.push(rec);
     }
-    Ok(PullReport { records, layers_fetched: fetched, layers_reused, bytes_fetched, elapsed: Duration::ZERO })
+    Ok(PullReport {
+        records,
+        layers_fetched: fetched,
+        layers_reused,
+        bytes_fetched,
+        up_to_date,
+        elapsed: Duration::ZERO,
+    })
 }
 
 /// Makes one layer present in the store. Returns its metadata and whether this process produced it.
@@ -385,6 +498,7 @@ async fn ensure_layer(
     layer: PendingLayer,
     lowers: Vec<Digest>,
     permit: tokio::sync::OwnedSemaphorePermit,
+    mut cancel: tokio::sync::watch::Receiver<bool>,
     bar: indicatif::ProgressBar,
 ) -> Result<(LayerMeta, bool), LayerError> {
     let diff_id = layer.diff_id.clone();
@@ -397,30 +511,56 @@ async fn ensure_layer(
     }
     let staging = store.layer_staging(IDMAP_HOST, &diff_id)?;
     let tree = staging.join("root");
-    let opts = UnpackOptions { unprivileged: !nix::unistd::geteuid().is_root() };
+    let opts = UnpackOptions {
+        unprivileged: !nix::unistd::geteuid().is_root(),
+    };
     let result = match layer.fetch.clone() {
         LayerFetch::Registry(registry) => {
             let (tx, rx) = mpsc::channel::<Bytes>(32);
             let t = tree.clone();
-            let unpack = tokio::task::spawn_blocking(move || unpack_verified(ChannelReader { rx, cur: Bytes::new() }, &t, opts));
+            let unpack =
+                tokio::task::spawn_blocking(move || unpack_verified(ChannelReader { rx, cur: Bytes::new() }, &t, opts));
             let digest = layer.digest.clone().expect("registry layers have a digest");
             let b = bar.clone();
             let download = registry.stream_blob(&digest, layer.size, tx, move |n| b.inc(n));
+            let mut c = cancel.clone();
+            // Dropping the download (on cancellation) closes the channel, so the unpacker ends too.
+            let download = async move {
+                tokio::select! {
+                    r = download => r.map_err(LayerError::from),
+                    _ = c.wait_for(|v| *v) => Err(LayerError::Cancelled),
+                }
+            };
             let (dl, up) = tokio::join!(download, unpack);
             let up = up.map_err(|e| LayerError::Task(e.to_string()))?;
             // A download error explains a truncated stream better than the unpacker's complaint about it.
-            dl?;
-            up
+            match dl {
+                Err(e) => Err(e),
+                Ok(()) => up,
+            }
         }
         LayerFetch::File { path, offset } => {
             let t = tree.clone();
             let size = layer.size;
             tokio::task::spawn_blocking(move || {
                 use std::io::Seek;
-                let mut f = std::fs::File::open(&path).map_err(|source| LayerError::File { path: path.clone(), source })?;
-                f.seek(io::SeekFrom::Start(offset)).map_err(|source| LayerError::File { path: path.clone(), source })?;
+                let mut f = std::fs::File::open(&path).map_err(|source| LayerError::File {
+                    path: path.clone(),
+                    source,
+                })?;
+                f.seek(io::SeekFrom::Start(offset)).map_err(|source| LayerError::File {
+                    path: path.clone(),
+                    source,
+                })?;
                 let b = bar.clone();
-                unpack_verified(ProgressReader { inner: f.take(size), bar: b }, &t, opts)
+                unpack_verified(
+                    ProgressReader {
+                        inner: f.take(size),
+                        bar: b,
+                    },
+                    &t,
+                    opts,
+                )
             })
             .await
             .map_err(|e| LayerError::Task(e.to_string()))?
@@ -429,14 +569,23 @@ async fn ensure_layer(
     let outcome = result.and_then(|v| {
         if let Some(want) = &layer.digest {
             if *want != v.digest {
-                return Err(LayerError::Digest { expected: want.clone(), actual: v.digest });
+                return Err(LayerError::Digest {
+                    expected: want.clone(),
+                    actual: v.digest,
+                });
             }
         }
         if v.size != layer.size {
-            return Err(LayerError::Size { expected: layer.size, actual: v.size });
+            return Err(LayerError::Size {
+                expected: layer.size,
+                actual: v.size,
+            });
         }
         if v.diff_id != diff_id {
-            return Err(LayerError::DiffId { expected: diff_id.clone(), actual: v.diff_id });
+            return Err(LayerError::DiffId {
+                expected: diff_id.clone(),
+                actual: v.diff_id,
+            });
         }
         Ok(v)
     });
@@ -444,7 +593,13 @@ async fn ensure_layer(
         Ok(v) if !v.lower_links.is_empty() => {
             // Its lower layers are produced by sibling tasks (or other processes): give the slot back and wait.
             drop(permit);
-            wait_for_layers(store, &lowers).await;
+            tokio::select! {
+                _ = wait_for_layers(store, &lowers) => {}
+                _ = cancel.wait_for(|v| *v) => {
+                    let _ = remove_tree(&staging);
+                    return Err(LayerError::Cancelled);
+                }
+            }
             let roots: Vec<PathBuf> = lowers.iter().map(|d| store.layer_root(IDMAP_HOST, d)).collect();
             let t = tree.clone();
             let links = v.lower_links.clone();
@@ -465,7 +620,13 @@ async fn ensure_layer(
     };
     tracing::debug!(%diff_id, entries = v.stats.entries, bytes = v.stats.bytes, whiteouts = v.stats.whiteouts,
         skipped_devices = v.stats.skipped_devices, "layer unpacked");
-    let meta = LayerMeta { diff_id: diff_id.clone(), blob_digest: v.digest, blob_size: v.size, unpacked_bytes: v.stats.bytes, entries: v.stats.entries };
+    let meta = LayerMeta {
+        diff_id: diff_id.clone(),
+        blob_digest: v.digest,
+        blob_size: v.size,
+        unpacked_bytes: v.stats.bytes,
+        entries: v.stats.entries,
+    };
     if let Err(e) = store.publish_layer(IDMAP_HOST, &staging, &meta) {
         let _ = remove_tree(&staging);
         return Err(e.into());
@@ -505,7 +666,13 @@ fn unpack_verified<R: Read>(src: R, dest: &Path, opts: UnpackOptions) -> Result<
     let (diff_id, _) = tar.finish().map_err(LayerError::Decompress)?;
     io::copy(&mut blob, &mut io::sink()).map_err(LayerError::Decompress)?;
     let (digest, size) = blob.into_inner().finish().map_err(LayerError::Decompress)?;
-    Ok(Verified { digest, size, diff_id, stats: unpacked.stats, lower_links: unpacked.lower_links })
+    Ok(Verified {
+        digest,
+        size,
+        diff_id,
+        stats: unpacked.stats,
+        lower_links: unpacked.lower_links,
+    })
 }
 
 /// Blocking reader over the chunks a download task sends.
@@ -551,7 +718,9 @@ mod tests {
         let idx = br#"{"schemaVersion":2,"manifests":[
             {"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:1111111111111111111111111111111111111111111111111111111111111111","size":1,"platform":{"os":"linux","architecture":"amd64"}},
             {"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:2222222222222222222222222222222222222222222222222222222222222222","size":1,"platform":{"os":"linux","architecture":"arm64","variant":"v8"}}]}"#;
-        let Parsed::Index(list) = parse_manifest(idx).unwrap() else { panic!("not an index") };
+        let Parsed::Index(list) = parse_manifest(idx).unwrap() else {
+            panic!("not an index")
+        };
         let arm = select_platform(&list, &"linux/arm64".parse().unwrap()).unwrap();
         assert!(arm.digest.hex().starts_with("2222"));
         let err = select_platform(&list, &"linux/s390x".parse().unwrap()).unwrap_err();
@@ -563,7 +732,12 @@ mod tests {
         assert!(parse_manifest(br#"{"schemaVersion":1,"fsLayers":[]}"#).is_err());
         let layers = vec![];
         let cfg = br#"{"os":"linux","architecture":"amd64","rootfs":{"type":"layers","diff_ids":["sha256:1111111111111111111111111111111111111111111111111111111111111111"]}}"#;
-        let err = pair_layers(cfg, &layers, |_| LayerFetch::File { path: "/x".into(), offset: 0 }).err().unwrap();
+        let err = pair_layers(cfg, &layers, |_| LayerFetch::File {
+            path: "/x".into(),
+            offset: 0,
+        })
+        .err()
+        .unwrap();
         assert!(err.contains("lists 0 layers"), "{err}");
     }
 }

@@ -38,19 +38,40 @@ pub enum RegistryError {
     #[error("TLS certificate of {registry} is not trusted: {message}\n  hint: add its CA certificate to `ca_files` in /etc/drun/config.toml (or ~/.config/drun/config.toml)")]
     Certificate { registry: String, message: String },
     #[error("{registry} refused the credentials for {reference}: {message}")]
-    Unauthorized { registry: String, reference: String, message: String },
+    Unauthorized {
+        registry: String,
+        reference: String,
+        message: String,
+    },
     #[error("{reference}: not found in {registry}: {message}")]
-    NotFound { registry: String, reference: String, message: String },
+    NotFound {
+        registry: String,
+        reference: String,
+        message: String,
+    },
     #[error("{registry} answered {status} for {url}: {message}")]
-    Status { registry: String, url: String, status: u16, message: String },
+    Status {
+        registry: String,
+        url: String,
+        status: u16,
+        message: String,
+    },
     #[error("{registry}: {message}")]
     Other { registry: String, message: String },
     #[error(transparent)]
     Auth(#[from] AuthError),
     #[error("failed to read CA certificate {path}")]
-    CaFile { path: std::path::PathBuf, source: std::io::Error },
+    CaFile {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
     #[error("blob {digest} from {registry}: expected {expected} bytes, got {got}")]
-    SizeMismatch { registry: String, digest: Digest, expected: u64, got: u64 },
+    SizeMismatch {
+        registry: String,
+        digest: Digest,
+        expected: u64,
+        got: u64,
+    },
 }
 
 impl RegistryError {
@@ -98,7 +119,10 @@ pub struct Registry {
 fn load_certs(cfg: &Config, host: &str) -> Result<Vec<Vec<u8>>, RegistryError> {
     let mut pems = Vec::new();
     for path in cfg.ca_files.iter().chain(cfg.registry(host).ca_files.iter()) {
-        pems.push(std::fs::read(path).map_err(|source| RegistryError::CaFile { path: path.clone(), source })?);
+        pems.push(std::fs::read(path).map_err(|source| RegistryError::CaFile {
+            path: path.clone(),
+            source,
+        })?);
     }
     Ok(pems)
 }
@@ -127,7 +151,10 @@ impl Registry {
         let host = reference.resolve_registry().to_string();
         let rcfg = cfg.registry(&host);
         let pems = load_certs(cfg, &host)?;
-        let other = |message: String| RegistryError::Other { registry: host.clone(), message };
+        let other = |message: String| RegistryError::Other {
+            registry: host.clone(),
+            message,
+        };
         let http = http_client(&pems, rcfg.insecure).map_err(other)?;
 
         let scheme = Self::probe_scheme(&http, &host, cfg.allows_http(&host)).await?;
@@ -140,10 +167,17 @@ impl Registry {
         };
         let certs = pems
             .iter()
-            .map(|p| Certificate { encoding: CertificateEncoding::Pem, data: p.clone() })
+            .map(|p| Certificate {
+                encoding: CertificateEncoding::Pem,
+                data: p.clone(),
+            })
             .collect();
         let client = Client::new(ClientConfig {
-            protocol: if scheme == "http" { ClientProtocol::Http } else { ClientProtocol::Https },
+            protocol: if scheme == "http" {
+                ClientProtocol::Http
+            } else {
+                ClientProtocol::Https
+            },
             accept_invalid_certificates: rcfg.insecure,
             extra_root_certificates: certs,
             connect_timeout: Some(Duration::from_secs(15)),
@@ -172,11 +206,19 @@ impl Registry {
                 Err(e) => {
                     last = chain(&e);
                     if is_cert_error(&last) {
-                        return Err(RegistryError::Certificate { registry: host.to_string(), message: last });
+                        return Err(RegistryError::Certificate {
+                            registry: host.to_string(),
+                            message: last,
+                        });
                     }
                     if allow_http {
                         // A plain-HTTP server answers a TLS hello with garbage or closes: try HTTP instead.
-                        match http.get(format!("http://{host}/v2/")).timeout(Duration::from_secs(10)).send().await {
+                        match http
+                            .get(format!("http://{host}/v2/"))
+                            .timeout(Duration::from_secs(10))
+                            .send()
+                            .await
+                        {
                             Ok(_) => return Ok("http"),
                             Err(e2) => last = format!("https: {last}; http: {}", chain(&e2)),
                         }
@@ -185,18 +227,26 @@ impl Registry {
                 }
             }
         }
-        Err(RegistryError::Unreachable { registry: host.to_string(), message: last })
+        Err(RegistryError::Unreachable {
+            registry: host.to_string(),
+            message: last,
+        })
     }
 
     async fn authenticate(&self) -> Result<(), RegistryError> {
         let token = self
-            .with_retries("authenticate", || self.client.auth(&self.reference, &self.auth, RegistryOperation::Pull))
+            .with_retries("authenticate", || {
+                self.client.auth(&self.reference, &self.auth, RegistryOperation::Pull)
+            })
             .await?;
         let header = match (token, &self.auth) {
             (Some(t), _) => Some(format!("Bearer {t}")),
             (None, RegistryAuth::Basic(u, p)) => {
                 use base64::Engine as _;
-                Some(format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{u}:{p}"))))
+                Some(format!(
+                    "Basic {}",
+                    base64::engine::general_purpose::STANDARD.encode(format!("{u}:{p}"))
+                ))
             }
             (None, _) => None,
         };
@@ -213,9 +263,18 @@ impl Registry {
                 reference,
                 message: format!("401 Unauthorized for {url}"),
             },
-            OciDistributionError::AuthenticationFailure(m) => RegistryError::Unauthorized { registry, reference, message: m },
+            OciDistributionError::AuthenticationFailure(m) => RegistryError::Unauthorized {
+                registry,
+                reference,
+                message: m,
+            },
             OciDistributionError::RegistryError { envelope, url } => {
-                let msg = envelope.errors.iter().map(|e| format!("{:?}: {}", e.code, e.message)).collect::<Vec<_>>().join("; ");
+                let msg = envelope
+                    .errors
+                    .iter()
+                    .map(|e| format!("{:?}: {}", e.code, e.message))
+                    .collect::<Vec<_>>()
+                    .join("; ");
                 let msg = format!("{msg} ({url})");
                 let not_found = envelope.errors.iter().any(|e| {
                     matches!(
@@ -226,23 +285,47 @@ impl Registry {
                     )
                 });
                 let denied = envelope.errors.iter().any(|e| {
-                    matches!(e.code, oci_client::errors::OciErrorCode::Unauthorized | oci_client::errors::OciErrorCode::Denied)
+                    matches!(
+                        e.code,
+                        oci_client::errors::OciErrorCode::Unauthorized | oci_client::errors::OciErrorCode::Denied
+                    )
                 });
                 if not_found {
-                    RegistryError::NotFound { registry, reference, message: msg }
+                    RegistryError::NotFound {
+                        registry,
+                        reference,
+                        message: msg,
+                    }
                 } else if denied {
-                    RegistryError::Unauthorized { registry, reference, message: msg }
+                    RegistryError::Unauthorized {
+                        registry,
+                        reference,
+                        message: msg,
+                    }
                 } else {
                     RegistryError::Other { registry, message: msg }
                 }
             }
-            OciDistributionError::ImageManifestNotFoundError(m) => RegistryError::NotFound { registry, reference, message: m },
-            OciDistributionError::ServerError { code, url, message } if code == 404 => {
-                RegistryError::NotFound { registry, reference, message: format!("404 for {url}: {}", message.trim()) }
-            }
-            OciDistributionError::ServerError { code, url, message } => {
-                RegistryError::Status { registry, url, status: code, message: message.trim().to_string() }
-            }
+            OciDistributionError::ImageManifestNotFoundError(m) => RegistryError::NotFound {
+                registry,
+                reference,
+                message: m,
+            },
+            OciDistributionError::ServerError {
+                code: 404,
+                url,
+                message,
+            } => RegistryError::NotFound {
+                registry,
+                reference,
+                message: format!("404 for {url}: {}", message.trim()),
+            },
+            OciDistributionError::ServerError { code, url, message } => RegistryError::Status {
+                registry,
+                url,
+                status: code,
+                message: message.trim().to_string(),
+            },
             OciDistributionError::RequestError(e) => {
                 let message = chain(&e);
                 if is_cert_error(&message) {
@@ -251,7 +334,10 @@ impl Registry {
                     RegistryError::Unreachable { registry, message }
                 }
             }
-            other => RegistryError::Other { registry, message: chain(&other) },
+            other => RegistryError::Other {
+                registry,
+                message: chain(&other),
+            },
         }
     }
 
@@ -279,14 +365,19 @@ impl Registry {
     /// reference's digest when it has one.
     pub async fn manifest(&self, reference: &Reference) -> Result<(Bytes, Digest), RegistryError> {
         let (data, _) = self
-            .with_retries("fetching the manifest", || self.client.pull_manifest_raw(reference, &self.auth, MANIFEST_TYPES))
+            .with_retries("fetching the manifest", || {
+                self.client.pull_manifest_raw(reference, &self.auth, MANIFEST_TYPES)
+            })
             .await?;
         let digest = Digest::of(&data);
         if let Some(want) = reference.digest() {
             if want != digest.to_string() {
                 return Err(RegistryError::Other {
                     registry: self.host.clone(),
-                    message: format!("manifest for {} has digest {digest}, expected {want}", reference.whole()),
+                    message: format!(
+                        "manifest for {} has digest {digest}, expected {want}",
+                        reference.whole()
+                    ),
                 });
             }
         }
@@ -326,7 +417,12 @@ impl Registry {
         tx: mpsc::Sender<Bytes>,
         mut progress: impl FnMut(u64),
     ) -> Result<(), RegistryError> {
-        let url = format!("{}://{}/v2/{}/blobs/{digest}", self.scheme, self.host, self.reference.repository());
+        let url = format!(
+            "{}://{}/v2/{}/blobs/{digest}",
+            self.scheme,
+            self.host,
+            self.reference.repository()
+        );
         let mut offset: u64 = 0;
         let mut failures = 0u32;
         let mut reauthed = false;
@@ -346,7 +442,10 @@ impl Registry {
             }
             let mut retry_after = None;
             let result: Result<(), RegistryError> = async {
-                let resp = req.send().await.map_err(|e| RegistryError::Unreachable { registry: self.host.clone(), message: chain(&e) })?;
+                let resp = req.send().await.map_err(|e| RegistryError::Unreachable {
+                    registry: self.host.clone(),
+                    message: chain(&e),
+                })?;
                 let status = resp.status().as_u16();
                 retry_after = resp
                     .headers()
@@ -374,7 +473,10 @@ impl Registry {
                 };
                 let mut stream = resp.bytes_stream();
                 while let Some(chunk) = stream.next().await {
-                    let mut chunk = chunk.map_err(|e| RegistryError::Unreachable { registry: self.host.clone(), message: chain(&e) })?;
+                    let mut chunk = chunk.map_err(|e| RegistryError::Unreachable {
+                        registry: self.host.clone(),
+                        message: chain(&e),
+                    })?;
                     if skip > 0 {
                         let n = skip.min(chunk.len() as u64);
                         chunk = chunk.slice(n as usize..);
@@ -385,7 +487,12 @@ impl Registry {
                     }
                     offset += chunk.len() as u64;
                     if offset > size {
-                        return Err(RegistryError::SizeMismatch { registry: self.host.clone(), digest: digest.clone(), expected: size, got: offset });
+                        return Err(RegistryError::SizeMismatch {
+                            registry: self.host.clone(),
+                            digest: digest.clone(),
+                            expected: size,
+                            got: offset,
+                        });
                     }
                     progress(chunk.len() as u64);
                     failures = 0;

@@ -28,7 +28,9 @@ fn absolute(p: &str) -> PathBuf {
     if p.is_absolute() {
         p.to_path_buf()
     } else {
-        std::env::current_dir().map(|d| d.join(p)).unwrap_or_else(|_| p.to_path_buf())
+        std::env::current_dir()
+            .map(|d| d.join(p))
+            .unwrap_or_else(|_| p.to_path_buf())
     }
 }
 
@@ -36,24 +38,35 @@ impl ImageSource {
     pub fn parse(input: &str) -> Result<ImageSource, SourceError> {
         if let Some(rest) = input.strip_prefix("oci:") {
             if rest.is_empty() {
-                return Err(SourceError::Local { input: input.into(), reason: "expected oci:DIR[:TAG]" });
+                return Err(SourceError::Local {
+                    input: input.into(),
+                    reason: "expected oci:DIR[:TAG]",
+                });
             }
             // The tag is what follows the last ':' when that part has no '/' (a directory may contain ':').
             let (dir, tag) = match rest.rsplit_once(':') {
                 Some((d, t)) if !t.contains('/') && !d.is_empty() => (d, Some(t.to_string())),
                 _ => (rest, None),
             };
-            return Ok(ImageSource::OciLayout { dir: absolute(dir), tag });
+            return Ok(ImageSource::OciLayout {
+                dir: absolute(dir),
+                tag,
+            });
         }
         if let Some(rest) = input.strip_prefix("docker-archive:") {
             if rest.is_empty() {
-                return Err(SourceError::Local { input: input.into(), reason: "expected docker-archive:FILE" });
+                return Err(SourceError::Local {
+                    input: input.into(),
+                    reason: "expected docker-archive:FILE",
+                });
             }
             return Ok(ImageSource::DockerArchive { file: absolute(rest) });
         }
         let r = input.strip_prefix("docker://").unwrap_or(input);
-        let reference = Reference::try_from(r)
-            .map_err(|e| SourceError::Reference { input: input.to_string(), reason: e.to_string() })?;
+        let reference = Reference::try_from(r).map_err(|e| SourceError::Reference {
+            input: input.to_string(),
+            reason: e.to_string(),
+        })?;
         Ok(ImageSource::Registry(reference))
     }
 
@@ -72,7 +85,9 @@ impl ImageSource {
 
 /// Names under which a typed reference may be recorded (for `rmi`, `inspect`): its canonical form if it parses.
 pub fn lookup_names(typed: &str) -> Vec<String> {
-    ImageSource::parse(typed).map(|s| vec![s.canonical_name()]).unwrap_or_default()
+    ImageSource::parse(typed)
+        .map(|s| vec![s.canonical_name()])
+        .unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -84,7 +99,10 @@ mod tests {
         let name = |s: &str| ImageSource::parse(s).unwrap().canonical_name();
         assert_eq!(name("busybox"), "docker.io/library/busybox:latest");
         assert_eq!(name("docker://busybox:1.36"), "docker.io/library/busybox:1.36");
-        assert_eq!(name("127.0.0.1:5000/drun-test/busybox"), "127.0.0.1:5000/drun-test/busybox:latest");
+        assert_eq!(
+            name("127.0.0.1:5000/drun-test/busybox"),
+            "127.0.0.1:5000/drun-test/busybox:latest"
+        );
         let d = "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
         assert_eq!(name(&format!("quay.io/a/b@{d}")), format!("quay.io/a/b@{d}"));
         assert!(ImageSource::parse("not a reference").is_err());
@@ -100,8 +118,14 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-        assert!(matches!(ImageSource::parse("oci:/srv/layout").unwrap(), ImageSource::OciLayout { tag: None, .. }));
-        assert!(matches!(ImageSource::parse("docker-archive:/x.tar").unwrap(), ImageSource::DockerArchive { .. }));
+        assert!(matches!(
+            ImageSource::parse("oci:/srv/layout").unwrap(),
+            ImageSource::OciLayout { tag: None, .. }
+        ));
+        assert!(matches!(
+            ImageSource::parse("docker-archive:/x.tar").unwrap(),
+            ImageSource::DockerArchive { .. }
+        ));
         assert!(ImageSource::parse("oci:").is_err());
     }
 }

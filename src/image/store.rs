@@ -31,7 +31,11 @@ pub const IDMAP_HOST: &str = "host";
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("failed to {action} {path}")]
-    Io { action: &'static str, path: PathBuf, source: io::Error },
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        source: io::Error,
+    },
     #[error("corrupt store entry {path}: {reason}")]
     Corrupt { path: PathBuf, reason: String },
     #[error("no image {0:?} in the store (see `drun images`)")]
@@ -41,7 +45,11 @@ pub enum StoreError {
 }
 
 fn io_err<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> StoreError + 'a {
-    move |source| StoreError::Io { action, path: path.to_path_buf(), source }
+    move |source| StoreError::Io {
+        action,
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 /// One layer of a stored image.
@@ -109,7 +117,9 @@ impl Store {
         }
         // The store holds setuid binaries and root-owned trees from images: keep other users out of it.
         let _ = fs::set_permissions(root, std::os::unix::fs::PermissionsExt::from_mode(0o700));
-        Ok(Store { root: root.to_path_buf() })
+        Ok(Store {
+            root: root.to_path_buf(),
+        })
     }
 
     pub fn root(&self) -> &Path {
@@ -118,8 +128,17 @@ impl Store {
 
     fn lock_file(&self, name: &str, arg: FlockArg) -> Result<Lock, StoreError> {
         let path = self.root.join("locks").join(name);
-        let f = OpenOptions::new().create(true).truncate(false).write(true).open(&path).map_err(io_err("open lock", &path))?;
-        Flock::lock(f, arg).map(Lock).map_err(|(_, e)| StoreError::Io { action: "lock", path, source: e.into() })
+        let f = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(io_err("open lock", &path))?;
+        Flock::lock(f, arg).map(Lock).map_err(|(_, e)| StoreError::Io {
+            action: "lock",
+            path,
+            source: e.into(),
+        })
     }
 
     /// Shared lock held by every pull (and later every run) while it uses the store.
@@ -134,7 +153,10 @@ impl Store {
 
     /// Exclusive lock for producing one layer.
     pub fn lock_layer(&self, idmap: &str, diff_id: &Digest) -> Result<Lock, StoreError> {
-        self.lock_file(&format!("layer-{idmap}-{}.lock", diff_id.hex()), FlockArg::LockExclusive)
+        self.lock_file(
+            &format!("layer-{idmap}-{}.lock", diff_id.hex()),
+            FlockArg::LockExclusive,
+        )
     }
 
     pub fn blob_path(&self, digest: &Digest) -> PathBuf {
@@ -158,7 +180,10 @@ impl Store {
         let path = self.blob_path(digest);
         match fs::read(&path) {
             Ok(data) if Digest::of(&data) == *digest => Ok(Some(data)),
-            Ok(_) => Err(StoreError::Corrupt { path, reason: "content does not match its digest".into() }),
+            Ok(_) => Err(StoreError::Corrupt {
+                path,
+                reason: "content does not match its digest".into(),
+            }),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(io_err("read", &path)(e)),
         }
@@ -202,8 +227,11 @@ impl Store {
     /// Publishes a staged layer by renaming it into place.
     pub fn publish_layer(&self, idmap: &str, staging: &Path, meta: &LayerMeta) -> Result<(), StoreError> {
         let meta_path = staging.join("meta.json");
-        fs::write(&meta_path, serde_json::to_vec_pretty(meta).expect("layer metadata serialises"))
-            .map_err(io_err("write", &meta_path))?;
+        fs::write(
+            &meta_path,
+            serde_json::to_vec_pretty(meta).expect("layer metadata serialises"),
+        )
+        .map_err(io_err("write", &meta_path))?;
         let parent = self.root.join("layers").join(idmap);
         fs::create_dir_all(&parent).map_err(io_err("create", &parent))?;
         let dest = self.layer_dir(idmap, &meta.diff_id);
@@ -219,7 +247,9 @@ impl Store {
     }
 
     fn record_path(&self, name: &str) -> PathBuf {
-        self.root.join("images").join(format!("{}.json", Digest::of(name.as_bytes()).hex()))
+        self.root
+            .join("images")
+            .join(format!("{}.json", Digest::of(name.as_bytes()).hex()))
     }
 
     pub fn save_image(&self, rec: &ImageRecord) -> Result<(), StoreError> {
@@ -232,7 +262,10 @@ impl Store {
         match fs::read(&path) {
             Ok(data) => serde_json::from_slice(&data)
                 .map(Some)
-                .map_err(|e| StoreError::Corrupt { path, reason: e.to_string() }),
+                .map_err(|e| StoreError::Corrupt {
+                    path,
+                    reason: e.to_string(),
+                }),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(io_err("read", &path)(e)),
         }
@@ -246,7 +279,10 @@ impl Store {
             let path = e.path();
             if path.extension().is_some_and(|x| x == "json") {
                 let data = fs::read(&path).map_err(io_err("read", &path))?;
-                out.push(serde_json::from_slice(&data).map_err(|e| StoreError::Corrupt { path, reason: e.to_string() })?);
+                out.push(serde_json::from_slice(&data).map_err(|e| StoreError::Corrupt {
+                    path,
+                    reason: e.to_string(),
+                })?);
             }
         }
         out.sort_by(|a: &ImageRecord, b| a.name.cmp(&b.name));
@@ -313,8 +349,14 @@ impl Store {
             }
         }
         let layers_dir = self.root.join("layers");
-        for idmap in fs::read_dir(&layers_dir).map_err(io_err("list", &layers_dir))?.flatten() {
-            for e in fs::read_dir(idmap.path()).map_err(io_err("list", &idmap.path()))?.flatten() {
+        for idmap in fs::read_dir(&layers_dir)
+            .map_err(io_err("list", &layers_dir))?
+            .flatten()
+        {
+            for e in fs::read_dir(idmap.path())
+                .map_err(io_err("list", &idmap.path()))?
+                .flatten()
+            {
                 if !layers.contains(e.file_name().to_string_lossy().as_ref()) {
                     freed += tree_size(&e.path());
                     remove_tree(&e.path())?;
@@ -371,9 +413,13 @@ pub fn tree_size(path: &Path) -> u64 {
     use std::collections::HashSet;
     use std::os::unix::fs::MetadataExt;
     fn walk(p: &Path, seen: &mut HashSet<(u64, u64)>) -> u64 {
-        let Ok(m) = fs::symlink_metadata(p) else { return 0 };
+        let Ok(m) = fs::symlink_metadata(p) else {
+            return 0;
+        };
         if m.is_dir() {
-            fs::read_dir(p).map(|rd| rd.flatten().map(|e| walk(&e.path(), seen)).sum()).unwrap_or(0)
+            fs::read_dir(p)
+                .map(|rd| rd.flatten().map(|e| walk(&e.path(), seen)).sum())
+                .unwrap_or(0)
         } else if m.is_file() && seen.insert((m.dev(), m.ino())) {
             m.len()
         } else {

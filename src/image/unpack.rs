@@ -16,7 +16,9 @@ use std::path::{Path, PathBuf};
 
 use nix::errno::Errno;
 use nix::fcntl::{openat2, AtFlags, OFlag, OpenHow, ResolveFlag};
-use nix::sys::stat::{fchmod, fchmodat, fstatat, futimens, mkdirat, mknodat, utimensat, FchmodatFlags, Mode, SFlag, UtimensatFlags};
+use nix::sys::stat::{
+    fchmod, fchmodat, fstatat, futimens, mkdirat, mknodat, utimensat, FchmodatFlags, Mode, SFlag, UtimensatFlags,
+};
 use nix::sys::time::TimeSpec;
 use nix::unistd::{fchown, fchownat, linkat, symlinkat, unlinkat, Gid, Uid, UnlinkatFlags};
 
@@ -143,8 +145,13 @@ fn remove_at(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<()> {
         Err(e) => return Err(errno_io(e)),
     };
     if SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == SFlag::S_IFDIR {
-        let fd = nix::fcntl::openat(dir, name, OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC, Mode::empty())
-            .map_err(errno_io)?;
+        let fd = nix::fcntl::openat(
+            dir,
+            name,
+            OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(errno_io)?;
         let mut d = nix::dir::Dir::from_fd(fd).map_err(errno_io)?;
         let names: Vec<CString> = d
             .iter()
@@ -177,35 +184,68 @@ fn set_xattr(fd: BorrowedFd<'_>, name: &str, value: &[u8]) -> io::Result<()> {
     }
 }
 
-/// xattrs from PAX `SCHILY.xattr.*` records. overlayfs' own attributes are dropped: an image must not be able to
-/// plant redirects or metacopy markers that the kernel would interpret.
-fn xattrs_of<R: Read>(entry: &mut tar::Entry<'_, R>) -> io::Result<Vec<(String, Vec<u8>)>> {
-    let mut out = Vec::new();
+/// What PAX records add to an entry: xattrs from `SCHILY.xattr.*` and a precise `mtime`. overlayfs' own
+/// attributes are dropped: an image must not be able to plant redirects or metacopy markers that the kernel
+/// would interpret.
+#[derive(Default)]
+struct PaxExtras {
+    xattrs: Vec<(String, Vec<u8>)>,
+    mtime: Option<TimeSpec>,
+}
+
+fn pax_extras<R: Read>(entry: &mut tar::Entry<'_, R>) -> io::Result<PaxExtras> {
+    let mut out = PaxExtras::default();
     if let Some(exts) = entry.pax_extensions()? {
         for ext in exts {
             let ext = ext?;
-            if let Ok(key) = ext.key() {
-                if let Some(name) = key.strip_prefix("SCHILY.xattr.") {
-                    if !name.starts_with("trusted.overlay.") {
-                        out.push((name.to_string(), ext.value_bytes().to_vec()));
-                    }
+            let Ok(key) = ext.key() else { continue };
+            if let Some(name) = key.strip_prefix("SCHILY.xattr.") {
+                if !name.starts_with("trusted.overlay.") {
+                    out.xattrs.push((name.to_string(), ext.value_bytes().to_vec()));
                 }
+            } else if key == "mtime" {
+                out.mtime = ext.value().ok().and_then(parse_pax_time);
             }
         }
     }
     Ok(out)
 }
 
+/// PAX times are decimal seconds with an optional fraction ("1700000000.123456789").
+fn parse_pax_time(v: &str) -> Option<TimeSpec> {
+    let (sec, frac) = v.split_once('.').unwrap_or((v, ""));
+    let sec: i64 = sec.parse().ok()?;
+    let digits: String = frac.chars().take(9).collect();
+    let nsec: i64 = if digits.is_empty() {
+        0
+    } else {
+        format!("{digits:0<9}").parse().ok()?
+    };
+    // A negative time with a fraction counts down from the whole second.
+    Some(if sec < 0 && nsec > 0 {
+        TimeSpec::new(sec - 1, 1_000_000_000 - nsec)
+    } else {
+        TimeSpec::new(sec, nsec)
+    })
+}
+
 struct DirMeta {
     comps: Vec<Vec<u8>>,
     mode: u32,
-    mtime: i64,
+    mtime: TimeSpec,
 }
 
 /// Unpacks the tar stream `src` into the existing, empty directory `dest`.
 pub fn unpack_layer<R: Read>(src: R, dest: &Path, opts: UnpackOptions) -> Result<Unpacked, UnpackError> {
-    let root_fd = nix::fcntl::open(dest, OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC, Mode::empty())
-        .map_err(|e| UnpackError::Entry { path: dest.display().to_string(), source: errno_io(e) })?;
+    let root_fd = nix::fcntl::open(
+        dest,
+        OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| UnpackError::Entry {
+        path: dest.display().to_string(),
+        source: errno_io(e),
+    })?;
     let root = root_fd.as_fd();
     let mut archive = tar::Archive::new(src);
     let mut stats = UnpackStats::default();
@@ -222,14 +262,18 @@ pub fn unpack_layer<R: Read>(src: R, dest: &Path, opts: UnpackOptions) -> Result
         let Some((&name, parent_comps)) = comps.split_last() else {
             continue; // "./": the layer root itself; its metadata belongs to the image's root, not to a layer.
         };
-        let wrap = |source: io::Error| UnpackError::Entry { path: shown.clone(), source };
+        let wrap = |source: io::Error| UnpackError::Entry {
+            path: shown.clone(),
+            source,
+        };
         let kind = entry.header().entry_type();
         let parent = parent_dir(root, parent_comps).map_err(wrap)?;
         let pfd = parent.as_fd();
 
         let name_bytes = name.as_bytes();
         if name_bytes == OPAQUE_MARKER.as_bytes() {
-            let dir = open_in_root(root, &join(parent_comps), OFlag::O_RDONLY | OFlag::O_DIRECTORY).map_err(|e| wrap(errno_io(e)))?;
+            let dir = open_in_root(root, &join(parent_comps), OFlag::O_RDONLY | OFlag::O_DIRECTORY)
+                .map_err(|e| wrap(errno_io(e)))?;
             set_xattr(dir.as_fd(), OVERLAY_OPAQUE_XATTR, b"y").map_err(wrap)?;
             stats.whiteouts += 1;
             continue;
@@ -250,8 +294,9 @@ pub fn unpack_layer<R: Read>(src: R, dest: &Path, opts: UnpackOptions) -> Result
         let mode = if opts.unprivileged { mode & 0o1777 } else { mode };
         let uid = header.uid().map_err(wrap)? as u32;
         let gid = header.gid().map_err(wrap)? as u32;
-        let mtime = header.mtime().map_err(wrap)? as i64;
-        let times = TimeSpec::new(mtime, 0);
+        let header_mtime = header.mtime().map_err(wrap)? as i64;
+        let extras = pax_extras(&mut entry).map_err(wrap)?;
+        let times = extras.mtime.unwrap_or_else(|| TimeSpec::new(header_mtime, 0));
         let owner = |fd: BorrowedFd<'_>| -> io::Result<()> {
             if uid_ok {
                 fchown(fd, Some(Uid::from_raw(uid)), Some(Gid::from_raw(gid))).map_err(errno_io)?;
@@ -265,17 +310,24 @@ pub fn unpack_layer<R: Read>(src: R, dest: &Path, opts: UnpackOptions) -> Result
                     remove_at(pfd, name).map_err(wrap)?;
                     mkdirat(pfd, name, Mode::from_bits_truncate(0o700)).map_err(|e| wrap(errno_io(e)))?;
                 }
-                let xattrs = xattrs_of(&mut entry).map_err(wrap)?;
-                let dir = open_in_root(root, &join(&comps), OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW)
-                    .map_err(|e| wrap(errno_io(e)))?;
+                let dir = open_in_root(
+                    root,
+                    &join(&comps),
+                    OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW,
+                )
+                .map_err(|e| wrap(errno_io(e)))?;
                 owner(dir.as_fd()).map_err(wrap)?;
-                for (k, v) in xattrs {
-                    set_xattr(dir.as_fd(), &k, &v).map_err(wrap)?;
+                for (k, v) in &extras.xattrs {
+                    set_xattr(dir.as_fd(), k, v).map_err(wrap)?;
                 }
                 // Mode and times are applied last: creating children would change the times, and a read-only
                 // directory would stop an unprivileged unpacker from filling it.
                 let key: Vec<Vec<u8>> = comps.iter().map(|c| c.as_bytes().to_vec()).collect();
-                let meta = DirMeta { comps: key.clone(), mode, mtime };
+                let meta = DirMeta {
+                    comps: key.clone(),
+                    mode,
+                    mtime: times,
+                };
                 match dir_index.get(&key) {
                     Some(&i) => dirs[i] = meta,
                     None => {
@@ -293,33 +345,49 @@ pub fn unpack_layer<R: Read>(src: R, dest: &Path, opts: UnpackOptions) -> Result
                     Mode::from_bits_truncate(0o600),
                 )
                 .map_err(|e| wrap(errno_io(e)))?;
-                let xattrs = xattrs_of(&mut entry).map_err(wrap)?;
                 let mut file = File::from(fd);
                 stats.bytes += io::copy(&mut entry, &mut file).map_err(wrap)?;
                 owner(file.as_fd()).map_err(wrap)?;
                 // After chown, which clears setuid/setgid bits.
                 fchmod(file.as_fd(), Mode::from_bits_truncate(mode)).map_err(|e| wrap(errno_io(e)))?;
-                for (k, v) in xattrs {
-                    set_xattr(file.as_fd(), &k, &v).map_err(wrap)?;
+                for (k, v) in &extras.xattrs {
+                    set_xattr(file.as_fd(), k, v).map_err(wrap)?;
                 }
                 futimens(file.as_fd(), &times, &times).map_err(|e| wrap(errno_io(e)))?;
             }
             tar::EntryType::Symlink => {
-                let target = entry.link_name_bytes().ok_or_else(|| wrap(io::Error::other("symlink without target")))?.into_owned();
+                let target = entry
+                    .link_name_bytes()
+                    .ok_or_else(|| wrap(io::Error::other("symlink without target")))?
+                    .into_owned();
                 remove_at(pfd, name).map_err(wrap)?;
                 symlinkat(OsStr::from_bytes(&target), pfd, name).map_err(|e| wrap(errno_io(e)))?;
                 if uid_ok {
-                    fchownat(pfd, name, Some(Uid::from_raw(uid)), Some(Gid::from_raw(gid)), AtFlags::AT_SYMLINK_NOFOLLOW)
-                        .map_err(|e| wrap(errno_io(e)))?;
+                    fchownat(
+                        pfd,
+                        name,
+                        Some(Uid::from_raw(uid)),
+                        Some(Gid::from_raw(gid)),
+                        AtFlags::AT_SYMLINK_NOFOLLOW,
+                    )
+                    .map_err(|e| wrap(errno_io(e)))?;
                 }
                 utimensat(pfd, name, &times, &times, UtimensatFlags::NoFollowSymlink).map_err(|e| wrap(errno_io(e)))?;
             }
             tar::EntryType::Link => {
-                let target_raw = entry.link_name_bytes().ok_or_else(|| wrap(io::Error::other("hardlink without target")))?.into_owned();
+                let target_raw = entry
+                    .link_name_bytes()
+                    .ok_or_else(|| wrap(io::Error::other("hardlink without target")))?
+                    .into_owned();
                 let tcomps = components(&target_raw)?;
                 let target_shown = String::from_utf8_lossy(&target_raw).into_owned();
-                let missing = || UnpackError::HardlinkTarget { path: shown.clone(), target: target_shown.clone() };
-                let Some((&tname, tparent)) = tcomps.split_last() else { return Err(missing()) };
+                let missing = || UnpackError::HardlinkTarget {
+                    path: shown.clone(),
+                    target: target_shown.clone(),
+                };
+                let Some((&tname, tparent)) = tcomps.split_last() else {
+                    return Err(missing());
+                };
                 let tdir = match open_in_root(root, &join(tparent), OFlag::O_PATH | OFlag::O_DIRECTORY) {
                     Ok(fd) => Some(fd),
                     Err(Errno::ENOENT | Errno::ENOTDIR) => None,
@@ -340,7 +408,10 @@ pub fn unpack_layer<R: Read>(src: R, dest: &Path, opts: UnpackOptions) -> Result
                     (Some(_), Some(t)) => t,
                     _ => {
                         // The target was laid down by a lower layer (legal, if rare): link it once those exist.
-                        lower_links.push(LowerLink { link: raw.clone(), target: target_raw.clone() });
+                        lower_links.push(LowerLink {
+                            link: raw.clone(),
+                            target: target_raw.clone(),
+                        });
                         continue;
                     }
                 };
@@ -362,17 +433,38 @@ pub fn unpack_layer<R: Read>(src: R, dest: &Path, opts: UnpackOptions) -> Result
                 let major = entry.header().device_major().map_err(wrap)?.unwrap_or(0);
                 let minor = entry.header().device_minor().map_err(wrap)?.unwrap_or(0);
                 remove_at(pfd, name).map_err(wrap)?;
-                mknodat(pfd, name, sflag, Mode::from_bits_truncate(0o600), nix::sys::stat::makedev(major.into(), minor.into()))
-                    .map_err(|e| wrap(errno_io(e)))?;
+                mknodat(
+                    pfd,
+                    name,
+                    sflag,
+                    Mode::from_bits_truncate(0o600),
+                    nix::sys::stat::makedev(major.into(), minor.into()),
+                )
+                .map_err(|e| wrap(errno_io(e)))?;
                 if uid_ok {
-                    fchownat(pfd, name, Some(Uid::from_raw(uid)), Some(Gid::from_raw(gid)), AtFlags::AT_SYMLINK_NOFOLLOW)
-                        .map_err(|e| wrap(errno_io(e)))?;
+                    fchownat(
+                        pfd,
+                        name,
+                        Some(Uid::from_raw(uid)),
+                        Some(Gid::from_raw(gid)),
+                        AtFlags::AT_SYMLINK_NOFOLLOW,
+                    )
+                    .map_err(|e| wrap(errno_io(e)))?;
                 }
-                fchmodat(pfd, name, Mode::from_bits_truncate(mode), FchmodatFlags::FollowSymlink).map_err(|e| wrap(errno_io(e)))?;
+                fchmodat(pfd, name, Mode::from_bits_truncate(mode), FchmodatFlags::FollowSymlink)
+                    .map_err(|e| wrap(errno_io(e)))?;
                 utimensat(pfd, name, &times, &times, UtimensatFlags::NoFollowSymlink).map_err(|e| wrap(errno_io(e)))?;
             }
-            tar::EntryType::XGlobalHeader | tar::EntryType::XHeader | tar::EntryType::GNULongName | tar::EntryType::GNULongLink => {}
-            other => return Err(UnpackError::Unsupported { path: shown, kind: other }),
+            tar::EntryType::XGlobalHeader
+            | tar::EntryType::XHeader
+            | tar::EntryType::GNULongName
+            | tar::EntryType::GNULongLink => {}
+            other => {
+                return Err(UnpackError::Unsupported {
+                    path: shown,
+                    kind: other,
+                })
+            }
         }
     }
     // Deepest first, so a parent's mtime is set after its children's metadata changes.
@@ -380,26 +472,35 @@ pub fn unpack_layer<R: Read>(src: R, dest: &Path, opts: UnpackOptions) -> Result
     for d in dirs {
         let comps: Vec<&OsStr> = d.comps.iter().map(|c| OsStr::from_bytes(c)).collect();
         let shown = join(&comps).display().to_string();
-        let wrap = |e: Errno| UnpackError::Entry { path: shown.clone(), source: errno_io(e) };
+        let wrap = |e: Errno| UnpackError::Entry {
+            path: shown.clone(),
+            source: errno_io(e),
+        };
         // A later entry may have replaced the directory; then there is nothing to finish.
-        let dir = match open_in_root(root, &join(&comps), OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW) {
+        let dir = match open_in_root(
+            root,
+            &join(&comps),
+            OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW,
+        ) {
             Ok(fd) => fd,
             Err(Errno::ENOENT | Errno::ENOTDIR | Errno::ELOOP) => continue,
             Err(e) => return Err(wrap(e)),
         };
         fchmod(dir.as_fd(), Mode::from_bits_truncate(d.mode)).map_err(wrap)?;
-        let t = TimeSpec::new(d.mtime, 0);
-        futimens(dir.as_fd(), &t, &t).map_err(wrap)?;
+        futimens(dir.as_fd(), &d.mtime, &d.mtime).map_err(wrap)?;
     }
     Ok(Unpacked { stats, lower_links })
 }
 
 fn is_whiteout_at(root: BorrowedFd<'_>, comps: &[&OsStr]) -> bool {
-    let Some((&name, parent)) = comps.split_last() else { return false };
-    let Ok(dir) = open_in_root(root, &join(parent), OFlag::O_PATH | OFlag::O_DIRECTORY) else { return false };
-    fstatat(dir.as_fd(), name, AtFlags::AT_SYMLINK_NOFOLLOW).is_ok_and(|st| {
-        SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == SFlag::S_IFCHR && st.st_rdev == 0
-    })
+    let Some((&name, parent)) = comps.split_last() else {
+        return false;
+    };
+    let Ok(dir) = open_in_root(root, &join(parent), OFlag::O_PATH | OFlag::O_DIRECTORY) else {
+        return false;
+    };
+    fstatat(dir.as_fd(), name, AtFlags::AT_SYMLINK_NOFOLLOW)
+        .is_ok_and(|st| SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == SFlag::S_IFCHR && st.st_rdev == 0)
 }
 
 /// Resolves hardlinks into lower layers for the layer unpacked at `dest`. `lowers` are the unpacked trees of the
@@ -407,12 +508,25 @@ fn is_whiteout_at(root: BorrowedFd<'_>, comps: &[&OsStr]) -> bool {
 /// the merged root shows one inode, as Docker's would); where the kernel refuses that (`protected_hardlinks` for
 /// an unprivileged user), the file is copied.
 pub fn link_from_lower(dest: &Path, lowers: &[PathBuf], links: &[LowerLink]) -> Result<(), UnpackError> {
-    let root_fd = nix::fcntl::open(dest, OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC, Mode::empty())
-        .map_err(|e| UnpackError::Entry { path: dest.display().to_string(), source: errno_io(e) })?;
+    let root_fd = nix::fcntl::open(
+        dest,
+        OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| UnpackError::Entry {
+        path: dest.display().to_string(),
+        source: errno_io(e),
+    })?;
     for l in links {
         let shown = String::from_utf8_lossy(&l.link).into_owned();
-        let wrap = |source: io::Error| UnpackError::Entry { path: shown.clone(), source };
-        let missing = || UnpackError::HardlinkTarget { path: shown.clone(), target: String::from_utf8_lossy(&l.target).into_owned() };
+        let wrap = |source: io::Error| UnpackError::Entry {
+            path: shown.clone(),
+            source,
+        };
+        let missing = || UnpackError::HardlinkTarget {
+            path: shown.clone(),
+            target: String::from_utf8_lossy(&l.target).into_owned(),
+        };
         let tcomps = components(&l.target)?;
         let lcomps = components(&l.link)?;
         let (Some((&tname, tparent)), Some((&lname, lparent))) = (tcomps.split_last(), lcomps.split_last()) else {
@@ -420,9 +534,15 @@ pub fn link_from_lower(dest: &Path, lowers: &[PathBuf], links: &[LowerLink]) -> 
         };
         let mut source = None;
         for lower in lowers {
-            let lroot = nix::fcntl::open(lower, OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC, Mode::empty())
-                .map_err(|e| wrap(errno_io(e)))?;
-            let Ok(dir) = open_in_root(lroot.as_fd(), &join(tparent), OFlag::O_PATH | OFlag::O_DIRECTORY) else { continue };
+            let lroot = nix::fcntl::open(
+                lower,
+                OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+                Mode::empty(),
+            )
+            .map_err(|e| wrap(errno_io(e)))?;
+            let Ok(dir) = open_in_root(lroot.as_fd(), &join(tparent), OFlag::O_PATH | OFlag::O_DIRECTORY) else {
+                continue;
+            };
             match fstatat(dir.as_fd(), tname, AtFlags::AT_SYMLINK_NOFOLLOW) {
                 Ok(st) => {
                     let fmt = SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT;
@@ -448,7 +568,13 @@ pub fn link_from_lower(dest: &Path, lowers: &[PathBuf], links: &[LowerLink]) -> 
 }
 
 fn copy_file_at(sdir: BorrowedFd<'_>, sname: &OsStr, ddir: BorrowedFd<'_>, dname: &OsStr) -> io::Result<()> {
-    let src = nix::fcntl::openat(sdir, sname, OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC, Mode::empty()).map_err(errno_io)?;
+    let src = nix::fcntl::openat(
+        sdir,
+        sname,
+        OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(errno_io)?;
     let mut src = File::from(src);
     let meta = src.metadata()?;
     let dst = nix::fcntl::openat(
@@ -472,10 +598,27 @@ mod tests {
 
     #[test]
     fn entry_names_are_checked() {
-        assert_eq!(components(b"./usr//bin/").unwrap(), vec![OsStr::new("usr"), OsStr::new("bin")]);
-        assert!(matches!(components(b"/etc/passwd"), Err(UnpackError::AbsolutePath { .. })));
+        assert_eq!(
+            components(b"./usr//bin/").unwrap(),
+            vec![OsStr::new("usr"), OsStr::new("bin")]
+        );
+        assert!(matches!(
+            components(b"/etc/passwd"),
+            Err(UnpackError::AbsolutePath { .. })
+        ));
         assert!(matches!(components(b"a/../../etc"), Err(UnpackError::DotDot { .. })));
         assert!(matches!(components(b".."), Err(UnpackError::DotDot { .. })));
         assert!(components(b"./").unwrap().is_empty());
+    }
+
+    #[test]
+    fn pax_times() {
+        assert_eq!(
+            parse_pax_time("1700000000.5"),
+            Some(TimeSpec::new(1_700_000_000, 500_000_000))
+        );
+        assert_eq!(parse_pax_time("12"), Some(TimeSpec::new(12, 0)));
+        assert_eq!(parse_pax_time("-1.25"), Some(TimeSpec::new(-2, 750_000_000)));
+        assert_eq!(parse_pax_time("x"), None);
     }
 }

@@ -23,7 +23,9 @@ pub fn env(key: &str) -> String {
             .map(|(k, v)| (k.to_string(), v.trim_matches('"').trim_matches('\'').to_string()))
             .collect()
     });
-    map.get(key).cloned().unwrap_or_else(|| panic!("{key} is not set in $DRUN_TEST_STATE/env"))
+    map.get(key)
+        .cloned()
+        .unwrap_or_else(|| panic!("{key} is not set in $DRUN_TEST_STATE/env"))
 }
 
 pub fn registry() -> String {
@@ -55,12 +57,25 @@ impl Output {
     }
     #[track_caller]
     pub fn ok(self) -> Output {
-        assert!(self.status.success(), "drun failed ({}):\nstdout:\n{}\nstderr:\n{}", self.status, self.stdout, self.stderr);
+        assert!(
+            self.status.success(),
+            "drun failed ({}):\nstdout:\n{}\nstderr:\n{}",
+            self.status,
+            self.stdout,
+            self.stderr
+        );
         self
     }
     #[track_caller]
     pub fn fails_with(self, code: i32, needles: &[&str]) -> Output {
-        assert_eq!(self.code(), Some(code), "expected exit {code}, got {}:\nstdout:\n{}\nstderr:\n{}", self.status, self.stdout, self.stderr);
+        assert_eq!(
+            self.code(),
+            Some(code),
+            "expected exit {code}, got {}:\nstdout:\n{}\nstderr:\n{}",
+            self.status,
+            self.stdout,
+            self.stderr
+        );
         for n in needles {
             assert!(self.stderr.contains(n), "stderr lacks {n:?}:\n{}", self.stderr);
         }
@@ -132,7 +147,10 @@ impl Sandbox {
     /// Entries of a store subdirectory (e.g. "tmp", "layers/host").
     pub fn entries(&self, sub: &str) -> Vec<String> {
         match std::fs::read_dir(self.store().join(sub)) {
-            Ok(rd) => rd.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect(),
+            Ok(rd) => rd
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect(),
             Err(_) => vec![],
         }
     }
@@ -166,11 +184,18 @@ pub fn wait(mut child: Child, limit: Duration) -> Output {
         if start.elapsed() > limit {
             let _ = child.kill();
             let st = child.wait().unwrap();
-            panic!("command timed out after {limit:?} ({st}); stderr so far: {}", t2.join().unwrap());
+            panic!(
+                "command timed out after {limit:?} ({st}); stderr so far: {}",
+                t2.join().unwrap()
+            );
         }
         std::thread::sleep(Duration::from_millis(20));
     };
-    Output { status, stdout: t1.join().unwrap(), stderr: t2.join().unwrap() }
+    Output {
+        status,
+        stdout: t1.join().unwrap(),
+        stderr: t2.join().unwrap(),
+    }
 }
 
 /// `hack/testproxy.py` in front of a registry, stopped (by PID) on drop.
@@ -195,10 +220,17 @@ impl Proxy {
         for f in faults {
             c.args(["--fault", f]);
         }
-        let child = c.stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("start testproxy.py");
+        let child = c
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start testproxy.py");
         let start = Instant::now();
         let port = loop {
-            if let Some(p) = std::fs::read_to_string(&port_file).ok().and_then(|s| s.trim().parse().ok()) {
+            if let Some(p) = std::fs::read_to_string(&port_file)
+                .ok()
+                .and_then(|s| s.trim().parse().ok())
+            {
                 break p;
             }
             assert!(start.elapsed() < Duration::from_secs(10), "testproxy did not start");
@@ -234,7 +266,10 @@ impl Drop for Proxy {
 
 /// Reads a file below a stored image's layers, top layer first (what the merged root shows, ignoring whiteouts).
 pub fn read_in_layers(roots: &[PathBuf], rel: &str) -> Option<String> {
-    roots.iter().rev().find_map(|r| std::fs::read_to_string(r.join(rel)).ok())
+    roots
+        .iter()
+        .rev()
+        .find_map(|r| std::fs::read_to_string(r.join(rel)).ok())
 }
 
 impl Sandbox {

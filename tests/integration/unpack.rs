@@ -20,7 +20,10 @@ fn user_xattrs(p: &Path) -> Vec<(String, Vec<u8>)> {
         return vec![];
     }
     let mut out = Vec::new();
-    for name in names[..n as usize].split(|b| *b == 0).filter(|n| n.starts_with(b"user.")) {
+    for name in names[..n as usize]
+        .split(|b| *b == 0)
+        .filter(|n| n.starts_with(b"user."))
+    {
         let cn = CString::new(name).unwrap();
         let mut val = vec![0u8; 4096];
         // SAFETY: as above; cn is NUL-terminated.
@@ -37,7 +40,12 @@ fn user_xattrs(p: &Path) -> Vec<(String, Vec<u8>)> {
 fn describe(root: &Path) -> (BTreeMap<String, String>, BTreeSet<Vec<String>>) {
     let mut map = BTreeMap::new();
     let mut inodes: HashMap<(u64, u64), Vec<String>> = HashMap::new();
-    fn walk(root: &Path, dir: &Path, map: &mut BTreeMap<String, String>, inodes: &mut HashMap<(u64, u64), Vec<String>>) {
+    fn walk(
+        root: &Path,
+        dir: &Path,
+        map: &mut BTreeMap<String, String>,
+        inodes: &mut HashMap<(u64, u64), Vec<String>>,
+    ) {
         let mut entries: Vec<_> = std::fs::read_dir(dir).unwrap().flatten().collect();
         entries.sort_by_key(|e| e.file_name());
         for e in entries {
@@ -48,7 +56,12 @@ fn describe(root: &Path) -> (BTreeMap<String, String>, BTreeSet<Vec<String>>) {
             let mut d = format!("mode={:o} uid={} gid={}", m.mode(), m.uid(), m.gid());
             if ft.is_file() {
                 let data = std::fs::read(&p).unwrap();
-                d += &format!(" file size={} sha256={} mtime={}", m.len(), hex::encode(sha2::Sha256::digest(&data)), m.mtime());
+                d += &format!(
+                    " file size={} sha256={} mtime={}",
+                    m.len(),
+                    hex::encode(sha2::Sha256::digest(&data)),
+                    m.mtime()
+                );
                 if m.nlink() > 1 {
                     inodes.entry((m.dev(), m.ino())).or_default().push(rel.clone());
                 }
@@ -87,9 +100,20 @@ struct Overlay {
 impl Overlay {
     fn mount(layers_bottom_first: &[PathBuf], dir: PathBuf) -> Overlay {
         std::fs::create_dir_all(&dir).unwrap();
-        let lower = layers_bottom_first.iter().rev().map(|p| p.display().to_string()).collect::<Vec<_>>().join(":");
-        nix::mount::mount(Some("overlay"), &dir, Some("overlay"), nix::mount::MsFlags::MS_RDONLY, Some(format!("lowerdir={lower}").as_str()))
-            .expect("mount overlay of the stored layers");
+        let lower = layers_bottom_first
+            .iter()
+            .rev()
+            .map(|p| p.display().to_string())
+            .collect::<Vec<_>>()
+            .join(":");
+        nix::mount::mount(
+            Some("overlay"),
+            &dir,
+            Some("overlay"),
+            nix::mount::MsFlags::MS_RDONLY,
+            Some(format!("lowerdir={lower}").as_str()),
+        )
+        .expect("mount overlay of the stored layers");
         Overlay { dir }
     }
 }
@@ -111,7 +135,11 @@ fn debian_root_matches_umoci_unpack() {
     // Layers are stored in overlay format: no OCI whiteout files, whiteouts are 0:0 character devices.
     for l in &layers {
         let (map, _) = describe(l);
-        assert!(map.keys().all(|k| !k.rsplit('/').next().unwrap().starts_with(".wh.")), "OCI whiteout left in {}", l.display());
+        assert!(
+            map.keys().all(|k| !k.rsplit('/').next().unwrap().starts_with(".wh.")),
+            "OCI whiteout left in {}",
+            l.display()
+        );
     }
     let top = layers.last().unwrap();
     let wh = std::fs::symlink_metadata(top.join("opt/keep/gone")).unwrap();
@@ -131,30 +159,60 @@ fn debian_root_matches_umoci_unpack() {
     for k in ours.keys().filter(|k| !theirs.contains_key(*k)) {
         diffs.push(format!("extra in drun: {k} ({})", ours[k]));
     }
-    assert!(diffs.is_empty(), "{} differences, first ones:\n{}", diffs.len(), diffs.iter().take(30).cloned().collect::<Vec<_>>().join("\n"));
+    assert!(
+        diffs.is_empty(),
+        "{} differences, first ones:\n{}",
+        diffs.len(),
+        diffs.iter().take(30).cloned().collect::<Vec<_>>().join("\n")
+    );
     assert_eq!(our_links, their_links, "hardlink groups differ");
 
     // Spot checks of what the layers do (see hack/images.sh).
     let m = &ov.dir;
-    assert!(!m.join("opt/keep/gone").exists() && !m.join("etc/issue.net").exists() && !m.join("usr/share/doc/apt").exists());
+    assert!(
+        !m.join("opt/keep/gone").exists() && !m.join("etc/issue.net").exists() && !m.join("usr/share/doc/apt").exists()
+    );
     assert_eq!(std::fs::read_to_string(m.join("opt/keep/changed")).unwrap(), "v2\n");
-    assert!(m.join("opt/replaced/new").exists() && !m.join("opt/replaced/old").exists() && !m.join("opt/replaced/sub").exists());
+    assert!(
+        m.join("opt/replaced/new").exists()
+            && !m.join("opt/replaced/old").exists()
+            && !m.join("opt/replaced/sub").exists()
+    );
     let setuid = std::fs::metadata(m.join("opt/perm/setuid")).unwrap();
     assert_eq!((setuid.mode() & 0o7777, setuid.uid()), (0o4755, 0));
     let owned = std::fs::metadata(m.join("opt/perm/owned")).unwrap();
     assert_eq!((owned.uid(), owned.gid(), owned.mode() & 0o777), (1234, 5678, 0o640));
-    assert_eq!(std::fs::read_link(m.join("opt/links/abs")).unwrap(), Path::new("/opt/keep/stays"));
+    assert_eq!(
+        std::fs::read_link(m.join("opt/links/abs")).unwrap(),
+        Path::new("/opt/keep/stays")
+    );
     let a = std::fs::metadata(m.join("opt/links/hard-a")).unwrap();
     let b = std::fs::metadata(m.join("opt/links/hard-b")).unwrap();
     assert_eq!(a.ino(), b.ino());
-    assert_eq!(std::fs::read_to_string(m.join("opt/links/hard-lower")).unwrap(), "stays\n");
-    assert_eq!(user_xattrs(&m.join("opt/xattr/file")), vec![("user.drun".to_string(), b"drun-xattr-value".to_vec())]);
+    assert_eq!(
+        std::fs::read_to_string(m.join("opt/links/hard-lower")).unwrap(),
+        "stays\n"
+    );
+    assert_eq!(
+        user_xattrs(&m.join("opt/xattr/file")),
+        vec![("user.drun".to_string(), b"drun-xattr-value".to_vec())]
+    );
 }
 
 #[test]
 fn hostile_layers_touch_nothing_outside_the_store() {
     let target = PathBuf::from(env("DRUN_TEST_ESCAPE_TARGET"));
-    let names = ["abs", "dotdot", "symlink", "symlink-rel", "symlink-chain", "symlink-file", "hardlink", "hardlink-dotdot", "whiteout"];
+    let names = [
+        "abs",
+        "dotdot",
+        "symlink",
+        "symlink-rel",
+        "symlink-chain",
+        "symlink-file",
+        "hardlink",
+        "hardlink-dotdot",
+        "whiteout",
+    ];
     for name in names {
         let _ = std::fs::remove_dir_all(&target);
         std::fs::create_dir_all(&target).unwrap();
@@ -163,11 +221,29 @@ fn hostile_layers_touch_nothing_outside_the_store() {
         let sb = Sandbox::new();
         let image = format!("{}/drun-test/evil:{name}", registry());
         let out = sb.drun(&["pull", &image]);
-        let listing: Vec<String> = std::fs::read_dir(&target).unwrap().flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
-        assert_eq!(listing, vec!["victim".to_string()], "evil:{name} created something in {}: {}", target.display(), out.stderr);
+        let listing: Vec<String> = std::fs::read_dir(&target)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(
+            listing,
+            vec!["victim".to_string()],
+            "evil:{name} created something in {}: {}",
+            target.display(),
+            out.stderr
+        );
         let after = std::fs::metadata(target.join("victim")).unwrap();
-        assert_eq!(std::fs::read_to_string(target.join("victim")).unwrap(), "victim\n", "evil:{name} changed the victim");
-        assert_eq!((before.ino(), before.nlink(), before.mtime()), (after.ino(), after.nlink(), after.mtime()), "evil:{name}");
+        assert_eq!(
+            std::fs::read_to_string(target.join("victim")).unwrap(),
+            "victim\n",
+            "evil:{name} changed the victim"
+        );
+        assert_eq!(
+            (before.ino(), before.nlink(), before.mtime()),
+            (after.ino(), after.nlink(), after.mtime()),
+            "evil:{name}"
+        );
         match out.code() {
             Some(0) => {
                 // Contained: whatever the layer wrote stayed inside its layer directory.
@@ -176,8 +252,16 @@ fn hostile_layers_touch_nothing_outside_the_store() {
                 assert!(!map.is_empty(), "evil:{name}");
             }
             Some(125) => {
-                assert!(out.stderr.contains("error: failed to pull"), "evil:{name}: {}", out.stderr);
-                assert!(sb.entries("tmp").is_empty(), "evil:{name} left staging debris: {:?}", sb.entries("tmp"));
+                assert!(
+                    out.stderr.contains("error: failed to pull"),
+                    "evil:{name}: {}",
+                    out.stderr
+                );
+                assert!(
+                    sb.entries("tmp").is_empty(),
+                    "evil:{name} left staging debris: {:?}",
+                    sb.entries("tmp")
+                );
                 assert!(sb.entries("images").is_empty());
             }
             other => panic!("evil:{name}: unexpected exit {other:?}: {}", out.stderr),
@@ -185,7 +269,9 @@ fn hostile_layers_touch_nothing_outside_the_store() {
     }
     // Entry names that are refused outright say which entry and why.
     let sb = Sandbox::new();
-    sb.drun(&["pull", &format!("{}/drun-test/evil:abs", registry())]).fails_with(125, &["/tmp/drun-escape-target/pwned-abs", "absolute path"]);
-    sb.drun(&["pull", &format!("{}/drun-test/evil:dotdot", registry())]).fails_with(125, &["\"..\" component"]);
+    sb.drun(&["pull", &format!("{}/drun-test/evil:abs", registry())])
+        .fails_with(125, &["/tmp/drun-escape-target/pwned-abs", "absolute path"]);
+    sb.drun(&["pull", &format!("{}/drun-test/evil:dotdot", registry())])
+        .fails_with(125, &["\"..\" component"]);
     let _ = std::fs::remove_dir_all(&target);
 }
