@@ -23,6 +23,7 @@
 #   drun-test/debian:bookworm        OCI manifest, 3 gzip layers (below)
 #   drun-test/debian:bookworm-zstd   same 3 layers zstd-compressed (same diff_ids)
 #   drun-test/debian:bookworm-docker Docker schema-2 manifest of debian:bookworm
+#   drun-test/debian:base            layers 1-2 of debian:bookworm (what podman can apply; for benchmarks)
 #   drun-test/evil:NAME              innocent gzip layer + hostile gzip layer, NAME in
 #                                    abs dotdot symlink symlink-rel symlink-chain
 #                                    symlink-file hardlink hardlink-dotdot whiteout
@@ -168,7 +169,7 @@ build_busybox() {
 
 build_debian() {
     local need='' n
-    for n in debian-bookworm debian-bookworm-zstd; do
+    for n in debian-bookworm debian-bookworm-zstd debian-base; do
         [ -f "$C/layouts/$n/index.json" ] || need=1
     done
     [ -n "$need" ] || return 0
@@ -192,6 +193,14 @@ build_debian() {
              {"tar": "'"$l3"'", "compression": "'"$comp"'", "created_by": "drun fixtures: whiteouts, opaque dir"}],
            "history_extra": [{"created_by": "CMD [\"bash\"]", "empty_layer": true}]}]'
     done
+    # Layers 1-2 only: no hardlink into a lower layer, which podman (containers/storage) cannot apply, so the
+    # benchmarks can compare against it.
+    build_layout debian-base base '"images": [
+      {"os": "linux", "architecture": "amd64",
+       "config": {"Env": ['"$ENV_PATH"'], "Cmd": ["bash"], "WorkingDir": "/"},
+       "layers": [
+         {"tar": "'"$l1"'", "compression": "gzip", "created_by": "debootstrap --variant=minbase bookworm"},
+         {"tar": "'"$l2"'", "compression": "gzip", "created_by": "drun fixtures: links, modes, owners, xattrs"}]}]'
 }
 
 build_evil() {
@@ -302,6 +311,7 @@ push busybox-uncompressed uncompressed $R drun-test/busybox:uncompressed
 push busybox latest $R drun-test/busybox:docker v2s2
 push debian-bookworm bookworm $R drun-test/debian:bookworm
 push debian-bookworm-zstd bookworm-zstd $R drun-test/debian:bookworm-zstd
+push debian-base base $R drun-test/debian:base
 push debian-bookworm bookworm $R drun-test/debian:bookworm-docker v2s2
 for n in "${EVIL_NAMES[@]}"; do
     push "evil-$n" "$n" $R "drun-test/evil:$n"

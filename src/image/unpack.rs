@@ -6,13 +6,14 @@
 //! component is created with `*at` calls relative to that parent, never following a symlink. OCI whiteouts become
 //! overlay whiteouts: `.wh.NAME` a 0:0 character device, `.wh..wh..opq` the `trusted.overlay.opaque` xattr.
 
-use std::collections::HashMap;
-use std::ffi::{CString, OsStr};
+use std::collections::{HashMap, HashSet};
+use std::ffi::{CString, OsStr, OsString};
 use std::fs::File;
-use std::io::{self, Read};
+use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
-use std::os::unix::ffi::OsStrExt;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Condvar, Mutex};
 
 use nix::errno::Errno;
 use nix::fcntl::{openat2, AtFlags, OFlag, OpenHow, ResolveFlag};
@@ -229,6 +230,172 @@ fn parse_pax_time(v: &str) -> Option<TimeSpec> {
     })
 }
 
+/// Creating an inode is the dominant cost of unpacking (measured here: ~0.6 ms of kernel time per file on ext4,
+/// against ~0.15 s to decompress a whole 46 MiB layer), and it parallelises across cores. So the reader hands small
+/// files and symlinks to a few writer threads, and keeps everything order-sensitive (directories, hardlinks,
+/// whiteouts, devices, large files) to itself, waiting for the writers first whenever an entry could depend on
+/// one of their pending jobs.
+enum Job {
+    File {
+        data: Vec<u8>,
+        mode: u32,
+        xattrs: Vec<(String, Vec<u8>)>,
+    },
+    Symlink {
+        target: Vec<u8>,
+    },
+}
+
+struct Task {
+    parent: Arc<OwnedFd>,
+    name: OsString,
+    shown: String,
+    owner: Option<(u32, u32)>,
+    times: TimeSpec,
+    job: Job,
+}
+
+/// Files at most this large are buffered and written by the pool; larger ones are streamed by the reader.
+const POOL_FILE_MAX: u64 = 256 << 10;
+/// Jobs queued at most: bounds the memory held in buffered files (64 × 256 KiB).
+const POOL_QUEUE: usize = 64;
+
+#[derive(Default)]
+struct PoolState {
+    outstanding: usize,
+    error: Option<UnpackError>,
+}
+
+struct Pool {
+    tx: Option<std::sync::mpsc::SyncSender<Task>>,
+    state: Arc<(Mutex<PoolState>, Condvar)>,
+    workers: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Pool {
+    fn new(threads: usize) -> Pool {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Task>(POOL_QUEUE);
+        let rx = Arc::new(Mutex::new(rx));
+        let state: Arc<(Mutex<PoolState>, Condvar)> = Arc::default();
+        let workers = (0..threads)
+            .map(|_| {
+                let rx = rx.clone();
+                let state = state.clone();
+                std::thread::spawn(move || loop {
+                    let task = match rx.lock().expect("pool queue lock").recv() {
+                        Ok(t) => t,
+                        Err(_) => return,
+                    };
+                    let shown = task.shown.clone();
+                    let res = run_task(task).map_err(|source| UnpackError::Entry { path: shown, source });
+                    let (lock, cv) = &*state;
+                    let mut st = lock.lock().expect("pool state lock");
+                    st.outstanding -= 1;
+                    if let Err(e) = res {
+                        st.error.get_or_insert(e);
+                    }
+                    cv.notify_all();
+                })
+            })
+            .collect();
+        Pool {
+            tx: Some(tx),
+            state,
+            workers,
+        }
+    }
+
+    fn submit(&self, task: Task) -> Result<(), UnpackError> {
+        {
+            let mut st = self.state.0.lock().expect("pool state lock");
+            if let Some(e) = st.error.take() {
+                return Err(e);
+            }
+            st.outstanding += 1;
+        }
+        self.tx
+            .as_ref()
+            .expect("pool is open")
+            .send(task)
+            .expect("pool workers outlive the pool");
+        Ok(())
+    }
+
+    /// Waits until every submitted job is done; reports the first failure.
+    fn barrier(&self) -> Result<(), UnpackError> {
+        let (lock, cv) = &*self.state;
+        let mut st = cv
+            .wait_while(lock.lock().expect("pool state lock"), |s| s.outstanding > 0)
+            .expect("pool state lock");
+        st.error.take().map_or(Ok(()), Err)
+    }
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        self.tx.take();
+        for w in self.workers.drain(..) {
+            let _ = w.join();
+        }
+    }
+}
+
+fn run_task(t: Task) -> io::Result<()> {
+    let pfd = t.parent.as_fd();
+    let name = t.name.as_os_str();
+    remove_at(pfd, name)?;
+    match t.job {
+        Job::File { data, mode, xattrs } => {
+            let fd = nix::fcntl::openat(
+                pfd,
+                name,
+                OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_WRONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+                Mode::from_bits_truncate(0o600),
+            )
+            .map_err(errno_io)?;
+            let mut file = File::from(fd);
+            file.write_all(&data)?;
+            finish_file(&file, t.owner, mode, &xattrs, &t.times)
+        }
+        Job::Symlink { target } => {
+            symlinkat(OsStr::from_bytes(&target), pfd, name).map_err(errno_io)?;
+            if let Some((uid, gid)) = t.owner {
+                fchownat(
+                    pfd,
+                    name,
+                    Some(Uid::from_raw(uid)),
+                    Some(Gid::from_raw(gid)),
+                    AtFlags::AT_SYMLINK_NOFOLLOW,
+                )
+                .map_err(errno_io)?;
+            }
+            utimensat(pfd, name, &t.times, &t.times, UtimensatFlags::NoFollowSymlink).map_err(errno_io)
+        }
+    }
+}
+
+/// Owner, then mode (chown clears setuid/setgid bits), xattrs and times of a written file.
+fn finish_file(
+    file: &File,
+    owner: Option<(u32, u32)>,
+    mode: u32,
+    xattrs: &[(String, Vec<u8>)],
+    times: &TimeSpec,
+) -> io::Result<()> {
+    if let Some((uid, gid)) = owner {
+        fchown(file.as_fd(), Some(Uid::from_raw(uid)), Some(Gid::from_raw(gid))).map_err(errno_io)?;
+    }
+    fchmod(file.as_fd(), Mode::from_bits_truncate(mode)).map_err(errno_io)?;
+    for (k, v) in xattrs {
+        set_xattr(file.as_fd(), k, v)?;
+    }
+    futimens(file.as_fd(), times, times).map_err(errno_io)
+}
+
+fn writer_threads() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(2, 4)
+}
+
 struct DirMeta {
     comps: Vec<Vec<u8>>,
     mode: u32,
@@ -253,6 +420,9 @@ pub fn unpack_layer<R: Read>(src: R, dest: &Path, opts: UnpackOptions) -> Result
     let mut dirs: Vec<DirMeta> = Vec::new();
     let mut dir_index: HashMap<Vec<Vec<u8>>, usize> = HashMap::new();
     let uid_ok = !opts.unprivileged;
+    let pool = Pool::new(writer_threads());
+    // Paths with a job in the pool since the last barrier.
+    let mut pending: HashSet<Vec<u8>> = HashSet::new();
     for entry in archive.entries().map_err(UnpackError::Read)? {
         let mut entry = entry.map_err(UnpackError::Read)?;
         let raw = entry.path_bytes().into_owned();
@@ -267,6 +437,13 @@ pub fn unpack_layer<R: Read>(src: R, dest: &Path, opts: UnpackOptions) -> Result
             source,
         };
         let kind = entry.header().entry_type();
+        let key = join(&comps).into_os_string().into_vec();
+        // Whiteouts and hardlinks may touch any earlier path; anything else only its own.
+        let ordered = matches!(kind, tar::EntryType::Link) || name.as_bytes().starts_with(WHITEOUT_PREFIX.as_bytes());
+        if !pending.is_empty() && (ordered || pending.contains(&key)) {
+            pool.barrier()?;
+            pending.clear();
+        }
         let parent = parent_dir(root, parent_comps).map_err(wrap)?;
         let pfd = parent.as_fd();
 
@@ -337,6 +514,29 @@ pub fn unpack_layer<R: Read>(src: R, dest: &Path, opts: UnpackOptions) -> Result
                 }
             }
             tar::EntryType::Regular | tar::EntryType::Continuous | tar::EntryType::GNUSparse => {
+                let size = entry.size();
+                let owner = uid_ok.then_some((uid, gid));
+                if size <= POOL_FILE_MAX {
+                    let mut data = Vec::with_capacity(size as usize);
+                    entry.read_to_end(&mut data).map_err(UnpackError::Read)?;
+                    stats.bytes += data.len() as u64;
+                    let job = Job::File {
+                        data,
+                        mode,
+                        xattrs: extras.xattrs,
+                    };
+                    let task = Task {
+                        parent: Arc::new(parent),
+                        name: name.to_owned(),
+                        shown,
+                        owner,
+                        times,
+                        job,
+                    };
+                    pool.submit(task)?;
+                    pending.insert(key);
+                    continue;
+                }
                 remove_at(pfd, name).map_err(wrap)?;
                 let fd = nix::fcntl::openat(
                     pfd,
@@ -347,32 +547,24 @@ pub fn unpack_layer<R: Read>(src: R, dest: &Path, opts: UnpackOptions) -> Result
                 .map_err(|e| wrap(errno_io(e)))?;
                 let mut file = File::from(fd);
                 stats.bytes += io::copy(&mut entry, &mut file).map_err(wrap)?;
-                owner(file.as_fd()).map_err(wrap)?;
-                // After chown, which clears setuid/setgid bits.
-                fchmod(file.as_fd(), Mode::from_bits_truncate(mode)).map_err(|e| wrap(errno_io(e)))?;
-                for (k, v) in &extras.xattrs {
-                    set_xattr(file.as_fd(), k, v).map_err(wrap)?;
-                }
-                futimens(file.as_fd(), &times, &times).map_err(|e| wrap(errno_io(e)))?;
+                finish_file(&file, owner, mode, &extras.xattrs, &times).map_err(wrap)?;
             }
             tar::EntryType::Symlink => {
                 let target = entry
                     .link_name_bytes()
                     .ok_or_else(|| wrap(io::Error::other("symlink without target")))?
                     .into_owned();
-                remove_at(pfd, name).map_err(wrap)?;
-                symlinkat(OsStr::from_bytes(&target), pfd, name).map_err(|e| wrap(errno_io(e)))?;
-                if uid_ok {
-                    fchownat(
-                        pfd,
-                        name,
-                        Some(Uid::from_raw(uid)),
-                        Some(Gid::from_raw(gid)),
-                        AtFlags::AT_SYMLINK_NOFOLLOW,
-                    )
-                    .map_err(|e| wrap(errno_io(e)))?;
-                }
-                utimensat(pfd, name, &times, &times, UtimensatFlags::NoFollowSymlink).map_err(|e| wrap(errno_io(e)))?;
+                let owner = uid_ok.then_some((uid, gid));
+                let job = Job::Symlink { target };
+                pool.submit(Task {
+                    parent: Arc::new(parent),
+                    name: name.to_owned(),
+                    shown,
+                    owner,
+                    times,
+                    job,
+                })?;
+                pending.insert(key);
             }
             tar::EntryType::Link => {
                 let target_raw = entry
@@ -467,6 +659,8 @@ pub fn unpack_layer<R: Read>(src: R, dest: &Path, opts: UnpackOptions) -> Result
             }
         }
     }
+    pool.barrier()?;
+    drop(pool);
     // Deepest first, so a parent's mtime is set after its children's metadata changes.
     dirs.sort_by_key(|d| std::cmp::Reverse(d.comps.len()));
     for d in dirs {
