@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# `make demo`: the local registry with the demo images is up (make images); show drun's main job on them.
+set -euo pipefail
+ROOT=$(git -C "$(dirname "${BASH_SOURCE[0]}")" rev-parse --show-toplevel)
+. "$ROOT/hack/lib.sh"
+. "$DRUN_TEST_STATE/env"
+DRUN=$ROOT/target/release/drun
+REG=$DRUN_TEST_REGISTRY
+
+step() { printf '\n\033[1m$ %s\033[0m\n' "$*"; "$@"; }
+
+step "$DRUN" pull "$REG/drun-test/busybox:latest"
+step "$DRUN" pull "$REG/drun-test/debian:bookworm"
+step "$DRUN" pull "$REG/drun-test/debian:bookworm-zstd"
+step "$DRUN" pull "oci:$DRUN_TEST_CACHE/layouts/busybox:latest"
+step "$DRUN" images
+printf '\nThe store is %s (override with --root or DRUN_ROOT).\n' "${DRUN_ROOT:-/var/lib/drun}"
