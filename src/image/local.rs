@@ -9,7 +9,9 @@ use serde::Deserialize;
 
 use crate::digest::Digest;
 use crate::image::platform::Platform;
-use crate::image::pull::{pair_layers, parse_manifest, select_platform, LayerFetch, Parsed, PendingLayer, Resolved};
+use crate::image::pull::{
+    pair_layers, parse_manifest, select_platform, Descriptor, LayerFetch, Parsed, PendingLayer, Resolved,
+};
 use crate::image::source::ImageSource;
 
 const REF_NAME: &str = "org.opencontainers.image.ref.name";
@@ -180,7 +182,6 @@ pub fn resolve_docker_archive(file: &Path, name: &str) -> Result<Resolved, Local
     };
     let config_digest = Digest::of(&config_bytes);
     let mut layers = Vec::new();
-    let mut descs = Vec::new();
     for l in &entry.layers {
         let key = l.trim_start_matches("./");
         let (offset, size) = *members
@@ -193,14 +194,16 @@ pub fn resolve_docker_archive(file: &Path, name: &str) -> Result<Resolved, Local
         layers.push((digest, offset, size));
     }
     // Pair with diff_ids through the same checks as a registry image, then fill in what the archive knows.
-    for (digest, _, size) in &layers {
-        descs.push(format!(
-            r#"{{"mediaType":"application/vnd.oci.image.layer.v1.tar","digest":"{}","size":{size}}}"#,
-            digest.clone().unwrap_or_else(|| Digest::of(b""))
-        ));
-    }
-    let descs: Vec<crate::image::pull::Descriptor> =
-        serde_json::from_str(&format!("[{}]", descs.join(","))).expect("descriptors are well-formed");
+    let descs: Vec<Descriptor> = layers
+        .iter()
+        .map(|(digest, _, size)| Descriptor {
+            media_type: "application/vnd.oci.image.layer.v1.tar".into(),
+            digest: digest.clone().unwrap_or_else(|| Digest::of(b"")),
+            size: *size,
+            platform: None,
+            annotations: HashMap::new(),
+        })
+        .collect();
     let (paired, plat) = pair_layers(&config_bytes, &descs, |_| LayerFetch::File {
         path: file.to_path_buf(),
         offset: 0,

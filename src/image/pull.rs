@@ -119,56 +119,38 @@ pub struct Resolved {
     pub layers: Vec<PendingLayer>,
 }
 
-#[derive(Deserialize, Debug)]
-#[serde(rename_all = "camelCase")]
+/// The parts of an OCI descriptor drun uses, with its digest validated.
+#[derive(Debug, Clone)]
 pub(crate) struct Descriptor {
-    #[serde(default)]
     pub media_type: String,
     pub digest: Digest,
     pub size: u64,
-    #[serde(default)]
     pub platform: Option<DescPlatform>,
-    #[serde(default)]
     pub annotations: std::collections::HashMap<String, String>,
 }
 
-#[derive(Deserialize, Clone, Debug)]
+#[derive(Clone, Debug)]
 pub(crate) struct DescPlatform {
     pub os: String,
     pub architecture: String,
-    #[serde(default)]
     pub variant: Option<String>,
 }
 
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub(crate) struct Manifest {
-    #[serde(default)]
-    pub media_type: Option<String>,
-    #[serde(default)]
-    pub manifests: Option<Vec<Descriptor>>,
-    #[serde(default)]
-    pub config: Option<Descriptor>,
-    #[serde(default)]
-    pub layers: Option<Vec<Descriptor>>,
-    #[serde(default)]
-    pub schema_version: Option<u32>,
-}
-
-#[derive(Deserialize)]
-pub(crate) struct ConfigDoc {
-    #[serde(default)]
-    pub os: String,
-    #[serde(default)]
-    pub architecture: String,
-    #[serde(default)]
-    pub variant: Option<String>,
-    pub rootfs: RootFs,
-}
-
-#[derive(Deserialize)]
-pub(crate) struct RootFs {
-    pub diff_ids: Vec<Digest>,
+impl TryFrom<&oci_spec::image::Descriptor> for Descriptor {
+    type Error = String;
+    fn try_from(d: &oci_spec::image::Descriptor) -> Result<Self, String> {
+        Ok(Descriptor {
+            media_type: d.media_type().to_string(),
+            digest: d.digest().to_string().parse().map_err(|e| format!("{e}"))?,
+            size: d.size(),
+            platform: d.platform().as_ref().map(|p| DescPlatform {
+                os: p.os().to_string(),
+                architecture: p.architecture().to_string(),
+                variant: p.variant().clone(),
+            }),
+            annotations: d.annotations().clone().unwrap_or_default(),
+        })
+    }
 }
 
 /// Either an index (list of platform manifests) or an image manifest.
@@ -180,19 +162,43 @@ pub(crate) enum Parsed {
     },
 }
 
+/// Parses an OCI index or manifest, or their Docker schema-2 equivalents (same shape, other media types), with
+/// oci-spec's types.
 pub(crate) fn parse_manifest(data: &[u8]) -> Result<Parsed, String> {
-    let m: Manifest = serde_json::from_slice(data).map_err(|e| format!("unreadable manifest: {e}"))?;
-    if m.schema_version == Some(1) {
+    #[derive(Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Shape {
+        #[serde(default)]
+        schema_version: Option<u32>,
+        #[serde(default)]
+        media_type: Option<String>,
+        #[serde(default)]
+        manifests: Option<serde_json::Value>,
+        #[serde(default)]
+        layers: Option<serde_json::Value>,
+    }
+    let shape: Shape = serde_json::from_slice(data).map_err(|e| format!("unreadable manifest: {e}"))?;
+    if shape.schema_version == Some(1) {
         return Err("Docker schema-1 manifests are not supported (re-push the image with a current client)".into());
     }
-    match (m.manifests, m.config, m.layers) {
-        (Some(list), _, _) => Ok(Parsed::Index(list)),
-        (None, Some(config), Some(layers)) => Ok(Parsed::Image { config, layers }),
-        _ => Err(format!(
-            "unsupported manifest (media type {})",
-            m.media_type.as_deref().unwrap_or("unknown")
-        )),
+    let descs =
+        |list: &[oci_spec::image::Descriptor]| list.iter().map(Descriptor::try_from).collect::<Result<Vec<_>, _>>();
+    if shape.manifests.is_some() {
+        let index =
+            oci_spec::image::ImageIndex::from_reader(data).map_err(|e| format!("unreadable image index: {e}"))?;
+        return Ok(Parsed::Index(descs(index.manifests())?));
     }
+    if shape.layers.is_some() {
+        let m = oci_spec::image::ImageManifest::from_reader(data).map_err(|e| format!("unreadable manifest: {e}"))?;
+        return Ok(Parsed::Image {
+            config: Descriptor::try_from(m.config())?,
+            layers: descs(m.layers())?,
+        });
+    }
+    Err(format!(
+        "unsupported manifest (media type {})",
+        shape.media_type.as_deref().unwrap_or("unknown")
+    ))
 }
 
 /// Picks the platform's entry of an index.
@@ -221,16 +227,23 @@ pub(crate) fn pair_layers(
     layers: &[Descriptor],
     fetch: impl Fn(&Descriptor) -> LayerFetch,
 ) -> Result<(Vec<PendingLayer>, String), String> {
-    let cfg: ConfigDoc = serde_json::from_slice(config).map_err(|e| format!("unreadable image config: {e}"))?;
-    if cfg.rootfs.diff_ids.len() != layers.len() {
+    let cfg = oci_spec::image::ImageConfiguration::from_reader(config)
+        .map_err(|e| format!("unreadable image config: {e}"))?;
+    let diff_ids = cfg
+        .rootfs()
+        .diff_ids()
+        .iter()
+        .map(|d| d.parse::<Digest>().map_err(|e| format!("image config: {e}")))
+        .collect::<Result<Vec<_>, _>>()?;
+    if diff_ids.len() != layers.len() {
         return Err(format!(
             "the manifest lists {} layers but the config has {} diff_ids",
             layers.len(),
-            cfg.rootfs.diff_ids.len()
+            diff_ids.len()
         ));
     }
     let mut out = Vec::new();
-    for (d, diff_id) in layers.iter().zip(cfg.rootfs.diff_ids) {
+    for (d, diff_id) in layers.iter().zip(diff_ids) {
         if !d.media_type.is_empty() && !d.media_type.contains("tar") {
             return Err(format!(
                 "layer {} has unsupported media type {}",
@@ -251,9 +264,9 @@ pub(crate) fn pair_layers(
             fetch: fetch(d),
         });
     }
-    let platform = match cfg.variant {
-        Some(v) => format!("{}/{}/{v}", cfg.os, cfg.architecture),
-        None => format!("{}/{}", cfg.os, cfg.architecture),
+    let platform = match cfg.variant() {
+        Some(v) => format!("{}/{}/{v}", cfg.os(), cfg.architecture()),
+        None => format!("{}/{}", cfg.os(), cfg.architecture()),
     };
     Ok((out, platform))
 }
