@@ -22,6 +22,9 @@ pub struct GlobalArgs {
     /// Store directory (default: /var/lib/drun as root, $XDG_DATA_HOME/drun otherwise)
     #[arg(long, global = true, env = "DRUN_ROOT", value_name = "DIR")]
     pub root: Option<PathBuf>,
+    /// Directory for running containers' state (default: /run/drun as root, $XDG_RUNTIME_DIR/drun otherwise)
+    #[arg(long, global = true, env = "DRUN_STATE", value_name = "DIR")]
+    pub state: Option<PathBuf>,
     /// Log level: error, warn, info, debug, trace (or a tracing filter; also DRUN_LOG)
     #[arg(long, global = true, value_name = "LEVEL")]
     pub log_level: Option<String>,
@@ -37,8 +40,132 @@ pub enum Command {
     Inspect(InspectArgs),
     /// Remove images (and the layers no other image uses)
     Rmi(RmiArgs),
-    /// Remove unreferenced layers, blobs and leftovers of interrupted pulls
+    /// Remove unreferenced layers, blobs and leftovers of interrupted pulls and runs
     Prune(PruneArgs),
+    /// Run a command in a new container (pulls the image if missing)
+    Run(RunArgs),
+    /// List running containers
+    Ps(PsArgs),
+    /// Send a signal to a running container
+    Kill(KillArgs),
+}
+
+#[derive(Args, Debug)]
+#[command(trailing_var_arg = true)]
+pub struct RunArgs {
+    /// Keep stdin open (pass drun's stdin to the container)
+    #[arg(short, long)]
+    pub interactive: bool,
+    /// Allocate a terminal for the container
+    #[arg(short, long)]
+    pub tty: bool,
+    /// Set environment variables (KEY=VALUE, or KEY to pass the host's value)
+    #[arg(short, long = "env", value_name = "KEY=VALUE")]
+    pub env: Vec<String>,
+    /// Read environment variables from a file (KEY=VALUE lines; # comments)
+    #[arg(long, value_name = "FILE")]
+    pub env_file: Vec<PathBuf>,
+    /// Bind mount a volume: SRC:DST[:ro|rw]
+    #[arg(short, long = "volume", value_name = "SRC:DST[:ro]")]
+    pub volume: Vec<String>,
+    /// Attach a mount: type=bind,source=…,target=…[,readonly] or type=tmpfs,target=…[,tmpfs-size=…]
+    #[arg(long, value_name = "SPEC")]
+    pub mount: Vec<String>,
+    /// Mount a tmpfs: DST[:OPTIONS]
+    #[arg(long, value_name = "DST[:OPTS]")]
+    pub tmpfs: Vec<String>,
+    /// Working directory inside the container (created if missing)
+    #[arg(short, long, value_name = "DIR")]
+    pub workdir: Option<String>,
+    /// User: NAME|UID[:GROUP|GID], resolved in the image
+    #[arg(short, long, value_name = "USER[:GROUP]")]
+    pub user: Option<String>,
+    /// Replace the image's entrypoint ("" clears it)
+    #[arg(long, value_name = "CMD")]
+    pub entrypoint: Option<String>,
+    /// Memory limit, e.g. 256m (no extra swap)
+    #[arg(short, long, value_name = "SIZE")]
+    pub memory: Option<String>,
+    /// CPU limit in CPUs, e.g. 1.5
+    #[arg(long, value_name = "N")]
+    pub cpus: Option<f64>,
+    /// Maximum number of processes
+    #[arg(long, value_name = "N")]
+    pub pids_limit: Option<i64>,
+    /// Size of /dev/shm (default: the memory limit, else half of RAM)
+    #[arg(long, value_name = "SIZE")]
+    pub shm_size: Option<String>,
+    /// Network: host (default) or none (loopback only)
+    #[arg(long, alias = "net", default_value = "host", value_name = "MODE")]
+    pub network: String,
+    /// IPC namespace: private, or host (default inside a Slurm job)
+    #[arg(long, value_name = "MODE")]
+    pub ipc: Option<String>,
+    /// PID namespace: private, or host (default inside a Slurm job)
+    #[arg(long, value_name = "MODE")]
+    pub pid: Option<String>,
+    /// Container host name (default: the short container id)
+    #[arg(long, short = 'H', value_name = "NAME")]
+    pub hostname: Option<String>,
+    /// Mount the root file system read-only
+    #[arg(long)]
+    pub read_only: bool,
+    /// Add capabilities (e.g. NET_ADMIN, or ALL)
+    #[arg(long, value_name = "CAP")]
+    pub cap_add: Vec<String>,
+    /// Drop capabilities (e.g. CHOWN, or ALL)
+    #[arg(long, value_name = "CAP")]
+    pub cap_drop: Vec<String>,
+    /// All capabilities and devices, no seccomp, no masked paths
+    #[arg(long)]
+    pub privileged: bool,
+    /// seccomp=unconfined|PROFILE.json, no-new-privileges[=true|false]
+    #[arg(long, value_name = "OPT")]
+    pub security_opt: Vec<String>,
+    /// Resource limits: NAME=SOFT[:HARD], e.g. nofile=1024:2048
+    #[arg(long, value_name = "NAME=SOFT[:HARD]")]
+    pub ulimit: Vec<String>,
+    /// Name the container (unique among running ones)
+    #[arg(long, value_name = "NAME")]
+    pub name: Option<String>,
+    /// Run an init (catatonit) as PID 1 that forwards signals and reaps zombies
+    #[arg(long)]
+    pub init: bool,
+    /// When to pull: missing (default), always, never
+    #[arg(long, default_value = "missing", value_name = "POLICY")]
+    pub pull: String,
+    /// Platform to pull (OS/ARCH[/VARIANT])
+    #[arg(long, value_name = "PLATFORM")]
+    pub platform: Option<String>,
+    /// Write the container id to this file
+    #[arg(long, value_name = "FILE")]
+    pub cidfile: Option<PathBuf>,
+    /// No pull progress output
+    #[arg(short, long)]
+    pub quiet: bool,
+    /// Image, then the command and its arguments
+    #[arg(required = true, value_name = "IMAGE [COMMAND [ARG...]]", allow_hyphen_values = true)]
+    pub image_and_command: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct PsArgs {
+    /// Print JSON
+    #[arg(long)]
+    pub json: bool,
+    /// Print ids only
+    #[arg(short, long)]
+    pub quiet: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct KillArgs {
+    /// Signal to send (name or number)
+    #[arg(short, long, default_value = "KILL")]
+    pub signal: String,
+    /// Container ids (or unique prefixes) or names
+    #[arg(required = true)]
+    pub containers: Vec<String>,
 }
 
 #[derive(Args, Debug)]

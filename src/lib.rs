@@ -12,6 +12,7 @@ pub mod digest;
 pub mod failpoint;
 pub mod image;
 pub mod progress;
+pub mod run;
 pub mod units;
 
 /// Exit status for errors of drun itself (as `docker run` uses 125).

@@ -10,7 +10,8 @@ fn main() {
         .log_level
         .clone()
         .or_else(|| std::env::var("DRUN_LOG").ok())
-        .unwrap_or_else(|| "warn".to_string());
+        // libcgroups warns about every v1 controller a host lacks (hugetlb, net_cls …): noise for users.
+        .unwrap_or_else(|| "warn,libcgroups=error".to_string());
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_new(&filter).unwrap_or_else(|_| "warn".into()))
         .with_writer(std::io::stderr)

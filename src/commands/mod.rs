@@ -2,9 +2,12 @@
 
 pub mod images;
 pub mod inspect;
+pub mod kill;
 pub mod prune;
+pub mod ps;
 pub mod pull;
 pub mod rmi;
+pub mod run;
 
 use anyhow::{Context, Result};
 
@@ -24,5 +27,15 @@ pub fn dispatch(global: &GlobalArgs, command: Command) -> Result<i32> {
         Command::Inspect(a) => inspect::run(global, a),
         Command::Rmi(a) => rmi::run(global, a),
         Command::Prune(a) => prune::run(global, a),
+        Command::Run(a) => run::run(global, a),
+        Command::Ps(a) => ps::run(global, a),
+        Command::Kill(a) => kill::run(global, a),
     }
+}
+
+pub fn state_dir(global: &GlobalArgs) -> std::path::PathBuf {
+    global
+        .state
+        .clone()
+        .unwrap_or_else(crate::run::state::default_state_dir)
 }

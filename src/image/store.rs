@@ -327,7 +327,8 @@ impl Store {
 
     /// Removes layers and blobs that no image references, and staging debris. Needs the exclusive store lock.
     /// Returns the bytes freed.
-    pub fn collect_garbage(&self, _lock: &Lock) -> Result<u64, StoreError> {
+    /// `in_use`: diff_ids of layers that running containers use, kept whatever the image records say.
+    pub fn collect_garbage(&self, _lock: &Lock, in_use: &[String]) -> Result<u64, StoreError> {
         use std::collections::HashSet;
         let images = self.images()?;
         let mut blobs: HashSet<String> = HashSet::new();
@@ -340,6 +341,7 @@ impl Store {
             }
             layers.extend(r.layers.iter().map(|l| l.diff_id.hex().to_string()));
         }
+        layers.extend(in_use.iter().map(|d| d.trim_start_matches("sha256:").to_string()));
         let mut freed = 0;
         let blob_dir = self.root.join("blobs/sha256");
         for e in fs::read_dir(&blob_dir).map_err(io_err("list", &blob_dir))?.flatten() {

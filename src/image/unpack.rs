@@ -105,7 +105,7 @@ fn errno_io(e: Errno) -> io::Error {
 }
 
 /// Opens `path` below `root` without ever leaving it: symlinks and ".." are resolved as if `root` were "/".
-fn open_in_root(root: BorrowedFd<'_>, path: &Path, flags: OFlag) -> Result<OwnedFd, Errno> {
+pub(crate) fn open_in_root(root: BorrowedFd<'_>, path: &Path, flags: OFlag) -> Result<OwnedFd, Errno> {
     let how = OpenHow::new()
         .flags(flags | OFlag::O_CLOEXEC)
         .resolve(ResolveFlag::RESOLVE_IN_ROOT | ResolveFlag::RESOLVE_NO_MAGICLINKS | ResolveFlag::RESOLVE_NO_XDEV);
@@ -113,7 +113,7 @@ fn open_in_root(root: BorrowedFd<'_>, path: &Path, flags: OFlag) -> Result<Owned
 }
 
 /// Resolves (creating missing directories) the directory that will hold an entry.
-fn parent_dir(root: BorrowedFd<'_>, comps: &[&OsStr]) -> io::Result<OwnedFd> {
+pub(crate) fn parent_dir(root: BorrowedFd<'_>, comps: &[&OsStr]) -> io::Result<OwnedFd> {
     let dir_flags = OFlag::O_PATH | OFlag::O_DIRECTORY;
     match open_in_root(root, &join(comps), dir_flags) {
         Ok(fd) => return Ok(fd),

@@ -1,0 +1,39 @@
+//! `drun kill`: signal a running container's init (the drun supervising it reports the exit).
+
+use anyhow::{bail, Context, Result};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+use crate::cli::{GlobalArgs, KillArgs};
+use crate::run::state;
+
+fn parse_signal(s: &str) -> Result<Signal> {
+    if let Ok(n) = s.parse::<i32>() {
+        return Signal::try_from(n).with_context(|| format!("invalid signal number {n}"));
+    }
+    let up = s.to_ascii_uppercase();
+    let name = if up.starts_with("SIG") { up } else { format!("SIG{up}") };
+    name.parse::<Signal>().with_context(|| format!("unknown signal {s:?}"))
+}
+
+pub fn run(global: &GlobalArgs, args: KillArgs) -> Result<i32> {
+    let sig = parse_signal(&args.signal)?;
+    let list = state::list(&super::state_dir(global));
+    for want in &args.containers {
+        let matches: Vec<_> = list
+            .iter()
+            .filter(|c| c.name.as_deref() == Some(want.as_str()) || c.id.starts_with(want.as_str()))
+            .collect();
+        let c = match matches.as_slice() {
+            [one] => *one,
+            [] => bail!("no running container {want:?} (see `drun ps`)"),
+            _ => bail!("{want:?} matches several containers; give more of the id"),
+        };
+        let pid = c
+            .pid
+            .with_context(|| format!("container {} has not started yet", &c.id[..12]))?;
+        kill(Pid::from_raw(pid), sig).with_context(|| format!("cannot signal container {}", &c.id[..12]))?;
+        println!("{}", &c.id[..12]);
+    }
+    Ok(0)
+}

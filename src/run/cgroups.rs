@@ -1,0 +1,240 @@
+//! Where a container's cgroup goes and what it may see of it.
+//!
+//! The cgroup is created at an explicit path nested under the cgroup drun was started in, so a Slurm job's or a
+//! systemd unit's limits, device rules and accounting still cover the container (never the caller's cgroup
+//! itself: libcontainer's `delete()` kills every process of the cgroup it is given). On cgroup v2 a cgroup with
+//! processes cannot delegate controllers to children; when drun's own cgroup has processes, drun moves itself into
+//! a leaf `drun.supervisor-<pid>` beside the container's cgroup first.
+//!
+//! Inside, the container sees only its own cgroup, read-only: libcontainer mounts v1 hierarchies writable even
+//! when asked not to, so drun leaves cgroup mounts out of the spec and bind-mounts the container's own directories
+//! read-only instead. Container root can read its limits and cannot raise them.
+
+use std::path::{Path, PathBuf};
+
+use serde_json::{json, Value};
+
+use crate::run::plan::RunPlan;
+
+const CGROUP_ROOT: &str = "/sys/fs/cgroup";
+/// v1 hierarchies a container sees (the combined "cpu,cpuacct" mount on most hosts, separate ones on others).
+const V1_CONTROLLERS: &[&str] = &[
+    "memory",
+    "cpu,cpuacct",
+    "cpu",
+    "cpuacct",
+    "pids",
+    "devices",
+    "cpuset",
+    "blkio",
+    "freezer",
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum CgroupError {
+    #[error("failed to read {path}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("failed to prepare cgroup {path}")]
+    Write { path: PathBuf, source: std::io::Error },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Version {
+    /// v1 (or hybrid): one hierarchy per controller; `memsw` says whether swap accounting exists.
+    V1 {
+        memsw: bool,
+    },
+    V2,
+}
+
+#[derive(Clone, Debug)]
+pub struct CgroupPlan {
+    pub version: Version,
+    /// The container's cgroup, relative to each hierarchy's root, e.g. `/user.slice/job/drun-0123456789ab`.
+    pub path: String,
+    /// A supervisor leaf drun moved itself into (v2 only), removed by a later drun once empty.
+    pub supervisor: Option<String>,
+}
+
+pub fn detect() -> Version {
+    if Path::new(CGROUP_ROOT).join("cgroup.controllers").exists() {
+        Version::V2
+    } else {
+        Version::V1 {
+            memsw: Path::new(CGROUP_ROOT)
+                .join("memory/memory.memsw.limit_in_bytes")
+                .exists(),
+        }
+    }
+}
+
+/// drun's own cgroup path for `controller` (v1) or the unified hierarchy (v2), from /proc/self/cgroup.
+fn own_cgroup(version: &Version) -> Result<String, CgroupError> {
+    let path = PathBuf::from("/proc/self/cgroup");
+    let text = std::fs::read_to_string(&path).map_err(|source| CgroupError::Read { path, source })?;
+    for line in text.lines() {
+        let mut parts = line.splitn(3, ':');
+        let (_, ctrls, p) = (parts.next(), parts.next().unwrap_or(""), parts.next().unwrap_or("/"));
+        let hit = match version {
+            Version::V2 => ctrls.is_empty(),
+            Version::V1 { .. } => ctrls.split(',').any(|c| c == "memory"),
+        };
+        if hit {
+            return Ok(p.to_string());
+        }
+    }
+    Ok("/".to_string())
+}
+
+fn join(parent: &str, child: &str) -> String {
+    format!("{}/{child}", parent.trim_end_matches('/'))
+}
+
+impl CgroupPlan {
+    /// Plans the cgroup of container `short_id` and, on v2, makes sure controllers can be delegated to it.
+    pub fn prepare(short_id: &str) -> Result<CgroupPlan, CgroupError> {
+        let version = detect();
+        let parent = own_cgroup(&version)?;
+        let path = join(&parent, &format!("drun-{short_id}"));
+        let mut supervisor = None;
+        if version == Version::V2 && parent != "/" {
+            let dir = Path::new(CGROUP_ROOT).join(parent.trim_start_matches('/'));
+            if enable_controllers(&dir).is_err() {
+                // Our cgroup has processes (drun itself at least): move into a leaf, then delegate.
+                let leaf = join(&parent, &format!("drun.supervisor-{}", std::process::id()));
+                let leaf_dir = Path::new(CGROUP_ROOT).join(leaf.trim_start_matches('/'));
+                std::fs::create_dir_all(&leaf_dir).map_err(|source| CgroupError::Write {
+                    path: leaf_dir.clone(),
+                    source,
+                })?;
+                let procs = leaf_dir.join("cgroup.procs");
+                std::fs::write(&procs, std::process::id().to_string())
+                    .map_err(|source| CgroupError::Write { path: procs, source })?;
+                enable_controllers(&dir).map_err(|source| CgroupError::Write {
+                    path: dir.join("cgroup.subtree_control"),
+                    source,
+                })?;
+                supervisor = Some(leaf);
+            }
+        }
+        Ok(CgroupPlan {
+            version,
+            path,
+            supervisor,
+        })
+    }
+
+    pub fn path_string(&self) -> &str {
+        &self.path
+    }
+
+    /// Host directories of the container's cgroup (one per v1 hierarchy, or the single v2 one).
+    pub fn host_dirs(&self) -> Vec<(PathBuf, String)> {
+        let rel = self.path.trim_start_matches('/');
+        match self.version {
+            Version::V2 => vec![(Path::new(CGROUP_ROOT).join(rel), CGROUP_ROOT.to_string())],
+            Version::V1 { .. } => V1_CONTROLLERS
+                .iter()
+                // Real mounts only: "cpu" and "cpuacct" are often symlinks to "cpu,cpuacct".
+                .filter(|c| std::fs::symlink_metadata(Path::new(CGROUP_ROOT).join(c)).is_ok_and(|m| m.is_dir()))
+                .map(|c| (Path::new(CGROUP_ROOT).join(c).join(rel), format!("{CGROUP_ROOT}/{c}")))
+                .collect(),
+        }
+    }
+
+    /// Creates the cgroup directories before libcontainer runs, so the read-only bind mounts have a source.
+    pub fn create_dirs(&self) -> Result<(), CgroupError> {
+        for (dir, _) in self.host_dirs() {
+            std::fs::create_dir_all(&dir).map_err(|source| CgroupError::Write {
+                path: dir.clone(),
+                source,
+            })?;
+        }
+        Ok(())
+    }
+
+    /// The spec mounts that show the container its own cgroup, read-only.
+    pub fn container_mounts(&self) -> Vec<Value> {
+        let mut out = Vec::new();
+        if matches!(self.version, Version::V1 { .. }) {
+            out.push(json!({"destination": CGROUP_ROOT, "type": "tmpfs", "source": "cgroup", "options": ["nosuid", "noexec", "nodev", "mode=755"]}));
+        }
+        for (src, dst) in self.host_dirs() {
+            out.push(json!({"destination": dst, "type": "bind", "source": src, "options": ["bind", "ro", "nosuid", "noexec", "nodev"]}));
+        }
+        out
+    }
+
+    /// `linux.resources`: limits and the device allow-list.
+    pub fn resources(&self, plan: &RunPlan) -> Value {
+        let mut r = json!({"devices": device_rules()});
+        if let Some(m) = plan.memory {
+            let mut mem = json!({"limit": m.0});
+            // "No extra swap": the memory+swap total equals the memory limit.
+            if matches!(self.version, Version::V2 | Version::V1 { memsw: true }) {
+                mem["swap"] = json!(m.0);
+            }
+            r["memory"] = mem;
+        }
+        if let Some(c) = plan.cpus {
+            let period: u64 = 100_000;
+            r["cpu"] = json!({"quota": (c * period as f64).round() as i64, "period": period});
+        }
+        if let Some(p) = plan.pids_limit {
+            r["pids"] = json!({"limit": p});
+        }
+        r
+    }
+
+    /// Removes the container's cgroup directories (after killing anything left in them) and an empty supervisor
+    /// leaf of a dead drun. Used for clean-up after a crash; a normal run's cgroup goes with libcontainer's delete.
+    pub fn remove(&self) {
+        for (dir, _) in self.host_dirs() {
+            kill_all(&dir);
+            let _ = std::fs::remove_dir(&dir);
+        }
+    }
+}
+
+fn enable_controllers(dir: &Path) -> std::io::Result<()> {
+    let available = std::fs::read_to_string(dir.join("cgroup.controllers"))?;
+    let want: Vec<String> = ["cpu", "memory", "pids", "io", "cpuset"]
+        .iter()
+        .filter(|c| available.split_whitespace().any(|a| a == **c))
+        .map(|c| format!("+{c}"))
+        .collect();
+    std::fs::write(dir.join("cgroup.subtree_control"), want.join(" "))
+}
+
+/// SIGKILLs every process of a cgroup directory (and its children), best effort.
+pub fn kill_all(dir: &Path) {
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                kill_all(&e.path());
+                let _ = std::fs::remove_dir(e.path());
+            }
+        }
+    }
+    if let Ok(procs) = std::fs::read_to_string(dir.join("cgroup.procs")) {
+        for pid in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+        }
+    }
+}
+
+/// Standard device access: nothing by default, then the character devices every container needs.
+fn device_rules() -> Value {
+    let allow = |major: i64, minor: Option<i64>| {
+        let mut v = json!({"allow": true, "type": "c", "major": major, "access": "rwm"});
+        if let Some(m) = minor {
+            v["minor"] = json!(m);
+        }
+        v
+    };
+    json!([
+        {"allow": false, "access": "rwm"},
+        allow(1, Some(3)), allow(1, Some(5)), allow(1, Some(7)), allow(1, Some(8)), allow(1, Some(9)),
+        allow(5, Some(0)), allow(5, Some(1)), allow(5, Some(2)), allow(136, None),
+    ])
+}

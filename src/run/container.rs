@@ -1,0 +1,670 @@
+//! Running a container: image → root file system → spec → libcontainer → supervision → clean-up.
+//!
+//! libcontainer creates the container with raw clone3 and runs Rust code in the child, so it must be called from
+//! a single-threaded process: the pull (tokio, writer threads) finishes and drops its threads before anything
+//! here starts. The container's init is drun's child; drun waits for it itself (no automatic reaper) and forwards
+//! signals to it.
+
+use std::fs::File;
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+
+use libcontainer::container::builder::ContainerBuilder;
+use libcontainer::syscall::syscall::SyscallType;
+use nix::sys::signal::{kill, SigSet, Signal};
+use nix::sys::signalfd::SignalFd;
+use nix::sys::wait::{waitpid, WaitStatus};
+use nix::unistd::Pid;
+
+use crate::config::Config;
+use crate::image::pull::{pull, PullOptions};
+use crate::image::source::{lookup_names, ImageSource};
+use crate::image::store::{ImageRecord, Store, IDMAP_HOST};
+use crate::run::cgroups::{CgroupPlan, Version};
+use crate::run::plan::{NetworkMode, PullPolicy, RunPlan, DEFAULT_PATH};
+use crate::run::rootfs;
+use crate::run::spec::{self, SpecInputs};
+use crate::run::state::{self, RunDir, RunInfo};
+use crate::run::user;
+
+/// Exit status when the command cannot be executed (as `docker run`).
+pub const EXIT_CANNOT_EXECUTE: i32 = 126;
+/// Exit status when the command is not found.
+pub const EXIT_NOT_FOUND: i32 = 127;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Pull(#[from] crate::image::pull::PullError),
+    #[error(transparent)]
+    Store(#[from] crate::image::store::StoreError),
+    #[error("image {0} is not in the store and --pull=never was given")]
+    NotPulled(String),
+    #[error("image config of {image} is unreadable: {message}")]
+    Config { image: String, message: String },
+    #[error("no command specified: the image has no Entrypoint or Cmd and none was given")]
+    NoCommand,
+    #[error("a container named {0:?} is already running")]
+    NameInUse(String),
+    #[error("failed to prepare the container: {what}")]
+    Io { what: String, source: std::io::Error },
+    #[error(transparent)]
+    Rootfs(#[from] rootfs::RootfsError),
+    #[error(transparent)]
+    User(#[from] user::UserError),
+    #[error(transparent)]
+    Spec(#[from] spec::SpecError),
+    #[error(transparent)]
+    Cgroup(#[from] crate::run::cgroups::CgroupError),
+    #[error("--init needs catatonit (Debian package `catatonit`), which is not installed")]
+    NoInit,
+    #[error("libcontainer failed to {what}")]
+    Runtime {
+        what: &'static str,
+        source: libcontainer::error::LibcontainerError,
+    },
+    #[error("{path}: {message}")]
+    Exec { path: String, message: String, code: i32 },
+}
+
+impl RunError {
+    /// The exit status this error maps to (125 unless the command itself could not be run).
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            RunError::Exec { code, .. } => *code,
+            _ => crate::EXIT_DRUN_ERROR,
+        }
+    }
+}
+
+fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> RunError {
+    let what = what.into();
+    move |source| RunError::Io { what, source }
+}
+
+/// Makes sure the image is in the store per the pull policy and returns its record.
+pub fn ensure_image(store: &Store, cfg: &Config, plan: &RunPlan, quiet: bool) -> Result<ImageRecord, RunError> {
+    let source = ImageSource::parse(&plan.image).map_err(|e| RunError::Config {
+        image: plan.image.clone(),
+        message: e.to_string(),
+    })?;
+    let names = lookup_names(&plan.image);
+    let find = || store.find_image(&plan.image, &names);
+    let opts = PullOptions {
+        platform: plan.platform.clone(),
+        quiet,
+    };
+    match plan.pull {
+        PullPolicy::Always => {
+            pull(store, cfg, &source, &opts)?;
+            Ok(find()?)
+        }
+        PullPolicy::Never => find().map_err(|_| RunError::NotPulled(plan.image.clone())),
+        PullPolicy::Missing => match find() {
+            Ok(r) => Ok(r),
+            Err(_) => {
+                let report = pull(store, cfg, &source, &opts)?;
+                Ok(report.records.into_iter().next().map_or_else(find, Ok)?)
+            }
+        },
+    }
+}
+
+/// The process arguments by Docker's rules: an `--entrypoint` replaces the image's Entrypoint and drops its Cmd;
+/// a command replaces Cmd.
+pub fn resolve_args(
+    plan: &RunPlan,
+    image_entrypoint: &[String],
+    image_cmd: &[String],
+) -> Result<Vec<String>, RunError> {
+    let (entry, cmd): (Vec<String>, Vec<String>) = match &plan.entrypoint {
+        Some(e) => (e.clone(), plan.command.clone().unwrap_or_default()),
+        None => (
+            image_entrypoint.to_vec(),
+            plan.command.clone().unwrap_or_else(|| image_cmd.to_vec()),
+        ),
+    };
+    let args: Vec<String> = entry.into_iter().chain(cmd).collect();
+    if args.is_empty() {
+        return Err(RunError::NoCommand);
+    }
+    Ok(args)
+}
+
+/// Environment: PATH and HOSTNAME defaults, the image's Env, HOME from the user, then the plan's settings.
+pub fn resolve_env(plan: &RunPlan, image_env: &[String], hostname: &str, home: &str) -> Vec<String> {
+    let mut env: Vec<(String, String)> = vec![
+        ("PATH".into(), DEFAULT_PATH.into()),
+        ("HOSTNAME".into(), hostname.into()),
+    ];
+    let set = |k: &str, v: &str, env: &mut Vec<(String, String)>| match env.iter_mut().find(|(ek, _)| ek == k) {
+        Some(e) => e.1 = v.to_string(),
+        None => env.push((k.to_string(), v.to_string())),
+    };
+    for kv in image_env {
+        let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+        set(k, v, &mut env);
+    }
+    if !env.iter().any(|(k, _)| k == "HOME") {
+        set("HOME", home, &mut env);
+    }
+    if plan.tty && !env.iter().any(|(k, _)| k == "TERM") {
+        set("TERM", "xterm", &mut env);
+    }
+    for (k, v) in &plan.env {
+        set(k, v, &mut env);
+    }
+    env.into_iter().map(|(k, v)| format!("{k}={v}")).collect()
+}
+
+/// Checks, before anything starts, that `args[0]` can be executed in the root file system: 127 if it does not
+/// exist, 126 if it is not an executable file.
+fn check_executable(root: &Path, args: &[String], env: &[String], cwd: &str) -> Result<(), RunError> {
+    use std::os::unix::fs::PermissionsExt;
+    let prog = &args[0];
+    let candidates: Vec<String> = if prog.contains('/') {
+        vec![if prog.starts_with('/') {
+            prog.clone()
+        } else {
+            format!("{}/{prog}", cwd.trim_end_matches('/'))
+        }]
+    } else {
+        let path = env.iter().find_map(|e| e.strip_prefix("PATH=")).unwrap_or(DEFAULT_PATH);
+        path.split(':')
+            .filter(|d| !d.is_empty())
+            .map(|d| format!("{}/{prog}", d.trim_end_matches('/')))
+            .collect()
+    };
+    let mut not_exec = None;
+    for c in &candidates {
+        if let Some(m) = rootfs::stat_in_root(root, c) {
+            if m.is_file() && m.permissions().mode() & 0o111 != 0 {
+                return Ok(());
+            }
+            not_exec.get_or_insert((
+                c.clone(),
+                if m.is_dir() {
+                    "is a directory"
+                } else {
+                    "permission denied: not executable"
+                },
+            ));
+        }
+    }
+    match not_exec {
+        Some((path, why)) => Err(RunError::Exec {
+            path,
+            message: format!("cannot execute: {why}"),
+            code: EXIT_CANNOT_EXECUTE,
+        }),
+        None if prog.contains('/') => Err(RunError::Exec {
+            path: prog.clone(),
+            message: "no such file or directory in the image".into(),
+            code: EXIT_NOT_FOUND,
+        }),
+        None => Err(RunError::Exec {
+            path: prog.clone(),
+            message: "executable file not found in $PATH".into(),
+            code: EXIT_NOT_FOUND,
+        }),
+    }
+}
+
+fn random_id() -> String {
+    let mut b = [0u8; 32];
+    if let Ok(mut f) = File::open("/dev/urandom") {
+        use std::io::Read;
+        let _ = f.read_exact(&mut b);
+    }
+    hex::encode(b)
+}
+
+/// `/dev/shm` size: the plan's, else the memory limit, else half of RAM (what a host's /dev/shm gets). Docker's
+/// 64 MiB default is the classic cause of PyTorch DataLoader bus errors.
+fn shm_bytes(plan: &RunPlan) -> u64 {
+    if let Some(s) = plan.shm_size {
+        return s.0;
+    }
+    if let Some(m) = plan.memory {
+        return m.0;
+    }
+    let total_kib = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|t| {
+            t.lines().find_map(|l| {
+                l.strip_prefix("MemTotal:")
+                    .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            })
+        })
+        .unwrap_or(2 << 20);
+    total_kib * 1024 / 2
+}
+
+/// catatonit, the init for `--init`: statically linked, so it runs in any image.
+fn find_init() -> Option<PathBuf> {
+    [
+        "/usr/bin/catatonit",
+        "/usr/libexec/catatonit/catatonit",
+        "/usr/libexec/podman/catatonit",
+    ]
+    .iter()
+    .map(PathBuf::from)
+    .find(|p| p.is_file())
+}
+
+/// A network namespace with only loopback, up (as `docker run --network none` gives), bound to `path`.
+fn make_netns(path: &Path) -> Result<(), RunError> {
+    use nix::sched::{setns, unshare, CloneFlags};
+    let own = File::open("/proc/self/ns/net").map_err(io("open the current network namespace"))?;
+    File::create(path).map_err(io("create the network namespace file"))?;
+    unshare(CloneFlags::CLONE_NEWNET).map_err(|e| RunError::Io {
+        what: "create a network namespace".into(),
+        source: e.into(),
+    })?;
+    let res = (|| {
+        nix::mount::mount(
+            Some("/proc/self/ns/net"),
+            path,
+            None::<&str>,
+            nix::mount::MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .map_err(|e| RunError::Io {
+            what: "bind the network namespace".into(),
+            source: e.into(),
+        })?;
+        loopback_up().map_err(io("bring up loopback"))
+    })();
+    setns(own.as_fd(), CloneFlags::CLONE_NEWNET).map_err(|e| RunError::Io {
+        what: "return to the host network namespace".into(),
+        source: e.into(),
+    })?;
+    res
+}
+
+fn loopback_up() -> std::io::Result<()> {
+    // SAFETY: plain socket(2); the descriptor is owned below.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: fd is a fresh descriptor we own.
+    let sock = unsafe { OwnedFd::from_raw_fd(fd) };
+    // SAFETY: ifreq is plain old data; all-zero is a valid value.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (d, s) in req.ifr_name.iter_mut().zip(b"lo\0") {
+        *d = *s as libc::c_char;
+    }
+    // SAFETY: SIOCGIFFLAGS/SIOCSIFFLAGS read and write the ifreq we pass, which outlives the calls.
+    unsafe {
+        if libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req) < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
+        if libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &req) < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// The files Docker provides in /etc, written into the run directory and bind-mounted.
+fn etc_files(dir: &Path, hostname: &str) -> Result<Vec<(PathBuf, &'static str)>, RunError> {
+    let hosts = format!(
+        "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\nfe00::0\tip6-localnet\nff00::0\tip6-mcastprefix\nff02::1\tip6-allnodes\nff02::2\tip6-allrouters\n127.0.1.1\t{hostname}\n"
+    );
+    let resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+    let files = [
+        ("hosts", hosts, "/etc/hosts"),
+        ("hostname", format!("{hostname}\n"), "/etc/hostname"),
+        ("resolv.conf", resolv, "/etc/resolv.conf"),
+    ];
+    let mut out = Vec::new();
+    for (name, content, dst) in files {
+        let p = dir.join(name);
+        std::fs::write(&p, content).map_err(io(format!("write {}", p.display())))?;
+        out.push((p, dst));
+    }
+    Ok(out)
+}
+
+/// Runs `plan` in the foreground and returns the container's exit status.
+pub fn run(store: &Store, cfg: &Config, plan: &RunPlan, state_dir: &Path, quiet: bool) -> Result<i32, RunError> {
+    let record = ensure_image(store, cfg, plan, quiet)?;
+    let config_bytes = store
+        .read_blob(&record.config_digest)?
+        .ok_or_else(|| RunError::Config {
+            image: record.name.clone(),
+            message: "config blob missing from the store".into(),
+        })?;
+    let image_cfg =
+        oci_spec::image::ImageConfiguration::from_reader(&config_bytes[..]).map_err(|e| RunError::Config {
+            image: record.name.clone(),
+            message: e.to_string(),
+        })?;
+    let icfg = image_cfg.config().clone().unwrap_or_default();
+
+    state::reap_stale(state_dir);
+    if let Some(n) = &plan.name {
+        if state::list(state_dir).iter().any(|i| i.name.as_deref() == Some(n)) {
+            return Err(RunError::NameInUse(n.clone()));
+        }
+    }
+    let id = random_id();
+    let short = id[..12].to_string();
+    let run_dir = RunDir::create(state_dir, &id).map_err(io("create the run directory"))?;
+    let guard = Cleanup {
+        state: state_dir.to_path_buf(),
+        dir: run_dir.path.clone(),
+        info: None,
+        container: None,
+        netns: false,
+    };
+    run_in(store, plan, &record, &icfg, state_dir, &id, &short, &run_dir, guard)
+}
+
+/// Everything a run leaves behind, removed on drop whatever happened.
+struct Cleanup {
+    state: PathBuf,
+    dir: PathBuf,
+    info: Option<RunInfo>,
+    container: Option<libcontainer::container::Container>,
+    netns: bool,
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.container.take() {
+            if let Err(e) = c.delete(true) {
+                tracing::warn!(error = %e, "libcontainer could not delete the container; cleaning up by hand");
+            }
+        }
+        if self.netns {
+            let _ = nix::mount::umount2(&self.dir.join("netns"), nix::mount::MntFlags::MNT_DETACH);
+        }
+        rootfs::release(&self.dir);
+        state::cleanup(&self.state, &self.dir, self.info.as_ref());
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run_in(
+    store: &Store,
+    plan: &RunPlan,
+    record: &ImageRecord,
+    icfg: &oci_spec::image::Config,
+    state_dir: &Path,
+    id: &str,
+    short: &str,
+    run_dir: &RunDir,
+    mut guard: Cleanup,
+) -> Result<i32, RunError> {
+    let dir = &run_dir.path;
+    let cgroup = CgroupPlan::prepare(short)?;
+    let mut info = RunInfo {
+        id: id.to_string(),
+        name: plan.name.clone(),
+        image: record.name.clone(),
+        command: vec![],
+        pid: None,
+        started: time::OffsetDateTime::now_utc(),
+        cgroup_path: cgroup.path.clone(),
+        cgroup_v2: cgroup.version == Version::V2,
+        layers: record.layers.iter().map(|l| l.diff_id.to_string()).collect(),
+    };
+    // Registered under the store's shared lock: garbage collection either ran before or sees this run's layers.
+    let (root, _kind) = {
+        let _shared = store.lock_shared()?;
+        let layers: Vec<PathBuf> = record
+            .layers
+            .iter()
+            .map(|l| store.layer_root(IDMAP_HOST, &l.diff_id))
+            .collect();
+        if let Some(missing) = layers.iter().find(|p| !p.is_dir()) {
+            return Err(RunError::Config {
+                image: record.name.clone(),
+                message: format!("layer {} is missing; pull the image again", missing.display()),
+            });
+        }
+        run_dir.write_info(&info).map_err(io("write run info"))?;
+        guard.info = Some(info.clone());
+        rootfs::prepare(dir, &layers)?
+    };
+
+    let hostname = plan.hostname.clone().unwrap_or_else(|| short.to_string());
+    let entry = icfg.entrypoint().clone().unwrap_or_default();
+    let cmd = icfg.cmd().clone().unwrap_or_default();
+    let mut args = resolve_args(plan, &entry, &cmd)?;
+    let cwd = plan
+        .workdir
+        .clone()
+        .or_else(|| icfg.working_dir().clone())
+        .filter(|w| !w.is_empty())
+        .unwrap_or_else(|| "/".into());
+    let user_spec = plan.user.clone().or_else(|| icfg.user().clone());
+    let user = user::resolve(&root, user_spec.as_deref())?;
+    let env = resolve_env(plan, &icfg.env().clone().unwrap_or_default(), &hostname, &user.home);
+    check_executable(&root, &args, &env, &cwd)?;
+    if !cwd.starts_with('/') {
+        return Err(RunError::Exec {
+            path: cwd,
+            message: "the working directory must be absolute".into(),
+            code: crate::EXIT_DRUN_ERROR,
+        });
+    }
+    rootfs::mkdir_in_root(&root, &cwd).map_err(io(format!("create the working directory {cwd}")))?;
+
+    let init = if plan.init {
+        let p = find_init().ok_or(RunError::NoInit)?;
+        args = ["/dev/init".to_string(), "--".to_string()]
+            .into_iter()
+            .chain(args)
+            .collect();
+        Some(p)
+    } else {
+        None
+    };
+    info.command = args.clone();
+    let netns = if plan.network == NetworkMode::None {
+        let p = dir.join("netns");
+        guard.netns = true;
+        make_netns(&p)?;
+        Some(p)
+    } else {
+        None
+    };
+    let etc = etc_files(dir, &hostname)?;
+    cgroup.create_dirs()?;
+    let spec_json = spec::build(&SpecInputs {
+        plan,
+        args,
+        env,
+        cwd,
+        user,
+        rootfs: &root,
+        hostname,
+        shm_bytes: shm_bytes(plan),
+        cgroup: &cgroup,
+        etc_files: etc,
+        netns,
+        init,
+    })?;
+    let bundle = dir.join("bundle");
+    std::fs::create_dir_all(&bundle).map_err(io("create the bundle"))?;
+    std::fs::write(
+        bundle.join("config.json"),
+        serde_json::to_vec_pretty(&spec_json).expect("spec serialises"),
+    )
+    .map_err(io("write config.json"))?;
+
+    let lc_root = state::libcontainer_dir(state_dir);
+    std::fs::create_dir_all(&lc_root).map_err(io("create libcontainer's state directory"))?;
+    let rt = |what| move |source| RunError::Runtime { what, source };
+    let mut builder = ContainerBuilder::new(id.to_string(), SyscallType::default())
+        .with_root_path(&lc_root)
+        .map_err(rt("use its state directory"))?
+        .validate_id()
+        .map_err(rt("accept the container id"))?;
+    if !plan.interactive {
+        builder = builder.with_stdin(File::open("/dev/null").map_err(io("open /dev/null"))?);
+    }
+    let container = builder
+        .as_init(&bundle)
+        .with_systemd(false)
+        .with_detach(false)
+        .build()
+        .map_err(rt("create the container"))?;
+    // libcontainer links another nix version: carry the pid across as a plain integer.
+    let pid = container.pid().map(|p| Pid::from_raw(p.as_raw()));
+    guard.container = Some(container);
+    info.pid = pid.map(Pid::as_raw);
+    run_dir.write_info(&info).map_err(io("write run info"))?;
+    guard.info = Some(info);
+    if let Some(f) = &plan.cidfile {
+        std::fs::write(f, id).map_err(io(format!("write {}", f.display())))?;
+    }
+    let pid = pid.ok_or_else(|| RunError::Io {
+        what: "learn the container's pid".into(),
+        source: std::io::Error::other("libcontainer reported none"),
+    })?;
+
+    // Signals are blocked only now: the container's process already exists with the default mask.
+    let signals = forwarded_signals();
+    signals.thread_block().map_err(|e| RunError::Io {
+        what: "block signals".into(),
+        source: e.into(),
+    })?;
+    let sfd = SignalFd::with_flags(
+        &signals,
+        nix::sys::signalfd::SfdFlags::SFD_NONBLOCK | nix::sys::signalfd::SfdFlags::SFD_CLOEXEC,
+    )
+    .map_err(|e| RunError::Io {
+        what: "create a signalfd".into(),
+        source: e.into(),
+    })?;
+    guard
+        .container
+        .as_mut()
+        .expect("container is set")
+        .start()
+        .map_err(rt("start the container"))?;
+    let status = supervise(pid, &sfd);
+    let _ = signals.thread_unblock();
+    drop(guard);
+    status
+}
+
+fn forwarded_signals() -> SigSet {
+    let mut s = SigSet::empty();
+    for sig in [
+        Signal::SIGINT,
+        Signal::SIGTERM,
+        Signal::SIGHUP,
+        Signal::SIGQUIT,
+        Signal::SIGUSR1,
+        Signal::SIGUSR2,
+        Signal::SIGWINCH,
+    ] {
+        s.add(sig);
+    }
+    s
+}
+
+/// Forwards signals to the container's init until it exits; a second SIGINT within 3 s kills it.
+fn supervise(pid: Pid, sfd: &SignalFd) -> Result<i32, RunError> {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    // SAFETY: pidfd_open(2) on our own child; the result is checked and then owned.
+    let raw = unsafe { libc::syscall(libc::SYS_pidfd_open, pid.as_raw(), 0) } as i32;
+    let pidfd = if raw >= 0 {
+        // SAFETY: raw is a fresh descriptor we own.
+        Some(unsafe { OwnedFd::from_raw_fd(raw) })
+    } else {
+        None
+    };
+    let mut last_int: Option<std::time::Instant> = None;
+    loop {
+        let mut fds = vec![PollFd::new(sfd.as_fd(), PollFlags::POLLIN)];
+        if let Some(p) = &pidfd {
+            fds.push(PollFd::new(p.as_fd(), PollFlags::POLLIN));
+        }
+        let timeout = if pidfd.is_some() {
+            PollTimeout::NONE
+        } else {
+            PollTimeout::from(100u16)
+        };
+        match poll(&mut fds, timeout) {
+            Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+            Err(e) => {
+                return Err(RunError::Io {
+                    what: "wait for the container".into(),
+                    source: e.into(),
+                })
+            }
+        }
+        while let Ok(Some(si)) = sfd.read_signal() {
+            let Ok(sig) = Signal::try_from(si.ssi_signo as i32) else {
+                continue;
+            };
+            let now = std::time::Instant::now();
+            let forced = sig == Signal::SIGINT && last_int.is_some_and(|t| now.duration_since(t).as_secs() < 3);
+            if sig == Signal::SIGINT {
+                last_int = Some(now);
+            }
+            let send = if forced { Signal::SIGKILL } else { sig };
+            tracing::debug!(signal = %sig, forwarded = %send, "forwarding a signal to the container");
+            let _ = kill(pid, send);
+        }
+        match waitpid(pid, Some(nix::sys::wait::WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::Exited(_, code)) => return Ok(code),
+            Ok(WaitStatus::Signaled(_, sig, _)) => return Ok(128 + sig as i32),
+            Ok(_) => {}
+            Err(nix::errno::Errno::ECHILD) => {
+                return Err(RunError::Io {
+                    what: "wait for the container".into(),
+                    source: std::io::Error::other("its process is not drun's child"),
+                })
+            }
+            Err(e) => {
+                return Err(RunError::Io {
+                    what: "wait for the container".into(),
+                    source: e.into(),
+                })
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn s(v: &[&str]) -> Vec<String> {
+        v.iter().map(|x| x.to_string()).collect()
+    }
+
+    #[test]
+    fn docker_entrypoint_and_cmd_rules() {
+        let mut p = RunPlan::default();
+        assert_eq!(resolve_args(&p, &s(&["/ep"]), &s(&["a"])).unwrap(), s(&["/ep", "a"]));
+        p.command = Some(s(&["b"]));
+        assert_eq!(resolve_args(&p, &s(&["/ep"]), &s(&["a"])).unwrap(), s(&["/ep", "b"]));
+        p.entrypoint = Some(s(&["/new"]));
+        assert_eq!(resolve_args(&p, &s(&["/ep"]), &s(&["a"])).unwrap(), s(&["/new", "b"]));
+        p.command = None;
+        // --entrypoint drops the image's Cmd.
+        assert_eq!(resolve_args(&p, &s(&["/ep"]), &s(&["a"])).unwrap(), s(&["/new"]));
+        p.entrypoint = Some(vec![]);
+        assert!(matches!(resolve_args(&p, &[], &[]), Err(RunError::NoCommand)));
+    }
+
+    #[test]
+    fn env_merging() {
+        let mut p = RunPlan::default();
+        p.env = vec![("FOO".into(), "cli".into()), ("NEW".into(), "1".into())];
+        let env = resolve_env(&p, &s(&["PATH=/img/bin", "FOO=image"]), "h", "/root");
+        assert_eq!(
+            env,
+            s(&["PATH=/img/bin", "HOSTNAME=h", "FOO=cli", "HOME=/root", "NEW=1"])
+        );
+    }
+}

@@ -1,0 +1,10 @@
+//! Running containers: plans, OCI specs, root file systems, cgroups, libcontainer and supervision.
+
+pub mod cgroups;
+pub mod container;
+pub mod plan;
+pub mod rootfs;
+pub mod seccomp;
+pub mod spec;
+pub mod state;
+pub mod user;

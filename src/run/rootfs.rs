@@ -1,0 +1,211 @@
+//! The container's root file system: an overlay of the store's unpacked layers with the run's own upper and work
+//! directories, so the store is never modified and every write is discarded with the run. Where overlayfs cannot
+//! be mounted, a private flattened copy is made instead (and the debug log says so).
+
+use std::ffi::OsStr;
+use std::fs;
+use std::io;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
+
+use nix::mount::{mount, umount2, MntFlags, MsFlags};
+
+use crate::image::unpack::OVERLAY_OPAQUE_XATTR;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RootfsError {
+    #[error("failed to create {path}")]
+    Create { path: PathBuf, source: io::Error },
+    #[error("failed to flatten the image into {path}")]
+    Flatten { path: PathBuf, source: io::Error },
+}
+
+/// How the root file system was made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RootfsKind {
+    Overlay,
+    Flattened,
+}
+
+/// Mounts (or builds) the root file system at `run_dir/rootfs` from `layers` (bottom first).
+pub fn prepare(run_dir: &Path, layers: &[PathBuf]) -> Result<(PathBuf, RootfsKind), RootfsError> {
+    let merged = run_dir.join("rootfs");
+    let upper = run_dir.join("upper");
+    let work = run_dir.join("work");
+    for d in [&merged, &upper, &work] {
+        fs::create_dir_all(d).map_err(|source| RootfsError::Create {
+            path: d.clone(),
+            source,
+        })?;
+    }
+    let lower = layers
+        .iter()
+        .rev()
+        .map(|p| p.display().to_string())
+        .collect::<Vec<_>>()
+        .join(":");
+    let data = format!(
+        "lowerdir={lower},upperdir={},workdir={}",
+        upper.display(),
+        work.display()
+    );
+    match mount(
+        Some("overlay"),
+        &merged,
+        Some("overlay"),
+        MsFlags::empty(),
+        Some(data.as_str()),
+    ) {
+        Ok(()) => Ok((merged, RootfsKind::Overlay)),
+        Err(e) => {
+            tracing::debug!(error = %e, "overlayfs cannot be mounted here; flattening the image into a private copy");
+            for layer in layers {
+                apply_layer(layer, &merged).map_err(|source| RootfsError::Flatten {
+                    path: merged.clone(),
+                    source,
+                })?;
+            }
+            Ok((merged, RootfsKind::Flattened))
+        }
+    }
+}
+
+/// Unmounts the overlay (if any); the run directory itself is removed by the caller.
+pub fn release(run_dir: &Path) {
+    let merged = run_dir.join("rootfs");
+    let _ = umount2(&merged, MntFlags::MNT_DETACH);
+}
+
+/// Copies one overlay-format layer onto `dest`, honouring its whiteouts and opaque directories.
+fn apply_layer(layer: &Path, dest: &Path) -> io::Result<()> {
+    for entry in fs::read_dir(layer)? {
+        let entry = entry?;
+        let src = entry.path();
+        let dst = dest.join(entry.file_name());
+        let meta = fs::symlink_metadata(&src)?;
+        let ft = meta.file_type();
+        if ft.is_char_device() && meta.rdev() == 0 {
+            remove_any(&dst)?;
+            continue;
+        }
+        if ft.is_dir() {
+            let opaque = xattr_present(&src, OVERLAY_OPAQUE_XATTR);
+            if opaque || !fs::symlink_metadata(&dst).is_ok_and(|m| m.is_dir()) {
+                remove_any(&dst)?;
+                fs::create_dir(&dst)?;
+            }
+            copy_meta(&meta, &dst)?;
+            apply_layer(&src, &dst)?;
+            continue;
+        }
+        remove_any(&dst)?;
+        if ft.is_symlink() {
+            std::os::unix::fs::symlink(fs::read_link(&src)?, &dst)?;
+            let _ = std::os::unix::fs::lchown(&dst, Some(meta.uid()), Some(meta.gid()));
+        } else if ft.is_file() {
+            // A reflink or copy; hardlinking into the store would let container writes reach it.
+            fs::copy(&src, &dst)?;
+            copy_meta(&meta, &dst)?;
+        } else {
+            let kind = if ft.is_block_device() {
+                nix::sys::stat::SFlag::S_IFBLK
+            } else if ft.is_fifo() {
+                nix::sys::stat::SFlag::S_IFIFO
+            } else {
+                nix::sys::stat::SFlag::S_IFCHR
+            };
+            nix::sys::stat::mknod(
+                &dst,
+                kind,
+                nix::sys::stat::Mode::from_bits_truncate(meta.mode() & 0o7777),
+                meta.rdev(),
+            )
+            .map_err(io::Error::from)?;
+            copy_meta(&meta, &dst)?;
+        }
+    }
+    Ok(())
+}
+
+fn copy_meta(meta: &fs::Metadata, dst: &Path) -> io::Result<()> {
+    let _ = std::os::unix::fs::chown(dst, Some(meta.uid()), Some(meta.gid()));
+    fs::set_permissions(dst, std::os::unix::fs::PermissionsExt::from_mode(meta.mode() & 0o7777))
+}
+
+fn remove_any(p: &Path) -> io::Result<()> {
+    match fs::symlink_metadata(p) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
+        Ok(m) if m.is_dir() => fs::remove_dir_all(p),
+        Ok(_) => fs::remove_file(p),
+    }
+}
+
+fn xattr_present(p: &Path, name: &str) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let (Ok(cp), Ok(cn)) = (
+        std::ffi::CString::new(p.as_os_str().as_bytes()),
+        std::ffi::CString::new(name),
+    ) else {
+        return false;
+    };
+    // SAFETY: both strings are NUL-terminated; a null buffer with size 0 only queries the value's size.
+    unsafe { libc::lgetxattr(cp.as_ptr(), cn.as_ptr(), std::ptr::null_mut(), 0) >= 0 }
+}
+
+/// Reads a file of the container's root without following symlinks out of it.
+pub fn read_in_root(root: &Path, path: &str) -> Option<String> {
+    use std::io::Read;
+    use std::os::fd::AsFd;
+    let root_fd = nix::fcntl::open(
+        root,
+        nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_DIRECTORY,
+        nix::sys::stat::Mode::empty(),
+    )
+    .ok()?;
+    let fd = crate::image::unpack::open_in_root(
+        root_fd.as_fd(),
+        Path::new(path.trim_start_matches('/')),
+        nix::fcntl::OFlag::O_RDONLY,
+    )
+    .ok()?;
+    let mut s = String::new();
+    fs::File::from(fd).read_to_string(&mut s).ok()?;
+    Some(s)
+}
+
+/// Information about a path of the container's root (symlinks resolved inside it): `Some(metadata)` if it exists.
+pub fn stat_in_root(root: &Path, path: &str) -> Option<fs::Metadata> {
+    use std::os::fd::AsFd;
+    let root_fd = nix::fcntl::open(
+        root,
+        nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_DIRECTORY,
+        nix::sys::stat::Mode::empty(),
+    )
+    .ok()?;
+    let fd = crate::image::unpack::open_in_root(
+        root_fd.as_fd(),
+        Path::new(path.trim_start_matches('/')),
+        nix::fcntl::OFlag::O_PATH,
+    )
+    .ok()?;
+    fs::File::from(fd).metadata().ok()
+}
+
+/// Creates a directory (and its parents) inside the container's root, never leaving it.
+pub fn mkdir_in_root(root: &Path, path: &str) -> io::Result<()> {
+    use std::os::fd::AsFd;
+    let root_fd = nix::fcntl::open(
+        root,
+        nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_DIRECTORY,
+        nix::sys::stat::Mode::empty(),
+    )?;
+    let comps: Vec<&OsStr> = Path::new(path)
+        .components()
+        .filter_map(|c| match c {
+            std::path::Component::Normal(n) => Some(n),
+            _ => None,
+        })
+        .collect();
+    crate::image::unpack::parent_dir(root_fd.as_fd(), &comps).map(drop)
+}

@@ -1,0 +1,343 @@
+//! RunPlan + image config → OCI runtime spec (`config.json`): namespaces, mounts (a sized /dev/shm, read-only
+//! cgroup views), cgroup resources, capabilities, masked paths, seccomp, user, env and cwd.
+//! The spec is written as JSON and checked by deserialising it into `oci_spec::runtime::Spec`, the type
+//! libcontainer reads.
+
+use std::path::{Path, PathBuf};
+
+use serde_json::{json, Value};
+
+use crate::run::cgroups::CgroupPlan;
+use crate::run::plan::{MountSpec, NetworkMode, RunPlan, SeccompMode, Sharing, DEFAULT_CAPS};
+use crate::run::seccomp::default_profile;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SpecError {
+    #[error("unknown capability {0:?} (expected e.g. NET_ADMIN or CAP_NET_ADMIN, or ALL)")]
+    Capability(String),
+    #[error("failed to read seccomp profile {path}")]
+    SeccompRead { path: PathBuf, source: std::io::Error },
+    #[error("invalid seccomp profile {path}: {source}")]
+    SeccompParse { path: PathBuf, source: serde_json::Error },
+    #[error("unknown ulimit {0:?} (expected e.g. nofile, nproc, memlock, stack, core)")]
+    Ulimit(String),
+    #[error("invalid runtime spec: {0}")]
+    Invalid(serde_json::Error),
+}
+
+/// The user a container process runs as.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ResolvedUser {
+    pub uid: u32,
+    pub gid: u32,
+    pub additional_gids: Vec<u32>,
+    pub home: String,
+}
+
+/// Everything the spec needs besides the plan.
+pub struct SpecInputs<'a> {
+    pub plan: &'a RunPlan,
+    pub args: Vec<String>,
+    pub env: Vec<String>,
+    pub cwd: String,
+    pub user: ResolvedUser,
+    pub rootfs: &'a Path,
+    pub hostname: String,
+    pub shm_bytes: u64,
+    pub cgroup: &'a CgroupPlan,
+    /// Files bind-mounted over /etc/hosts, /etc/hostname and /etc/resolv.conf.
+    pub etc_files: Vec<(PathBuf, &'static str)>,
+    /// Path of a prepared network namespace (for `--network none`).
+    pub netns: Option<PathBuf>,
+    /// Host path of the init binary bind-mounted at /dev/init (for `--init`).
+    pub init: Option<PathBuf>,
+}
+
+const MASKED_PATHS: &[&str] = &[
+    "/proc/asound",
+    "/proc/acpi",
+    "/proc/kcore",
+    "/proc/keys",
+    "/proc/latency_stats",
+    "/proc/timer_list",
+    "/proc/timer_stats",
+    "/proc/sched_debug",
+    "/proc/scsi",
+    "/sys/firmware",
+    "/sys/devices/virtual/powercap",
+];
+
+const READONLY_PATHS: &[&str] = &["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"];
+
+/// Character devices every container gets: (path, major, minor).
+const STANDARD_DEVICES: &[(&str, i64, i64)] = &[
+    ("/dev/null", 1, 3),
+    ("/dev/zero", 1, 5),
+    ("/dev/full", 1, 7),
+    ("/dev/random", 1, 8),
+    ("/dev/urandom", 1, 9),
+    ("/dev/tty", 5, 0),
+];
+
+/// Every capability the kernels drun supports know (CAP_LAST_CAP of Linux 5.9+).
+const ALL_CAPS: &[&str] = &[
+    "CAP_CHOWN",
+    "CAP_DAC_OVERRIDE",
+    "CAP_DAC_READ_SEARCH",
+    "CAP_FOWNER",
+    "CAP_FSETID",
+    "CAP_KILL",
+    "CAP_SETGID",
+    "CAP_SETUID",
+    "CAP_SETPCAP",
+    "CAP_LINUX_IMMUTABLE",
+    "CAP_NET_BIND_SERVICE",
+    "CAP_NET_BROADCAST",
+    "CAP_NET_ADMIN",
+    "CAP_NET_RAW",
+    "CAP_IPC_LOCK",
+    "CAP_IPC_OWNER",
+    "CAP_SYS_MODULE",
+    "CAP_SYS_RAWIO",
+    "CAP_SYS_CHROOT",
+    "CAP_SYS_PTRACE",
+    "CAP_SYS_PACCT",
+    "CAP_SYS_ADMIN",
+    "CAP_SYS_BOOT",
+    "CAP_SYS_NICE",
+    "CAP_SYS_RESOURCE",
+    "CAP_SYS_TIME",
+    "CAP_SYS_TTY_CONFIG",
+    "CAP_MKNOD",
+    "CAP_LEASE",
+    "CAP_AUDIT_WRITE",
+    "CAP_AUDIT_CONTROL",
+    "CAP_SETFCAP",
+    "CAP_MAC_OVERRIDE",
+    "CAP_MAC_ADMIN",
+    "CAP_SYSLOG",
+    "CAP_WAKE_ALARM",
+    "CAP_BLOCK_SUSPEND",
+    "CAP_AUDIT_READ",
+    "CAP_PERFMON",
+    "CAP_BPF",
+    "CAP_CHECKPOINT_RESTORE",
+];
+
+fn cap_name(s: &str) -> Result<String, SpecError> {
+    let up = s.trim().to_ascii_uppercase();
+    let name = if up.starts_with("CAP_") {
+        up
+    } else {
+        format!("CAP_{up}")
+    };
+    if ALL_CAPS.contains(&name.as_str()) {
+        Ok(name)
+    } else {
+        Err(SpecError::Capability(s.to_string()))
+    }
+}
+
+/// The capability set after `--cap-add`/`--cap-drop` (applied add-then-drop, `ALL` allowed in both).
+pub fn capabilities(plan: &RunPlan) -> Result<Vec<String>, SpecError> {
+    if plan.privileged {
+        return Ok(ALL_CAPS.iter().map(|s| s.to_string()).collect());
+    }
+    let mut caps: Vec<String> = DEFAULT_CAPS.iter().map(|s| s.to_string()).collect();
+    for a in &plan.cap_add {
+        if a.eq_ignore_ascii_case("all") {
+            caps = ALL_CAPS.iter().map(|s| s.to_string()).collect();
+        } else {
+            let n = cap_name(a)?;
+            if !caps.contains(&n) {
+                caps.push(n);
+            }
+        }
+    }
+    for d in &plan.cap_drop {
+        if d.eq_ignore_ascii_case("all") {
+            caps.clear();
+        } else {
+            let n = cap_name(d)?;
+            caps.retain(|c| *c != n);
+        }
+    }
+    Ok(caps)
+}
+
+fn rlimit_type(name: &str) -> Result<&'static str, SpecError> {
+    Ok(match name {
+        "core" => "RLIMIT_CORE",
+        "cpu" => "RLIMIT_CPU",
+        "data" => "RLIMIT_DATA",
+        "fsize" => "RLIMIT_FSIZE",
+        "locks" => "RLIMIT_LOCKS",
+        "memlock" => "RLIMIT_MEMLOCK",
+        "msgqueue" => "RLIMIT_MSGQUEUE",
+        "nice" => "RLIMIT_NICE",
+        "nofile" => "RLIMIT_NOFILE",
+        "nproc" => "RLIMIT_NPROC",
+        "rss" => "RLIMIT_RSS",
+        "rtprio" => "RLIMIT_RTPRIO",
+        "rttime" => "RLIMIT_RTTIME",
+        "sigpending" => "RLIMIT_SIGPENDING",
+        "stack" => "RLIMIT_STACK",
+        "as" => "RLIMIT_AS",
+        other => return Err(SpecError::Ulimit(other.to_string())),
+    })
+}
+
+pub fn build(inp: &SpecInputs<'_>) -> Result<Value, SpecError> {
+    let plan = inp.plan;
+    let caps = capabilities(plan)?;
+    let mut mounts = vec![
+        json!({"destination": "/proc", "type": "proc", "source": "proc", "options": ["nosuid", "noexec", "nodev"]}),
+        json!({"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]}),
+        json!({"destination": "/dev/pts", "type": "devpts", "source": "devpts",
+               "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"]}),
+        json!({"destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["nosuid", "noexec", "nodev", "ro"]}),
+    ];
+    match plan.ipc_mode() {
+        Sharing::Private => {
+            mounts.push(json!({"destination": "/dev/shm", "type": "tmpfs", "source": "shm",
+                "options": ["nosuid", "noexec", "nodev", "mode=1777", format!("size={}", inp.shm_bytes)]}));
+            mounts.push(json!({"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue", "options": ["nosuid", "noexec", "nodev"]}));
+        }
+        Sharing::Host => {
+            mounts.push(json!({"destination": "/dev/shm", "type": "bind", "source": "/dev/shm", "options": ["rbind", "nosuid", "nodev"]}));
+        }
+    }
+    mounts.extend(inp.cgroup.container_mounts());
+    for (src, dst) in &inp.etc_files {
+        mounts.push(json!({"destination": dst, "type": "bind", "source": src, "options": ["bind", "rprivate"]}));
+    }
+    if let Some(init) = &inp.init {
+        mounts.push(json!({"destination": "/dev/init", "type": "bind", "source": init, "options": ["bind", "ro", "nosuid", "nodev"]}));
+    }
+    for m in &plan.mounts {
+        mounts.push(match m {
+            MountSpec::Bind {
+                source,
+                destination,
+                read_only,
+            } => {
+                let mut o = vec!["rbind", "rprivate"];
+                if *read_only {
+                    o.push("ro");
+                }
+                json!({"destination": destination, "type": "bind", "source": source, "options": o})
+            }
+            MountSpec::Tmpfs { destination, options } => {
+                let mut o: Vec<String> = vec!["nosuid".into(), "nodev".into()];
+                o.extend(options.iter().cloned());
+                json!({"destination": destination, "type": "tmpfs", "source": "tmpfs", "options": o})
+            }
+        });
+    }
+
+    let mut namespaces = vec![json!({"type": "mount"}), json!({"type": "uts"})];
+    if plan.pid_mode() == Sharing::Private {
+        namespaces.push(json!({"type": "pid"}));
+    }
+    if plan.ipc_mode() == Sharing::Private {
+        namespaces.push(json!({"type": "ipc"}));
+    }
+    if plan.network == NetworkMode::None {
+        let mut ns = json!({"type": "network"});
+        if let Some(p) = &inp.netns {
+            ns["path"] = json!(p);
+        }
+        namespaces.push(ns);
+    }
+
+    let mut rlimits = Vec::new();
+    let (soft, hard) = nofile_default();
+    if !plan.ulimits.iter().any(|u| u.name == "nofile") {
+        rlimits.push(json!({"type": "RLIMIT_NOFILE", "soft": soft, "hard": hard}));
+    }
+    for u in &plan.ulimits {
+        rlimits.push(json!({"type": rlimit_type(&u.name)?, "soft": u.soft, "hard": u.hard}));
+    }
+
+    let mut linux = json!({
+        "namespaces": namespaces,
+        "cgroupsPath": inp.cgroup.path_string(),
+        "resources": inp.cgroup.resources(plan),
+    });
+    if plan.privileged {
+        linux["resources"]["devices"] = json!([{"allow": true, "access": "rwm"}]);
+    } else {
+        linux["maskedPaths"] = json!(MASKED_PATHS);
+        linux["readonlyPaths"] = json!(READONLY_PATHS);
+        linux["devices"] = STANDARD_DEVICES
+            .iter()
+            .map(|(p, maj, min)| json!({"path": p, "type": "c", "major": maj, "minor": min, "fileMode": 0o666, "uid": 0, "gid": 0}))
+            .collect();
+        let seccomp = match &plan.seccomp {
+            SeccompMode::Default => Some(default_profile()),
+            SeccompMode::Unconfined => None,
+            SeccompMode::Profile(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| SpecError::SeccompRead {
+                    path: path.clone(),
+                    source,
+                })?;
+                Some(serde_json::from_str(&text).map_err(|source| SpecError::SeccompParse {
+                    path: path.clone(),
+                    source,
+                })?)
+            }
+        };
+        if let Some(s) = seccomp {
+            linux["seccomp"] = s;
+        }
+    }
+
+    let spec = json!({
+        "ociVersion": "1.0.2",
+        "root": {"path": inp.rootfs, "readonly": plan.read_only},
+        "hostname": inp.hostname,
+        "mounts": mounts,
+        "process": {
+            "terminal": plan.tty,
+            "user": {"uid": inp.user.uid, "gid": inp.user.gid, "additionalGids": inp.user.additional_gids},
+            "args": inp.args,
+            "env": inp.env,
+            "cwd": inp.cwd,
+            "capabilities": {"bounding": caps, "effective": caps, "permitted": caps},
+            "rlimits": rlimits,
+            "noNewPrivileges": plan.no_new_privileges && !plan.privileged,
+        },
+        "linux": linux,
+    });
+    serde_json::from_value::<oci_spec::runtime::Spec>(spec.clone()).map_err(SpecError::Invalid)?;
+    Ok(spec)
+}
+
+/// RLIMIT_NOFILE for containers: drun's own hard limit as both soft and hard (Docker and Podman raise it too;
+/// the usual soft 1024 is too low for data loaders and MPI).
+fn nofile_default() -> (u64, u64) {
+    match nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE) {
+        Ok((_, hard)) if hard != nix::sys::resource::RLIM_INFINITY => (hard, hard),
+        _ => (1 << 20, 1 << 20),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn capability_arithmetic() {
+        let mut p = RunPlan::default();
+        let caps = capabilities(&p).unwrap();
+        assert!(!caps.contains(&"CAP_NET_RAW".to_string()) && caps.contains(&"CAP_CHOWN".to_string()));
+        p.cap_add = vec!["net_admin".into()];
+        p.cap_drop = vec!["CAP_CHOWN".into()];
+        let caps = capabilities(&p).unwrap();
+        assert!(caps.contains(&"CAP_NET_ADMIN".to_string()) && !caps.contains(&"CAP_CHOWN".to_string()));
+        p.cap_drop = vec!["ALL".into()];
+        assert!(capabilities(&p).unwrap().is_empty());
+        p.cap_add = vec!["FLY".into()];
+        assert!(capabilities(&p).is_err());
+    }
+}

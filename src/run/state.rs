@@ -1,0 +1,158 @@
+//! Run directories: one per container under `<state>/containers/<id>/`, locked (flock) by the drun process that
+//! runs it. A directory whose lock is free belongs to a drun that died (e.g. SIGKILLed); the next drun, or
+//! `drun prune`, cleans up what it left: processes, cgroups, mounts, libcontainer state, files.
+
+use std::fs::{self, File, OpenOptions};
+use std::path::{Path, PathBuf};
+
+use nix::fcntl::{Flock, FlockArg};
+use serde::{Deserialize, Serialize};
+
+use crate::run::cgroups::{CgroupPlan, Version};
+
+/// What `drun ps` shows and what clean-up needs.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RunInfo {
+    pub id: String,
+    #[serde(default)]
+    pub name: Option<String>,
+    pub image: String,
+    pub command: Vec<String>,
+    #[serde(default)]
+    pub pid: Option<i32>,
+    #[serde(with = "time::serde::rfc3339")]
+    pub started: time::OffsetDateTime,
+    pub cgroup_path: String,
+    pub cgroup_v2: bool,
+    /// diff_ids of the layers the root file system is made of (kept from garbage collection while running).
+    pub layers: Vec<String>,
+}
+
+/// The default state directory: `/run/drun` for root, `$XDG_RUNTIME_DIR/drun` otherwise.
+pub fn default_state_dir() -> PathBuf {
+    if nix::unistd::geteuid().is_root() {
+        return PathBuf::from("/run/drun");
+    }
+    match std::env::var_os("XDG_RUNTIME_DIR").map(PathBuf::from) {
+        Some(d) if d.is_absolute() => d.join("drun"),
+        _ => PathBuf::from(format!("/tmp/drun-{}", nix::unistd::geteuid())),
+    }
+}
+
+pub fn containers_dir(state: &Path) -> PathBuf {
+    state.join("containers")
+}
+
+pub fn libcontainer_dir(state: &Path) -> PathBuf {
+    state.join("libcontainer")
+}
+
+/// A live run's directory and lock.
+pub struct RunDir {
+    pub path: PathBuf,
+    _lock: Flock<File>,
+}
+
+impl RunDir {
+    pub fn create(state: &Path, id: &str) -> std::io::Result<RunDir> {
+        let path = containers_dir(state).join(id);
+        fs::create_dir_all(&path)?;
+        let _ = fs::set_permissions(state, std::os::unix::fs::PermissionsExt::from_mode(0o711));
+        let f = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(path.join("lock"))?;
+        let lock = Flock::lock(f, FlockArg::LockExclusiveNonblock).map_err(|(_, e)| std::io::Error::from(e))?;
+        Ok(RunDir { path, _lock: lock })
+    }
+
+    pub fn write_info(&self, info: &RunInfo) -> std::io::Result<()> {
+        let tmp = self.path.join("info.json.tmp");
+        fs::write(&tmp, serde_json::to_vec_pretty(info).expect("run info serialises"))?;
+        fs::rename(tmp, self.path.join("info.json"))
+    }
+}
+
+fn read_info(dir: &Path) -> Option<RunInfo> {
+    serde_json::from_slice(&fs::read(dir.join("info.json")).ok()?).ok()
+}
+
+/// Whether the run directory's lock is held by a live drun.
+fn is_live(dir: &Path) -> bool {
+    let Ok(f) = OpenOptions::new().write(true).open(dir.join("lock")) else {
+        return false;
+    };
+    Flock::lock(f, FlockArg::LockExclusiveNonblock).is_err()
+}
+
+/// Live containers, oldest first.
+pub fn list(state: &Path) -> Vec<RunInfo> {
+    let mut out: Vec<RunInfo> = fs::read_dir(containers_dir(state))
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.path())
+                .filter(|p| is_live(p))
+                .filter_map(|p| read_info(&p))
+                .collect()
+        })
+        .unwrap_or_default();
+    out.sort_by_key(|i| i.started);
+    out
+}
+
+/// Layers used by live containers.
+pub fn live_layers(state: &Path) -> Vec<String> {
+    list(state).into_iter().flat_map(|i| i.layers).collect()
+}
+
+/// Cleans up after drun processes that died while running a container. Returns how many runs were reaped.
+pub fn reap_stale(state: &Path) -> usize {
+    let Ok(rd) = fs::read_dir(containers_dir(state)) else {
+        return 0;
+    };
+    let mut n = 0;
+    for e in rd.flatten() {
+        let dir = e.path();
+        // Take the lock ourselves so a concurrent reaper or a starting run cannot race us.
+        let Ok(f) = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(dir.join("lock"))
+        else {
+            continue;
+        };
+        let Ok(_lock) = Flock::lock(f, FlockArg::LockExclusiveNonblock) else {
+            continue;
+        };
+        tracing::debug!(dir = %dir.display(), "cleaning up after a drun that died");
+        cleanup(state, &dir, read_info(&dir).as_ref());
+        n += 1;
+    }
+    n
+}
+
+/// Removes everything of one run: processes and cgroup, mounts, libcontainer state, the directory.
+pub fn cleanup(state: &Path, dir: &Path, info: Option<&RunInfo>) {
+    if let Some(info) = info {
+        let version = if info.cgroup_v2 {
+            Version::V2
+        } else {
+            Version::V1 { memsw: false }
+        };
+        CgroupPlan {
+            version,
+            path: info.cgroup_path.clone(),
+            supervisor: None,
+        }
+        .remove();
+        let _ = fs::remove_dir_all(libcontainer_dir(state).join(&info.id));
+    }
+    for m in ["rootfs", "netns"] {
+        let _ = nix::mount::umount2(&dir.join(m), nix::mount::MntFlags::MNT_DETACH);
+    }
+    if let Err(e) = crate::image::store::remove_tree(dir) {
+        tracing::warn!(dir = %dir.display(), error = %e, "cannot remove a run directory");
+    }
+}

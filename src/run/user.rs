@@ -1,0 +1,137 @@
+//! `--user NAME|UID[:GROUP|GID]`, resolved against the image's /etc/passwd and /etc/group as Docker does.
+
+use std::path::Path;
+
+use crate::run::rootfs::read_in_root;
+use crate::run::spec::ResolvedUser;
+
+#[derive(Debug, thiserror::Error)]
+pub enum UserError {
+    #[error("unable to find user {0}: no matching entries in the image's /etc/passwd")]
+    NoUser(String),
+    #[error("unable to find group {0}: no matching entries in the image's /etc/group")]
+    NoGroup(String),
+}
+
+struct Passwd {
+    name: String,
+    uid: u32,
+    gid: u32,
+    home: String,
+}
+
+fn passwd(text: &str) -> Vec<Passwd> {
+    text.lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split(':').collect();
+            if f.len() < 7 {
+                return None;
+            }
+            Some(Passwd {
+                name: f[0].into(),
+                uid: f[2].parse().ok()?,
+                gid: f[3].parse().ok()?,
+                home: f[5].into(),
+            })
+        })
+        .collect()
+}
+
+/// (name, gid, members)
+fn groups(text: &str) -> Vec<(String, u32, Vec<String>)> {
+    text.lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split(':').collect();
+            if f.len() < 4 {
+                return None;
+            }
+            let gid = f[2].parse().ok()?;
+            Some((
+                f[0].to_string(),
+                gid,
+                f[3].split(',').filter(|m| !m.is_empty()).map(String::from).collect(),
+            ))
+        })
+        .collect()
+}
+
+/// Resolves `spec` (None: the image's default, root when empty) in the root file system at `root`.
+pub fn resolve(root: &Path, spec: Option<&str>) -> Result<ResolvedUser, UserError> {
+    let spec = spec.filter(|s| !s.is_empty()).unwrap_or("0");
+    let pw = passwd(&read_in_root(root, "/etc/passwd").unwrap_or_default());
+    let gr = groups(&read_in_root(root, "/etc/group").unwrap_or_default());
+    let (u, g) = match spec.split_once(':') {
+        Some((u, g)) => (u, Some(g)),
+        None => (spec, None),
+    };
+    let entry = pw
+        .iter()
+        .find(|p| p.name == u)
+        .or_else(|| u.parse::<u32>().ok().and_then(|id| pw.iter().find(|p| p.uid == id)));
+    let (uid, mut gid, home, name) = match (entry, u.parse::<u32>()) {
+        (Some(p), _) => (p.uid, p.gid, p.home.clone(), Some(p.name.clone())),
+        (None, Ok(id)) => (id, 0, "/".to_string(), None),
+        (None, Err(_)) => return Err(UserError::NoUser(u.to_string())),
+    };
+    if let Some(g) = g {
+        gid = match gr.iter().find(|(n, _, _)| n == g) {
+            Some((_, id, _)) => *id,
+            None => g.parse().map_err(|_| UserError::NoGroup(g.to_string()))?,
+        };
+    }
+    let mut additional_gids: Vec<u32> = match &name {
+        Some(n) if g.is_none() => gr
+            .iter()
+            .filter(|(_, _, m)| m.contains(n))
+            .map(|(_, id, _)| *id)
+            .filter(|id| *id != gid)
+            .collect(),
+        _ => vec![],
+    };
+    additional_gids.sort_unstable();
+    additional_gids.dedup();
+    Ok(ResolvedUser {
+        uid,
+        gid,
+        additional_gids,
+        home,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn root() -> tempfile::TempDir {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::create_dir(d.path().join("etc")).unwrap();
+        std::fs::write(
+            d.path().join("etc/passwd"),
+            "root:x:0:0:root:/root:/bin/sh\nalice:x:1000:1000::/home/alice:/bin/sh\n",
+        )
+        .unwrap();
+        std::fs::write(
+            d.path().join("etc/group"),
+            "root:x:0:\nalice:x:1000:\nvideo:x:44:alice\nstaff:x:50:bob\n",
+        )
+        .unwrap();
+        d
+    }
+
+    #[test]
+    fn names_ids_and_groups() {
+        let r = root();
+        let u = resolve(r.path(), Some("alice")).unwrap();
+        assert_eq!(
+            (u.uid, u.gid, u.additional_gids.clone(), u.home.as_str()),
+            (1000, 1000, vec![44], "/home/alice")
+        );
+        let u = resolve(r.path(), Some("1000:staff")).unwrap();
+        assert_eq!((u.uid, u.gid), (1000, 50));
+        let u = resolve(r.path(), Some("4242")).unwrap();
+        assert_eq!((u.uid, u.gid, u.home.as_str()), (4242, 0, "/"));
+        assert_eq!(resolve(r.path(), None).unwrap().uid, 0);
+        assert!(resolve(r.path(), Some("mallory")).is_err());
+        assert!(resolve(r.path(), Some("alice:nogroup")).is_err());
+    }
+}
