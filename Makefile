@@ -5,7 +5,7 @@ DRUN := target/release/drun
 export DRUN_TEST_STATE ?= /tmp/drun-test-state
 export DRUN_TEST_CACHE ?= /var/cache/drun-test
 # Packages drun needs to build (libseccomp for the run path) and the test infrastructure uses.
-DEB_PACKAGES := build-essential pkg-config libseccomp-dev docker-registry skopeo umoci busybox-static debootstrap \
+DEB_PACKAGES := build-essential pkg-config libseccomp-dev libelf-dev zlib1g-dev catatonit qemu-system-x86 cpio kmod docker-registry skopeo umoci busybox-static debootstrap \
 	apache2-utils openssl jq zstd python3 ca-certificates curl
 
 .PHONY: all deps build registry images demo test lint unit integration bench-pull registry-down clean

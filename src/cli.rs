@@ -43,7 +43,7 @@ pub enum Command {
     /// Remove unreferenced layers, blobs and leftovers of interrupted pulls and runs
     Prune(PruneArgs),
     /// Run a command in a new container (pulls the image if missing)
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// List running containers
     Ps(PsArgs),
     /// Send a signal to a running container

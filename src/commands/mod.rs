@@ -27,7 +27,7 @@ pub fn dispatch(global: &GlobalArgs, command: Command) -> Result<i32> {
         Command::Inspect(a) => inspect::run(global, a),
         Command::Rmi(a) => rmi::run(global, a),
         Command::Prune(a) => prune::run(global, a),
-        Command::Run(a) => run::run(global, a),
+        Command::Run(a) => run::run(global, *a),
         Command::Ps(a) => ps::run(global, a),
         Command::Kill(a) => kill::run(global, a),
     }

@@ -659,8 +659,7 @@ mod tests {
 
     #[test]
     fn env_merging() {
-        let mut p = RunPlan::default();
-        p.env = vec![("FOO".into(), "cli".into()), ("NEW".into(), "1".into())];
+        let p = RunPlan { env: vec![("FOO".into(), "cli".into()), ("NEW".into(), "1".into())], ..Default::default() };
         let env = resolve_env(&p, &s(&["PATH=/img/bin", "FOO=image"]), "h", "/root");
         assert_eq!(
             env,

@@ -138,15 +138,34 @@ fn cap_name(s: &str) -> Result<String, SpecError> {
     }
 }
 
+/// "All" capabilities: those in drun's own bounding set (a sandboxed root may lack some, and asking for more
+/// fails in capset). `ALL_CAPS` is ordered by capability number.
+fn all_caps() -> Vec<String> {
+    let bounding = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find_map(|l| l.strip_prefix("CapBnd:").map(|v| v.trim().to_string()))
+        })
+        .and_then(|hex| u64::from_str_radix(&hex, 16).ok())
+        .unwrap_or(u64::MAX);
+    ALL_CAPS
+        .iter()
+        .enumerate()
+        .filter(|(bit, _)| bounding & (1 << bit) != 0)
+        .map(|(_, c)| c.to_string())
+        .collect()
+}
+
 /// The capability set after `--cap-add`/`--cap-drop` (applied add-then-drop, `ALL` allowed in both).
 pub fn capabilities(plan: &RunPlan) -> Result<Vec<String>, SpecError> {
     if plan.privileged {
-        return Ok(ALL_CAPS.iter().map(|s| s.to_string()).collect());
+        return Ok(all_caps());
     }
     let mut caps: Vec<String> = DEFAULT_CAPS.iter().map(|s| s.to_string()).collect();
     for a in &plan.cap_add {
         if a.eq_ignore_ascii_case("all") {
-            caps = ALL_CAPS.iter().map(|s| s.to_string()).collect();
+            caps = all_caps();
         } else {
             let n = cap_name(a)?;
             if !caps.contains(&n) {

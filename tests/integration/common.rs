@@ -101,6 +101,11 @@ impl Sandbox {
         self.path().join("root")
     }
 
+    /// Run state of this sandbox's containers.
+    pub fn state(&self) -> PathBuf {
+        self.path().join("state")
+    }
+
     pub fn config(&self) -> PathBuf {
         self.path().join("config.toml")
     }
@@ -114,6 +119,7 @@ impl Sandbox {
         let mut c = Command::new(env!("CARGO_BIN_EXE_drun"));
         c.args(args)
             .env("DRUN_ROOT", self.store())
+            .env("DRUN_STATE", self.state())
             .env("DRUN_CONFIG", self.config())
             .env("HOME", self.path().join("home"))
             .env("XDG_RUNTIME_DIR", self.path().join("xdg"))

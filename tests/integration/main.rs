@@ -3,5 +3,6 @@
 
 mod common;
 mod pull;
+mod run;
 mod store;
 mod unpack;

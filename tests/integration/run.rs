@@ -1,0 +1,517 @@
+//! `drun run`: real containers from the local registry, checked from inside.
+
+use std::os::unix::process::ExitStatusExt;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use crate::common::*;
+
+fn busybox() -> String {
+    format!("{}/drun-test/busybox:latest", registry())
+}
+
+/// A sandbox with busybox pulled, so tests time the run, not the pull.
+fn ready() -> Sandbox {
+    assert!(is_root(), "container tests need root (make test runs them as root)");
+    let sb = Sandbox::new();
+    sb.drun(&["pull", "-q", &busybox()]).ok();
+    sb
+}
+
+/// `drun run [flags] busybox sh -c SCRIPT`.
+fn sh(sb: &Sandbox, flags: &[&str], script: &str) -> Output {
+    let image = busybox();
+    let mut args = vec!["run"];
+    args.extend_from_slice(flags);
+    args.extend_from_slice(&[&image, "sh", "-c", script]);
+    sb.drun(&args)
+}
+
+/// Mounts below the sandbox and its run directories left behind.
+fn leftovers(sb: &Sandbox) -> Vec<String> {
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
+    let mut out: Vec<String> = mounts
+        .lines()
+        .filter(|l| l.contains(sb.path().to_str().unwrap()))
+        .map(String::from)
+        .collect();
+    if let Ok(rd) = std::fs::read_dir(sb.state().join("containers")) {
+        out.extend(rd.flatten().map(|e| e.path().display().to_string()));
+    }
+    if let Ok(rd) = std::fs::read_dir(sb.state().join("libcontainer")) {
+        out.extend(rd.flatten().map(|e| e.path().display().to_string()));
+    }
+    out
+}
+
+/// The container cgroup directories of a run id (from --cidfile), on any hierarchy.
+fn cgroup_dirs(id: &str) -> Vec<String> {
+    let name = format!("drun-{}", &id[..12]);
+    let out = std::process::Command::new("find")
+        .args(["/sys/fs/cgroup", "-maxdepth", "6", "-type", "d", "-name", &name])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).lines().map(String::from).collect()
+}
+
+#[test]
+fn exit_status_is_the_containers() {
+    let sb = ready();
+    assert_eq!(sh(&sb, &[], "exit 0").code(), Some(0));
+    assert_eq!(sh(&sb, &[], "exit 3").code(), Some(3));
+    // Killed by a signal: 128 + N. (A PID 1 cannot be SIGKILLed from inside; under --init the shell is PID 2.)
+    assert_eq!(sh(&sb, &["--init"], "kill -9 $$").code(), Some(137));
+    sb.drun(&["run", &busybox(), "no-such-command"])
+        .fails_with(127, &["no-such-command", "not found"]);
+    sb.drun(&["run", &busybox(), "/no/such/file"])
+        .fails_with(127, &["/no/such/file"]);
+    sb.drun(&["run", &busybox(), "/etc/passwd"])
+        .fails_with(126, &["/etc/passwd", "cannot execute"]);
+    sb.drun(&["run", &busybox(), "/etc"])
+        .fails_with(126, &["is a directory"]);
+    sb.drun(&[
+        "run",
+        "--pull",
+        "never",
+        &format!("{}/drun-test/debian:bookworm", registry()),
+        "true",
+    ])
+    .fails_with(125, &["--pull=never"]);
+    sb.drun(&["run", &format!("{}/drun-test/nope:latest", registry()), "true"])
+        .fails_with(125, &["error: failed to pull"]);
+    assert!(leftovers(&sb).is_empty(), "{:?}", leftovers(&sb));
+}
+
+#[test]
+fn output_streams_in_order_and_stdin_with_i() {
+    let sb = ready();
+    let out = sh(&sb, &[], "echo one; echo two >&2; echo three").ok();
+    assert_eq!(out.stdout, "one\nthree\n");
+    assert_eq!(out.stderr, "two\n");
+    let mut c = sb.cmd(&["run", "-i", &busybox(), "cat"]);
+    c.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = c.spawn().unwrap();
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(b"from stdin\n").unwrap();
+    }
+    let out = wait(child, Duration::from_secs(60)).ok();
+    assert_eq!(out.stdout, "from stdin\n");
+    // Without -i, stdin is /dev/null.
+    assert_eq!(sb.drun(&["run", &busybox(), "cat"]).ok().stdout, "");
+}
+
+#[test]
+fn image_config_env_user_workdir_hostname() {
+    let sb = ready();
+    let envfile = sb.path().join("env");
+    std::fs::write(&envfile, "# comment\nFROM_FILE=yes\nBOTH=file\n").unwrap();
+    let out = sh(
+        &sb,
+        &[
+            "-e",
+            "FOO=bar",
+            "--env-file",
+            envfile.to_str().unwrap(),
+            "-e",
+            "BOTH=cli",
+            "-w",
+            "/made/here",
+            "--hostname",
+            "box1",
+        ],
+        "echo $FOO $FROM_FILE $BOTH $PATH; pwd; hostname; cat /etc/hostname; grep box1 /etc/hosts | cut -f2; id -u",
+    )
+    .ok();
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    assert_eq!(
+        lines[0],
+        "bar yes cli /usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+    );
+    assert_eq!(&lines[1..], &["/made/here", "box1", "box1", "box1", "0"]);
+    let passwd = sh(&sb, &[], "grep ^nobody: /etc/passwd").ok().stdout;
+    let home = passwd.trim().split(':').nth(5).unwrap().to_string();
+    let out = sh(&sb, &["-u", "nobody"], "id -u; id -g; echo $HOME").ok();
+    assert_eq!(out.stdout, format!("65534\n65534\n{home}\n"));
+    assert_eq!(
+        sh(&sb, &["-u", "1234:5678"], "id -u; id -g").ok().stdout,
+        "1234\n5678\n"
+    );
+    sb.drun(&["run", "-u", "mallory", &busybox(), "true"])
+        .fails_with(125, &["mallory"]);
+    // Entrypoint override; the image's Cmd is sh.
+    let out = sb
+        .drun(&["run", "--entrypoint", "echo", &busybox(), "via", "entrypoint"])
+        .ok();
+    assert_eq!(out.stdout, "via entrypoint\n");
+    // The host's resolv.conf is the container's.
+    let host = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+    assert_eq!(sh(&sb, &[], "cat /etc/resolv.conf").ok().stdout, host);
+}
+
+#[test]
+fn memory_limit_is_visible_enforced_and_not_raisable() {
+    let sb = ready();
+    let cid = sb.path().join("cid");
+    let out = sh(
+        &sb,
+        &["--memory", "64m", "--cidfile", cid.to_str().unwrap()],
+        "cat /sys/fs/cgroup/memory/memory.limit_in_bytes /sys/fs/cgroup/memory.max 2>/dev/null; \
+         for f in /sys/fs/cgroup/memory/memory.limit_in_bytes /sys/fs/cgroup/memory.max; do \
+           [ -e $f ] && echo 999999999 > $f && echo RAISED; done; \
+         rmdir /sys/fs/cgroup/memory 2>/dev/null && echo REMOVED; df -k /dev/shm | tail -1",
+    )
+    .ok();
+    assert!(out.stdout.starts_with("67108864\n"), "{}", out.stdout);
+    assert!(
+        !out.stdout.contains("RAISED") && !out.stdout.contains("REMOVED"),
+        "container root changed its limit: {}",
+        out.stdout
+    );
+    // /dev/shm defaults to the memory limit.
+    assert!(
+        out.stdout.lines().last().unwrap().split_whitespace().nth(1) == Some("65536"),
+        "{}",
+        out.stdout
+    );
+    let id = std::fs::read_to_string(&cid).unwrap();
+    assert!(
+        cgroup_dirs(&id).is_empty(),
+        "cgroup left behind: {:?}",
+        cgroup_dirs(&id)
+    );
+
+    // Exceeding the limit: tmpfs pages are charged to the cgroup and cannot be swapped: the OOM killer ends it.
+    let image = busybox();
+    let out = sb.drun(&[
+        "run",
+        "--memory",
+        "32m",
+        "--shm-size",
+        "256m",
+        &image,
+        "dd",
+        "if=/dev/zero",
+        "of=/dev/shm/fill",
+        "bs=1M",
+        "count=200",
+    ]);
+    assert_eq!(out.code(), Some(137), "{}", out.stderr);
+    assert!(leftovers(&sb).is_empty(), "{:?}", leftovers(&sb));
+}
+
+#[test]
+fn cpu_and_pids_limits() {
+    let sb = ready();
+    let out = sh(
+        &sb,
+        &["--cpus", "0.5", "--pids-limit", "20"],
+        "cat /sys/fs/cgroup/cpu/cpu.cfs_quota_us /sys/fs/cgroup/cpu/cpu.cfs_period_us /sys/fs/cgroup/cpu.max 2>/dev/null; \
+         cat /sys/fs/cgroup/pids/pids.max /sys/fs/cgroup/pids.max 2>/dev/null; \
+         timeout 2 sh -c 'while :; do :; done'; \
+         cat /sys/fs/cgroup/cpu/cpu.stat /sys/fs/cgroup/cpu.stat 2>/dev/null | grep -E '^(nr_throttled|throttled_time|throttled_usec)'",
+    )
+    .ok();
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    assert!(
+        out.stdout.contains("50000\n100000\n") || out.stdout.contains("50000 100000\n"),
+        "{}",
+        out.stdout
+    );
+    assert!(lines.contains(&"20"), "{}", out.stdout);
+    let throttled: u64 = lines
+        .iter()
+        .find_map(|l| l.strip_prefix("nr_throttled ").and_then(|v| v.trim().parse().ok()))
+        .expect("nr_throttled in cpu.stat");
+    assert!(
+        throttled > 0,
+        "a busy loop under --cpus 0.5 was never throttled: {}",
+        out.stdout
+    );
+    // A fork bomb stops at the pids limit instead of taking the host down.
+    let out = sh(
+        &sb,
+        &["--pids-limit", "10"],
+        "for i in $(seq 1 30); do sleep 5 & done 2>/dev/null; echo spawned",
+    );
+    assert!(
+        out.stderr.contains("fork")
+            || out.stderr.contains("Resource")
+            || out.code() != Some(0)
+            || out.stdout.contains("spawned")
+    );
+}
+
+#[test]
+fn shm_size_flag() {
+    let sb = ready();
+    let out = sh(&sb, &["--shm-size", "1g"], "df -k /dev/shm | tail -1").ok();
+    assert_eq!(out.stdout.split_whitespace().nth(1), Some("1048576"), "{}", out.stdout);
+}
+
+#[test]
+fn default_security_and_privileged() {
+    let sb = ready();
+    let out = sh(
+        &sb,
+        &[],
+        "grep -E '^(NoNewPrivs|Seccomp):' /proc/self/status; \
+         mkdir -p /tmp/m; mount -t tmpfs t /tmp/m 2>/dev/null && echo MOUNTED; \
+         unshare -m true 2>/dev/null && echo UNSHARED; \
+         ping -c1 -W1 127.0.0.1 >/dev/null 2>&1 && echo PINGED; \
+         mknod /tmp/sda b 8 0 2>/dev/null && echo MKNOD; \
+         cat /proc/kcore 2>/dev/null | head -c1 | grep -q . && echo KCORE; \
+         echo 1 > /proc/sys/vm/drop_caches 2>/dev/null && echo PROCSYS; \
+         ls /proc | grep -c '^[0-9]'; ls /dev | tr '\\n' ' '",
+    )
+    .ok();
+    assert!(
+        out.stdout.contains("NoNewPrivs:\t1") && out.stdout.contains("Seccomp:\t2"),
+        "{}",
+        out.stdout
+    );
+    for bad in ["MOUNTED", "UNSHARED", "PINGED", "MKNOD", "KCORE", "PROCSYS"] {
+        assert!(
+            !out.stdout.contains(bad),
+            "{bad} succeeded under the default profile: {}",
+            out.stdout
+        );
+    }
+    // Only the container's own processes are visible (sh, ls, grep).
+    let procs: usize = out.stdout.lines().rev().nth(1).unwrap().trim().parse().unwrap();
+    assert!(procs <= 4, "host processes visible: {procs}");
+    // The standard devices only.
+    assert_eq!(
+        out.stdout.lines().last().unwrap().trim(),
+        "fd full mqueue null ptmx pts random shm stderr stdin stdout tty urandom zero"
+    );
+
+    // Deliberate exceptions.
+    let out = sh(
+        &sb,
+        &["--cap-add", "NET_RAW"],
+        "ping -c1 -W2 127.0.0.1 >/dev/null && echo PINGED",
+    )
+    .ok();
+    assert!(out.stdout.contains("PINGED"), "{}", out.stderr);
+    let out = sh(
+        &sb,
+        &["--privileged"],
+        "mkdir -p /tmp/m; mount -t tmpfs t /tmp/m && echo MOUNTED; grep Seccomp: /proc/self/status",
+    )
+    .ok();
+    assert!(
+        out.stdout.contains("MOUNTED") && out.stdout.contains("Seccomp:\t0"),
+        "{}",
+        out.stdout
+    );
+    let out = sh(
+        &sb,
+        &[
+            "--security-opt",
+            "seccomp=unconfined",
+            "--security-opt",
+            "no-new-privileges=false",
+        ],
+        "grep -E '^(NoNewPrivs|Seccomp):' /proc/self/status",
+    )
+    .ok();
+    assert_eq!(out.stdout, "NoNewPrivs:\t0\nSeccomp:\t0\n");
+    sb.drun(&["run", "--cap-add", "FLY", &busybox(), "true"])
+        .fails_with(125, &["unknown capability"]);
+}
+
+#[test]
+fn volumes_tmpfs_read_only_and_network_none() {
+    let sb = ready();
+    let data = sb.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::write(data.join("in"), "from host\n").unwrap();
+    let v = format!("{}:/data", data.display());
+    let ro = format!("{}:/ro:ro", data.display());
+    let out = sh(
+        &sb,
+        &["-v", &v, "-v", &ro, "--tmpfs", "/scratch:size=1m", "--mount", &format!("type=bind,source={},target=/m,readonly", data.display())],
+        "cat /data/in; echo out > /data/out; echo x > /ro/x 2>/dev/null && echo RO-WRITTEN; echo x > /m/x 2>/dev/null && echo M-WRITTEN; \
+         df -k /scratch | tail -1",
+    )
+    .ok();
+    assert!(out.stdout.starts_with("from host\n"), "{}", out.stdout);
+    assert!(!out.stdout.contains("WRITTEN"), "{}", out.stdout);
+    assert_eq!(
+        out.stdout.lines().last().unwrap().split_whitespace().nth(1),
+        Some("1024")
+    );
+    assert_eq!(std::fs::read_to_string(data.join("out")).unwrap(), "out\n");
+
+    let out = sh(&sb, &["--read-only"], "touch /x 2>/dev/null && echo WROTE; echo ok").ok();
+    assert_eq!(out.stdout, "ok\n");
+    // Writes to the root land in the run's own layer and vanish with it.
+    sh(&sb, &[], "echo scribble > /etc/passwd").ok();
+    assert!(sh(&sb, &[], "cat /etc/passwd").ok().stdout.starts_with("root:"));
+
+    let out = sh(
+        &sb,
+        &["--network", "none"],
+        "cat /proc/net/dev | tail -n +3 | cut -d: -f1 | tr -d ' '; ping -c1 -W1 127.0.0.1 >/dev/null 2>&1; echo",
+    )
+    .ok();
+    assert_eq!(out.stdout.lines().next(), Some("lo"), "{}", out.stdout);
+    assert_eq!(
+        out.stdout.lines().filter(|l| !l.is_empty()).count(),
+        1,
+        "{}",
+        out.stdout
+    );
+    let host = sh(&sb, &[], "cat /proc/net/dev | tail -n +3 | wc -l").ok();
+    assert!(host.stdout.trim().parse::<u32>().unwrap() >= 1);
+    sb.drun(&["run", "--network", "bridge", &busybox(), "true"])
+        .fails_with(125, &["--network"]);
+    sb.drun(&["run", "-v", "/no/such/dir:/x", &busybox(), "true"])
+        .fails_with(125, &["/no/such/dir"]);
+    assert!(leftovers(&sb).is_empty(), "{:?}", leftovers(&sb));
+}
+
+/// Starts a container in the background and waits until `drun ps` lists it. The caller waits for the child.
+#[allow(clippy::zombie_processes)]
+fn start_bg(sb: &Sandbox, args: &[&str]) -> std::process::Child {
+    let running = || sb.drun(&["ps", "-q"]).ok().stdout.lines().count();
+    let before = running();
+    let mut c = sb.cmd(args);
+    c.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let child = c.spawn().unwrap();
+    let start = Instant::now();
+    loop {
+        if running() > before {
+            // Give the workload a moment to install its signal handlers.
+            std::thread::sleep(Duration::from_millis(300));
+            return child;
+        }
+        assert!(start.elapsed() < Duration::from_secs(60), "container did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn signal(child: &std::process::Child, sig: nix::sys::signal::Signal) {
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), sig).unwrap();
+}
+
+#[test]
+fn signals_are_forwarded() {
+    use nix::sys::signal::Signal;
+    let sb = ready();
+    let image = busybox();
+    // A handler in the workload sees the forwarded signal.
+    let child = start_bg(
+        &sb,
+        &[
+            "run",
+            &image,
+            "sh",
+            "-c",
+            "trap 'echo got-term; exit 7' TERM; while :; do sleep 0.1; done",
+        ],
+    );
+    signal(&child, Signal::SIGTERM);
+    let out = wait(child, Duration::from_secs(30));
+    assert_eq!(out.code(), Some(7), "{}", out.stderr);
+    assert_eq!(out.stdout, "got-term\n");
+
+    // PID 1 without a handler ignores SIGTERM; with --init, catatonit forwards it and the sleep dies.
+    let child = start_bg(&sb, &["run", "--init", &image, "sleep", "60"]);
+    signal(&child, Signal::SIGTERM);
+    let out = wait(child, Duration::from_secs(30));
+    assert_eq!(out.code(), Some(143), "{}", out.stderr);
+
+    // Two SIGINTs within a few seconds kill a container that ignores them.
+    let child = start_bg(&sb, &["run", &image, "sleep", "60"]);
+    signal(&child, Signal::SIGINT);
+    std::thread::sleep(Duration::from_millis(300));
+    signal(&child, Signal::SIGINT);
+    let out = wait(child, Duration::from_secs(30));
+    assert_eq!(out.code(), Some(137), "{}", out.stderr);
+
+    // --init reaps zombies: an orphaned child does not linger as <defunct>.
+    let out = sh(
+        &sb,
+        &["--init"],
+        "sh -c 'sleep 0.2 &' ; sleep 1; ps -o stat,comm | grep -c '^Z' || true",
+    )
+    .ok();
+    assert_eq!(out.stdout.trim(), "0");
+    assert!(leftovers(&sb).is_empty(), "{:?}", leftovers(&sb));
+}
+
+#[test]
+fn ps_kill_names_and_concurrency() {
+    use nix::sys::signal::Signal;
+    let sb = ready();
+    let image = busybox();
+    let a = start_bg(&sb, &["run", "--name", "alpha", &image, "sleep", "60"]);
+    sb.drun(&["run", "--name", "alpha", &image, "true"])
+        .fails_with(125, &["already running"]);
+    let b = start_bg(&sb, &["run", "--name", "beta", &image, "sleep", "60"]);
+    let ps = sb.drun(&["ps"]).ok().stdout;
+    assert!(
+        ps.contains("alpha") && ps.contains("beta") && ps.contains("sleep 60"),
+        "{ps}"
+    );
+    let json: serde_json::Value = serde_json::from_str(&sb.drun(&["ps", "--json"]).ok().stdout).unwrap();
+    assert_eq!(json.as_array().unwrap().len(), 2);
+    sb.drun(&["kill", "alpha"]).ok();
+    assert_eq!(wait(a, Duration::from_secs(30)).code(), Some(137));
+    sb.drun(&["kill", "-s", "TERM", "beta"]).ok();
+    // sleep as PID 1 ignores TERM; KILL ends it.
+    std::thread::sleep(Duration::from_millis(300));
+    sb.drun(&["kill", "-s", "9", "beta"]).ok();
+    assert_eq!(wait(b, Duration::from_secs(30)).code(), Some(137));
+    sb.drun(&["kill", "gamma"]).fails_with(125, &["no running container"]);
+
+    // Many at once.
+    let children: Vec<_> = (0..4)
+        .map(|i| {
+            let mut c = sb.cmd(&["run", &image, "sh", "-c", &format!("sleep 0.5; exit {i}")]);
+            c.stdout(Stdio::piped()).stderr(Stdio::piped());
+            c.spawn().unwrap()
+        })
+        .collect();
+    for (i, c) in children.into_iter().enumerate() {
+        assert_eq!(wait(c, Duration::from_secs(60)).code(), Some(i as i32));
+    }
+    let _ = Signal::SIGKILL;
+    assert!(leftovers(&sb).is_empty(), "{:?}", leftovers(&sb));
+}
+
+#[test]
+fn a_killed_drun_is_cleaned_up_by_the_next() {
+    let sb = ready();
+    let cid = sb.path().join("cid");
+    let child = start_bg(
+        &sb,
+        &["run", "--cidfile", cid.to_str().unwrap(), &busybox(), "sleep", "60"],
+    );
+    let id = std::fs::read_to_string(&cid).unwrap();
+    let info: serde_json::Value = serde_json::from_str(&sb.drun(&["ps", "--json"]).ok().stdout).unwrap();
+    let pid = info[0]["pid"].as_i64().unwrap() as i32;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let out = wait(child, Duration::from_secs(30));
+    assert_eq!(out.status.signal(), Some(9));
+    assert!(!leftovers(&sb).is_empty(), "the killed drun left nothing to clean?");
+    // The next drun invocation notices the dead supervisor and removes everything.
+    sb.drun(&["ps"]).ok();
+    assert!(leftovers(&sb).is_empty(), "{:?}", leftovers(&sb));
+    assert!(cgroup_dirs(&id).is_empty(), "{:?}", cgroup_dirs(&id));
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(
+        !std::path::Path::new(&format!("/proc/{pid}")).exists()
+            || std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .unwrap_or_default()
+                .contains(") Z"),
+        "the container process survived"
+    );
+}
