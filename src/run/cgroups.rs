@@ -143,12 +143,20 @@ impl CgroupPlan {
     }
 
     /// Creates the cgroup directories before libcontainer runs, so the read-only bind mounts have a source.
-    pub fn create_dirs(&self) -> Result<(), CgroupError> {
+    pub fn create_dirs(&self, plan: &RunPlan) -> Result<(), CgroupError> {
         for (dir, _) in self.host_dirs() {
             std::fs::create_dir_all(&dir).map_err(|source| CgroupError::Write {
                 path: dir.clone(),
                 source,
             })?;
+            // libcgroups (0.7) never writes a v2 `memory.swap.max` of 0 (it treats 0 as "unset"), so "no extra
+            // swap" is set here; libcontainer leaves it alone afterwards.
+            if self.version == Version::V2 && plan.memory.is_some() {
+                let f = dir.join("memory.swap.max");
+                if f.exists() {
+                    std::fs::write(&f, "0").map_err(|source| CgroupError::Write { path: f, source })?;
+                }
+            }
         }
         Ok(())
     }

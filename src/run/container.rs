@@ -474,7 +474,7 @@ fn run_in(
         None
     };
     let etc = etc_files(dir, &hostname)?;
-    cgroup.create_dirs()?;
+    cgroup.create_dirs(plan)?;
     let spec_json = spec::build(&SpecInputs {
         plan,
         args,
@@ -659,7 +659,10 @@ mod tests {
 
     #[test]
     fn env_merging() {
-        let p = RunPlan { env: vec![("FOO".into(), "cli".into()), ("NEW".into(), "1".into())], ..Default::default() };
+        let p = RunPlan {
+            env: vec![("FOO".into(), "cli".into()), ("NEW".into(), "1".into())],
+            ..Default::default()
+        };
         let env = resolve_env(&p, &s(&["PATH=/img/bin", "FOO=image"]), "h", "/root");
         assert_eq!(
             env,

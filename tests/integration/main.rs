@@ -6,3 +6,4 @@ mod pull;
 mod run;
 mod store;
 mod unpack;
+mod vm;

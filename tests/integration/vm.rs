@@ -1,0 +1,33 @@
+//! cgroup v2 for real: a pure-v2 Debian kernel under qemu (TCG) runs `tests/vm/cgroup-v2.sh` with this drun.
+
+use std::process::Command;
+use std::time::Duration;
+
+use crate::common::*;
+
+#[test]
+fn limits_devices_shm_and_cleanup_on_a_pure_cgroup_v2_kernel() {
+    assert!(is_root(), "the VM harness needs root (make test runs it as root)");
+    let repo = env!("CARGO_MANIFEST_DIR");
+    let mut c = Command::new("bash");
+    c.arg(format!("{repo}/hack/vm-test.sh"))
+        .args([
+            "--timeout",
+            "900",
+            "--bin",
+            &format!("{}:/usr/bin/drun", env!("CARGO_BIN_EXE_drun")),
+        ])
+        .args([
+            "--add",
+            &format!("{}:/images/busybox", cache().join("layouts/busybox").display()),
+        ])
+        .arg(format!("{repo}/tests/vm/cgroup-v2.sh"));
+    let out = run(c, Duration::from_secs(1000));
+    assert!(
+        out.status.success() && out.stdout.contains(" 0 failed"),
+        "VM run failed ({}):\n{}\n{}",
+        out.status,
+        out.stdout,
+        out.stderr
+    );
+}

@@ -1,0 +1,55 @@
+#!/bin/sh
+# Runs inside the pure cgroup-v2 VM started by hack/vm-test.sh (see tests/integration/vm.rs): drun's limit,
+# device-filter, /dev/shm and clean-up checks on the kind of host most production machines are.
+pass=0
+fail=0
+check() {
+    name=$1
+    shift
+    if "$@"; then pass=$((pass + 1)); echo "ok: $name"; else fail=$((fail + 1)); echo "FAIL: $name"; fi
+}
+export DRUN_ROOT=/tmp/drun-root DRUN_STATE=/run/drun
+IMG=oci:/images/busybox:latest
+if ! drun pull -q "$IMG"; then
+    echo "FAIL: pull"
+    echo "0 passed, 1 failed"
+    exit 1
+fi
+
+out=$(drun run --memory 64m --cpus 0.5 --pids-limit 20 "$IMG" \
+    cat /sys/fs/cgroup/memory.max /sys/fs/cgroup/memory.swap.max /sys/fs/cgroup/cpu.max /sys/fs/cgroup/pids.max)
+check "memory.max is 64m" [ "$(echo "$out" | sed -n 1p)" = 67108864 ]
+check "no extra swap" [ "$(echo "$out" | sed -n 2p)" = 0 ]
+check "cpu.max is 0.5 CPU" [ "$(echo "$out" | sed -n 3p)" = "50000 100000" ]
+check "pids.max is 20" [ "$(echo "$out" | sed -n 4p)" = 20 ]
+
+out=$(drun run --memory 64m "$IMG" sh -c 'echo max > /sys/fs/cgroup/memory.max 2>/dev/null && echo RAISED; cat /sys/fs/cgroup/memory.max')
+check "container root cannot raise its limit ($out)" [ "$out" = 67108864 ]
+out=$(drun run "$IMG" sh -c 'cat /proc/self/cgroup; ls /sys/fs/cgroup | grep -c drun-')
+check "the container sees only its own cgroup" [ "$(echo "$out" | tail -1)" = 0 ]
+
+drun run --memory 32m --shm-size 256m "$IMG" dd if=/dev/zero of=/dev/shm/fill bs=1M count=200 >/dev/null 2>&1
+rc=$?
+check "exceeding --memory is OOM-killed, exit 137 (got $rc)" [ "$rc" = 137 ]
+
+out=$(drun run --shm-size 1g "$IMG" df -k /dev/shm | tail -1 | awk '{print $2}')
+check "/dev/shm is --shm-size ($out)" [ "$out" = 1048576 ]
+out=$(drun run --memory 128m "$IMG" df -k /dev/shm | tail -1 | awk '{print $2}')
+check "/dev/shm defaults to the memory limit ($out)" [ "$out" = 131072 ]
+
+# Even with CAP_MKNOD, a device outside the allow-list cannot be opened: the eBPF device filter says no.
+out=$(drun run --cap-add MKNOD "$IMG" sh -c 'mknod /tmp/mem c 1 1 && if head -c1 /tmp/mem >/dev/null 2>&1; then echo OPENED; else echo DENIED; fi')
+check "eBPF device filter denies c 1:1 ($out)" [ "$out" = DENIED ]
+out=$(drun run "$IMG" sh -c 'head -c1 /dev/zero | wc -c')
+check "standard devices work" [ "$out" = 1 ]
+out=$(drun run --privileged "$IMG" sh -c 'mknod /tmp/mem c 1 1 && head -c1 /tmp/mem | wc -c')
+check "--privileged lifts the device filter ($out)" [ "$out" = 1 ]
+
+drun run "$IMG" sh -c 'exit 5'
+check "exit status passes through" [ $? = 5 ]
+check "no container cgroups left" [ -z "$(find /sys/fs/cgroup -name 'drun-*' -type d)" ]
+check "no run directories left" [ -z "$(ls /run/drun/containers 2>/dev/null)" ]
+check "no mounts left" [ -z "$(grep /run/drun /proc/mounts)" ]
+
+echo "$pass passed, $fail failed"
+[ "$fail" = 0 ]
