@@ -8,7 +8,7 @@ export DRUN_TEST_CACHE ?= /var/cache/drun-test
 DEB_PACKAGES := build-essential pkg-config libseccomp-dev libelf-dev zlib1g-dev catatonit qemu-system-x86 cpio kmod docker-registry skopeo umoci busybox-static debootstrap \
 	apache2-utils openssl jq zstd python3 ca-certificates curl
 
-.PHONY: all deps build registry images demo test lint unit integration bench-pull registry-down clean
+.PHONY: all deps build registry images demo test lint unit integration bench-pull bench-run registry-down clean
 
 all: build
 
@@ -49,3 +49,6 @@ bench-pull: build images
 
 clean:
 	$(CARGO) clean
+
+bench-run: build images
+	bash hack/bench-run

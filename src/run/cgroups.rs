@@ -197,9 +197,22 @@ impl CgroupPlan {
     /// Removes the container's cgroup directories (after killing anything left in them) and an empty supervisor
     /// leaf of a dead drun. Used for clean-up after a crash; a normal run's cgroup goes with libcontainer's delete.
     pub fn remove(&self) {
-        for (dir, _) in self.host_dirs() {
-            kill_all(&dir);
-            let _ = std::fs::remove_dir(&dir);
+        let rel = self.path.trim_start_matches('/');
+        // libcontainer creates the cgroup in every v1 hierarchy, not only the ones the container sees.
+        let dirs: Vec<PathBuf> = match self.version {
+            Version::V2 => vec![Path::new(CGROUP_ROOT).join(rel)],
+            Version::V1 { .. } => std::fs::read_dir(CGROUP_ROOT)
+                .map(|rd| {
+                    rd.flatten()
+                        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                        .map(|e| e.path().join(rel))
+                        .collect()
+                })
+                .unwrap_or_default(),
+        };
+        for dir in dirs.iter().filter(|d| d.is_dir()) {
+            kill_all(dir);
+            let _ = std::fs::remove_dir(dir);
         }
     }
 }

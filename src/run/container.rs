@@ -84,12 +84,22 @@ fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> RunError {
 
 /// Makes sure the image is in the store per the pull policy and returns its record.
 pub fn ensure_image(store: &Store, cfg: &Config, plan: &RunPlan, quiet: bool) -> Result<ImageRecord, RunError> {
+    // The warm path: no reference parsing at all when the store already knows the name.
+    if plan.pull != PullPolicy::Always {
+        if let Some(r) = store.image_by_alias(&plan.image)? {
+            return Ok(r);
+        }
+    }
     let source = ImageSource::parse(&plan.image).map_err(|e| RunError::Config {
         image: plan.image.clone(),
         message: e.to_string(),
     })?;
     let names = lookup_names(&plan.image);
-    let find = || store.find_image(&plan.image, &names);
+    let find = || {
+        let r = store.find_image(&plan.image, &names)?;
+        store.save_alias(&plan.image, &r.name)?;
+        Ok::<_, crate::image::store::StoreError>(r)
+    };
     let opts = PullOptions {
         platform: plan.platform.clone(),
         quiet,
@@ -104,7 +114,11 @@ pub fn ensure_image(store: &Store, cfg: &Config, plan: &RunPlan, quiet: bool) ->
             Ok(r) => Ok(r),
             Err(_) => {
                 let report = pull(store, cfg, &source, &opts)?;
-                Ok(report.records.into_iter().next().map_or_else(find, Ok)?)
+                // A docker archive records its own names; anything else is found under its canonical name.
+                match report.records.into_iter().next() {
+                    Some(r) if store.image(&source.canonical_name())?.is_none() => Ok(r),
+                    _ => Ok(find()?),
+                }
             }
         },
     }
