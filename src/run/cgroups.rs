@@ -212,7 +212,13 @@ impl CgroupPlan {
         };
         for dir in dirs.iter().filter(|d| d.is_dir()) {
             kill_all(dir);
-            let _ = std::fs::remove_dir(dir);
+        }
+        // Killed processes leave their cgroup a moment later; rmdir fails (EBUSY) until then.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        for dir in dirs.iter().filter(|d| d.is_dir()) {
+            while std::fs::remove_dir(dir).is_err() && dir.is_dir() && std::time::Instant::now() < deadline {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
         }
     }
 }

@@ -114,6 +114,9 @@ pub fn reap_stale(state: &Path) -> usize {
     let mut n = 0;
     for e in rd.flatten() {
         let dir = e.path();
+        if e.file_name().to_string_lossy().starts_with('.') {
+            continue; // being created (see RunDir::create)
+        }
         // Take the lock ourselves so a concurrent reaper or a starting run cannot race us.
         let Ok(f) = OpenOptions::new()
             .create(true)

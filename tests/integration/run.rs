@@ -477,7 +477,8 @@ fn ps_kill_names_and_concurrency() {
         })
         .collect();
     for (i, c) in children.into_iter().enumerate() {
-        assert_eq!(wait(c, Duration::from_secs(60)).code(), Some(i as i32));
+        let out = wait(c, Duration::from_secs(60));
+        assert_eq!(out.code(), Some(i as i32), "{}", out.stderr);
     }
     let _ = Signal::SIGKILL;
     assert!(leftovers(&sb).is_empty(), "{:?}", leftovers(&sb));
@@ -499,11 +500,13 @@ fn a_killed_drun_is_cleaned_up_by_the_next() {
         nix::sys::signal::Signal::SIGKILL,
     )
     .unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(!leftovers(&sb).is_empty(), "the killed drun left nothing to clean?");
+    // The next drun invocation notices the dead supervisor and removes everything, the container's processes too
+    // (which also closes the output pipes they inherited from the killed drun).
+    sb.drun(&["ps"]).ok();
     let out = wait(child, Duration::from_secs(30));
     assert_eq!(out.status.signal(), Some(9));
-    assert!(!leftovers(&sb).is_empty(), "the killed drun left nothing to clean?");
-    // The next drun invocation notices the dead supervisor and removes everything.
-    sb.drun(&["ps"]).ok();
     assert!(leftovers(&sb).is_empty(), "{:?}", leftovers(&sb));
     assert!(cgroup_dirs(&id).is_empty(), "{:?}", cgroup_dirs(&id));
     std::thread::sleep(Duration::from_millis(200));
