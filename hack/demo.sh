@@ -14,4 +14,8 @@ step "$DRUN" pull "$REG/drun-test/debian:bookworm"
 step "$DRUN" pull "$REG/drun-test/debian:bookworm-zstd"
 step "$DRUN" pull "oci:$DRUN_TEST_CACHE/layouts/busybox:latest"
 step "$DRUN" images
+step "$DRUN" run --memory 256m --cpus 1 "$REG/drun-test/debian:bookworm" \
+    sh -c 'echo "hello from $(. /etc/os-release; echo "$PRETTY_NAME") in drun container $(hostname)"; \
+           echo "memory limit: $(cat /sys/fs/cgroup/memory/memory.limit_in_bytes /sys/fs/cgroup/memory.max 2>/dev/null)"; \
+           df -h /dev/shm | tail -1'
 printf '\nThe store is %s (override with --root or DRUN_ROOT).\n' "${DRUN_ROOT:-/var/lib/drun}"
