@@ -179,9 +179,6 @@ pub fn plan_from_args(a: &RunArgs) -> Result<RunPlan> {
             bail!("invalid --cpus {c}: must be a positive number");
         }
     }
-    if a.tty {
-        bail!("-t/--tty is not supported yet: run without it (stdin with -i works)");
-    }
     Ok(RunPlan {
         image,
         pull,

@@ -373,6 +373,7 @@ pub fn run(store: &Store, cfg: &Config, plan: &RunPlan, state_dir: &Path, quiet:
         info: None,
         container: None,
         netns: false,
+        console_socket: None,
     };
     run_in(store, plan, &record, &icfg, state_dir, &id, &short, &run_dir, guard)
 }
@@ -384,6 +385,7 @@ struct Cleanup {
     info: Option<RunInfo>,
     container: Option<libcontainer::container::Container>,
     netns: bool,
+    console_socket: Option<PathBuf>,
 }
 
 impl Drop for Cleanup {
@@ -395,6 +397,9 @@ impl Drop for Cleanup {
         }
         if self.netns {
             let _ = nix::mount::umount2(&self.dir.join("netns"), nix::mount::MntFlags::MNT_DETACH);
+        }
+        if let Some(p) = &self.console_socket {
+            let _ = std::fs::remove_file(p);
         }
         rootfs::release(&self.dir);
         state::cleanup(&self.state, &self.dir, self.info.as_ref());
@@ -522,10 +527,26 @@ fn run_in(
     if !plan.interactive {
         builder = builder.with_stdin(File::open("/dev/null").map_err(io("open /dev/null"))?);
     }
+    // With a terminal, libcontainer sends the pty master over a console socket, which it accepts only for a
+    // "detached" container: its init is then re-parented, so drun becomes a child subreaper to stay its parent.
+    let console = if plan.tty {
+        let path = crate::run::tty::socket_path(short);
+        let _ = std::fs::remove_file(&path);
+        let listener = std::os::unix::net::UnixListener::bind(&path).map_err(io("create the console socket"))?;
+        guard.console_socket = Some(path.clone());
+        builder = builder.with_console_socket(Some(&path));
+        // SAFETY: prctl(PR_SET_CHILD_SUBREAPER, 1) only changes this process's own attribute.
+        if unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) } != 0 {
+            return Err(io("become a child subreaper")(std::io::Error::last_os_error()));
+        }
+        Some(listener)
+    } else {
+        None
+    };
     let container = builder
         .as_init(&bundle)
         .with_systemd(false)
-        .with_detach(false)
+        .with_detach(plan.tty)
         .build()
         .map_err(rt("create the container"))?;
     // libcontainer links another nix version: carry the pid across as a plain integer.
@@ -562,10 +583,40 @@ fn run_in(
         .expect("container is set")
         .start()
         .map_err(rt("start the container"))?;
-    let status = supervise(pid, &sfd);
+    let master = match &console {
+        Some(l) => Some(
+            crate::run::tty::receive_master(l, std::time::Duration::from_secs(10))
+                .map_err(io("receive the container's terminal"))?,
+        ),
+        None => None,
+    };
+    let _raw = master
+        .as_ref()
+        .filter(|_| std::io::IsTerminal::is_terminal(&std::io::stdin()))
+        .map(|m| {
+            crate::run::tty::copy_window_size(m.as_fd());
+            crate::run::tty::RawMode::enter()
+        });
+    let status = supervise(pid, &sfd, master.as_ref(), plan.interactive);
     let _ = signals.thread_unblock();
     drop(guard);
     status
+}
+
+/// Copies what the container wrote to its terminal before it exited.
+fn drain(master: Option<&OwnedFd>, open: bool) {
+    let Some(m) = master.filter(|_| open) else { return };
+    use std::io::{Read, Write};
+    let _ = nix::fcntl::fcntl(m.as_fd(), nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK));
+    let Ok(dup) = m.try_clone() else { return };
+    let mut f = File::from(dup);
+    let mut buf = [0u8; 8192];
+    let mut out = std::io::stdout();
+    // Until empty (EAGAIN) or closed (EOF/EIO).
+    while let Ok(n @ 1..) = f.read(&mut buf) {
+        let _ = out.write_all(&buf[..n]);
+    }
+    let _ = out.flush();
 }
 
 fn forwarded_signals() -> SigSet {
@@ -584,8 +635,12 @@ fn forwarded_signals() -> SigSet {
     s
 }
 
-/// Forwards signals to the container's init until it exits; a second SIGINT within 3 s kills it.
-fn supervise(pid: Pid, sfd: &SignalFd) -> Result<i32, RunError> {
+/// Forwards signals to the container's init until it exits; a second SIGINT within 3 s kills it. With a
+/// terminal, copies between drun's stdio and the container's pty master.
+fn supervise(pid: Pid, sfd: &SignalFd, master: Option<&OwnedFd>, interactive: bool) -> Result<i32, RunError> {
+    let mut master_open = master.is_some();
+    let mut stdin_open = master.is_some() && interactive;
+    let mut to_master = master.map(|m| File::from(m.try_clone().expect("dup the terminal")));
     use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
     // SAFETY: pidfd_open(2) on our own child; the result is checked and then owned.
     let raw = unsafe { libc::syscall(libc::SYS_pidfd_open, pid.as_raw(), 0) } as i32;
@@ -597,9 +652,18 @@ fn supervise(pid: Pid, sfd: &SignalFd) -> Result<i32, RunError> {
     };
     let mut last_int: Option<std::time::Instant> = None;
     loop {
+        let stdin = std::io::stdin();
         let mut fds = vec![PollFd::new(sfd.as_fd(), PollFlags::POLLIN)];
         if let Some(p) = &pidfd {
             fds.push(PollFd::new(p.as_fd(), PollFlags::POLLIN));
+        }
+        let tty_at = fds.len();
+        if let (Some(m), true) = (master, master_open) {
+            fds.push(PollFd::new(m.as_fd(), PollFlags::POLLIN));
+        }
+        let stdin_at = fds.len();
+        if stdin_open {
+            fds.push(PollFd::new(stdin.as_fd(), PollFlags::POLLIN));
         }
         let timeout = if pidfd.is_some() {
             PollTimeout::NONE
@@ -615,10 +679,28 @@ fn supervise(pid: Pid, sfd: &SignalFd) -> Result<i32, RunError> {
                 })
             }
         }
+        let ready = |i: usize| fds.get(i).and_then(|f| f.revents()).is_some_and(|r| !r.is_empty());
+        let (tty_ready, stdin_ready) = (master_open && ready(tty_at), stdin_open && ready(stdin_at));
+        drop(fds);
+        if tty_ready {
+            master_open = crate::run::tty::pump(master.expect("master is open").as_fd(), &mut std::io::stdout());
+        }
+        if stdin_ready {
+            if let Some(w) = to_master.as_mut() {
+                stdin_open = crate::run::tty::pump(stdin.as_fd(), w);
+            }
+        }
         while let Ok(Some(si)) = sfd.read_signal() {
             let Ok(sig) = Signal::try_from(si.ssi_signo as i32) else {
                 continue;
             };
+            if sig == Signal::SIGWINCH {
+                if let Some(m) = master {
+                    // The kernel tells the container's foreground process group itself.
+                    crate::run::tty::copy_window_size(m.as_fd());
+                    continue;
+                }
+            }
             let now = std::time::Instant::now();
             let forced = sig == Signal::SIGINT && last_int.is_some_and(|t| now.duration_since(t).as_secs() < 3);
             if sig == Signal::SIGINT {
@@ -629,8 +711,14 @@ fn supervise(pid: Pid, sfd: &SignalFd) -> Result<i32, RunError> {
             let _ = kill(pid, send);
         }
         match waitpid(pid, Some(nix::sys::wait::WaitPidFlag::WNOHANG)) {
-            Ok(WaitStatus::Exited(_, code)) => return Ok(code),
-            Ok(WaitStatus::Signaled(_, sig, _)) => return Ok(128 + sig as i32),
+            Ok(WaitStatus::Exited(_, code)) => {
+                drain(master, master_open);
+                return Ok(code);
+            }
+            Ok(WaitStatus::Signaled(_, sig, _)) => {
+                drain(master, master_open);
+                return Ok(128 + sig as i32);
+            }
             Ok(_) => {}
             Err(nix::errno::Errno::ECHILD) => {
                 return Err(RunError::Io {

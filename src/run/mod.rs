@@ -7,4 +7,5 @@ pub mod rootfs;
 pub mod seccomp;
 pub mod spec;
 pub mod state;
+pub mod tty;
 pub mod user;

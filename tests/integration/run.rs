@@ -518,3 +518,31 @@ fn a_killed_drun_is_cleaned_up_by_the_next() {
         "the container process survived"
     );
 }
+
+#[test]
+fn tty_gives_the_container_a_real_terminal() {
+    let sb = ready();
+    let cmd = format!(
+        "{} run -t {} sh -c 'tty; test -t 0 && test -t 1 && echo BOTH-TTY; exit 4'",
+        env!("CARGO_BIN_EXE_drun"),
+        busybox()
+    );
+    // `script` gives drun a terminal of its own, as a user's shell would.
+    let mut c = std::process::Command::new("script");
+    c.args(["-qec", &cmd, "/dev/null"])
+        .env("DRUN_ROOT", sb.store())
+        .env("DRUN_STATE", sb.state())
+        .env("DRUN_CONFIG", sb.config())
+        .stdin(Stdio::null());
+    let out = run(c, Duration::from_secs(60));
+    assert_eq!(out.code(), Some(4), "{}\n{}", out.stdout, out.stderr);
+    assert!(
+        out.stdout.contains("/dev/pts/0") && out.stdout.contains("BOTH-TTY"),
+        "{}",
+        out.stdout
+    );
+    // Without a terminal around drun, -t still gives the container one.
+    let out = sh(&sb, &["-t"], "tty").ok();
+    assert_eq!(out.stdout.trim(), "/dev/pts/0");
+    assert!(leftovers(&sb).is_empty(), "{:?}", leftovers(&sb));
+}
