@@ -49,13 +49,20 @@ pub fn prepare(run_dir: &Path, layers: &[PathBuf]) -> Result<(PathBuf, RootfsKin
         upper.display(),
         work.display()
     );
-    match mount(
-        Some("overlay"),
-        &merged,
-        Some("overlay"),
-        MsFlags::empty(),
-        Some(data.as_str()),
-    ) {
+    // DRUN_ROOTFS=flatten forces the fallback (for tests, and for file systems where overlay misbehaves).
+    let forced = std::env::var_os("DRUN_ROOTFS").is_some_and(|v| v == "flatten");
+    let mounted = if forced {
+        Err(nix::errno::Errno::ENOTSUP)
+    } else {
+        mount(
+            Some("overlay"),
+            &merged,
+            Some("overlay"),
+            MsFlags::empty(),
+            Some(data.as_str()),
+        )
+    };
+    match mounted {
         Ok(()) => Ok((merged, RootfsKind::Overlay)),
         Err(e) => {
             tracing::debug!(error = %e, "overlayfs cannot be mounted here; flattening the image into a private copy");

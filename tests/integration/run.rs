@@ -380,9 +380,16 @@ fn start_bg(sb: &Sandbox, args: &[&str]) -> std::process::Child {
     let before = running();
     let mut c = sb.cmd(args);
     c.stdout(Stdio::piped()).stderr(Stdio::piped());
-    let child = c.spawn().unwrap();
+    let mut child = c.spawn().unwrap();
     let start = Instant::now();
     loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            let out = wait(child, Duration::from_secs(5));
+            panic!(
+                "drun exited ({st}) before its container showed up in `drun ps`: {}",
+                out.stderr
+            );
+        }
         if running() > before {
             // Give the workload a moment to install its signal handlers.
             std::thread::sleep(Duration::from_millis(300));
@@ -544,5 +551,27 @@ fn tty_gives_the_container_a_real_terminal() {
     // Without a terminal around drun, -t still gives the container one.
     let out = sh(&sb, &["-t"], "tty").ok();
     assert_eq!(out.stdout.trim(), "/dev/pts/0");
+    assert!(leftovers(&sb).is_empty(), "{:?}", leftovers(&sb));
+}
+
+#[test]
+fn flattened_root_when_overlay_is_unavailable() {
+    let sb = ready();
+    let deb = format!("{}/drun-test/debian:bookworm", registry());
+    sb.drun(&["pull", "-q", &deb]).ok();
+    let script = "test -e /opt/keep/gone && echo GONE-VISIBLE; test -e /opt/replaced/old && echo OPAQUE-BROKEN; \
+                  cat /opt/keep/changed /opt/replaced/new; stat -c '%u %a' /opt/perm/setuid; \
+                  echo scribble > /opt/keep/stays; grep -c overlay /proc/mounts || true";
+    let out = sb
+        .drun_with(
+            &["run", &deb, "sh", "-c", script],
+            &[("DRUN_ROOTFS", "flatten".as_ref())],
+        )
+        .ok();
+    // Whiteouts and the opaque directory are honoured, owners and modes kept, and the root is not an overlay.
+    assert_eq!(out.stdout, "v2\nnew\n0 4755\n0\n", "{}", out.stderr);
+    // The store's layers were not touched by the write.
+    let roots = sb.layer_roots(&deb);
+    assert_eq!(read_in_layers(&roots, "opt/keep/stays").unwrap(), "stays\n");
     assert!(leftovers(&sb).is_empty(), "{:?}", leftovers(&sb));
 }
