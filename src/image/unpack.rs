@@ -104,6 +104,16 @@ fn errno_io(e: Errno) -> io::Error {
     io::Error::from_raw_os_error(e as i32)
 }
 
+/// An `O_PATH` descriptor of a directory, the anchor for `*at` calls and [`open_in_root`].
+pub(crate) fn open_dir(path: &Path) -> io::Result<OwnedFd> {
+    nix::fcntl::open(
+        path,
+        OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(errno_io)
+}
+
 /// Opens `path` below `root` without ever leaving it: symlinks and ".." are resolved as if `root` were "/".
 pub(crate) fn open_in_root(root: BorrowedFd<'_>, path: &Path, flags: OFlag) -> Result<OwnedFd, Errno> {
     let how = OpenHow::new()
@@ -404,14 +414,9 @@ struct DirMeta {
 
 /// Unpacks the tar stream `src` into the existing, empty directory `dest`.
 pub fn unpack_layer<R: Read>(src: R, dest: &Path, opts: UnpackOptions) -> Result<Unpacked, UnpackError> {
-    let root_fd = nix::fcntl::open(
-        dest,
-        OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
-        Mode::empty(),
-    )
-    .map_err(|e| UnpackError::Entry {
+    let root_fd = open_dir(dest).map_err(|source| UnpackError::Entry {
         path: dest.display().to_string(),
-        source: errno_io(e),
+        source,
     })?;
     let root = root_fd.as_fd();
     let mut archive = tar::Archive::new(src);
@@ -702,14 +707,9 @@ fn is_whiteout_at(root: BorrowedFd<'_>, comps: &[&OsStr]) -> bool {
 /// the merged root shows one inode, as Docker's would); where the kernel refuses that (`protected_hardlinks` for
 /// an unprivileged user), the file is copied.
 pub fn link_from_lower(dest: &Path, lowers: &[PathBuf], links: &[LowerLink]) -> Result<(), UnpackError> {
-    let root_fd = nix::fcntl::open(
-        dest,
-        OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
-        Mode::empty(),
-    )
-    .map_err(|e| UnpackError::Entry {
+    let root_fd = open_dir(dest).map_err(|source| UnpackError::Entry {
         path: dest.display().to_string(),
-        source: errno_io(e),
+        source,
     })?;
     for l in links {
         let shown = String::from_utf8_lossy(&l.link).into_owned();

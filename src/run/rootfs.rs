@@ -160,53 +160,35 @@ fn xattr_present(p: &Path, name: &str) -> bool {
     unsafe { libc::lgetxattr(cp.as_ptr(), cn.as_ptr(), std::ptr::null_mut(), 0) >= 0 }
 }
 
+/// Opens `path` of the container's root with symlinks and ".." resolved inside it.
+fn open_in_container(root: &Path, path: &str, flags: nix::fcntl::OFlag) -> io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::AsFd;
+    let root_fd = crate::image::unpack::open_dir(root)?;
+    crate::image::unpack::open_in_root(root_fd.as_fd(), Path::new(path.trim_start_matches('/')), flags)
+        .map_err(io::Error::from)
+}
+
 /// Reads a file of the container's root without following symlinks out of it.
 pub fn read_in_root(root: &Path, path: &str) -> Option<String> {
     use std::io::Read;
-    use std::os::fd::AsFd;
-    let root_fd = nix::fcntl::open(
-        root,
-        nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_DIRECTORY,
-        nix::sys::stat::Mode::empty(),
-    )
-    .ok()?;
-    let fd = crate::image::unpack::open_in_root(
-        root_fd.as_fd(),
-        Path::new(path.trim_start_matches('/')),
-        nix::fcntl::OFlag::O_RDONLY,
-    )
-    .ok()?;
     let mut s = String::new();
-    fs::File::from(fd).read_to_string(&mut s).ok()?;
+    fs::File::from(open_in_container(root, path, nix::fcntl::OFlag::O_RDONLY).ok()?)
+        .read_to_string(&mut s)
+        .ok()?;
     Some(s)
 }
 
 /// Information about a path of the container's root (symlinks resolved inside it): `Some(metadata)` if it exists.
 pub fn stat_in_root(root: &Path, path: &str) -> Option<fs::Metadata> {
-    use std::os::fd::AsFd;
-    let root_fd = nix::fcntl::open(
-        root,
-        nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_DIRECTORY,
-        nix::sys::stat::Mode::empty(),
-    )
-    .ok()?;
-    let fd = crate::image::unpack::open_in_root(
-        root_fd.as_fd(),
-        Path::new(path.trim_start_matches('/')),
-        nix::fcntl::OFlag::O_PATH,
-    )
-    .ok()?;
-    fs::File::from(fd).metadata().ok()
+    fs::File::from(open_in_container(root, path, nix::fcntl::OFlag::O_PATH).ok()?)
+        .metadata()
+        .ok()
 }
 
 /// Creates a directory (and its parents) inside the container's root, never leaving it.
 pub fn mkdir_in_root(root: &Path, path: &str) -> io::Result<()> {
     use std::os::fd::AsFd;
-    let root_fd = nix::fcntl::open(
-        root,
-        nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_DIRECTORY,
-        nix::sys::stat::Mode::empty(),
-    )?;
+    let root_fd = crate::image::unpack::open_dir(root)?;
     let comps: Vec<&OsStr> = Path::new(path)
         .components()
         .filter_map(|c| match c {

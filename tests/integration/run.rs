@@ -575,3 +575,35 @@ fn flattened_root_when_overlay_is_unavailable() {
     assert_eq!(read_in_layers(&roots, "opt/keep/stays").unwrap(), "stays\n");
     assert!(leftovers(&sb).is_empty(), "{:?}", leftovers(&sb));
 }
+
+#[test]
+fn host_pid_and_ipc_namespaces_and_the_slurm_default() {
+    let sb = ready();
+    let count = "ls /proc | grep -c '^[0-9]'";
+    let private: u32 = sh(&sb, &[], count).ok().stdout.trim().parse().unwrap();
+    let host: u32 = sh(&sb, &["--pid", "host"], count).ok().stdout.trim().parse().unwrap();
+    assert!(private <= 4 && host > 10, "private {private}, host {host}");
+    // --ipc host shares the host's /dev/shm, as MPI ranks and CUDA IPC on one node need.
+    let name = format!("drun-it-{}", std::process::id());
+    sh(&sb, &["--ipc", "host"], &format!("echo shared > /dev/shm/{name}")).ok();
+    let shm = std::path::Path::new("/dev/shm").join(&name);
+    assert_eq!(std::fs::read_to_string(&shm).unwrap(), "shared\n");
+    std::fs::remove_file(&shm).unwrap();
+    // Inside a Slurm job both default to the host's; --pid private still wins.
+    let in_job = sb
+        .drun_with(
+            &["run", &busybox(), "sh", "-c", count],
+            &[("SLURM_JOB_ID", "42".as_ref())],
+        )
+        .ok();
+    assert!(in_job.stdout.trim().parse::<u32>().unwrap() > 10, "{}", in_job.stdout);
+    let forced = sb
+        .drun_with(
+            &["run", "--pid", "private", &busybox(), "sh", "-c", count],
+            &[("SLURM_JOB_ID", "42".as_ref())],
+        )
+        .ok();
+    assert!(forced.stdout.trim().parse::<u32>().unwrap() <= 4);
+    sb.drun(&["run", "--pid", "sideways", &busybox(), "true"])
+        .fails_with(125, &["--pid"]);
+}
