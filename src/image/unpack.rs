@@ -104,6 +104,14 @@ fn errno_io(e: Errno) -> io::Error {
     io::Error::from_raw_os_error(e as i32)
 }
 
+/// Creates `name` in `dir` as a new, private file; never follows or reuses an existing entry.
+fn create_new_at(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<File> {
+    let flags = OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_WRONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+    nix::fcntl::openat(dir, name, flags, Mode::from_bits_truncate(0o600))
+        .map(File::from)
+        .map_err(errno_io)
+}
+
 /// An `O_PATH` descriptor of a directory, the anchor for `*at` calls and [`open_in_root`].
 pub(crate) fn open_dir(path: &Path) -> io::Result<OwnedFd> {
     nix::fcntl::open(
@@ -356,14 +364,7 @@ fn run_task(t: Task) -> io::Result<()> {
     remove_at(pfd, name)?;
     match t.job {
         Job::File { data, mode, xattrs } => {
-            let fd = nix::fcntl::openat(
-                pfd,
-                name,
-                OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_WRONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
-                Mode::from_bits_truncate(0o600),
-            )
-            .map_err(errno_io)?;
-            let mut file = File::from(fd);
+            let mut file = create_new_at(pfd, name)?;
             file.write_all(&data)?;
             finish_file(&file, t.owner, mode, &xattrs, &t.times)
         }
@@ -543,14 +544,7 @@ pub fn unpack_layer<R: Read>(src: R, dest: &Path, opts: UnpackOptions) -> Result
                     continue;
                 }
                 remove_at(pfd, name).map_err(wrap)?;
-                let fd = nix::fcntl::openat(
-                    pfd,
-                    name,
-                    OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_WRONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
-                    Mode::from_bits_truncate(0o600),
-                )
-                .map_err(|e| wrap(errno_io(e)))?;
-                let mut file = File::from(fd);
+                let mut file = create_new_at(pfd, name).map_err(wrap)?;
                 stats.bytes += io::copy(&mut entry, &mut file).map_err(wrap)?;
                 finish_file(&file, owner, mode, &extras.xattrs, &times).map_err(wrap)?;
             }
@@ -771,14 +765,7 @@ fn copy_file_at(sdir: BorrowedFd<'_>, sname: &OsStr, ddir: BorrowedFd<'_>, dname
     .map_err(errno_io)?;
     let mut src = File::from(src);
     let meta = src.metadata()?;
-    let dst = nix::fcntl::openat(
-        ddir,
-        dname,
-        OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_WRONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
-        Mode::from_bits_truncate(0o600),
-    )
-    .map_err(errno_io)?;
-    let mut dst = File::from(dst);
+    let mut dst = create_new_at(ddir, dname)?;
     io::copy(&mut src, &mut dst)?;
     use std::os::unix::fs::MetadataExt;
     fchmod(dst.as_fd(), Mode::from_bits_truncate(meta.mode() & 0o7777)).map_err(errno_io)?;
