@@ -21,7 +21,7 @@ use crate::image::pull::{pull, PullOptions};
 use crate::image::source::{lookup_names, ImageSource};
 use crate::image::store::{ImageRecord, Store, IDMAP_HOST};
 use crate::run::cgroups::{CgroupPlan, Version};
-use crate::run::plan::{NetworkMode, PullPolicy, RunPlan, DEFAULT_PATH};
+use crate::run::plan::{MountSpec, NetworkMode, PullPolicy, RunPlan, DEFAULT_PATH};
 use crate::run::rootfs;
 use crate::run::spec::{self, SpecInputs};
 use crate::run::state::{self, RunDir, RunInfo};
@@ -173,7 +173,13 @@ pub fn resolve_env(plan: &RunPlan, image_env: &[String], hostname: &str, home: &
 
 /// Checks, before anything starts, that `args[0]` can be executed in the root file system: 127 if it does not
 /// exist, 126 if it is not an executable file.
-fn check_executable(root: &Path, args: &[String], env: &[String], cwd: &str) -> Result<(), RunError> {
+fn check_executable(
+    root: &Path,
+    mounts: &[MountSpec],
+    args: &[String],
+    env: &[String],
+    cwd: &str,
+) -> Result<(), RunError> {
     use std::os::unix::fs::PermissionsExt;
     let prog = &args[0];
     let candidates: Vec<String> = if prog.contains('/') {
@@ -191,7 +197,23 @@ fn check_executable(root: &Path, args: &[String], env: &[String], cwd: &str) -> 
     };
     let mut not_exec = None;
     for c in &candidates {
-        if let Some(m) = rootfs::stat_in_root(root, c) {
+        // A path below a volume is looked up on the host; below a tmpfs it cannot be known yet.
+        let meta = match mount_covering(mounts, c) {
+            Some(MountSpec::Bind {
+                source, destination, ..
+            }) => {
+                let rest = c[destination.trim_end_matches('/').len()..].trim_start_matches('/');
+                std::fs::metadata(if rest.is_empty() {
+                    source.clone()
+                } else {
+                    source.join(rest)
+                })
+                .ok()
+            }
+            Some(MountSpec::Tmpfs { .. }) => return Ok(()),
+            None => rootfs::stat_in_root(root, c),
+        };
+        if let Some(m) = meta {
             if m.is_file() && m.permissions().mode() & 0o111 != 0 {
                 return Ok(());
             }
@@ -222,6 +244,18 @@ fn check_executable(root: &Path, args: &[String], env: &[String], cwd: &str) -> 
             code: EXIT_NOT_FOUND,
         }),
     }
+}
+
+/// The last mount (later ones shadow earlier ones) whose destination contains `path`.
+fn mount_covering<'a>(mounts: &'a [MountSpec], path: &str) -> Option<&'a MountSpec> {
+    mounts.iter().rev().find(|m| {
+        let dest = match m {
+            MountSpec::Bind { destination, .. } | MountSpec::Tmpfs { destination, .. } => {
+                destination.trim_end_matches('/')
+            }
+        };
+        path == dest || path.strip_prefix(dest).is_some_and(|r| r.starts_with('/'))
+    })
 }
 
 fn random_id() -> String {
@@ -463,7 +497,7 @@ fn run_in(
     let user_spec = plan.user.clone().or_else(|| icfg.user().clone());
     let user = user::resolve(&root, user_spec.as_deref())?;
     let env = resolve_env(plan, &icfg.env().clone().unwrap_or_default(), &hostname, &user.home);
-    check_executable(&root, &args, &env, &cwd)?;
+    check_executable(&root, &plan.mounts, &args, &env, &cwd)?;
     if !cwd.starts_with('/') {
         return Err(RunError::Exec {
             path: cwd,

@@ -607,3 +607,77 @@ fn host_pid_and_ipc_namespaces_and_the_slurm_default() {
     sb.drun(&["run", "--pid", "sideways", &busybox(), "true"])
         .fails_with(125, &["--pid"]);
 }
+
+#[test]
+fn seccomp_blocks_keyctl_and_bpf() {
+    let sb = ready();
+    // busybox has no keyctl applet: a tiny static probe reports the errno of each syscall (0 = allowed).
+    let src = sb.path().join("probe.c");
+    std::fs::write(
+        &src,
+        "#include <errno.h>\n#include <stdio.h>\n#include <unistd.h>\n#include <sys/syscall.h>\n\
+         static int try(long r) { return r < 0 ? errno : 0; }\n\
+         int main(void) {\n\
+           printf(\"keyctl=%d\\n\", try(syscall(SYS_keyctl, 0 /* KEYCTL_GET_KEYRING_ID */, -3 /* session */, 0)));\n\
+           printf(\"bpf=%d\\n\", try(syscall(SYS_bpf, 0 /* BPF_MAP_CREATE */, 0, 0)));\n\
+           return 0;\n\
+         }\n",
+    )
+    .unwrap();
+    let probe = sb.path().join("probe");
+    let st = std::process::Command::new("gcc")
+        .args(["-static", "-O2", "-o"])
+        .arg(&probe)
+        .arg(&src)
+        .status()
+        .unwrap();
+    assert!(st.success(), "gcc -static failed (build-essential is in make deps)");
+    let vol = format!("{}:/probe:ro", probe.display());
+    let out = sb.drun(&["run", "-v", &vol, &busybox(), "/probe"]).ok();
+    assert_eq!(
+        out.stdout, "keyctl=1\nbpf=1\n",
+        "EPERM expected under the default profile"
+    );
+    // Unconfined, keyctl reaches the kernel (which answers for itself: no EPERM from seccomp).
+    let out = sb
+        .drun(&[
+            "run",
+            "--security-opt",
+            "seccomp=unconfined",
+            "-v",
+            &vol,
+            &busybox(),
+            "/probe",
+        ])
+        .ok();
+    assert!(
+        out.stdout.starts_with("keyctl=") && !out.stdout.starts_with("keyctl=1\n"),
+        "{}",
+        out.stdout
+    );
+}
+
+#[test]
+fn commands_from_volumes_are_found() {
+    let sb = ready();
+    let dir = sb.path().join("work");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("run.sh"), "#!/bin/sh\necho from-volume\n").unwrap();
+    std::fs::set_permissions(dir.join("run.sh"), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    std::fs::write(dir.join("data.txt"), "not a program\n").unwrap();
+    let vol = format!("{}:/work", dir.display());
+    assert_eq!(
+        sb.drun(&["run", "-v", &vol, &busybox(), "/work/run.sh"]).ok().stdout,
+        "from-volume\n"
+    );
+    assert_eq!(
+        sb.drun(&["run", "-v", &vol, "-w", "/work", &busybox(), "./run.sh"])
+            .ok()
+            .stdout,
+        "from-volume\n"
+    );
+    sb.drun(&["run", "-v", &vol, &busybox(), "/work/data.txt"])
+        .fails_with(126, &["/work/data.txt"]);
+    sb.drun(&["run", "-v", &vol, &busybox(), "/work/missing.sh"])
+        .fails_with(127, &["/work/missing.sh"]);
+}
