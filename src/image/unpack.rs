@@ -104,6 +104,17 @@ fn errno_io(e: Errno) -> io::Error {
     io::Error::from_raw_os_error(e as i32)
 }
 
+/// Sets the owner of `name` in `dir` without following a symlink.
+fn chown_at(dir: BorrowedFd<'_>, name: &OsStr, uid: u32, gid: u32) -> Result<(), Errno> {
+    fchownat(
+        dir,
+        name,
+        Some(Uid::from_raw(uid)),
+        Some(Gid::from_raw(gid)),
+        AtFlags::AT_SYMLINK_NOFOLLOW,
+    )
+}
+
 /// Creates `name` in `dir` as a new, private file; never follows or reuses an existing entry.
 fn create_new_at(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<File> {
     let flags = OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_WRONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
@@ -371,14 +382,7 @@ fn run_task(t: Task) -> io::Result<()> {
         Job::Symlink { target } => {
             symlinkat(OsStr::from_bytes(&target), pfd, name).map_err(errno_io)?;
             if let Some((uid, gid)) = t.owner {
-                fchownat(
-                    pfd,
-                    name,
-                    Some(Uid::from_raw(uid)),
-                    Some(Gid::from_raw(gid)),
-                    AtFlags::AT_SYMLINK_NOFOLLOW,
-                )
-                .map_err(errno_io)?;
+                chown_at(pfd, name, uid, gid).map_err(errno_io)?;
             }
             utimensat(pfd, name, &t.times, &t.times, UtimensatFlags::NoFollowSymlink).map_err(errno_io)
         }
@@ -633,14 +637,7 @@ pub fn unpack_layer<R: Read>(src: R, dest: &Path, opts: UnpackOptions) -> Result
                 )
                 .map_err(|e| wrap(errno_io(e)))?;
                 if uid_ok {
-                    fchownat(
-                        pfd,
-                        name,
-                        Some(Uid::from_raw(uid)),
-                        Some(Gid::from_raw(gid)),
-                        AtFlags::AT_SYMLINK_NOFOLLOW,
-                    )
-                    .map_err(|e| wrap(errno_io(e)))?;
+                    chown_at(pfd, name, uid, gid).map_err(|e| wrap(errno_io(e)))?;
                 }
                 fchmodat(pfd, name, Mode::from_bits_truncate(mode), FchmodatFlags::FollowSymlink)
                     .map_err(|e| wrap(errno_io(e)))?;

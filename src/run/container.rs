@@ -406,7 +406,6 @@ pub fn run(store: &Store, cfg: &Config, plan: &RunPlan, state_dir: &Path, quiet:
         dir: run_dir.path.clone(),
         info: None,
         container: None,
-        netns: false,
         console_socket: None,
     };
     run_in(store, plan, &record, &icfg, state_dir, &id, &short, &run_dir, guard)
@@ -418,7 +417,6 @@ struct Cleanup {
     dir: PathBuf,
     info: Option<RunInfo>,
     container: Option<libcontainer::container::Container>,
-    netns: bool,
     console_socket: Option<PathBuf>,
 }
 
@@ -429,13 +427,10 @@ impl Drop for Cleanup {
                 tracing::warn!(error = %e, "libcontainer could not delete the container; cleaning up by hand");
             }
         }
-        if self.netns {
-            let _ = nix::mount::umount2(&self.dir.join("netns"), nix::mount::MntFlags::MNT_DETACH);
-        }
         if let Some(p) = &self.console_socket {
             let _ = std::fs::remove_file(p);
         }
-        rootfs::release(&self.dir);
+        // Unmounts the root file system and network namespace, removes cgroups and the run directory.
         state::cleanup(&self.state, &self.dir, self.info.as_ref());
     }
 }
@@ -520,7 +515,6 @@ fn run_in(
     info.command = args.clone();
     let netns = if plan.network == NetworkMode::None {
         let p = dir.join("netns");
-        guard.netns = true;
         make_netns(&p)?;
         Some(p)
     } else {
@@ -674,7 +668,8 @@ fn forwarded_signals() -> SigSet {
 fn supervise(pid: Pid, sfd: &SignalFd, master: Option<&OwnedFd>, interactive: bool) -> Result<i32, RunError> {
     let mut master_open = master.is_some();
     let mut stdin_open = master.is_some() && interactive;
-    let mut to_master = master.map(|m| File::from(m.try_clone().expect("dup the terminal")));
+    // One File over the master for both directions (reads and writes on a pty master are independent).
+    let mut term = master.map(|m| File::from(m.try_clone().expect("dup the terminal")));
     use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
     // SAFETY: pidfd_open(2) on our own child; the result is checked and then owned.
     let raw = unsafe { libc::syscall(libc::SYS_pidfd_open, pid.as_raw(), 0) } as i32;
@@ -717,11 +712,11 @@ fn supervise(pid: Pid, sfd: &SignalFd, master: Option<&OwnedFd>, interactive: bo
         let (tty_ready, stdin_ready) = (master_open && ready(tty_at), stdin_open && ready(stdin_at));
         drop(fds);
         if tty_ready {
-            master_open = crate::run::tty::pump(master.expect("master is open").as_fd(), &mut std::io::stdout());
+            master_open = crate::run::tty::pump(term.as_mut().expect("master is open"), &mut std::io::stdout());
         }
         if stdin_ready {
-            if let Some(w) = to_master.as_mut() {
-                stdin_open = crate::run::tty::pump(stdin.as_fd(), w);
+            if let Some(w) = term.as_mut() {
+                stdin_open = crate::run::tty::pump(&mut stdin.lock(), w);
             }
         }
         while let Ok(Some(si)) = sfd.read_signal() {

@@ -8,7 +8,7 @@ use std::io;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
-use nix::mount::{mount, umount2, MntFlags, MsFlags};
+use nix::mount::{mount, MsFlags};
 
 use crate::image::unpack::OVERLAY_OPAQUE_XATTR;
 
@@ -75,12 +75,6 @@ pub fn prepare(run_dir: &Path, layers: &[PathBuf]) -> Result<(PathBuf, RootfsKin
             Ok((merged, RootfsKind::Flattened))
         }
     }
-}
-
-/// Unmounts the overlay (if any); the run directory itself is removed by the caller.
-pub fn release(run_dir: &Path) {
-    let merged = run_dir.join("rootfs");
-    let _ = umount2(&merged, MntFlags::MNT_DETACH);
 }
 
 /// Copies one overlay-format layer onto `dest`, honouring its whiteouts and opaque directories.

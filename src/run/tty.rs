@@ -79,10 +79,9 @@ pub fn copy_window_size(master: BorrowedFd<'_>) {
 }
 
 /// Moves what is readable from `from` to `to`; returns false at end of input.
-pub fn pump(from: BorrowedFd<'_>, to: &mut dyn Write) -> bool {
+pub fn pump(from: &mut dyn Read, to: &mut dyn Write) -> bool {
     let mut buf = [0u8; 8192];
-    let mut f = std::fs::File::from(from.try_clone_to_owned().expect("dup a descriptor"));
-    match f.read(&mut buf) {
+    match from.read(&mut buf) {
         Ok(0) => false,
         Ok(n) => {
             let _ = to.write_all(&buf[..n]);
