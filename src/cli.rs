@@ -42,7 +42,7 @@ pub enum Command {
     Rmi(RmiArgs),
     /// Remove unreferenced layers, blobs and leftovers of interrupted pulls and runs
     Prune(PruneArgs),
-    /// Run a command in a new container (pulls the image if missing)
+    /// Run a command in a new container (pulls the image if missing), or the workflows of a workflow.yaml
     Run(Box<RunArgs>),
     /// List running containers
     Ps(PsArgs),
@@ -143,8 +143,21 @@ pub struct RunArgs {
     /// No pull progress output
     #[arg(short, long)]
     pub quiet: bool,
-    /// Image, then the command and its arguments
-    #[arg(required = true, value_name = "IMAGE [COMMAND [ARG...]]", allow_hyphen_values = true)]
+    /// Workflows: where artifacts and logs go (default: artifacts/ beside the workflow file)
+    #[arg(long, value_name = "DIR")]
+    pub artifacts: Option<PathBuf>,
+    /// Workflows: print the resolved plan and run nothing
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Workflows: after a failure, still run the workflows that do not depend on it
+    #[arg(long)]
+    pub keep_going: bool,
+    /// Image, then the command and its arguments; or a workflow file (*.yaml, *.yml), then workflow names
+    #[arg(
+        required = true,
+        value_name = "IMAGE [COMMAND [ARG...]] | WORKFLOW.yaml [NAME...]",
+        allow_hyphen_values = true
+    )]
     pub image_and_command: Vec<String>,
 }
 

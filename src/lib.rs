@@ -14,6 +14,7 @@ pub mod image;
 pub mod progress;
 pub mod run;
 pub mod units;
+pub mod workflow;
 
 /// Exit status for errors of drun itself (as `docker run` uses 125).
 pub const EXIT_DRUN_ERROR: i32 = 125;

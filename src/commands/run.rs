@@ -77,7 +77,7 @@ fn parse_mount(m: &str) -> Result<MountSpec> {
     }
 }
 
-fn parse_ulimit(u: &str) -> Result<Ulimit> {
+pub fn parse_ulimit(u: &str) -> Result<Ulimit> {
     let (name, vals) = u
         .split_once('=')
         .with_context(|| format!("invalid --ulimit {u:?}: expected NAME=SOFT[:HARD]"))?;
@@ -168,12 +168,7 @@ pub fn plan_from_args(a: &RunArgs) -> Result<RunPlan> {
         "none" => NetworkMode::None,
         other => bail!("unsupported --network {other:?}: drun supports host (the default) and none"),
     };
-    let pull = match a.pull.as_str() {
-        "missing" => PullPolicy::Missing,
-        "always" => PullPolicy::Always,
-        "never" => PullPolicy::Never,
-        other => bail!("invalid --pull {other:?}: expected missing, always or never"),
-    };
+    let pull = parse_pull(&a.pull)?;
     if let Some(c) = a.cpus {
         if !(c > 0.0 && c.is_finite()) {
             bail!("invalid --cpus {c}: must be a positive number");
@@ -222,10 +217,107 @@ pub fn plan_from_args(a: &RunArgs) -> Result<RunPlan> {
         tty: a.tty,
         init: a.init,
         cidfile: a.cidfile.clone(),
+        ..Default::default()
+    })
+}
+
+/// Whether the first argument names a workflow file (always, for `*.yaml`/`*.yml`: never pulled as an image).
+pub fn is_workflow_file(arg: &str) -> bool {
+    arg.ends_with(".yaml") || arg.ends_with(".yml")
+}
+
+/// The `drun run` flags that make sense for a whole workflow file; the others belong in the file.
+fn check_workflow_flags(a: &RunArgs) -> Result<()> {
+    let given: Vec<&str> = [
+        ("-i/--interactive", a.interactive),
+        ("-t/--tty", a.tty),
+        ("-v/--volume", !a.volume.is_empty()),
+        ("--mount", !a.mount.is_empty()),
+        ("--tmpfs", !a.tmpfs.is_empty()),
+        ("-w/--workdir", a.workdir.is_some()),
+        ("-u/--user", a.user.is_some()),
+        ("--entrypoint", a.entrypoint.is_some()),
+        ("-m/--memory", a.memory.is_some()),
+        ("--cpus", a.cpus.is_some()),
+        ("--pids-limit", a.pids_limit.is_some()),
+        ("--shm-size", a.shm_size.is_some()),
+        ("--network", a.network != "host"),
+        ("--ipc", a.ipc.is_some()),
+        ("--pid", a.pid.is_some()),
+        ("--hostname", a.hostname.is_some()),
+        ("--read-only", a.read_only),
+        ("--cap-add", !a.cap_add.is_empty()),
+        ("--cap-drop", !a.cap_drop.is_empty()),
+        ("--privileged", a.privileged),
+        ("--security-opt", !a.security_opt.is_empty()),
+        ("--ulimit", !a.ulimit.is_empty()),
+        ("--name", a.name.is_some()),
+        ("--init", a.init),
+        ("--cidfile", a.cidfile.is_some()),
+    ]
+    .into_iter()
+    .filter_map(|(f, set)| set.then_some(f))
+    .collect();
+    if !given.is_empty() {
+        bail!(
+            "{} cannot be used with a workflow file: set them per workflow in the file (with a workflow file, drun run takes -e, --env-file, --pull, --platform, -q, --artifacts, --dry-run and --keep-going)",
+            given.join(", ")
+        );
+    }
+    Ok(())
+}
+
+fn run_workflows(global: &GlobalArgs, args: RunArgs) -> Result<i32> {
+    check_workflow_flags(&args)?;
+    let file = PathBuf::from(&args.image_and_command[0]);
+    let set = crate::workflow::load(&file, &|k| std::env::var(k).ok())?;
+    let mut env = Vec::new();
+    for f in &args.env_file {
+        let text = std::fs::read_to_string(f).with_context(|| format!("cannot read env file {}", f.display()))?;
+        for line in text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')) {
+            parse_env(line, &mut env)?;
+        }
+    }
+    for e in &args.env {
+        parse_env(e, &mut env)?;
+    }
+    let opts = crate::workflow::runner::Options {
+        artifacts: args.artifacts.clone(),
+        dry_run: args.dry_run,
+        keep_going: args.keep_going,
+        quiet: args.quiet,
+        pull: parse_pull(&args.pull)?,
+        platform: args.platform.as_deref().map(str::parse).transpose()?,
+        env,
+    };
+    let cfg = Config::load()?;
+    let store = super::open_store(global)?;
+    crate::workflow::runner::run(
+        &store,
+        &cfg,
+        &super::state_dir(global),
+        &set,
+        &args.image_and_command[1..],
+        &opts,
+    )
+}
+
+fn parse_pull(p: &str) -> Result<PullPolicy> {
+    Ok(match p {
+        "missing" => PullPolicy::Missing,
+        "always" => PullPolicy::Always,
+        "never" => PullPolicy::Never,
+        other => bail!("invalid --pull {other:?}: expected missing, always or never"),
     })
 }
 
 pub fn run(global: &GlobalArgs, args: RunArgs) -> Result<i32> {
+    if is_workflow_file(&args.image_and_command[0]) {
+        return run_workflows(global, args);
+    }
+    if args.artifacts.is_some() || args.dry_run || args.keep_going {
+        bail!("--artifacts, --dry-run and --keep-going are for workflow files (WORKFLOW.yaml)");
+    }
     let plan = plan_from_args(&args)?;
     let cfg = Config::load()?;
     let store = super::open_store(global)?;

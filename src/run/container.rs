@@ -288,6 +288,11 @@ fn shm_bytes(plan: &RunPlan) -> u64 {
     total_kib * 1024 / 2
 }
 
+/// Whether an init for `--init` is installed.
+pub fn init_available() -> bool {
+    find_init().is_some()
+}
+
 /// catatonit, the init for `--init`: statically linked, so it runs in any image.
 fn find_init() -> Option<PathBuf> {
     [
@@ -376,8 +381,45 @@ fn etc_files(dir: &Path, hostname: &str) -> Result<Vec<(PathBuf, &'static str)>,
     Ok(out)
 }
 
+/// What a caller (the workflow runner) hooks into a run.
+#[derive(Default)]
+pub struct RunHooks<'a> {
+    /// When set, the container's stdout and stderr share one pipe (so their order is kept); drun copies it to its
+    /// own stdout and to this file.
+    pub log: Option<&'a mut File>,
+    /// Called once the container has exited (whatever its status, also after an interrupt), before anything is
+    /// unmounted, with the host path of the project directory as the container left it.
+    pub after_exit: Option<&'a mut dyn FnMut(&ExitView)>,
+}
+
+/// What the container left, seen from the host, while it still exists.
+pub struct ExitView<'a> {
+    pub project: Option<&'a Path>,
+}
+
+/// How a run ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Outcome {
+    /// The container's status (128+N for signal N).
+    pub code: i32,
+    /// drun received SIGINT or SIGTERM while the container ran.
+    pub interrupted: bool,
+}
+
 /// Runs `plan` in the foreground and returns the container's exit status.
 pub fn run(store: &Store, cfg: &Config, plan: &RunPlan, state_dir: &Path, quiet: bool) -> Result<i32, RunError> {
+    run_with(store, cfg, plan, state_dir, quiet, &mut RunHooks::default()).map(|o| o.code)
+}
+
+/// [`run`] with hooks; returns how the container ended.
+pub fn run_with(
+    store: &Store,
+    cfg: &Config,
+    plan: &RunPlan,
+    state_dir: &Path,
+    quiet: bool,
+    hooks: &mut RunHooks,
+) -> Result<Outcome, RunError> {
     let record = ensure_image(store, cfg, plan, quiet)?;
     let config_bytes = store
         .read_blob(&record.config_digest)?
@@ -408,7 +450,7 @@ pub fn run(store: &Store, cfg: &Config, plan: &RunPlan, state_dir: &Path, quiet:
         container: None,
         console_socket: None,
     };
-    run_in(store, plan, &record, &icfg, state_dir, &id, &short, &run_dir, guard)
+    run_in(store, plan, &record, &icfg, state_dir, &id, &short, &run_dir, guard, hooks)
 }
 
 /// Everything a run leaves behind, removed on drop whatever happened.
@@ -446,7 +488,8 @@ fn run_in(
     short: &str,
     run_dir: &RunDir,
     mut guard: Cleanup,
-) -> Result<i32, RunError> {
+    hooks: &mut RunHooks,
+) -> Result<Outcome, RunError> {
     let dir = &run_dir.path;
     let cgroup = CgroupPlan::prepare(short)?;
     let mut info = RunInfo {
@@ -459,6 +502,7 @@ fn run_in(
         cgroup_path: cgroup.path.clone(),
         cgroup_v2: cgroup.version == Version::V2,
         layers: record.layers.iter().map(|l| l.diff_id.to_string()).collect(),
+        labels: plan.labels.clone(),
     };
     // Registered under the store's shared lock: garbage collection either ran before or sees this run's layers.
     let (root, _kind) = {
@@ -478,6 +522,29 @@ fn run_in(
         guard.info = Some(info.clone());
         rootfs::prepare(dir, &layers)?
     };
+    // The project directory: its own overlay (the host directory as the lower layer) bind-mounted before every
+    // other mount, so volumes and artifact mounts below it land on top.
+    let project_view = match &plan.project {
+        Some(p) => Some(rootfs::prepare_project(dir, &p.source)?),
+        None => None,
+    };
+    let owned_plan;
+    let plan = match (&plan.project, &project_view) {
+        (Some(p), Some(view)) => {
+            let mut with = plan.clone();
+            with.mounts.insert(
+                0,
+                MountSpec::Bind {
+                    source: view.clone(),
+                    destination: p.destination.clone(),
+                    read_only: false,
+                },
+            );
+            owned_plan = with;
+            &owned_plan
+        }
+        _ => plan,
+    };
 
     let hostname = plan.hostname.clone().unwrap_or_else(|| short.to_string());
     let entry = icfg.entrypoint().clone().unwrap_or_default();
@@ -493,6 +560,18 @@ fn run_in(
     let user = user::resolve(&root, user_spec.as_deref())?;
     let env = resolve_env(plan, &icfg.env().clone().unwrap_or_default(), &hostname, &user.home);
     check_executable(&root, &plan.mounts, &args, &env, &cwd)?;
+    for need in &plan.needs {
+        let found = need.programs.iter().any(|p| {
+            check_executable(&root, &plan.mounts, std::slice::from_ref(p), &env, &cwd).is_ok()
+        });
+        if !found {
+            return Err(RunError::Exec {
+                path: need.programs.join(" or "),
+                message: format!("not found in the image's PATH, but {}", need.why),
+                code: EXIT_NOT_FOUND,
+            });
+        }
+    }
     if !cwd.starts_with('/') {
         return Err(RunError::Exec {
             path: cwd,
@@ -500,12 +579,26 @@ fn run_in(
             code: crate::EXIT_DRUN_ERROR,
         });
     }
-    rootfs::mkdir_in_root(&root, &cwd).map_err(io(format!("create the working directory {cwd}")))?;
+    // Created where it will be seen: in a volume's source when one covers it, else in the root file system.
+    match mount_covering(&plan.mounts, &cwd) {
+        Some(MountSpec::Bind {
+            source, destination, ..
+        }) => {
+            let rest = cwd[destination.trim_end_matches('/').len()..].trim_start_matches('/');
+            if !rest.is_empty() {
+                rootfs::mkdir_in_root(source, rest).map_err(io(format!("create the working directory {cwd}")))?;
+            }
+        }
+        Some(MountSpec::Tmpfs { .. }) => {}
+        None => rootfs::mkdir_in_root(&root, &cwd).map_err(io(format!("create the working directory {cwd}")))?,
+    }
 
     let init = if plan.init {
         let p = find_init().ok_or(RunError::NoInit)?;
-        args = ["/dev/init".to_string(), "--".to_string()]
-            .into_iter()
+        let group = plan.init_signals_group.then(|| "-g".to_string());
+        args = std::iter::once("/dev/init".to_string())
+            .chain(group)
+            .chain(std::iter::once("--".to_string()))
             .chain(args)
             .collect();
         Some(p)
@@ -555,6 +648,19 @@ fn run_in(
     if !plan.interactive {
         builder = builder.with_stdin(File::open("/dev/null").map_err(io("open /dev/null"))?);
     }
+    // One pipe for stdout and stderr: the order of what the container writes is kept, for the log.
+    let output = match &hooks.log {
+        Some(_) => {
+            let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| RunError::Io {
+                what: "create the output pipe".into(),
+                source: e.into(),
+            })?;
+            let w2 = w.try_clone().map_err(io("duplicate the output pipe"))?;
+            builder = builder.with_stdout(w).with_stderr(w2);
+            Some(r)
+        }
+        None => None,
+    };
     // With a terminal, libcontainer sends the pty master over a console socket, which it accepts only for a
     // "detached" container: its init is then re-parented, so drun becomes a child subreaper to stay its parent.
     let console = if plan.tty {
@@ -625,10 +731,76 @@ fn run_in(
             crate::run::tty::copy_window_size(m.as_fd());
             crate::run::tty::RawMode::enter()
         });
-    let status = supervise(pid, &sfd, master.as_ref(), plan.interactive);
+    let mut log = Output {
+        pipe: output.map(File::from),
+        log: hooks.log.as_deref_mut(),
+    };
+    let status = supervise(pid, &sfd, master.as_ref(), plan.interactive, &mut log);
+    if let Some(after) = hooks.after_exit.as_mut() {
+        after(&ExitView {
+            project: project_view.as_deref(),
+        });
+    }
+    // Signals that came after the container exited are taken here: unblocked, they would kill drun before it
+    // cleans up.
+    let mut late_interrupt = false;
+    while let Ok(Some(si)) = sfd.read_signal() {
+        late_interrupt |= [libc::SIGINT, libc::SIGTERM].contains(&(si.ssi_signo as i32));
+    }
     let _ = signals.thread_unblock();
     drop(guard);
-    status
+    status.map(|mut o| {
+        o.interrupted |= late_interrupt;
+        o
+    })
+}
+
+/// The container's output pipe (workflows) and where it goes besides drun's stdout.
+struct Output<'a> {
+    pipe: Option<File>,
+    log: Option<&'a mut File>,
+}
+
+impl Output<'_> {
+    /// Copies what is available; false once the pipe is closed (or was never there).
+    fn pump(&mut self, wait: bool) -> bool {
+        use std::io::{Read, Write};
+        let Some(p) = self.pipe.as_mut() else { return false };
+        let _ = nix::fcntl::fcntl(
+            p.as_fd(),
+            nix::fcntl::FcntlArg::F_SETFL(if wait {
+                nix::fcntl::OFlag::empty()
+            } else {
+                nix::fcntl::OFlag::O_NONBLOCK
+            }),
+        );
+        let mut buf = [0u8; 16384];
+        loop {
+            match p.read(&mut buf) {
+                Ok(0) => {
+                    self.pipe = None;
+                    return false;
+                }
+                Ok(n) => {
+                    let mut out = std::io::stdout().lock();
+                    let _ = out.write_all(&buf[..n]);
+                    let _ = out.flush();
+                    if let Some(l) = self.log.as_mut() {
+                        let _ = l.write_all(&buf[..n]);
+                    }
+                    if wait {
+                        return true;
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return true,
+                Err(_) => {
+                    self.pipe = None;
+                    return false;
+                }
+            }
+        }
+    }
 }
 
 /// Copies what the container wrote to its terminal before it exited.
@@ -665,7 +837,14 @@ fn forwarded_signals() -> SigSet {
 
 /// Forwards signals to the container's init until it exits; a second SIGINT within 3 s kills it. With a
 /// terminal, copies between drun's stdio and the container's pty master.
-fn supervise(pid: Pid, sfd: &SignalFd, master: Option<&OwnedFd>, interactive: bool) -> Result<i32, RunError> {
+fn supervise(
+    pid: Pid,
+    sfd: &SignalFd,
+    master: Option<&OwnedFd>,
+    interactive: bool,
+    output: &mut Output,
+) -> Result<Outcome, RunError> {
+    let mut interrupted = false;
     let mut master_open = master.is_some();
     let mut stdin_open = master.is_some() && interactive;
     // One File over the master for both directions (reads and writes on a pty master are independent).
@@ -694,6 +873,11 @@ fn supervise(pid: Pid, sfd: &SignalFd, master: Option<&OwnedFd>, interactive: bo
         if stdin_open {
             fds.push(PollFd::new(stdin.as_fd(), PollFlags::POLLIN));
         }
+        let out_at = fds.len();
+        let out_fd = output.pipe.as_ref().map(|p| p.as_fd());
+        if let Some(fd) = out_fd {
+            fds.push(PollFd::new(fd, PollFlags::POLLIN));
+        }
         let timeout = if pidfd.is_some() {
             PollTimeout::NONE
         } else {
@@ -710,7 +894,11 @@ fn supervise(pid: Pid, sfd: &SignalFd, master: Option<&OwnedFd>, interactive: bo
         }
         let ready = |i: usize| fds.get(i).and_then(|f| f.revents()).is_some_and(|r| !r.is_empty());
         let (tty_ready, stdin_ready) = (master_open && ready(tty_at), stdin_open && ready(stdin_at));
+        let out_ready = out_fd.is_some() && ready(out_at);
         drop(fds);
+        if out_ready {
+            output.pump(false);
+        }
         if tty_ready {
             master_open = crate::run::tty::pump(term.as_mut().expect("master is open"), &mut std::io::stdout());
         }
@@ -735,6 +923,7 @@ fn supervise(pid: Pid, sfd: &SignalFd, master: Option<&OwnedFd>, interactive: bo
             if sig == Signal::SIGINT {
                 last_int = Some(now);
             }
+            interrupted |= matches!(sig, Signal::SIGINT | Signal::SIGTERM);
             let send = if forced { Signal::SIGKILL } else { sig };
             tracing::debug!(signal = %sig, forwarded = %send, "forwarding a signal to the container");
             let _ = kill(pid, send);
@@ -742,11 +931,16 @@ fn supervise(pid: Pid, sfd: &SignalFd, master: Option<&OwnedFd>, interactive: bo
         match waitpid(pid, Some(nix::sys::wait::WaitPidFlag::WNOHANG)) {
             Ok(WaitStatus::Exited(_, code)) => {
                 drain(master, master_open);
-                return Ok(code);
+                output.pump(false);
+                return Ok(Outcome { code, interrupted });
             }
             Ok(WaitStatus::Signaled(_, sig, _)) => {
                 drain(master, master_open);
-                return Ok(128 + sig as i32);
+                output.pump(false);
+                return Ok(Outcome {
+                    code: 128 + sig as i32,
+                    interrupted,
+                });
             }
             Ok(_) => {}
             Err(nix::errno::Errno::ECHILD) => {

@@ -92,7 +92,27 @@ pub struct RunPlan {
     pub interactive: bool,
     pub tty: bool,
     pub init: bool,
+    /// With `init`: signals go to the command's whole process group (as a terminal's Ctrl-C does), not only to it.
+    pub init_signals_group: bool,
     pub cidfile: Option<PathBuf>,
+    pub labels: Vec<(String, String)>,
+    /// A host directory shown copy-on-write at a container path (a workflow's project directory).
+    pub project: Option<ProjectMount>,
+    /// Programs the image must have before anything starts (e.g. pip for `requirements`).
+    pub needs: Vec<Need>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProjectMount {
+    pub source: PathBuf,
+    pub destination: String,
+}
+
+/// One of `programs` must be executable in the image's PATH, else the run fails with `why`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Need {
+    pub programs: Vec<String>,
+    pub why: String,
 }
 
 /// Default PATH when an image sets none (Docker's).

@@ -192,3 +192,45 @@ pub fn mkdir_in_root(root: &Path, path: &str) -> io::Result<()> {
         .collect();
     crate::image::unpack::parent_dir(root_fd.as_fd(), &comps).map(drop)
 }
+
+/// The project directory of a workflow, copy-on-write: an overlay with `source` as its only lower layer and the
+/// run's own upper/work directories, mounted at `run_dir/project/merged` (a private copy where overlay cannot be
+/// mounted). The container's writes never reach `source`; the merged view is what artifacts are copied from.
+pub fn prepare_project(run_dir: &Path, source: &Path) -> Result<PathBuf, RootfsError> {
+    let base = run_dir.join("project");
+    let (merged, upper, work) = (base.join("merged"), base.join("upper"), base.join("work"));
+    for d in [&merged, &upper, &work] {
+        fs::create_dir_all(d).map_err(|source| RootfsError::Create {
+            path: d.clone(),
+            source,
+        })?;
+    }
+    // overlayfs splits its options at `,` and lower directories at `:`, both escapable with a backslash.
+    let escape = |p: &Path| {
+        p.display()
+            .to_string()
+            .replace('\\', "\\\\")
+            .replace(':', "\\:")
+            .replace(',', "\\,")
+    };
+    let data = format!(
+        "lowerdir={},upperdir={},workdir={}",
+        escape(source),
+        escape(&upper),
+        escape(&work)
+    );
+    let forced = std::env::var_os("DRUN_ROOTFS").is_some_and(|v| v == "flatten");
+    let mounted = if forced {
+        Err(nix::errno::Errno::ENOTSUP)
+    } else {
+        mount(Some("overlay"), &merged, Some("overlay"), MsFlags::empty(), Some(data.as_str()))
+    };
+    if let Err(e) = mounted {
+        tracing::warn!(error = %e, dir = %source.display(), "overlayfs cannot be mounted over the project directory; copying it instead");
+        apply_layer(source, &merged).map_err(|source| RootfsError::Flatten {
+            path: merged.clone(),
+            source,
+        })?;
+    }
+    Ok(merged)
+}

@@ -26,6 +26,8 @@ pub struct RunInfo {
     pub cgroup_v2: bool,
     /// diff_ids of the layers the root file system is made of (kept from garbage collection while running).
     pub layers: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub labels: Vec<(String, String)>,
 }
 
 /// The default state directory: `/run/drun` for root, `$XDG_RUNTIME_DIR/drun` otherwise.
@@ -152,7 +154,7 @@ pub fn cleanup(state: &Path, dir: &Path, info: Option<&RunInfo>) {
         .remove();
         let _ = fs::remove_dir_all(libcontainer_dir(state).join(&info.id));
     }
-    for m in ["rootfs", "netns"] {
+    for m in ["rootfs", "netns", "project/merged"] {
         let _ = nix::mount::umount2(&dir.join(m), nix::mount::MntFlags::MNT_DETACH);
     }
     if let Err(e) = crate::image::store::remove_tree(dir) {

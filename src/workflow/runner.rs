@@ -1,0 +1,428 @@
+//! Runs the jobs of a workflow file: images first (so a bad reference fails before anything runs), then each job
+//! in dependency order with its project directory, artifact and dependency mounts, a log beside its artifacts,
+//! and its artifacts copied out however the container ended.
+
+use std::fs::{self, File};
+use std::io::Write;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use crate::config::Config;
+use crate::image::platform::Platform;
+use crate::image::store::Store;
+use crate::run::container::{self, ExitView, RunError, RunHooks};
+use crate::run::plan::{MountSpec, Need, ProjectMount, PullPolicy, RunPlan};
+use crate::workflow::{Job, WorkflowSet, REQUIREMENTS_PATH};
+
+/// Run-wide settings from the command line.
+#[derive(Clone, Debug, Default)]
+pub struct Options {
+    /// Where artifacts and logs go (default: `artifacts/` beside the workflow file).
+    pub artifacts: Option<PathBuf>,
+    pub dry_run: bool,
+    /// After a failure, still run the workflows that do not depend on it.
+    pub keep_going: bool,
+    pub quiet: bool,
+    pub pull: PullPolicy,
+    pub platform: Option<Platform>,
+    /// `-e`/`--env-file` settings, applied on top of each workflow's environment.
+    pub env: Vec<(String, String)>,
+}
+
+/// The user files are made for: the one who ran `sudo drun …`, else nobody in particular (drun's own identity).
+fn invoking_owner() -> Option<(u32, u32)> {
+    if !nix::unistd::geteuid().is_root() {
+        return None;
+    }
+    let uid = std::env::var("SUDO_UID").ok()?.parse().ok()?;
+    let gid = std::env::var("SUDO_GID").ok()?.parse().ok()?;
+    (uid != 0).then_some((uid, gid))
+}
+
+fn give(path: &Path, owner: Option<(u32, u32)>) {
+    if let Some((u, g)) = owner {
+        let _ = std::os::unix::fs::lchown(path, Some(u), Some(g));
+    }
+}
+
+/// `mkdir -p` that hands every directory it creates to `owner`.
+fn make_dirs(path: &Path, owner: Option<(u32, u32)>) -> std::io::Result<()> {
+    if path.is_dir() {
+        return Ok(());
+    }
+    if let Some(parent) = path.parent() {
+        make_dirs(parent, owner)?;
+    }
+    match fs::create_dir(path) {
+        Ok(()) => {
+            give(path, owner);
+            Ok(())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && path.is_dir() => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+fn chown_tree(path: &Path, owner: Option<(u32, u32)>) {
+    if owner.is_none() {
+        return;
+    }
+    give(path, owner);
+    if fs::symlink_metadata(path).is_ok_and(|m| m.is_dir()) {
+        if let Ok(rd) = fs::read_dir(path) {
+            for e in rd.flatten() {
+                chown_tree(&e.path(), owner);
+            }
+        }
+    }
+}
+
+/// Copies `rel` below `src_root` to `dest` without following any symlink the container may have left: the path
+/// itself must not pass through one; symlinks inside are copied as symlinks. Returns the number of files.
+fn copy_artifact(src_root: &Path, rel: &str, dest: &Path, owner: Option<(u32, u32)>) -> Result<u64, String> {
+    let mut src = src_root.to_path_buf();
+    for c in rel.split('/') {
+        src.push(c);
+        match fs::symlink_metadata(&src) {
+            Ok(m) if m.file_type().is_symlink() => {
+                return Err(format!(
+                    "{} is a symbolic link in the container; artifacts are not copied through links",
+                    src.strip_prefix(src_root).unwrap_or(&src).display()
+                ))
+            }
+            Ok(_) => {}
+            Err(_) => return Err("not found in the working directory after the run".into()),
+        }
+    }
+    crate::image::store::remove_tree(dest).map_err(|e| format!("cannot replace {}: {e}", dest.display()))?;
+    if let Some(p) = dest.parent() {
+        make_dirs(p, owner).map_err(|e| format!("cannot create {}: {e}", p.display()))?;
+    }
+    let mut files = 0;
+    copy_tree(&src, dest, owner, &mut files).map_err(|e| format!("copying to {}: {e}", dest.display()))?;
+    Ok(files)
+}
+
+fn copy_tree(src: &Path, dest: &Path, owner: Option<(u32, u32)>, files: &mut u64) -> std::io::Result<()> {
+    let m = fs::symlink_metadata(src)?;
+    let ft = m.file_type();
+    if ft.is_dir() {
+        fs::create_dir(dest)?;
+        for e in fs::read_dir(src)? {
+            let e = e?;
+            copy_tree(&e.path(), &dest.join(e.file_name()), owner, files)?;
+        }
+        fs::set_permissions(dest, fs::Permissions::from_mode(m.mode() & 0o7777))?;
+    } else if ft.is_symlink() {
+        std::os::unix::fs::symlink(fs::read_link(src)?, dest)?;
+    } else if ft.is_file() {
+        fs::copy(src, dest)?;
+        *files += 1;
+    } else {
+        // Devices, sockets and FIFOs are not outputs.
+        return Ok(());
+    }
+    give(dest, owner);
+    let mtime = nix::sys::time::TimeSpec::new(m.mtime(), m.mtime_nsec());
+    let _ = nix::sys::stat::utimensat(
+        nix::fcntl::AT_FDCWD,
+        dest,
+        &mtime,
+        &mtime,
+        nix::sys::stat::UtimensatFlags::NoFollowSymlink,
+    );
+    Ok(())
+}
+
+fn stamp() -> String {
+    let now = time::OffsetDateTime::now_utc();
+    format!(
+        "{:04}-{:02}-{:02} {:02}:{:02}:{:02}",
+        now.year(),
+        now.month() as u8,
+        now.day(),
+        now.hour(),
+        now.minute(),
+        now.second()
+    )
+}
+
+fn say(msg: &str) {
+    eprintln!("[{}] {msg}", stamp());
+}
+
+/// The complete plan of one job: the workflow's own plan plus project, artifact, dependency and requirements
+/// mounts and the run-wide options.
+pub fn job_plan(set: &WorkflowSet, job: &Job, artifacts_root: &Path, opts: &Options) -> RunPlan {
+    let mut plan = job.plan.clone();
+    plan.pull = opts.pull;
+    plan.platform = opts.platform.clone();
+    plan.env.extend(opts.env.iter().cloned());
+    plan.project = Some(ProjectMount {
+        source: set.dir.clone(),
+        destination: job.project_mount.clone(),
+    });
+    // An init that passes Ctrl-C to the whole script (a shell as PID 1 would ignore it).
+    plan.init = container::init_available();
+    plan.init_signals_group = plan.init;
+    if let Some(req) = &job.requirements {
+        plan.mounts.push(MountSpec::Bind {
+            source: req.clone(),
+            destination: REQUIREMENTS_PATH.into(),
+            read_only: true,
+        });
+        plan.needs.push(Need {
+            programs: vec!["pip".into(), "pip3".into()],
+            why: "`requirements` are installed with pip".into(),
+        });
+    }
+    for dep in &job.deps {
+        let Some(d) = set.job(dep) else { continue };
+        for a in &d.artifacts {
+            plan.mounts.push(MountSpec::Bind {
+                source: artifacts_root.join(&d.name).join(&a.path),
+                destination: format!("{}/{}", d.working_dir, a.path),
+                read_only: true,
+            });
+        }
+    }
+    for a in job.artifacts.iter().filter(|a| a.mount) {
+        plan.mounts.push(MountSpec::Bind {
+            source: artifacts_root.join(&job.name).join(&a.path),
+            destination: format!("{}/{}", job.working_dir, a.path),
+            read_only: false,
+        });
+    }
+    plan
+}
+
+/// Prints what would run.
+fn print_plan(store: &Store, job: &Job, plan: &RunPlan, artifacts_root: &Path) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "workflow {}", job.name);
+    let record = store.image_by_alias(&plan.image).ok().flatten().or_else(|| {
+        let names = crate::image::source::lookup_names(&plan.image);
+        store.find_image(&plan.image, &names).ok()
+    });
+    match &record {
+        Some(r) => {
+            let _ = writeln!(out, "  image:       {} ({}@{})", plan.image, r.name, r.manifest_digest);
+        }
+        None => {
+            let _ = writeln!(out, "  image:       {} (not in the store: pulled when the workflow runs)", plan.image);
+        }
+    }
+    let argv: Vec<String> = plan
+        .entrypoint
+        .iter()
+        .flatten()
+        .chain(plan.command.iter().flatten())
+        .cloned()
+        .collect();
+    if plan.entrypoint.is_none() && plan.command.is_none() {
+        let _ = writeln!(out, "  argv:        (the image's Entrypoint and Cmd)");
+    } else {
+        let _ = writeln!(out, "  argv:        {}", serde_json::to_string(&argv).unwrap_or_default());
+    }
+    let _ = writeln!(out, "  working_dir: {}", job.working_dir);
+    if !job.deps.is_empty() {
+        let _ = writeln!(out, "  deps:        {}", job.deps.join(", "));
+    }
+    for (k, v) in &plan.env {
+        let _ = writeln!(out, "  env:         {k}={v}");
+    }
+    if let Some(p) = &plan.project {
+        let _ = writeln!(out, "  mount:       {} -> {} (copy-on-write)", p.source.display(), p.destination);
+    }
+    for m in &plan.mounts {
+        let _ = match m {
+            MountSpec::Bind {
+                source,
+                destination,
+                read_only,
+            } => writeln!(
+                out,
+                "  mount:       {} -> {destination}{}",
+                source.display(),
+                if *read_only { " (ro)" } else { "" }
+            ),
+            MountSpec::Tmpfs { destination, options } => {
+                writeln!(out, "  mount:       tmpfs -> {destination} {}", options.join(","))
+            }
+        };
+    }
+    if let Some(c) = plan.cpus {
+        let _ = writeln!(out, "  cpus:        {c}");
+    }
+    if let Some(m) = plan.memory {
+        let _ = writeln!(out, "  memory:      {} ({} bytes)", m, m.0);
+    }
+    if let Some(s) = plan.shm_size {
+        let _ = writeln!(out, "  shm_size:    {} ({} bytes)", s, s.0);
+    }
+    for a in &job.artifacts {
+        let _ = writeln!(
+            out,
+            "  artifact:    {}/{} -> {}{}",
+            job.working_dir,
+            a.path,
+            artifacts_root.join(&job.name).join(&a.path).display(),
+            if a.mount { " (mounted)" } else { "" }
+        );
+    }
+    let _ = writeln!(out, "  log:         {}", artifacts_root.join(format!("{}.log", job.name)).display());
+}
+
+/// How one job ended.
+enum Ended {
+    Ok,
+    Failed(i32),
+    Interrupted(i32),
+}
+
+/// Runs the workflows `names` (all when empty) of `set`; returns drun's exit status.
+pub fn run(
+    store: &Store,
+    cfg: &Config,
+    state_dir: &Path,
+    set: &WorkflowSet,
+    names: &[String],
+    opts: &Options,
+) -> anyhow::Result<i32> {
+    let order = set.order(names).map_err(anyhow::Error::msg)?;
+    let artifacts_root = match &opts.artifacts {
+        Some(a) => std::path::absolute(a)?,
+        None => set.dir.join("artifacts"),
+    };
+    let plans: Vec<RunPlan> = order.iter().map(|j| job_plan(set, j, &artifacts_root, opts)).collect();
+    if opts.dry_run {
+        for (job, plan) in order.iter().zip(&plans) {
+            print_plan(store, job, plan, &artifacts_root);
+        }
+        return Ok(0);
+    }
+    // Every image first: an unknown image fails the run before any workflow starts.
+    let mut seen = Vec::new();
+    for plan in &plans {
+        if !seen.contains(&plan.image) {
+            container::ensure_image(store, cfg, plan, opts.quiet)?;
+            seen.push(plan.image.clone());
+        }
+    }
+    let owner = invoking_owner();
+    make_dirs(&artifacts_root, owner)?;
+    let mut first_failure: Option<i32> = None;
+    let mut failed: Vec<String> = Vec::new();
+    for (job, plan) in order.iter().zip(plans) {
+        if let Some(dep) = job.deps.iter().find(|d| failed.contains(d)) {
+            say(&format!("Workflow \"{}\" is skipped: its dependency \"{dep}\" failed.", job.name));
+            failed.push(job.name.clone());
+            continue;
+        }
+        if first_failure.is_some() && !opts.keep_going {
+            break;
+        }
+        for n in &job.notes {
+            tracing::warn!("workflow {:?}: {n}", job.name);
+        }
+        match run_job(store, cfg, state_dir, job, &plan, &artifacts_root, owner, opts)? {
+            Ended::Ok => {}
+            Ended::Failed(code) => {
+                first_failure.get_or_insert(code);
+                failed.push(job.name.clone());
+            }
+            Ended::Interrupted(code) => {
+                first_failure.get_or_insert(code);
+                break;
+            }
+        }
+    }
+    Ok(first_failure.unwrap_or(0))
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run_job(
+    store: &Store,
+    cfg: &Config,
+    state_dir: &Path,
+    job: &Job,
+    plan: &RunPlan,
+    artifacts_root: &Path,
+    owner: Option<(u32, u32)>,
+    opts: &Options,
+) -> anyhow::Result<Ended> {
+    let job_dir = artifacts_root.join(&job.name);
+    make_dirs(&job_dir, owner)?;
+    // Mounted artifacts exist on the host before the container starts, so files land there as written.
+    for a in job.artifacts.iter().filter(|a| a.mount) {
+        make_dirs(&job_dir.join(&a.path), owner)?;
+    }
+    let log_path = artifacts_root.join(format!("{}.log", job.name));
+    let mut log = File::create(&log_path).map_err(|e| anyhow::anyhow!("cannot create {}: {e}", log_path.display()))?;
+    give(&log_path, owner);
+
+    say(&format!("Workflow \"{}\" is started.", job.name));
+    // Container paths of the working directory, relative to the project mount (where its host view starts).
+    let rel_wd = job
+        .working_dir
+        .strip_prefix(&job.project_mount)
+        .unwrap_or("")
+        .trim_matches('/')
+        .to_string();
+    let mut copied: Vec<String> = Vec::new();
+    let mut after = |view: &ExitView| {
+        let Some(project) = view.project else { return };
+        let base = if rel_wd.is_empty() {
+            project.to_path_buf()
+        } else {
+            project.join(&rel_wd)
+        };
+        for a in job.artifacts.iter().filter(|a| !a.mount) {
+            match copy_artifact(&base, &a.path, &job_dir.join(&a.path), owner) {
+                Ok(n) => {
+                    tracing::debug!(artifact = %a.path, files = n, "artifact saved");
+                    copied.push(a.path.clone());
+                }
+                Err(e) => eprintln!("warning: workflow {:?}: artifact {}: {e}", job.name, a.path),
+            }
+        }
+    };
+    let result = container::run_with(
+        store,
+        cfg,
+        plan,
+        state_dir,
+        opts.quiet,
+        &mut RunHooks {
+            log: Some(&mut log),
+            after_exit: Some(&mut after),
+        },
+    );
+    for a in job.artifacts.iter().filter(|a| a.mount) {
+        chown_tree(&job_dir.join(&a.path), owner);
+    }
+    let ended = match result {
+        Ok(o) if o.interrupted => Ended::Interrupted(o.code),
+        Ok(o) if o.code == 0 => Ended::Ok,
+        Ok(o) => Ended::Failed(o.code),
+        Err(e) => {
+            let code = e.exit_code();
+            let msg = match &e {
+                RunError::Exec { .. } => e.to_string(),
+                _ => format!("{:#}", anyhow::Error::from(e)),
+            };
+            eprintln!("error: workflow {:?}: {msg}", job.name);
+            let _ = writeln!(log, "drun: {msg}");
+            Ended::Failed(code)
+        }
+    };
+    match &ended {
+        Ended::Ok => say(&format!("Workflow \"{}\" is successful.", job.name)),
+        Ended::Failed(code) => say(&format!("Workflow \"{}\" is failed (exit code {code}).", job.name)),
+        Ended::Interrupted(code) => say(&format!(
+            "Workflow \"{}\" is interrupted (exit code {code}); its artifacts were saved.",
+            job.name
+        )),
+    }
+    Ok(ended)
+}
