@@ -24,6 +24,8 @@
 #   drun-test/debian:bookworm-zstd   same 3 layers zstd-compressed (same diff_ids)
 #   drun-test/debian:bookworm-docker Docker schema-2 manifest of debian:bookworm
 #   drun-test/debian:base            layers 1-2 of debian:bookworm (what podman can apply; for benchmarks)
+#   drun-test/python:bookworm        debootstrap minbase + python3-pip, 1 gzip layer, without Debian's
+#                                    EXTERNALLY-MANAGED marker (pip installs system-wide, as in python:3 images)
 #   drun-test/evil:NAME              innocent gzip layer + hostile gzip layer, NAME in
 #                                    abs dotdot symlink symlink-rel symlink-chain
 #                                    symlink-file hardlink hardlink-dotdot whiteout
@@ -111,20 +113,27 @@ remove_tree() {
     rm -rf --one-file-system -- "$dir"
 }
 
-DEBIAN_ROOTFS=$C/debootstrap/bookworm-minbase-amd64
-ensure_debootstrap() {
-    local stamp=$DEBIAN_ROOTFS.version
-    if [ -d "$DEBIAN_ROOTFS" ] && [ "$(cat "$stamp" 2>/dev/null || true)" = "$DEBOOTSTRAP_VERSION" ]; then
+# debootstrap_into DIR VERSION [debootstrap options] : a cached debootstrap of bookworm
+debootstrap_into() {
+    local dir=$1 version=$2 stamp=$1.version
+    shift 2
+    if [ -d "$dir" ] && [ "$(cat "$stamp" 2>/dev/null || true)" = "$version" ]; then
         return 0
     fi
-    log "debootstrap bookworm (minbase) from $MIRROR, takes a few minutes"
-    remove_tree "$DEBIAN_ROOTFS.tmp"
-    remove_tree "$DEBIAN_ROOTFS"
-    mkdir -p "$(dirname "$DEBIAN_ROOTFS")"
-    debootstrap --variant=minbase bookworm "$DEBIAN_ROOTFS.tmp" "$MIRROR" >"$B/debootstrap.log" 2>&1 ||
+    log "debootstrap $* bookworm from $MIRROR, takes a few minutes"
+    remove_tree "$dir.tmp"
+    remove_tree "$dir"
+    mkdir -p "$(dirname "$dir")"
+    debootstrap "$@" bookworm "$dir.tmp" "$MIRROR" >"$B/debootstrap.log" 2>&1 ||
         { tail -n 30 "$B/debootstrap.log" >&2; die "debootstrap failed (log: $B/debootstrap.log)"; }
-    mv "$DEBIAN_ROOTFS.tmp" "$DEBIAN_ROOTFS"
-    echo "$DEBOOTSTRAP_VERSION" >"$stamp"
+    mv "$dir.tmp" "$dir"
+    echo "$version" >"$stamp"
+}
+
+DEBIAN_ROOTFS=$C/debootstrap/bookworm-minbase-amd64
+PYTHON_ROOTFS=$C/debootstrap/bookworm-python-amd64
+ensure_debootstrap() {
+    debootstrap_into "$DEBIAN_ROOTFS" "$DEBOOTSTRAP_VERSION" --variant=minbase
 }
 
 # layer RECIPE NAME [args] : $B/NAME.tar, built once
@@ -203,6 +212,22 @@ build_debian() {
          {"tar": "'"$l2"'", "compression": "gzip", "created_by": "drun fixtures: links, modes, owners, xattrs"}]}]'
 }
 
+build_python() {
+    [ -f "$C/layouts/python/index.json" ] && return 0
+    debootstrap_into "$PYTHON_ROOTFS" 1 --variant=minbase --include=python3-pip
+    local l1
+    l1=$(layer dir python-l1 --dir "$PYTHON_ROOTFS" \
+        --exclude 'dev/*' --exclude 'proc/*' --exclude 'sys/*' \
+        --exclude 'var/cache/apt/archives/*.deb' --exclude 'var/lib/apt/lists/*' \
+        --exclude 'var/log/bootstrap.log' --exclude 'etc/hostname' --exclude 'etc/resolv.conf' \
+        --exclude 'usr/lib/python3*/EXTERNALLY-MANAGED')
+    build_layout python bookworm '"images": [
+      {"os": "linux", "architecture": "amd64",
+       "config": {"Env": ['"$ENV_PATH"'], "Cmd": ["python3"], "WorkingDir": "/"},
+       "layers": [
+         {"tar": "'"$l1"'", "compression": "gzip", "created_by": "debootstrap --variant=minbase --include=python3-pip bookworm"}]}]'
+}
+
 build_evil() {
     local n innocent bad
     for n in "${EVIL_NAMES[@]}"; do
@@ -245,6 +270,7 @@ echo '{"default": [{"type": "insecureAcceptAnything"}]}' >"$POLICY"
 
 build_busybox
 build_debian
+build_python
 build_evil
 build_archive
 build_umoci_reference
@@ -313,6 +339,7 @@ push debian-bookworm bookworm $R drun-test/debian:bookworm
 push debian-bookworm-zstd bookworm-zstd $R drun-test/debian:bookworm-zstd
 push debian-base base $R drun-test/debian:base
 push debian-bookworm bookworm $R drun-test/debian:bookworm-docker v2s2
+push python bookworm $R drun-test/python:bookworm
 for n in "${EVIL_NAMES[@]}"; do
     push "evil-$n" "$n" $R "drun-test/evil:$n"
 done

@@ -677,12 +677,16 @@ fn run_in(
     } else {
         None
     };
-    let container = builder
+    // The container's processes inherit ignored signals across exec: drun's own SIGPIPE (ignored by Rust) or a
+    // SIGINT ignored by the shell that started drun in the background would reach them. Docker gives defaults.
+    let ignored = DefaultSignals::set();
+    let built = builder
         .as_init(&bundle)
         .with_systemd(false)
         .with_detach(plan.tty)
-        .build()
-        .map_err(rt("create the container"))?;
+        .build();
+    drop(ignored);
+    let container = built.map_err(rt("create the container"))?;
     // libcontainer links another nix version: carry the pid across as a plain integer.
     let pid = container.pid().map(|p| Pid::from_raw(p.as_raw()));
     guard.container = Some(container);
@@ -799,6 +803,39 @@ impl Output<'_> {
                     return false;
                 }
             }
+        }
+    }
+}
+
+/// Signals drun ignores, set to their default action for as long as this lives, then ignored again.
+struct DefaultSignals(Vec<(Signal, nix::sys::signal::SigAction)>);
+
+impl DefaultSignals {
+    fn set() -> DefaultSignals {
+        use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler};
+        let dfl = SigAction::new(SigHandler::SigDfl, SaFlags::empty(), SigSet::empty());
+        let mut changed = Vec::new();
+        for sig in Signal::iterator().filter(|s| ![Signal::SIGKILL, Signal::SIGSTOP].contains(s)) {
+            // SAFETY: a null new action only reads the current one into `cur`, which outlives the call.
+            let mut cur: libc::sigaction = unsafe { std::mem::zeroed() };
+            let ignored = unsafe { libc::sigaction(sig as i32, std::ptr::null(), &mut cur) } == 0
+                && cur.sa_sigaction == libc::SIG_IGN;
+            if ignored {
+                // SAFETY: installing SIG_DFL runs no code of ours in a signal context; `drop` puts the old one back.
+                if let Ok(old) = unsafe { sigaction(sig, &dfl) } {
+                    changed.push((sig, old));
+                }
+            }
+        }
+        DefaultSignals(changed)
+    }
+}
+
+impl Drop for DefaultSignals {
+    fn drop(&mut self) {
+        for (sig, old) in &self.0 {
+            // SAFETY: restores the action saved by `set`.
+            let _ = unsafe { nix::sys::signal::sigaction(*sig, old) };
         }
     }
 }

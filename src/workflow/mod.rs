@@ -251,18 +251,27 @@ pub fn did_you_mean(word: &str, candidates: &[&str]) -> String {
     }
 }
 
+/// Edit distance counting a swap of two neighbouring characters as one edit (the commonest typo).
 fn edit_distance(a: &str, b: &str) -> usize {
     let (a, b): (Vec<char>, Vec<char>) = (a.chars().collect(), b.chars().collect());
-    let mut prev: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.iter().enumerate() {
-        let mut cur = vec![i + 1];
-        for (j, cb) in b.iter().enumerate() {
-            let sub = prev[j] + usize::from(ca != cb);
-            cur.push(sub.min(prev[j + 1] + 1).min(cur[j] + 1));
-        }
-        prev = cur;
+    let mut d = vec![vec![0usize; b.len() + 1]; a.len() + 1];
+    for (i, row) in d.iter_mut().enumerate() {
+        row[0] = i;
     }
-    prev[b.len()]
+    for j in 0..=b.len() {
+        d[0][j] = j;
+    }
+    for i in 1..=a.len() {
+        for j in 1..=b.len() {
+            let cost = usize::from(a[i - 1] != b[j - 1]);
+            let mut v = (d[i - 1][j] + 1).min(d[i][j - 1] + 1).min(d[i - 1][j - 1] + cost);
+            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
+                v = v.min(d[i - 2][j - 2] + 1);
+            }
+            d[i][j] = v;
+        }
+    }
+    d[a.len()][b.len()]
 }
 
 /// Expands `${VAR}` and `${VAR:-default}` (and `$$` → `$`) from `lookup`; Err names an unset variable.
@@ -355,6 +364,15 @@ impl Cx<'_> {
         if let Some(i) = message.rfind(" at line ") {
             message.truncate(i);
         }
+        // The YAML parser's words for a node of the wrong kind.
+        for (from, to) in [
+            ("expected sequence start", "expected a list here (items written `- …`)"),
+            ("expected mapping start", "expected a map here (`key: value` lines)"),
+        ] {
+            if message == from {
+                message = to.to_string();
+            }
+        }
         // serde's "unknown field `x`, expected one of a, b" / "expected `a` or `b`": suggest the closest key.
         if let Some(rest) = message.strip_prefix("unknown field `") {
             if let Some((word, expected)) = rest.split_once('`') {
@@ -364,7 +382,12 @@ impl Cx<'_> {
                     .map(|k| k.trim().trim_matches('`'))
                     .filter(|k| !k.is_empty() && *k != "or")
                     .collect();
-                message.push_str(&did_you_mean(word, &keys));
+                let hint = did_you_mean(word, &keys);
+                message = if hint.is_empty() {
+                    format!("unknown key `{word}`; expected one of: {}", keys.join(", "))
+                } else {
+                    format!("unknown key `{word}`{hint}; expected one of: {}", keys.join(", "))
+                };
             }
         }
         match e.location() {
@@ -779,6 +802,7 @@ mod tests {
         assert_eq!(did_you_mean("comands", &["command", "commands", "image"]), " (did you mean `commands`?)");
         assert_eq!(did_you_mean("artefacts", &["artifacts", "image"]), " (did you mean `artifacts`?)");
         assert_eq!(did_you_mean("zzz", &["artifacts", "image"]), "");
+        assert_eq!(did_you_mean("trian", &["a", "train"]), " (did you mean `train`?)");
     }
 
     #[test]
