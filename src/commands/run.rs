@@ -274,7 +274,11 @@ fn run_workflows(global: &GlobalArgs, args: RunArgs) -> Result<i32> {
     let mut env = Vec::new();
     for f in &args.env_file {
         let text = std::fs::read_to_string(f).with_context(|| format!("cannot read env file {}", f.display()))?;
-        for line in text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')) {
+        for line in text
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        {
             parse_env(line, &mut env)?;
         }
     }

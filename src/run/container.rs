@@ -450,7 +450,9 @@ pub fn run_with(
         container: None,
         console_socket: None,
     };
-    run_in(store, plan, &record, &icfg, state_dir, &id, &short, &run_dir, guard, hooks)
+    run_in(
+        store, plan, &record, &icfg, state_dir, &id, &short, &run_dir, guard, hooks,
+    )
 }
 
 /// Everything a run leaves behind, removed on drop whatever happened.
@@ -561,13 +563,18 @@ fn run_in(
     let env = resolve_env(plan, &icfg.env().clone().unwrap_or_default(), &hostname, &user.home);
     check_executable(&root, &plan.mounts, &args, &env, &cwd)?;
     for need in &plan.needs {
-        let found = need.programs.iter().any(|p| {
-            check_executable(&root, &plan.mounts, std::slice::from_ref(p), &env, &cwd).is_ok()
-        });
+        let found = need
+            .programs
+            .iter()
+            .any(|p| check_executable(&root, &plan.mounts, std::slice::from_ref(p), &env, &cwd).is_ok());
         if !found {
             return Err(RunError::Exec {
-                path: need.programs.join(" or "),
-                message: format!("not found in the image's PATH, but {}", need.why),
+                path: need.programs[0].clone(),
+                message: format!(
+                    "not found in the image (looked for {} in its PATH); {}",
+                    need.programs.join(" and "),
+                    need.why
+                ),
                 code: EXIT_NOT_FOUND,
             });
         }
@@ -766,25 +773,15 @@ struct Output<'a> {
 }
 
 impl Output<'_> {
-    /// Copies what is available; false once the pipe is closed (or was never there).
-    fn pump(&mut self, wait: bool) -> bool {
+    /// Copies what is available now; the pipe is dropped once it is closed.
+    fn pump(&mut self) {
         use std::io::{Read, Write};
-        let Some(p) = self.pipe.as_mut() else { return false };
-        let _ = nix::fcntl::fcntl(
-            p.as_fd(),
-            nix::fcntl::FcntlArg::F_SETFL(if wait {
-                nix::fcntl::OFlag::empty()
-            } else {
-                nix::fcntl::OFlag::O_NONBLOCK
-            }),
-        );
+        let Some(p) = self.pipe.as_mut() else { return };
+        let _ = nix::fcntl::fcntl(p.as_fd(), nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK));
         let mut buf = [0u8; 16384];
         loop {
             match p.read(&mut buf) {
-                Ok(0) => {
-                    self.pipe = None;
-                    return false;
-                }
+                Ok(0) => break self.pipe = None,
                 Ok(n) => {
                     let mut out = std::io::stdout().lock();
                     let _ = out.write_all(&buf[..n]);
@@ -792,16 +789,10 @@ impl Output<'_> {
                     if let Some(l) = self.log.as_mut() {
                         let _ = l.write_all(&buf[..n]);
                     }
-                    if wait {
-                        return true;
-                    }
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return true,
-                Err(_) => {
-                    self.pipe = None;
-                    return false;
-                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(_) => break self.pipe = None,
             }
         }
     }
@@ -934,7 +925,7 @@ fn supervise(
         let out_ready = out_fd.is_some() && ready(out_at);
         drop(fds);
         if out_ready {
-            output.pump(false);
+            output.pump();
         }
         if tty_ready {
             master_open = crate::run::tty::pump(term.as_mut().expect("master is open"), &mut std::io::stdout());
@@ -968,12 +959,12 @@ fn supervise(
         match waitpid(pid, Some(nix::sys::wait::WaitPidFlag::WNOHANG)) {
             Ok(WaitStatus::Exited(_, code)) => {
                 drain(master, master_open);
-                output.pump(false);
+                output.pump();
                 return Ok(Outcome { code, interrupted });
             }
             Ok(WaitStatus::Signaled(_, sig, _)) => {
                 drain(master, master_open);
-                output.pump(false);
+                output.pump();
                 return Ok(Outcome {
                     code: 128 + sig as i32,
                     interrupted,

@@ -223,7 +223,13 @@ pub fn prepare_project(run_dir: &Path, source: &Path) -> Result<PathBuf, RootfsE
     let mounted = if forced {
         Err(nix::errno::Errno::ENOTSUP)
     } else {
-        mount(Some("overlay"), &merged, Some("overlay"), MsFlags::empty(), Some(data.as_str()))
+        mount(
+            Some("overlay"),
+            &merged,
+            Some("overlay"),
+            MsFlags::empty(),
+            Some(data.as_str()),
+        )
     };
     if let Err(e) = mounted {
         tracing::warn!(error = %e, dir = %source.display(), "overlayfs cannot be mounted over the project directory; copying it instead");

@@ -36,7 +36,14 @@ pub struct WorkflowError {
 impl fmt::Display for WorkflowError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if self.line > 0 {
-            write!(f, "{}:{}:{}: {}", self.file.display(), self.line, self.column, self.message)?;
+            write!(
+                f,
+                "{}:{}:{}: {}",
+                self.file.display(),
+                self.line,
+                self.column,
+                self.message
+            )?;
         } else {
             write!(f, "{}: {}", self.file.display(), self.message)?;
         }
@@ -142,15 +149,20 @@ pub fn load(path: &Path, lookup: &dyn Fn(&str) -> Option<String>) -> Result<Work
     };
     let text = std::fs::read_to_string(path).map_err(|e| plain(format!("cannot read the workflow file: {e}")))?;
     let abs = std::path::absolute(path).map_err(|e| plain(e.to_string()))?;
-    let dir = abs.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("/"));
+    let dir = abs
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("/"));
     let cx = Cx {
         file: path,
         text: &text,
         dir: &dir,
     };
-    let file: schema::WorkflowFile = serde_saphyr::from_str(&text).map_err(|e| cx.from_yaml(&e))?;
+    let file: schema::WorkflowFile = serde_saphyr::from_str(&text).map_err(|e| cx.yaml_error(&e))?;
     if file.workflows.is_empty() {
-        return Err(plain("the file defines no workflows (expected a `workflows:` list with at least one entry)".into()));
+        return Err(plain(
+            "the file defines no workflows (expected a `workflows:` list with at least one entry)".into(),
+        ));
     }
     // Names: unique; deps: known, and no cycles.
     let mut seen: HashMap<&str, &S<String>> = HashMap::new();
@@ -258,8 +270,8 @@ fn edit_distance(a: &str, b: &str) -> usize {
     for (i, row) in d.iter_mut().enumerate() {
         row[0] = i;
     }
-    for j in 0..=b.len() {
-        d[0][j] = j;
+    for (j, cell) in d[0].iter_mut().enumerate() {
+        *cell = j;
     }
     for i in 1..=a.len() {
         for j in 1..=b.len() {
@@ -358,7 +370,7 @@ impl Cx<'_> {
         }
     }
 
-    fn from_yaml(&self, e: &serde_saphyr::Error) -> WorkflowError {
+    fn yaml_error(&self, e: &serde_saphyr::Error) -> WorkflowError {
         let mut message = e.without_snippet().to_string();
         // The crate appends " at line L, column C"; the location is printed in front instead.
         if let Some(i) = message.rfind(" at line ") {
@@ -368,15 +380,24 @@ impl Cx<'_> {
         for (from, to) in [
             ("expected sequence start", "expected a list here (items written `- …`)"),
             ("expected mapping start", "expected a map here (`key: value` lines)"),
+            (
+                "expected string scalar",
+                "expected text here (quote it if it contains `: ` or starts with a YAML character such as `{`, `[`, `*`, `&`, `!`, `|`, `>`)",
+            ),
         ] {
             if message == from {
                 message = to.to_string();
             }
         }
+        if let Some(rest) = message.strip_prefix("missing field ") {
+            message = format!("missing key {rest}");
+        }
         // serde's "unknown field `x`, expected one of a, b" / "expected `a` or `b`": suggest the closest key.
         if let Some(rest) = message.strip_prefix("unknown field `") {
             if let Some((word, expected)) = rest.split_once('`') {
-                let list = expected.trim_start_matches(", expected one of ").trim_start_matches(", expected ");
+                let list = expected
+                    .trim_start_matches(", expected one of ")
+                    .trim_start_matches(", expected ");
                 let keys: Vec<&str> = list
                     .split([',', ' '])
                     .map(|k| k.trim().trim_matches('`'))
@@ -403,10 +424,15 @@ impl Cx<'_> {
     }
 
     fn size(&self, v: &S<Scalar>, key: &str) -> Result<ByteSize, WorkflowError> {
-        v.value
-            .0
-            .parse::<ByteSize>()
-            .map_err(|_| self.at(&v.referenced, format!("invalid {key} {:?}: expected a size such as \"16GB\", \"512MiB\" or a number of bytes", v.value.0)))
+        v.value.0.parse::<ByteSize>().map_err(|_| {
+            self.at(
+                &v.referenced,
+                format!(
+                    "invalid {key} {:?}: expected a size such as \"16GB\", \"512MiB\" or a number of bytes",
+                    v.value.0
+                ),
+            )
+        })
     }
 
     fn job(&self, w: &schema::Workflow, lookup: &dyn Fn(&str) -> Option<String>) -> Result<Job, WorkflowError> {
@@ -448,7 +474,9 @@ impl Cx<'_> {
             }
             // dstack's working_dir was relative to the repository: the same here, below /workflow.
             Some(wd) => match contained(&wd.value) {
-                Some(rel) if !rel.is_empty() => (format!("{DEFAULT_WORKING_DIR}/{rel}"), DEFAULT_WORKING_DIR.to_string()),
+                Some(rel) if !rel.is_empty() => {
+                    (format!("{DEFAULT_WORKING_DIR}/{rel}"), DEFAULT_WORKING_DIR.to_string())
+                }
                 Some(_) => (DEFAULT_WORKING_DIR.to_string(), DEFAULT_WORKING_DIR.to_string()),
                 None => {
                     return Err(self.at(
@@ -460,8 +488,7 @@ impl Cx<'_> {
         };
 
         // The script.
-        if w.commands.is_some() && w.command.is_some() {
-            let c = w.command.as_ref().expect("checked");
+        if let (Some(_), Some(c)) = (&w.commands, &w.command) {
             return Err(self.at(
                 &c.referenced,
                 "`command` and `commands` are both set: use `commands` (a list of shell commands) or `command` (the image's Cmd replaced), not both".into(),
@@ -492,9 +519,8 @@ impl Cx<'_> {
             None => None,
             Some(e) => Some(match &e.value {
                 StringOrList::List(l) => l.clone(),
-                StringOrList::String(s) => shlex::split(s).ok_or_else(|| {
-                    self.at(&e.referenced, format!("entrypoint {s:?} has unbalanced quotes"))
-                })?,
+                StringOrList::String(s) => shlex::split(s)
+                    .ok_or_else(|| self.at(&e.referenced, format!("entrypoint {s:?} has unbalanced quotes")))?,
             }),
         };
         let has_script = w.commands.is_some() || w.before_run.is_some() || requirements.is_some();
@@ -551,7 +577,10 @@ impl Cx<'_> {
                 _ => {
                     return Err(self.at(
                         &c.referenced,
-                        format!("invalid cpu {:?}: expected a positive number of CPUs, e.g. 2 or 0.5", c.value.0),
+                        format!(
+                            "invalid cpu {:?}: expected a positive number of CPUs, e.g. 2 or 0.5",
+                            c.value.0
+                        ),
                     ))
                 }
             },
@@ -585,7 +614,8 @@ impl Cx<'_> {
             if wants {
                 return Err(self.at(
                     &g.referenced,
-                    "this drun cannot assign GPUs yet: remove resources.gpu (or set count: 0) to run without one".into(),
+                    "this drun cannot assign GPUs yet: remove resources.gpu (or set count: 0) to run without one"
+                        .into(),
                 ));
             }
         }
@@ -728,10 +758,16 @@ impl Cx<'_> {
                 }
             };
             let nested = |x: &str, y: &str| x == y || x.strip_prefix(y).is_some_and(|r| r.starts_with('/'));
-            if let Some(o) = artifacts.iter().find(|o| nested(&o.path, &path) || nested(&path, &o.path)) {
+            if let Some(o) = artifacts
+                .iter()
+                .find(|o| nested(&o.path, &path) || nested(&path, &o.path))
+            {
                 return Err(self.at(
                     &a.referenced,
-                    format!("artifact {path:?} overlaps artifact {:?}: list each directory once", o.path),
+                    format!(
+                        "artifact {path:?} overlaps artifact {:?}: list each directory once",
+                        o.path
+                    ),
                 ));
             }
             artifacts.push(ArtifactSpec {
@@ -799,8 +835,14 @@ mod tests {
 
     #[test]
     fn suggestions() {
-        assert_eq!(did_you_mean("comands", &["command", "commands", "image"]), " (did you mean `commands`?)");
-        assert_eq!(did_you_mean("artefacts", &["artifacts", "image"]), " (did you mean `artifacts`?)");
+        assert_eq!(
+            did_you_mean("comands", &["command", "commands", "image"]),
+            " (did you mean `commands`?)"
+        );
+        assert_eq!(
+            did_you_mean("artefacts", &["artifacts", "image"]),
+            " (did you mean `artifacts`?)"
+        );
         assert_eq!(did_you_mean("zzz", &["artifacts", "image"]), "");
         assert_eq!(did_you_mean("trian", &["a", "train"]), " (did you mean `train`?)");
     }

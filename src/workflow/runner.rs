@@ -173,7 +173,7 @@ pub fn job_plan(set: &WorkflowSet, job: &Job, artifacts_root: &Path, opts: &Opti
         });
         plan.needs.push(Need {
             programs: vec!["pip".into(), "pip3".into()],
-            why: "`requirements` are installed with pip".into(),
+            why: "`requirements` are installed with `pip install -r`, so the image needs pip".into(),
         });
     }
     for dep in &job.deps {
@@ -209,7 +209,11 @@ fn print_plan(store: &Store, job: &Job, plan: &RunPlan, artifacts_root: &Path) {
             let _ = writeln!(out, "  image:       {} ({}@{})", plan.image, r.name, r.manifest_digest);
         }
         None => {
-            let _ = writeln!(out, "  image:       {} (not in the store: pulled when the workflow runs)", plan.image);
+            let _ = writeln!(
+                out,
+                "  image:       {} (not in the store: pulled when the workflow runs)",
+                plan.image
+            );
         }
     }
     let argv: Vec<String> = plan
@@ -222,7 +226,17 @@ fn print_plan(store: &Store, job: &Job, plan: &RunPlan, artifacts_root: &Path) {
     if plan.entrypoint.is_none() && plan.command.is_none() {
         let _ = writeln!(out, "  argv:        (the image's Entrypoint and Cmd)");
     } else {
-        let _ = writeln!(out, "  argv:        {}", serde_json::to_string(&argv).unwrap_or_default());
+        let _ = writeln!(
+            out,
+            "  argv:        {}",
+            serde_json::to_string(&argv).unwrap_or_default()
+        );
+    }
+    if plan.init {
+        let _ = writeln!(
+            out,
+            "  init:        catatonit (Ctrl-C reaches the whole command's process group)"
+        );
     }
     let _ = writeln!(out, "  working_dir: {}", job.working_dir);
     if !job.deps.is_empty() {
@@ -232,7 +246,12 @@ fn print_plan(store: &Store, job: &Job, plan: &RunPlan, artifacts_root: &Path) {
         let _ = writeln!(out, "  env:         {k}={v}");
     }
     if let Some(p) = &plan.project {
-        let _ = writeln!(out, "  mount:       {} -> {} (copy-on-write)", p.source.display(), p.destination);
+        let _ = writeln!(
+            out,
+            "  mount:       {} -> {} (copy-on-write)",
+            p.source.display(),
+            p.destination
+        );
     }
     for m in &plan.mounts {
         let _ = match m {
@@ -250,6 +269,9 @@ fn print_plan(store: &Store, job: &Job, plan: &RunPlan, artifacts_root: &Path) {
                 writeln!(out, "  mount:       tmpfs -> {destination} {}", options.join(","))
             }
         };
+    }
+    for (k, v) in &plan.labels {
+        let _ = writeln!(out, "  label:       {k}={v}");
     }
     if let Some(c) = plan.cpus {
         let _ = writeln!(out, "  cpus:        {c}");
@@ -270,7 +292,11 @@ fn print_plan(store: &Store, job: &Job, plan: &RunPlan, artifacts_root: &Path) {
             if a.mount { " (mounted)" } else { "" }
         );
     }
-    let _ = writeln!(out, "  log:         {}", artifacts_root.join(format!("{}.log", job.name)).display());
+    let _ = writeln!(
+        out,
+        "  log:         {}",
+        artifacts_root.join(format!("{}.log", job.name)).display()
+    );
 }
 
 /// How one job ended.
@@ -315,7 +341,10 @@ pub fn run(
     let mut failed: Vec<String> = Vec::new();
     for (job, plan) in order.iter().zip(plans) {
         if let Some(dep) = job.deps.iter().find(|d| failed.contains(d)) {
-            say(&format!("Workflow \"{}\" is skipped: its dependency \"{dep}\" failed.", job.name));
+            say(&format!(
+                "Workflow \"{}\" is skipped: its dependency \"{dep}\" failed.",
+                job.name
+            ));
             failed.push(job.name.clone());
             continue;
         }
@@ -369,7 +398,6 @@ fn run_job(
         .unwrap_or("")
         .trim_matches('/')
         .to_string();
-    let mut copied: Vec<String> = Vec::new();
     let mut after = |view: &ExitView| {
         let Some(project) = view.project else { return };
         let base = if rel_wd.is_empty() {
@@ -379,10 +407,7 @@ fn run_job(
         };
         for a in job.artifacts.iter().filter(|a| !a.mount) {
             match copy_artifact(&base, &a.path, &job_dir.join(&a.path), owner) {
-                Ok(n) => {
-                    tracing::debug!(artifact = %a.path, files = n, "artifact saved");
-                    copied.push(a.path.clone());
-                }
+                Ok(n) => tracing::debug!(artifact = %a.path, files = n, "artifact saved"),
                 Err(e) => eprintln!("warning: workflow {:?}: artifact {}: {e}", job.name, a.path),
             }
         }

@@ -7,3 +7,4 @@ mod run;
 mod store;
 mod unpack;
 mod vm;
+mod workflow;

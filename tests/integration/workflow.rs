@@ -1,0 +1,799 @@
+//! `drun run workflow.yaml`: real workflows against the local registry, checked through their artifacts, logs,
+//! exit codes and messages.
+
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use crate::common::*;
+
+fn busybox() -> String {
+    format!("{}/drun-test/busybox:latest", registry())
+}
+
+/// A sandbox with busybox pulled and a project directory (`project/`) for workflow files.
+fn ready() -> (Sandbox, PathBuf) {
+    assert!(is_root(), "container tests need root (make test runs them as root)");
+    let sb = Sandbox::new();
+    sb.drun(&["pull", "-q", &busybox()]).ok();
+    let project = sb.path().join("project");
+    std::fs::create_dir_all(&project).unwrap();
+    (sb, project)
+}
+
+/// Writes `project/NAME` with `{busybox}` replaced by the test image.
+fn write(project: &Path, name: &str, text: &str) -> PathBuf {
+    let p = project.join(name);
+    if let Some(d) = p.parent() {
+        std::fs::create_dir_all(d).unwrap();
+    }
+    std::fs::write(&p, text.replace("{busybox}", &busybox())).unwrap();
+    p
+}
+
+fn read(p: impl AsRef<Path>) -> String {
+    let p = p.as_ref();
+    std::fs::read_to_string(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+}
+
+/// Mounts and run directories of the sandbox left behind.
+fn leftovers(sb: &Sandbox) -> Vec<String> {
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
+    let mut out: Vec<String> = mounts
+        .lines()
+        .filter(|l| l.contains(sb.path().to_str().unwrap()))
+        .map(String::from)
+        .collect();
+    for sub in ["containers", "libcontainer"] {
+        if let Ok(rd) = std::fs::read_dir(sb.state().join(sub)) {
+            out.extend(rd.flatten().map(|e| e.path().display().to_string()));
+        }
+    }
+    out
+}
+
+/// Waits until `file` contains `needle`.
+fn wait_for(file: &Path, needle: &str) {
+    let start = Instant::now();
+    while !std::fs::read_to_string(file).is_ok_and(|t| t.contains(needle)) {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "{} never showed {needle:?}",
+            file.display()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn the_dstack_example_runs_and_saves_its_artifact() {
+    let (sb, project) = ready();
+    std::fs::write(project.join("input.txt"), "project file\n").unwrap();
+    let wf = write(
+        &project,
+        "workflow.yaml",
+        r#"workflows:
+  - name: train
+    provider: docker
+    image: {busybox}
+    commands:
+      - mkdir -p output
+      - echo 'Hello, world!' > output/hello.txt
+      - cat input.txt
+      - echo to-stderr >&2
+      - pwd
+    artifacts:
+      - path: ./output
+"#,
+    );
+    let out = sb.drun(&["run", wf.to_str().unwrap()]).ok();
+    assert_eq!(
+        read(project.join("artifacts/train/output/hello.txt")),
+        "Hello, world!\n"
+    );
+    // The log keeps stdout and stderr in the order they were written.
+    assert_eq!(
+        read(project.join("artifacts/train.log")),
+        "project file\nto-stderr\n/workflow\n"
+    );
+    assert!(
+        out.stdout.contains("project file\nto-stderr\n/workflow\n"),
+        "{}",
+        out.stdout
+    );
+    assert!(out.stderr.contains("Workflow \"train\" is started."), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("Workflow \"train\" is successful."),
+        "{}",
+        out.stderr
+    );
+    // The project directory itself was not written to.
+    assert!(!project.join("output").exists());
+    assert!(leftovers(&sb).is_empty(), "{:?}", leftovers(&sb));
+}
+
+#[test]
+fn the_project_directory_is_copy_on_write() {
+    let (sb, project) = ready();
+    std::fs::write(project.join("data.txt"), "original\n").unwrap();
+    std::fs::write(project.join("doomed.txt"), "keep me\n").unwrap();
+    write(&project, "src/tool.sh", "echo tool ran in $(pwd)\n");
+    let wf = write(
+        &project,
+        "wf.yml",
+        r#"workflows:
+  - name: edit
+    image: {busybox}
+    commands:
+      - echo changed > data.txt
+      - rm doomed.txt
+      - cat data.txt
+      - test ! -e doomed.txt
+      - mkdir -p out && cp data.txt out/
+    artifacts: [out]
+  - name: absolute
+    image: {busybox}
+    working_dir: /srv/job
+    commands:
+      - test "$(pwd)" = /srv/job
+      - cat data.txt > copy.txt
+    artifacts: [copy.txt]
+  - name: relative
+    image: {busybox}
+    working_dir: src
+    commands:
+      - sh tool.sh > result.txt
+    artifacts: [result.txt]
+"#,
+    );
+    let out = sb.drun(&["run", "-q", wf.to_str().unwrap()]).ok();
+    assert!(out.stdout.contains("changed"), "{}", out.stdout);
+    assert_eq!(read(project.join("data.txt")), "original\n");
+    assert_eq!(read(project.join("doomed.txt")), "keep me\n");
+    assert_eq!(read(project.join("artifacts/edit/out/data.txt")), "changed\n");
+    // Each workflow starts from the project as it is on the host, not from another's writes.
+    assert_eq!(read(project.join("artifacts/absolute/copy.txt")), "original\n");
+    assert_eq!(
+        read(project.join("artifacts/relative/result.txt")),
+        "tool ran in /workflow/src\n"
+    );
+    assert!(!project.join("src/result.txt").exists());
+    assert!(leftovers(&sb).is_empty(), "{:?}", leftovers(&sb));
+}
+
+#[test]
+fn environment_entrypoint_command_and_before_run() {
+    let (sb, project) = ready();
+    let wf = write(
+        &project,
+        "wf.yaml",
+        r#"workflows:
+  - name: env
+    image: {busybox}
+    environment:
+      PLAIN: value with spaces
+      NUMBER: 42
+      FROM_HOST: ${DRUN_WF_TEST_VAR}
+      DEFAULTED: ${DRUN_WF_UNSET_VAR:-fallback}
+      LITERAL: $$NOT_EXPANDED
+    before_run:
+      - echo before > order.txt
+    commands:
+      - echo commands >> order.txt
+      - env | sort > env.txt
+      - cat order.txt
+    artifacts: [env.txt, order.txt]
+  - name: listenv
+    image: {busybox}
+    environment:
+      - A=1
+      - B=${DRUN_WF_TEST_VAR}
+    commands:
+      - echo "A=$A B=$B" > out.txt
+    artifacts: [out.txt]
+  - name: entry
+    image: {busybox}
+    entrypoint: /bin/sh -e -c
+    commands:
+      - 'echo "entrypoint ran: $0" > out.txt'
+    artifacts: [out.txt]
+  - name: command
+    image: {busybox}
+    command: ["sh", "-c", "echo image cmd replaced > /workflow/out.txt"]
+    artifacts: [out.txt]
+"#,
+    );
+    let out = sb
+        .drun_with(
+            &["run", "-q", wf.to_str().unwrap()],
+            &[("DRUN_WF_TEST_VAR", "host-value".as_ref())],
+        )
+        .ok();
+    assert!(out.stdout.contains("before\ncommands\n"), "{}", out.stdout);
+    let env = read(project.join("artifacts/env/env.txt"));
+    for line in [
+        "PLAIN=value with spaces",
+        "NUMBER=42",
+        "FROM_HOST=host-value",
+        "DEFAULTED=fallback",
+        "LITERAL=$NOT_EXPANDED",
+    ] {
+        assert!(env.lines().any(|l| l == line), "{line} not in\n{env}");
+    }
+    assert_eq!(read(project.join("artifacts/listenv/out.txt")), "A=1 B=host-value\n");
+    assert!(read(project.join("artifacts/entry/out.txt")).starts_with("entrypoint ran: "));
+    assert_eq!(read(project.join("artifacts/command/out.txt")), "image cmd replaced\n");
+}
+
+#[test]
+fn resources_and_docker_options() {
+    let (sb, project) = ready();
+    std::fs::create_dir_all(project.join("shared")).unwrap();
+    std::fs::write(project.join("shared/in.txt"), "from a volume\n").unwrap();
+    let wf = write(
+        &project,
+        "wf.yaml",
+        r#"workflows:
+  - name: limits
+    image: {busybox}
+    version: "3.10"
+    resources:
+      cpu: 0.5
+      memory: 64MiB
+      shm_size: 16MB
+      interruptible: true
+      local: true
+    commands:
+      - (cat /sys/fs/cgroup/memory/memory.limit_in_bytes 2>/dev/null || cat /sys/fs/cgroup/memory.max) > mem.txt
+      - (cat /sys/fs/cgroup/cpu/cpu.cfs_quota_us 2>/dev/null || cut -d' ' -f1 /sys/fs/cgroup/cpu.max) > cpu.txt
+      - df -k /dev/shm | tail -1 | awk '{print $2}' > shm.txt
+    artifacts: [mem.txt, cpu.txt, shm.txt]
+  - name: options
+    image: {busybox}
+    user: "1000:1000"
+    hostname: wf-host
+    read_only: true
+    network_mode: none
+    cap_drop: [ALL]
+    volumes:
+      - ./shared:/data:ro
+    tmpfs:
+      /scratch: size=1m
+    ulimits:
+      - name: nofile
+        soft: 512
+        hard: 1024
+    labels:
+      team: hpc
+    commands:
+      - echo "$(id -u):$(id -g) $(hostname)" > /scratch/o
+      - cat /data/in.txt >> /scratch/o
+      - (touch /data/x 2>/dev/null && echo volume-writable || echo volume-ro) >> /scratch/o
+      - (touch /rootfs-file 2>/dev/null && echo root-writable || echo root-ro) >> /scratch/o
+      - ulimit -n >> /scratch/o
+      - echo "net=$(ls /sys/class/net | tr '\n' ' ')" >> /scratch/o
+      - grep CapEff /proc/self/status >> /scratch/o
+      - cat /scratch/o
+"#,
+    );
+    let out = sb.drun(&["run", wf.to_str().unwrap()]).ok();
+    assert_eq!(read(project.join("artifacts/limits/mem.txt")).trim(), "67108864");
+    assert_eq!(read(project.join("artifacts/limits/cpu.txt")).trim(), "50000");
+    assert_eq!(read(project.join("artifacts/limits/shm.txt")).trim(), "16384");
+    // Keys a local run ignores are accepted with a note.
+    for note in [
+        "`version: 3.10` is ignored",
+        "`resources.interruptible: true` is ignored",
+        "`resources.local: true`",
+    ] {
+        assert!(out.stderr.contains(note), "{note}: {}", out.stderr);
+    }
+    let o = out.stdout;
+    for want in [
+        "1000:1000 wf-host",
+        "from a volume",
+        "volume-ro",
+        "root-ro",
+        "512",
+        "CapEff:\t0000000000000000",
+    ] {
+        assert!(o.contains(want), "{want:?} not in\n{o}");
+    }
+    assert!(o.contains("net=lo \n"), "only loopback expected:\n{o}");
+    // Labels are part of the plan.
+    let dry = sb.drun(&["run", "--dry-run", wf.to_str().unwrap(), "options"]).ok();
+    assert!(dry.stdout.contains("label:       team=hpc"), "{}", dry.stdout);
+}
+
+#[test]
+fn artifacts_are_saved_when_the_workflow_fails() {
+    let (sb, project) = ready();
+    let wf = write(
+        &project,
+        "wf.yaml",
+        r#"workflows:
+  - name: broken
+    image: {busybox}
+    commands:
+      - mkdir -p out
+      - echo partial > out/result.txt
+      - echo about to fail
+      - exit 3
+      - echo never > out/never.txt
+    artifacts: [out]
+"#,
+    );
+    let out = sb.drun(&["run", wf.to_str().unwrap()]);
+    out.fails_with(3, &["Workflow \"broken\" is failed (exit code 3)."]);
+    assert_eq!(read(project.join("artifacts/broken/out/result.txt")), "partial\n");
+    assert!(!project.join("artifacts/broken/out/never.txt").exists());
+    assert_eq!(read(project.join("artifacts/broken.log")), "about to fail\n");
+    // A command missing from the image: the shell's 127.
+    let wf = write(
+        &project,
+        "missing.yaml",
+        "workflows:\n  - name: m\n    image: {busybox}\n    commands: [no-such-program]\n",
+    );
+    sb.drun(&["run", wf.to_str().unwrap()])
+        .fails_with(127, &["Workflow \"m\" is failed (exit code 127)."]);
+    assert!(leftovers(&sb).is_empty(), "{:?}", leftovers(&sb));
+}
+
+#[test]
+fn artifacts_are_saved_when_interrupted() {
+    let (sb, project) = ready();
+    let wf = write(
+        &project,
+        "wf.yaml",
+        r#"workflows:
+  - name: long
+    image: {busybox}
+    commands:
+      - mkdir -p out
+      - echo checkpoint-1 > out/ckpt.txt
+      - echo ready
+      - sleep 120
+      - echo never > out/never.txt
+    artifacts: [out]
+  - name: after
+    image: {busybox}
+    commands: [echo should not run]
+"#,
+    );
+    let child = sb
+        .cmd(&["run", "-q", wf.to_str().unwrap()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for(&project.join("artifacts/long.log"), "ready");
+    let started = Instant::now();
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::SIGINT).unwrap();
+    let out = wait(child, Duration::from_secs(60));
+    // One Ctrl-C reaches the whole script (sleep included), not only PID 1.
+    assert!(started.elapsed() < Duration::from_secs(30));
+    assert_eq!(out.code(), Some(130), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("Workflow \"long\" is interrupted"),
+        "{}",
+        out.stderr
+    );
+    assert!(!out.stderr.contains("\"after\" is started"), "{}", out.stderr);
+    assert_eq!(read(project.join("artifacts/long/out/ckpt.txt")), "checkpoint-1\n");
+    assert!(!project.join("artifacts/long/out/never.txt").exists());
+    assert!(leftovers(&sb).is_empty(), "{:?}", leftovers(&sb));
+}
+
+#[test]
+fn mounted_artifacts_survive_a_sigkill_of_drun() {
+    let (sb, project) = ready();
+    let wf = write(
+        &project,
+        "wf.yaml",
+        r#"workflows:
+  - name: ckpt
+    image: {busybox}
+    commands:
+      - echo epoch-1 > checkpoints/epoch-1.txt
+      - echo ready
+      - sleep 120
+    artifacts:
+      - path: checkpoints
+        mount: true
+"#,
+    );
+    let mut child = sb
+        .cmd(&["run", "-q", wf.to_str().unwrap()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for(&project.join("artifacts/ckpt.log"), "ready");
+    // Written straight to the host, before anything ended.
+    assert_eq!(
+        read(project.join("artifacts/ckpt/checkpoints/epoch-1.txt")),
+        "epoch-1\n"
+    );
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert_eq!(
+        read(project.join("artifacts/ckpt/checkpoints/epoch-1.txt")),
+        "epoch-1\n"
+    );
+    // The container drun left is reaped by the next drun.
+    sb.drun(&["ps", "-q"]).ok();
+    assert!(leftovers(&sb).is_empty(), "{:?}", leftovers(&sb));
+}
+
+#[test]
+fn deps_run_first_and_hand_over_their_artifacts() {
+    let (sb, project) = ready();
+    let wf = write(
+        &project,
+        "wf.yaml",
+        r#"workflows:
+  - name: evaluate
+    image: {busybox}
+    deps: [train]
+    commands:
+      - cat model/weights.txt
+      - (echo tamper > model/weights.txt) 2>/dev/null && echo dep-writable || echo dep-readonly
+      - cat model/weights.txt > score.txt
+    artifacts: [score.txt]
+  - name: prepare
+    image: {busybox}
+    commands:
+      - mkdir -p data && echo dataset > data/set.txt
+    artifacts: [data]
+  - name: train
+    image: {busybox}
+    deps: [prepare]
+    commands:
+      - mkdir -p model
+      - (cat data/set.txt; echo trained) > model/weights.txt
+    artifacts: [model]
+  - name: unrelated
+    image: {busybox}
+    commands: [echo unrelated]
+"#,
+    );
+    let out = sb.drun(&["run", wf.to_str().unwrap(), "evaluate"]).ok();
+    let starts: Vec<&str> = out
+        .stderr
+        .lines()
+        .filter(|l| l.ends_with("is started."))
+        .map(|l| l.split('"').nth(1).unwrap())
+        .collect();
+    assert_eq!(starts, ["prepare", "train", "evaluate"]);
+    assert!(
+        out.stdout.contains("dataset\ntrained\ndep-readonly\n"),
+        "{}",
+        out.stdout
+    );
+    assert_eq!(read(project.join("artifacts/evaluate/score.txt")), "dataset\ntrained\n");
+    assert!(!project.join("artifacts/unrelated.log").exists());
+}
+
+#[test]
+fn a_failure_stops_dependents_and_keep_going_runs_the_rest() {
+    let (sb, project) = ready();
+    let wf = write(
+        &project,
+        "wf.yaml",
+        r#"workflows:
+  - name: first
+    image: {busybox}
+    commands: [exit 4]
+  - name: dependent
+    image: {busybox}
+    deps: [first]
+    commands: [echo dependent ran]
+  - name: independent
+    image: {busybox}
+    commands: [echo independent ran]
+"#,
+    );
+    let out = sb
+        .drun(&["run", wf.to_str().unwrap()])
+        .fails_with(4, &["\"first\" is failed (exit code 4)"]);
+    assert!(!out.stdout.contains("ran"), "{}", out.stdout);
+    let out = sb
+        .drun(&["run", "--keep-going", wf.to_str().unwrap()])
+        .fails_with(4, &["\"dependent\" is skipped: its dependency \"first\" failed"]);
+    assert!(out.stdout.contains("independent ran"), "{}", out.stdout);
+    assert!(!out.stdout.lines().any(|l| l == "dependent ran"), "{}", out.stdout);
+}
+
+#[test]
+fn malformed_files_are_reported_with_their_location() {
+    let (sb, project) = ready();
+    let cases: &[(&str, &str, &[&str])] = &[
+        (
+            "misspelt.yaml",
+            "workflows:\n  - name: a\n    image: {busybox}\n    comands:\n      - echo hi\n",
+            &[
+                "misspelt.yaml:4:5: unknown key `comands` (did you mean `commands`?)",
+                "expected one of: name,",
+            ],
+        ),
+        (
+            "syntax.yaml",
+            "workflows:\n  - name: a\n    image: {busybox}\n    commands: [echo hi\n",
+            &["syntax.yaml:4:15: ", "   4 |     commands: [echo hi"],
+        ),
+        (
+            "notalist.yaml",
+            "workflows:\n  name: a\n",
+            &["notalist.yaml:2:3: expected a list here"],
+        ),
+        (
+            "noimage.yaml",
+            "workflows:\n  - name: a\n    commands: [true]\n",
+            &["noimage.yaml:3:5: missing key `image`"],
+        ),
+        (
+            "cycle.yaml",
+            "workflows:\n  - name: a\n    image: x\n    deps: [b]\n  - name: b\n    image: x\n    deps: [a]\n",
+            &["cycle.yaml:7:12: dependency cycle: a -> b -> a"],
+        ),
+        (
+            "unknowndep.yaml",
+            "workflows:\n  - name: train\n    image: x\n  - name: eval\n    image: x\n    deps: [trian]\n",
+            &["unknowndep.yaml:6:12: unknown dependency \"trian\" (did you mean `train`?)"],
+        ),
+        (
+            "dup.yaml",
+            "workflows:\n  - name: a\n    image: x\n  - name: a\n    image: x\n",
+            &["dup.yaml:4:11: duplicate workflow name \"a\" (first defined at line 2)"],
+        ),
+        (
+            "provider.yaml",
+            "workflows:\n  - name: a\n    provider: bash\n    image: x\n",
+            &[
+                "provider.yaml:3:15: provider \"bash\" is not supported",
+                "provider: docker",
+            ],
+        ),
+        (
+            "escape.yaml",
+            "workflows:\n  - name: a\n    image: x\n    artifacts:\n      - ../../etc\n",
+            &["escape.yaml:5:9: artifact path \"../../etc\" must be a relative path inside the working directory"],
+        ),
+        (
+            "size.yaml",
+            "workflows:\n  - name: a\n    image: x\n    resources:\n      memory: 16XB\n",
+            &["size.yaml:5:15: invalid memory \"16XB\": expected a size"],
+        ),
+        (
+            "cpu.yaml",
+            "workflows:\n  - name: a\n    image: x\n    resources:\n      cpu: lots\n",
+            &["cpu.yaml:5:12: invalid cpu \"lots\""],
+        ),
+        (
+            "unset.yaml",
+            "workflows:\n  - name: a\n    image: x\n    environment:\n      TOKEN: ${DRUN_SURELY_UNSET}\n",
+            &["unset.yaml:5:14: environment variable DRUN_SURELY_UNSET is not set on the host"],
+        ),
+        (
+            "gpu.yaml",
+            "workflows:\n  - name: a\n    image: x\n    resources:\n      gpu:\n        name: K80\n        count: 1\n",
+            &["gpu.yaml:6:9: this drun cannot assign GPUs yet"],
+        ),
+        (
+            "shape.yaml",
+            "workflows:\n  - name: a\n    image: x\n    environment: 3\n",
+            &["shape.yaml:4:5: invalid type: integer `3`, expected a map of variables or a list of KEY=VALUE"],
+        ),
+        (
+            "artifactkey.yaml",
+            "workflows:\n  - name: a\n    image: x\n    artifacts:\n      - path: out\n        mout: true\n",
+            &["artifactkey.yaml:6:9: unknown key `mout` (did you mean `mount`?)"],
+        ),
+        (
+            "empty.yaml",
+            "workflows: []\n",
+            &["empty.yaml: the file defines no workflows"],
+        ),
+    ];
+    for (name, text, needles) in cases {
+        let wf = write(&project, name, text);
+        let out = sb.drun(&["run", wf.to_str().unwrap()]).fails_with(125, needles);
+        assert!(!out.stderr.contains("is started"), "{name}: {}", out.stderr);
+    }
+    // Nothing ran, so nothing was written.
+    assert!(!project.join("artifacts").exists());
+    // A missing workflow file is an error, never an image pull.
+    let missing = project.join("nope.yaml");
+    sb.drun(&["run", missing.to_str().unwrap()])
+        .fails_with(125, &["nope.yaml: cannot read the workflow file"]);
+    // Names on the command line must exist.
+    let wf = write(
+        &project,
+        "ok.yaml",
+        "workflows:\n  - name: train\n    image: {busybox}\n",
+    );
+    sb.drun(&["run", wf.to_str().unwrap(), "trian"])
+        .fails_with(125, &["no workflow named \"trian\" (did you mean `train`?)"]);
+    // Flags that belong in the file are refused.
+    sb.drun(&["run", "--memory", "1g", wf.to_str().unwrap()])
+        .fails_with(125, &["-m/--memory cannot be used with a workflow file"]);
+}
+
+#[test]
+fn an_unknown_image_fails_before_anything_runs() {
+    let (sb, project) = ready();
+    let wf = write(
+        &project,
+        "wf.yaml",
+        &format!(
+            "workflows:\n  - name: ok\n    image: {{busybox}}\n    commands: [echo ran]\n  - name: bad\n    image: {}/drun-test/does-not-exist:1\n",
+            registry()
+        ),
+    );
+    let out = sb
+        .drun(&["run", wf.to_str().unwrap()])
+        .fails_with(125, &["drun-test/does-not-exist:1"]);
+    assert!(!out.stdout.contains("ran"), "{}", out.stdout);
+    assert!(!out.stderr.contains("is started"), "{}", out.stderr);
+}
+
+#[test]
+fn requirements_are_installed_with_pip_from_a_local_index() {
+    let (sb, project) = ready();
+    let python = format!("{}/drun-test/python:bookworm", registry());
+    sb.drun(&["pull", "-q", &python]).ok();
+    // A package index on loopback serving one wheel.
+    let mut index = std::process::Command::new("python3")
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/hack/pyindex.py"))
+        .arg(sb.path().join("index"))
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut url = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(index.stdout.take().unwrap()), &mut url).unwrap();
+    std::fs::write(project.join("requirements.txt"), "drun-hello\n").unwrap();
+    let wf = write(
+        &project,
+        "wf.yaml",
+        &format!(
+            r#"workflows:
+  - name: py
+    image: {python}
+    requirements: requirements.txt
+    environment:
+      PIP_INDEX_URL: ${{PIP_INDEX_URL}}
+      PIP_TRUSTED_HOST: 127.0.0.1
+      PIP_DISABLE_PIP_VERSION_CHECK: 1
+      PIP_ROOT_USER_ACTION: ignore
+    commands:
+      - python3 -c 'import drun_hello; print(drun_hello.GREETING)' > greeting.txt
+    artifacts: [greeting.txt]
+  - name: nopip
+    image: {{busybox}}
+    requirements: requirements.txt
+    commands: [echo never]
+"#
+        ),
+    );
+    let out = sb.drun_with(
+        &["run", "-q", wf.to_str().unwrap(), "py"],
+        &[("PIP_INDEX_URL", url.trim().as_ref())],
+    );
+    let nopip = sb.drun_with(
+        &["run", "-q", wf.to_str().unwrap(), "nopip"],
+        &[("PIP_INDEX_URL", url.trim().as_ref())],
+    );
+    let _ = index.kill();
+    let _ = index.wait();
+    let out = out.ok();
+    assert!(
+        out.stdout.contains("Successfully installed drun-hello-1.0"),
+        "{}",
+        out.stdout
+    );
+    assert_eq!(
+        read(project.join("artifacts/py/greeting.txt")),
+        "hello from drun_hello\n"
+    );
+    nopip.fails_with(
+        127,
+        &["pip: not found in the image (looked for pip and pip3 in its PATH)"],
+    );
+    // A requirements file that does not exist is a validation error.
+    let wf = write(
+        &project,
+        "missing.yaml",
+        "workflows:\n  - name: a\n    image: x\n    requirements: nope.txt\n",
+    );
+    sb.drun(&["run", wf.to_str().unwrap()]).fails_with(
+        125,
+        &["missing.yaml:4:19: requirements file", "nope.txt does not exist"],
+    );
+}
+
+#[test]
+fn dry_run_prints_the_plan_and_runs_nothing() {
+    let (sb, project) = ready();
+    let wf = write(
+        &project,
+        "wf.yaml",
+        r#"workflows:
+  - name: plan
+    image: {busybox}
+    environment:
+      MODE: fast
+    resources:
+      cpu: 2
+      memory: 1GB
+      shm_size: 2GB
+    commands: [echo hi]
+    artifacts:
+      - out
+      - path: live
+        mount: true
+"#,
+    );
+    let out = sb.drun(&["run", "--dry-run", wf.to_str().unwrap()]).ok();
+    let o = &out.stdout;
+    let inspect: serde_json::Value = serde_json::from_str(&sb.drun(&["inspect", &busybox()]).ok().stdout).unwrap();
+    let digest = inspect["Digest"].as_str().expect("a manifest digest in inspect");
+    assert!(o.contains(&format!("@{digest})")), "{digest} not in\n{o}");
+    for want in [
+        "workflow plan",
+        "sha256:",
+        r#"argv:        ["/bin/sh","-c","set -e\necho hi\n"]"#,
+        "init:        catatonit",
+        "env:         MODE=fast",
+        "-> /workflow (copy-on-write)",
+        "cpus:        2",
+        "memory:      1.0 GiB (1073741824 bytes)",
+        "shm_size:    2.0 GiB",
+        "artifact:    /workflow/out ->",
+        "artifact:    /workflow/live ->",
+        "(mounted)",
+        "log:         ",
+    ] {
+        assert!(o.contains(want), "{want:?} not in\n{o}");
+    }
+    assert!(!project.join("artifacts").exists(), "a dry run wrote artifacts");
+}
+
+#[test]
+fn artifacts_under_sudo_belong_to_the_invoking_user() {
+    let (sb, project) = ready();
+    let wf = write(
+        &project,
+        "wf.yaml",
+        r#"workflows:
+  - name: owned
+    image: {busybox}
+    commands:
+      - mkdir -p out/sub && echo x > out/sub/file && echo y > live/file
+    artifacts:
+      - out
+      - path: live
+        mount: true
+"#,
+    );
+    let dest = sb.path().join("elsewhere");
+    sb.drun_with(
+        &["run", "-q", "--artifacts", dest.to_str().unwrap(), wf.to_str().unwrap()],
+        &[("SUDO_UID", "4321".as_ref()), ("SUDO_GID", "8765".as_ref())],
+    )
+    .ok();
+    for p in [
+        "",
+        "owned",
+        "owned.log",
+        "owned/out",
+        "owned/out/sub",
+        "owned/out/sub/file",
+        "owned/live",
+        "owned/live/file",
+    ] {
+        let m = std::fs::symlink_metadata(dest.join(p)).unwrap_or_else(|e| panic!("{p}: {e}"));
+        assert_eq!((m.uid(), m.gid()), (4321, 8765), "{p}");
+    }
+    assert!(!project.join("artifacts").exists());
+}
