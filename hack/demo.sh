@@ -18,4 +18,11 @@ step "$DRUN" run --memory 256m --cpus 1 "$REG/drun-test/debian:bookworm" \
     sh -c 'echo "hello from $(. /etc/os-release; echo "$PRETTY_NAME") in drun container $(hostname)"; \
            echo "memory limit: $(cat /sys/fs/cgroup/memory/memory.limit_in_bytes /sys/fs/cgroup/memory.max 2>/dev/null)"; \
            df -h /dev/shm | tail -1'
-printf '\nThe store is %s (override with --root or DRUN_ROOT).\n' "${DRUN_ROOT:-/var/lib/drun}"
+
+# The main job: a workflow file (examples/pipeline: prepare -> train -> report, with artifacts and limits).
+OUT=$(mktemp -d /tmp/drun-demo-artifacts.XXXXXX)
+step "$DRUN" run --dry-run --artifacts "$OUT" "$ROOT/examples/pipeline/workflow.yaml" report
+step "$DRUN" run --artifacts "$OUT" "$ROOT/examples/pipeline/workflow.yaml"
+step find "$OUT" -type f
+printf '\nArtifacts and logs are in %s; the store is %s (override with --root or DRUN_ROOT).\n' \
+    "$OUT" "${DRUN_ROOT:-/var/lib/drun}"

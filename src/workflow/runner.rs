@@ -152,8 +152,9 @@ fn say(msg: &str) {
 }
 
 /// The complete plan of one job: the workflow's own plan plus project, artifact, dependency and requirements
-/// mounts and the run-wide options.
-pub fn job_plan(set: &WorkflowSet, job: &Job, artifacts_root: &Path, opts: &Options) -> RunPlan {
+/// mounts and the run-wide options. `for_run`: right before the job runs, when its dependencies' artifacts exist
+/// or not (missing ones are left out, with a warning).
+pub fn job_plan(set: &WorkflowSet, job: &Job, artifacts_root: &Path, opts: &Options, for_run: bool) -> RunPlan {
     let mut plan = job.plan.clone();
     plan.pull = opts.pull;
     plan.platform = opts.platform.clone();
@@ -179,8 +180,16 @@ pub fn job_plan(set: &WorkflowSet, job: &Job, artifacts_root: &Path, opts: &Opti
     for dep in &job.deps {
         let Some(d) = set.job(dep) else { continue };
         for a in &d.artifacts {
+            let source = artifacts_root.join(&d.name).join(&a.path);
+            if for_run && !source.exists() {
+                eprintln!(
+                    "warning: workflow {:?}: artifact {} of {:?} was not produced; it is not mounted",
+                    job.name, a.path, d.name
+                );
+                continue;
+            }
             plan.mounts.push(MountSpec::Bind {
-                source: artifacts_root.join(&d.name).join(&a.path),
+                source,
                 destination: format!("{}/{}", d.working_dir, a.path),
                 read_only: true,
             });
@@ -320,7 +329,10 @@ pub fn run(
         Some(a) => std::path::absolute(a)?,
         None => set.dir.join("artifacts"),
     };
-    let plans: Vec<RunPlan> = order.iter().map(|j| job_plan(set, j, &artifacts_root, opts)).collect();
+    let plans: Vec<RunPlan> = order
+        .iter()
+        .map(|j| job_plan(set, j, &artifacts_root, opts, false))
+        .collect();
     if opts.dry_run {
         for (job, plan) in order.iter().zip(&plans) {
             print_plan(store, job, plan, &artifacts_root);
@@ -339,7 +351,7 @@ pub fn run(
     make_dirs(&artifacts_root, owner)?;
     let mut first_failure: Option<i32> = None;
     let mut failed: Vec<String> = Vec::new();
-    for (job, plan) in order.iter().zip(plans) {
+    for job in order {
         if let Some(dep) = job.deps.iter().find(|d| failed.contains(d)) {
             say(&format!(
                 "Workflow \"{}\" is skipped: its dependency \"{dep}\" failed.",
@@ -354,6 +366,7 @@ pub fn run(
         for n in &job.notes {
             tracing::warn!("workflow {:?}: {n}", job.name);
         }
+        let plan = job_plan(set, job, &artifacts_root, opts, true);
         match run_job(store, cfg, state_dir, job, &plan, &artifacts_root, owner, opts)? {
             Ended::Ok => {}
             Ended::Failed(code) => {

@@ -797,3 +797,39 @@ fn artifacts_under_sudo_belong_to_the_invoking_user() {
     }
     assert!(!project.join("artifacts").exists());
 }
+
+/// The files in examples/ (also what `make demo` runs) work as documented.
+#[test]
+fn the_examples_run() {
+    let (sb, _) = ready();
+    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
+    let out_dir = sb.path().join("artifacts");
+    let dest = out_dir.to_str().unwrap();
+    sb.drun(&[
+        "run",
+        "-q",
+        "--artifacts",
+        dest,
+        examples.join("hello/workflow.yaml").to_str().unwrap(),
+    ])
+    .ok();
+    assert_eq!(read(out_dir.join("train/output/hello.txt")), "Hello, world!\n");
+    let pipeline = examples.join("pipeline/workflow.yaml");
+    let out = sb
+        .drun(&["run", "-q", "--artifacts", dest, pipeline.to_str().unwrap(), "report"])
+        .ok();
+    assert!(out.stdout.contains("epoch 3/3: total=1501500"), "{}", out.stdout);
+    assert!(out.stdout.contains("memory limit 268435456"), "{}", out.stdout);
+    assert_eq!(
+        read(out_dir.join("report/report/summary.txt")),
+        "model weights 1501500\n"
+    );
+    assert_eq!(
+        read(out_dir.join("train/checkpoints/epoch-2.txt")),
+        "epoch 2/3: total=1001000\n"
+    );
+    assert_eq!(read(out_dir.join("prepare/data/numbers.txt")).lines().count(), 1000);
+    // Nothing was written into the repository.
+    assert!(!examples.join("pipeline/artifacts").exists());
+    assert!(!examples.join("hello/artifacts").exists());
+}
