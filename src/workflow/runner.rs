@@ -364,7 +364,7 @@ pub fn run(
             break;
         }
         for n in &job.notes {
-            tracing::warn!("workflow {:?}: {n}", job.name);
+            eprintln!("warning: workflow {:?}: {n}", job.name);
         }
         let plan = job_plan(set, job, &artifacts_root, opts, true);
         match run_job(store, cfg, state_dir, job, &plan, &artifacts_root, owner, opts)? {

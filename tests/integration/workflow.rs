@@ -275,6 +275,24 @@ fn resources_and_docker_options() {
       - echo "net=$(ls /sys/class/net | tr '\n' ' ')" >> /scratch/o
       - grep CapEff /proc/self/status >> /scratch/o
       - cat /scratch/o
+  - name: more
+    image: {busybox}
+    mem_limit: 32MiB
+    shm_size: 8MB
+    cap_add: [NET_RAW]
+    working_dir: build/deep
+    commands:
+      - (cat /sys/fs/cgroup/memory/memory.limit_in_bytes 2>/dev/null || cat /sys/fs/cgroup/memory.max) > mem.txt
+      - df -k /dev/shm | tail -1 | awk '{print $2}' > shm.txt
+      - grep CapEff /proc/self/status | cut -f2 > caps.txt
+      - pwd > pwd.txt
+    artifacts: [mem.txt, shm.txt, caps.txt, pwd.txt]
+  - name: privileged
+    image: {busybox}
+    privileged: true
+    commands:
+      - mkdir -p /tmp/m && mount -t tmpfs none /tmp/m && echo privileged-mount-ok > ok.txt
+    artifacts: [ok.txt]
 "#,
     );
     let out = sb.drun(&["run", wf.to_str().unwrap()]).ok();
@@ -301,6 +319,17 @@ fn resources_and_docker_options() {
         assert!(o.contains(want), "{want:?} not in\n{o}");
     }
     assert!(o.contains("net=lo \n"), "only loopback expected:\n{o}");
+    assert_eq!(read(project.join("artifacts/more/mem.txt")).trim(), "33554432");
+    assert_eq!(read(project.join("artifacts/more/shm.txt")).trim(), "8192");
+    let caps = u64::from_str_radix(read(project.join("artifacts/more/caps.txt")).trim(), 16).unwrap();
+    assert_ne!(caps & (1 << 13), 0, "cap_add NET_RAW missing: {caps:x}");
+    // A relative working_dir is below the project mount, created when missing (and only in the container).
+    assert_eq!(read(project.join("artifacts/more/pwd.txt")), "/workflow/build/deep\n");
+    assert!(!project.join("build").exists());
+    assert_eq!(
+        read(project.join("artifacts/privileged/ok.txt")),
+        "privileged-mount-ok\n"
+    );
     // Labels are part of the plan.
     let dry = sb.drun(&["run", "--dry-run", wf.to_str().unwrap(), "options"]).ok();
     assert!(dry.stdout.contains("label:       team=hpc"), "{}", dry.stdout);
