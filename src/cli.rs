@@ -48,6 +48,39 @@ pub enum Command {
     Ps(PsArgs),
     /// Send a signal to a running container
     Kill(KillArgs),
+    /// List the NVIDIA GPUs drun finds (CDI specs and driver discovery)
+    Gpus(GpusArgs),
+    /// CDI specs: `drun cdi generate [-o FILE]` writes one for this host's NVIDIA GPUs
+    Cdi(CdiArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct GpusArgs {
+    /// Print JSON
+    #[arg(long)]
+    pub json: bool,
+    /// Directory of CDI specs (repeatable; default: DRUN_CDI_SPEC_DIRS, else /etc/cdi and /var/run/cdi)
+    #[arg(long, value_name = "DIR")]
+    pub cdi_spec_dir: Vec<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub struct CdiArgs {
+    #[command(subcommand)]
+    pub command: CdiCommand,
+}
+
+#[derive(clap::Subcommand, Debug)]
+pub enum CdiCommand {
+    /// Write a CDI spec (kind nvidia.com/gpu) for this host's driver: YAML, or JSON for a .json file
+    Generate {
+        /// Output file (default: standard output)
+        #[arg(short, long, value_name = "FILE")]
+        output: Option<PathBuf>,
+        /// Library groups to include (NVIDIA_DRIVER_CAPABILITIES syntax)
+        #[arg(long, default_value = "all", value_name = "CAPS")]
+        capabilities: String,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -143,6 +176,15 @@ pub struct RunArgs {
     /// No pull progress output
     #[arg(short, long)]
     pub quiet: bool,
+    /// GPUs: all, a count, device=0,2 or device=GPU-<uuid>
+    #[arg(long, value_name = "GPUS")]
+    pub gpus: Option<String>,
+    /// Add a CDI device by fully-qualified name, e.g. nvidia.com/gpu=0 or vendor.com/class=name
+    #[arg(long, value_name = "CDI-NAME")]
+    pub device: Vec<String>,
+    /// Directory of CDI specs (repeatable; default: DRUN_CDI_SPEC_DIRS, else /etc/cdi and /var/run/cdi)
+    #[arg(long, value_name = "DIR")]
+    pub cdi_spec_dir: Vec<PathBuf>,
     /// Workflows: where artifacts and logs go (default: artifacts/ beside the workflow file)
     #[arg(long, value_name = "DIR")]
     pub artifacts: Option<PathBuf>,

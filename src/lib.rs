@@ -10,6 +10,7 @@ pub mod commands;
 pub mod config;
 pub mod digest;
 pub mod failpoint;
+pub mod gpu;
 pub mod image;
 pub mod progress;
 pub mod run;

@@ -1,5 +1,7 @@
 //! One module per subcommand. Only here is anything printed to stdout.
 
+pub mod cdi;
+pub mod gpus;
 pub mod images;
 pub mod inspect;
 pub mod kill;
@@ -30,6 +32,8 @@ pub fn dispatch(global: &GlobalArgs, command: Command) -> Result<i32> {
         Command::Run(a) => run::run(global, *a),
         Command::Ps(a) => ps::run(global, a),
         Command::Kill(a) => kill::run(global, a),
+        Command::Gpus(a) => gpus::run(a),
+        Command::Cdi(a) => cdi::run(a),
     }
 }
 

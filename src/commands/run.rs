@@ -217,6 +217,14 @@ pub fn plan_from_args(a: &RunArgs) -> Result<RunPlan> {
         tty: a.tty,
         init: a.init,
         cidfile: a.cidfile.clone(),
+        gpus: a
+            .gpus
+            .as_deref()
+            .map(crate::gpu::select::GpuRequest::parse_cli)
+            .transpose()
+            .map_err(anyhow::Error::msg)?,
+        devices: a.device.clone(),
+        cdi_spec_dirs: a.cdi_spec_dir.clone(),
         ..Default::default()
     })
 }
@@ -254,13 +262,15 @@ fn check_workflow_flags(a: &RunArgs) -> Result<()> {
         ("--name", a.name.is_some()),
         ("--init", a.init),
         ("--cidfile", a.cidfile.is_some()),
+        ("--gpus", a.gpus.is_some()),
+        ("--device", !a.device.is_empty()),
     ]
     .into_iter()
     .filter_map(|(f, set)| set.then_some(f))
     .collect();
     if !given.is_empty() {
         bail!(
-            "{} cannot be used with a workflow file: set them per workflow in the file (with a workflow file, drun run takes -e, --env-file, --pull, --platform, -q, --artifacts, --dry-run and --keep-going)",
+            "{} cannot be used with a workflow file: set them per workflow in the file (with a workflow file, drun run takes -e, --env-file, --pull, --platform, -q, --cdi-spec-dir, --artifacts, --dry-run and --keep-going)",
             given.join(", ")
         );
     }
@@ -293,6 +303,7 @@ fn run_workflows(global: &GlobalArgs, args: RunArgs) -> Result<i32> {
         pull: parse_pull(&args.pull)?,
         platform: args.platform.as_deref().map(str::parse).transpose()?,
         env,
+        cdi_spec_dirs: args.cdi_spec_dir.clone(),
     };
     let cfg = Config::load()?;
     let store = super::open_store(global)?;

@@ -65,6 +65,8 @@ pub enum RunError {
     },
     #[error("{path}: {message}")]
     Exec { path: String, message: String, code: i32 },
+    #[error(transparent)]
+    Gpu(#[from] crate::gpu::GpuError),
 }
 
 impl RunError {
@@ -621,8 +623,15 @@ fn run_in(
         None
     };
     let etc = etc_files(dir, &hostname)?;
+    let gpus = crate::gpu::prepare(
+        plan.gpus.as_ref(),
+        &plan.devices,
+        &plan.cdi_spec_dirs,
+        &env,
+        &dir.join("cdi"),
+    )?;
     cgroup.create_dirs(plan)?;
-    let spec_json = spec::build(&SpecInputs {
+    let mut spec_json = spec::build(&SpecInputs {
         plan,
         args,
         env,
@@ -636,6 +645,9 @@ fn run_in(
         netns,
         init,
     })?;
+    if let Some(g) = gpus {
+        g.apply(&mut spec_json, &root)?;
+    }
     let bundle = dir.join("bundle");
     std::fs::create_dir_all(&bundle).map_err(io("create the bundle"))?;
     std::fs::write(

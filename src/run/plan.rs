@@ -100,6 +100,12 @@ pub struct RunPlan {
     pub project: Option<ProjectMount>,
     /// Programs the image must have before anything starts (e.g. pip for `requirements`).
     pub needs: Vec<Need>,
+    /// GPUs to inject (`--gpus`, `resources.gpu`).
+    pub gpus: Option<crate::gpu::select::GpuRequest>,
+    /// CDI devices to inject by fully-qualified name (`--device nvidia.com/gpu=0`).
+    pub devices: Vec<String>,
+    /// CDI spec directories (empty: DRUN_CDI_SPEC_DIRS, else /etc/cdi and /var/run/cdi).
+    pub cdi_spec_dirs: Vec<PathBuf>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -606,19 +606,37 @@ impl Cx<'_> {
             (Some(s), None) | (None, Some(s)) => Some(self.size(s, "shm_size")?),
             (None, None) => None,
         };
-        if let Some(g) = res.and_then(|r| r.gpu.as_ref()) {
-            let wants = match &g.value {
-                Gpu::Count(n) => *n > 0,
-                Gpu::Spec(s) => s.count != Some(0),
-            };
-            if wants {
-                return Err(self.at(
-                    &g.referenced,
-                    "this drun cannot assign GPUs yet: remove resources.gpu (or set count: 0) to run without one"
-                        .into(),
-                ));
+        let gpus = match res.and_then(|r| r.gpu.as_ref()) {
+            None => None,
+            Some(g) => {
+                use crate::gpu::select::{GpuRequest, Selector};
+                Some(match &g.value {
+                    Gpu::Count(n) => GpuRequest {
+                        selector: Selector::Count(*n),
+                        name: None,
+                        memory_mib: None,
+                    },
+                    Gpu::Spec(s) => GpuRequest {
+                        selector: Selector::Count(s.count.unwrap_or(1)),
+                        name: s.name.clone(),
+                        memory_mib: match &s.memory {
+                            None => None,
+                            Some(m) => Some(
+                                m.0.parse::<ByteSize>()
+                                    .map_err(|_| {
+                                        self.at(
+                                            &g.referenced,
+                                            format!("invalid gpu memory {:?}: expected a size such as \"16GB\"", m.0),
+                                        )
+                                    })?
+                                    .0
+                                    >> 20,
+                            ),
+                        },
+                    },
+                })
             }
-        }
+        };
         for (key, v) in [
             ("interruptible", res.and_then(|r| r.interruptible.as_ref())),
             ("local", res.and_then(|r| r.local.as_ref())),
@@ -796,6 +814,7 @@ impl Cx<'_> {
             no_new_privileges: true,
             ulimits,
             labels,
+            gpus,
             ..Default::default()
         };
         Ok(Job {

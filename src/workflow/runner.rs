@@ -27,6 +27,7 @@ pub struct Options {
     pub platform: Option<Platform>,
     /// `-e`/`--env-file` settings, applied on top of each workflow's environment.
     pub env: Vec<(String, String)>,
+    pub cdi_spec_dirs: Vec<PathBuf>,
 }
 
 /// The user files are made for: the one who ran `sudo drun …`, else nobody in particular (drun's own identity).
@@ -159,6 +160,7 @@ pub fn job_plan(set: &WorkflowSet, job: &Job, artifacts_root: &Path, opts: &Opti
     plan.pull = opts.pull;
     plan.platform = opts.platform.clone();
     plan.env.extend(opts.env.iter().cloned());
+    plan.cdi_spec_dirs = opts.cdi_spec_dirs.clone();
     plan.project = Some(ProjectMount {
         source: set.dir.clone(),
         destination: job.project_mount.clone(),
@@ -290,6 +292,19 @@ fn print_plan(store: &Store, job: &Job, plan: &RunPlan, artifacts_root: &Path) {
     }
     if let Some(s) = plan.shm_size {
         let _ = writeln!(out, "  shm_size:    {} ({} bytes)", s, s.0);
+    }
+    if let Some(g) = &plan.gpus {
+        let _ = writeln!(
+            out,
+            "  gpus:        {}{}{}",
+            match &g.selector {
+                crate::gpu::select::Selector::All => "all".to_string(),
+                crate::gpu::select::Selector::Count(n) => n.to_string(),
+                crate::gpu::select::Selector::Ids(ids) => ids.join(","),
+            },
+            g.name.as_ref().map(|n| format!(" name~{n:?}")).unwrap_or_default(),
+            g.memory_mib.map(|m| format!(" memory>={m}MiB")).unwrap_or_default()
+        );
     }
     for a in &job.artifacts {
         let _ = writeln!(

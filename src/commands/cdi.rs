@@ -1,0 +1,44 @@
+//! `drun cdi generate`: a CDI spec for this host's NVIDIA driver, for drun and any other CDI-aware runtime.
+
+use anyhow::{bail, Context, Result};
+
+use crate::cli::{CdiArgs, CdiCommand};
+use crate::gpu::{self, cdi};
+
+pub fn run(a: CdiArgs) -> Result<i32> {
+    match a.command {
+        CdiCommand::Generate { output, capabilities } => {
+            let root = gpu::driver_root();
+            let Some(driver) = gpu::discover(&root)? else {
+                bail!(
+                    "no NVIDIA driver found: {} does not exist",
+                    gpu::host_path(&root, "/proc/driver/nvidia/gpus").display()
+                );
+            };
+            let spec = cdi::generate(&driver, &gpu::capabilities(Some(&capabilities)));
+            let json = output
+                .as_ref()
+                .is_some_and(|o| o.extension().is_some_and(|e| e == "json"));
+            let text = if json {
+                serde_json::to_string_pretty(&spec)? + "\n"
+            } else {
+                serde_saphyr::to_string(&spec).context("cannot write YAML")?
+            };
+            match output {
+                Some(path) => {
+                    let tmp = path.with_extension("tmp");
+                    std::fs::write(&tmp, &text).with_context(|| format!("cannot write {}", tmp.display()))?;
+                    std::fs::rename(&tmp, &path).with_context(|| format!("cannot write {}", path.display()))?;
+                    eprintln!(
+                        "wrote {} ({} GPU(s), driver {})",
+                        path.display(),
+                        driver.gpus.len(),
+                        driver.version
+                    );
+                }
+                None => print!("{text}"),
+            }
+            Ok(0)
+        }
+    }
+}

@@ -1,0 +1,167 @@
+//! CDI: specs a host has (`/etc/cdi`, `/var/run/cdi`, or `--cdi-spec-dir` / `DRUN_CDI_SPEC_DIRS`) are parsed,
+//! validated and applied with the `container-device-interface` crate; without one, [`generate`] builds the
+//! equivalent spec from discovery (also what `drun cdi generate` writes).
+//!
+//! Device nodes the edits add are bind-mounted from the host instead of created with mknod (the same path then
+//! works rootless); their device-cgroup allow rules stay.
+
+use std::path::{Path, PathBuf};
+
+use container_device_interface::cache::{with_auto_refresh, Cache};
+use container_device_interface::spec_dirs::with_spec_dirs;
+use serde_json::{json, Value};
+
+use super::{host_path, Driver, GpuError};
+
+pub const NVIDIA_KIND: &str = "nvidia.com/gpu";
+pub const DEFAULT_SPEC_DIRS: &[&str] = &["/etc/cdi", "/var/run/cdi"];
+pub const SPEC_DIRS_ENV: &str = "DRUN_CDI_SPEC_DIRS";
+
+/// The CDI spec directories: `--cdi-spec-dir` flags, else `DRUN_CDI_SPEC_DIRS` (colon-separated), else the
+/// standard ones. Later directories win, as the CDI spec says.
+pub fn spec_dirs(cli: &[PathBuf]) -> Vec<PathBuf> {
+    if !cli.is_empty() {
+        return cli.to_vec();
+    }
+    if let Ok(v) = std::env::var(SPEC_DIRS_ENV) {
+        return v.split(':').filter(|s| !s.is_empty()).map(PathBuf::from).collect();
+    }
+    DEFAULT_SPEC_DIRS.iter().map(PathBuf::from).collect()
+}
+
+/// A loaded set of CDI specs.
+pub struct Specs {
+    cache: Cache,
+}
+
+impl Specs {
+    pub fn load(dirs: &[PathBuf]) -> Specs {
+        let dirs: Vec<String> = dirs.iter().map(|d| d.display().to_string()).collect();
+        let refs: Vec<&str> = dirs.iter().map(String::as_str).collect();
+        let mut cache = Cache::default();
+        cache.configure(vec![with_spec_dirs(&refs), with_auto_refresh(false)]);
+        if let Err(e) = cache.refresh() {
+            tracing::warn!(error = %e, "some CDI specs could not be read");
+        }
+        Specs { cache }
+    }
+
+    /// Fully-qualified names of every device (`vendor/class=name`), sorted.
+    pub fn devices(&mut self) -> Vec<String> {
+        let mut d = self.cache.list_devices();
+        d.sort();
+        d
+    }
+
+    pub fn has(&mut self, name: &str) -> bool {
+        self.cache.get_device(name).is_some()
+    }
+
+    /// Applies the edits of `names` (all resolvable, or nothing is edited) to the spec JSON.
+    pub fn inject(&mut self, spec: &mut Value, names: &[String]) -> Result<(), GpuError> {
+        let unknown: Vec<&String> = names.iter().filter(|n| self.cache.get_device(n).is_none()).collect();
+        if !unknown.is_empty() {
+            let known = self.devices();
+            return Err(GpuError::Cdi(format!(
+                "unresolvable CDI device(s) {}; known: {}",
+                unknown.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", "),
+                if known.is_empty() {
+                    "none".to_string()
+                } else {
+                    known.join(", ")
+                }
+            )));
+        }
+        // Device nodes of the spec-level and device-level edits: container path → host path.
+        let mut nodes: Vec<(String, String)> = Vec::new();
+        for n in names {
+            let dev = self.cache.get_device(n).expect("checked above");
+            let mut edits = vec![serde_json::to_value(&dev.edits().container_edits).unwrap_or_default()];
+            if let Some(e) = dev.get_spec().edits() {
+                edits.push(serde_json::to_value(&e.container_edits).unwrap_or_default());
+            }
+            for e in edits {
+                for d in e["deviceNodes"].as_array().into_iter().flatten() {
+                    if let Some(p) = d["path"].as_str() {
+                        let host = d["hostPath"].as_str().unwrap_or(p).to_string();
+                        if !nodes.iter().any(|(c, _)| c == p) {
+                            nodes.push((p.to_string(), host));
+                        }
+                    }
+                }
+            }
+        }
+        let mut oci: oci_spec::runtime::Spec =
+            serde_json::from_value(spec.clone()).map_err(|e| GpuError::Cdi(format!("spec conversion: {e}")))?;
+        self.cache
+            .inject_devices(Some(&mut oci), names.to_vec())
+            .map_err(|e| GpuError::Cdi(e.to_string()))?;
+        let mut out = serde_json::to_value(&oci).map_err(|e| GpuError::Cdi(format!("spec conversion: {e}")))?;
+        if let Some(devs) = out["linux"]["devices"].as_array_mut() {
+            devs.retain(|d| !nodes.iter().any(|(c, _)| d["path"].as_str() == Some(c)));
+        }
+        let mounts = out["mounts"].as_array_mut().expect("the spec has mounts");
+        for (ctr, host) in &nodes {
+            mounts.push(
+                json!({"destination": ctr, "type": "bind", "source": host, "options": ["bind", "rprivate", "nosuid"]}),
+            );
+        }
+        *spec = out;
+        Ok(())
+    }
+}
+
+/// A CDI spec (kind `nvidia.com/gpu`) for the discovered driver: one device per GPU by index and by UUID, and
+/// `all`; control nodes, libraries of `caps`, binaries, firmware and IPC sockets as spec-level edits. Host paths
+/// carry the driver root; container paths do not.
+pub fn generate(driver: &Driver, caps: &[String]) -> Value {
+    let root = &driver.root;
+    let node = |p: &str| json!({"path": p, "hostPath": host_path(root, p)});
+    let mut devices = Vec::new();
+    for g in &driver.gpus {
+        let edits = json!({"deviceNodes": [node(&g.node())]});
+        devices.push(json!({"name": g.index.to_string(), "containerEdits": edits}));
+        if !g.uuid.is_empty() {
+            devices.push(json!({"name": g.uuid, "containerEdits": edits}));
+        }
+    }
+    if !driver.gpus.is_empty() {
+        let all: Vec<Value> = driver.gpus.iter().map(|g| node(&g.node())).collect();
+        devices.push(json!({"name": "all", "containerEdits": {"deviceNodes": all}}));
+    }
+    let mounts: Vec<Value> = driver
+        .mounts(caps)
+        .iter()
+        .map(|p| {
+            json!({"hostPath": host_path(root, p), "containerPath": p,
+                   "options": ["ro", "nosuid", "nodev", "rbind", "rprivate"]})
+        })
+        .collect();
+    let nodes: Vec<Value> = driver.control_nodes.iter().map(|p| node(p)).collect();
+    json!({
+        "cdiVersion": "0.6.0",
+        "kind": NVIDIA_KIND,
+        "devices": devices,
+        "containerEdits": {
+            "env": [format!("NVIDIA_VISIBLE_DEVICES=void")],
+            "deviceNodes": nodes,
+            "mounts": mounts,
+        },
+    })
+}
+
+/// Writes `spec` as JSON to `dir/drun-nvidia.json` and loads it.
+pub fn load_generated(dir: &Path, spec: &Value) -> Result<Specs, GpuError> {
+    std::fs::create_dir_all(dir).map_err(|e| GpuError::Cdi(format!("{}: {e}", dir.display())))?;
+    let file = dir.join("drun-nvidia.json");
+    std::fs::write(&file, serde_json::to_vec_pretty(spec).expect("serialises"))
+        .map_err(|e| GpuError::Cdi(format!("{}: {e}", file.display())))?;
+    let mut specs = Specs::load(&[dir.to_path_buf()]);
+    if specs.devices().is_empty() {
+        return Err(GpuError::Cdi(format!(
+            "the spec generated from discovery ({}) did not validate",
+            file.display()
+        )));
+    }
+    Ok(specs)
+}
