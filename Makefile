@@ -8,7 +8,7 @@ export DRUN_TEST_CACHE ?= /var/cache/drun-test
 DEB_PACKAGES := build-essential pkg-config libseccomp-dev libelf-dev zlib1g-dev catatonit qemu-system-x86 cpio kmod docker-registry skopeo umoci busybox-static debootstrap \
 	apache2-utils openssl jq zstd python3 ca-certificates curl
 
-.PHONY: all deps build registry images demo test lint unit integration bench-pull bench-run registry-down clean
+.PHONY: all deps build registry images demo test test-gpu lint unit integration bench-pull bench-run registry-down clean
 
 all: build
 
@@ -43,6 +43,10 @@ integration: build images
 
 test: lint build images
 	$(CARGO) test --release --locked -- --test-threads=2
+
+# On a host with an NVIDIA GPU and driver: the real-hardware test (ignored by `make test`).
+test-gpu: build images
+	$(CARGO) test --release --locked --test integration -- --ignored --test-threads=1 real_gpu_hardware
 
 bench-pull: build images
 	bash hack/bench-pull

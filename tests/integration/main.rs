@@ -2,6 +2,7 @@
 //! Tests that mount or chown need root (as CI runs them); they say so when they are not.
 
 mod common;
+mod gpu;
 mod pull;
 mod run;
 mod store;

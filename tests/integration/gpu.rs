@@ -1,0 +1,564 @@
+//! GPUs against a simulated NVIDIA driver tree (hack/fake-driver.sh: real device nodes made with mknod, real
+//! ELF libraries built with gcc, fake /proc and nvidia-smi), checked from inside real containers. The test on
+//! real hardware is ignored here (no GPU on this machine): `make test-gpu` runs it on a GPU host.
+
+use std::path::{Path, PathBuf};
+
+use crate::common::*;
+
+const A100: &str = "GPU-a1a1a1a1-0000-4000-8000-000000000001";
+const K80: &str = "GPU-c0c0c0c0-0000-4000-8000-000000000002";
+
+fn image(name: &str) -> String {
+    format!("{}/drun-test/{name}", registry())
+}
+
+/// A sandbox with busybox and debian pulled, a fake driver tree and an empty CDI directory.
+struct Gpu {
+    sb: Sandbox,
+    root: PathBuf,
+    cdi: PathBuf,
+}
+
+fn setup(libdir: Option<&str>) -> Gpu {
+    assert!(is_root(), "GPU tests need root (mknod)");
+    let sb = Sandbox::new();
+    sb.drun(&["pull", "-q", &image("busybox:latest")]).ok();
+    sb.drun(&["pull", "-q", &image("debian:bookworm")]).ok();
+    let root = sb.path().join("driver");
+    let mut cmd = std::process::Command::new("bash");
+    cmd.arg(concat!(env!("CARGO_MANIFEST_DIR"), "/hack/fake-driver.sh"))
+        .arg(&root);
+    if let Some(l) = libdir {
+        cmd.args(["--libdir", l]);
+    }
+    assert!(cmd.status().unwrap().success(), "fake-driver.sh failed");
+    let cdi = sb.path().join("cdi");
+    std::fs::create_dir_all(&cdi).unwrap();
+    Gpu { sb, root, cdi }
+}
+
+impl Gpu {
+    fn drun(&self, args: &[&str]) -> Output {
+        self.sb.drun_with(
+            args,
+            &[
+                ("DRUN_DRIVER_ROOT", self.root.as_os_str()),
+                ("DRUN_CDI_SPEC_DIRS", self.cdi.as_os_str()),
+            ],
+        )
+    }
+
+    /// `drun run FLAGS IMAGE sh -c SCRIPT`.
+    fn sh(&self, flags: &[&str], img: &str, script: &str) -> Output {
+        let img = image(img);
+        let mut args = vec!["run"];
+        args.extend_from_slice(flags);
+        args.extend_from_slice(&[&img, "sh", "-c", script]);
+        self.drun(&args)
+    }
+}
+
+/// `ls -l` lines of /dev/nvidia* → "name major, minor" set.
+const NODES: &str = "for n in /dev/nvidia*; do stat -c '%n %t:%T' $n; done";
+
+#[test]
+fn discovery_injects_exactly_the_selected_gpu() {
+    let g = setup(None);
+    let out = g
+        .sh(
+            &["--gpus", "1"],
+            "debian:bookworm",
+            &format!(
+                "{NODES}; env | grep -E '^(NVIDIA|CUDA)_' | sort; ldconfig -p | grep -E 'libcuda|libnvidia' | sort; \
+                 ls /usr/lib/x86_64-linux-gnu | grep -E 'cuda|nvidia' | sort; command -v nvidia-smi; nvidia-smi; \
+                 ls /lib/firmware/nvidia/550.54.15; test -e /run/nvidia-persistenced/socket && echo socket"
+            ),
+        )
+        .ok();
+    let o = out.stdout;
+    // Index 0 is the A100 (PCI order), whose node is minor 1; control nodes; no other GPU.
+    for want in [
+        "/dev/nvidia1 c3:1",
+        "/dev/nvidiactl c3:ff",
+        "/dev/nvidia-uvm 1ff:0",
+        "/dev/nvidia-uvm-tools 1ff:1",
+        "/dev/nvidia-modeset c3:fe",
+        &format!("NVIDIA_VISIBLE_DEVICES={A100}"),
+        "CUDA_VISIBLE_DEVICES=0",
+        "NVIDIA_DRIVER_CAPABILITIES=compute,utility",
+        "libcuda.so.1 (libc6,x86-64) => /usr/lib/x86_64-linux-gnu/libcuda.so.1",
+        "libnvidia-ml.so.1 (libc6,x86-64) => /usr/lib/x86_64-linux-gnu/libnvidia-ml.so.1",
+        "libcuda.so\n",
+        "libcuda.so.550.54.15",
+        "/usr/bin/nvidia-smi",
+        &format!("fake nvidia-smi, driver 550.54.15: visible {A100}"),
+        "gsp_ga10x.bin",
+        "socket",
+    ] {
+        assert!(o.contains(want), "{want:?} not in\n{o}");
+    }
+    assert!(
+        !o.contains("/dev/nvidia0 "),
+        "a GPU that was not selected is visible:\n{o}"
+    );
+    // Video libraries are not in the default capabilities; a stale libcuda of another version never is.
+    assert!(!o.contains("libnvidia-encode"), "{o}");
+    assert!(!o.contains("470.82.01"), "{o}");
+    // The image itself is untouched: a plain run has none of it.
+    let plain = g
+        .sh(&[], "debian:bookworm", "ls /dev; ldconfig -p | grep -c cuda || true")
+        .ok()
+        .stdout;
+    assert!(!plain.contains("nvidia") && plain.trim_end().ends_with('0'), "{plain}");
+}
+
+#[test]
+fn busybox_read_only_root_and_all_gpus() {
+    let g = setup(None);
+    let out = g
+        .sh(
+            &["--gpus", "all", "--read-only"],
+            "busybox:latest",
+            &format!(
+                "{NODES}; echo NV=$NVIDIA_VISIBLE_DEVICES CUDA=$CUDA_VISIBLE_DEVICES; \
+                 ls /usr/lib/x86_64-linux-gnu; cat /etc/ld.so.conf; test -s /etc/ld.so.cache && echo cache; \
+                 touch /newfile 2>/dev/null || echo read-only"
+            ),
+        )
+        .ok();
+    let o = out.stdout;
+    for want in [
+        "/dev/nvidia0 c3:0",
+        "/dev/nvidia1 c3:1",
+        &format!("NV={A100},{K80} CUDA=0,1"),
+        "libcuda.so.1",
+        "libnvidia-ml.so.550.54.15",
+        "include /etc/ld.so.conf.d/*.conf",
+        "cache",
+        "read-only",
+    ] {
+        assert!(o.contains(want), "{want:?} not in\n{o}");
+    }
+}
+
+#[test]
+fn selection_by_uuid_name_memory_and_clear_errors() {
+    let g = setup(None);
+    let by_uuid = g
+        .sh(&["--gpus", &format!("device={K80}")], "busybox:latest", NODES)
+        .ok()
+        .stdout;
+    assert!(
+        by_uuid.contains("/dev/nvidia0 c3:0") && !by_uuid.contains("/dev/nvidia1 "),
+        "{by_uuid}"
+    );
+    let by_index = g
+        .drun(&[
+            "run",
+            "--device",
+            "nvidia.com/gpu=1",
+            &image("busybox:latest"),
+            "sh",
+            "-c",
+            NODES,
+        ])
+        .ok()
+        .stdout;
+    assert!(
+        by_index.contains("/dev/nvidia0 c3:0") && !by_index.contains("/dev/nvidia1 "),
+        "{by_index}"
+    );
+
+    // Workflows: name (substring, any case) and memory (minimum, from nvidia-smi).
+    let project = g.sb.path().join("project");
+    std::fs::create_dir_all(&project).unwrap();
+    let wf = project.join("wf.yaml");
+    std::fs::write(
+        &wf,
+        format!(
+            r#"workflows:
+  - name: k80
+    image: {bb}
+    resources:
+      gpu:
+        name: "k80"
+        count: 1
+    commands: ["echo $NVIDIA_VISIBLE_DEVICES > gpu.txt"]
+    artifacts: [gpu.txt]
+  - name: big
+    image: {bb}
+    resources:
+      gpu:
+        memory: 40GB
+    commands: ["echo $NVIDIA_VISIBLE_DEVICES > gpu.txt"]
+    artifacts: [gpu.txt]
+  - name: v100
+    image: {bb}
+    resources:
+      gpu: {{name: V100}}
+    commands: ["true"]
+"#,
+            bb = image("busybox:latest")
+        ),
+    )
+    .unwrap();
+    let w = wf.to_str().unwrap();
+    g.drun(&["run", "-q", w, "k80", "big"]).ok();
+    assert_eq!(
+        std::fs::read_to_string(project.join("artifacts/k80/gpu.txt")).unwrap(),
+        format!("{K80}\n")
+    );
+    assert_eq!(
+        std::fs::read_to_string(project.join("artifacts/big/gpu.txt")).unwrap(),
+        format!("{A100}\n")
+    );
+    g.drun(&["run", "-q", w, "v100"]).fails_with(
+        125,
+        &[
+            "cannot assign 1 GPU(s) with name \"V100\"; GPUs on this host:",
+            &format!("0 NVIDIA A100-SXM4-80GB ({A100}, 81920 MiB): model does not match \"V100\""),
+            &format!("1 Tesla K80 ({K80}, 11441 MiB): model does not match \"V100\""),
+        ],
+    );
+    g.sh(&["--gpus", "3"], "busybox:latest", "true")
+        .fails_with(125, &["cannot assign 3 GPU(s)", "Tesla K80", "available"]);
+    g.sh(&["--gpus", "device=7"], "busybox:latest", "true")
+        .fails_with(125, &["cannot assign GPU 7 (no such GPU)"]);
+    g.sh(&["--gpus", "lots"], "busybox:latest", "true")
+        .fails_with(125, &["invalid --gpus \"lots\""]);
+    // The host's NVIDIA_VISIBLE_DEVICES restricts the candidates outside Slurm.
+    let out = g.sb.drun_with(
+        &["run", "--gpus", "all", &image("busybox:latest"), "sh", "-c", NODES],
+        &[
+            ("DRUN_DRIVER_ROOT", g.root.as_os_str()),
+            ("DRUN_CDI_SPEC_DIRS", g.cdi.as_os_str()),
+            ("NVIDIA_VISIBLE_DEVICES", K80.as_ref()),
+        ],
+    );
+    let o = out.ok().stdout;
+    assert!(o.contains("/dev/nvidia0 ") && !o.contains("/dev/nvidia1 "), "{o}");
+}
+
+#[test]
+fn driver_capabilities_choose_the_library_groups() {
+    let g = setup(None);
+    let o = g
+        .sh(
+            &["--gpus", "1", "-e", "NVIDIA_DRIVER_CAPABILITIES=video,utility"],
+            "debian:bookworm",
+            "ldconfig -p | grep -E 'libcuda|libnvidia' | sort; command -v nvidia-smi",
+        )
+        .ok()
+        .stdout;
+    assert!(
+        o.contains("libnvidia-encode.so.1") && o.contains("libnvidia-ml.so.1"),
+        "{o}"
+    );
+    assert!(!o.contains("libcuda"), "{o}");
+}
+
+#[test]
+fn libraries_in_a_non_standard_directory_are_found_through_the_ld_cache() {
+    let g = setup(Some("/opt/nvidia/lib64"));
+    let o = g
+        .sh(
+            &["--gpus", "1"],
+            "debian:bookworm",
+            "ldconfig -p | grep -E 'libcuda|libnvidia-ml'; cat /etc/ld.so.conf.d/000-drun-nvidia.conf",
+        )
+        .ok()
+        .stdout;
+    assert!(
+        o.contains("libcuda.so.1 (libc6,x86-64) => /opt/nvidia/lib64/libcuda.so.1"),
+        "{o}"
+    );
+    assert!(o.contains("/opt/nvidia/lib64\n"), "{o}");
+}
+
+#[test]
+fn a_slurm_jobs_device_cgroup_decides_which_gpus_are_usable() {
+    let g = setup(None);
+    let devices = Path::new("/sys/fs/cgroup/devices");
+    assert!(
+        devices.join("devices.deny").exists(),
+        "this test needs the cgroup v1 devices controller (this VM's hybrid hierarchy has it)"
+    );
+    // A job cgroup that denies the A100's node (195:1), as Slurm's ConstrainDevices would.
+    let cg = devices.join(format!("drun-test-gpu-{}", std::process::id()));
+    std::fs::create_dir_all(&cg).unwrap();
+    std::fs::write(cg.join("devices.deny"), "c 195:1 rwm").unwrap();
+    let job = |gpus: &str| {
+        let c =
+            g.sb.cmd(&["run", "--gpus", gpus, &image("busybox:latest"), "sh", "-c", NODES]);
+        let prog = c.get_program().to_owned();
+        let args: Vec<_> = c.get_args().map(|a| a.to_owned()).collect();
+        let mut sh = std::process::Command::new("sh");
+        sh.arg("-c")
+            .arg(format!("echo $$ > {}/cgroup.procs && exec \"$0\" \"$@\"", cg.display()))
+            .arg(prog)
+            .args(args);
+        for (k, v) in c.get_envs() {
+            match v {
+                Some(v) => sh.env(k, v),
+                None => sh.env_remove(k),
+            };
+        }
+        sh.env("DRUN_DRIVER_ROOT", &g.root)
+            .env("DRUN_CDI_SPEC_DIRS", &g.cdi)
+            .env("SLURM_JOB_ID", "4242")
+            .env("CUDA_VISIBLE_DEVICES", "0")
+            .stdin(std::process::Stdio::null());
+        run(sh, std::time::Duration::from_secs(120))
+    };
+    let one = job("1");
+    let two = job("2");
+    let _ = std::fs::remove_dir(&cg);
+    let o = one.ok().stdout;
+    // Index 0 (the A100) is not the job's: the K80 is chosen, whatever CUDA_VISIBLE_DEVICES says.
+    assert!(o.contains("/dev/nvidia0 c3:0") && !o.contains("/dev/nvidia1 "), "{o}");
+    two.fails_with(
+        125,
+        &[&format!(
+            "0 NVIDIA A100-SXM4-80GB ({A100}, 81920 MiB): not allocated to Slurm job 4242 (its device cgroup denies /dev/nvidia1)"
+        )],
+    );
+}
+
+#[test]
+fn cdi_specs_take_precedence_over_discovery() {
+    let g = setup(None);
+    // A hand-written spec for GPU 0 with an extra variable.
+    std::fs::write(
+        g.cdi.join("vendor.json"),
+        serde_json::json!({
+            "cdiVersion": "0.6.0",
+            "kind": "nvidia.com/gpu",
+            "devices": [{"name": "0", "containerEdits": {
+                "env": ["FROM_CDI=hand-written"],
+                "deviceNodes": [{"path": "/dev/nvidia1", "hostPath": g.root.join("dev/nvidia1")}]}}],
+            "containerEdits": {"deviceNodes": [{"path": "/dev/nvidiactl", "hostPath": g.root.join("dev/nvidiactl")}]}
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let o = g
+        .sh(
+            &["--gpus", "1"],
+            "busybox:latest",
+            &format!("{NODES}; echo FROM_CDI=$FROM_CDI"),
+        )
+        .ok()
+        .stdout;
+    assert!(
+        o.contains("FROM_CDI=hand-written") && o.contains("/dev/nvidia1 c3:1"),
+        "{o}"
+    );
+    // Only what the spec says: no libraries, no uvm node.
+    assert!(!o.contains("nvidia-uvm"), "{o}");
+    let listed = g.drun(&["gpus"]).ok().stdout;
+    assert!(
+        listed.contains("NVIDIA A100-SXM4-80GB") && listed.lines().nth(1).unwrap().ends_with("CDI"),
+        "{listed}"
+    );
+    std::fs::remove_file(g.cdi.join("vendor.json")).unwrap();
+
+    // A spec written by `drun cdi generate` is used as any other: here with video libraries only, which discovery
+    // would not pick with the default capabilities.
+    let spec = g.cdi.join("nvidia.yaml");
+    let out = g
+        .drun(&[
+            "cdi",
+            "generate",
+            "--capabilities",
+            "video",
+            "-o",
+            spec.to_str().unwrap(),
+        ])
+        .ok();
+    assert!(out.stderr.contains("2 GPU(s), driver 550.54.15"), "{}", out.stderr);
+    let text = std::fs::read_to_string(&spec).unwrap();
+    assert!(text.contains("kind: nvidia.com/gpu") && text.contains(A100), "{text}");
+    let o = g
+        .sh(
+            &["--gpus", "1"],
+            "debian:bookworm",
+            "ldconfig -p | grep -E 'libcuda|libnvidia' | sort",
+        )
+        .ok()
+        .stdout;
+    assert!(o.contains("libnvidia-encode.so.1") && !o.contains("libcuda"), "{o}");
+    let listed = g.drun(&["gpus", "--json"]).ok().stdout;
+    let v: serde_json::Value = serde_json::from_str(&listed).unwrap();
+    assert_eq!(v["gpus"][0]["source"], "CDI", "{listed}");
+    assert_eq!(v["gpus"][1]["memory_mib"], 11441, "{listed}");
+}
+
+#[test]
+fn any_cdi_device_by_name() {
+    let g = setup(None);
+    std::fs::write(
+        g.cdi.join("example.yaml"),
+        format!(
+            "cdiVersion: 0.6.0\nkind: example.com/widget\ndevices:\n  - name: w0\n    containerEdits:\n      env: [WIDGET=w0]\n      deviceNodes:\n        - path: /dev/widget0\n          hostPath: {}\n",
+            g.root.join("dev/nvidia-modeset").display()
+        ),
+    )
+    .unwrap();
+    let o = g
+        .drun(&[
+            "run",
+            "--device",
+            "example.com/widget=w0",
+            &image("busybox:latest"),
+            "sh",
+            "-c",
+            "stat -c '%n %t:%T' /dev/widget0; echo $WIDGET",
+        ])
+        .ok()
+        .stdout;
+    assert!(o.contains("/dev/widget0 c3:fe") && o.contains("w0"), "{o}");
+    g.drun(&[
+        "run",
+        "--device",
+        "example.com/widget=nope",
+        &image("busybox:latest"),
+        "true",
+    ])
+    .fails_with(
+        125,
+        &[
+            "unresolvable CDI device example.com/widget=nope",
+            "known: example.com/widget=w0",
+        ],
+    );
+}
+
+#[test]
+fn missing_uvm_and_missing_driver() {
+    let g = setup(None);
+    std::fs::remove_file(g.root.join("dev/nvidia-uvm")).unwrap();
+    let out = g.sh(&["--gpus", "1"], "busybox:latest", NODES).ok();
+    assert!(out.stderr.contains("nvidia-modprobe -u -c=0"), "{}", out.stderr);
+    assert!(
+        out.stdout.contains("/dev/nvidia1 ") && !out.stdout.contains("nvidia-uvm "),
+        "{}",
+        out.stdout
+    );
+    let empty = g.sb.path().join("no-driver");
+    std::fs::create_dir_all(&empty).unwrap();
+    g.sb.drun_with(
+        &["run", "--gpus", "1", &image("busybox:latest"), "true"],
+        &[
+            ("DRUN_DRIVER_ROOT", empty.as_os_str()),
+            ("DRUN_CDI_SPEC_DIRS", g.cdi.as_os_str()),
+        ],
+    )
+    .fails_with(
+        125,
+        &[
+            "no NVIDIA GPU found: no driver under",
+            "no nvidia.com/gpu device in the CDI specs",
+        ],
+    );
+}
+
+#[test]
+fn the_dstack_example_with_a_simulated_k80() {
+    let g = setup(None);
+    let project = g.sb.path().join("project");
+    std::fs::create_dir_all(&project).unwrap();
+    let wf = project.join("workflow.yaml");
+    std::fs::write(
+        &wf,
+        format!(
+            r#"workflows:
+  - name: train
+    provider: docker
+    image: {}
+    commands:
+      - mkdir -p output
+      - echo 'Hello, world!' > output/hello.txt
+      - nvidia-smi > output/gpu.txt
+    artifacts:
+      - path: ./output
+    resources:
+      gpu:
+        name: "K80"
+        count: 1
+"#,
+            image("busybox:latest")
+        ),
+    )
+    .unwrap();
+    g.drun(&["run", "-q", wf.to_str().unwrap()]).ok();
+    assert_eq!(
+        std::fs::read_to_string(project.join("artifacts/train/output/hello.txt")).unwrap(),
+        "Hello, world!\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(project.join("artifacts/train/output/gpu.txt")).unwrap(),
+        format!("fake nvidia-smi, driver 550.54.15: visible {K80}\n")
+    );
+}
+
+/// On a host with a real NVIDIA GPU and driver: `make test-gpu`.
+#[test]
+#[ignore = "needs an NVIDIA GPU (run with `make test-gpu` on a GPU host)"]
+fn real_gpu_hardware() {
+    assert!(is_root());
+    let sb = Sandbox::new();
+    let debian = image("debian:bookworm");
+    sb.drun(&["pull", "-q", &debian]).ok();
+    let host = std::process::Command::new("nvidia-smi")
+        .arg("-L")
+        .output()
+        .expect("nvidia-smi on the host");
+    let host = String::from_utf8_lossy(&host.stdout).to_string();
+    let first = host.lines().next().expect("at least one GPU").to_string();
+    // A CUDA device query through the driver API (libcuda, dlopened: no CUDA toolkit needed).
+    let src = sb.path().join("query.c");
+    std::fs::write(
+        &src,
+        "#include <dlfcn.h>\n#include <stdio.h>\nint main(void){void*h=dlopen(\"libcuda.so.1\",RTLD_NOW);if(!h){puts(dlerror());return 2;}\
+int(*init)(unsigned)=dlsym(h,\"cuInit\");int(*count)(int*)=dlsym(h,\"cuDeviceGetCount\");int n=-1;\
+int r=init(0);if(r){printf(\"cuInit %d\\n\",r);return 3;}count(&n);printf(\"cuda devices: %d\\n\",n);return 0;}\n",
+    )
+    .unwrap();
+    let bin = sb.path().join("query");
+    assert!(std::process::Command::new("gcc")
+        .arg(&src)
+        .arg("-o")
+        .arg(&bin)
+        .arg("-ldl")
+        .status()
+        .unwrap()
+        .success());
+    let vol = format!("{}:/query:ro", bin.display());
+    let out = sb
+        .drun(&[
+            "run",
+            "--gpus",
+            "1",
+            "-v",
+            &vol,
+            &debian,
+            "sh",
+            "-c",
+            "nvidia-smi -L; /query",
+        ])
+        .ok();
+    assert_eq!(
+        out.stdout.lines().filter(|l| l.starts_with("GPU ")).count(),
+        1,
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stdout
+            .contains(first.split(" (").next().unwrap().trim_start_matches("GPU 0: ")),
+        "{}",
+        out.stdout
+    );
+    assert!(out.stdout.contains("cuda devices: 1"), "{}", out.stdout);
+}
