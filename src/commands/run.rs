@@ -112,11 +112,8 @@ fn sharing(flag: &str, v: &Option<String>) -> Result<Option<Sharing>> {
     })
 }
 
-/// Builds the validated plan from the flags.
-pub fn plan_from_args(a: &RunArgs) -> Result<RunPlan> {
-    let mut it = a.image_and_command.iter();
-    let image = it.next().context("an image is required")?.clone();
-    let command: Vec<String> = it.cloned().collect();
+/// `--env-file` settings, then `-e` ones (later ones win).
+fn env_from_args(a: &RunArgs) -> Result<Vec<(String, String)>> {
     let mut env = Vec::new();
     for f in &a.env_file {
         let text = std::fs::read_to_string(f).with_context(|| format!("cannot read env file {}", f.display()))?;
@@ -131,6 +128,15 @@ pub fn plan_from_args(a: &RunArgs) -> Result<RunPlan> {
     for e in &a.env {
         parse_env(e, &mut env)?;
     }
+    Ok(env)
+}
+
+/// Builds the validated plan from the flags.
+pub fn plan_from_args(a: &RunArgs) -> Result<RunPlan> {
+    let mut it = a.image_and_command.iter();
+    let image = it.next().context("an image is required")?.clone();
+    let command: Vec<String> = it.cloned().collect();
+    let env = env_from_args(a)?;
     let mut mounts = Vec::new();
     for v in &a.volume {
         mounts.push(parse_volume(v)?);
@@ -281,20 +287,7 @@ fn run_workflows(global: &GlobalArgs, args: RunArgs) -> Result<i32> {
     check_workflow_flags(&args)?;
     let file = PathBuf::from(&args.image_and_command[0]);
     let set = crate::workflow::load(&file, &|k| std::env::var(k).ok())?;
-    let mut env = Vec::new();
-    for f in &args.env_file {
-        let text = std::fs::read_to_string(f).with_context(|| format!("cannot read env file {}", f.display()))?;
-        for line in text
-            .lines()
-            .map(str::trim)
-            .filter(|l| !l.is_empty() && !l.starts_with('#'))
-        {
-            parse_env(line, &mut env)?;
-        }
-    }
-    for e in &args.env {
-        parse_env(e, &mut env)?;
-    }
+    let env = env_from_args(&args)?;
     let opts = crate::workflow::runner::Options {
         artifacts: args.artifacts.clone(),
         dry_run: args.dry_run,

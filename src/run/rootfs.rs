@@ -38,31 +38,8 @@ pub fn prepare(run_dir: &Path, layers: &[PathBuf]) -> Result<(PathBuf, RootfsKin
             source,
         })?;
     }
-    let lower = layers
-        .iter()
-        .rev()
-        .map(|p| p.display().to_string())
-        .collect::<Vec<_>>()
-        .join(":");
-    let data = format!(
-        "lowerdir={lower},upperdir={},workdir={}",
-        upper.display(),
-        work.display()
-    );
-    // DRUN_ROOTFS=flatten forces the fallback (for tests, and for file systems where overlay misbehaves).
-    let forced = std::env::var_os("DRUN_ROOTFS").is_some_and(|v| v == "flatten");
-    let mounted = if forced {
-        Err(nix::errno::Errno::ENOTSUP)
-    } else {
-        mount(
-            Some("overlay"),
-            &merged,
-            Some("overlay"),
-            MsFlags::empty(),
-            Some(data.as_str()),
-        )
-    };
-    match mounted {
+    let lowers: Vec<&Path> = layers.iter().rev().map(PathBuf::as_path).collect();
+    match mount_overlay(&merged, &lowers, &upper, &work) {
         Ok(()) => Ok((merged, RootfsKind::Overlay)),
         Err(e) => {
             tracing::debug!(error = %e, "overlayfs cannot be mounted here; flattening the image into a private copy");
@@ -75,6 +52,31 @@ pub fn prepare(run_dir: &Path, layers: &[PathBuf]) -> Result<(PathBuf, RootfsKin
             Ok((merged, RootfsKind::Flattened))
         }
     }
+}
+
+/// Mounts an overlay at `merged` (`lowers` top first). DRUN_ROOTFS=flatten makes it fail, forcing the callers'
+/// copy fallbacks (for tests, and for file systems where overlay misbehaves).
+fn mount_overlay(merged: &Path, lowers: &[&Path], upper: &Path, work: &Path) -> nix::Result<()> {
+    if std::env::var_os("DRUN_ROOTFS").is_some_and(|v| v == "flatten") {
+        return Err(nix::errno::Errno::ENOTSUP);
+    }
+    // overlayfs splits its options at `,` and lower directories at `:`, both escapable with a backslash.
+    let escape = |p: &Path| {
+        p.display()
+            .to_string()
+            .replace('\\', "\\\\")
+            .replace(':', "\\:")
+            .replace(',', "\\,")
+    };
+    let lower = lowers.iter().map(|p| escape(p)).collect::<Vec<_>>().join(":");
+    let data = format!("lowerdir={lower},upperdir={},workdir={}", escape(upper), escape(work));
+    mount(
+        Some("overlay"),
+        merged,
+        Some("overlay"),
+        MsFlags::empty(),
+        Some(data.as_str()),
+    )
 }
 
 /// Copies one overlay-format layer onto `dest`, honouring its whiteouts and opaque directories.
@@ -205,32 +207,7 @@ pub fn prepare_project(run_dir: &Path, source: &Path) -> Result<PathBuf, RootfsE
             source,
         })?;
     }
-    // overlayfs splits its options at `,` and lower directories at `:`, both escapable with a backslash.
-    let escape = |p: &Path| {
-        p.display()
-            .to_string()
-            .replace('\\', "\\\\")
-            .replace(':', "\\:")
-            .replace(',', "\\,")
-    };
-    let data = format!(
-        "lowerdir={},upperdir={},workdir={}",
-        escape(source),
-        escape(&upper),
-        escape(&work)
-    );
-    let forced = std::env::var_os("DRUN_ROOTFS").is_some_and(|v| v == "flatten");
-    let mounted = if forced {
-        Err(nix::errno::Errno::ENOTSUP)
-    } else {
-        mount(
-            Some("overlay"),
-            &merged,
-            Some("overlay"),
-            MsFlags::empty(),
-            Some(data.as_str()),
-        )
-    };
+    let mounted = mount_overlay(&merged, &[source], &upper, &work);
     if let Err(e) = mounted {
         tracing::warn!(error = %e, dir = %source.display(), "overlayfs cannot be mounted over the project directory; copying it instead");
         apply_layer(source, &merged).map_err(|source| RootfsError::Flatten {

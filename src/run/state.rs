@@ -56,16 +56,21 @@ pub struct RunDir {
 }
 
 impl RunDir {
+    /// Creates the directory under a hidden name (which reapers skip), locks it, and only then gives it its
+    /// name: a concurrent `reap_stale` never sees an unlocked new run directory.
     pub fn create(state: &Path, id: &str) -> std::io::Result<RunDir> {
-        let path = containers_dir(state).join(id);
-        fs::create_dir_all(&path)?;
+        let containers = containers_dir(state);
+        let path = containers.join(id);
+        let hidden = containers.join(format!(".{id}"));
+        fs::create_dir_all(&hidden)?;
         let _ = fs::set_permissions(state, std::os::unix::fs::PermissionsExt::from_mode(0o711));
         let f = OpenOptions::new()
             .create(true)
             .truncate(false)
             .write(true)
-            .open(path.join("lock"))?;
+            .open(hidden.join("lock"))?;
         let lock = Flock::lock(f, FlockArg::LockExclusiveNonblock).map_err(|(_, e)| std::io::Error::from(e))?;
+        fs::rename(&hidden, &path)?;
         Ok(RunDir { path, _lock: lock })
     }
 

@@ -622,11 +622,16 @@ impl Cx<'_> {
                         memory_mib: match &s.memory {
                             None => None,
                             Some(m) => Some(
-                                m.0.parse::<ByteSize>()
+                                m.value
+                                    .0
+                                    .parse::<ByteSize>()
                                     .map_err(|_| {
                                         self.at(
-                                            &g.referenced,
-                                            format!("invalid gpu memory {:?}: expected a size such as \"16GB\"", m.0),
+                                            &m.referenced,
+                                            format!(
+                                                "invalid gpu memory {:?}: expected a size such as \"16GB\"",
+                                                m.value.0
+                                            ),
                                         )
                                     })?
                                     .0

@@ -381,7 +381,11 @@ pub fn run(
         for n in &job.notes {
             eprintln!("warning: workflow {:?}: {n}", job.name);
         }
-        let plan = job_plan(set, job, &artifacts_root, opts, true);
+        let mut plan = job_plan(set, job, &artifacts_root, opts, true);
+        // Pulled above (a second `--pull always` here would only fetch the same manifest again).
+        if plan.pull == PullPolicy::Always {
+            plan.pull = PullPolicy::Missing;
+        }
         match run_job(store, cfg, state_dir, job, &plan, &artifacts_root, owner, opts)? {
             Ended::Ok => {}
             Ended::Failed(code) => {

@@ -103,7 +103,7 @@ pub struct GpuMap {
     #[serde(default)]
     pub count: Option<u32>,
     #[serde(default)]
-    pub memory: Option<Scalar>,
+    pub memory: Option<S<Scalar>>,
 }
 
 /// `gpu: 2` or `gpu: {name, count, memory}`.

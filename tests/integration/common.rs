@@ -288,3 +288,20 @@ impl Sandbox {
         run(c, Duration::from_secs(300))
     }
 }
+
+/// Mounts below the sandbox and its run directories left behind.
+pub fn leftovers(sb: &Sandbox) -> Vec<String> {
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
+    let mut out: Vec<String> = mounts
+        .lines()
+        .filter(|l| l.contains(sb.path().to_str().unwrap()))
+        .map(String::from)
+        .collect();
+    if let Ok(rd) = std::fs::read_dir(sb.state().join("containers")) {
+        out.extend(rd.flatten().map(|e| e.path().display().to_string()));
+    }
+    if let Ok(rd) = std::fs::read_dir(sb.state().join("libcontainer")) {
+        out.extend(rd.flatten().map(|e| e.path().display().to_string()));
+    }
+    out
+}

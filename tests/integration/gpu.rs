@@ -111,6 +111,8 @@ fn discovery_injects_exactly_the_selected_gpu() {
         .ok()
         .stdout;
     assert!(!plain.contains("nvidia") && plain.trim_end().ends_with('0'), "{plain}");
+    // The ld cache helper's mounts lived in its own namespace; nothing is left on the host.
+    assert!(leftovers(&g.sb).is_empty(), "{:?}", leftovers(&g.sb));
 }
 
 #[test]

@@ -37,22 +37,6 @@ fn read(p: impl AsRef<Path>) -> String {
     std::fs::read_to_string(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
 }
 
-/// Mounts and run directories of the sandbox left behind.
-fn leftovers(sb: &Sandbox) -> Vec<String> {
-    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
-    let mut out: Vec<String> = mounts
-        .lines()
-        .filter(|l| l.contains(sb.path().to_str().unwrap()))
-        .map(String::from)
-        .collect();
-    for sub in ["containers", "libcontainer"] {
-        if let Ok(rd) = std::fs::read_dir(sb.state().join(sub)) {
-            out.extend(rd.flatten().map(|e| e.path().display().to_string()));
-        }
-    }
-    out
-}
-
 /// Waits until `file` contains `needle`.
 fn wait_for(file: &Path, needle: &str) {
     let start = Instant::now();
@@ -606,8 +590,8 @@ fn malformed_files_are_reported_with_their_location() {
         ),
         (
             "gpu.yaml",
-            "workflows:\n  - name: a\n    image: x\n    resources:\n      gpu:\n        name: K80\n        count: 1\n",
-            &["gpu.yaml:6:9: this drun cannot assign GPUs yet"],
+            "workflows:\n  - name: a\n    image: x\n    resources:\n      gpu:\n        memory: lots\n",
+            &["gpu.yaml:6:17: invalid gpu memory \"lots\": expected a size"],
         ),
         (
             "shape.yaml",
