@@ -121,8 +121,15 @@ pub fn reap_stale(state: &Path) -> usize {
     let mut n = 0;
     for e in rd.flatten() {
         let dir = e.path();
-        if e.file_name().to_string_lossy().starts_with('.') {
-            continue; // being created (see RunDir::create)
+        // Being created (see RunDir::create), unless a drun died in the moment between creating and naming it.
+        let hidden = e.file_name().to_string_lossy().starts_with('.');
+        let age = e
+            .metadata()
+            .ok()
+            .and_then(|m| m.modified().ok())
+            .and_then(|t| t.elapsed().ok());
+        if hidden && age.is_none_or(|a| a < std::time::Duration::from_secs(60)) {
+            continue;
         }
         // Take the lock ourselves so a concurrent reaper or a starting run cannot race us.
         let Ok(f) = OpenOptions::new()
