@@ -316,6 +316,18 @@ fn a_slurm_jobs_device_cgroup_decides_which_gpus_are_usable() {
     let one = job("1");
     let two = job("2");
     let _ = std::fs::remove_dir(&cg);
+    // Without device constraints, SLURM_STEP_GPUS (host indices) names the job's GPUs.
+    let step = g.sb.drun_with(
+        &["run", "--gpus", "all", &image("busybox:latest"), "sh", "-c", NODES],
+        &[
+            ("DRUN_DRIVER_ROOT", g.root.as_os_str()),
+            ("DRUN_CDI_SPEC_DIRS", g.cdi.as_os_str()),
+            ("SLURM_JOB_ID", "4243".as_ref()),
+            ("SLURM_STEP_GPUS", "1".as_ref()),
+        ],
+    );
+    let o = step.ok().stdout;
+    assert!(o.contains("/dev/nvidia0 c3:0") && !o.contains("/dev/nvidia1 "), "{o}");
     let o = one.ok().stdout;
     // Index 0 (the A100) is not the job's: the K80 is chosen, whatever CUDA_VISIBLE_DEVICES says.
     assert!(o.contains("/dev/nvidia0 c3:0") && !o.contains("/dev/nvidia1 "), "{o}");
