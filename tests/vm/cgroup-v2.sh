@@ -45,6 +45,31 @@ check "standard devices work" [ "$out" = 1 ]
 out=$(drun run --privileged "$IMG" sh -c 'mknod /tmp/mem c 1 1 && head -c1 /tmp/mem | wc -c')
 check "--privileged lifts the device filter ($out)" [ "$out" = 1 ]
 
+# GPUs on v2: the eBPF filter lets the container open the node of the GPU it was given (no driver here: ENXIO),
+# and not the other GPU's (EPERM), even with CAP_MKNOD. A minimal simulated driver, as hack/fake-driver.sh makes.
+F=/tmp/fake-driver
+# Its own tmpfs, mounted `dev`: bind-mounted nodes keep their source's nodev, and the VM's /tmp has it.
+mkdir -p "$F" && mount -t tmpfs -o dev,mode=755 fake-driver "$F"
+for g in "0000:01:00.0 Tesla-K80 GPU-k80 0" "0000:02:00.0 A100 GPU-a100 1"; do
+    set -- $g
+    mkdir -p "$F/proc/driver/nvidia/gpus/$1"
+    printf 'Model: %s\nGPU UUID: %s\nBus Location: %s\nDevice Minor: %s\n' "$2" "$3" "$1" "$4" \
+        >"$F/proc/driver/nvidia/gpus/$1/information"
+done
+mkdir -p "$F/dev" "$F/sys/module/nvidia"
+mknod "$F/dev/nvidia0" c 195 0
+mknod "$F/dev/nvidia1" c 195 1
+mknod "$F/dev/nvidiactl" c 195 255
+echo 550.54.15 >"$F/sys/module/nvidia/version"
+out=$(DRUN_DRIVER_ROOT=$F DRUN_CDI_SPEC_DIRS=/tmp/no-cdi drun run --gpus device=1 --cap-add MKNOD "$IMG" sh -c \
+    'head -c1 /dev/nvidia1 2>&1; mknod /tmp/other c 195 0 && head -c1 /tmp/other 2>&1; echo "$NVIDIA_VISIBLE_DEVICES"' 2>/dev/null)
+check "the given GPU's node passes the eBPF filter ($(echo "$out" | sed -n 1p))" \
+    sh -c 'echo "$1" | sed -n 1p | grep -q "No such device"' _ "$out"
+check "another GPU's node does not ($(echo "$out" | sed -n 2p))" \
+    sh -c 'echo "$1" | sed -n 2p | grep -q "not permitted"' _ "$out"
+check "NVIDIA_VISIBLE_DEVICES is the given GPU" [ "$(echo "$out" | sed -n 3p)" = GPU-a100 ]
+umount "$F"
+
 drun run "$IMG" sh -c 'exit 5'
 check "exit status passes through" [ $? = 5 ]
 check "no container cgroups left" [ -z "$(find /sys/fs/cgroup -name 'drun-*' -type d)" ]
