@@ -271,6 +271,20 @@ fn resources_and_docker_options() {
       - grep CapEff /proc/self/status | cut -f2 > caps.txt
       - pwd > pwd.txt
     artifacts: [mem.txt, shm.txt, caps.txt, pwd.txt]
+  - name: shapes
+    image: {busybox}
+    entrypoint: ["/bin/sh", "-c"]
+    volumes:
+      ./shared: {bind: /data2, mode: ro}
+    tmpfs: ["/scratch2:size=1m"]
+    ulimits: ["nofile=256:512"]
+    labels: ["team=hpc2"]
+    commands:
+      - cat /data2/in.txt > out.txt
+      - df -k /scratch2 | tail -1 | awk '{print $2}' >> out.txt
+      - ulimit -n >> out.txt
+      - (touch /data2/x 2>/dev/null && echo rw || echo ro) >> out.txt
+    artifacts: [out.txt]
   - name: privileged
     image: {busybox}
     privileged: true
@@ -314,6 +328,8 @@ fn resources_and_docker_options() {
         read(project.join("artifacts/privileged/ok.txt")),
         "privileged-mount-ok\n"
     );
+    // The other shapes of the same keys: docker-py's volume map, tmpfs and ulimit strings, an entrypoint list.
+    assert_eq!(read(project.join("artifacts/shapes/out.txt")), "from a volume\n1024\n256\nro\n");
     // Labels are part of the plan.
     let dry = sb.drun(&["run", "--dry-run", wf.to_str().unwrap(), "options"]).ok();
     assert!(dry.stdout.contains("label:       team=hpc"), "{}", dry.stdout);
