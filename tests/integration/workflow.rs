@@ -329,7 +329,10 @@ fn resources_and_docker_options() {
         "privileged-mount-ok\n"
     );
     // The other shapes of the same keys: docker-py's volume map, tmpfs and ulimit strings, an entrypoint list.
-    assert_eq!(read(project.join("artifacts/shapes/out.txt")), "from a volume\n1024\n256\nro\n");
+    assert_eq!(
+        read(project.join("artifacts/shapes/out.txt")),
+        "from a volume\n1024\n256\nro\n"
+    );
     // Labels are part of the plan.
     let dry = sb.drun(&["run", "--dry-run", wf.to_str().unwrap(), "options"]).ok();
     assert!(dry.stdout.contains("label:       team=hpc"), "{}", dry.stdout);
