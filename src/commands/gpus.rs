@@ -20,14 +20,17 @@ pub fn run(a: GpusArgs) -> Result<i32> {
         .collect();
     let gpus = driver.as_ref().map(|d| d.gpus.clone()).unwrap_or_default();
     let version = driver.as_ref().map(|d| d.version.clone()).unwrap_or_default();
-    let source = |g: &gpu::Gpu| {
-        let named = |n: String| cdi_devices.contains(&format!("{}={n}", cdi::NVIDIA_KIND));
-        if named(g.uuid.clone()) || named(g.index.to_string()) {
-            "CDI"
-        } else {
-            "discovery"
-        }
-    };
+    let sources: Vec<&str> = gpus
+        .iter()
+        .map(|g| {
+            if specs.gpu_name(g).is_some() {
+                "CDI"
+            } else {
+                "discovery"
+            }
+        })
+        .collect();
+    let source = |g: &gpu::Gpu| sources[g.index];
     if a.json {
         let list: Vec<serde_json::Value> = gpus
             .iter()

@@ -57,6 +57,14 @@ impl Specs {
         self.cache.get_device(name).is_some()
     }
 
+    /// The name these specs give `gpu` (`nvidia.com/gpu=<uuid>`, else `=<index>`), if any.
+    pub fn gpu_name(&mut self, gpu: &super::Gpu) -> Option<String> {
+        [gpu.uuid.clone(), gpu.index.to_string()]
+            .into_iter()
+            .map(|n| format!("{NVIDIA_KIND}={n}"))
+            .find(|n| self.has(n))
+    }
+
     /// Applies the edits of `names` (all resolvable, or nothing is edited) to the spec JSON.
     pub fn inject(&mut self, spec: &mut Value, names: &[String]) -> Result<(), GpuError> {
         let unknown: Vec<&String> = names.iter().filter(|n| self.cache.get_device(n).is_none()).collect();

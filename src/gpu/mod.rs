@@ -443,13 +443,7 @@ pub fn prepare(
                         }));
                     }
                 };
-                let in_cdi = |g: &Gpu, host: &mut cdi::Specs| {
-                    [g.uuid.clone(), g.index.to_string()]
-                        .into_iter()
-                        .map(|n| format!("{}={n}", cdi::NVIDIA_KIND))
-                        .find(|n| host.has(n))
-                };
-                let names: Vec<Option<String>> = gpus.iter().map(|g| in_cdi(g, &mut host)).collect();
+                let names: Vec<Option<String>> = gpus.iter().map(|g| host.gpu_name(g)).collect();
                 if names.iter().all(Option::is_some) {
                     host_pick.extend(names.into_iter().flatten());
                 } else {

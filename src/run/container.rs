@@ -201,18 +201,13 @@ fn check_executable(
     for c in &candidates {
         // A path below a volume is looked up on the host; below a tmpfs it cannot be known yet.
         let meta = match mount_covering(mounts, c) {
-            Some(MountSpec::Bind {
-                source, destination, ..
-            }) => {
-                let rest = c[destination.trim_end_matches('/').len()..].trim_start_matches('/');
-                std::fs::metadata(if rest.is_empty() {
-                    source.clone()
-                } else {
-                    source.join(rest)
-                })
-                .ok()
-            }
-            Some(MountSpec::Tmpfs { .. }) => return Ok(()),
+            Some((MountSpec::Bind { source, .. }, rest)) => std::fs::metadata(if rest.is_empty() {
+                source.clone()
+            } else {
+                source.join(rest)
+            })
+            .ok(),
+            Some((MountSpec::Tmpfs { .. }, _)) => return Ok(()),
             None => rootfs::stat_in_root(root, c),
         };
         if let Some(m) = meta {
@@ -248,15 +243,17 @@ fn check_executable(
     }
 }
 
-/// The last mount (later ones shadow earlier ones) whose destination contains `path`.
-fn mount_covering<'a>(mounts: &'a [MountSpec], path: &str) -> Option<&'a MountSpec> {
-    mounts.iter().rev().find(|m| {
+/// The last mount (later ones shadow earlier ones) whose destination contains `path`, and the rest of `path`
+/// below that destination (relative, empty for the destination itself).
+fn mount_covering<'a, 'p>(mounts: &'a [MountSpec], path: &'p str) -> Option<(&'a MountSpec, &'p str)> {
+    mounts.iter().rev().find_map(|m| {
         let dest = match m {
             MountSpec::Bind { destination, .. } | MountSpec::Tmpfs { destination, .. } => {
                 destination.trim_end_matches('/')
             }
         };
-        path == dest || path.strip_prefix(dest).is_some_and(|r| r.starts_with('/'))
+        let rest = path.strip_prefix(dest)?;
+        (rest.is_empty() || rest.starts_with('/')).then(|| (m, rest.trim_start_matches('/')))
     })
 }
 
@@ -590,15 +587,12 @@ fn run_in(
     }
     // Created where it will be seen: in a volume's source when one covers it, else in the root file system.
     match mount_covering(&plan.mounts, &cwd) {
-        Some(MountSpec::Bind {
-            source, destination, ..
-        }) => {
-            let rest = cwd[destination.trim_end_matches('/').len()..].trim_start_matches('/');
+        Some((MountSpec::Bind { source, .. }, rest)) => {
             if !rest.is_empty() {
                 rootfs::mkdir_in_root(source, rest).map_err(io(format!("create the working directory {cwd}")))?;
             }
         }
-        Some(MountSpec::Tmpfs { .. }) => {}
+        Some((MountSpec::Tmpfs { .. }, _)) => {}
         None => rootfs::mkdir_in_root(&root, &cwd).map_err(io(format!("create the working directory {cwd}")))?,
     }
 
@@ -787,25 +781,9 @@ struct Output<'a> {
 impl Output<'_> {
     /// Copies what is available now; the pipe is dropped once it is closed.
     fn pump(&mut self) {
-        use std::io::{Read, Write};
         let Some(p) = self.pipe.as_mut() else { return };
-        let _ = nix::fcntl::fcntl(p.as_fd(), nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK));
-        let mut buf = [0u8; 16384];
-        loop {
-            match p.read(&mut buf) {
-                Ok(0) => break self.pipe = None,
-                Ok(n) => {
-                    let mut out = std::io::stdout().lock();
-                    let _ = out.write_all(&buf[..n]);
-                    let _ = out.flush();
-                    if let Some(l) = self.log.as_mut() {
-                        let _ = l.write_all(&buf[..n]);
-                    }
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-                Err(_) => break self.pipe = None,
-            }
+        if !copy_available(p, self.log.as_deref_mut()) {
+            self.pipe = None;
         }
     }
 }
@@ -846,17 +824,36 @@ impl Drop for DefaultSignals {
 /// Copies what the container wrote to its terminal before it exited.
 fn drain(master: Option<&OwnedFd>, open: bool) {
     let Some(m) = master.filter(|_| open) else { return };
-    use std::io::{Read, Write};
-    let _ = nix::fcntl::fcntl(m.as_fd(), nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK));
-    let Ok(dup) = m.try_clone() else { return };
-    let mut f = File::from(dup);
-    let mut buf = [0u8; 8192];
-    let mut out = std::io::stdout();
-    // Until empty (EAGAIN) or closed (EOF/EIO).
-    while let Ok(n @ 1..) = f.read(&mut buf) {
-        let _ = out.write_all(&buf[..n]);
+    if let Ok(dup) = m.try_clone() {
+        copy_available(&mut File::from(dup), None);
     }
-    let _ = out.flush();
+}
+
+/// Copies what `src` holds now to drun's stdout (and `log`), without waiting. Returns false once `src` is closed
+/// (EOF, or EIO from a terminal whose other side closed).
+fn copy_available(src: &mut File, mut log: Option<&mut File>) -> bool {
+    use std::io::{Read, Write};
+    let _ = nix::fcntl::fcntl(
+        src.as_fd(),
+        nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
+    );
+    let mut buf = [0u8; 16384];
+    loop {
+        match src.read(&mut buf) {
+            Ok(0) => return false,
+            Ok(n) => {
+                let mut out = std::io::stdout().lock();
+                let _ = out.write_all(&buf[..n]);
+                let _ = out.flush();
+                if let Some(l) = log.as_mut() {
+                    let _ = l.write_all(&buf[..n]);
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return true,
+            Err(_) => return false,
+        }
+    }
 }
 
 fn forwarded_signals() -> SigSet {

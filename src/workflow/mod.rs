@@ -621,22 +621,7 @@ impl Cx<'_> {
                         name: s.name.clone(),
                         memory_mib: match &s.memory {
                             None => None,
-                            Some(m) => Some(
-                                m.value
-                                    .0
-                                    .parse::<ByteSize>()
-                                    .map_err(|_| {
-                                        self.at(
-                                            &m.referenced,
-                                            format!(
-                                                "invalid gpu memory {:?}: expected a size such as \"16GB\"",
-                                                m.value.0
-                                            ),
-                                        )
-                                    })?
-                                    .0
-                                    >> 20,
-                            ),
+                            Some(m) => Some(self.size(m, "gpu memory")?.0 >> 20),
                         },
                     },
                 })
