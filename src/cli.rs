@@ -25,6 +25,10 @@ pub struct GlobalArgs {
     /// Directory for running containers' state (default: /run/drun as root, $XDG_RUNTIME_DIR/drun otherwise)
     #[arg(long, global = true, env = "DRUN_STATE", value_name = "DIR")]
     pub state: Option<PathBuf>,
+    /// Shared cache of verified compressed layer blobs (read from when present, filled when writable); lets
+    /// several users download each layer once. Unpacked layers stay per user.
+    #[arg(long, global = true, env = "DRUN_BLOB_CACHE", value_name = "DIR")]
+    pub blob_cache: Option<PathBuf>,
     /// Log level: error, warn, info, debug, trace (or a tracing filter; also DRUN_LOG)
     #[arg(long, global = true, value_name = "LEVEL")]
     pub log_level: Option<String>,
@@ -52,6 +56,18 @@ pub enum Command {
     Gpus(GpusArgs),
     /// CDI specs: `drun cdi generate [-o FILE]` writes one for this host's NVIDIA GPUs
     Cdi(CdiArgs),
+}
+
+impl Command {
+    /// Whether a rootless drun must enter its user namespace for this command (everything that touches the
+    /// store or containers), and with which mode.
+    pub fn userns(&self) -> Option<crate::userns::Mode> {
+        match self {
+            Command::Gpus(_) | Command::Cdi(_) => None,
+            Command::Run(a) => Some(a.userns.unwrap_or_default()),
+            _ => Some(crate::userns::Mode::Auto),
+        }
+    }
 }
 
 #[derive(Args, Debug)]
@@ -185,6 +201,14 @@ pub struct RunArgs {
     /// Directory of CDI specs (repeatable; default: DRUN_CDI_SPEC_DIRS, else /etc/cdi and /var/run/cdi)
     #[arg(long, value_name = "DIR")]
     pub cdi_spec_dir: Vec<PathBuf>,
+    /// Rootless: auto (you are root in the container) or keep-id (you keep your own uid and gid, with a
+    /// passwd/group entry)
+    #[arg(long, value_name = "MODE")]
+    pub userns: Option<crate::userns::Mode>,
+    /// Fail instead of warning when --memory/--cpus/--pids-limit cannot be enforced (rootless without a
+    /// delegated cgroup)
+    #[arg(long)]
+    pub require_limits: bool,
     /// Workflows: where artifacts and logs go (default: artifacts/ beside the workflow file)
     #[arg(long, value_name = "DIR")]
     pub artifacts: Option<PathBuf>,

@@ -113,7 +113,7 @@ pub fn xdg_dir(var: &str, fallback: &str) -> Option<PathBuf> {
 
 /// The store root: `--root`/`DRUN_ROOT`, else `/var/lib/drun` for root and `$XDG_DATA_HOME/drun` otherwise.
 pub fn default_root() -> PathBuf {
-    if nix::unistd::geteuid().is_root() {
+    if !crate::userns::is_rootless() {
         PathBuf::from("/var/lib/drun")
     } else {
         xdg_dir("XDG_DATA_HOME", ".local/share")

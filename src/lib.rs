@@ -15,6 +15,7 @@ pub mod image;
 pub mod progress;
 pub mod run;
 pub mod units;
+pub mod userns;
 pub mod workflow;
 
 /// Exit status for errors of drun itself (as `docker run` uses 125).

@@ -17,6 +17,19 @@ fn main() {
         .with_writer(std::io::stderr)
         .with_target(false)
         .init();
+    // An ordinary user's drun works in a user namespace of its own, entered now: only a single-threaded process
+    // can, and everything after this (pull threads, the container) runs inside it.
+    if let Some(mode) = cli.command.userns() {
+        if !nix::unistd::geteuid().is_root() {
+            if let Err(e) = drun::userns::enter(mode) {
+                eprintln!("error: {e}");
+                std::process::exit(drun::EXIT_DRUN_ERROR);
+            }
+        } else if mode == drun::userns::Mode::KeepId {
+            eprintln!("error: --userns keep-id is for rootless drun; as root, choose the container's user with -u");
+            std::process::exit(drun::EXIT_DRUN_ERROR);
+        }
+    }
     let code = match drun::commands::dispatch(&cli.global, cli.command) {
         Ok(code) => code,
         Err(err) => {

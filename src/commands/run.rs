@@ -231,6 +231,7 @@ pub fn plan_from_args(a: &RunArgs) -> Result<RunPlan> {
             .map_err(anyhow::Error::msg)?,
         devices: a.device.clone(),
         cdi_spec_dirs: a.cdi_spec_dir.clone(),
+        require_limits: a.require_limits,
         ..Default::default()
     })
 }
@@ -276,7 +277,7 @@ fn check_workflow_flags(a: &RunArgs) -> Result<()> {
     .collect();
     if !given.is_empty() {
         bail!(
-            "{} cannot be used with a workflow file: set them per workflow in the file (with a workflow file, drun run takes -e, --env-file, --pull, --platform, -q, --cdi-spec-dir, --artifacts, --dry-run and --keep-going)",
+            "{} cannot be used with a workflow file: set them per workflow in the file (with a workflow file, drun run takes -e, --env-file, --pull, --platform, -q, --cdi-spec-dir, --userns, --require-limits, --artifacts, --dry-run and --keep-going)",
             given.join(", ")
         );
     }
@@ -297,6 +298,7 @@ fn run_workflows(global: &GlobalArgs, args: RunArgs) -> Result<i32> {
         platform: args.platform.as_deref().map(str::parse).transpose()?,
         env,
         cdi_spec_dirs: args.cdi_spec_dir.clone(),
+        require_limits: args.require_limits,
     };
     let cfg = Config::load()?;
     let store = super::open_store(global)?;

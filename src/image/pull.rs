@@ -18,7 +18,7 @@ use crate::image::local::{self, LocalError};
 use crate::image::platform::Platform;
 use crate::image::registry::{Registry, RegistryError};
 use crate::image::source::ImageSource;
-use crate::image::store::{remove_tree, ImageRecord, LayerMeta, LayerRecord, Store, StoreError, IDMAP_HOST};
+use crate::image::store::{remove_tree, ImageRecord, LayerMeta, LayerRecord, Store, StoreError};
 use crate::image::unpack::{link_from_lower, unpack_layer, LowerLink, UnpackError, UnpackOptions, UnpackStats};
 use crate::progress::Progress;
 
@@ -393,7 +393,7 @@ async fn fetch_resolved(
     let mut order = Vec::new();
     for (i, layer) in resolved.layers.into_iter().enumerate() {
         order.push((layer.diff_id.clone(), layer.media_type.clone()));
-        if store.has_layer(IDMAP_HOST, &layer.diff_id) {
+        if store.has_layer(store.idmap(), &layer.diff_id) {
             layers_reused += 1;
             continue;
         }
@@ -453,7 +453,7 @@ async fn fetch_resolved(
         let meta = match metas[i].take() {
             Some(m) => m,
             None => store
-                .layer_meta(IDMAP_HOST, &diff_id)
+                .layer_meta(store.idmap(), &diff_id)
                 .ok_or_else(|| PullError::Invalid {
                     name: name.to_string(),
                     message: format!("layer {diff_id} vanished from the store"),
@@ -516,17 +516,15 @@ async fn ensure_layer(
 ) -> Result<(LayerMeta, bool), LayerError> {
     let diff_id = layer.diff_id.clone();
     let (s, d) = (store.clone(), diff_id.clone());
-    let lock = tokio::task::spawn_blocking(move || s.lock_layer(IDMAP_HOST, &d))
+    let lock = tokio::task::spawn_blocking(move || s.lock_layer(s.idmap(), &d))
         .await
         .map_err(|e| LayerError::Task(e.to_string()))??;
-    if let Some(meta) = store.layer_meta(IDMAP_HOST, &diff_id) {
+    if let Some(meta) = store.layer_meta(store.idmap(), &diff_id) {
         return Ok((meta, false));
     }
-    let staging = store.layer_staging(IDMAP_HOST, &diff_id)?;
+    let staging = store.layer_staging(store.idmap(), &diff_id)?;
     let tree = staging.join("root");
-    let opts = UnpackOptions {
-        unprivileged: !nix::unistd::geteuid().is_root(),
-    };
+    let opts = UnpackOptions::for_process();
     let result = match layer.fetch.clone() {
         LayerFetch::Registry(registry) => {
             let (tx, rx) = mpsc::channel::<Bytes>(32);
@@ -613,7 +611,7 @@ async fn ensure_layer(
                     return Err(LayerError::Cancelled);
                 }
             }
-            let roots: Vec<PathBuf> = lowers.iter().map(|d| store.layer_root(IDMAP_HOST, d)).collect();
+            let roots: Vec<PathBuf> = lowers.iter().map(|d| store.layer_root(store.idmap(), d)).collect();
             let t = tree.clone();
             let links = v.lower_links.clone();
             tokio::task::spawn_blocking(move || link_from_lower(&t, &roots, &links))
@@ -640,7 +638,7 @@ async fn ensure_layer(
         unpacked_bytes: v.stats.bytes,
         entries: v.stats.entries,
     };
-    if let Err(e) = store.publish_layer(IDMAP_HOST, &staging, &meta) {
+    if let Err(e) = store.publish_layer(store.idmap(), &staging, &meta) {
         let _ = remove_tree(&staging);
         return Err(e.into());
     }
@@ -650,7 +648,7 @@ async fn ensure_layer(
 
 /// Waits until every layer in `layers` is published. The pull fails (and aborts this task) if one cannot be.
 async fn wait_for_layers(store: &Store, layers: &[Digest]) {
-    while !layers.iter().all(|d| store.has_layer(IDMAP_HOST, d)) {
+    while !layers.iter().all(|d| store.has_layer(store.idmap(), d)) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }

@@ -106,6 +106,7 @@ pub struct Lock(#[allow(dead_code)] Flock<File>);
 #[derive(Clone, Debug)]
 pub struct Store {
     root: PathBuf,
+    idmap: String,
 }
 
 impl Store {
@@ -119,7 +120,13 @@ impl Store {
         let _ = fs::set_permissions(root, std::os::unix::fs::PermissionsExt::from_mode(0o700));
         Ok(Store {
             root: root.to_path_buf(),
+            idmap: crate::userns::current().map_or_else(|| IDMAP_HOST.to_string(), |r| r.idmap_key()),
         })
+    }
+
+    /// The ID mapping this process unpacks layers for: [`IDMAP_HOST`] as real root, else the user namespace's.
+    pub fn idmap(&self) -> &str {
+        &self.idmap
     }
 
     pub fn root(&self) -> &Path {

@@ -23,15 +23,51 @@ use nix::sys::stat::{
 use nix::sys::time::TimeSpec;
 use nix::unistd::{fchown, fchownat, linkat, symlinkat, unlinkat, Gid, Uid, UnlinkatFlags};
 
+use crate::userns::Rootless;
+
 const WHITEOUT_PREFIX: &str = ".wh.";
 const OPAQUE_MARKER: &str = ".wh..wh..opq";
 pub const OVERLAY_OPAQUE_XATTR: &str = "trusted.overlay.opaque";
+/// The opaque marker of an overlay mounted with `userxattr` (in a user namespace, where `trusted.*` is out of
+/// reach).
+pub const OVERLAY_USER_OPAQUE_XATTR: &str = "user.overlay.opaque";
 
 /// How the unpacker may represent what it finds.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct UnpackOptions {
-    /// Running without privileges: skip device nodes, keep the caller as owner, drop setuid/setgid bits.
+    /// Not real root: device nodes are skipped (counted), setuid/setgid bits dropped. Owners follow `userns`
+    /// when given, else every file is the caller's.
     pub unprivileged: bool,
+    /// The user namespace drun runs in: owners the namespace lacks are squashed (see [`Rootless::squash`]) and
+    /// opaque directories get the `user.overlay.opaque` marker.
+    pub userns: Option<&'static Rootless>,
+}
+
+impl UnpackOptions {
+    /// The options for this process: real root, or the user namespace it entered.
+    pub fn for_process() -> UnpackOptions {
+        UnpackOptions {
+            unprivileged: crate::userns::is_rootless(),
+            userns: crate::userns::current(),
+        }
+    }
+
+    fn opaque_xattr(&self) -> &'static str {
+        if self.userns.is_some() {
+            OVERLAY_USER_OPAQUE_XATTR
+        } else {
+            OVERLAY_OPAQUE_XATTR
+        }
+    }
+
+    /// The owner to give an entry with `(uid, gid)` in its header, or None to leave the caller's.
+    fn owner(&self, uid: u32, gid: u32) -> Option<(u32, u32)> {
+        match (self.unprivileged, self.userns) {
+            (false, _) => Some((uid, gid)),
+            (true, Some(ns)) => Some(ns.squash(uid, gid)),
+            (true, None) => None,
+        }
+    }
 }
 
 #[derive(Debug, Default, Clone, Copy, serde::Serialize, serde::Deserialize)]
@@ -429,7 +465,6 @@ pub fn unpack_layer<R: Read>(src: R, dest: &Path, opts: UnpackOptions) -> Result
     let mut lower_links = Vec::new();
     let mut dirs: Vec<DirMeta> = Vec::new();
     let mut dir_index: HashMap<Vec<Vec<u8>>, usize> = HashMap::new();
-    let uid_ok = !opts.unprivileged;
     let pool = Pool::new(writer_threads());
     // Paths with a job in the pool since the last barrier.
     let mut pending: HashSet<Vec<u8>> = HashSet::new();
@@ -461,7 +496,7 @@ pub fn unpack_layer<R: Read>(src: R, dest: &Path, opts: UnpackOptions) -> Result
         if name_bytes == OPAQUE_MARKER.as_bytes() {
             let dir = open_in_root(root, &join(parent_comps), OFlag::O_RDONLY | OFlag::O_DIRECTORY)
                 .map_err(|e| wrap(errno_io(e)))?;
-            set_xattr(dir.as_fd(), OVERLAY_OPAQUE_XATTR, b"y").map_err(wrap)?;
+            set_xattr(dir.as_fd(), opts.opaque_xattr(), b"y").map_err(wrap)?;
             stats.whiteouts += 1;
             continue;
         }
@@ -479,13 +514,12 @@ pub fn unpack_layer<R: Read>(src: R, dest: &Path, opts: UnpackOptions) -> Result
         let header = entry.header();
         let mode = header.mode().map_err(wrap)? & 0o7777;
         let mode = if opts.unprivileged { mode & 0o1777 } else { mode };
-        let uid = header.uid().map_err(wrap)? as u32;
-        let gid = header.gid().map_err(wrap)? as u32;
+        let header_owner = opts.owner(header.uid().map_err(wrap)? as u32, header.gid().map_err(wrap)? as u32);
         let header_mtime = header.mtime().map_err(wrap)? as i64;
         let extras = pax_extras(&mut entry).map_err(wrap)?;
         let times = extras.mtime.unwrap_or_else(|| TimeSpec::new(header_mtime, 0));
         let owner = |fd: BorrowedFd<'_>| -> io::Result<()> {
-            if uid_ok {
+            if let Some((uid, gid)) = header_owner {
                 fchown(fd, Some(Uid::from_raw(uid)), Some(Gid::from_raw(gid))).map_err(errno_io)?;
             }
             Ok(())
@@ -525,7 +559,7 @@ pub fn unpack_layer<R: Read>(src: R, dest: &Path, opts: UnpackOptions) -> Result
             }
             tar::EntryType::Regular | tar::EntryType::Continuous | tar::EntryType::GNUSparse => {
                 let size = entry.size();
-                let owner = uid_ok.then_some((uid, gid));
+                let owner = header_owner;
                 if size <= POOL_FILE_MAX {
                     let mut data = Vec::with_capacity(size as usize);
                     entry.read_to_end(&mut data).map_err(UnpackError::Read)?;
@@ -557,7 +591,7 @@ pub fn unpack_layer<R: Read>(src: R, dest: &Path, opts: UnpackOptions) -> Result
                     .link_name_bytes()
                     .ok_or_else(|| wrap(io::Error::other("symlink without target")))?
                     .into_owned();
-                let owner = uid_ok.then_some((uid, gid));
+                let owner = header_owner;
                 let job = Job::Symlink { target };
                 pool.submit(Task {
                     parent: Arc::new(parent),
@@ -636,7 +670,7 @@ pub fn unpack_layer<R: Read>(src: R, dest: &Path, opts: UnpackOptions) -> Result
                     nix::sys::stat::makedev(major.into(), minor.into()),
                 )
                 .map_err(|e| wrap(errno_io(e)))?;
-                if uid_ok {
+                if let Some((uid, gid)) = header_owner {
                     chown_at(pfd, name, uid, gid).map_err(|e| wrap(errno_io(e)))?;
                 }
                 fchmodat(pfd, name, Mode::from_bits_truncate(mode), FchmodatFlags::FollowSymlink)

@@ -6,6 +6,11 @@
 //! processes cannot delegate controllers to children; when drun's own cgroup has processes, drun moves itself into
 //! a leaf `drun.supervisor-<pid>` beside the container's cgroup first.
 //!
+//! Rootless, drun uses a cgroup v2 subtree delegated to the caller (a systemd user slice, or a job cgroup made
+//! writable): it creates the container's cgroup there and writes the limits itself (libcgroups would load the
+//! eBPF device filter, which needs real root). Without one (cgroup v1, or a v2 directory that is not the
+//! caller's) the container stays in drun's cgroup and requested limits are reported as not enforced.
+//!
 //! Inside, the container sees only its own cgroup, read-only: libcontainer mounts v1 hierarchies writable even
 //! when asked not to, so drun leaves cgroup mounts out of the spec and bind-mounts the container's own directories
 //! read-only instead. Container root can read its limits and cannot raise them.
@@ -47,13 +52,28 @@ pub enum Version {
     V2,
 }
 
+/// Who manages the container's cgroup.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Control {
+    /// Real root: libcontainer creates it and applies limits and device rules.
+    Root,
+    /// Rootless in a delegated v2 subtree: drun creates it and writes the limits; `controllers` are those the
+    /// subtree may use.
+    Delegated { controllers: Vec<String> },
+    /// Rootless without a cgroup of its own, and why.
+    None { reason: String },
+}
+
 #[derive(Clone, Debug)]
 pub struct CgroupPlan {
+    pub control: Control,
     pub version: Version,
     /// The container's cgroup, relative to each hierarchy's root, e.g. `/user.slice/job/drun-0123456789ab`.
     pub path: String,
     /// A supervisor leaf drun moved itself into (v2 only), removed by a later drun once empty.
     pub supervisor: Option<String>,
+    /// `drun-<short id>`, the last component of `path`.
+    pub leaf: String,
 }
 
 pub fn detect() -> Version {
@@ -95,41 +115,168 @@ impl CgroupPlan {
     pub fn prepare(short_id: &str) -> Result<CgroupPlan, CgroupError> {
         let version = detect();
         let parent = own_cgroup(&version)?;
-        let path = join(&parent, &format!("drun-{short_id}"));
-        let mut supervisor = None;
-        if version == Version::V2 && parent != "/" {
-            let dir = Path::new(CGROUP_ROOT).join(parent.trim_start_matches('/'));
-            if enable_controllers(&dir).is_err() {
-                // Our cgroup has processes (drun itself at least): move into a leaf, then delegate.
-                let leaf = join(&parent, &format!("drun.supervisor-{}", std::process::id()));
-                let leaf_dir = Path::new(CGROUP_ROOT).join(leaf.trim_start_matches('/'));
-                std::fs::create_dir_all(&leaf_dir).map_err(|source| CgroupError::Write {
-                    path: leaf_dir.clone(),
-                    source,
-                })?;
-                let procs = leaf_dir.join("cgroup.procs");
-                std::fs::write(&procs, std::process::id().to_string())
-                    .map_err(|source| CgroupError::Write { path: procs, source })?;
-                enable_controllers(&dir).map_err(|source| CgroupError::Write {
-                    path: dir.join("cgroup.subtree_control"),
-                    source,
-                })?;
-                supervisor = Some(leaf);
-            }
+        let leaf = format!("drun-{short_id}");
+        let path = join(&parent, &leaf);
+        if crate::userns::is_rootless() {
+            // Decided once per process: after the first run without a cgroup, drun's own view of the hierarchy is
+            // its private cgroup2 mount (see `hide_host_hierarchy`), which says nothing about the host.
+            static FIRST: std::sync::OnceLock<(Version, String)> = std::sync::OnceLock::new();
+            let (version, parent) = FIRST.get_or_init(|| (version, parent)).clone();
+            let path = join(&parent, &leaf);
+            return Ok(Self::rootless(version, &parent, path, leaf));
         }
+        let supervisor = delegate(&version, &parent)?;
         Ok(CgroupPlan {
+            control: Control::Root,
             version,
             path,
             supervisor,
+            leaf,
         })
     }
 
-    pub fn path_string(&self) -> &str {
-        &self.path
+    /// The cgroup of a run recorded earlier, for clean-up.
+    pub fn existing(version: Version, path: String) -> CgroupPlan {
+        let leaf = path.rsplit('/').next().unwrap_or_default().to_string();
+        CgroupPlan {
+            control: Control::Root,
+            version,
+            path,
+            supervisor: None,
+            leaf,
+        }
+    }
+
+    fn rootless(version: Version, parent: &str, path: String, leaf: String) -> CgroupPlan {
+        let none = |reason: String| CgroupPlan {
+            control: Control::None { reason },
+            version: version.clone(),
+            path: String::new(),
+            supervisor: None,
+            leaf: leaf.clone(),
+        };
+        if version != Version::V2 {
+            return none("this host uses cgroup v1, whose hierarchies cannot be delegated to an ordinary user".into());
+        }
+        let dir = Path::new(CGROUP_ROOT).join(parent.trim_start_matches('/'));
+        let writable = |p: &Path| nix::unistd::access(p, nix::unistd::AccessFlags::W_OK).is_ok();
+        if parent == "/" || !writable(&dir) || !writable(&dir.join("cgroup.procs")) {
+            return none(format!(
+                "drun's cgroup {} is not delegated to you (not writable); run under `systemd-run --user --scope` \
+                 or in a job whose cgroup is delegated",
+                dir.display()
+            ));
+        }
+        match delegate(&version, parent) {
+            Ok(supervisor) => {
+                let controllers = std::fs::read_to_string(dir.join("cgroup.subtree_control"))
+                    .unwrap_or_default()
+                    .split_whitespace()
+                    .map(String::from)
+                    .collect();
+                CgroupPlan {
+                    control: Control::Delegated { controllers },
+                    version,
+                    path,
+                    supervisor,
+                    leaf,
+                }
+            }
+            Err(e) => none(format!("cannot use the delegated cgroup {}: {e}", dir.display())),
+        }
+    }
+
+    /// The limits of `plan` this cgroup cannot enforce, as `(flag, why)`.
+    pub fn unenforced(&self, plan: &RunPlan) -> Vec<(String, String)> {
+        let wanted = [
+            ("memory", plan.memory.map(|m| format!("--memory {m}"))),
+            ("cpu", plan.cpus.map(|c| format!("--cpus {c}"))),
+            ("pids", plan.pids_limit.map(|p| format!("--pids-limit {p}"))),
+        ];
+        wanted
+            .into_iter()
+            .filter_map(|(ctrl, flag)| {
+                let flag = flag?;
+                match &self.control {
+                    Control::Root => None,
+                    Control::Delegated { controllers } if controllers.iter().any(|c| c == ctrl) => None,
+                    Control::Delegated { .. } => Some((
+                        flag,
+                        format!("the {ctrl} controller is not delegated to your cgroup subtree"),
+                    )),
+                    Control::None { reason } => Some((flag, reason.clone())),
+                }
+            })
+            .collect()
+    }
+
+    /// Rootless with a delegated subtree: writes the limits into the container's cgroup (created by
+    /// [`create_dirs`](Self::create_dirs)).
+    pub fn write_limits(&self, plan: &RunPlan) -> Result<(), CgroupError> {
+        let Control::Delegated { controllers } = &self.control else {
+            return Ok(());
+        };
+        let dir = Path::new(CGROUP_ROOT).join(self.path.trim_start_matches('/'));
+        let has = |c: &str| controllers.iter().any(|x| x == c);
+        let mut writes: Vec<(&str, String)> = Vec::new();
+        if let (Some(m), true) = (plan.memory, has("memory")) {
+            writes.push(("memory.max", m.0.to_string()));
+        }
+        if let (Some(c), true) = (plan.cpus, has("cpu")) {
+            let period: u64 = 100_000;
+            writes.push(("cpu.max", format!("{} {period}", (c * period as f64).round() as u64)));
+        }
+        if let (Some(p), true) = (plan.pids_limit, has("pids")) {
+            writes.push(("pids.max", p.to_string()));
+        }
+        for (file, value) in writes {
+            let f = dir.join(file);
+            std::fs::write(&f, &value).map_err(|source| CgroupError::Write { path: f, source })?;
+        }
+        Ok(())
+    }
+
+    /// Rootless without a cgroup: libcgroups (v1) would fail to move the container into a cgroup it cannot
+    /// write. In drun's own mount namespace, a cgroup namespace and a fresh cgroup2 mount at /sys/fs/cgroup make
+    /// it take its rootless v2 path, which leaves the container in drun's cgroup.
+    pub fn hide_host_hierarchy(&self) -> Result<(), CgroupError> {
+        if !matches!(self.control, Control::None { .. }) || crate::userns::current().is_none() {
+            return Ok(());
+        }
+        static DONE: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
+        let res = DONE.get_or_init(|| {
+            use nix::mount::{mount, MsFlags};
+            nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWCGROUP).map_err(|e| e.to_string())?;
+            mount(
+                Some("cgroup2"),
+                CGROUP_ROOT,
+                Some("cgroup2"),
+                MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+                None::<&str>,
+            )
+            .map_err(|e| e.to_string())
+        });
+        res.clone().map_err(|e| CgroupError::Write {
+            path: PathBuf::from(CGROUP_ROOT),
+            source: std::io::Error::other(format!("cannot mount a private cgroup2 view: {e}")),
+        })
+    }
+
+    /// The `cgroupsPath` for libcontainer. Without a cgroup of its own, a path that does not exist in drun's
+    /// private cgroup2 view ([`hide_host_hierarchy`](Self::hide_host_hierarchy)): libcgroups' rootless mode then
+    /// leaves the container where drun is, and its clean-up finds nothing to remove.
+    pub fn spec_path(&self) -> String {
+        match &self.control {
+            Control::None { .. } => format!("/{}", self.leaf),
+            _ => self.path.clone(),
+        }
     }
 
     /// Host directories of the container's cgroup (one per v1 hierarchy, or the single v2 one).
     pub fn host_dirs(&self) -> Vec<(PathBuf, String)> {
+        if matches!(self.control, Control::None { .. }) {
+            return Vec::new();
+        }
         let rel = self.path.trim_start_matches('/');
         match self.version {
             Version::V2 => vec![(Path::new(CGROUP_ROOT).join(rel), CGROUP_ROOT.to_string())],
@@ -164,6 +311,9 @@ impl CgroupPlan {
     /// The spec mounts that show the container its own cgroup, read-only.
     pub fn container_mounts(&self) -> Vec<Value> {
         let mut out = Vec::new();
+        if matches!(self.control, Control::None { .. }) {
+            return out;
+        }
         if matches!(self.version, Version::V1 { .. }) {
             out.push(json!({"destination": CGROUP_ROOT, "type": "tmpfs", "source": "cgroup", "options": ["nosuid", "noexec", "nodev", "mode=755"]}));
         }
@@ -173,8 +323,12 @@ impl CgroupPlan {
         out
     }
 
-    /// `linux.resources`: limits and the device allow-list.
-    pub fn resources(&self, plan: &RunPlan) -> Value {
+    /// `linux.resources`: limits and the device allow-list; none rootless (drun writes delegated limits itself).
+    pub fn resources(&self, plan: &RunPlan) -> Option<Value> {
+        (self.control == Control::Root).then(|| self.root_resources(plan))
+    }
+
+    fn root_resources(&self, plan: &RunPlan) -> Value {
         let mut r = json!({"devices": device_rules()});
         if let Some(m) = plan.memory {
             let mut mem = json!({"limit": m.0});
@@ -197,6 +351,9 @@ impl CgroupPlan {
     /// Removes the container's cgroup directories (after killing anything left in them) and an empty supervisor
     /// leaf of a dead drun. Used for clean-up after a crash; a normal run's cgroup goes with libcontainer's delete.
     pub fn remove(&self) {
+        if self.path.is_empty() {
+            return;
+        }
         let rel = self.path.trim_start_matches('/');
         // libcontainer creates the cgroup in every v1 hierarchy, not only the ones the container sees.
         let dirs: Vec<PathBuf> = match self.version {
@@ -221,6 +378,31 @@ impl CgroupPlan {
             }
         }
     }
+}
+
+/// On v2, makes sure `parent` can delegate controllers to a child: when it has processes (drun at least), drun
+/// moves itself into a leaf beside the container's cgroup first. Returns that leaf.
+fn delegate(version: &Version, parent: &str) -> Result<Option<String>, CgroupError> {
+    if *version != Version::V2 || parent == "/" {
+        return Ok(None);
+    }
+    let dir = Path::new(CGROUP_ROOT).join(parent.trim_start_matches('/'));
+    if enable_controllers(&dir).is_ok() {
+        return Ok(None);
+    }
+    let leaf = join(parent, &format!("drun.supervisor-{}", std::process::id()));
+    let leaf_dir = Path::new(CGROUP_ROOT).join(leaf.trim_start_matches('/'));
+    std::fs::create_dir_all(&leaf_dir).map_err(|source| CgroupError::Write {
+        path: leaf_dir.clone(),
+        source,
+    })?;
+    let procs = leaf_dir.join("cgroup.procs");
+    std::fs::write(&procs, std::process::id().to_string()).map_err(|source| CgroupError::Write { path: procs, source })?;
+    enable_controllers(&dir).map_err(|source| CgroupError::Write {
+        path: dir.join("cgroup.subtree_control"),
+        source,
+    })?;
+    Ok(Some(leaf))
 }
 
 fn enable_controllers(dir: &Path) -> std::io::Result<()> {

@@ -19,7 +19,7 @@ use nix::unistd::Pid;
 use crate::config::Config;
 use crate::image::pull::{pull, PullOptions};
 use crate::image::source::{lookup_names, ImageSource};
-use crate::image::store::{ImageRecord, Store, IDMAP_HOST};
+use crate::image::store::{ImageRecord, Store};
 use crate::run::cgroups::{CgroupPlan, Version};
 use crate::run::plan::{MountSpec, NetworkMode, PullPolicy, RunPlan, DEFAULT_PATH};
 use crate::run::rootfs;
@@ -67,6 +67,8 @@ pub enum RunError {
     Exec { path: String, message: String, code: i32 },
     #[error(transparent)]
     Gpu(#[from] crate::gpu::GpuError),
+    #[error("--require-limits: cannot enforce {limits}: {reason}")]
+    Limits { limits: String, reason: String },
 }
 
 impl RunError {
@@ -84,8 +86,37 @@ fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> RunError {
     move |source| RunError::Io { what, source }
 }
 
-/// Makes sure the image is in the store per the pull policy and returns its record.
+/// Makes sure the image is in the store per the pull policy and returns its record, with its layers unpacked
+/// for this process's ID mapping (a rootless `--userns keep-id` run needs its own copies: pulled again, from
+/// `--blob-cache` when it has the blobs).
 pub fn ensure_image(store: &Store, cfg: &Config, plan: &RunPlan, quiet: bool) -> Result<ImageRecord, RunError> {
+    let record = ensure_record(store, cfg, plan, quiet)?;
+    if record.layers.iter().all(|l| store.has_layer(store.idmap(), &l.diff_id)) {
+        return Ok(record);
+    }
+    if plan.pull == PullPolicy::Never {
+        return Err(RunError::Config {
+            image: record.name.clone(),
+            message: format!(
+                "its layers are not unpacked for this ID mapping ({}) and --pull=never was given",
+                store.idmap()
+            ),
+        });
+    }
+    tracing::debug!(image = %record.name, idmap = store.idmap(), "unpacking the image's layers for this ID mapping");
+    let source = ImageSource::parse(&record.name).map_err(|e| RunError::Config {
+        image: record.name.clone(),
+        message: e.to_string(),
+    })?;
+    let opts = PullOptions {
+        platform: plan.platform.clone(),
+        quiet,
+    };
+    pull(store, cfg, &source, &opts)?;
+    Ok(store.image(&record.name)?.unwrap_or(record))
+}
+
+fn ensure_record(store: &Store, cfg: &Config, plan: &RunPlan, quiet: bool) -> Result<ImageRecord, RunError> {
     // The warm path: no reference parsing at all when the store already knows the name.
     if plan.pull != PullPolicy::Always {
         if let Some(r) = store.image_by_alias(&plan.image)? {
@@ -304,34 +335,53 @@ fn find_init() -> Option<PathBuf> {
     .find(|p| p.is_file())
 }
 
-/// A network namespace with only loopback, up (as `docker run --network none` gives), bound to `path`.
+/// A network namespace with only loopback, up (as `docker run --network none` gives), bound to `path`. Made
+/// in a forked child, which shares drun's mount namespace: drun itself never leaves the host's network
+/// namespace (rootless, it could not return to it).
 fn make_netns(path: &Path) -> Result<(), RunError> {
-    use nix::sched::{setns, unshare, CloneFlags};
-    let own = File::open("/proc/self/ns/net").map_err(io("open the current network namespace"))?;
+    use nix::sched::{unshare, CloneFlags};
     File::create(path).map_err(io("create the network namespace file"))?;
-    unshare(CloneFlags::CLONE_NEWNET).map_err(|e| RunError::Io {
-        what: "create a network namespace".into(),
-        source: e.into(),
-    })?;
-    let res = (|| {
-        nix::mount::mount(
-            Some("/proc/self/ns/net"),
-            path,
-            None::<&str>,
-            nix::mount::MsFlags::MS_BIND,
-            None::<&str>,
-        )
-        .map_err(|e| RunError::Io {
-            what: "bind the network namespace".into(),
-            source: e.into(),
-        })?;
-        loopback_up().map_err(io("bring up loopback"))
-    })();
-    setns(own.as_fd(), CloneFlags::CLONE_NEWNET).map_err(|e| RunError::Io {
-        what: "return to the host network namespace".into(),
-        source: e.into(),
-    })?;
-    res
+    let (r, w) = nix::unistd::pipe().map_err(|e| io("create a pipe")(e.into()))?;
+    // SAFETY: drun is single-threaded while it runs containers; the child makes a few syscalls and exits.
+    match unsafe { nix::unistd::fork() }.map_err(|e| io("fork")(e.into()))? {
+        nix::unistd::ForkResult::Child => {
+            drop(r);
+            let step = (|| -> Result<(), String> {
+                unshare(CloneFlags::CLONE_NEWNET).map_err(|e| format!("create a network namespace: {e}"))?;
+                nix::mount::mount(
+                    Some("/proc/self/ns/net"),
+                    path,
+                    None::<&str>,
+                    nix::mount::MsFlags::MS_BIND,
+                    None::<&str>,
+                )
+                .map_err(|e| format!("bind the network namespace: {e}"))?;
+                loopback_up().map_err(|e| format!("bring up loopback: {e}"))
+            })();
+            let code = match step {
+                Ok(()) => 0,
+                Err(msg) => {
+                    let _ = nix::unistd::write(w.as_fd(), msg.as_bytes());
+                    1
+                }
+            };
+            // SAFETY: leaving the forked child without running drun's destructors.
+            unsafe { libc::_exit(code) }
+        }
+        nix::unistd::ForkResult::Parent { child } => {
+            drop(w);
+            let status = waitpid(child, None);
+            let mut msg = String::new();
+            let _ = std::io::Read::read_to_string(&mut File::from(r), &mut msg);
+            match status {
+                Ok(WaitStatus::Exited(_, 0)) => Ok(()),
+                _ => Err(RunError::Io {
+                    what: "set up --network none".into(),
+                    source: std::io::Error::other(if msg.is_empty() { "the helper process failed".into() } else { msg }),
+                }),
+            }
+        }
+    }
 }
 
 fn loopback_up() -> std::io::Result<()> {
@@ -378,6 +428,23 @@ fn etc_files(dir: &Path, hostname: &str) -> Result<Vec<(PathBuf, &'static str)>,
         out.push((p, dst));
     }
     Ok(out)
+}
+
+/// Limits a rootless run cannot enforce: one warning naming each, or an error with `--require-limits`.
+fn check_limits(cgroup: &CgroupPlan, plan: &RunPlan) -> Result<(), RunError> {
+    let missing = cgroup.unenforced(plan);
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let limits = missing.iter().map(|(f, _)| f.as_str()).collect::<Vec<_>>().join(", ");
+    let mut reasons: Vec<&str> = missing.iter().map(|(_, r)| r.as_str()).collect();
+    reasons.dedup();
+    let reason = reasons.join("; ");
+    if plan.require_limits {
+        return Err(RunError::Limits { limits, reason });
+    }
+    tracing::warn!("limits NOT enforced: {limits} ({reason}); pass --require-limits to refuse to run instead");
+    Ok(())
 }
 
 /// What a caller (the workflow runner) hooks into a run.
@@ -493,6 +560,7 @@ fn run_in(
 ) -> Result<Outcome, RunError> {
     let dir = &run_dir.path;
     let cgroup = CgroupPlan::prepare(short)?;
+    check_limits(&cgroup, plan)?;
     let mut info = RunInfo {
         id: id.to_string(),
         name: plan.name.clone(),
@@ -501,6 +569,7 @@ fn run_in(
         pid: None,
         started: time::OffsetDateTime::now_utc(),
         cgroup_path: cgroup.path.clone(),
+        pid_start: None,
         cgroup_v2: cgroup.version == Version::V2,
         layers: record.layers.iter().map(|l| l.diff_id.to_string()).collect(),
         labels: plan.labels.clone(),
@@ -511,7 +580,7 @@ fn run_in(
         let layers: Vec<PathBuf> = record
             .layers
             .iter()
-            .map(|l| store.layer_root(IDMAP_HOST, &l.diff_id))
+            .map(|l| store.layer_root(store.idmap(), &l.diff_id))
             .collect();
         if let Some(missing) = layers.iter().find(|p| !p.is_dir()) {
             return Err(RunError::Config {
@@ -557,8 +626,16 @@ fn run_in(
         .or_else(|| icfg.working_dir().clone())
         .filter(|w| !w.is_empty())
         .unwrap_or_else(|| "/".into());
-    let user_spec = plan.user.clone().or_else(|| icfg.user().clone());
-    let user = user::resolve(&root, user_spec.as_deref())?;
+    let keep_id = crate::userns::current().filter(|ns| ns.mode == crate::userns::Mode::KeepId);
+    let user_spec = match (&plan.user, keep_id) {
+        (Some(u), _) => Some(u.clone()),
+        (None, Some(ns)) => Some(user::add_keep_id_entry(&root, ns)?),
+        (None, None) => icfg.user().clone(),
+    };
+    let mut user = user::resolve(&root, user_spec.as_deref())?;
+    if let Some(ns) = crate::userns::current() {
+        user::check_mapped(&mut user, user_spec.as_deref().unwrap_or("root"), ns)?;
+    }
     let env = resolve_env(plan, &icfg.env().clone().unwrap_or_default(), &hostname, &user.home);
     check_executable(&root, &plan.mounts, &args, &env, &cwd)?;
     for need in &plan.needs {
@@ -625,6 +702,8 @@ fn run_in(
         &dir.join("cdi"),
     )?;
     cgroup.create_dirs(plan)?;
+    cgroup.write_limits(plan)?;
+    cgroup.hide_host_hierarchy()?;
     let mut spec_json = spec::build(&SpecInputs {
         plan,
         args,
@@ -704,6 +783,7 @@ fn run_in(
     let pid = container.pid().map(|p| Pid::from_raw(p.as_raw()));
     guard.container = Some(container);
     info.pid = pid.map(Pid::as_raw);
+    info.pid_start = pid.and_then(|p| state::start_time(p.as_raw()));
     run_dir.write_info(&info).map_err(io("write run info"))?;
     guard.info = Some(info);
     if let Some(f) = &plan.cidfile {

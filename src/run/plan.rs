@@ -106,6 +106,8 @@ pub struct RunPlan {
     pub devices: Vec<String>,
     /// CDI spec directories (empty: DRUN_CDI_SPEC_DIRS, else /etc/cdi and /var/run/cdi).
     pub cdi_spec_dirs: Vec<PathBuf>,
+    /// Fail rather than warn when limits cannot be enforced (rootless without a delegated cgroup).
+    pub require_limits: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use nix::mount::{mount, MsFlags};
 
-use crate::image::unpack::OVERLAY_OPAQUE_XATTR;
+use crate::image::unpack::{OVERLAY_OPAQUE_XATTR, OVERLAY_USER_OPAQUE_XATTR};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RootfsError {
@@ -69,7 +69,12 @@ fn mount_overlay(merged: &Path, lowers: &[&Path], upper: &Path, work: &Path) -> 
             .replace(',', "\\,")
     };
     let lower = lowers.iter().map(|p| escape(p)).collect::<Vec<_>>().join(":");
-    let data = format!("lowerdir={lower},upperdir={},workdir={}", escape(upper), escape(work));
+    let mut data = format!("lowerdir={lower},upperdir={},workdir={}", escape(upper), escape(work));
+    // In a user namespace overlayfs keeps its own attributes in `user.overlay.*` (Linux ≥ 5.11), as the layers
+    // unpacked there are marked.
+    if crate::userns::current().is_some() {
+        data.push_str(",userxattr");
+    }
     mount(
         Some("overlay"),
         merged,
@@ -92,7 +97,7 @@ fn apply_layer(layer: &Path, dest: &Path) -> io::Result<()> {
             continue;
         }
         if ft.is_dir() {
-            let opaque = xattr_present(&src, OVERLAY_OPAQUE_XATTR);
+            let opaque = xattr_present(&src, OVERLAY_OPAQUE_XATTR) || xattr_present(&src, OVERLAY_USER_OPAQUE_XATTR);
             if opaque || !fs::symlink_metadata(&dst).is_ok_and(|m| m.is_dir()) {
                 remove_any(&dst)?;
                 fs::create_dir(&dst)?;
@@ -179,6 +184,34 @@ pub fn stat_in_root(root: &Path, path: &str) -> Option<fs::Metadata> {
     fs::File::from(open_in_container(root, path, nix::fcntl::OFlag::O_PATH).ok()?)
         .metadata()
         .ok()
+}
+
+/// Opens a file of the container's root for appending (created 0644 if missing), never leaving the root.
+pub fn append_in_root(root: &Path, path: &str) -> io::Result<fs::File> {
+    use nix::fcntl::OFlag;
+    let fd = match open_in_container(root, path, OFlag::O_WRONLY | OFlag::O_APPEND | OFlag::O_NOFOLLOW) {
+        Ok(fd) => fd,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            let p = Path::new(path);
+            let parent = p.parent().map_or("/".into(), |d| d.display().to_string());
+            let dir = open_in_container(root, &parent, OFlag::O_PATH | OFlag::O_DIRECTORY)?;
+            let name = p.file_name().ok_or_else(|| io::Error::other("no file name"))?;
+            nix::fcntl::openat(
+                std::os::fd::AsFd::as_fd(&dir),
+                name,
+                OFlag::O_WRONLY | OFlag::O_APPEND | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+                nix::sys::stat::Mode::from_bits_truncate(0o644),
+            )
+            .map_err(io::Error::from)?
+        }
+        Err(e) => return Err(e),
+    };
+    Ok(fs::File::from(fd))
+}
+
+/// A directory of the container's root, opened for fchown and the like.
+pub fn open_dir_in_root(root: &Path, path: &str) -> io::Result<std::os::fd::OwnedFd> {
+    open_in_container(root, path, nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_DIRECTORY)
 }
 
 /// Creates a directory (and its parents) inside the container's root, never leaving it.

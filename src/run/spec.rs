@@ -216,6 +216,9 @@ pub fn build(inp: &SpecInputs<'_>) -> Result<Value, SpecError> {
                "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"]}),
         json!({"destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["nosuid", "noexec", "nodev", "ro"]}),
     ];
+    if let Some(ns) = crate::userns::current() {
+        rootless_mounts(&mut mounts, plan, ns);
+    }
     match plan.ipc_mode() {
         Sharing::Private => {
             mounts.push(json!({"destination": "/dev/shm", "type": "tmpfs", "source": "shm",
@@ -280,11 +283,13 @@ pub fn build(inp: &SpecInputs<'_>) -> Result<Value, SpecError> {
 
     let mut linux = json!({
         "namespaces": namespaces,
-        "cgroupsPath": inp.cgroup.path_string(),
+        "cgroupsPath": inp.cgroup.spec_path(),
         "resources": inp.cgroup.resources(plan),
     });
     if plan.privileged {
-        linux["resources"]["devices"] = json!([{"allow": true, "access": "rwm"}]);
+        if linux["resources"].is_object() {
+            linux["resources"]["devices"] = json!([{"allow": true, "access": "rwm"}]);
+        }
     } else {
         linux["maskedPaths"] = json!(MASKED_PATHS);
         linux["readonlyPaths"] = json!(READONLY_PATHS);
@@ -330,6 +335,29 @@ pub fn build(inp: &SpecInputs<'_>) -> Result<Value, SpecError> {
     });
     serde_json::from_value::<oci_spec::runtime::Spec>(spec.clone()).map_err(SpecError::Invalid)?;
     Ok(spec)
+}
+
+/// What a user namespace cannot mount itself: sysfs needs a network namespace it owns (with the host network,
+/// the host's /sys is bind-mounted read-only, as rootless Podman does), proc a PID namespace it owns (`--pid
+/// host`: the host's /proc); devpts' `gid=5` needs gid 5 mapped.
+fn rootless_mounts(mounts: &mut [Value], plan: &RunPlan, ns: &crate::userns::Rootless) {
+    for m in mounts.iter_mut() {
+        match m["destination"].as_str() {
+            Some("/sys") if plan.network != NetworkMode::None => {
+                *m = json!({"destination": "/sys", "type": "bind", "source": "/sys",
+                    "options": ["rbind", "nosuid", "noexec", "nodev", "ro"]});
+            }
+            Some("/proc") if plan.pid_mode() == Sharing::Host => {
+                *m = json!({"destination": "/proc", "type": "bind", "source": "/proc",
+                    "options": ["rbind", "nosuid", "noexec", "nodev"]});
+            }
+            Some("/dev/pts") if !ns.maps_gid(5) => {
+                *m = json!({"destination": "/dev/pts", "type": "devpts", "source": "devpts",
+                    "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620"]});
+            }
+            _ => {}
+        }
+    }
 }
 
 /// RLIMIT_NOFILE for containers: drun's own hard limit as both soft and hard (Docker and Podman raise it too;

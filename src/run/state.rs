@@ -22,23 +22,73 @@ pub struct RunInfo {
     pub pid: Option<i32>,
     #[serde(with = "time::serde::rfc3339")]
     pub started: time::OffsetDateTime,
+    /// Empty when the container has no cgroup of its own (rootless without delegation).
     pub cgroup_path: String,
     pub cgroup_v2: bool,
+    /// Start time (clock ticks after boot) of `pid`: a container without a cgroup is killed by pid, and only
+    /// if the pid still names the same process.
+    #[serde(default)]
+    pub pid_start: Option<u64>,
     /// diff_ids of the layers the root file system is made of (kept from garbage collection while running).
     pub layers: Vec<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub labels: Vec<(String, String)>,
 }
 
-/// The default state directory: `/run/drun` for root, `$XDG_RUNTIME_DIR/drun` otherwise.
+/// The default state directory: `/run/drun` for root. Rootless: `$XDG_RUNTIME_DIR/drun` when that directory
+/// exists, is the caller's and writable (`srun` may carry a login node's value that does not exist here), else
+/// `/tmp/drun-<uid>`. Both are local file systems: overlay refuses upper directories on NFS and GPFS.
 pub fn default_state_dir() -> PathBuf {
-    if nix::unistd::geteuid().is_root() {
+    if !crate::userns::is_rootless() {
         return PathBuf::from("/run/drun");
     }
-    match std::env::var_os("XDG_RUNTIME_DIR").map(PathBuf::from) {
-        Some(d) if d.is_absolute() => d.join("drun"),
-        _ => PathBuf::from(format!("/tmp/drun-{}", nix::unistd::geteuid())),
+    let (uid, _) = crate::userns::caller_ids();
+    if let Some(d) = std::env::var_os("XDG_RUNTIME_DIR").map(PathBuf::from) {
+        use std::os::unix::fs::MetadataExt;
+        let usable = d.is_absolute()
+            && fs::metadata(&d).is_ok_and(|m| m.is_dir() && m.uid() == uid)
+            && nix::unistd::access(&d, nix::unistd::AccessFlags::W_OK).is_ok();
+        if usable {
+            return d.join("drun");
+        }
+        tracing::debug!(dir = %d.display(), "XDG_RUNTIME_DIR is not usable here; using a directory under /tmp");
     }
+    let host_uid = crate::userns::current().map_or(uid, |r| r.uid);
+    PathBuf::from(format!("/tmp/drun-{host_uid}"))
+}
+
+/// Creates the rootless state directory privately (0700) and refuses one that someone else made: `/tmp` is
+/// shared, and another user could otherwise plant files in it.
+pub fn ensure_private(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+    if !crate::userns::is_rootless() {
+        return Ok(());
+    }
+    match fs::DirBuilder::new().mode(0o700).create(dir) {
+        Ok(()) => return Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return fs::DirBuilder::new().recursive(true).mode(0o700).create(dir);
+        }
+        Err(e) => return Err(e),
+    }
+    let m = fs::symlink_metadata(dir)?;
+    let (uid, _) = crate::userns::caller_ids();
+    if !m.is_dir() || m.uid() != uid {
+        return Err(std::io::Error::other(format!(
+            "{} exists but is not a directory of yours: remove it or choose another with --state",
+            dir.display()
+        )));
+    }
+    Ok(())
+}
+
+/// A process's start time in clock ticks after boot (field 22 of /proc/PID/stat).
+pub fn start_time(pid: i32) -> Option<u64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may contain spaces and parentheses: count from the last ')'.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    rest.split(' ').nth(19)?.parse().ok()
 }
 
 pub fn containers_dir(state: &Path) -> PathBuf {
@@ -62,8 +112,11 @@ impl RunDir {
         let containers = containers_dir(state);
         let path = containers.join(id);
         let hidden = containers.join(format!(".{id}"));
+        ensure_private(state)?;
         fs::create_dir_all(&hidden)?;
-        let _ = fs::set_permissions(state, std::os::unix::fs::PermissionsExt::from_mode(0o711));
+        if !crate::userns::is_rootless() {
+            let _ = fs::set_permissions(state, std::os::unix::fs::PermissionsExt::from_mode(0o711));
+        }
         let f = OpenOptions::new()
             .create(true)
             .truncate(false)
@@ -158,12 +211,14 @@ pub fn cleanup(state: &Path, dir: &Path, info: Option<&RunInfo>) {
         } else {
             Version::V1 { memsw: false }
         };
-        CgroupPlan {
-            version,
-            path: info.cgroup_path.clone(),
-            supervisor: None,
+        CgroupPlan::existing(version, info.cgroup_path.clone()).remove();
+        if let (true, Some(pid), Some(start)) = (info.cgroup_path.is_empty(), info.pid, info.pid_start) {
+            // The container's init is PID 1 of its namespace (or the whole container with --pid host and no
+            // cgroup: then only that process): killing it ends the namespace.
+            if start_time(pid) == Some(start) {
+                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+            }
         }
-        .remove();
         let _ = fs::remove_dir_all(libcontainer_dir(state).join(&info.id));
     }
     for m in ["rootfs", "netns", "project/merged"] {

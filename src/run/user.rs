@@ -11,6 +11,96 @@ pub enum UserError {
     NoUser(String),
     #[error("unable to find group {0}: no matching entries in the image's /etc/group")]
     NoGroup(String),
+    #[error(
+        "the container's user {user} (uid {uid}, gid {gid}) does not exist in your user namespace: {why}"
+    )]
+    Unmapped { user: String, uid: u32, gid: u32, why: String },
+    #[error("cannot add your passwd entry to the image (--userns keep-id): {0}")]
+    KeepId(std::io::Error),
+}
+
+/// `--userns keep-id`: adds the caller's passwd and group entries to the container's /etc/passwd and
+/// /etc/group (written into the run's own layer) unless the image has the ids already, creates the home
+/// directory, and returns the user spec to run as (`uid:gid`).
+pub fn add_keep_id_entry(root: &Path, ns: &crate::userns::Rootless) -> Result<String, UserError> {
+    use std::io::Write;
+    let (uid, gid) = (ns.inside_uid(), ns.inside_gid());
+    let name = ns.user.clone().unwrap_or_else(|| format!("user{uid}"));
+    let home = ns.home.as_ref().map_or_else(|| format!("/home/{name}"), |h| h.display().to_string());
+    let shell = ns
+        .shell
+        .clone()
+        .filter(|s| crate::run::rootfs::stat_in_root(root, s).is_some())
+        .unwrap_or_else(|| "/bin/sh".into());
+    let append = |file: &str, line: String, present: bool| -> std::io::Result<()> {
+        if present {
+            return Ok(());
+        }
+        crate::run::rootfs::mkdir_in_root(root, "/etc")?;
+        let mut f = crate::run::rootfs::append_in_root(root, file)?;
+        let text = read_in_root(root, file).unwrap_or_default();
+        let sep = if text.is_empty() || text.ends_with('\n') { "" } else { "\n" };
+        f.write_all(format!("{sep}{line}\n").as_bytes())
+    };
+    let pw = passwd(&read_in_root(root, "/etc/passwd").unwrap_or_default());
+    let gr = groups(&read_in_root(root, "/etc/group").unwrap_or_default());
+    let gecos = ns.gecos.replace([':', '\n'], " ");
+    append(
+        "/etc/passwd",
+        format!("{name}:x:{uid}:{gid}:{gecos}:{home}:{shell}"),
+        pw.iter().any(|p| p.uid == uid),
+    )
+    .map_err(UserError::KeepId)?;
+    append(
+        "/etc/group",
+        format!("{name}:x:{gid}:"),
+        gr.iter().any(|(_, id, _)| *id == gid),
+    )
+    .map_err(UserError::KeepId)?;
+    let home_now = passwd(&read_in_root(root, "/etc/passwd").unwrap_or_default())
+        .into_iter()
+        .find(|p| p.uid == uid)
+        .map_or(home, |p| p.home);
+    if crate::run::rootfs::stat_in_root(root, &home_now).is_none() {
+        crate::run::rootfs::mkdir_in_root(root, &home_now).map_err(UserError::KeepId)?;
+        if let Ok(fd) = crate::run::rootfs::open_dir_in_root(root, &home_now) {
+            let _ = nix::unistd::fchown(
+                std::os::fd::AsFd::as_fd(&fd),
+                Some(nix::unistd::Uid::from_raw(uid)),
+                Some(nix::unistd::Gid::from_raw(gid)),
+            );
+        }
+    }
+    Ok(format!("{uid}:{gid}"))
+}
+
+/// Checks that `user` exists in the user namespace drun runs in (rootless) and drops supplementary groups it
+/// cannot have there.
+pub fn check_mapped(user: &mut ResolvedUser, shown: &str, ns: &crate::userns::Rootless) -> Result<(), UserError> {
+    if !ns.maps_uid(user.uid) || !ns.maps_gid(user.gid) {
+        let why = match ns.how {
+            crate::userns::How::Single => format!(
+                "you have no subordinate ids in /etc/subuid and /etc/subgid, so only your own id is mapped (as {}); \
+                 run as that user (e.g. -u {0}) or ask an administrator for a range (`usermod --add-subuids \
+                 100000-165535 --add-subgids 100000-165535 {1}`)",
+                ns.inside_uid(),
+                ns.user.as_deref().unwrap_or("USER")
+            ),
+            crate::userns::How::Subordinate => format!("the mapping is {}", ns.describe()),
+        };
+        return Err(UserError::Unmapped {
+            user: shown.to_string(),
+            uid: user.uid,
+            gid: user.gid,
+            why,
+        });
+    }
+    // Without newgidmap, setgroups is denied in the namespace: the container keeps drun's groups.
+    if ns.how == crate::userns::How::Single {
+        user.additional_gids.clear();
+    }
+    user.additional_gids.retain(|g| ns.maps_gid(*g));
+    Ok(())
 }
 
 struct Passwd {

@@ -28,10 +28,15 @@ pub struct Options {
     /// `-e`/`--env-file` settings, applied on top of each workflow's environment.
     pub env: Vec<(String, String)>,
     pub cdi_spec_dirs: Vec<PathBuf>,
+    pub require_limits: bool,
 }
 
-/// The user files are made for: the one who ran `sudo drun …`, else nobody in particular (drun's own identity).
+/// The user files are made for: the one who ran `sudo drun …`; rootless, the caller (files the container's other
+/// users wrote are owned by subordinate ids otherwise); else nobody in particular (drun's own identity).
 fn invoking_owner() -> Option<(u32, u32)> {
+    if crate::userns::current().is_some() {
+        return Some(crate::userns::caller_ids());
+    }
     if !nix::unistd::geteuid().is_root() {
         return None;
     }
@@ -161,6 +166,7 @@ pub fn job_plan(set: &WorkflowSet, job: &Job, artifacts_root: &Path, opts: &Opti
     plan.platform = opts.platform.clone();
     plan.env.extend(opts.env.iter().cloned());
     plan.cdi_spec_dirs = opts.cdi_spec_dirs.clone();
+    plan.require_limits = opts.require_limits;
     plan.project = Some(ProjectMount {
         source: set.dir.clone(),
         destination: job.project_mount.clone(),
