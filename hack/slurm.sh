@@ -6,27 +6,23 @@
 #   hack/slurm.sh env DIR           print what a client needs: eval "$(hack/slurm.sh env DIR)"; srun -N2 hostname
 #   hack/slurm.sh down DIR          cancel jobs, stop the daemons by their pidfiles, remove the cluster's cgroups
 #
-# Everything lives under DIR: slurm.conf, cgroup.conf, gres.conf (read from
-# slurm.conf's directory), munge key/socket/log/pid, state, spool, logs, pidfiles.
-# Both nodes run on this host (NodeAddr=127.0.0.1, distinct ports; Debian builds
-# slurmd with multiple-slurmd support, hence `slurmd -N`).  Each node has 2 CPUs,
-# 1000 MB and Gres=gpu:2 backed by the same fake devices DIR/dev/nvidia0 (c 195:0)
-# and DIR/dev/nvidia1 (c 195:1), like two identical GPU nodes.  No driver is
-# loaded, so opening an allowed node fails with ENXIO while a node the step's
-# devices cgroup denies fails with EPERM.  (`hack/fake-driver.sh DIR` can add the
-# rest of a driver tree around them: it keeps existing device nodes.)
+# Everything (confs, munge key/socket, state, spool, logs, pidfiles) lives under DIR.
+# Both nodes run on this host (NodeAddr=127.0.0.1, own ports; Debian's slurmd is
+# built with multiple-slurmd support: `slurmd -N`), each with 2 CPUs, 1000 MB and
+# Gres=gpu:2 backed by the same fake devices DIR/dev/nvidia0 (c 195:0) and
+# DIR/dev/nvidia1 (c 195:1).  No driver is loaded, so opening an allowed node gives
+# ENXIO while one the step's devices cgroup denies gives EPERM.
 #
-# Exit codes: `scontrol show job ID` keeps finished jobs for an hour (MinJobAge)
-# and shows ExitCode=CODE:SIGNAL (batch script) and DerivedExitCode= (highest
-# step); each finished job is also appended to DIR/jobcomp.txt.  Per-step codes
-# need slurmdbd (there is no filetxt accounting any more): --sacct adds a private
-# MariaDB + slurmdbd under DIR/dbd (~85 MB RAM, ~80 MB disk, <1 s), so that
-# `sacct -j ID -o JobID,ExitCode` works.
+# Exit codes: `scontrol show job ID` keeps finished jobs an hour (MinJobAge):
+# ExitCode= (batch script) and DerivedExitCode= (highest step); DIR/jobcomp.txt
+# gets a line per finished job.  Per-step records need slurmdbd (22.05 has no
+# filetxt accounting): --sacct adds a private MariaDB + slurmdbd under DIR/dbd
+# (~85 MB RAM, ~80 MB disk, +3-7 s) for `sacct -j ID -o JobID,ExitCode`.
 #
-# Caveats: DIR is made world-traversable (0755) so unprivileged users can read
-# slurm.conf and reach the munge socket; the munge key stays in a 0700 dir.
-# cgroups (v1, hybrid host) are /sys/fs/cgroup/<ctrl>/slurm_<node>/uid_U/job_J/step_S:
-# two clusters with the same node names on one host would share them.
+# Caveats: DIR is made 0755 so unprivileged users can read slurm.conf and reach
+# the munge socket (the key stays in a 0700 dir).  The v1 cgroups are
+# /sys/fs/cgroup/<ctrl>/slurm_<node>/uid_U/job_J/step_S/task_T: two clusters with
+# the same node names on one host would share them.
 set -euo pipefail
 
 ROOT=$(git -C "$(dirname "${BASH_SOURCE[0]}")" rev-parse --show-toplevel)
@@ -46,20 +42,21 @@ CONF_PAT="-f $D/slurm.conf" # how pid_is_ours recognises our slurmctld and slurm
 # slurmdbd's private MariaDB: small files, root without a password over loopback TCP
 DB_OPTS=(--no-defaults --user=root --innodb-log-file-size=4M --innodb-buffer-pool-size=16M)
 
-wait_gone() { # PID SECONDS
+retry() { # TRIES CMD...: run CMD every 0.1 s until it succeeds
     local i
-    for ((i = 0; i < $2 * 10; i++)); do
-        kill -0 "$1" 2>/dev/null || return 0
-        sleep 0.1
-    done
+    for ((i = 0; i < $1; i++)); do "${@:2}" && return 0; sleep 0.1; done
     return 1
 }
+gone() { ! kill -0 "$1" 2>/dev/null; }
+listening() { ss -Hltn "sport = :$1" | grep -q .; }
+no_jobs() { [ -z "$(squeue -h -o %i 2>/dev/null)" ]; } # squeue lists jobs until they finish completing
+mysql_up() { mariadb --no-defaults -h 127.0.0.1 -P "$1" -u root -e 'select 1' >/dev/null 2>&1; }
 
 stop_pids() { # PID...: TERM them together (each takes ~2 s to shut down), KILL after 10 s
     local p
     for p in "$@"; do kill -TERM "$p" 2>/dev/null || true; done
     for p in "$@"; do
-        wait_gone "$p" 10 || { log "pid $p ignored SIGTERM, killing"; kill -KILL "$p" 2>/dev/null || true; }
+        retry 100 gone "$p" || { log "pid $p ignored SIGTERM, killing"; kill -KILL "$p" 2>/dev/null || true; }
     done
 }
 ours() { if pid_is_ours "$1" "$2"; then cat "$1"; fi; } # PIDFILE PATTERN: its pid if ours
@@ -73,6 +70,7 @@ dbd_pid() {
 
 # The v1 cgroups slurmd creates (a multiple-slurmd build names the root slurm_<node>).
 node_cgroups() { local n; for n in "${NODES[@]}"; do ls -d /sys/fs/cgroup/*/slurm_"$n" 2>/dev/null || true; done; }
+rm_cgroup() { find "$1" -depth -type d -exec rmdir {} + 2>/dev/null; [ ! -d "$1" ]; }
 
 free_port_base() { # N: first of N consecutive free TCP ports in 20000-29999
     local used b i ok
@@ -174,7 +172,7 @@ make_devices() {
 }
 
 start_dbd() {
-    local port i
+    local port
     port=$(sed -n 's/^StoragePort=//p' "$D/slurmdbd.conf")
     if [ ! -d "$D/dbd/db/mysql" ]; then
         mariadb-install-db "${DB_OPTS[@]}" --datadir="$D/dbd/db" --skip-test-db \
@@ -187,27 +185,18 @@ start_dbd() {
             --socket="$D/dbd/mariadb.sock" --pid-file="$D/dbd/mariadb.pid" --log-error="$D/dbd/mariadb.log" \
             --skip-name-resolve --performance-schema=0 </dev/null >/dev/null 2>&1 &
     fi
-    for ((i = 0; i < 300; i++)); do
-        mariadb --no-defaults -h 127.0.0.1 -P "$port" -u root -e 'select 1' >/dev/null 2>&1 && break
-        sleep 0.1
-    done
-    ((i < 300)) || { dump_logs; die "mariadb did not start"; }
+    retry 300 mysql_up "$port" || { dump_logs; die "mariadb did not start"; }
     dbd_pid >/dev/null || slurmdbd || { dump_logs; die "slurmdbd failed"; }
-    port=$(sed -n 's/^DbdPort=//p' "$D/slurmdbd.conf")
-    for ((i = 0; i < 100; i++)); do
-        ss -Hltn "sport = :$port" | grep -q . && return 0
-        sleep 0.1
-    done
-    dump_logs
-    die "slurmdbd is not listening on :$port"
+    # slurmctld needs slurmdbd answering (it fetches the TRES list at start)
+    retry 100 listening "$(sed -n 's/^DbdPort=//p' "$D/slurmdbd.conf")" || { dump_logs; die "slurmdbd not listening"; }
 }
 
 up() {
     need_pkgs munge slurmctld slurmd slurm-client
-    [ -z "$SACCT" ] || need_pkgs slurmdbd mariadb-server mariadb-client
+    [ -z "$SACCT" ] || need_pkgs slurmdbd mariadb-server
     local n c t0=$SECONDS states
-    for c in $(node_cgroups); do
-        [ -z "$(find "$c" -name cgroup.procs -exec cat {} +)" ] || die "$c has processes: another cluster with these node names is running"
+    pid_is_ours "$D/n1/slurmd.pid" "$CONF_PAT" || for c in $(node_cgroups); do
+        [ -z "$(find "$c" -name cgroup.procs -exec cat {} +)" ] || die "$c has processes: another cluster with these node names?"
     done
     mkdir -p "$D"/{munge/key,ctld,dbd}
     chmod 755 "$D" "$D/munge"
@@ -228,8 +217,8 @@ up() {
             --seed-file="$D/munge/key/munged.seed" || { dump_logs; die "munged failed"; }
     [ -z "$SACCT" ] || start_dbd
 
-    # -i: ignore job state left by an earlier run in DIR.  All three daemons fork
-    # and write their own pidfiles.
+    # These daemons fork and write their own pidfiles (-i: carry on past state
+    # files an earlier run in DIR left unreadable).
     pid_is_ours "$D/ctld/slurmctld.pid" "$CONF_PAT" || slurmctld -i -f "$D/slurm.conf" || { dump_logs; die "slurmctld failed"; }
     for n in "${NODES[@]}"; do
         pid_is_ours "$D/$n/slurmd.pid" "$CONF_PAT" || slurmd -N "$n" -f "$D/slurm.conf" || { dump_logs; die "slurmd $n failed"; }
@@ -249,21 +238,18 @@ up() {
 down() {
     [ -f "$D/slurm.conf" ] || { log "no cluster in $D"; return 0; }
     export SLURM_CONF=$D/slurm.conf
-    local n c i pids
+    local n c pids
     if pid_is_ours "$D/ctld/slurmctld.pid" "$CONF_PAT"; then
         squeue -h -o %i 2>/dev/null | xargs -r scancel 2>/dev/null || true
-        for ((i = 0; i < 100; i++)); do # squeue lists jobs until they finish completing
-            [ -z "$(squeue -h -o %i 2>/dev/null)" ] && break
-            sleep 0.1
-        done
+        retry 100 no_jobs || log "warning: jobs still listed after scancel"
     fi
-    # shellcheck disable=SC2046 # (pids)
+    # shellcheck disable=SC2046 # (pids) slurmctld flushes to slurmdbd, both need munged
     stop_pids $(for n in "${NODES[@]}"; do ours "$D/$n/slurmd.pid" "$CONF_PAT"; done) \
         $(ours "$D/ctld/slurmctld.pid" "$CONF_PAT")
     # shellcheck disable=SC2046
-    stop_pids $(dbd_pid || true) $(ours "$D/dbd/mariadb.pid" "$D/dbd/db")
+    stop_pids $(dbd_pid || true) $(ours "$D/munge/munged.pid" "$D/munge/")
     # shellcheck disable=SC2046
-    stop_pids $(ours "$D/munge/munged.pid" "$D/munge/")
+    stop_pids $(ours "$D/dbd/mariadb.pid" "$D/dbd/db")
 
     # Steps that outlived slurmd (slurmstepd and its tasks) sit in this cluster's cgroups.
     for c in $(node_cgroups); do
@@ -274,13 +260,8 @@ down() {
             kill -KILL $pids 2>/dev/null || true
         fi
     done
-    for c in $(node_cgroups); do
-        for ((i = 0; i < 50; i++)); do
-            find "$c" -depth -type d -exec rmdir {} + 2>/dev/null || true
-            [ -d "$c" ] || break
-            sleep 0.1
-        done
-        if [ -d "$c" ]; then log "warning: could not remove $c"; fi
+    for c in $(node_cgroups); do # (killed tasks take a moment to leave)
+        retry 50 rm_cgroup "$c" || log "warning: could not remove $c"
     done
     if mountpoint -q "$D/dev"; then umount "$D/dev"; fi
     log "cluster in $D stopped"

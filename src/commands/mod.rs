@@ -18,7 +18,9 @@ use crate::image::store::Store;
 
 pub fn open_store(global: &GlobalArgs) -> Result<Store> {
     let root = global.root.clone().unwrap_or_else(crate::config::default_root);
-    Store::open(&root).with_context(|| format!("cannot open the image store at {}", root.display()))
+    Ok(Store::open(&root)
+        .with_context(|| format!("cannot open the image store at {}", root.display()))?
+        .with_blob_cache(global.blob_cache.clone()))
 }
 
 /// Runs a parsed command; returns the process exit status.

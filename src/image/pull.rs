@@ -2,7 +2,7 @@
 //! unpacked in the store — downloading, verifying and unpacking each layer in one streaming pass, layers
 //! concurrently — then record the image.
 
-use std::io::{self, BufRead, BufReader, Read};
+use std::io::{self, BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -525,81 +525,34 @@ async fn ensure_layer(
     let staging = store.layer_staging(store.idmap(), &diff_id)?;
     let tree = staging.join("root");
     let opts = UnpackOptions::for_process();
-    let result = match layer.fetch.clone() {
-        LayerFetch::Registry(registry) => {
-            let (tx, rx) = mpsc::channel::<Bytes>(32);
-            let t = tree.clone();
-            let unpack =
-                tokio::task::spawn_blocking(move || unpack_verified(ChannelReader { rx, cur: Bytes::new() }, &t, opts));
-            let digest = layer.digest.clone().expect("registry layers have a digest");
-            let b = bar.clone();
-            let download = registry.stream_blob(&digest, layer.size, tx, move |n| b.inc(n));
-            let mut c = cancel.clone();
-            // Dropping the download (on cancellation) closes the channel, so the unpacker ends too.
-            let download = async move {
-                tokio::select! {
-                    r = download => r.map_err(LayerError::from),
-                    _ = c.wait_for(|v| *v) => Err(LayerError::Cancelled),
-                }
-            };
-            let (dl, up) = tokio::join!(download, unpack);
-            let up = up.map_err(|e| LayerError::Task(e.to_string()))?;
-            // A download error explains a truncated stream better than the unpacker's complaint about it.
-            match dl {
-                Err(e) => Err(e),
-                Ok(()) => up,
-            }
-        }
-        LayerFetch::File { path, offset } => {
-            let t = tree.clone();
-            let size = layer.size;
-            tokio::task::spawn_blocking(move || {
-                use std::io::Seek;
-                let mut f = std::fs::File::open(&path).map_err(|source| LayerError::File {
-                    path: path.clone(),
-                    source,
-                })?;
-                f.seek(io::SeekFrom::Start(offset)).map_err(|source| LayerError::File {
-                    path: path.clone(),
-                    source,
-                })?;
-                let b = bar.clone();
-                unpack_verified(
-                    ProgressReader {
-                        inner: f.take(size),
-                        bar: b,
-                    },
-                    &t,
-                    opts,
-                )
-            })
-            .await
-            .map_err(|e| LayerError::Task(e.to_string()))?
-        }
+    // A verified copy in the shared blob cache replaces the download; one that fails verification is
+    // ignored and the registry asked instead.
+    let cached = match (&layer.fetch, &layer.digest) {
+        (LayerFetch::Registry(_), Some(d)) => store.cached_blob(d),
+        _ => None,
     };
-    let outcome = result.and_then(|v| {
-        if let Some(want) = &layer.digest {
-            if *want != v.digest {
-                return Err(LayerError::Digest {
-                    expected: want.clone(),
-                    actual: v.digest,
-                });
+    let from_cache = match cached {
+        Some(path) => {
+            tracing::debug!(blob = %path.display(), "layer blob found in the blob cache");
+            let r = unpack_file(path.clone(), 0, layer.size, tree.clone(), opts, bar.clone()).await;
+            match r.and_then(|v| check_identity(&layer, &diff_id, v)) {
+                Ok(v) => Some(v),
+                Err(e) => {
+                    tracing::warn!(blob = %path.display(), error = %e, "ignoring a bad blob in the blob cache");
+                    let _ = remove_tree(&tree);
+                    let _ = std::fs::create_dir_all(&tree);
+                    None
+                }
             }
         }
-        if v.size != layer.size {
-            return Err(LayerError::Size {
-                expected: layer.size,
-                actual: v.size,
-            });
-        }
-        if v.diff_id != diff_id {
-            return Err(LayerError::DiffId {
-                expected: diff_id.clone(),
-                actual: v.diff_id,
-            });
-        }
-        Ok(v)
-    });
+        None => None,
+    };
+    let outcome = match from_cache {
+        Some(v) => Ok(v),
+        None => fetch_layer(store, &layer, &tree, opts, &cancel, &bar)
+            .await
+            .and_then(|v| check_identity(&layer, &diff_id, v)),
+    };
     let outcome = match outcome {
         Ok(v) if !v.lower_links.is_empty() => {
             // Its lower layers are produced by sibling tasks (or other processes): give the slot back and wait.
@@ -646,6 +599,124 @@ async fn ensure_layer(
     Ok((meta, true))
 }
 
+/// The verified identity of an unpacked layer against what the manifest promised.
+fn check_identity(layer: &PendingLayer, diff_id: &Digest, v: Verified) -> Result<Verified, LayerError> {
+    if let Some(want) = &layer.digest {
+        if *want != v.digest {
+            return Err(LayerError::Digest {
+                expected: want.clone(),
+                actual: v.digest,
+            });
+        }
+    }
+    if v.size != layer.size {
+        return Err(LayerError::Size {
+            expected: layer.size,
+            actual: v.size,
+        });
+    }
+    if v.diff_id != *diff_id {
+        return Err(LayerError::DiffId {
+            expected: diff_id.clone(),
+            actual: v.diff_id,
+        });
+    }
+    Ok(v)
+}
+
+/// Unpacks `size` bytes of a local file from `offset` into `tree`.
+async fn unpack_file(
+    path: PathBuf,
+    offset: u64,
+    size: u64,
+    tree: PathBuf,
+    opts: UnpackOptions,
+    bar: indicatif::ProgressBar,
+) -> Result<Verified, LayerError> {
+    tokio::task::spawn_blocking(move || {
+        use std::io::Seek;
+        let mut f = std::fs::File::open(&path).map_err(|source| LayerError::File {
+            path: path.clone(),
+            source,
+        })?;
+        f.seek(io::SeekFrom::Start(offset)).map_err(|source| LayerError::File {
+            path: path.clone(),
+            source,
+        })?;
+        unpack_verified(
+            ProgressReader {
+                inner: f.take(size),
+                bar,
+            },
+            &tree,
+            opts,
+        )
+    })
+    .await
+    .map_err(|e| LayerError::Task(e.to_string()))?
+}
+
+/// Downloads (or reads) a layer blob and unpacks it into `tree` in one pass; a registry download is also copied
+/// into the blob cache, published there once verified.
+async fn fetch_layer(
+    store: &Store,
+    layer: &PendingLayer,
+    tree: &Path,
+    opts: UnpackOptions,
+    cancel: &tokio::sync::watch::Receiver<bool>,
+    bar: &indicatif::ProgressBar,
+) -> Result<Verified, LayerError> {
+    match layer.fetch.clone() {
+        LayerFetch::Registry(registry) => {
+            let digest = layer.digest.clone().expect("registry layers have a digest");
+            let tee = store.blob_cache_writer(&digest);
+            let (tx, rx) = mpsc::channel::<Bytes>(32);
+            let t = tree.to_path_buf();
+            let file = tee.as_ref().and_then(|(f, _)| f.try_clone().ok());
+            let unpack = tokio::task::spawn_blocking(move || {
+                unpack_verified(
+                    ChannelReader {
+                        rx,
+                        cur: Bytes::new(),
+                        tee: file,
+                    },
+                    &t,
+                    opts,
+                )
+            });
+            let b = bar.clone();
+            let download = registry.stream_blob(&digest, layer.size, tx, move |n| b.inc(n));
+            let mut c = cancel.clone();
+            // Dropping the download (on cancellation) closes the channel, so the unpacker ends too.
+            let download = async move {
+                tokio::select! {
+                    r = download => r.map_err(LayerError::from),
+                    _ = c.wait_for(|v| *v) => Err(LayerError::Cancelled),
+                }
+            };
+            let (dl, up) = tokio::join!(download, unpack);
+            let up = up.map_err(|e| LayerError::Task(e.to_string()))?;
+            // A download error explains a truncated stream better than the unpacker's complaint about it.
+            let res = match dl {
+                Err(e) => Err(e),
+                Ok(()) => up,
+            };
+            if let Some((_, tmp)) = tee {
+                match &res {
+                    Ok(v) if v.digest == digest && v.size == layer.size => store.publish_cached_blob(&tmp, &digest),
+                    _ => {
+                        let _ = std::fs::remove_file(&tmp);
+                    }
+                }
+            }
+            res
+        }
+        LayerFetch::File { path, offset } => {
+            unpack_file(path, offset, layer.size, tree.to_path_buf(), opts, bar.clone()).await
+        }
+    }
+}
+
 /// Waits until every layer in `layers` is published. The pull fails (and aborts this task) if one cannot be.
 async fn wait_for_layers(store: &Store, layers: &[Digest]) {
     while !layers.iter().all(|d| store.has_layer(store.idmap(), d)) {
@@ -690,13 +761,23 @@ fn unpack_verified<R: Read>(src: R, dest: &Path, opts: UnpackOptions) -> Result<
 struct ChannelReader {
     rx: mpsc::Receiver<Bytes>,
     cur: Bytes,
+    /// A copy of the blob for the shared blob cache; dropped (and the copy abandoned) on a write error.
+    tee: Option<std::fs::File>,
 }
 
 impl Read for ChannelReader {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         while self.cur.is_empty() {
             match self.rx.blocking_recv() {
-                Some(b) => self.cur = b,
+                Some(b) => {
+                    if let Some(f) = self.tee.as_mut() {
+                        if let Err(e) = f.write_all(&b) {
+                            tracing::debug!(error = %e, "cannot write to the blob cache; not caching this blob");
+                            self.tee = None;
+                        }
+                    }
+                    self.cur = b
+                }
                 None => return Ok(0),
             }
         }

@@ -107,6 +107,8 @@ pub struct Lock(#[allow(dead_code)] Flock<File>);
 pub struct Store {
     root: PathBuf,
     idmap: String,
+    /// `--blob-cache`: verified compressed blobs shared between users (`<dir>/sha256/<hex>`, 0644).
+    blob_cache: Option<PathBuf>,
 }
 
 impl Store {
@@ -121,7 +123,51 @@ impl Store {
         Ok(Store {
             root: root.to_path_buf(),
             idmap: crate::userns::current().map_or_else(|| IDMAP_HOST.to_string(), |r| r.idmap_key()),
+            blob_cache: None,
         })
+    }
+
+    /// Uses `dir` as the shared blob cache: blobs found there are read instead of downloaded (and verified
+    /// like a download), blobs downloaded are added when `dir` is writable.
+    pub fn with_blob_cache(mut self, dir: Option<PathBuf>) -> Store {
+        self.blob_cache = dir;
+        self
+    }
+
+    /// The blob cache's copy of `digest`, if there is one.
+    pub fn cached_blob(&self, digest: &Digest) -> Option<PathBuf> {
+        let p = self.blob_cache.as_ref()?.join("sha256").join(digest.hex());
+        p.is_file().then_some(p)
+    }
+
+    /// A temporary file in the blob cache to copy a download of `digest` into, when the cache is writable.
+    pub fn blob_cache_writer(&self, digest: &Digest) -> Option<(File, PathBuf)> {
+        let dir = self.blob_cache.as_ref()?.join("sha256");
+        if let Err(e) = fs::create_dir_all(&dir) {
+            tracing::debug!(dir = %dir.display(), error = %e, "blob cache not writable");
+            return None;
+        }
+        let tmp = dir.join(format!(".tmp-{}-{}", digest.hex(), std::process::id()));
+        match File::create(&tmp) {
+            Ok(f) => Some((f, tmp)),
+            Err(e) => {
+                tracing::debug!(dir = %dir.display(), error = %e, "blob cache not writable");
+                None
+            }
+        }
+    }
+
+    /// Publishes a verified download in the blob cache, readable by everyone (the cache's own directory
+    /// permissions decide who may add to it).
+    pub fn publish_cached_blob(&self, tmp: &Path, digest: &Digest) {
+        let Some(dir) = self.blob_cache.as_ref().map(|d| d.join("sha256")) else {
+            return;
+        };
+        let _ = fs::set_permissions(tmp, std::os::unix::fs::PermissionsExt::from_mode(0o644));
+        if let Err(e) = fs::rename(tmp, dir.join(digest.hex())) {
+            tracing::debug!(error = %e, "cannot publish a blob in the blob cache");
+            let _ = fs::remove_file(tmp);
+        }
     }
 
     /// The ID mapping this process unpacks layers for: [`IDMAP_HOST`] as real root, else the user namespace's.
