@@ -45,7 +45,9 @@ impl std::str::FromStr for Mode {
         match s {
             "auto" | "" => Ok(Mode::Auto),
             "keep-id" => Ok(Mode::KeepId),
-            other => Err(format!("unknown user namespace mode {other:?} (expected auto or keep-id)")),
+            other => Err(format!(
+                "unknown user namespace mode {other:?} (expected auto or keep-id)"
+            )),
         }
     }
 }
@@ -237,7 +239,11 @@ pub fn build_map(own: u32, own_inside: u32, ranges: &[(u32, u32)]) -> Vec<IdMap>
                 next += 1;
             }
             // A run up to the caller's own inside id (or the whole rest).
-            let room = if next < own_inside { own_inside - next } else { u32::MAX - next };
+            let room = if next < own_inside {
+                own_inside - next
+            } else {
+                u32::MAX - next
+            };
             let n = left.min(room);
             if n == 0 {
                 break;
@@ -514,17 +520,37 @@ mod tests {
         assert_eq!(
             m,
             vec![
-                IdMap { inside: 0, outside: 1000, count: 1 },
-                IdMap { inside: 1, outside: 100000, count: 65536 }
+                IdMap {
+                    inside: 0,
+                    outside: 1000,
+                    count: 1
+                },
+                IdMap {
+                    inside: 1,
+                    outside: 100000,
+                    count: 65536
+                }
             ]
         );
         let k = build_map(1000, 1000, &[(100000, 65536)]);
         assert_eq!(
             k,
             vec![
-                IdMap { inside: 0, outside: 100000, count: 1000 },
-                IdMap { inside: 1000, outside: 1000, count: 1 },
-                IdMap { inside: 1001, outside: 101000, count: 64536 }
+                IdMap {
+                    inside: 0,
+                    outside: 100000,
+                    count: 1000
+                },
+                IdMap {
+                    inside: 1000,
+                    outside: 1000,
+                    count: 1
+                },
+                IdMap {
+                    inside: 1001,
+                    outside: 101000,
+                    count: 64536
+                }
             ]
         );
         // A range holding the caller's own id is left out.
@@ -560,8 +586,16 @@ mod tests {
         assert_eq!(r.squash(33, 33), (33, 33));
         assert_eq!(r.squash(70000, 5), (65534, 5));
         let single = Rootless {
-            uids: vec![IdMap { inside: 0, outside: 1000, count: 1 }],
-            gids: vec![IdMap { inside: 0, outside: 1000, count: 1 }],
+            uids: vec![IdMap {
+                inside: 0,
+                outside: 1000,
+                count: 1,
+            }],
+            gids: vec![IdMap {
+                inside: 0,
+                outside: 1000,
+                count: 1,
+            }],
             how: How::Single,
             ..r.clone()
         };

@@ -397,7 +397,8 @@ fn delegate(version: &Version, parent: &str) -> Result<Option<String>, CgroupErr
         source,
     })?;
     let procs = leaf_dir.join("cgroup.procs");
-    std::fs::write(&procs, std::process::id().to_string()).map_err(|source| CgroupError::Write { path: procs, source })?;
+    std::fs::write(&procs, std::process::id().to_string())
+        .map_err(|source| CgroupError::Write { path: procs, source })?;
     enable_controllers(&dir).map_err(|source| CgroupError::Write {
         path: dir.join("cgroup.subtree_control"),
         source,

@@ -377,7 +377,11 @@ fn make_netns(path: &Path) -> Result<(), RunError> {
                 Ok(WaitStatus::Exited(_, 0)) => Ok(()),
                 _ => Err(RunError::Io {
                     what: "set up --network none".into(),
-                    source: std::io::Error::other(if msg.is_empty() { "the helper process failed".into() } else { msg }),
+                    source: std::io::Error::other(if msg.is_empty() {
+                        "the helper process failed".into()
+                    } else {
+                        msg
+                    }),
                 }),
             }
         }

@@ -199,7 +199,12 @@ pub fn append_in_root(root: &Path, path: &str) -> io::Result<fs::File> {
             nix::fcntl::openat(
                 std::os::fd::AsFd::as_fd(&dir),
                 name,
-                OFlag::O_WRONLY | OFlag::O_APPEND | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+                OFlag::O_WRONLY
+                    | OFlag::O_APPEND
+                    | OFlag::O_CREAT
+                    | OFlag::O_EXCL
+                    | OFlag::O_NOFOLLOW
+                    | OFlag::O_CLOEXEC,
                 nix::sys::stat::Mode::from_bits_truncate(0o644),
             )
             .map_err(io::Error::from)?

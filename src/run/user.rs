@@ -11,10 +11,13 @@ pub enum UserError {
     NoUser(String),
     #[error("unable to find group {0}: no matching entries in the image's /etc/group")]
     NoGroup(String),
-    #[error(
-        "the container's user {user} (uid {uid}, gid {gid}) does not exist in your user namespace: {why}"
-    )]
-    Unmapped { user: String, uid: u32, gid: u32, why: String },
+    #[error("the container's user {user} (uid {uid}, gid {gid}) does not exist in your user namespace: {why}")]
+    Unmapped {
+        user: String,
+        uid: u32,
+        gid: u32,
+        why: String,
+    },
     #[error("cannot add your passwd entry to the image (--userns keep-id): {0}")]
     KeepId(std::io::Error),
 }
@@ -26,7 +29,10 @@ pub fn add_keep_id_entry(root: &Path, ns: &crate::userns::Rootless) -> Result<St
     use std::io::Write;
     let (uid, gid) = (ns.inside_uid(), ns.inside_gid());
     let name = ns.user.clone().unwrap_or_else(|| format!("user{uid}"));
-    let home = ns.home.as_ref().map_or_else(|| format!("/home/{name}"), |h| h.display().to_string());
+    let home = ns
+        .home
+        .as_ref()
+        .map_or_else(|| format!("/home/{name}"), |h| h.display().to_string());
     let shell = ns
         .shell
         .clone()
@@ -39,7 +45,11 @@ pub fn add_keep_id_entry(root: &Path, ns: &crate::userns::Rootless) -> Result<St
         crate::run::rootfs::mkdir_in_root(root, "/etc")?;
         let mut f = crate::run::rootfs::append_in_root(root, file)?;
         let text = read_in_root(root, file).unwrap_or_default();
-        let sep = if text.is_empty() || text.ends_with('\n') { "" } else { "\n" };
+        let sep = if text.is_empty() || text.ends_with('\n') {
+            ""
+        } else {
+            "\n"
+        };
         f.write_all(format!("{sep}{line}\n").as_bytes())
     };
     let pw = passwd(&read_in_root(root, "/etc/passwd").unwrap_or_default());

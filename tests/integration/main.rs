@@ -4,6 +4,7 @@
 mod common;
 mod gpu;
 mod pull;
+mod rootless;
 mod run;
 mod store;
 mod unpack;

@@ -1,0 +1,482 @@
+//! Rootless drun, run as real unprivileged users made by `hack/test-users.sh`: `drun-sub` (subordinate uid/gid
+//! ranges in /etc/subuid and /etc/subgid) and `drun-nosub` (none, like an LDAP account on an HPC node). drun is
+//! started through `setpriv`, which execs it directly: signals reach drun itself.
+
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::common::{self, Output, Proxy};
+
+const SUB: &str = "drun-sub";
+const NOSUB: &str = "drun-nosub";
+
+fn busybox() -> String {
+    format!("{}/drun-test/busybox:latest", common::registry())
+}
+
+fn debian() -> String {
+    format!("{}/drun-test/debian:bookworm", common::registry())
+}
+
+/// A test user's sandbox: a home of its own (store and config below it by default), and a runtime dir.
+struct UserBox {
+    user: &'static str,
+    uid: u32,
+    gid: u32,
+    dir: tempfile::TempDir,
+}
+
+fn ids(user: &str) -> (u32, u32) {
+    let u = nix::unistd::User::from_name(user)
+        .unwrap()
+        .unwrap_or_else(|| panic!("test user {user} is missing: run `bash hack/test-users.sh up` (make test does)"));
+    (u.uid.as_raw(), u.gid.as_raw())
+}
+
+impl UserBox {
+    fn new(user: &'static str) -> UserBox {
+        assert!(
+            common::is_root(),
+            "rootless tests are started as root, which makes the users' sandboxes"
+        );
+        let (uid, gid) = ids(user);
+        let dir = tempfile::Builder::new().prefix("drun-rl-").tempdir().unwrap();
+        std::fs::set_permissions(dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        for sub in ["home", "xdg", "work"] {
+            let p = dir.path().join(sub);
+            std::fs::create_dir(&p).unwrap();
+            std::os::unix::fs::chown(&p, Some(uid), Some(gid)).unwrap();
+        }
+        std::fs::set_permissions(
+            dir.path().join("xdg"),
+            std::os::unix::fs::PermissionsExt::from_mode(0o700),
+        )
+        .unwrap();
+        std::fs::write(dir.path().join("config.toml"), "").unwrap();
+        UserBox { user, uid, gid, dir }
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn home(&self) -> PathBuf {
+        self.path().join("home")
+    }
+
+    fn work(&self) -> PathBuf {
+        self.path().join("work")
+    }
+
+    /// The default store of a rootless user: `$XDG_DATA_HOME/drun`, i.e. `~/.local/share/drun`.
+    fn store(&self) -> PathBuf {
+        self.home().join(".local/share/drun")
+    }
+
+    fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new("setpriv");
+        c.args([
+            format!("--reuid={}", self.uid),
+            format!("--regid={}", self.gid),
+            "--init-groups".into(),
+            "--".into(),
+        ])
+        .arg(env!("CARGO_BIN_EXE_drun"))
+        .args(args)
+        .env_clear()
+        .env("PATH", "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin")
+        .env("HOME", self.home())
+        .env("USER", self.user)
+        .env("XDG_RUNTIME_DIR", self.path().join("xdg"))
+        .env("DRUN_CONFIG", self.path().join("config.toml"))
+        .current_dir(self.work())
+        .stdin(Stdio::null());
+        c
+    }
+
+    fn drun(&self, args: &[&str]) -> Output {
+        common::run(self.cmd(args), Duration::from_secs(300))
+    }
+
+    fn sh(&self, flags: &[&str], image: &str, script: &str) -> Output {
+        let mut a = vec!["run", "-q"];
+        a.extend_from_slice(flags);
+        a.extend_from_slice(&[image, "sh", "-c", script]);
+        self.drun(&a)
+    }
+
+    /// Run directories and libcontainer state left in the user's state dir.
+    fn leftovers(&self) -> Vec<String> {
+        let state = self.path().join("xdg/drun");
+        ["containers", "libcontainer"]
+            .iter()
+            .filter_map(|d| std::fs::read_dir(state.join(d)).ok())
+            .flat_map(|rd| rd.flatten().map(|e| e.path().display().to_string()))
+            .collect()
+    }
+}
+
+fn lines(s: &str) -> Vec<&str> {
+    s.lines().map(str::trim).collect()
+}
+
+#[test]
+fn pull_and_run_as_users_with_and_without_subordinate_ids() {
+    for user in [SUB, NOSUB] {
+        let ub = UserBox::new(user);
+        ub.drun(&["pull", "-q", &debian()]).ok();
+        // Layers are unpacked per ID mapping, into the user's own default store.
+        let layers = ub.store().join("layers");
+        let keys: Vec<String> = std::fs::read_dir(&layers)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(keys.len(), 1, "{keys:?}");
+        assert!(keys[0].starts_with(&format!("u{}-", ub.uid)), "{keys:?}");
+        assert_eq!(std::fs::metadata(ub.store()).unwrap().uid(), ub.uid);
+
+        let out = ub
+            .sh(
+                &["-v", &format!("{}:/data", ub.work().display()), "--shm-size", "64m"],
+                &debian(),
+                "id -u; id -g; wc -l < /proc/self/uid_map; stat -c '%g %a' /etc/shadow /usr/bin/passwd; \
+                 echo from-root > /data/out.txt; df -k /dev/shm | tail -1 | awk '{print $2}'; \
+                 ls /proc/1/root >/dev/null 2>&1 && echo own-pid-ns",
+            )
+            .ok();
+        let l = lines(&out.stdout);
+        assert_eq!(&l[..2], ["0", "0"], "container root: {out:?}", out = out.stdout);
+        // Subordinate ranges give a second uid_map line; group 42 (shadow) exists only with them.
+        let (map_lines, shadow_gid) = if user == SUB { ("2", "42") } else { ("1", "0") };
+        assert_eq!(l[2], map_lines);
+        assert_eq!(l[3], format!("{shadow_gid} 640"));
+        // setuid bits are dropped when unpacking without privileges.
+        assert_eq!(l[4], "0 755");
+        assert_eq!(l[5], "65536", "a 64m /dev/shm");
+        assert_eq!(l[6], "own-pid-ns");
+        // What container root writes is the caller's on the host.
+        let meta = std::fs::metadata(ub.work().join("out.txt")).unwrap();
+        assert_eq!((meta.uid(), meta.gid()), (ub.uid, ub.gid));
+
+        // Exit codes as for root.
+        assert_eq!(ub.sh(&[], &busybox(), "exit 3").code(), Some(3));
+        ub.drun(&["run", "-q", &busybox(), "no-such-cmd"])
+            .fails_with(127, &["no-such-cmd"]);
+        ub.drun(&["run", "-q", &busybox(), "/etc/passwd"])
+            .fails_with(126, &["/etc/passwd"]);
+        // --network none: only loopback, up.
+        let out = ub
+            .sh(
+                &["--network", "none"],
+                &busybox(),
+                "ls /sys/class/net; ip -o -4 addr show lo",
+            )
+            .ok();
+        assert!(
+            out.stdout.starts_with("lo\n") && out.stdout.contains("127.0.0.1"),
+            "{}",
+            out.stdout
+        );
+        assert!(ub.leftovers().is_empty(), "{:?}", ub.leftovers());
+    }
+}
+
+#[test]
+fn users_outside_the_mapping_are_refused_clearly() {
+    let ub = UserBox::new(NOSUB);
+    ub.drun(&["run", "-q", "-u", "1000", &busybox(), "id"])
+        .fails_with(125, &["uid 1000", "no subordinate ids", "/etc/subuid"]);
+    // With ranges, other users exist and own what they write.
+    let ub = UserBox::new(SUB);
+    let out = ub
+        .sh(
+            &["-u", "1000:1000"],
+            &busybox(),
+            "id -u; touch /tmp/f; stat -c %u /tmp/f",
+        )
+        .ok();
+    assert_eq!(lines(&out.stdout), ["1000", "1000"]);
+}
+
+#[test]
+fn keep_id_runs_as_the_caller_with_a_passwd_entry() {
+    for user in [SUB, NOSUB] {
+        let ub = UserBox::new(user);
+        let out = ub
+            .sh(
+                &["--userns", "keep-id", "-v", &format!("{}:/data", ub.work().display())],
+                &busybox(),
+                "id -u; id -g; id -un; echo $HOME; stat -c %u $HOME; touch /data/mine; \
+                 stat -c '%u' /etc/passwd",
+            )
+            .ok();
+        let l = lines(&out.stdout);
+        assert_eq!(l[0], ub.uid.to_string());
+        assert_eq!(l[1], ub.gid.to_string());
+        assert_eq!(l[2], user);
+        // The home directory of the caller's host passwd entry, created in the container if missing.
+        let host_home = nix::unistd::User::from_name(user).unwrap().unwrap().dir;
+        assert_eq!(l[3], host_home.display().to_string());
+        assert_eq!(l[4], ub.uid.to_string());
+        assert_eq!(std::fs::metadata(ub.work().join("mine")).unwrap().uid(), ub.uid);
+        // The image's own files stay root's with subordinate ids; squashed to the caller without.
+        assert_eq!(l[5], if user == SUB { "0" } else { &l[0] });
+    }
+}
+
+#[test]
+fn limits_are_warned_about_or_required() {
+    // This host's cgroups are v1 (hybrid): nothing can be delegated to an ordinary user.
+    let ub = UserBox::new(SUB);
+    let out = ub
+        .sh(
+            &["--memory", "64m", "--cpus", "0.5", "--pids-limit", "50"],
+            &busybox(),
+            "echo ran",
+        )
+        .ok();
+    assert_eq!(out.stdout, "ran\n");
+    let warnings: Vec<&str> = out.stderr.lines().filter(|l| l.contains("NOT enforced")).collect();
+    assert_eq!(warnings.len(), 1, "one warning: {}", out.stderr);
+    for flag in ["--memory 64", "--cpus 0.5", "--pids-limit 50", "--require-limits"] {
+        assert!(warnings[0].contains(flag), "{flag}: {}", warnings[0]);
+    }
+    let out = ub.drun(&[
+        "run",
+        "-q",
+        "--require-limits",
+        "--memory",
+        "64m",
+        &busybox(),
+        "echo",
+        "ran",
+    ]);
+    let out = out.fails_with(125, &["--require-limits", "--memory 64"]);
+    assert!(!out.stdout.contains("ran"));
+    // No limit asked for: no warning.
+    let out = ub.sh(&[], &busybox(), "true").ok();
+    assert!(!out.stderr.contains("NOT enforced"), "{}", out.stderr);
+}
+
+fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !f() {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Processes whose command line starts with `marker` (drun's own command line only contains it).
+fn pids_running(marker: &str) -> Vec<i32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .map(|c| String::from_utf8_lossy(&c).replace('\0', " ").starts_with(marker))
+                .unwrap_or(false)
+        })
+        .collect()
+}
+
+#[test]
+fn signals_exit_codes_and_a_killed_drun_without_a_tty() {
+    let ub = UserBox::new(SUB);
+    ub.drun(&["pull", "-q", &busybox()]).ok();
+    // SIGTERM reaches the container through --init; the exit status is 128+15.
+    let marker = format!("sleep 3{}", std::process::id() % 1000);
+    let child = ub
+        .cmd(&[
+            "run",
+            "-q",
+            "--init",
+            "--name",
+            "term-me",
+            &busybox(),
+            "sh",
+            "-c",
+            &marker,
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for("the container", || !pids_running(&marker).is_empty());
+    let ps = ub.drun(&["ps", "-q"]).ok();
+    assert_eq!(ps.stdout.lines().count(), 1, "{}", ps.stdout);
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::SIGTERM).unwrap();
+    let out = common::wait(child, Duration::from_secs(30));
+    assert_eq!(out.code(), Some(143), "{}", out.stderr);
+    assert!(pids_running(&marker).is_empty());
+
+    // A SIGKILLed drun leaves its container and run directory; the next drun cleans both up.
+    let child = ub
+        .cmd(&["run", "-q", &busybox(), "sh", "-c", &marker])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for("the container", || !pids_running(&marker).is_empty());
+    let mut child = child;
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(
+        !ub.leftovers().is_empty(),
+        "the run directory outlives a SIGKILLed drun"
+    );
+    ub.drun(&["ps"]).ok();
+    wait_for("the orphaned container to be killed", || {
+        pids_running(&marker).is_empty()
+    });
+    assert!(ub.leftovers().is_empty(), "{:?}", ub.leftovers());
+}
+
+#[test]
+fn state_falls_back_to_tmp_when_xdg_runtime_dir_is_unusable() {
+    // `srun` may carry a login node's XDG_RUNTIME_DIR that does not exist on the compute node.
+    let ub = UserBox::new(NOSUB);
+    let mut c = ub.cmd(&["--log-level", "debug", "run", "-q", &busybox(), "true"]);
+    c.env("XDG_RUNTIME_DIR", "/run/user/does-not-exist");
+    let out = common::run(c, Duration::from_secs(120)).ok();
+    assert!(out.stderr.contains("XDG_RUNTIME_DIR is not usable"), "{}", out.stderr);
+    let fallback = PathBuf::from(format!("/tmp/drun-{}", ub.uid));
+    let meta = std::fs::metadata(&fallback).unwrap();
+    assert_eq!((meta.uid(), meta.mode() & 0o777), (ub.uid, 0o700));
+}
+
+#[test]
+fn workflow_artifacts_belong_to_the_caller() {
+    let ub = UserBox::new(SUB);
+    std::fs::write(
+        ub.work().join("workflow.yaml"),
+        format!(
+            "workflows:\n  - name: make\n    provider: docker\n    image: {}\n    resources:\n      memory: 64MB\n    commands:\n      - mkdir -p out\n      - echo by-root > out/root.txt\n      - echo by-other > out/other.txt && chown 1234:1234 out/other.txt\n      - exit 4\n    artifacts:\n      - out\n",
+            busybox()
+        ),
+    )
+    .unwrap();
+    let out = ub.drun(&["run", "-q", "workflow.yaml"]);
+    let out = out.fails_with(4, &["limits NOT enforced", "is failed (exit code 4)"]);
+    assert!(out.stderr.contains("--memory"));
+    // A failed run still saves its artifacts, all owned by the caller on the host.
+    let art = ub.work().join("artifacts");
+    for f in ["make/out/root.txt", "make/out/other.txt", "make.log"] {
+        let m = std::fs::metadata(art.join(f)).unwrap_or_else(|e| panic!("{f}: {e}"));
+        assert_eq!((m.uid(), m.gid()), (ub.uid, ub.gid), "{f}");
+    }
+    assert_eq!(
+        std::fs::read_to_string(art.join("make/out/other.txt")).unwrap(),
+        "by-other\n"
+    );
+    assert!(ub.leftovers().is_empty(), "{:?}", ub.leftovers());
+}
+
+#[test]
+fn a_broken_newuidmap_is_explained() {
+    let ub = UserBox::new(SUB);
+    // A copy without the setuid bit shadows the real one in PATH.
+    let bin = ub.path().join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    for tool in ["newuidmap", "newgidmap"] {
+        std::fs::copy(format!("/usr/bin/{tool}"), bin.join(tool)).unwrap();
+        std::fs::set_permissions(bin.join(tool), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    }
+    let mut c = ub.cmd(&["run", "-q", &busybox(), "true"]);
+    c.env("PATH", format!("{}:/usr/bin:/bin", bin.display()));
+    common::run(c, Duration::from_secs(60)).fails_with(
+        125,
+        &[
+            "newuidmap failed",
+            "neither setuid root nor has file capabilities",
+            "chmod u+s",
+            "drun-sub:",
+        ],
+    );
+}
+
+#[test]
+fn one_users_processes_share_a_root_and_users_share_a_blob_cache() {
+    let proxy_dir = tempfile::tempdir().unwrap();
+    let proxy = Proxy::start(proxy_dir.path(), &common::registry(), &[]);
+    let image = format!("{}/drun-test/debian:bookworm", proxy.addr());
+    let blob_gets = |p: &Proxy, digest: &str| {
+        p.requests()
+            .into_iter()
+            .filter(|(m, path, status, _)| m == "GET" && path.ends_with(digest) && status.starts_with('2'))
+            .count()
+    };
+    // Four pulls of one user into one --root at once: each blob is downloaded once.
+    let ub = UserBox::new(SUB);
+    let shared_root = ub.path().join("shared-root");
+    std::fs::create_dir(&shared_root).unwrap();
+    std::os::unix::fs::chown(&shared_root, Some(ub.uid), Some(ub.gid)).unwrap();
+    let cache = ub.path().join("blob-cache");
+    std::fs::create_dir(&cache).unwrap();
+    std::os::unix::fs::chown(&cache, Some(ub.uid), Some(ub.gid)).unwrap();
+    let root_arg = format!("--root={}", shared_root.display());
+    let cache_arg = format!("--blob-cache={}", cache.display());
+    let children: Vec<_> = (0..4)
+        .map(|_| {
+            ub.cmd(&[&root_arg, &cache_arg, "pull", "-q", &image])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for c in children {
+        common::wait(c, Duration::from_secs(300)).ok();
+    }
+    // Every layer blob was fetched once; the cache holds them all, verified and readable by others.
+    let cached: Vec<_> = std::fs::read_dir(cache.join("sha256")).unwrap().flatten().collect();
+    assert_eq!(cached.len(), 3, "the image's three layer blobs");
+    for c in &cached {
+        let digest = c.file_name().to_string_lossy().into_owned();
+        assert_eq!(blob_gets(&proxy, &digest), 1, "{digest}: {:?}", proxy.requests());
+        assert_eq!(c.metadata().unwrap().mode() & 0o777, 0o644);
+    }
+    ub.drun(&[&root_arg, "run", "-q", "--pull=never", &image, "true"]).ok();
+
+    // Another user with its own store reads the layers from the cache, not the registry (and cannot write there).
+    let other = UserBox::new(NOSUB);
+    other.drun(&[&cache_arg, "pull", "-q", &image]).ok();
+    for c in &cached {
+        let digest = c.file_name().to_string_lossy().into_owned();
+        assert_eq!(blob_gets(&proxy, &digest), 1, "{digest} again: {:?}", proxy.requests());
+    }
+    other
+        .drun(&[
+            &cache_arg,
+            "run",
+            "-q",
+            "--pull=never",
+            &image,
+            "cat",
+            "/etc/debian_version",
+        ])
+        .ok();
+
+    // A corrupted cache entry is ignored (and reported), the registry serves the layer.
+    let third = UserBox::new(NOSUB);
+    let bad = ub.path().join("bad-cache");
+    std::fs::create_dir_all(bad.join("sha256")).unwrap();
+    for c in &cached {
+        std::fs::write(bad.join("sha256").join(c.file_name()), b"not the layer").unwrap();
+    }
+    let out = third
+        .drun(&[&format!("--blob-cache={}", bad.display()), "pull", "-q", &image])
+        .ok();
+    assert!(
+        out.stderr.contains("ignoring a bad blob in the blob cache"),
+        "{}",
+        out.stderr
+    );
+    third.drun(&["run", "-q", "--pull=never", &image, "true"]).ok();
+}
