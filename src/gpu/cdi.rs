@@ -99,6 +99,9 @@ impl Specs {
                 }
             }
         }
+        // Rootless specs carry no cgroup resources (device rules need an eBPF filter only real root may load;
+        // the user namespace already keeps the container from other devices): none are added for GPUs either.
+        let had_resources = spec["linux"]["resources"].is_object();
         let mut oci: oci_spec::runtime::Spec =
             serde_json::from_value(spec.clone()).map_err(|e| GpuError::Cdi(format!("spec conversion: {e}")))?;
         self.cache
@@ -107,6 +110,11 @@ impl Specs {
         let mut out = serde_json::to_value(&oci).map_err(|e| GpuError::Cdi(format!("spec conversion: {e}")))?;
         if let Some(devs) = out["linux"]["devices"].as_array_mut() {
             devs.retain(|d| !nodes.iter().any(|(c, _)| d["path"].as_str() == Some(c)));
+        }
+        if !had_resources {
+            if let Some(linux) = out["linux"].as_object_mut() {
+                linux.remove("resources");
+            }
         }
         let mounts = out["mounts"].as_array_mut().expect("the spec has mounts");
         for (ctr, host) in &nodes {

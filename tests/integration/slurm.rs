@@ -1,0 +1,310 @@
+//! drun under a real Slurm cluster (hack/slurm.sh: munged, slurmctld with slurmdbd accounting, two slurmd on
+//! this host, fake GPU GRES with `ConstrainDevices=yes`), as root and as an unprivileged user.
+//!
+//! The two GRES GPUs are the simulated driver's nodes (hack/fake-driver.sh over the cluster's own dev/nvidia0
+//! and dev/nvidia1): a step's devices cgroup denies the GPUs it was not given (EPERM), which is how drun tells
+//! which GPUs are the step's.
+
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::common::{self, Output};
+
+struct Cluster {
+    dir: tempfile::TempDir,
+}
+
+impl Cluster {
+    fn up() -> Cluster {
+        let dir = tempfile::Builder::new().prefix("drun-slurm-").tempdir().unwrap();
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/hack/slurm.sh");
+        let cluster = Cluster { dir };
+        let out = common::run(
+            {
+                let mut c = Command::new("bash");
+                c.arg(script).arg("up").arg(cluster.dir.path()).arg("--sacct");
+                c
+            },
+            Duration::from_secs(240),
+        );
+        assert!(
+            out.status.success(),
+            "slurm.sh up failed:\n{}\n{}",
+            out.stdout,
+            out.stderr
+        );
+        // The simulated driver (libraries, /proc entries, nvidia-smi) around the cluster's GRES device nodes.
+        let st = Command::new("bash")
+            .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/hack/fake-driver.sh"))
+            .arg(cluster.driver_root())
+            .stdout(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(st.success(), "fake-driver.sh failed");
+        cluster
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn driver_root(&self) -> PathBuf {
+        self.path().to_path_buf()
+    }
+
+    fn conf(&self) -> PathBuf {
+        self.path().join("slurm.conf")
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let _ = Command::new("bash")
+            .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/hack/slurm.sh"))
+            .arg("down")
+            .arg(self.dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+/// Who submits: root with a sandbox store, or a test user (rootless drun) with its own home.
+struct Submitter {
+    uid: u32,
+    gid: u32,
+    home: PathBuf,
+    work: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Submitter {
+    fn new(user: Option<&str>) -> Submitter {
+        let (uid, gid) = match user {
+            Some(u) => {
+                let u = nix::unistd::User::from_name(u)
+                    .unwrap()
+                    .unwrap_or_else(|| panic!("test user {u} is missing: run `bash hack/test-users.sh up`"));
+                (u.uid.as_raw(), u.gid.as_raw())
+            }
+            None => (0, 0),
+        };
+        let dir = tempfile::Builder::new().prefix("drun-slurm-user-").tempdir().unwrap();
+        std::fs::set_permissions(dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        let (home, work) = (dir.path().join("home"), dir.path().join("work"));
+        for d in [&home, &work] {
+            std::fs::create_dir(d).unwrap();
+            std::os::unix::fs::chown(d, Some(uid), Some(gid)).unwrap();
+        }
+        Submitter {
+            uid,
+            gid,
+            home,
+            work,
+            _dir: dir,
+        }
+    }
+
+    /// A Slurm client command (srun, sbatch, sacct) as this submitter, in its work directory.
+    fn cmd(&self, cluster: &Cluster, prog: &str, args: &[&str]) -> Command {
+        let mut c = Command::new("setpriv");
+        c.args([
+            format!("--reuid={}", self.uid),
+            format!("--regid={}", self.gid),
+            "--init-groups".into(),
+            "--".into(),
+            prog.into(),
+        ])
+        .args(args)
+        .env_clear()
+        .env("PATH", "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin")
+        .env("HOME", &self.home)
+        .env("SLURM_CONF", cluster.conf())
+        .env("DRUN_DRIVER_ROOT", cluster.driver_root())
+        .env("DRUN_CONFIG", "/dev/null")
+        .current_dir(&self.work)
+        .stdin(Stdio::null());
+        if self.uid == 0 {
+            // Root's store and state for this test only.
+            c.env("DRUN_ROOT", self.home.join("store"))
+                .env("DRUN_STATE", self.home.join("state"));
+        }
+        c
+    }
+
+    fn run(&self, cluster: &Cluster, prog: &str, args: &[&str]) -> Output {
+        common::run(self.cmd(cluster, prog, args), Duration::from_secs(300))
+    }
+}
+
+fn drun() -> &'static str {
+    env!("CARGO_BIN_EXE_drun")
+}
+
+fn busybox() -> String {
+    format!("{}/drun-test/busybox:latest", common::registry())
+}
+
+/// `sacct` rows `JobID|JobName|State|ExitCode` of the job named `name` (polled: records arrive just after
+/// the job ends).
+fn sacct(sub: &Submitter, cluster: &Cluster, name: &str, want_rows: usize) -> Vec<Vec<String>> {
+    let start = Instant::now();
+    loop {
+        let out = sub.run(
+            cluster,
+            "sacct",
+            &["-n", "-P", "-X", "--name", name, "-o", "JobID,JobName,State,ExitCode"],
+        );
+        let rows: Vec<Vec<String>> = out
+            .stdout
+            .lines()
+            .map(|l| l.split('|').map(String::from).collect())
+            .collect();
+        let done = rows.len() >= want_rows && rows.iter().all(|r| !["RUNNING", "PENDING"].contains(&r[2].as_str()));
+        if done || start.elapsed() > Duration::from_secs(30) {
+            return rows;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn scenario(cluster: &Cluster, user: Option<&str>) {
+    let who = user.unwrap_or("root");
+    let sub = Submitter::new(user);
+    let tag = format!("{who}-{}", std::process::id());
+    // The image is pulled once by a step on one node (the store is shared by both nodes, as on a shared FS).
+    let out = sub.run(cluster, "srun", &["-N1", drun(), "pull", "-q", &busybox()]);
+    assert!(out.status.success(), "{who}: pull: {}", out.stderr);
+
+    // Two nodes, one container each, no TTY; the step's rank goes in with -e.
+    let out = sub.run(
+        cluster,
+        "srun",
+        &[
+            "-N2",
+            "--label",
+            drun(),
+            "run",
+            "-q",
+            "-e",
+            "SLURM_NODEID",
+            &busybox(),
+            "sh",
+            "-c",
+            "echo node=$SLURM_NODEID uid=$(id -u)",
+        ],
+    );
+    assert!(out.status.success(), "{who}: srun -N2: {}", out.stderr);
+    let mut lines: Vec<&str> = out
+        .stdout
+        .lines()
+        .map(|l| l.split_once(": ").map_or(l, |x| x.1))
+        .collect();
+    lines.sort_unstable();
+    assert_eq!(lines, ["node=0 uid=0", "node=1 uid=0"], "{who}: {}", out.stdout);
+
+    // The container's exit status is the step's, in srun's status and in sacct.
+    let name = format!("exit-{tag}");
+    let out = sub.run(
+        cluster,
+        "srun",
+        &[
+            "-N1",
+            "-J",
+            &name,
+            drun(),
+            "run",
+            "-q",
+            &busybox(),
+            "sh",
+            "-c",
+            "exit 3",
+        ],
+    );
+    assert_eq!(out.code(), Some(3), "{who}: {}", out.stderr);
+    let rows = sacct(&sub, cluster, &name, 1);
+    assert_eq!(rows.len(), 1, "{who}: {rows:?}");
+    assert_eq!(
+        (rows[0][2].as_str(), rows[0][3].as_str()),
+        ("FAILED", "3:0"),
+        "{who}: {rows:?}"
+    );
+
+    // Two steps of one job, one GRES GPU each: each container gets exactly the GPU its step was given.
+    let script = format!(
+        "#!/bin/sh\nfor s in a b; do\n  srun -n1 --exact --gres=gpu:1 {d} run -q --gpus all -e SLURM_STEP_GPUS {img} \
+         sh -c 'echo \"$SLURM_STEP_GPUS $(ls /dev | grep -E \"^nvidia[0-9]+$\" | tr \"\\n\" \" \")$NVIDIA_VISIBLE_DEVICES\"' > gpu-$s.txt &\ndone\nwait\n",
+        d = drun(),
+        img = busybox()
+    );
+    std::fs::write(sub.work.join("gpus.sh"), script).unwrap();
+    let name = format!("gpus-{tag}");
+    let out = sub.run(
+        cluster,
+        "sbatch",
+        &[
+            "--wait",
+            "-J",
+            &name,
+            "-N1",
+            "-n2",
+            "--gres=gpu:2",
+            "-o",
+            "gpus.log",
+            "gpus.sh",
+        ],
+    );
+    let log = std::fs::read_to_string(sub.work.join("gpus.log")).unwrap_or_default();
+    assert!(out.status.success(), "{who}: gpu job: {}\n{log}", out.stderr);
+    let mut seen = Vec::new();
+    for s in ["a", "b"] {
+        let text = std::fs::read_to_string(sub.work.join(format!("gpu-{s}.txt"))).unwrap();
+        let f: Vec<&str> = text.split_whitespace().collect();
+        // SLURM_STEP_GPUS is Slurm's index into gres.conf's File list: nvidia0, nvidia1.
+        assert_eq!(f.len(), 3, "{who}: one GPU per step: {text:?}\n{log}");
+        assert_eq!(f[1], format!("nvidia{}", f[0]), "{who}: the step's own GPU: {text:?}");
+        assert!(f[2].starts_with("GPU-"), "{who}: {text:?}");
+        seen.push(f[1].to_string());
+    }
+    seen.sort();
+    assert_eq!(seen, ["nvidia0", "nvidia1"], "{who}: the two steps got different GPUs");
+
+    // A workflow as a batch job: artifacts saved (the submitter's), the exit status in sacct.
+    std::fs::write(
+        sub.work.join("workflow.yaml"),
+        format!(
+            "workflows:\n  - name: step\n    provider: docker\n    image: {}\n    commands:\n      - mkdir -p out\n      - echo from-slurm > out/result.txt\n      - exit 5\n    artifacts:\n      - out\n",
+            busybox()
+        ),
+    )
+    .unwrap();
+    let name = format!("wf-{tag}");
+    let wrap = format!("{} run -q workflow.yaml", drun());
+    let out = sub.run(
+        cluster,
+        "sbatch",
+        &["--wait", "-J", &name, "-N1", "-o", "wf.log", "--wrap", &wrap],
+    );
+    assert!(!out.status.success(), "{who}: the workflow fails with 5");
+    let rows = sacct(&sub, cluster, &name, 1);
+    assert_eq!(
+        (rows[0][2].as_str(), rows[0][3].as_str()),
+        ("FAILED", "5:0"),
+        "{who}: {rows:?}"
+    );
+    let result = sub.work.join("artifacts/step/out/result.txt");
+    assert_eq!(std::fs::read_to_string(&result).unwrap(), "from-slurm\n");
+    let m = std::fs::metadata(&result).unwrap();
+    assert_eq!((m.uid(), m.gid()), (sub.uid, sub.gid), "{who}");
+}
+
+#[test]
+fn srun_and_sbatch_run_containers_as_root_and_as_a_user() {
+    assert!(common::is_root(), "the Slurm daemons run as root");
+    let cluster = Cluster::up();
+    scenario(&cluster, None);
+    scenario(&cluster, Some("drun-sub"));
+    scenario(&cluster, Some("drun-nosub"));
+}
