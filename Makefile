@@ -6,9 +6,9 @@ export DRUN_TEST_STATE ?= /tmp/drun-test-state
 export DRUN_TEST_CACHE ?= /var/cache/drun-test
 # Packages drun needs to build (libseccomp for the run path) and the test infrastructure uses.
 DEB_PACKAGES := build-essential pkg-config libseccomp-dev libelf-dev zlib1g-dev catatonit qemu-system-x86 cpio kmod docker-registry skopeo umoci busybox-static debootstrap \
-	apache2-utils openssl jq zstd python3 ca-certificates curl
+	apache2-utils openssl jq zstd python3 ca-certificates curl uidmap util-linux
 
-.PHONY: all deps build registry images demo test test-gpu lint unit integration bench-pull bench-run registry-down clean
+.PHONY: all deps build registry images users demo test test-gpu lint unit integration bench-pull bench-run registry-down clean
 
 all: build
 
@@ -38,10 +38,14 @@ lint: deps
 unit: deps
 	$(CARGO) test --release --locked --lib
 
-integration: build images
+# The unprivileged users the rootless tests run as (hack/test-users.sh down removes them).
+users: deps
+	bash hack/test-users.sh up
+
+integration: build images users
 	$(CARGO) test --release --locked --test integration -- --test-threads=2
 
-test: lint build images
+test: lint build images users
 	$(CARGO) test --release --locked -- --test-threads=2
 
 # On a host with an NVIDIA GPU and driver: the real-hardware test (ignored by `make test`).

@@ -72,8 +72,10 @@ pub struct CgroupPlan {
     pub path: String,
     /// A supervisor leaf drun moved itself into (v2 only), removed by a later drun once empty.
     pub supervisor: Option<String>,
-    /// `drun-<short id>`, the last component of `path`.
-    pub leaf: String,
+    /// `cgroupsPath` for libcontainer: `path`, or without a cgroup of its own, a child of drun's cgroup that
+    /// it cannot create (on v1 hosts in drun's private cgroup2 view, see `hide_host_hierarchy`), so libcgroups'
+    /// rootless mode leaves the container where drun is and its clean-up finds nothing to remove.
+    spec_path: String,
 }
 
 pub fn detect() -> Version {
@@ -129,21 +131,20 @@ impl CgroupPlan {
         Ok(CgroupPlan {
             control: Control::Root,
             version,
+            spec_path: path.clone(),
             path,
             supervisor,
-            leaf,
         })
     }
 
     /// The cgroup of a run recorded earlier, for clean-up.
     pub fn existing(version: Version, path: String) -> CgroupPlan {
-        let leaf = path.rsplit('/').next().unwrap_or_default().to_string();
         CgroupPlan {
             control: Control::Root,
             version,
+            spec_path: path.clone(),
             path,
             supervisor: None,
-            leaf,
         }
     }
 
@@ -153,7 +154,11 @@ impl CgroupPlan {
             version: version.clone(),
             path: String::new(),
             supervisor: None,
-            leaf: leaf.clone(),
+            spec_path: if version == Version::V2 {
+                join(parent, &leaf)
+            } else {
+                format!("/{leaf}")
+            },
         };
         if version != Version::V2 {
             return none("this host uses cgroup v1, whose hierarchies cannot be delegated to an ordinary user".into());
@@ -177,9 +182,9 @@ impl CgroupPlan {
                 CgroupPlan {
                     control: Control::Delegated { controllers },
                     version,
+                    spec_path: path.clone(),
                     path,
                     supervisor,
-                    leaf,
                 }
             }
             Err(e) => none(format!("cannot use the delegated cgroup {}: {e}", dir.display())),
@@ -236,11 +241,15 @@ impl CgroupPlan {
         Ok(())
     }
 
-    /// Rootless without a cgroup: libcgroups (v1) would fail to move the container into a cgroup it cannot
-    /// write. In drun's own mount namespace, a cgroup namespace and a fresh cgroup2 mount at /sys/fs/cgroup make
+    /// Rootless without a cgroup on a v1 or hybrid host: libcgroups' v1 manager would fail to move the container
+    /// into a cgroup it cannot write. In drun's own mount namespace, a cgroup namespace and a fresh cgroup2 mount at /sys/fs/cgroup make
     /// it take its rootless v2 path, which leaves the container in drun's cgroup.
     pub fn hide_host_hierarchy(&self) -> Result<(), CgroupError> {
-        if !matches!(self.control, Control::None { .. }) || crate::userns::current().is_none() {
+        // On pure v2 libcgroups takes its rootless path by itself: the cgroup it cannot create is skipped.
+        if !matches!(self.control, Control::None { .. })
+            || crate::userns::current().is_none()
+            || self.version == Version::V2
+        {
             return Ok(());
         }
         static DONE: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
@@ -262,14 +271,8 @@ impl CgroupPlan {
         })
     }
 
-    /// The `cgroupsPath` for libcontainer. Without a cgroup of its own, a path that does not exist in drun's
-    /// private cgroup2 view ([`hide_host_hierarchy`](Self::hide_host_hierarchy)): libcgroups' rootless mode then
-    /// leaves the container where drun is, and its clean-up finds nothing to remove.
-    pub fn spec_path(&self) -> String {
-        match &self.control {
-            Control::None { .. } => format!("/{}", self.leaf),
-            _ => self.path.clone(),
-        }
+    pub fn spec_path(&self) -> &str {
+        &self.spec_path
     }
 
     /// Host directories of the container's cgroup (one per v1 hierarchy, or the single v2 one).

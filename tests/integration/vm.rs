@@ -16,6 +16,8 @@ fn limits_devices_shm_and_cleanup_on_a_pure_cgroup_v2_kernel() {
             "900",
             "--bin",
             &format!("{}:/usr/bin/drun", env!("CARGO_BIN_EXE_drun")),
+            "--bin",
+            "/usr/bin/setpriv:/opt/util-linux/setpriv",
         ])
         .args([
             "--add",

@@ -76,5 +76,54 @@ check "no container cgroups left" [ -z "$(find /sys/fs/cgroup -name 'drun-*' -ty
 check "no run directories left" [ -z "$(ls /run/drun/containers 2>/dev/null)" ]
 check "no mounts left" [ -z "$(grep /run/drun /proc/mounts)" ]
 
+# Rootless on cgroup v2 with a delegated subtree: an ordinary user (no subordinate ids: a single-id mapping)
+# whose cgroup is chowned to it gets its limits enforced; outside it, one warning, or a refusal with
+# --require-limits.
+echo 'rl:x:1000:1000::/tmp/rl:/bin/sh' >>/etc/passwd
+echo 'rl:x:1000:' >>/etc/group
+# The delegated subtree (as systemd's user@.service gets): rl, with controllers for its children, chowned. Each
+# delegated run starts in a fresh leaf of it (a cgroup with controllers enabled for children takes no processes).
+mkdir -p /tmp/rl /sys/fs/cgroup/rl
+echo "+cpu +memory +pids" >/sys/fs/cgroup/rl/cgroup.subtree_control
+chown 1000:1000 /tmp/rl /sys/fs/cgroup/rl /sys/fs/cgroup/rl/cgroup.procs /sys/fs/cgroup/rl/cgroup.subtree_control \
+    /sys/fs/cgroup/rl/cgroup.threads
+# as_rl [--delegated] CMD...: run CMD as uid 1000 with a clean environment, in the delegated cgroup if asked.
+as_rl() {
+    if [ "$1" = --delegated ]; then
+        shift
+        leaf=$(($(ls -d /sys/fs/cgroup/rl/s* 2>/dev/null | wc -l) + 1))
+        mkdir /sys/fs/cgroup/rl/s$leaf
+        chown -R 1000:1000 /sys/fs/cgroup/rl/s$leaf
+        sh -c 'echo $$ >/sys/fs/cgroup/rl/s'$leaf'/cgroup.procs && exec "$@"' _ \
+            /opt/util-linux/setpriv --reuid=1000 --regid=1000 --clear-groups env -i PATH=/usr/bin:/bin HOME=/tmp/rl "$@"
+    else
+        /opt/util-linux/setpriv --reuid=1000 --regid=1000 --clear-groups env -i PATH=/usr/bin:/bin HOME=/tmp/rl "$@"
+    fi
+}
+as_rl drun pull -q "$IMG" >/dev/null 2>&1
+out=$(as_rl --delegated drun run --memory 64m --cpus 0.5 --pids-limit 20 "$IMG" sh -c \
+    'id -u; cat /proc/self/uid_map | wc -l; cat /sys/fs/cgroup/memory.max /sys/fs/cgroup/cpu.max /sys/fs/cgroup/pids.max' 2>/tmp/rl-err)
+check "rootless: container root is the caller, one-id mapping ($(echo $out | head -c 40))" \
+    [ "$(echo "$out" | sed -n 1,2p | tr '\n' ' ')" = "0 1 " ]
+check "rootless delegated: memory.max is 64m" [ "$(echo "$out" | sed -n 3p)" = 67108864 ]
+check "rootless delegated: cpu.max is 0.5 CPU" [ "$(echo "$out" | sed -n 4p)" = "50000 100000" ]
+check "rootless delegated: pids.max is 20" [ "$(echo "$out" | sed -n 5p)" = 20 ]
+check "rootless delegated: no warning ($(cat /tmp/rl-err))" [ ! -s /tmp/rl-err ]
+as_rl --delegated drun run --memory 32m --shm-size 256m "$IMG" dd if=/dev/zero of=/dev/shm/fill bs=1M count=200 >/tmp/rl-oom 2>&1
+rc=$?
+[ "$rc" = 137 ] || sed 's/^/  | /' /tmp/rl-oom
+check "rootless delegated: exceeding --memory is OOM-killed, exit 137 (got $rc)" [ "$rc" = 137 ]
+out=$(as_rl --delegated drun run --memory 64m "$IMG" sh -c 'echo max > /sys/fs/cgroup/memory.max 2>/dev/null && echo RAISED; cat /sys/fs/cgroup/memory.max')
+check "rootless delegated: container root cannot raise its limit ($out)" [ "$out" = 67108864 ]
+check "rootless delegated: no container cgroups left" [ -z "$(find /sys/fs/cgroup/rl -name 'drun-*' -type d)" ]
+out=$(as_rl drun run --memory 64m "$IMG" echo ran 2>&1)
+
+check "rootless, not delegated: runs with one warning ($(echo "$out" | grep -c 'NOT enforced'))" \
+    sh -c 'echo "$1" | grep -q "^ran$" && [ "$(echo "$1" | grep -c "NOT enforced: --memory")" = 1 ]' _ "$out"
+as_rl drun run --require-limits --memory 64m "$IMG" echo ran >/dev/null 2>&1
+rc=$?
+check "rootless, not delegated: --require-limits refuses (exit $rc)" [ "$rc" = 125 ]
+check "rootless: no run directories left" [ -z "$(ls /tmp/drun-1000/containers 2>/dev/null)" ]
+
 echo "$pass passed, $fail failed"
 [ "$fail" = 0 ]
