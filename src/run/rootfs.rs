@@ -43,8 +43,9 @@ pub fn prepare(run_dir: &Path, layers: &[PathBuf]) -> Result<(PathBuf, RootfsKin
         Ok(()) => Ok((merged, RootfsKind::Overlay)),
         Err(e) => {
             tracing::debug!(error = %e, "overlayfs cannot be mounted here; flattening the image into a private copy");
+            let mut links = Links::new();
             for layer in layers {
-                apply_layer(layer, &merged).map_err(|source| RootfsError::Flatten {
+                apply_layer(layer, &merged, &mut links).map_err(|source| RootfsError::Flatten {
                     path: merged.clone(),
                     source,
                 })?;
@@ -84,8 +85,12 @@ fn mount_overlay(merged: &Path, lowers: &[&Path], upper: &Path, work: &Path) -> 
     )
 }
 
+/// Files already copied, by source (device, inode): a hardlinked source file is linked, not copied again, so
+/// the flattened tree keeps the image's hardlinks (within a layer and to files of lower layers).
+type Links = std::collections::HashMap<(u64, u64), (PathBuf, u64)>;
+
 /// Copies one overlay-format layer onto `dest`, honouring its whiteouts and opaque directories.
-fn apply_layer(layer: &Path, dest: &Path) -> io::Result<()> {
+fn apply_layer(layer: &Path, dest: &Path, links: &mut Links) -> io::Result<()> {
     for entry in fs::read_dir(layer)? {
         let entry = entry?;
         let src = entry.path();
@@ -103,7 +108,7 @@ fn apply_layer(layer: &Path, dest: &Path) -> io::Result<()> {
                 fs::create_dir(&dst)?;
             }
             copy_meta(&meta, &dst)?;
-            apply_layer(&src, &dst)?;
+            apply_layer(&src, &dst, links)?;
             continue;
         }
         remove_any(&dst)?;
@@ -111,9 +116,25 @@ fn apply_layer(layer: &Path, dest: &Path) -> io::Result<()> {
             std::os::unix::fs::symlink(fs::read_link(&src)?, &dst)?;
             let _ = std::os::unix::fs::lchown(&dst, Some(meta.uid()), Some(meta.gid()));
         } else if ft.is_file() {
+            let key = (meta.dev(), meta.ino());
+            if meta.nlink() > 1 {
+                // Only while the first copy is still there (a later layer may have replaced that path).
+                let first = links
+                    .get(&key)
+                    .filter(|(p, ino)| fs::symlink_metadata(p).is_ok_and(|m| m.ino() == *ino));
+                if let Some((first, _)) = first {
+                    if fs::hard_link(first, &dst).is_ok() {
+                        continue;
+                    }
+                }
+            }
             // A reflink or copy; hardlinking into the store would let container writes reach it.
             fs::copy(&src, &dst)?;
             copy_meta(&meta, &dst)?;
+            if meta.nlink() > 1 {
+                let ino = fs::symlink_metadata(&dst)?.ino();
+                links.insert(key, (dst.clone(), ino));
+            }
         } else {
             let kind = if ft.is_block_device() {
                 nix::sys::stat::SFlag::S_IFBLK
@@ -248,7 +269,7 @@ pub fn prepare_project(run_dir: &Path, source: &Path) -> Result<PathBuf, RootfsE
     let mounted = mount_overlay(&merged, &[source], &upper, &work);
     if let Err(e) = mounted {
         tracing::warn!(error = %e, dir = %source.display(), "overlayfs cannot be mounted over the project directory; copying it instead");
-        apply_layer(source, &merged).map_err(|source| RootfsError::Flatten {
+        apply_layer(source, &merged, &mut Links::new()).map_err(|source| RootfsError::Flatten {
             path: merged.clone(),
             source,
         })?;

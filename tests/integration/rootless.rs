@@ -161,6 +161,20 @@ fn pull_and_run_as_users_with_and_without_subordinate_ids() {
         let meta = std::fs::metadata(ub.work().join("out.txt")).unwrap();
         assert_eq!((meta.uid(), meta.gid()), (ub.uid, ub.gid));
 
+        // Whiteouts, opaque directories and hardlinks into a lower layer, unpacked without privileges: through
+        // the overlay mounted in the user namespace (userxattr), and through a flattened copy.
+        let check = "for p in /etc/issue.net /usr/share/doc/apt /opt/keep/gone /opt/replaced/old; do \
+                     [ -e $p ] && echo present:$p; done; cat /opt/replaced/new /opt/keep/changed; \
+                     stat -c '%u:%g %a' /opt/perm/owned /opt/perm/setuid; \
+                     [ /opt/links/hard-a -ef /opt/links/hard-b ] && echo hardlinked; cat /opt/links/hard-lower";
+        let owned = if user == SUB { "1234:5678 640" } else { "0:0 640" };
+        let want = format!("new\nv2\n{owned}\n0:0 755\nhardlinked\nstays\n");
+        assert_eq!(ub.sh(&[], &debian(), check).ok().stdout, want, "{user}: overlay");
+        let mut c = ub.cmd(&["run", "-q", &debian(), "sh", "-c", check]);
+        c.env("DRUN_ROOTFS", "flatten");
+        let out = common::run(c, Duration::from_secs(300)).ok();
+        assert_eq!(out.stdout, want, "{user}: flattened");
+
         // Exit codes as for root.
         assert_eq!(ub.sh(&[], &busybox(), "exit 3").code(), Some(3));
         ub.drun(&["run", "-q", &busybox(), "no-such-cmd"])
