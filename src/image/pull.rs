@@ -591,6 +591,13 @@ async fn ensure_layer(
         unpacked_bytes: v.stats.bytes,
         entries: v.stats.entries,
     };
+    if !v.markers.is_empty() {
+        let f = staging.join(crate::image::unpack::MARKERS_FILE);
+        if let Err(e) = std::fs::write(&f, serde_json::to_vec(&v.markers).expect("markers serialise")) {
+            let _ = remove_tree(&staging);
+            return Err(LayerError::File { path: f, source: e });
+        }
+    }
     if let Err(e) = store.publish_layer(store.idmap(), &staging, &meta) {
         let _ = remove_tree(&staging);
         return Err(e.into());
@@ -730,6 +737,7 @@ struct Verified {
     diff_id: Digest,
     stats: UnpackStats,
     lower_links: Vec<LowerLink>,
+    markers: crate::image::unpack::Markers,
 }
 
 /// The single pass: hash the blob, detect and undo its compression, hash the tar, unpack it.
@@ -754,6 +762,7 @@ fn unpack_verified<R: Read>(src: R, dest: &Path, opts: UnpackOptions) -> Result<
         diff_id,
         stats: unpacked.stats,
         lower_links: unpacked.lower_links,
+        markers: unpacked.markers,
     })
 }
 

@@ -87,11 +87,39 @@ pub struct LowerLink {
     pub target: Vec<u8>,
 }
 
+/// Whiteouts and opaque directories the file system could not represent the overlay way (an ordinary user on a
+/// kernel before 5.8 cannot make 0:0 character devices; a file system without user xattrs cannot mark opaque
+/// directories). Kept beside the layer tree in [`MARKERS_FILE`]; a root file system with such layers is
+/// flattened, applying them.
+#[derive(Debug, Default, Clone, serde::Serialize, serde::Deserialize)]
+pub struct Markers {
+    /// Paths (relative to the layer root) the layer deletes.
+    pub whiteouts: Vec<Vec<u8>>,
+    /// Directories whose lower contents the layer hides.
+    pub opaque: Vec<Vec<u8>>,
+}
+
+impl Markers {
+    pub fn is_empty(&self) -> bool {
+        self.whiteouts.is_empty() && self.opaque.is_empty()
+    }
+}
+
+/// The file, beside a layer's `root/`, that holds its [`Markers`].
+pub const MARKERS_FILE: &str = "markers.json";
+
+/// `DRUN_WHITEOUTS=markers`: record every whiteout and opaque directory in the markers file instead of the
+/// overlay form (what happens by itself where the kernel or file system cannot make the overlay form).
+fn markers_forced() -> bool {
+    std::env::var_os("DRUN_WHITEOUTS").is_some_and(|v| v == "markers")
+}
+
 /// What unpacking a layer produced.
 #[derive(Debug, Default)]
 pub struct Unpacked {
     pub stats: UnpackStats,
     pub lower_links: Vec<LowerLink>,
+    pub markers: Markers,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -463,6 +491,8 @@ pub fn unpack_layer<R: Read>(src: R, dest: &Path, opts: UnpackOptions) -> Result
     let mut archive = tar::Archive::new(src);
     let mut stats = UnpackStats::default();
     let mut lower_links = Vec::new();
+    let mut markers = Markers::default();
+    let force_markers = opts.unprivileged && markers_forced();
     let mut dirs: Vec<DirMeta> = Vec::new();
     let mut dir_index: HashMap<Vec<Vec<u8>>, usize> = HashMap::new();
     let pool = Pool::new(writer_threads());
@@ -496,7 +526,18 @@ pub fn unpack_layer<R: Read>(src: R, dest: &Path, opts: UnpackOptions) -> Result
         if name_bytes == OPAQUE_MARKER.as_bytes() {
             let dir = open_in_root(root, &join(parent_comps), OFlag::O_RDONLY | OFlag::O_DIRECTORY)
                 .map_err(|e| wrap(errno_io(e)))?;
-            set_xattr(dir.as_fd(), opts.opaque_xattr(), b"y").map_err(wrap)?;
+            let set = if force_markers {
+                Err(io::Error::from(Errno::EOPNOTSUPP))
+            } else {
+                set_xattr(dir.as_fd(), opts.opaque_xattr(), b"y")
+            };
+            match set {
+                Ok(()) => {}
+                Err(e) if opts.unprivileged && matches!(e.raw_os_error(), Some(libc::EOPNOTSUPP | libc::EPERM)) => {
+                    markers.opaque.push(join(parent_comps).into_os_string().into_vec());
+                }
+                Err(e) => return Err(wrap(e)),
+            }
             stats.whiteouts += 1;
             continue;
         }
@@ -506,7 +547,20 @@ pub fn unpack_layer<R: Read>(src: R, dest: &Path, opts: UnpackOptions) -> Result
             }
             let target = OsStr::from_bytes(target);
             remove_at(pfd, target).map_err(wrap)?;
-            mknodat(pfd, target, SFlag::S_IFCHR, Mode::empty(), 0).map_err(|e| wrap(errno_io(e)))?;
+            let made = if force_markers {
+                Err(Errno::EPERM)
+            } else {
+                mknodat(pfd, target, SFlag::S_IFCHR, Mode::empty(), 0)
+            };
+            match made {
+                Ok(()) => {}
+                Err(Errno::EPERM) if opts.unprivileged => {
+                    let mut path = join(parent_comps);
+                    path.push(target);
+                    markers.whiteouts.push(path.into_os_string().into_vec());
+                }
+                Err(e) => return Err(wrap(errno_io(e))),
+            }
             stats.whiteouts += 1;
             continue;
         }
@@ -713,7 +767,18 @@ pub fn unpack_layer<R: Read>(src: R, dest: &Path, opts: UnpackOptions) -> Result
         fchmod(dir.as_fd(), Mode::from_bits_truncate(d.mode)).map_err(wrap)?;
         futimens(dir.as_fd(), &d.mtime, &d.mtime).map_err(wrap)?;
     }
-    Ok(Unpacked { stats, lower_links })
+    if !markers.is_empty() {
+        tracing::debug!(
+            whiteouts = markers.whiteouts.len(),
+            opaque = markers.opaque.len(),
+            "whiteouts kept as markers: root file systems with this layer are flattened"
+        );
+    }
+    Ok(Unpacked {
+        stats,
+        lower_links,
+        markers,
+    })
 }
 
 fn is_whiteout_at(root: BorrowedFd<'_>, comps: &[&OsStr]) -> bool {

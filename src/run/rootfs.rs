@@ -39,20 +39,74 @@ pub fn prepare(run_dir: &Path, layers: &[PathBuf]) -> Result<(PathBuf, RootfsKin
         })?;
     }
     let lowers: Vec<&Path> = layers.iter().rev().map(PathBuf::as_path).collect();
-    match mount_overlay(&merged, &lowers, &upper, &work) {
+    // A layer whose whiteouts could not be made the overlay way can only be flattened.
+    let marked = layers.iter().any(|l| markers_of(l).is_some());
+    let mounted = if marked {
+        Err(nix::errno::Errno::ENOTSUP)
+    } else {
+        mount_overlay(&merged, &lowers, &upper, &work)
+    };
+    match mounted {
         Ok(()) => Ok((merged, RootfsKind::Overlay)),
         Err(e) => {
-            tracing::debug!(error = %e, "overlayfs cannot be mounted here; flattening the image into a private copy");
+            tracing::debug!(error = %e, marked, "overlayfs cannot be used here; flattening the image into a private copy");
             let mut links = Links::new();
             for layer in layers {
-                apply_layer(layer, &merged, &mut links).map_err(|source| RootfsError::Flatten {
+                let flatten = |e| RootfsError::Flatten {
                     path: merged.clone(),
-                    source,
-                })?;
+                    source: e,
+                };
+                if let Some(m) = markers_of(layer) {
+                    apply_markers(&m, &merged).map_err(flatten)?;
+                }
+                apply_layer(layer, &merged, &mut links).map_err(flatten)?;
             }
             Ok((merged, RootfsKind::Flattened))
         }
     }
+}
+
+/// The markers kept beside a layer tree (`<layer>/../markers.json`), if it has any.
+fn markers_of(layer_root: &Path) -> Option<crate::image::unpack::Markers> {
+    let file = layer_root.parent()?.join(crate::image::unpack::MARKERS_FILE);
+    serde_json::from_slice(&fs::read(file).ok()?).ok()
+}
+
+/// Applies a layer's recorded whiteouts and opaque directories to the flattened tree below it.
+fn apply_markers(m: &crate::image::unpack::Markers, dest: &Path) -> io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    // The paths were checked component by component when the layer was unpacked (no `..`, no absolute path);
+    // a path whose parent in the tree so far is not a real directory (a symlink an image planted, or nothing)
+    // has nothing below it to remove: never follow a symlink out of the tree.
+    let inside = |p: &[u8]| -> Option<PathBuf> {
+        let rel = Path::new(OsStr::from_bytes(p));
+        let mut at = dest.to_path_buf();
+        let mut comps = rel.components().peekable();
+        while let Some(c) = comps.next() {
+            let std::path::Component::Normal(name) = c else {
+                return None;
+            };
+            at.push(name);
+            if comps.peek().is_some() && !fs::symlink_metadata(&at).is_ok_and(|m| m.is_dir()) {
+                return None;
+            }
+        }
+        Some(at)
+    };
+    for w in &m.whiteouts {
+        if let Some(p) = inside(w) {
+            remove_any(&p)?;
+        }
+    }
+    for o in &m.opaque {
+        let Some(dir) = inside(o) else { continue };
+        if fs::symlink_metadata(&dir).is_ok_and(|md| md.is_dir()) {
+            for e in fs::read_dir(&dir)? {
+                remove_any(&e?.path())?;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Mounts an overlay at `merged` (`lowers` top first). DRUN_ROOTFS=flatten makes it fail, forcing the callers'
@@ -275,4 +329,31 @@ pub fn prepare_project(run_dir: &Path, source: &Path) -> Result<PathBuf, RootfsE
         })?;
     }
     Ok(merged)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::image::unpack::Markers;
+
+    #[test]
+    fn markers_never_follow_a_symlink_out_of_the_tree() {
+        let t = tempfile::tempdir().unwrap();
+        let (dest, outside) = (t.path().join("root"), t.path().join("outside"));
+        fs::create_dir_all(dest.join("etc/sub")).unwrap();
+        fs::create_dir_all(&outside).unwrap();
+        fs::write(outside.join("victim"), "v").unwrap();
+        fs::write(dest.join("etc/gone"), "g").unwrap();
+        fs::write(dest.join("etc/sub/old"), "o").unwrap();
+        std::os::unix::fs::symlink(&outside, dest.join("link")).unwrap();
+        let m = Markers {
+            whiteouts: vec![b"link/victim".to_vec(), b"etc/gone".to_vec()],
+            opaque: vec![b"link".to_vec(), b"etc/sub".to_vec()],
+        };
+        apply_markers(&m, &dest).unwrap();
+        assert!(outside.join("victim").is_file(), "followed the symlink");
+        assert!(!dest.join("etc/gone").exists());
+        assert!(dest.join("etc/sub").is_dir() && !dest.join("etc/sub/old").exists());
+        assert!(fs::symlink_metadata(dest.join("link")).unwrap().file_type().is_symlink());
+    }
 }

@@ -494,3 +494,50 @@ fn one_users_processes_share_a_root_and_users_share_a_blob_cache() {
     );
     third.drun(&["run", "-q", "--pull=never", &image, "true"]).ok();
 }
+
+#[test]
+fn whiteouts_kept_as_markers_flatten_the_root_and_stay_inside_it() {
+    // Where a kernel (before 5.8) or file system cannot make overlay whiteouts or opaque markers for an ordinary
+    // user, they are recorded beside the layer and the root file system is flattened applying them.
+    // DRUN_WHITEOUTS=markers takes that path on this kernel.
+    let ub = UserBox::new(SUB);
+    let run = |args: &[&str]| {
+        let mut c = ub.cmd(args);
+        c.env("DRUN_WHITEOUTS", "markers");
+        common::run(c, Duration::from_secs(300))
+    };
+    run(&["pull", "-q", &debian()]).ok();
+    let markers: Vec<PathBuf> = std::fs::read_dir(ub.store().join("layers"))
+        .unwrap()
+        .flatten()
+        .flat_map(|k| std::fs::read_dir(k.path()).unwrap().flatten())
+        .map(|l| l.path().join("markers.json"))
+        .filter(|p| p.is_file())
+        .collect();
+    assert_eq!(markers.len(), 1, "the whiteout layer: {markers:?}");
+    let text = std::fs::read_to_string(&markers[0]).unwrap();
+    assert!(text.contains("\"whiteouts\"") && text.contains("\"opaque\""), "{text}");
+    let out = ub
+        .sh(
+            &["--log-level", "debug"],
+            &debian(),
+            "for p in /etc/issue.net /usr/share/doc/apt /opt/keep/gone /opt/replaced/old; do \
+             [ -e $p ] && echo present:$p; done; cat /opt/replaced/new /opt/keep/changed /opt/keep/stays",
+        )
+        .ok();
+    assert_eq!(out.stdout, "new\nv2\nstays\n");
+    assert!(out.stderr.contains("flattening"), "{}", out.stderr);
+
+    // Markers aimed outside (a whiteout through a symlink to the host) remove nothing there.
+    let target = PathBuf::from(common::env("DRUN_TEST_ESCAPE_TARGET"));
+    std::fs::create_dir_all(&target).unwrap();
+    std::fs::write(target.join("victim"), "victim\n").unwrap();
+    // The user could delete it if drun followed the symlink: the directory is theirs.
+    std::os::unix::fs::chown(&target, Some(ub.uid), Some(ub.gid)).unwrap();
+    let image = format!("{}/drun-test/evil:whiteout", common::registry());
+    if run(&["pull", "-q", &image]).code() == Some(0) {
+        run(&["run", "-q", &image, "true"]);
+    }
+    assert_eq!(std::fs::read_to_string(target.join("victim")).unwrap(), "victim\n");
+    std::os::unix::fs::chown(&target, Some(0), Some(0)).unwrap();
+}
