@@ -315,7 +315,9 @@ fn helper_advice(tool: &Path, output: &str, file: &str, user: &str, ranges: &[(u
     use std::os::unix::fs::MetadataExt;
     let mut msg = format!("{} failed: {}", tool.display(), output.trim());
     let setuid = std::fs::metadata(tool).is_ok_and(|m| m.mode() & 0o4000 != 0 && m.uid() == 0);
-    let has_caps = xattr_exists(tool, "security.capability");
+    // File capabilities live on the file itself, not on a symlink to it.
+    let real = std::fs::canonicalize(tool).unwrap_or_else(|_| tool.to_path_buf());
+    let has_caps = crate::run::rootfs::xattr_present(&real, "security.capability");
     if !setuid && !has_caps {
         let _ = write!(
             msg,
@@ -334,18 +336,6 @@ fn helper_advice(tool: &Path, output: &str, file: &str, user: &str, ranges: &[(u
         shown.join(", ")
     );
     msg
-}
-
-fn xattr_exists(p: &Path, name: &str) -> bool {
-    use std::os::unix::ffi::OsStrExt;
-    let (Ok(cp), Ok(cn)) = (
-        std::ffi::CString::new(p.as_os_str().as_bytes()),
-        std::ffi::CString::new(name),
-    ) else {
-        return false;
-    };
-    // SAFETY: NUL-terminated strings; a null buffer of size 0 only queries the size.
-    unsafe { libc::getxattr(cp.as_ptr(), cn.as_ptr(), std::ptr::null_mut(), 0) >= 0 }
 }
 
 fn format_map(maps: &[IdMap]) -> String {

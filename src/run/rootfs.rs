@@ -224,7 +224,8 @@ fn remove_any(p: &Path) -> io::Result<()> {
     }
 }
 
-fn xattr_present(p: &Path, name: &str) -> bool {
+/// Whether `p` itself (not what a symlink points to) has the extended attribute `name`.
+pub(crate) fn xattr_present(p: &Path, name: &str) -> bool {
     use std::os::unix::ffi::OsStrExt;
     let (Ok(cp), Ok(cn)) = (
         std::ffi::CString::new(p.as_os_str().as_bytes()),
@@ -354,6 +355,9 @@ mod tests {
         assert!(outside.join("victim").is_file(), "followed the symlink");
         assert!(!dest.join("etc/gone").exists());
         assert!(dest.join("etc/sub").is_dir() && !dest.join("etc/sub/old").exists());
-        assert!(fs::symlink_metadata(dest.join("link")).unwrap().file_type().is_symlink());
+        assert!(fs::symlink_metadata(dest.join("link"))
+            .unwrap()
+            .file_type()
+            .is_symlink());
     }
 }

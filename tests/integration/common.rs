@@ -305,3 +305,18 @@ pub fn leftovers(sb: &Sandbox) -> Vec<String> {
     }
     out
 }
+
+/// `prog` run as `uid`/`gid` (with that user's groups) through `setpriv`, which execs it directly (signals reach
+/// it), with a clean environment holding only PATH and `home` as HOME.
+pub fn as_user(uid: u32, gid: u32, home: &Path, prog: impl AsRef<std::ffi::OsStr>) -> Command {
+    let mut c = Command::new("setpriv");
+    c.arg(format!("--reuid={uid}"))
+        .arg(format!("--regid={gid}"))
+        .args(["--init-groups", "--"])
+        .arg(prog)
+        .env_clear()
+        .env("PATH", "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin")
+        .env("HOME", home)
+        .stdin(Stdio::null());
+    c
+}

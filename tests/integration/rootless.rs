@@ -76,23 +76,12 @@ impl UserBox {
     }
 
     fn cmd(&self, args: &[&str]) -> Command {
-        let mut c = Command::new("setpriv");
-        c.args([
-            format!("--reuid={}", self.uid),
-            format!("--regid={}", self.gid),
-            "--init-groups".into(),
-            "--".into(),
-        ])
-        .arg(env!("CARGO_BIN_EXE_drun"))
-        .args(args)
-        .env_clear()
-        .env("PATH", "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin")
-        .env("HOME", self.home())
-        .env("USER", self.user)
-        .env("XDG_RUNTIME_DIR", self.path().join("xdg"))
-        .env("DRUN_CONFIG", self.path().join("config.toml"))
-        .current_dir(self.work())
-        .stdin(Stdio::null());
+        let mut c = common::as_user(self.uid, self.gid, &self.home(), env!("CARGO_BIN_EXE_drun"));
+        c.args(args)
+            .env("USER", self.user)
+            .env("XDG_RUNTIME_DIR", self.path().join("xdg"))
+            .env("DRUN_CONFIG", self.path().join("config.toml"))
+            .current_dir(self.work());
         c
     }
 

@@ -109,23 +109,12 @@ impl Submitter {
 
     /// A Slurm client command (srun, sbatch, sacct) as this submitter, in its work directory.
     fn cmd(&self, cluster: &Cluster, prog: &str, args: &[&str]) -> Command {
-        let mut c = Command::new("setpriv");
-        c.args([
-            format!("--reuid={}", self.uid),
-            format!("--regid={}", self.gid),
-            "--init-groups".into(),
-            "--".into(),
-            prog.into(),
-        ])
-        .args(args)
-        .env_clear()
-        .env("PATH", "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin")
-        .env("HOME", &self.home)
-        .env("SLURM_CONF", cluster.conf())
-        .env("DRUN_DRIVER_ROOT", cluster.driver_root())
-        .env("DRUN_CONFIG", "/dev/null")
-        .current_dir(&self.work)
-        .stdin(Stdio::null());
+        let mut c = common::as_user(self.uid, self.gid, &self.home, prog);
+        c.args(args)
+            .env("SLURM_CONF", cluster.conf())
+            .env("DRUN_DRIVER_ROOT", cluster.driver_root())
+            .env("DRUN_CONFIG", "/dev/null")
+            .current_dir(&self.work);
         if self.uid == 0 {
             // Root's store and state for this test only.
             c.env("DRUN_ROOT", self.home.join("store"))
