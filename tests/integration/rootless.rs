@@ -234,6 +234,17 @@ fn keep_id_runs_as_the_caller_with_a_passwd_entry() {
         assert_eq!(std::fs::metadata(ub.work().join("mine")).unwrap().uid(), ub.uid);
         // The image's own files stay root's with subordinate ids; squashed to the caller without.
         assert_eq!(l[5], if user == SUB { "0" } else { &l[0] });
+        // One image, unpacked for two mappings (with ranges): rmi removes every copy.
+        let copies = || -> usize {
+            std::fs::read_dir(ub.store().join("layers"))
+                .unwrap()
+                .flatten()
+                .map(|k| std::fs::read_dir(k.path()).unwrap().count())
+                .sum()
+        };
+        assert_eq!(copies(), if user == SUB { 2 } else { 1 });
+        ub.drun(&["rmi", &busybox()]).ok();
+        assert_eq!(copies(), 0);
     }
 }
 
