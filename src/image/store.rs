@@ -18,6 +18,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use nix::fcntl::{Flock, FlockArg};
@@ -148,7 +149,13 @@ impl Store {
             return None;
         }
         let tmp = dir.join(format!(".tmp-{}-{}", digest.hex(), std::process::id()));
-        match File::create(&tmp) {
+        // A new file only, never through a name someone else planted (the cache may be shared and writable).
+        let created = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&tmp);
+        match created {
             Ok(f) => Some((f, tmp)),
             Err(e) => {
                 tracing::debug!(dir = %dir.display(), error = %e, "blob cache not writable");
