@@ -18,7 +18,7 @@ fn parse_signal(s: &str) -> Result<Signal> {
 
 pub fn run(global: &GlobalArgs, args: KillArgs) -> Result<i32> {
     let sig = parse_signal(&args.signal)?;
-    let list = state::list(&super::state_dir(global));
+    let list = state::list(&super::state_dir(global)?);
     for want in &args.containers {
         let matches: Vec<_> = list
             .iter()

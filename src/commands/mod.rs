@@ -39,9 +39,13 @@ pub fn dispatch(global: &GlobalArgs, command: Command) -> Result<i32> {
     }
 }
 
-pub fn state_dir(global: &GlobalArgs) -> std::path::PathBuf {
-    global
+/// The state directory; rootless, it must be a private directory of the caller's (created so if missing): what
+/// is in it decides what drun deletes and kills.
+pub fn state_dir(global: &GlobalArgs) -> Result<std::path::PathBuf> {
+    let dir = global
         .state
         .clone()
-        .unwrap_or_else(crate::run::state::default_state_dir)
+        .unwrap_or_else(crate::run::state::default_state_dir);
+    crate::run::state::ensure_private(&dir)?;
+    Ok(dir)
 }

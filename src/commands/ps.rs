@@ -6,7 +6,7 @@ use crate::cli::{GlobalArgs, PsArgs};
 use crate::run::state;
 
 pub fn run(global: &GlobalArgs, args: PsArgs) -> Result<i32> {
-    let dir = super::state_dir(global);
+    let dir = super::state_dir(global)?;
     state::reap_stale(&dir);
     let list = state::list(&dir);
     if args.json {

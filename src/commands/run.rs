@@ -305,7 +305,7 @@ fn run_workflows(global: &GlobalArgs, args: RunArgs) -> Result<i32> {
     crate::workflow::runner::run(
         &store,
         &cfg,
-        &super::state_dir(global),
+        &super::state_dir(global)?,
         &set,
         &args.image_and_command[1..],
         &opts,
@@ -331,7 +331,7 @@ pub fn run(global: &GlobalArgs, args: RunArgs) -> Result<i32> {
     let plan = plan_from_args(&args)?;
     let cfg = Config::load()?;
     let store = super::open_store(global)?;
-    match container::run(&store, &cfg, &plan, &super::state_dir(global), args.quiet) {
+    match container::run(&store, &cfg, &plan, &super::state_dir(global)?, args.quiet) {
         Ok(code) => Ok(code),
         Err(e @ container::RunError::Exec { .. }) => {
             let code = e.exit_code();

@@ -528,7 +528,7 @@ async fn ensure_layer(
     // A verified copy in the shared blob cache replaces the download; one that fails verification is
     // ignored and the registry asked instead.
     let cached = match (&layer.fetch, &layer.digest) {
-        (LayerFetch::Registry(_), Some(d)) => store.cached_blob(d),
+        (LayerFetch::Registry(_), Some(d)) => store.cached_blob(d, layer.size),
         _ => None,
     };
     let from_cache = match cached {
@@ -708,9 +708,11 @@ async fn fetch_layer(
                 Err(e) => Err(e),
                 Ok(()) => up,
             };
-            if let Some((_, tmp)) = tee {
+            if let Some((file, tmp)) = tee {
                 match &res {
-                    Ok(v) if v.digest == digest && v.size == layer.size => store.publish_cached_blob(&tmp, &digest),
+                    Ok(v) if v.digest == digest && v.size == layer.size => {
+                        store.publish_cached_blob(&file, &tmp, &digest, layer.size)
+                    }
                     _ => {
                         let _ = std::fs::remove_file(&tmp);
                     }

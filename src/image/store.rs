@@ -135,16 +135,40 @@ impl Store {
         self
     }
 
-    /// The blob cache's copy of `digest`, if there is one.
-    pub fn cached_blob(&self, digest: &Digest) -> Option<PathBuf> {
+    /// The blob cache's copy of `digest`, if there is one that is what it claims: a regular file (not through a
+    /// symlink) of `size` bytes whose sha256 is `digest`, checked before anything is decompressed. Another user
+    /// may have written it.
+    pub fn cached_blob(&self, digest: &Digest, size: u64) -> Option<PathBuf> {
         let p = self.blob_cache.as_ref()?.join("sha256").join(digest.hex());
-        p.is_file().then_some(p)
+        let f = OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&p)
+            .ok()?;
+        let meta = f.metadata().ok()?;
+        let verdict = if !meta.is_file() || meta.len() != size {
+            Err(format!("{} bytes, expected {size}", meta.len()))
+        } else {
+            match crate::digest::HashingReader::new(std::io::BufReader::with_capacity(1 << 20, f)).finish() {
+                Ok((d, _)) if d == *digest => Ok(()),
+                Ok((d, _)) => Err(format!("its content is {d}")),
+                Err(e) => Err(e.to_string()),
+            }
+        };
+        match verdict {
+            Ok(()) => Some(p),
+            Err(why) => {
+                tracing::warn!(blob = %p.display(), why, "ignoring a bad blob in the blob cache");
+                None
+            }
+        }
     }
 
     /// A temporary file in the blob cache to copy a download of `digest` into, when the cache is writable.
     pub fn blob_cache_writer(&self, digest: &Digest) -> Option<(File, PathBuf)> {
+        use std::os::unix::fs::DirBuilderExt;
         let dir = self.blob_cache.as_ref()?.join("sha256");
-        if let Err(e) = fs::create_dir_all(&dir) {
+        if let Err(e) = fs::DirBuilder::new().recursive(true).mode(0o755).create(&dir) {
             tracing::debug!(dir = %dir.display(), error = %e, "blob cache not writable");
             return None;
         }
@@ -154,6 +178,7 @@ impl Store {
             .write(true)
             .create_new(true)
             .custom_flags(libc::O_NOFOLLOW)
+            .mode(0o600)
             .open(&tmp);
         match created {
             Ok(f) => Some((f, tmp)),
@@ -164,15 +189,20 @@ impl Store {
         }
     }
 
-    /// Publishes a verified download in the blob cache, readable by everyone (the cache's own directory
-    /// permissions decide who may add to it).
-    pub fn publish_cached_blob(&self, tmp: &Path, digest: &Digest) {
+    /// Publishes a verified download in the blob cache when the copy is complete (`size` bytes), readable by
+    /// everyone. The mode is set on the open file, never through the name (the directory may be shared).
+    pub fn publish_cached_blob(&self, file: &File, tmp: &Path, digest: &Digest, size: u64) {
         let Some(dir) = self.blob_cache.as_ref().map(|d| d.join("sha256")) else {
             return;
         };
-        let _ = fs::set_permissions(tmp, std::os::unix::fs::PermissionsExt::from_mode(0o644));
-        if let Err(e) = fs::rename(tmp, dir.join(digest.hex())) {
-            tracing::debug!(error = %e, "cannot publish a blob in the blob cache");
+        let complete = file.metadata().is_ok_and(|m| m.len() == size);
+        let ok = complete
+            && file
+                .set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o644))
+                .is_ok()
+            && fs::rename(tmp, dir.join(digest.hex())).is_ok();
+        if !ok {
+            tracing::debug!(complete, "blob not added to the blob cache");
             let _ = fs::remove_file(tmp);
         }
     }

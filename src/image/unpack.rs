@@ -294,7 +294,9 @@ fn pax_extras<R: Read>(entry: &mut tar::Entry<'_, R>) -> io::Result<PaxExtras> {
             let ext = ext?;
             let Ok(key) = ext.key() else { continue };
             if let Some(name) = key.strip_prefix("SCHILY.xattr.") {
-                if !name.starts_with("trusted.overlay.") {
+                // overlayfs' own attributes (trusted.* as root, user.* with `userxattr` rootless) would change
+                // what the overlay shows; images do not get to set them.
+                if !name.starts_with("trusted.overlay.") && !name.starts_with("user.overlay.") {
                     out.xattrs.push((name.to_string(), ext.value_bytes().to_vec()));
                 }
             } else if key == "mtime" {
@@ -554,7 +556,8 @@ pub fn unpack_layer<R: Read>(src: R, dest: &Path, opts: UnpackOptions) -> Result
             };
             match made {
                 Ok(()) => {}
-                Err(Errno::EPERM) if opts.unprivileged => {
+                // EPERM before Linux 5.8; some file systems (FUSE, parallel ones) refuse 0:0 devices otherwise.
+                Err(Errno::EPERM | Errno::EOPNOTSUPP | Errno::EINVAL) if opts.unprivileged => {
                     let mut path = join(parent_comps);
                     path.push(target);
                     markers.whiteouts.push(path.into_os_string().into_vec());

@@ -346,8 +346,9 @@ fn make_netns(path: &Path) -> Result<(), RunError> {
     match unsafe { nix::unistd::fork() }.map_err(|e| io("fork")(e.into()))? {
         nix::unistd::ForkResult::Child => {
             drop(r);
-            let step = (|| -> Result<(), String> {
-                unshare(CloneFlags::CLONE_NEWNET).map_err(|e| format!("create a network namespace: {e}"))?;
+            // Nothing here allocates: a fork child may only make plain system calls.
+            let step = (|| -> Result<(), (&'static str, nix::errno::Errno)> {
+                unshare(CloneFlags::CLONE_NEWNET).map_err(|e| ("create a network namespace", e))?;
                 nix::mount::mount(
                     Some("/proc/self/ns/net"),
                     path,
@@ -355,13 +356,20 @@ fn make_netns(path: &Path) -> Result<(), RunError> {
                     nix::mount::MsFlags::MS_BIND,
                     None::<&str>,
                 )
-                .map_err(|e| format!("bind the network namespace: {e}"))?;
-                loopback_up().map_err(|e| format!("bring up loopback: {e}"))
+                .map_err(|e| ("bind the network namespace", e))?;
+                loopback_up().map_err(|e| {
+                    (
+                        "bring up loopback",
+                        nix::errno::Errno::from_raw(e.raw_os_error().unwrap_or(0)),
+                    )
+                })
             })();
             let code = match step {
                 Ok(()) => 0,
-                Err(msg) => {
-                    let _ = nix::unistd::write(w.as_fd(), msg.as_bytes());
+                Err((what, e)) => {
+                    for part in [what, ": ", e.desc()] {
+                        let _ = nix::unistd::write(w.as_fd(), part.as_bytes());
+                    }
                     1
                 }
             };

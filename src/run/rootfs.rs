@@ -81,7 +81,11 @@ fn apply_markers(m: &crate::image::unpack::Markers, dest: &Path) -> io::Result<(
     let inside = |p: &[u8]| -> Option<PathBuf> {
         let rel = Path::new(OsStr::from_bytes(p));
         let mut at = dest.to_path_buf();
-        let mut comps = rel.components().peekable();
+        // "." (an opaque marker at the layer's root) is the root itself.
+        let mut comps = rel
+            .components()
+            .filter(|c| *c != std::path::Component::CurDir)
+            .peekable();
         while let Some(c) = comps.next() {
             let std::path::Component::Normal(name) = c else {
                 return None;
@@ -352,6 +356,15 @@ mod tests {
             opaque: vec![b"link".to_vec(), b"etc/sub".to_vec()],
         };
         apply_markers(&m, &dest).unwrap();
+        // An opaque marker at the layer's root hides everything below.
+        let root_opaque = Markers {
+            whiteouts: vec![],
+            opaque: vec![b".".to_vec()],
+        };
+        let other = t.path().join("other");
+        fs::create_dir_all(other.join("a")).unwrap();
+        apply_markers(&root_opaque, &other).unwrap();
+        assert_eq!(fs::read_dir(&other).unwrap().count(), 0);
         assert!(outside.join("victim").is_file(), "followed the symlink");
         assert!(!dest.join("etc/gone").exists());
         assert!(dest.join("etc/sub").is_dir() && !dest.join("etc/sub/old").exists());

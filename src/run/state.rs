@@ -74,9 +74,10 @@ pub fn ensure_private(dir: &Path) -> std::io::Result<()> {
     }
     let m = fs::symlink_metadata(dir)?;
     let (uid, _) = crate::userns::caller_ids();
-    if !m.is_dir() || m.uid() != uid {
+    if !m.is_dir() || m.uid() != uid || m.mode() & 0o022 != 0 {
         return Err(std::io::Error::other(format!(
-            "{} exists but is not a directory of yours: remove it or choose another with --state",
+            "the state directory {} is not a private directory of yours (it must be owned by you and writable by \
+             no one else): remove it or choose another with --state",
             dir.display()
         )));
     }
@@ -134,8 +135,34 @@ impl RunDir {
     }
 }
 
+/// A run's record, if it is one drun could have written: a 64-hex-digit id, and a cgroup (if any) that is the
+/// container's own `…/drun-<short id>`. Clean-up deletes and kills by what it says, so nothing else is believed.
 fn read_info(dir: &Path) -> Option<RunInfo> {
-    serde_json::from_slice(&fs::read(dir.join("info.json")).ok()?).ok()
+    let info: RunInfo = serde_json::from_slice(&fs::read(dir.join("info.json")).ok()?).ok()?;
+    let id_ok = info.id.len() == 64 && info.id.bytes().all(|b| b.is_ascii_hexdigit());
+    let cgroup_ok = info.cgroup_path.is_empty()
+        || (info
+            .cgroup_path
+            .ends_with(&format!("/drun-{}", &info.id[..12.min(info.id.len())]))
+            && !info.cgroup_path.split('/').any(|c| c == ".." || c == "."));
+    let named = dir.file_name().is_some_and(|n| n == info.id.as_str());
+    if id_ok && cgroup_ok && named {
+        Some(info)
+    } else {
+        tracing::warn!(dir = %dir.display(), "ignoring a run record drun did not write");
+        None
+    }
+}
+
+/// Run directories: real directories only (a symlink planted there leads nowhere).
+fn run_dirs(state: &Path) -> Vec<fs::DirEntry> {
+    fs::read_dir(containers_dir(state))
+        .map(|rd| {
+            rd.flatten()
+                .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// Whether the run directory's lock is held by a live drun.
@@ -148,15 +175,12 @@ fn is_live(dir: &Path) -> bool {
 
 /// Live containers, oldest first.
 pub fn list(state: &Path) -> Vec<RunInfo> {
-    let mut out: Vec<RunInfo> = fs::read_dir(containers_dir(state))
-        .map(|rd| {
-            rd.flatten()
-                .map(|e| e.path())
-                .filter(|p| is_live(p))
-                .filter_map(|p| read_info(&p))
-                .collect()
-        })
-        .unwrap_or_default();
+    let mut out: Vec<RunInfo> = run_dirs(state)
+        .into_iter()
+        .map(|e| e.path())
+        .filter(|p| is_live(p))
+        .filter_map(|p| read_info(&p))
+        .collect();
     out.sort_by_key(|i| i.started);
     out
 }
@@ -168,11 +192,8 @@ pub fn live_layers(state: &Path) -> Vec<String> {
 
 /// Cleans up after drun processes that died while running a container. Returns how many runs were reaped.
 pub fn reap_stale(state: &Path) -> usize {
-    let Ok(rd) = fs::read_dir(containers_dir(state)) else {
-        return 0;
-    };
     let mut n = 0;
-    for e in rd.flatten() {
+    for e in run_dirs(state) {
         let dir = e.path();
         // Being created (see RunDir::create), unless a drun died in the moment between creating and naming it.
         let hidden = e.file_name().to_string_lossy().starts_with('.');

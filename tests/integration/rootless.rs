@@ -364,6 +364,10 @@ fn signals_as(user: &'static str) {
         !ub.leftovers().is_empty(),
         "the run directory outlives a SIGKILLed drun"
     );
+    assert!(
+        !pids_running(&marker).is_empty(),
+        "so does the container: the next drun must kill it"
+    );
     ub.drun(&["ps"]).ok();
     wait_for("the orphaned container to be killed", || {
         pids_running(&marker).is_empty()
@@ -553,16 +557,108 @@ fn whiteouts_kept_as_markers_flatten_the_root_and_stay_inside_it() {
     assert_eq!(out.stdout, "new\nv2\nstays\n");
     assert!(out.stderr.contains("flattening"), "{}", out.stderr);
 
-    // Markers aimed outside (a whiteout through a symlink to the host) remove nothing there.
-    let target = PathBuf::from(common::env("DRUN_TEST_ESCAPE_TARGET"));
-    std::fs::create_dir_all(&target).unwrap();
-    std::fs::write(target.join("victim"), "victim\n").unwrap();
+    // Markers aimed outside remove nothing there: a lower layer plants `link -> <outside>`, the upper one
+    // whites out `link/victim` and makes `link` opaque.
+    let outside = ub.path().join("outside");
+    std::fs::create_dir(&outside).unwrap();
+    std::fs::write(outside.join("victim"), "victim\n").unwrap();
     // The user could delete it if drun followed the symlink: the directory is theirs.
-    std::os::unix::fs::chown(&target, Some(ub.uid), Some(ub.gid)).unwrap();
-    let image = format!("{}/drun-test/evil:whiteout", common::registry());
-    if run(&["pull", "-q", &image]).code() == Some(0) {
-        run(&["run", "-q", &image, "true"]);
-    }
-    assert_eq!(std::fs::read_to_string(target.join("victim")).unwrap(), "victim\n");
-    std::os::unix::fs::chown(&target, Some(0), Some(0)).unwrap();
+    std::os::unix::fs::chown(&outside, Some(ub.uid), Some(ub.gid)).unwrap();
+    std::os::unix::fs::chown(outside.join("victim"), Some(ub.uid), Some(ub.gid)).unwrap();
+    let layout = escape_layout(ub.path(), &outside);
+    let image = format!("oci:{}:latest", layout.display());
+    run(&["pull", "-q", &image]).ok();
+    let out = run(&[
+        "run",
+        "-q",
+        &image,
+        "/bin/busybox",
+        "sh",
+        "-c",
+        "ls -d /link; ls /link | wc -l",
+    ])
+    .ok();
+    assert_eq!(out.stdout, "/link\n0\n", "the upper layer's empty opaque directory");
+    assert_eq!(std::fs::read_to_string(outside.join("victim")).unwrap(), "victim\n");
+}
+
+/// An OCI layout (made with hack/mkimage.py) of two uncompressed layers: busybox and `link -> outside`, then
+/// `link/.wh.victim` and `link/.wh..wh..opq`.
+fn escape_layout(dir: &Path, outside: &Path) -> PathBuf {
+    let tar_of = |name: &str, build: &dyn Fn(&mut tar::Builder<std::fs::File>)| {
+        let p = dir.join(name);
+        let mut b = tar::Builder::new(std::fs::File::create(&p).unwrap());
+        build(&mut b);
+        b.finish().unwrap();
+        p
+    };
+    let file = |b: &mut tar::Builder<std::fs::File>, path: &str, data: &[u8], mode: u32| {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(data.len() as u64);
+        h.set_mode(mode);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(0);
+        h.set_entry_type(tar::EntryType::Regular);
+        b.append_data(&mut h, path, data).unwrap();
+    };
+    let busybox = std::fs::read("/bin/busybox").unwrap();
+    let lower = tar_of("lower.tar", &|b| {
+        file(b, "bin/busybox", &busybox, 0o755);
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Symlink);
+        h.set_size(0);
+        h.set_mode(0o777);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(0);
+        b.append_link(&mut h, "link", outside).unwrap();
+    });
+    let upper = tar_of("upper.tar", &|b| {
+        file(b, "link/.wh.victim", b"", 0o644);
+        file(b, "link/.wh..wh..opq", b"", 0o644);
+    });
+    let layout = dir.join("layout");
+    let spec = serde_json::json!({
+        "layout": layout, "tag": "latest", "created": "2024-01-01T00:00:00Z",
+        "images": [{"os": "linux", "architecture": "amd64", "config": {"Cmd": ["/bin/busybox", "true"]},
+                    "layers": [{"tar": lower, "compression": "none", "created_by": "link to outside"},
+                               {"tar": upper, "compression": "none", "created_by": "whiteouts through it"}]}]
+    });
+    let spec_file = dir.join("spec.json");
+    std::fs::write(&spec_file, spec.to_string()).unwrap();
+    let st = Command::new("python3")
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/hack/mkimage.py"))
+        .arg("build")
+        .arg(&spec_file)
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(st.success(), "mkimage.py build");
+    // Readable by the test user.
+    Command::new("chmod")
+        .args(["-R", "a+rX"])
+        .arg(&layout)
+        .status()
+        .unwrap();
+    layout
+}
+
+#[test]
+fn a_state_directory_others_can_write_is_refused() {
+    // What is in the state directory decides what drun deletes and kills: one that another user made, or that
+    // others can write, is refused (the /tmp/drun-<uid> fallback could be squatted).
+    let ub = UserBox::new(SUB);
+    let squatted = ub.path().join("squatted");
+    std::fs::create_dir(&squatted).unwrap();
+    std::fs::set_permissions(&squatted, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
+    let arg = format!("--state={}", squatted.display());
+    ub.drun(&[&arg, "ps"])
+        .fails_with(125, &["is not a private directory of yours"]);
+    // The user's own, but writable by others: refused too.
+    std::os::unix::fs::chown(&squatted, Some(ub.uid), Some(ub.gid)).unwrap();
+    ub.drun(&[&arg, "run", "-q", &busybox(), "true"])
+        .fails_with(125, &["is not a private directory of yours"]);
+    std::fs::set_permissions(&squatted, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+    ub.drun(&[&arg, "run", "-q", &busybox(), "true"]).ok();
 }

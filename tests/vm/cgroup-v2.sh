@@ -120,10 +120,12 @@ out=$(as_rl drun run --memory 64m "$IMG" echo ran 2>&1)
 
 check "rootless, not delegated: runs with one warning ($(echo "$out" | grep -c 'NOT enforced'))" \
     sh -c 'echo "$1" | grep -q "^ran$" && [ "$(echo "$1" | grep -c "NOT enforced: --memory")" = 1 ]' _ "$out"
-as_rl drun run --require-limits --memory 64m "$IMG" echo ran >/dev/null 2>&1
+out=$(as_rl drun run --require-limits --memory 64m "$IMG" echo ran 2>&1)
 rc=$?
-check "rootless, not delegated: --require-limits refuses (exit $rc)" [ "$rc" = 125 ]
-check "rootless: no run directories left" [ -z "$(ls /tmp/drun-1000/containers 2>/dev/null)" ]
+check "rootless, not delegated: --require-limits refuses (exit $rc)" \
+    sh -c '[ "$1" = 125 ] && echo "$2" | grep -q "require-limits: cannot enforce --memory" && ! echo "$2" | grep -q "^ran$"' _ "$rc" "$out"
+check "rootless: runs used /tmp/drun-1000, no run directories left" \
+    sh -c '[ -d /tmp/drun-1000/containers ] && [ -z "$(ls /tmp/drun-1000/containers)" ]' 
 
 echo "$pass passed, $fail failed"
 [ "$fail" = 0 ]
