@@ -573,6 +573,9 @@ fn run_in(
     let dir = &run_dir.path;
     let cgroup = CgroupPlan::prepare(short)?;
     check_limits(&cgroup, plan)?;
+    if let (Some(size), crate::run::plan::Sharing::Host) = (plan.shm_size, plan.ipc_mode()) {
+        tracing::warn!("--shm-size {size} is NOT applied: with --ipc host the container uses the host's /dev/shm");
+    }
     let mut info = RunInfo {
         id: id.to_string(),
         name: plan.name.clone(),

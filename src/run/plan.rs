@@ -148,8 +148,10 @@ pub fn in_slurm_job() -> bool {
 }
 
 impl RunPlan {
+    /// Private by default; the host's inside a Slurm job (ranks on a node share /dev/shm), unless a /dev/shm
+    /// size was asked for: the host's /dev/shm cannot be sized, so that run gets its own.
     pub fn ipc_mode(&self) -> Sharing {
-        self.ipc.unwrap_or(if in_slurm_job() {
+        self.ipc.unwrap_or(if in_slurm_job() && self.shm_size.is_none() {
             Sharing::Host
         } else {
             Sharing::Private

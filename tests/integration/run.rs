@@ -587,6 +587,19 @@ fn host_pid_and_ipc_namespaces_and_the_slurm_default() {
         )
         .ok();
     assert!(forced.stdout.trim().parse::<u32>().unwrap() <= 4);
+    // A /dev/shm size asked for in a job gets its own /dev/shm of that size; with --ipc host it cannot be had,
+    // and drun says so.
+    let df = "df -k /dev/shm | tail -1 | awk '{print $2}'";
+    let sized = sb
+        .drun_with(
+            &["run", "--shm-size", "16m", &busybox(), "sh", "-c", df],
+            &[("SLURM_JOB_ID", "42".as_ref())],
+        )
+        .ok();
+    assert_eq!(sized.stdout, "16384\n");
+    let ignored = sh(&sb, &["--ipc", "host", "--shm-size", "16m"], df).ok();
+    assert_ne!(ignored.stdout, "16384\n");
+    assert!(ignored.stderr.contains("is NOT applied"), "{}", ignored.stderr);
     sb.drun(&["run", "--pid", "sideways", &busybox(), "true"])
         .fails_with(125, &["--pid"]);
 }

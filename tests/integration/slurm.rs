@@ -260,33 +260,46 @@ fn scenario(cluster: &Cluster, user: Option<&str>) {
     seen.sort();
     assert_eq!(seen, ["nvidia0", "nvidia1"], "{who}: the two steps got different GPUs");
 
-    // A workflow as a batch job: artifacts saved (the submitter's), the exit status in sacct.
+    // Workflows as batch jobs: artifacts saved (the submitter's) whether they succeed or fail, the exit status in
+    // sacct.
     std::fs::write(
         sub.work.join("workflow.yaml"),
         format!(
-            "workflows:\n  - name: step\n    provider: docker\n    image: {}\n    commands:\n      - mkdir -p out\n      - echo from-slurm > out/result.txt\n      - exit 5\n    artifacts:\n      - out\n",
-            busybox()
+            "workflows:\n  - name: good\n    provider: docker\n    image: {img}\n    resources:\n      shm_size: 16MB\n    commands:\n      - mkdir -p out\n      - df -k /dev/shm | tail -1 | awk '{{print $2}}' > out/shm.txt\n    artifacts:\n      - out\n  - name: bad\n    provider: docker\n    image: {img}\n    commands:\n      - mkdir -p out\n      - echo from-slurm > out/result.txt\n      - exit 5\n    artifacts:\n      - out\n",
+            img = busybox()
         ),
     )
     .unwrap();
-    let name = format!("wf-{tag}");
-    let wrap = format!("{} run -q workflow.yaml", drun());
-    let out = sub.run(
-        cluster,
-        "sbatch",
-        &["--wait", "-J", &name, "-N1", "-o", "wf.log", "--wrap", &wrap],
-    );
-    assert!(!out.status.success(), "{who}: the workflow fails with 5");
-    let rows = sacct(&sub, cluster, &name, 1);
+    for (wf, ok, state, code) in [("good", true, "COMPLETED", "0:0"), ("bad", false, "FAILED", "5:0")] {
+        let name = format!("wf-{wf}-{tag}");
+        let wrap = format!("{} run -q workflow.yaml {wf}", drun());
+        let log = format!("wf-{wf}.log");
+        let out = sub.run(
+            cluster,
+            "sbatch",
+            &["--wait", "-J", &name, "-N1", "-o", &log, "--wrap", &wrap],
+        );
+        let text = std::fs::read_to_string(sub.work.join(&log)).unwrap_or_default();
+        assert_eq!(out.status.success(), ok, "{who}: workflow {wf}: {}\n{text}", out.stderr);
+        let rows = sacct(&sub, cluster, &name, 1);
+        assert_eq!(
+            (rows[0][2].as_str(), rows[0][3].as_str()),
+            (state, code),
+            "{who}: {wf}: {rows:?}"
+        );
+    }
+    let shm = sub.work.join("artifacts/good/out/shm.txt");
     assert_eq!(
-        (rows[0][2].as_str(), rows[0][3].as_str()),
-        ("FAILED", "5:0"),
-        "{who}: {rows:?}"
+        std::fs::read_to_string(&shm).unwrap(),
+        "16384\n",
+        "{who}: 16 MB /dev/shm"
     );
-    let result = sub.work.join("artifacts/step/out/result.txt");
+    let result = sub.work.join("artifacts/bad/out/result.txt");
     assert_eq!(std::fs::read_to_string(&result).unwrap(), "from-slurm\n");
-    let m = std::fs::metadata(&result).unwrap();
-    assert_eq!((m.uid(), m.gid()), (sub.uid, sub.gid), "{who}");
+    for f in [&shm, &result] {
+        let m = std::fs::metadata(f).unwrap();
+        assert_eq!((m.uid(), m.gid()), (sub.uid, sub.gid), "{who}: {}", f.display());
+    }
 }
 
 #[test]
