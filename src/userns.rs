@@ -122,6 +122,17 @@ fn mapped(maps: &[IdMap], inside: u32) -> bool {
     maps.iter().any(|m| inside >= m.inside && inside - m.inside < m.count)
 }
 
+/// `id` if `maps` has it, else 65534 (nobody/nogroup) if mapped, else `own` (the caller's id inside).
+fn squash_id(maps: &[IdMap], id: u32, own: u32) -> u32 {
+    if mapped(maps, id) {
+        id
+    } else if mapped(maps, 65534) {
+        65534
+    } else {
+        own
+    }
+}
+
 impl Rootless {
     /// The caller's uid inside the namespace.
     pub fn inside_uid(&self) -> u32 {
@@ -143,21 +154,10 @@ impl Rootless {
     /// The owner a layer file with `(uid, gid)` gets: itself where the namespace has it, else `nobody`/`nogroup`
     /// (65534) where that is mapped, else the caller. The same input always gives the same owner.
     pub fn squash(&self, uid: u32, gid: u32) -> (u32, u32) {
-        let u = if self.maps_uid(uid) {
-            uid
-        } else if self.maps_uid(65534) {
-            65534
-        } else {
-            self.inside_uid()
-        };
-        let g = if self.maps_gid(gid) {
-            gid
-        } else if self.maps_gid(65534) {
-            65534
-        } else {
-            self.inside_gid()
-        };
-        (u, g)
+        (
+            squash_id(&self.uids, uid, self.inside_uid()),
+            squash_id(&self.gids, gid, self.inside_gid()),
+        )
     }
 
     /// Names the on-disk ownership of layers unpacked here. One-id mappings all give files owned by the caller,

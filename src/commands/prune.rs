@@ -8,8 +8,9 @@ use crate::units::ByteSize;
 pub fn run(global: &GlobalArgs, args: PruneArgs) -> Result<i32> {
     let store = super::open_store(global)?;
     let lock = store.lock_exclusive()?;
-    crate::run::state::reap_stale(&super::state_dir(global)?);
-    let in_use = crate::run::state::live_layers(&super::state_dir(global)?);
+    let state = super::state_dir(global)?;
+    crate::run::state::reap_stale(&state);
+    let in_use = crate::run::state::live_layers(&state);
     let freed = store.collect_garbage(&lock, &in_use)?;
     if args.quiet {
         println!("{freed}");

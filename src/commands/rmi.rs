@@ -14,8 +14,9 @@ pub fn run(global: &GlobalArgs, args: RmiArgs) -> Result<i32> {
         store.remove_image(&rec.name)?;
         println!("Untagged: {}", rec.name);
     }
-    crate::run::state::reap_stale(&super::state_dir(global)?);
-    let in_use = crate::run::state::live_layers(&super::state_dir(global)?);
+    let state = super::state_dir(global)?;
+    crate::run::state::reap_stale(&state);
+    let in_use = crate::run::state::live_layers(&state);
     let freed = store.collect_garbage(&lock, &in_use)?;
     eprintln!("freed {}", ByteSize(freed));
     Ok(0)

@@ -549,9 +549,7 @@ async fn ensure_layer(
     };
     let outcome = match from_cache {
         Some(v) => Ok(v),
-        None => fetch_layer(store, &layer, &tree, opts, &cancel, &bar)
-            .await
-            .and_then(|v| check_identity(&layer, &diff_id, v)),
+        None => fetch_layer(store, &layer, &diff_id, &tree, opts, &cancel, &bar).await,
     };
     let outcome = match outcome {
         Ok(v) if !v.lower_links.is_empty() => {
@@ -663,11 +661,12 @@ async fn unpack_file(
     .map_err(|e| LayerError::Task(e.to_string()))?
 }
 
-/// Downloads (or reads) a layer blob and unpacks it into `tree` in one pass; a registry download is also copied
-/// into the blob cache, published there once verified.
+/// Downloads (or reads) a layer blob and unpacks it into `tree` in one pass, and checks its identity; a
+/// registry download is also copied into the blob cache, published there once verified.
 async fn fetch_layer(
     store: &Store,
     layer: &PendingLayer,
+    diff_id: &Digest,
     tree: &Path,
     opts: UnpackOptions,
     cancel: &tokio::sync::watch::Receiver<bool>,
@@ -707,13 +706,12 @@ async fn fetch_layer(
             let res = match dl {
                 Err(e) => Err(e),
                 Ok(()) => up,
-            };
+            }
+            .and_then(|v| check_identity(layer, diff_id, v));
             if let Some((file, tmp)) = tee {
                 match &res {
-                    Ok(v) if v.digest == digest && v.size == layer.size => {
-                        store.publish_cached_blob(&file, &tmp, &digest, layer.size)
-                    }
-                    _ => {
+                    Ok(_) => store.publish_cached_blob(&file, &tmp, &digest, layer.size),
+                    Err(_) => {
                         let _ = std::fs::remove_file(&tmp);
                     }
                 }
@@ -721,7 +719,9 @@ async fn fetch_layer(
             res
         }
         LayerFetch::File { path, offset } => {
-            unpack_file(path, offset, layer.size, tree.to_path_buf(), opts, bar.clone()).await
+            unpack_file(path, offset, layer.size, tree.to_path_buf(), opts, bar.clone())
+                .await
+                .and_then(|v| check_identity(layer, diff_id, v))
         }
     }
 }

@@ -115,18 +115,24 @@ fn join(parent: &str, child: &str) -> String {
 impl CgroupPlan {
     /// Plans the cgroup of container `short_id` and, on v2, makes sure controllers can be delegated to it.
     pub fn prepare(short_id: &str) -> Result<CgroupPlan, CgroupError> {
-        let version = detect();
-        let parent = own_cgroup(&version)?;
         let leaf = format!("drun-{short_id}");
-        let path = join(&parent, &leaf);
         if crate::userns::is_rootless() {
             // Decided once per process: after the first run without a cgroup, drun's own view of the hierarchy is
             // its private cgroup2 mount (see `hide_host_hierarchy`), which says nothing about the host.
             static FIRST: std::sync::OnceLock<(Version, String)> = std::sync::OnceLock::new();
-            let (version, parent) = FIRST.get_or_init(|| (version, parent)).clone();
-            let path = join(&parent, &leaf);
-            return Ok(Self::rootless(version, &parent, path, leaf));
+            let (version, parent) = match FIRST.get() {
+                Some(first) => first.clone(),
+                None => {
+                    let version = detect();
+                    let parent = own_cgroup(&version)?;
+                    FIRST.get_or_init(|| (version, parent)).clone()
+                }
+            };
+            return Ok(Self::rootless(version, &parent, leaf));
         }
+        let version = detect();
+        let parent = own_cgroup(&version)?;
+        let path = join(&parent, &leaf);
         let supervisor = delegate(&version, &parent)?;
         Ok(CgroupPlan {
             control: Control::Root,
@@ -148,7 +154,8 @@ impl CgroupPlan {
         }
     }
 
-    fn rootless(version: Version, parent: &str, path: String, leaf: String) -> CgroupPlan {
+    fn rootless(version: Version, parent: &str, leaf: String) -> CgroupPlan {
+        let path = join(parent, &leaf);
         let none = |reason: String| CgroupPlan {
             control: Control::None { reason },
             version: version.clone(),
@@ -228,8 +235,8 @@ impl CgroupPlan {
             writes.push(("memory.max", m.0.to_string()));
         }
         if let (Some(c), true) = (plan.cpus, has("cpu")) {
-            let period: u64 = 100_000;
-            writes.push(("cpu.max", format!("{} {period}", (c * period as f64).round() as u64)));
+            let (quota, period) = cpu_quota(c);
+            writes.push(("cpu.max", format!("{quota} {period}")));
         }
         if let (Some(p), true) = (plan.pids_limit, has("pids")) {
             writes.push(("pids.max", p.to_string()));
@@ -242,8 +249,8 @@ impl CgroupPlan {
     }
 
     /// Rootless without a cgroup on a v1 or hybrid host: libcgroups' v1 manager would fail to move the container
-    /// into a cgroup it cannot write. In drun's own mount namespace, a cgroup namespace and a fresh cgroup2 mount at /sys/fs/cgroup make
-    /// it take its rootless v2 path, which leaves the container in drun's cgroup.
+    /// into a cgroup it cannot write. In drun's own mount namespace, a cgroup namespace and a fresh cgroup2 mount
+    /// at /sys/fs/cgroup make it take its rootless v2 path, which leaves the container in drun's cgroup.
     pub fn hide_host_hierarchy(&self) -> Result<(), CgroupError> {
         // On pure v2 libcgroups takes its rootless path by itself: the cgroup it cannot create is skipped.
         if !matches!(self.control, Control::None { .. })
@@ -342,8 +349,8 @@ impl CgroupPlan {
             r["memory"] = mem;
         }
         if let Some(c) = plan.cpus {
-            let period: u64 = 100_000;
-            r["cpu"] = json!({"quota": (c * period as f64).round() as i64, "period": period});
+            let (quota, period) = cpu_quota(c);
+            r["cpu"] = json!({"quota": quota, "period": period});
         }
         if let Some(p) = plan.pids_limit {
             r["pids"] = json!({"limit": p});
@@ -381,6 +388,12 @@ impl CgroupPlan {
             }
         }
     }
+}
+
+/// `--cpus` as a CFS quota over a 100 ms period: (quota, period) in microseconds.
+fn cpu_quota(cpus: f64) -> (u64, u64) {
+    let period: u64 = 100_000;
+    ((cpus * period as f64).round() as u64, period)
 }
 
 /// On v2, makes sure `parent` can delegate controllers to a child: when it has processes (drun at least), drun

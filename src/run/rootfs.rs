@@ -40,7 +40,8 @@ pub fn prepare(run_dir: &Path, layers: &[PathBuf]) -> Result<(PathBuf, RootfsKin
     }
     let lowers: Vec<&Path> = layers.iter().rev().map(PathBuf::as_path).collect();
     // A layer whose whiteouts could not be made the overlay way can only be flattened.
-    let marked = layers.iter().any(|l| markers_of(l).is_some());
+    let markers: Vec<Option<crate::image::unpack::Markers>> = layers.iter().map(|l| markers_of(l)).collect();
+    let marked = markers.iter().any(Option::is_some);
     let mounted = if marked {
         Err(nix::errno::Errno::ENOTSUP)
     } else {
@@ -51,13 +52,13 @@ pub fn prepare(run_dir: &Path, layers: &[PathBuf]) -> Result<(PathBuf, RootfsKin
         Err(e) => {
             tracing::debug!(error = %e, marked, "overlayfs cannot be used here; flattening the image into a private copy");
             let mut links = Links::new();
-            for layer in layers {
+            for (layer, m) in layers.iter().zip(&markers) {
                 let flatten = |e| RootfsError::Flatten {
                     path: merged.clone(),
                     source: e,
                 };
-                if let Some(m) = markers_of(layer) {
-                    apply_markers(&m, &merged).map_err(flatten)?;
+                if let Some(m) = m {
+                    apply_markers(m, &merged).map_err(flatten)?;
                 }
                 apply_layer(layer, &merged, &mut links).map_err(flatten)?;
             }

@@ -38,13 +38,13 @@ pub fn add_keep_id_entry(root: &Path, ns: &crate::userns::Rootless) -> Result<St
         .clone()
         .filter(|s| crate::run::rootfs::stat_in_root(root, s).is_some())
         .unwrap_or_else(|| "/bin/sh".into());
-    let append = |file: &str, line: String, present: bool| -> std::io::Result<()> {
+    // Appends `line` to `file` (read once as `text`) unless an entry is already there.
+    let append = |file: &str, text: &str, line: String, present: bool| -> std::io::Result<()> {
         if present {
             return Ok(());
         }
         crate::run::rootfs::mkdir_in_root(root, "/etc")?;
         let mut f = crate::run::rootfs::append_in_root(root, file)?;
-        let text = read_in_root(root, file).unwrap_or_default();
         let sep = if text.is_empty() || text.ends_with('\n') {
             ""
         } else {
@@ -52,25 +52,26 @@ pub fn add_keep_id_entry(root: &Path, ns: &crate::userns::Rootless) -> Result<St
         };
         f.write_all(format!("{sep}{line}\n").as_bytes())
     };
-    let pw = passwd(&read_in_root(root, "/etc/passwd").unwrap_or_default());
-    let gr = groups(&read_in_root(root, "/etc/group").unwrap_or_default());
+    let pw_text = read_in_root(root, "/etc/passwd").unwrap_or_default();
+    let gr_text = read_in_root(root, "/etc/group").unwrap_or_default();
+    // The image's own entry for the uid, if it has one, keeps its home directory.
+    let existing = passwd(&pw_text).into_iter().find(|p| p.uid == uid);
     let gecos = ns.gecos.replace([':', '\n'], " ");
     append(
         "/etc/passwd",
+        &pw_text,
         format!("{name}:x:{uid}:{gid}:{gecos}:{home}:{shell}"),
-        pw.iter().any(|p| p.uid == uid),
+        existing.is_some(),
     )
     .map_err(UserError::KeepId)?;
     append(
         "/etc/group",
+        &gr_text,
         format!("{name}:x:{gid}:"),
-        gr.iter().any(|(_, id, _)| *id == gid),
+        groups(&gr_text).iter().any(|(_, id, _)| *id == gid),
     )
     .map_err(UserError::KeepId)?;
-    let home_now = passwd(&read_in_root(root, "/etc/passwd").unwrap_or_default())
-        .into_iter()
-        .find(|p| p.uid == uid)
-        .map_or(home, |p| p.home);
+    let home_now = existing.map_or(home, |p| p.home);
     if crate::run::rootfs::stat_in_root(root, &home_now).is_none() {
         crate::run::rootfs::mkdir_in_root(root, &home_now).map_err(UserError::KeepId)?;
         if let Ok(fd) = crate::run::rootfs::open_dir_in_root(root, &home_now) {
