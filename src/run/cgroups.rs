@@ -377,12 +377,18 @@ impl CgroupPlan {
                 })
                 .unwrap_or_default(),
         };
-        for dir in dirs.iter().filter(|d| d.is_dir()) {
+        // An empty cgroup (the usual case: the container's init was reaped, and its pid namespace with it) goes at
+        // once; one with processes or child cgroups refuses (EBUSY) and is emptied first.
+        let busy: Vec<&PathBuf> = dirs
+            .iter()
+            .filter(|d| std::fs::remove_dir(d).is_err() && d.is_dir())
+            .collect();
+        for dir in &busy {
             kill_all(dir);
         }
         // Killed processes leave their cgroup a moment later; rmdir fails (EBUSY) until then.
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-        for dir in dirs.iter().filter(|d| d.is_dir()) {
+        for dir in busy {
             while std::fs::remove_dir(dir).is_err() && dir.is_dir() && std::time::Instant::now() < deadline {
                 std::thread::sleep(std::time::Duration::from_millis(10));
             }
@@ -413,8 +419,7 @@ fn delegate(version: &Version, parent: &str) -> Result<Option<String>, CgroupErr
         source,
     })?;
     let procs = leaf_dir.join("cgroup.procs");
-    std::fs::write(&procs, std::process::id().to_string())
-        .map_err(|source| CgroupError::Write { path: procs, source })?;
+    crate::run::warmup::move_self(&procs).map_err(|source| CgroupError::Write { path: procs, source })?;
     enable_controllers(&dir).map_err(|source| CgroupError::Write {
         path: dir.join("cgroup.subtree_control"),
         source,

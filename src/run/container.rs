@@ -67,6 +67,8 @@ pub enum RunError {
     Exec { path: String, message: String, code: i32 },
     #[error(transparent)]
     Gpu(#[from] crate::gpu::GpuError),
+    #[error(transparent)]
+    Seccomp(#[from] crate::run::seccomp::FilterError),
     #[error("--require-limits: cannot enforce {limits}: {reason}")]
     Limits { limits: String, reason: String },
 }
@@ -527,6 +529,8 @@ pub fn run_with(
         info: None,
         container: None,
         console_socket: None,
+        warmup: None,
+        exited: false,
     };
     run_in(
         store, plan, &record, &icfg, state_dir, &id, &short, &run_dir, guard, hooks,
@@ -540,10 +544,16 @@ struct Cleanup {
     info: Option<RunInfo>,
     container: Option<libcontainer::container::Container>,
     console_socket: Option<PathBuf>,
+    /// Stopped once the container has started (its processes are in their cgroup).
+    warmup: Option<crate::run::warmup::Warmup>,
+    /// The container's init was reaped and nothing of it can run any more.
+    exited: bool,
 }
 
 impl Drop for Cleanup {
     fn drop(&mut self) {
+        // First, so that the cgroup is not being created while it is removed.
+        self.warmup = None;
         if let Some(mut c) = self.container.take() {
             if let Err(e) = c.delete(true) {
                 tracing::warn!(error = %e, "libcontainer could not delete the container; cleaning up by hand");
@@ -553,7 +563,10 @@ impl Drop for Cleanup {
             let _ = std::fs::remove_file(p);
         }
         // Unmounts the root file system and network namespace, removes cgroups and the run directory.
-        state::cleanup(&self.state, &self.dir, self.info.as_ref());
+        match &self.info {
+            Some(info) if self.exited => state::cleanup_exited(&self.state, &self.dir, info),
+            info => state::cleanup(&self.state, &self.dir, info.as_ref()),
+        }
     }
 }
 
@@ -605,6 +618,13 @@ fn run_in(
         }
         run_dir.write_info(&info).map_err(io("write run info"))?;
         guard.info = Some(info.clone());
+        // The container's cgroup is created (and the kernel's migration path warmed) on a thread while the root
+        // file system and the spec are prepared; recorded in `info` first, so clean-up finds it whatever happens.
+        let (cg, limits) = (cgroup.clone(), plan.clone());
+        guard.warmup = Some(crate::run::warmup::Warmup::start(Box::new(move || {
+            cg.create_dirs(&limits)?;
+            cg.write_limits(&limits)
+        })));
         rootfs::prepare(dir, &layers)?
     };
     // The project directory: its own overlay (the host directory as the lower layer) bind-mounted before every
@@ -716,8 +736,7 @@ fn run_in(
         &env,
         &dir.join("cdi"),
     )?;
-    cgroup.create_dirs(plan)?;
-    cgroup.write_limits(plan)?;
+    guard.warmup.as_ref().expect("started above").prelude_result()?;
     cgroup.hide_host_hierarchy()?;
     let mut spec_json = spec::build(&SpecInputs {
         plan,
@@ -736,6 +755,13 @@ fn run_in(
     if let Some(g) = gpus {
         g.apply(&mut spec_json, &root)?;
     }
+    // libcontainer's delete() of a stopped container runs its poststop hooks, then removes its cgroups and state
+    // directory, which `state::cleanup` removes as well (~1.5 ms of cgroup path lookups saved per run).
+    let poststop_hooks = spec_json
+        .pointer("/hooks/poststop")
+        .and_then(serde_json::Value::as_array)
+        .is_some_and(|h| !h.is_empty());
+    let filter = crate::run::seccomp::take_precompiled(&mut spec_json, &store.root().join("cache").join("seccomp"))?;
     let bundle = dir.join("bundle");
     std::fs::create_dir_all(&bundle).map_err(io("create the bundle"))?;
     std::fs::write(
@@ -751,7 +777,8 @@ fn run_in(
         .with_root_path(&lc_root)
         .map_err(rt("use its state directory"))?
         .validate_id()
-        .map_err(rt("accept the container id"))?;
+        .map_err(rt("accept the container id"))?
+        .with_executor(crate::run::seccomp::Executor { filter });
     if !plan.interactive {
         builder = builder.with_stdin(File::open("/dev/null").map_err(io("open /dev/null"))?);
     }
@@ -829,6 +856,7 @@ fn run_in(
         .expect("container is set")
         .start()
         .map_err(rt("start the container"))?;
+    guard.warmup = None;
     let master = match &console {
         Some(l) => Some(
             crate::run::tty::receive_master(l, std::time::Duration::from_secs(10))
@@ -848,6 +876,12 @@ fn run_in(
         log: hooks.log.as_deref_mut(),
     };
     let status = supervise(pid, &sfd, master.as_ref(), plan.interactive, &mut log);
+    if status.is_ok() && !poststop_hooks {
+        // The init is reaped: nothing of the container runs outside its cgroup, which `Cleanup` removes.
+        guard.container = None;
+    }
+    // With its own pid namespace, the reaped init took every process of the container with it.
+    guard.exited = status.is_ok() && plan.pid_mode() == crate::run::plan::Sharing::Private;
     if let Some(after) = hooks.after_exit.as_mut() {
         after(&ExitView {
             project: project_view.as_deref(),

@@ -9,3 +9,4 @@ pub mod spec;
 pub mod state;
 pub mod tty;
 pub mod user;
+pub mod warmup;

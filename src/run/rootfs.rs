@@ -135,13 +135,22 @@ fn mount_overlay(merged: &Path, lowers: &[&Path], upper: &Path, work: &Path) -> 
     if crate::userns::current().is_some() {
         data.push_str(",userxattr");
     }
-    mount(
-        Some("overlay"),
-        merged,
-        Some("overlay"),
-        MsFlags::empty(),
-        Some(data.as_str()),
-    )
+    let overlay = |data: &str| mount(Some("overlay"), merged, Some("overlay"), MsFlags::empty(), Some(data));
+    // The upper directory is discarded with the run, so overlayfs need not sync it: without `volatile` (Linux
+    // ≥ 5.10) unmounting an overlay syncs the whole file system its upper directory is on, tens of milliseconds
+    // when other programs left dirty data there. Older kernels reject the option (EINVAL): asked once.
+    static VOLATILE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
+    if VOLATILE.load(std::sync::atomic::Ordering::Relaxed) {
+        match overlay(&format!("{data},volatile")) {
+            Err(nix::errno::Errno::EINVAL) => {}
+            other => return other,
+        }
+        if overlay(&data).is_ok() {
+            VOLATILE.store(false, std::sync::atomic::Ordering::Relaxed);
+            return Ok(());
+        }
+    }
+    overlay(&data)
 }
 
 /// Files already copied, by source (device, inode): a hardlinked source file is linked, not copied again, so

@@ -316,7 +316,7 @@ pub fn build(inp: &SpecInputs<'_>) -> Result<Value, SpecError> {
         }
     }
 
-    let spec = json!({
+    let mut spec = json!({
         "ociVersion": "1.0.2",
         "root": {"path": inp.rootfs, "readonly": plan.read_only},
         "hostname": inp.hostname,
@@ -329,10 +329,14 @@ pub fn build(inp: &SpecInputs<'_>) -> Result<Value, SpecError> {
             "cwd": inp.cwd,
             "capabilities": {"bounding": caps, "effective": caps, "permitted": caps},
             "rlimits": rlimits,
-            "noNewPrivileges": plan.no_new_privileges && !plan.privileged,
         },
         "linux": linux,
     });
+    // Left out rather than false: libcontainer (0.7) takes any value as "no_new_privs is set" and then loads the
+    // seccomp filter after dropping capabilities, which without no_new_privs the kernel refuses (EACCES).
+    if plan.no_new_privileges && !plan.privileged {
+        spec["process"]["noNewPrivileges"] = Value::Bool(true);
+    }
     serde_json::from_value::<oci_spec::runtime::Spec>(spec.clone()).map_err(SpecError::Invalid)?;
     Ok(spec)
 }

@@ -227,21 +227,39 @@ pub fn reap_stale(state: &Path) -> usize {
 /// Removes everything of one run: processes and cgroup, mounts, libcontainer state, the directory.
 pub fn cleanup(state: &Path, dir: &Path, info: Option<&RunInfo>) {
     if let Some(info) = info {
-        let version = if info.cgroup_v2 {
-            Version::V2
-        } else {
-            Version::V1 { memsw: false }
-        };
-        CgroupPlan::existing(version, info.cgroup_path.clone()).remove();
-        if let (true, Some(pid), Some(start)) = (info.cgroup_path.is_empty(), info.pid, info.pid_start) {
-            // The container's init is PID 1 of its namespace (or the whole container with --pid host and no
-            // cgroup: then only that process): killing it ends the namespace.
-            if start_time(pid) == Some(start) {
-                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
-            }
-        }
-        let _ = fs::remove_dir_all(libcontainer_dir(state).join(&info.id));
+        remove_processes_and_cgroup(state, info);
     }
+    remove_mounts_and_dir(dir);
+}
+
+/// [`cleanup`] once nothing of the container can run any more (its init was reaped, and with it every process of
+/// its pid namespace): the cgroup is removed on a second thread while the root file system is unmounted and the
+/// directory removed.
+pub fn cleanup_exited(state: &Path, dir: &Path, info: &RunInfo) {
+    std::thread::scope(|s| {
+        s.spawn(|| remove_processes_and_cgroup(state, info));
+        remove_mounts_and_dir(dir);
+    });
+}
+
+fn remove_processes_and_cgroup(state: &Path, info: &RunInfo) {
+    let version = if info.cgroup_v2 {
+        Version::V2
+    } else {
+        Version::V1 { memsw: false }
+    };
+    CgroupPlan::existing(version, info.cgroup_path.clone()).remove();
+    if let (true, Some(pid), Some(start)) = (info.cgroup_path.is_empty(), info.pid, info.pid_start) {
+        // The container's init is PID 1 of its namespace (or the whole container with --pid host and no
+        // cgroup: then only that process): killing it ends the namespace.
+        if start_time(pid) == Some(start) {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+        }
+    }
+    let _ = fs::remove_dir_all(libcontainer_dir(state).join(&info.id));
+}
+
+fn remove_mounts_and_dir(dir: &Path) {
     for m in ["rootfs", "netns", "project/merged"] {
         let _ = nix::mount::umount2(&dir.join(m), nix::mount::MntFlags::MNT_DETACH);
     }

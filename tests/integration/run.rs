@@ -653,6 +653,88 @@ fn seccomp_blocks_keyctl_and_bpf() {
     );
 }
 
+/// The seccomp program of process `pid` (its most recent filter), read with PTRACE_SECCOMP_GET_FILTER.
+fn seccomp_program(pid: i32) -> Vec<u64> {
+    use nix::sys::ptrace;
+    const PTRACE_SECCOMP_GET_FILTER: libc::c_uint = 0x420c;
+    let p = nix::unistd::Pid::from_raw(pid);
+    ptrace::seize(p, ptrace::Options::empty()).unwrap();
+    ptrace::interrupt(p).unwrap();
+    nix::sys::wait::waitpid(p, None).unwrap();
+    // SAFETY: with a null buffer the call only returns the number of instructions.
+    let n = unsafe { libc::ptrace(PTRACE_SECCOMP_GET_FILTER, pid, 0, std::ptr::null_mut::<libc::c_void>()) };
+    let mut prog = vec![0u64; n.max(0) as usize];
+    // SAFETY: `prog` has room for the `n` 8-byte instructions the kernel copies.
+    let m = unsafe { libc::ptrace(PTRACE_SECCOMP_GET_FILTER, pid, 0, prog.as_mut_ptr()) };
+    let _ = ptrace::detach(p, None);
+    assert!(n > 0 && m == n, "PTRACE_SECCOMP_GET_FILTER on {pid}: {n}, {m}");
+    prog
+}
+
+#[test]
+fn the_precompiled_seccomp_filter_is_the_one_libcontainer_would_load() {
+    let sb = ready();
+    let image = busybox();
+    let filter_of = |flags: &[&str]| {
+        let mut args = vec!["run"];
+        args.extend_from_slice(flags);
+        args.extend_from_slice(&[&image, "sleep", "60"]);
+        let child = start_bg(&sb, &args);
+        let info: serde_json::Value = serde_json::from_str(&sb.drun(&["ps", "--json"]).ok().stdout).unwrap();
+        let pid = info[0]["pid"].as_i64().unwrap() as i32;
+        let prog = seccomp_program(pid);
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL).unwrap();
+        let out = wait(child, Duration::from_secs(30));
+        assert_eq!(out.status.code(), Some(137), "{}", out.stderr);
+        prog
+    };
+    // drun's own: compiled once, cached in the store, installed by drun's executor.
+    let drun = filter_of(&[]);
+    let cached: Vec<_> = std::fs::read_dir(sb.store().join("cache/seccomp"))
+        .map(|rd| rd.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    assert_eq!(cached.len(), 1, "{cached:?}");
+    // Without no-new-privileges the profile stays in the spec and libcontainer compiles and loads it itself.
+    let libcontainer = filter_of(&["--security-opt", "no-new-privileges=false"]);
+    assert!(drun.len() > 100, "{} instructions", drun.len());
+    assert_eq!(drun.len(), libcontainer.len(), "different program lengths");
+    assert!(drun == libcontainer, "the programs differ");
+    // The cached program is what was loaded: magic, the program, its sha256.
+    let bytes = std::fs::read(&cached[0]).unwrap();
+    let from_cache: Vec<u64> = bytes[8..bytes.len() - 32]
+        .chunks_exact(8)
+        .map(|c| u64::from_ne_bytes(c.try_into().unwrap()))
+        .collect();
+    assert!(from_cache == drun, "the loaded program is not the cached one");
+    // A damaged cache file is noticed, replaced, and the container still runs confined.
+    let mut damaged = bytes.clone();
+    damaged[8 + 40] ^= 0xff;
+    std::fs::write(&cached[0], &damaged).unwrap();
+    let out = sh(
+        &sb,
+        &["--log-level", "warn"],
+        "grep Seccomp: /proc/self/status; unshare -m true 2>/dev/null && echo UNSHARED; true",
+    )
+    .ok();
+    assert_eq!(out.stdout, "Seccomp:\t2\n", "{}", out.stderr);
+    assert!(out.stderr.contains("corrupt cached seccomp filter"), "{}", out.stderr);
+    assert_eq!(
+        std::fs::read(&cached[0]).unwrap(),
+        bytes,
+        "the damaged file was not replaced"
+    );
+    assert!(leftovers(&sb).is_empty(), "{:?}", leftovers(&sb));
+}
+
+#[test]
+fn the_root_overlay_is_volatile_and_nothing_is_left() {
+    let sb = ready();
+    // The upper directory is discarded with the run: overlayfs is told not to sync it (Linux >= 5.10).
+    let out = sh(&sb, &[], "grep ' / overlay ' /proc/mounts; echo data > /written").ok();
+    assert!(out.stdout.contains("volatile"), "{}", out.stdout);
+    assert!(leftovers(&sb).is_empty(), "{:?}", leftovers(&sb));
+}
+
 #[test]
 fn commands_from_volumes_are_found() {
     let sb = ready();
