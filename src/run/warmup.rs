@@ -86,7 +86,13 @@ impl Warmup {
             let _ = nix::sys::signal::SigSet::all().thread_block();
             let run = lock(&their_prelude).take();
             if let Some(run) = run {
-                let outcome = run();
+                // A panic must still reach the caller, which would otherwise wait for the outcome forever.
+                let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(run)).unwrap_or_else(|_| {
+                    Err(CgroupError::Write {
+                        path: PathBuf::from("/sys/fs/cgroup"),
+                        source: std::io::Error::other("the thread creating the container's cgroup panicked"),
+                    })
+                });
                 *lock(&theirs.prelude) = Some(outcome);
                 theirs.prelude_done.notify_all();
             }
@@ -202,8 +208,12 @@ fn is_cgroupfs(p: &Path) -> bool {
 mod tests {
     use super::*;
 
+    /// One warm-up at a time per process: the tests that start them take turns.
+    static TURN: Mutex<()> = Mutex::new(());
+
     #[test]
     fn the_prelude_runs_once_and_its_error_reaches_the_caller() {
+        let _turn = lock(&TURN);
         let ran = Arc::new(AtomicBool::new(false));
         let flag = ran.clone();
         let mut w = Warmup::start(Box::new(move || {
@@ -228,6 +238,21 @@ mod tests {
                 "root can write its own cgroup.procs: the warm-up thread should run"
             );
         }
+    }
+
+    #[test]
+    fn a_panicking_prelude_is_an_error_not_a_hang() {
+        if !nix::unistd::geteuid().is_root() {
+            return; // without a writable cgroup the prelude runs inline, and its panic is the caller's
+        }
+        let _turn = lock(&TURN);
+        let w = Warmup::start(Box::new(|| panic!("prelude failure (expected by this test)")));
+        assert!(
+            w.is_running(),
+            "root can write its own cgroup.procs: the warm-up thread should run"
+        );
+        let err = w.prelude_result().expect_err("the panic as an error");
+        assert!(err.to_string().contains("/sys/fs/cgroup"), "{err}");
     }
 
     #[test]
