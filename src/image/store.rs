@@ -4,6 +4,8 @@
 //! <root>/blobs/sha256/<hex>          manifests, indexes and configs, verified against their digest
 //! <root>/layers/<idmap>/<diff_id>/   an unpacked layer (overlay lower format) in `root/`, and `meta.json`
 //! <root>/images/<sha256(name)>.json  one record per image name: manifest digest, config, layers
+//! <root>/cache/<kind>/<key>          files derived from something else and kept for reuse (compiled seccomp
+//!                                    filters); checked by their reader, rebuilt when missing or damaged
 //! <root>/tmp/                        staging; an entry becomes visible only by rename(2) into place
 //! <root>/locks/                      flock(2) files
 //! ```
@@ -284,6 +286,20 @@ impl Store {
         let path = self.blob_path(digest);
         if path.exists() {
             return Ok(());
+        }
+        self.write_atomic(&path, data)
+    }
+
+    /// Where the derived file `key` of `kind` is kept (see the module's layout).
+    pub fn cache_path(&self, kind: &str, key: &str) -> PathBuf {
+        self.root.join("cache").join(kind).join(key)
+    }
+
+    /// Saves a derived file at [`cache_path`](Self::cache_path), atomically like everything in the store.
+    pub fn write_cache(&self, kind: &str, key: &str, data: &[u8]) -> Result<(), StoreError> {
+        let path = self.cache_path(kind, key);
+        if let Some(dir) = path.parent() {
+            fs::create_dir_all(dir).map_err(io_err("create", dir))?;
         }
         self.write_atomic(&path, data)
     }

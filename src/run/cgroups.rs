@@ -108,6 +108,19 @@ fn own_cgroup(version: &Version) -> Result<String, CgroupError> {
     Ok("/".to_string())
 }
 
+/// drun's own cgroup's `cgroup.procs` (the v2 hierarchy's, or on v1 the memory hierarchy's, as `own_cgroup`
+/// reads it), if it is there.
+pub fn own_procs_file() -> Option<PathBuf> {
+    let version = detect();
+    let rel = own_cgroup(&version).ok()?;
+    let mount = match version {
+        Version::V2 => PathBuf::from(CGROUP_ROOT),
+        Version::V1 { .. } => Path::new(CGROUP_ROOT).join("memory"),
+    };
+    let procs = mount.join(rel.trim_start_matches('/')).join("cgroup.procs");
+    procs.exists().then_some(procs)
+}
+
 fn join(parent: &str, child: &str) -> String {
     format!("{}/{child}", parent.trim_end_matches('/'))
 }

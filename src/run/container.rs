@@ -761,7 +761,7 @@ fn run_in(
         .pointer("/hooks/poststop")
         .and_then(serde_json::Value::as_array)
         .is_some_and(|h| !h.is_empty());
-    let filter = crate::run::seccomp::take_precompiled(&mut spec_json, &store.root().join("cache").join("seccomp"))?;
+    let filter = crate::run::seccomp::take_precompiled(&mut spec_json, store)?;
     let bundle = dir.join("bundle");
     std::fs::create_dir_all(&bundle).map_err(io("create the bundle"))?;
     std::fs::write(

@@ -145,10 +145,11 @@ fn mount_overlay(merged: &Path, lowers: &[&Path], upper: &Path, work: &Path) -> 
             Err(nix::errno::Errno::EINVAL) => {}
             other => return other,
         }
-        if overlay(&data).is_ok() {
+        let plain = overlay(&data);
+        if plain.is_ok() {
             VOLATILE.store(false, std::sync::atomic::Ordering::Relaxed);
-            return Ok(());
         }
+        return plain;
     }
     overlay(&data)
 }

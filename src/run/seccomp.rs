@@ -5,8 +5,11 @@
 //! (`open_by_handle_at`), `ptrace`-like cross-process memory access, and `clone` with namespace flags.
 //! `--privileged` or `--security-opt seccomp=unconfined` run without it; `seccomp=FILE.json` uses another.
 
+use serde::Deserialize;
 use serde_json::{json, Value};
 use std::path::Path;
+
+use crate::image::store::Store;
 
 const ALLOWED: &[&str] = &[
     "accept",
@@ -370,6 +373,8 @@ pub enum FilterError {
 }
 
 const CACHE_MAGIC: &[u8; 8] = b"drunbpf1";
+/// The store's cache directory for compiled filters: `<store>/cache/seccomp/`.
+const CACHE_KIND: &str = "seccomp";
 
 impl Precompiled {
     /// The number of BPF instructions.
@@ -420,9 +425,9 @@ impl Precompiled {
 }
 
 /// Takes `linux.seccomp` out of `spec` and returns it compiled, when drun can load it itself: the profile uses no
-/// user notification and the process runs with no-new-privileges. The program is read from `cache` (a directory
-/// of the store) when a valid copy is there, else compiled and saved there for the next run.
-pub fn take_precompiled(spec: &mut Value, cache: &Path) -> Result<Option<Precompiled>, FilterError> {
+/// user notification and the process runs with no-new-privileges. The program is read from the store's cache
+/// when a valid copy is there, else compiled and saved there for the next run.
+pub fn take_precompiled(spec: &mut Value, store: &Store) -> Result<Option<Precompiled>, FilterError> {
     use oci_spec::runtime::{LinuxSeccomp, LinuxSeccompAction as A, LinuxSeccompFilterFlag as F};
     let Some(value) = spec.pointer("/linux/seccomp").cloned() else {
         return Ok(None);
@@ -430,8 +435,7 @@ pub fn take_precompiled(spec: &mut Value, cache: &Path) -> Result<Option<Precomp
     if spec.pointer("/process/noNewPrivileges") != Some(&Value::Bool(true)) {
         return Ok(None);
     }
-    let profile: LinuxSeccomp =
-        serde_json::from_value(value.clone()).map_err(|e| FilterError::Invalid(e.to_string()))?;
+    let profile = LinuxSeccomp::deserialize(&value).map_err(|e| FilterError::Invalid(e.to_string()))?;
     let notify = profile.default_action() == A::ScmpActNotify
         || profile
             .syscalls()
@@ -452,8 +456,8 @@ pub fn take_precompiled(spec: &mut Value, cache: &Path) -> Result<Option<Precomp
     if notify {
         return Ok(None);
     }
-    let key = cache_key(&value);
-    let path = cache.join(format!("{key}.bpf"));
+    let key = format!("{}.bpf", cache_key(&value));
+    let path = store.cache_path(CACHE_KIND, &key);
     let filter = match read_cached(&path, flags) {
         Some(f) => {
             tracing::debug!(path = %path.display(), instructions = f.len(), "seccomp filter from the cache");
@@ -463,7 +467,7 @@ pub fn take_precompiled(spec: &mut Value, cache: &Path) -> Result<Option<Precomp
             let bytes = compile(&profile)?;
             let f = Precompiled::from_bytes(&bytes, flags)
                 .ok_or_else(|| FilterError::Invalid(format!("libseccomp produced {} bytes of BPF", bytes.len())))?;
-            if let Err(e) = write_cached(cache, &path, &bytes) {
+            if let Err(e) = write_cached(store, &key, &bytes) {
                 tracing::debug!(path = %path.display(), "cannot cache the compiled seccomp filter: {e}");
             }
             tracing::debug!(instructions = f.len(), "seccomp filter compiled");
@@ -511,36 +515,13 @@ fn read_cached(path: &Path, flags: libc::c_ulong) -> Option<Precompiled> {
     Precompiled::from_bytes(program, flags)
 }
 
-fn write_cached(dir: &Path, path: &Path, program: &[u8]) -> std::io::Result<()> {
+fn write_cached(store: &Store, key: &str, program: &[u8]) -> Result<(), crate::image::store::StoreError> {
     use sha2::{Digest, Sha256};
-    use std::io::Write;
-    std::fs::create_dir_all(dir)?;
-    let mut tmp = tempfile_in(dir)?;
-    tmp.0.write_all(CACHE_MAGIC)?;
-    tmp.0.write_all(program)?;
-    tmp.0.write_all(&Sha256::digest(program))?;
-    std::fs::rename(&tmp.1, path).inspect_err(|_| {
-        let _ = std::fs::remove_file(&tmp.1);
-    })
-}
-
-fn tempfile_in(dir: &Path) -> std::io::Result<(std::fs::File, std::path::PathBuf)> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let name = dir.join(format!(".tmp-{}-{:x}", std::process::id(), rand_u64()));
-    let f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .mode(0o644)
-        .open(&name)?;
-    Ok((f, name))
-}
-
-fn rand_u64() -> u64 {
-    let mut b = [0u8; 8];
-    // SAFETY: getrandom writes at most `b.len()` bytes into `b`.
-    let _ = unsafe { libc::getrandom(b.as_mut_ptr().cast(), b.len(), 0) };
-    u64::from_ne_bytes(b)
+    let mut data = Vec::with_capacity(CACHE_MAGIC.len() + program.len() + 32);
+    data.extend_from_slice(CACHE_MAGIC);
+    data.extend_from_slice(program);
+    data.extend_from_slice(&Sha256::digest(program));
+    store.write_cache(CACHE_KIND, key, &data)
 }
 
 /// The runtime spec's profile translated for libseccomp as libcontainer's `initialize_seccomp` does (same
@@ -722,16 +703,21 @@ mod tests {
         })
     }
 
-    fn cached_files(dir: &Path) -> Vec<std::path::PathBuf> {
-        std::fs::read_dir(dir)
+    fn store() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        (dir, store)
+    }
+
+    fn cached_files(store: &Store) -> Vec<std::path::PathBuf> {
+        std::fs::read_dir(store.root().join("cache").join(CACHE_KIND))
             .map(|rd| rd.flatten().map(|e| e.path()).collect())
             .unwrap_or_default()
     }
 
     #[test]
     fn compiles_once_then_reads_the_cache() {
-        let dir = tempfile::tempdir().unwrap();
-        let cache = dir.path().join("seccomp");
+        let (_dir, cache) = store();
         let mut first = spec(true);
         let f1 = take_precompiled(&mut first, &cache).unwrap().expect("precompiled");
         // Hundreds of rules on three ABIs: a real program, and the profile is gone from the spec.
@@ -758,8 +744,7 @@ mod tests {
 
     #[test]
     fn a_corrupt_cache_file_is_ignored_and_replaced() {
-        let dir = tempfile::tempdir().unwrap();
-        let cache = dir.path().join("seccomp");
+        let (_dir, cache) = store();
         let good = take_precompiled(&mut spec(true), &cache).unwrap().unwrap();
         let file = cached_files(&cache).remove(0);
         let mut bytes = std::fs::read(&file).unwrap();
@@ -777,8 +762,7 @@ mod tests {
 
     #[test]
     fn left_to_libcontainer_without_no_new_privileges_or_with_notify() {
-        let dir = tempfile::tempdir().unwrap();
-        let cache = dir.path().join("seccomp");
+        let (_dir, cache) = store();
         let mut without_nnp = spec(false);
         assert!(take_precompiled(&mut without_nnp, &cache).unwrap().is_none());
         assert_eq!(without_nnp, spec(false), "the spec must be left alone");
@@ -799,13 +783,13 @@ mod tests {
 
     #[test]
     fn an_invalid_profile_is_an_error() {
-        let dir = tempfile::tempdir().unwrap();
+        let (_dir, cache) = store();
         let mut bad = serde_json::json!({
             "process": {"noNewPrivileges": true},
             "linux": {"seccomp": {"defaultAction": "SCMP_ACT_NOPE"}}
         });
         assert!(matches!(
-            take_precompiled(&mut bad, dir.path()),
+            take_precompiled(&mut bad, &cache),
             Err(FilterError::Invalid(_))
         ));
     }

@@ -61,7 +61,7 @@ impl Warmup {
             *lock(&shared.prelude) = Some(prelude());
             Warmup { shared, thread: None }
         };
-        let Some(path) = own_procs_file() else {
+        let Some(path) = crate::run::cgroups::own_procs_file() else {
             return inert(shared, prelude);
         };
         let mut target = lock(&TARGET);
@@ -172,38 +172,6 @@ pub fn move_self(procs: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
-/// drun's own cgroup's `cgroup.procs`: in the unified hierarchy where there is one (pure v2, or hybrid v1 hosts'
-/// `/sys/fs/cgroup/unified`), else in the pids or memory v1 hierarchy.
-fn own_procs_file() -> Option<PathBuf> {
-    let text = std::fs::read_to_string("/proc/self/cgroup").ok()?;
-    let line = |want: &dyn Fn(&str) -> bool| {
-        text.lines().find_map(|l| {
-            let mut parts = l.splitn(3, ':');
-            let (_, ctrls, p) = (parts.next()?, parts.next()?, parts.next()?);
-            want(ctrls).then(|| p.trim_start_matches('/').to_string())
-        })
-    };
-    let root = Path::new("/sys/fs/cgroup");
-    let candidates = [
-        (line(&|c| c.is_empty()), root.to_path_buf()),
-        (line(&|c| c.is_empty()), root.join("unified")),
-        (line(&|c| c.split(',').any(|x| x == "pids")), root.join("pids")),
-        (line(&|c| c.split(',').any(|x| x == "memory")), root.join("memory")),
-    ];
-    candidates.into_iter().find_map(|(rel, mount)| {
-        let procs = mount.join(rel?).join("cgroup.procs");
-        // The v2 root directory of a hybrid host is a tmpfs, not a cgroup: check that the mount is cgroupfs.
-        (is_cgroupfs(&mount) && procs.exists()).then_some(procs)
-    })
-}
-
-fn is_cgroupfs(p: &Path) -> bool {
-    nix::sys::statfs::statfs(p).is_ok_and(|s| {
-        let t = s.filesystem_type();
-        t == nix::sys::statfs::CGROUP2_SUPER_MAGIC || t == nix::sys::statfs::CGROUP_SUPER_MAGIC
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -258,7 +226,7 @@ mod tests {
     #[test]
     fn finds_own_cgroup_file() {
         // Every test host has a cgroup file system; the path must end in this process's cgroup.procs.
-        let p = own_procs_file().expect("a cgroup.procs for this process");
+        let p = crate::run::cgroups::own_procs_file().expect("a cgroup.procs for this process");
         assert!(p.ends_with("cgroup.procs"), "{}", p.display());
         let listed = std::fs::read_to_string(&p).unwrap_or_default();
         assert!(
