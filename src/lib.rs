@@ -14,6 +14,7 @@ pub mod gpu;
 pub mod image;
 pub mod progress;
 pub mod run;
+pub mod safe_fs;
 pub mod units;
 pub mod userns;
 pub mod workflow;

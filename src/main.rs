@@ -4,6 +4,8 @@ use clap::Parser;
 use drun::cli::Cli;
 
 fn main() {
+    // Before anything is created: what drun makes without an explicit mode is private to its owner.
+    drun::safe_fs::set_private_umask();
     let cli = Cli::parse();
     let filter = cli
         .global

@@ -26,9 +26,9 @@ pub fn run(a: CdiArgs) -> Result<i32> {
             };
             match output {
                 Some(path) => {
-                    let tmp = path.with_extension("tmp");
-                    std::fs::write(&tmp, &text).with_context(|| format!("cannot write {}", tmp.display()))?;
-                    std::fs::rename(&tmp, &path).with_context(|| format!("cannot write {}", path.display()))?;
+                    // Read by every CDI consumer (podman, containerd, other users' drun): the caller's umask.
+                    crate::safe_fs::write_replace(&path, text.as_bytes(), 0o666 & !crate::safe_fs::caller_umask())
+                        .with_context(|| format!("cannot write {}", path.display()))?;
                     eprintln!(
                         "wrote {} ({} GPU(s), driver {})",
                         path.display(),

@@ -219,9 +219,21 @@ pub(crate) fn parent_dir(root: BorrowedFd<'_>, comps: &[&OsStr]) -> io::Result<O
         parent = match open_in_root(root, &path, dir_flags) {
             Ok(fd) => fd,
             Err(Errno::ENOENT) => {
-                match mkdirat(parent.as_fd(), comps[i - 1], Mode::from_bits_truncate(0o755)) {
-                    Ok(()) | Err(Errno::EEXIST) => {}
+                let made = match mkdirat(parent.as_fd(), comps[i - 1], Mode::from_bits_truncate(0o755)) {
+                    Ok(()) => true,
+                    Err(Errno::EEXIST) => false,
                     Err(e) => return Err(errno_io(e)),
+                };
+                // 0755 whatever drun's (private) umask: implied directories of a layer, or a working directory.
+                if made {
+                    let new = nix::fcntl::openat(
+                        parent.as_fd(),
+                        comps[i - 1],
+                        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+                        Mode::empty(),
+                    )
+                    .map_err(errno_io)?;
+                    fchmod(new.as_fd(), Mode::from_bits_truncate(0o755)).map_err(errno_io)?;
                 }
                 open_in_root(root, &path, dir_flags).map_err(errno_io)?
             }

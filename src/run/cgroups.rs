@@ -315,7 +315,7 @@ impl CgroupPlan {
     /// Creates the cgroup directories before libcontainer runs, so the read-only bind mounts have a source.
     pub fn create_dirs(&self, plan: &RunPlan) -> Result<(), CgroupError> {
         for (dir, _) in self.host_dirs() {
-            std::fs::create_dir_all(&dir).map_err(|source| CgroupError::Write {
+            crate::safe_fs::create_dir_all_mode(&dir, 0o755).map_err(|source| CgroupError::Write {
                 path: dir.clone(),
                 source,
             })?;
@@ -377,19 +377,7 @@ impl CgroupPlan {
         if self.path.is_empty() {
             return;
         }
-        let rel = self.path.trim_start_matches('/');
-        // libcontainer creates the cgroup in every v1 hierarchy, not only the ones the container sees.
-        let dirs: Vec<PathBuf> = match self.version {
-            Version::V2 => vec![Path::new(CGROUP_ROOT).join(rel)],
-            Version::V1 { .. } => std::fs::read_dir(CGROUP_ROOT)
-                .map(|rd| {
-                    rd.flatten()
-                        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
-                        .map(|e| e.path().join(rel))
-                        .collect()
-                })
-                .unwrap_or_default(),
-        };
+        let dirs = self.all_dirs();
         // An empty cgroup (the usual case: the container's init was reaped, and its pid namespace with it) goes at
         // once; one with processes or child cgroups refuses (EBUSY) and is emptied first.
         let busy: Vec<&PathBuf> = dirs
@@ -407,6 +395,62 @@ impl CgroupPlan {
             }
         }
     }
+}
+
+impl CgroupPlan {
+    /// The container's cgroup in every hierarchy: libcontainer creates it in each v1 hierarchy, not only the ones
+    /// the container sees.
+    fn all_dirs(&self) -> Vec<PathBuf> {
+        let rel = self.path.trim_start_matches('/');
+        match self.version {
+            Version::V2 => vec![Path::new(CGROUP_ROOT).join(rel)],
+            Version::V1 { .. } => std::fs::read_dir(CGROUP_ROOT)
+                .map(|rd| {
+                    rd.flatten()
+                        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                        .map(|e| e.path().join(rel))
+                        .collect()
+                })
+                .unwrap_or_default(),
+        }
+    }
+
+    /// SIGKILLs every process of the container's cgroup, again and again (a process may fork while it is being
+    /// killed), until none is left; false if some still are at `deadline`. v2's `cgroup.kill` (Linux ≥ 5.14)
+    /// kills the whole subtree at once, forks in flight included.
+    pub fn kill_and_wait(&self, deadline: std::time::Instant) -> bool {
+        if self.path.is_empty() {
+            return true;
+        }
+        let dirs = self.all_dirs();
+        loop {
+            let mut busy = false;
+            for dir in &dirs {
+                if has_processes(dir) {
+                    busy = true;
+                    if std::fs::write(dir.join("cgroup.kill"), "1").is_err() {
+                        kill_all(dir);
+                    }
+                }
+            }
+            if !busy {
+                return true;
+            }
+            if std::time::Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+    }
+}
+
+/// Whether a cgroup directory or one below it has a process (exited ones leave `cgroup.procs` at once).
+fn has_processes(dir: &Path) -> bool {
+    let own = std::fs::read_to_string(dir.join("cgroup.procs")).is_ok_and(|p| p.lines().any(|l| !l.trim().is_empty()));
+    own || std::fs::read_dir(dir).is_ok_and(|rd| {
+        rd.flatten()
+            .any(|e| e.file_type().is_ok_and(|t| t.is_dir()) && has_processes(&e.path()))
+    })
 }
 
 /// `--cpus` as a CFS quota over a 100 ms period: (quota, period) in microseconds.
@@ -427,7 +471,7 @@ fn delegate(version: &Version, parent: &str) -> Result<Option<String>, CgroupErr
     }
     let leaf = join(parent, &format!("drun.supervisor-{}", std::process::id()));
     let leaf_dir = Path::new(CGROUP_ROOT).join(leaf.trim_start_matches('/'));
-    std::fs::create_dir_all(&leaf_dir).map_err(|source| CgroupError::Write {
+    crate::safe_fs::create_dir_all_mode(&leaf_dir, 0o755).map_err(|source| CgroupError::Write {
         path: leaf_dir.clone(),
         source,
     })?;

@@ -438,7 +438,9 @@ fn etc_files(dir: &Path, hostname: &str) -> Result<Vec<(PathBuf, &'static str)>,
     let mut out = Vec::new();
     for (name, content, dst) in files {
         let p = dir.join(name);
-        std::fs::write(&p, content).map_err(io(format!("write {}", p.display())))?;
+        // Bind-mounted into the container, where any of its users reads them; the run directory keeps them from
+        // the host's other users.
+        crate::safe_fs::write_new(&p, content.as_bytes(), 0o644).map_err(io(format!("write {}", p.display())))?;
         out.push((p, dst));
     }
     Ok(out)
@@ -762,16 +764,18 @@ fn run_in(
         .and_then(serde_json::Value::as_array)
         .is_some_and(|h| !h.is_empty());
     let filter = crate::run::seccomp::take_precompiled(&mut spec_json, store)?;
+    // The spec holds the container's environment (secrets passed with -e): its owner's alone.
     let bundle = dir.join("bundle");
-    std::fs::create_dir_all(&bundle).map_err(io("create the bundle"))?;
-    std::fs::write(
-        bundle.join("config.json"),
-        serde_json::to_vec_pretty(&spec_json).expect("spec serialises"),
+    crate::safe_fs::create_dir_mode(&bundle, 0o700).map_err(io("create the bundle"))?;
+    crate::safe_fs::write_new(
+        &bundle.join("config.json"),
+        &serde_json::to_vec_pretty(&spec_json).expect("spec serialises"),
+        0o600,
     )
     .map_err(io("write config.json"))?;
 
+    // Made private with the state directory (`state::ensure_private`).
     let lc_root = state::libcontainer_dir(state_dir);
-    std::fs::create_dir_all(&lc_root).map_err(io("create libcontainer's state directory"))?;
     let rt = |what| move |source| RunError::Runtime { what, source };
     let mut builder = ContainerBuilder::new(id.to_string(), SyscallType::default())
         .with_root_path(&lc_root)
@@ -803,22 +807,30 @@ fn run_in(
         let listener = std::os::unix::net::UnixListener::bind(&path).map_err(io("create the console socket"))?;
         guard.console_socket = Some(path.clone());
         builder = builder.with_console_socket(Some(&path));
-        // SAFETY: prctl(PR_SET_CHILD_SUBREAPER, 1) only changes this process's own attribute.
-        if unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) } != 0 {
-            return Err(io("become a child subreaper")(std::io::Error::last_os_error()));
-        }
         Some(listener)
     } else {
         None
     };
+    // A detached init is re-parented, and with the host's pid namespace the container's processes outlive its
+    // init: drun stays their parent, so that it can end every one of them (`reap::end_all`).
+    let host_pids = plan.pid_mode() == crate::run::plan::Sharing::Host;
+    if plan.tty || host_pids {
+        crate::run::reap::become_subreaper().map_err(io("become a child subreaper"))?;
+    }
     // The container's processes inherit ignored signals across exec: drun's own SIGPIPE (ignored by Rust) or a
     // SIGINT ignored by the shell that started drun in the background would reach them. Docker gives defaults.
     let ignored = DefaultSignals::set();
-    let built = builder
-        .as_init(&bundle)
-        .with_systemd(false)
-        .with_detach(plan.tty)
-        .build();
+    // libcontainer creates the mount points in the root file system (into the run's upper layer) before the
+    // spec's umask applies: under Docker's 0022, as runc would, not drun's private 0077. Nothing else creates
+    // files meanwhile (the warm-up thread only writes existing cgroup files), and whatever libcontainer keeps
+    // in its state directory stays behind the private state directory.
+    let built = crate::safe_fs::with_umask(0o022, || {
+        builder
+            .as_init(&bundle)
+            .with_systemd(false)
+            .with_detach(plan.tty)
+            .build()
+    });
     drop(ignored);
     let container = built.map_err(rt("create the container"))?;
     // libcontainer links another nix version: carry the pid across as a plain integer.
@@ -829,7 +841,9 @@ fn run_in(
     run_dir.write_info(&info).map_err(io("write run info"))?;
     guard.info = Some(info);
     if let Some(f) = &plan.cidfile {
-        std::fs::write(f, id).map_err(io(format!("write {}", f.display())))?;
+        // Docker refuses an existing cidfile too; made for the caller, under their umask.
+        crate::safe_fs::write_new(f, id.as_bytes(), 0o666 & !crate::safe_fs::caller_umask())
+            .map_err(io(format!("write {}", f.display())))?;
     }
     let pid = pid.ok_or_else(|| RunError::Io {
         what: "learn the container's pid".into(),
@@ -881,10 +895,16 @@ fn run_in(
         guard.container = None;
     }
     // With its own pid namespace, the reaped init took every process of the container with it.
-    guard.exited = status.is_ok() && plan.pid_mode() == crate::run::plan::Sharing::Private;
+    guard.exited = status.is_ok() && !host_pids;
+    // Nothing is copied out of a container while any of its processes lives: with the host's pid namespace they
+    // outlive the init, and an init that was not reaped may still run.
+    let ended = guard.exited || crate::run::reap::end_all(status.is_err().then_some(pid), &cgroup);
     if let Some(after) = hooks.after_exit.as_mut() {
+        if !ended {
+            tracing::error!("processes of the container survived SIGKILL: nothing is copied out of it");
+        }
         after(&ExitView {
-            project: project_view.as_deref(),
+            project: project_view.as_deref().filter(|_| ended),
         });
     }
     // Signals that came after the container exited are taken here: unblocked, they would kill drun before it

@@ -3,6 +3,7 @@
 pub mod cgroups;
 pub mod container;
 pub mod plan;
+pub mod reap;
 pub mod rootfs;
 pub mod seccomp;
 pub mod spec;

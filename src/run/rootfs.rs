@@ -32,8 +32,10 @@ pub fn prepare(run_dir: &Path, layers: &[PathBuf]) -> Result<(PathBuf, RootfsKin
     let merged = run_dir.join("rootfs");
     let upper = run_dir.join("upper");
     let work = run_dir.join("work");
-    for d in [&merged, &upper, &work] {
-        fs::create_dir_all(d).map_err(|source| RootfsError::Create {
+    // The upper directory (or the flattened copy) is the container's `/`: 0755, as Docker's, whatever drun's
+    // umask; the run directory around it keeps the host's other users out.
+    for (d, mode) in [(&merged, 0o755), (&upper, 0o755), (&work, 0o700)] {
+        crate::safe_fs::create_dir_mode(d, mode).map_err(|source| RootfsError::Create {
             path: d.clone(),
             source,
         })?;
@@ -330,8 +332,8 @@ pub fn mkdir_in_root(root: &Path, path: &str) -> io::Result<()> {
 pub fn prepare_project(run_dir: &Path, source: &Path) -> Result<PathBuf, RootfsError> {
     let base = run_dir.join("project");
     let (merged, upper, work) = (base.join("merged"), base.join("upper"), base.join("work"));
-    for d in [&merged, &upper, &work] {
-        fs::create_dir_all(d).map_err(|source| RootfsError::Create {
+    for (d, mode) in [(&base, 0o700), (&merged, 0o755), (&upper, 0o755), (&work, 0o700)] {
+        crate::safe_fs::create_dir_mode(d, mode).map_err(|source| RootfsError::Create {
             path: d.clone(),
             source,
         })?;

@@ -323,7 +323,8 @@ pub fn build(inp: &SpecInputs<'_>) -> Result<Value, SpecError> {
         "mounts": mounts,
         "process": {
             "terminal": plan.tty,
-            "user": {"uid": inp.user.uid, "gid": inp.user.gid, "additionalGids": inp.user.additional_gids},
+            // Docker's umask, not drun's private one, which the init would otherwise inherit.
+            "user": {"uid": inp.user.uid, "gid": inp.user.gid, "additionalGids": inp.user.additional_gids, "umask": 0o022},
             "args": inp.args,
             "env": inp.env,
             "cwd": inp.cwd,

@@ -3,6 +3,7 @@
 //! `drun prune`, cleans up what it left: processes, cgroups, mounts, libcontainer state, files.
 
 use std::fs::{self, File, OpenOptions};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use nix::fcntl::{Flock, FlockArg};
@@ -57,39 +58,58 @@ pub fn default_state_dir() -> PathBuf {
     PathBuf::from(format!("/tmp/drun-{host_uid}"))
 }
 
-/// Creates the rootless state directory privately (0700) and refuses one that someone else made: `/tmp` is
-/// shared, and another user could otherwise plant files in it.
+/// Creates the state directory and its `containers/` and `libcontainer/` privately (0700) and refuses one that
+/// someone else made or others may write to: what it holds decides what drun deletes and kills, its run
+/// directories hold root file systems (setuid binaries and device nodes of images, reachable by any user who
+/// can traverse to them) and the containers' configurations (their environment, secrets included). A directory
+/// of ours that others may only read or traverse (an older drun made `/run/drun` 0711 and its run directories
+/// 0755) is made private.
 pub fn ensure_private(dir: &Path) -> std::io::Result<()> {
-    use std::os::unix::fs::{DirBuilderExt, MetadataExt};
-    if !crate::userns::is_rootless() {
-        return Ok(());
-    }
-    match fs::DirBuilder::new().mode(0o700).create(dir) {
-        Ok(()) => return Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return fs::DirBuilder::new().recursive(true).mode(0o700).create(dir);
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+    if let Err(e) = fs::DirBuilder::new().recursive(true).mode(0o700).create(dir) {
+        if e.kind() != std::io::ErrorKind::AlreadyExists {
+            return Err(e);
         }
-        Err(e) => return Err(e),
     }
-    let m = fs::symlink_metadata(dir)?;
-    let (uid, _) = crate::userns::caller_ids();
-    if !m.is_dir() || m.uid() != uid || m.mode() & 0o022 != 0 {
-        return Err(std::io::Error::other(format!(
-            "the state directory {} is not a private directory of yours (it must be owned by you and writable by \
-             no one else): remove it or choose another with --state",
-            dir.display()
-        )));
+    let uid = if crate::userns::is_rootless() {
+        crate::userns::caller_ids().0
+    } else {
+        nix::unistd::geteuid().as_raw()
+    };
+    for d in [dir.to_path_buf(), containers_dir(dir), libcontainer_dir(dir)] {
+        crate::safe_fs::create_dir_mode(&d, 0o700)?;
+        let f = crate::safe_fs::open_dir_nofollow(&d)?;
+        let m = f.metadata()?;
+        if m.uid() != uid || m.mode() & 0o022 != 0 {
+            return Err(std::io::Error::other(format!(
+                "the state directory {} is not a private directory of yours (it must be owned by you and \
+                 writable by no one else): remove it or choose another with --state",
+                d.display()
+            )));
+        }
+        if m.mode() & 0o077 != 0 {
+            f.set_permissions(fs::Permissions::from_mode(0o700))?;
+        }
     }
     Ok(())
 }
 
-/// A process's start time in clock ticks after boot (field 22 of /proc/PID/stat).
-pub fn start_time(pid: i32) -> Option<u64> {
+/// Field `n` (1-based, n ≥ 3) of /proc/PID/stat.
+fn stat_field(pid: i32, n: usize) -> Option<String> {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name (field 2) may contain spaces and parentheses: count from the last ')'.
-    let rest = &stat[stat.rfind(')')? + 2..];
-    rest.split(' ').nth(19)?.parse().ok()
+    let rest = stat.get(stat.rfind(')')? + 2..)?;
+    rest.split(' ').nth(n - 3).map(str::to_string)
+}
+
+/// A process's start time in clock ticks after boot (field 22 of /proc/PID/stat).
+pub fn start_time(pid: i32) -> Option<u64> {
+    stat_field(pid, 22)?.parse().ok()
+}
+
+/// A process's parent (field 4 of /proc/PID/stat).
+pub fn parent_pid(pid: i32) -> Option<i32> {
+    stat_field(pid, 4)?.parse().ok()
 }
 
 pub fn containers_dir(state: &Path) -> PathBuf {
@@ -114,31 +134,24 @@ impl RunDir {
         let path = containers.join(id);
         let hidden = containers.join(format!(".{id}"));
         ensure_private(state)?;
-        fs::create_dir_all(&hidden)?;
-        if !crate::userns::is_rootless() {
-            let _ = fs::set_permissions(state, std::os::unix::fs::PermissionsExt::from_mode(0o711));
-        }
-        let f = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(hidden.join("lock"))?;
+        crate::safe_fs::create_dir_mode(&hidden, 0o700)?;
+        let f = crate::safe_fs::create_new(&hidden.join("lock"), 0o600)?;
         let lock = Flock::lock(f, FlockArg::LockExclusiveNonblock).map_err(|(_, e)| std::io::Error::from(e))?;
         fs::rename(&hidden, &path)?;
         Ok(RunDir { path, _lock: lock })
     }
 
     pub fn write_info(&self, info: &RunInfo) -> std::io::Result<()> {
-        let tmp = self.path.join("info.json.tmp");
-        fs::write(&tmp, serde_json::to_vec_pretty(info).expect("run info serialises"))?;
-        fs::rename(tmp, self.path.join("info.json"))
+        let bytes = serde_json::to_vec_pretty(info).expect("run info serialises");
+        crate::safe_fs::write_replace(&self.path.join("info.json"), &bytes, 0o600)
     }
 }
 
 /// A run's record, if it is one drun could have written: a 64-hex-digit id, and a cgroup (if any) that is the
 /// container's own `…/drun-<short id>`. Clean-up deletes and kills by what it says, so nothing else is believed.
 fn read_info(dir: &Path) -> Option<RunInfo> {
-    let info: RunInfo = serde_json::from_slice(&fs::read(dir.join("info.json")).ok()?).ok()?;
+    let bytes = crate::safe_fs::read_bounded(&dir.join("info.json"), 1 << 20).ok()?;
+    let info: RunInfo = serde_json::from_slice(&bytes).ok()?;
     let id_ok = info.id.len() == 64 && info.id.bytes().all(|b| b.is_ascii_hexdigit());
     let cgroup_ok = info.cgroup_path.is_empty()
         || (info
@@ -167,7 +180,11 @@ fn run_dirs(state: &Path) -> Vec<fs::DirEntry> {
 
 /// Whether the run directory's lock is held by a live drun.
 fn is_live(dir: &Path) -> bool {
-    let Ok(f) = OpenOptions::new().write(true).open(dir.join("lock")) else {
+    let Ok(f) = OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(dir.join("lock"))
+    else {
         return false;
     };
     Flock::lock(f, FlockArg::LockExclusiveNonblock).is_err()
@@ -206,12 +223,7 @@ pub fn reap_stale(state: &Path) -> usize {
             continue;
         }
         // Take the lock ourselves so a concurrent reaper or a starting run cannot race us.
-        let Ok(f) = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(dir.join("lock"))
-        else {
+        let Ok(f) = crate::safe_fs::open_or_create(&dir.join("lock"), 0o600) else {
             continue;
         };
         let Ok(_lock) = Flock::lock(f, FlockArg::LockExclusiveNonblock) else {

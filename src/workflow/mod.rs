@@ -4,6 +4,7 @@
 //! turns each entry into a [`Job`]: the same `RunPlan` as `drun run IMAGE` flags give, plus what only workflows
 //! have (the project directory, artifacts, dependencies). [`runner`] runs them in dependency order.
 
+pub mod copy_out;
 pub mod runner;
 pub mod schema;
 

@@ -2,9 +2,8 @@
 //! in dependency order with its project directory, artifact and dependency mounts, a log beside its artifacts,
 //! and its artifacts copied out however the container ended.
 
-use std::fs::{self, File};
+use std::fs;
 use std::io::Write;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use crate::config::Config;
@@ -59,11 +58,13 @@ fn make_dirs(path: &Path, owner: Option<(u32, u32)>) -> std::io::Result<()> {
     if let Some(parent) = path.parent() {
         make_dirs(parent, owner)?;
     }
-    match fs::create_dir(path) {
-        Ok(()) => {
+    // For the caller, under their umask (drun's own is private).
+    match crate::safe_fs::create_dir_mode(path, 0o777 & !crate::safe_fs::caller_umask()) {
+        Ok(true) => {
             give(path, owner);
             Ok(())
         }
+        Ok(false) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && path.is_dir() => Ok(()),
         Err(e) => Err(e),
     }
@@ -81,63 +82,6 @@ fn chown_tree(path: &Path, owner: Option<(u32, u32)>) {
             }
         }
     }
-}
-
-/// Copies `rel` below `src_root` to `dest` without following any symlink the container may have left: the path
-/// itself must not pass through one; symlinks inside are copied as symlinks. Returns the number of files.
-fn copy_artifact(src_root: &Path, rel: &str, dest: &Path, owner: Option<(u32, u32)>) -> Result<u64, String> {
-    let mut src = src_root.to_path_buf();
-    for c in rel.split('/') {
-        src.push(c);
-        match fs::symlink_metadata(&src) {
-            Ok(m) if m.file_type().is_symlink() => {
-                return Err(format!(
-                    "{} is a symbolic link in the container; artifacts are not copied through links",
-                    src.strip_prefix(src_root).unwrap_or(&src).display()
-                ))
-            }
-            Ok(_) => {}
-            Err(_) => return Err("not found in the working directory after the run".into()),
-        }
-    }
-    crate::image::store::remove_tree(dest).map_err(|e| format!("cannot replace {}: {e}", dest.display()))?;
-    if let Some(p) = dest.parent() {
-        make_dirs(p, owner).map_err(|e| format!("cannot create {}: {e}", p.display()))?;
-    }
-    let mut files = 0;
-    copy_tree(&src, dest, owner, &mut files).map_err(|e| format!("copying to {}: {e}", dest.display()))?;
-    Ok(files)
-}
-
-fn copy_tree(src: &Path, dest: &Path, owner: Option<(u32, u32)>, files: &mut u64) -> std::io::Result<()> {
-    let m = fs::symlink_metadata(src)?;
-    let ft = m.file_type();
-    if ft.is_dir() {
-        fs::create_dir(dest)?;
-        for e in fs::read_dir(src)? {
-            let e = e?;
-            copy_tree(&e.path(), &dest.join(e.file_name()), owner, files)?;
-        }
-        fs::set_permissions(dest, fs::Permissions::from_mode(m.mode() & 0o7777))?;
-    } else if ft.is_symlink() {
-        std::os::unix::fs::symlink(fs::read_link(src)?, dest)?;
-    } else if ft.is_file() {
-        fs::copy(src, dest)?;
-        *files += 1;
-    } else {
-        // Devices, sockets and FIFOs are not outputs.
-        return Ok(());
-    }
-    give(dest, owner);
-    let mtime = nix::sys::time::TimeSpec::new(m.mtime(), m.mtime_nsec());
-    let _ = nix::sys::stat::utimensat(
-        nix::fcntl::AT_FDCWD,
-        dest,
-        &mtime,
-        &mtime,
-        nix::sys::stat::UtimensatFlags::NoFollowSymlink,
-    );
-    Ok(())
 }
 
 fn stamp() -> String {
@@ -425,8 +369,13 @@ fn run_job(
         make_dirs(&job_dir.join(&a.path), owner)?;
     }
     let log_path = artifacts_root.join(format!("{}.log", job.name));
-    let mut log = File::create(&log_path).map_err(|e| anyhow::anyhow!("cannot create {}: {e}", log_path.display()))?;
-    give(&log_path, owner);
+    // A new file, never through a name planted there (a symlink would have root write wherever it points).
+    let _ = fs::remove_file(&log_path);
+    let mut log = crate::safe_fs::create_new(&log_path, 0o666 & !crate::safe_fs::caller_umask())
+        .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", log_path.display()))?;
+    if let Some((u, g)) = owner {
+        let _ = std::os::unix::fs::fchown(&log, Some(u), Some(g));
+    }
 
     say(&format!("Workflow \"{}\" is started.", job.name));
     // Container paths of the working directory, relative to the project mount (where its host view starts).
@@ -438,13 +387,13 @@ fn run_job(
         .to_string();
     let mut after = |view: &ExitView| {
         let Some(project) = view.project else { return };
-        let base = if rel_wd.is_empty() {
-            project.to_path_buf()
-        } else {
-            project.join(&rel_wd)
-        };
         for a in job.artifacts.iter().filter(|a| !a.mount) {
-            match copy_artifact(&base, &a.path, &job_dir.join(&a.path), owner) {
+            let rel = if rel_wd.is_empty() {
+                a.path.clone()
+            } else {
+                format!("{rel_wd}/{}", a.path)
+            };
+            match super::copy_out::copy_artifact(project, &rel, &job_dir, &a.path, owner) {
                 Ok(n) => tracing::debug!(artifact = %a.path, files = n, "artifact saved"),
                 Err(e) => eprintln!("warning: workflow {:?}: artifact {}: {e}", job.name, a.path),
             }

@@ -6,6 +6,7 @@ mod gpu;
 mod pull;
 mod rootless;
 mod run;
+mod security;
 mod slurm;
 mod store;
 mod unpack;

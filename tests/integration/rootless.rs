@@ -662,3 +662,35 @@ fn a_state_directory_others_can_write_is_refused() {
     std::fs::set_permissions(&squatted, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
     ub.drun(&[&arg, "run", "-q", &busybox(), "true"]).ok();
 }
+
+#[test]
+fn a_rootless_host_pid_run_leaves_no_process_behind() {
+    // Without a cgroup of its own (drun-nosub on a v1 host), only drun's subreaper sweep can end a process that
+    // left the container's session: `setsid` escapes a process group, and the init's death ends nothing with the
+    // host's pid namespace.
+    let ub = UserBox::new(NOSUB);
+    ub.drun(&["pull", "-q", &busybox()]).ok();
+    let marker = format!("drun-leftover-{}", std::process::id());
+    let out = ub
+        .sh(
+            &["--pid", "host"],
+            &busybox(),
+            &format!("setsid sh -c 'sleep 600; : {marker}' </dev/null >/dev/null 2>&1 & sleep 0.3; echo started"),
+        )
+        .ok();
+    assert!(out.stdout.contains("started"), "{out:?}", out = out.stdout);
+    // drun has exited: any process whose command line names the marker is the container's.
+    let left: Vec<i32> = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| String::from_utf8_lossy(&c).contains(&marker))
+        })
+        .collect();
+    for &p in &left {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(p), nix::sys::signal::Signal::SIGKILL);
+    }
+    assert!(left.is_empty(), "processes of the container outlived it: {left:?}");
+}

@@ -1,0 +1,187 @@
+//! The file-system primitives drun uses on paths that other users, images or containers may control: created
+//! new (never through a name someone planted), no-follow, private by default, and read with a bound.
+//!
+//! Clippy's `disallowed_methods` (clippy.toml) forbids the path-following helpers of `std::fs` everywhere else:
+//! a new call site has to come here, or say with an `#[allow]` and a comment why its path is drun's own.
+#![allow(clippy::disallowed_methods)]
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::Path;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+/// The umask drun works under: everything it creates without an explicit mode is its owner's alone.
+pub const PRIVATE_UMASK: u32 = 0o077;
+
+/// The umask of whoever started drun, for what is made for them (artifacts, logs, `--cidfile`).
+static CALLER_UMASK: AtomicU32 = AtomicU32::new(0o022);
+
+/// Sets drun's own umask (called first thing in `main`) and remembers the caller's.
+pub fn set_private_umask() {
+    let old = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(PRIVATE_UMASK));
+    CALLER_UMASK.store(old.bits(), Ordering::Relaxed);
+}
+
+/// The caller's umask (0o022 if drun never set its own, as in unit tests).
+pub fn caller_umask() -> u32 {
+    CALLER_UMASK.load(Ordering::Relaxed)
+}
+
+/// Runs `f` under `mask`, then puts the previous umask back. The umask is per process: only for moments when
+/// no other thread of drun creates files (the container's creation, which must see Docker's 0022).
+pub fn with_umask<T>(mask: u32, f: impl FnOnce() -> T) -> T {
+    let old = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(mask));
+    let out = f();
+    nix::sys::stat::umask(old);
+    out
+}
+
+/// Creates the directory `path` (not its parents) with exactly `mode`, whatever the umask; an existing real
+/// directory is left as it is (`Ok(false)`), a symlink or other file is an error.
+pub fn create_dir_mode(path: &Path, mode: u32) -> io::Result<bool> {
+    use std::os::unix::fs::DirBuilderExt;
+    match std::fs::DirBuilder::new().mode(mode).create(path) {
+        Ok(()) => {
+            // mkdir(2) masks the mode with the umask; set it on the directory opened without following links.
+            let dir = open_dir_nofollow(path)?;
+            dir.set_permissions(std::fs::Permissions::from_mode(mode))?;
+            Ok(true)
+        }
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+            open_dir_nofollow(path)?;
+            Ok(false)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// `mkdir -p` whose new directories get exactly `mode`, whatever the umask (cgroup directories, which monitoring
+/// tools of other users read as they do Docker's).
+pub fn create_dir_all_mode(path: &Path, mode: u32) -> io::Result<()> {
+    if path.is_dir() {
+        return Ok(());
+    }
+    if let Some(parent) = path.parent() {
+        create_dir_all_mode(parent, mode)?;
+    }
+    create_dir_mode(path, mode).map(drop)
+}
+
+/// Opens a directory, refusing a symlink in its place.
+pub fn open_dir_nofollow(path: &Path) -> io::Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)
+}
+
+/// Creates `path` new (O_EXCL, never through a planted name or symlink) with exactly `mode`.
+pub fn create_new(path: &Path, mode: u32) -> io::Result<File> {
+    let f = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .mode(mode)
+        .open(path)?;
+    f.set_permissions(std::fs::Permissions::from_mode(mode))?;
+    Ok(f)
+}
+
+/// Opens `path` for writing, creating it with `mode` if missing; refuses a symlink at the last component and
+/// anything that is not a regular file (a FIFO planted there would block).
+pub fn open_or_create(path: &Path, mode: u32) -> io::Result<File> {
+    let f = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .mode(mode)
+        .open(path)?;
+    if !f.metadata()?.is_file() {
+        return Err(io::Error::other(format!("{} is not a regular file", path.display())));
+    }
+    Ok(f)
+}
+
+/// Writes `bytes` to a new file `path` with exactly `mode`.
+pub fn write_new(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
+    create_new(path, mode)?.write_all(bytes)
+}
+
+/// Replaces `path` atomically: `bytes` go to a new temporary file beside it (mode `mode`), renamed over it.
+pub fn write_replace(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
+    let name = path.file_name().ok_or_else(|| io::Error::other("no file name"))?;
+    let tmp = path.with_file_name(format!(".{}.tmp-{}", name.to_string_lossy(), std::process::id()));
+    let _ = std::fs::remove_file(&tmp);
+    let result = write_new(&tmp, bytes, mode).and_then(|()| std::fs::rename(&tmp, path));
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// Reads a regular file of at most `limit` bytes, never following a symlink at its last component and never
+/// blocking on a FIFO or device planted in its place.
+pub fn read_bounded(path: &Path, limit: u64) -> io::Result<Vec<u8>> {
+    let f = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(path)?;
+    read_file_bounded(f, limit, &path.display().to_string())
+}
+
+/// Reads an open file that must be regular and at most `limit` bytes long (`what` names it in errors).
+pub fn read_file_bounded(f: File, limit: u64, what: &str) -> io::Result<Vec<u8>> {
+    let meta = f.metadata()?;
+    if !meta.is_file() {
+        return Err(io::Error::other(format!("{what} is not a regular file")));
+    }
+    if meta.len() > limit {
+        return Err(io::Error::other(format!(
+            "{what} is {} bytes, more than the {limit} drun reads",
+            meta.len()
+        )));
+    }
+    let mut buf = Vec::with_capacity(meta.len() as usize);
+    f.take(limit + 1).read_to_end(&mut buf)?;
+    if buf.len() as u64 > limit {
+        return Err(io::Error::other(format!("{what} grew past the {limit} bytes drun reads")));
+    }
+    Ok(buf)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::MetadataExt;
+
+    #[test]
+    fn modes_are_exact_and_names_are_never_followed() {
+        let t = tempfile::tempdir().unwrap();
+        let _ = with_umask(0o077, || create_dir_mode(&t.path().join("d"), 0o755).unwrap());
+        assert_eq!(std::fs::metadata(t.path().join("d")).unwrap().mode() & 0o7777, 0o755);
+        with_umask(0o077, || write_new(&t.path().join("f"), b"x", 0o644)).unwrap();
+        assert_eq!(std::fs::metadata(t.path().join("f")).unwrap().mode() & 0o7777, 0o644);
+        std::fs::write(t.path().join("victim"), "v").unwrap();
+        std::os::unix::fs::symlink(t.path().join("victim"), t.path().join("link")).unwrap();
+        assert!(write_new(&t.path().join("link"), b"evil", 0o600).is_err());
+        assert!(open_or_create(&t.path().join("link"), 0o600).is_err());
+        assert!(read_bounded(&t.path().join("link"), 10).is_err());
+        assert_eq!(std::fs::read_to_string(t.path().join("victim")).unwrap(), "v");
+        std::os::unix::fs::symlink(t.path(), t.path().join("dirlink")).unwrap();
+        assert!(create_dir_mode(&t.path().join("dirlink"), 0o700).is_err());
+    }
+
+    #[test]
+    fn reads_are_bounded_and_never_block() {
+        let t = tempfile::tempdir().unwrap();
+        let fifo = t.path().join("fifo");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        assert!(read_bounded(&fifo, 10).is_err());
+        assert!(read_bounded(Path::new("/dev/zero"), 10).is_err());
+        std::fs::write(t.path().join("big"), vec![b'x'; 11]).unwrap();
+        assert!(read_bounded(&t.path().join("big"), 10).is_err());
+        assert_eq!(read_bounded(&t.path().join("big"), 11).unwrap().len(), 11);
+    }
+}
