@@ -2,6 +2,7 @@
 //! container's state, and a hostile workflow trying to get host files out through its artifacts.
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -282,4 +283,39 @@ fn files_drun_makes_for_the_container_keep_dockers_modes() {
         "{}",
         out.stderr
     );
+}
+
+#[test]
+fn the_store_and_the_blob_caches_temporary_files_stay_private() {
+    assert!(is_root(), "container tests need root (make test runs them as root)");
+    let sb = Sandbox::new();
+    let cache = sb.path().join("blob-cache");
+    // Killed in the middle of a download: the blob cache keeps the temporary copy, which must be drun's alone
+    // (the cache is shared; a reader must never see an unverified blob).
+    let out = sb.drun_with(
+        &["--blob-cache", cache.to_str().unwrap(), "pull", "-q", &debian()],
+        &[("DRUN_FAILPOINT", "blob-downloading".as_ref())],
+    );
+    assert_eq!(out.status.signal(), Some(9), "{}", out.stderr);
+    let tmps: Vec<PathBuf> = std::fs::read_dir(cache.join("sha256"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with(".tmp-"))
+        .collect();
+    assert!(!tmps.is_empty(), "the kill left no temporary file to look at");
+    for t in &tmps {
+        assert_eq!(std::fs::metadata(t).unwrap().mode() & 0o777, 0o600, "{}", t.display());
+    }
+    sb.drun(&["--blob-cache", cache.to_str().unwrap(), "pull", "-q", &debian()]).ok();
+    assert_eq!(std::fs::metadata(sb.store()).unwrap().mode() & 0o777, 0o700);
+    for e in std::fs::read_dir(sb.store().join("locks")).unwrap().flatten() {
+        assert_eq!(e.metadata().unwrap().mode() & 0o077, 0, "{}", e.path().display());
+    }
+    // Published blobs are for every user of the cache.
+    for e in std::fs::read_dir(cache.join("sha256")).unwrap().flatten() {
+        if !e.file_name().to_string_lossy().starts_with('.') {
+            assert_eq!(e.metadata().unwrap().mode() & 0o777, 0o644, "{}", e.path().display());
+        }
+    }
 }
