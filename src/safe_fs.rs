@@ -7,7 +7,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Write};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{FileTypeExt, OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 use std::sync::atomic::{AtomicU32, Ordering};
 
@@ -149,6 +149,42 @@ pub fn read_file_bounded(f: File, limit: u64, what: &str) -> io::Result<Vec<u8>>
         return Err(io::Error::other(format!("{what} grew past the {limit} bytes drun reads")));
     }
     Ok(buf)
+}
+
+/// Reads a file the caller named on the command line (`--env-file`, a workflow file, a seccomp profile): a symlink
+/// they chose is followed, but only a regular file of at most `limit` bytes is read, and a FIFO never blocks.
+pub fn read_user_file(path: &Path, limit: u64) -> io::Result<Vec<u8>> {
+    let f = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(path)?;
+    read_file_bounded(f, limit, &path.display().to_string())
+}
+
+/// Reads a file the kernel or the host's administrator provides (`/proc`, `/sys`, cgroupfs, `/etc/subuid`,
+/// `/etc/resolv.conf`), at most 4 MiB of it: not hostile, but bounded all the same. Kernel files report a
+/// size of 0, so the size is not checked first.
+pub fn read_system(path: impl AsRef<Path>) -> io::Result<String> {
+    const LIMIT: u64 = 4 << 20;
+    let f = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(path.as_ref())?;
+    if f.metadata()?.file_type().is_fifo() {
+        return Err(io::Error::other(format!("{} is a FIFO", path.as_ref().display())));
+    }
+    let mut s = String::new();
+    f.take(LIMIT).read_to_string(&mut s)?;
+    Ok(s)
+}
+
+/// Writes `bytes` to an existing kernel file (cgroupfs, `/proc/self/uid_map`), never creating one.
+pub fn write_system(path: impl AsRef<Path>, bytes: impl AsRef<[u8]>) -> io::Result<()> {
+    OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_CLOEXEC)
+        .open(path.as_ref())?
+        .write_all(bytes.as_ref())
 }
 
 #[cfg(test)]

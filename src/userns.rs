@@ -200,7 +200,7 @@ impl Rootless {
 
 /// Ranges for `user`/`uid` in a subid file (`name:start:count` or `uid:start:count` lines).
 pub fn subordinate_ranges(file: &Path, user: Option<&str>, uid: u32) -> Vec<(u32, u32)> {
-    let Ok(text) = std::fs::read_to_string(file) else {
+    let Ok(text) = crate::safe_fs::read_system(file) else {
         return Vec::new();
     };
     let uid_s = uid.to_string();
@@ -285,7 +285,7 @@ fn find_in_path(name: &str) -> Option<PathBuf> {
 
 /// Why the kernel refused a user namespace, with what to change.
 fn unshare_advice(err: nix::errno::Errno) -> String {
-    let read = |p: &str| std::fs::read_to_string(p).ok().map(|s| s.trim().to_string());
+    let read = |p: &str| crate::safe_fs::read_system(p).ok().map(|s| s.trim().to_string());
     let mut why = format!("unshare(CLONE_NEWUSER) failed: {}", err.desc());
     if read("/proc/sys/user/max_user_namespaces").as_deref() == Some("0") {
         why.push_str(
@@ -408,9 +408,9 @@ pub fn enter(mode: Mode) -> Result<&'static Rootless, UsernsError> {
         None => {
             unshare(CloneFlags::CLONE_NEWUSER).map_err(|e| UsernsError::Unshare(unshare_advice(e)))?;
             // Without CAP_SETGID in the parent namespace, setgroups must be denied before gid_map is written.
-            std::fs::write("/proc/self/setgroups", "deny").map_err(io("write /proc/self/setgroups"))?;
-            std::fs::write("/proc/self/uid_map", format_map(&ctx.uids)).map_err(io("write /proc/self/uid_map"))?;
-            std::fs::write("/proc/self/gid_map", format_map(&ctx.gids)).map_err(io("write /proc/self/gid_map"))?;
+            crate::safe_fs::write_system("/proc/self/setgroups", "deny").map_err(io("write /proc/self/setgroups"))?;
+            crate::safe_fs::write_system("/proc/self/uid_map", format_map(&ctx.uids)).map_err(io("write /proc/self/uid_map"))?;
+            crate::safe_fs::write_system("/proc/self/gid_map", format_map(&ctx.gids)).map_err(io("write /proc/self/gid_map"))?;
         }
         Some((newuidmap, newgidmap)) => {
             // The maps of a namespace are written from outside it: a child left in the parent namespace runs

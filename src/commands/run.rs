@@ -116,7 +116,9 @@ fn sharing(flag: &str, v: &Option<String>) -> Result<Option<Sharing>> {
 fn env_from_args(a: &RunArgs) -> Result<Vec<(String, String)>> {
     let mut env = Vec::new();
     for f in &a.env_file {
-        let text = std::fs::read_to_string(f).with_context(|| format!("cannot read env file {}", f.display()))?;
+        let text = crate::safe_fs::read_user_file(f, 16 << 20)
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .with_context(|| format!("cannot read env file {}", f.display()))?;
         for line in text
             .lines()
             .map(str::trim)

@@ -168,9 +168,9 @@ pub fn generate(driver: &Driver, caps: &[String]) -> Value {
 
 /// Writes `spec` as JSON to `dir/drun-nvidia.json` and loads it.
 pub fn load_generated(dir: &Path, spec: &Value) -> Result<Specs, GpuError> {
-    std::fs::create_dir_all(dir).map_err(|e| GpuError::Cdi(format!("{}: {e}", dir.display())))?;
+    crate::safe_fs::create_dir_mode(dir, 0o700).map_err(|e| GpuError::Cdi(format!("{}: {e}", dir.display())))?;
     let file = dir.join("drun-nvidia.json");
-    std::fs::write(&file, serde_json::to_vec_pretty(spec).expect("serialises"))
+    crate::safe_fs::write_replace(&file, &serde_json::to_vec_pretty(spec).expect("serialises"), 0o600)
         .map_err(|e| GpuError::Cdi(format!("{}: {e}", file.display())))?;
     let mut specs = Specs::load(&[dir.to_path_buf()]);
     if specs.devices().is_empty() {

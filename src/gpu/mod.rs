@@ -235,7 +235,7 @@ pub fn discover(root: &Path) -> Result<Option<Driver>, GpuError> {
     let mut gpus = Vec::new();
     for e in rd.flatten() {
         let path = e.path().join("information");
-        let text = std::fs::read_to_string(&path).map_err(|source| GpuError::Read {
+        let text = crate::safe_fs::read_system(&path).map_err(|source| GpuError::Read {
             path: path.clone(),
             source,
         })?;
@@ -264,7 +264,7 @@ pub fn discover(root: &Path) -> Result<Option<Driver>, GpuError> {
         gpus,
         ..Default::default()
     };
-    driver.version = std::fs::read_to_string(host_path(root, "/sys/module/nvidia/version"))
+    driver.version = crate::safe_fs::read_system(host_path(root, "/sys/module/nvidia/version"))
         .map(|v| v.trim().to_string())
         .unwrap_or_default();
 

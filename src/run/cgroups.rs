@@ -93,7 +93,7 @@ pub fn detect() -> Version {
 /// drun's own cgroup path for `controller` (v1) or the unified hierarchy (v2), from /proc/self/cgroup.
 fn own_cgroup(version: &Version) -> Result<String, CgroupError> {
     let path = PathBuf::from("/proc/self/cgroup");
-    let text = std::fs::read_to_string(&path).map_err(|source| CgroupError::Read { path, source })?;
+    let text = crate::safe_fs::read_system(&path).map_err(|source| CgroupError::Read { path, source })?;
     for line in text.lines() {
         let mut parts = line.splitn(3, ':');
         let (_, ctrls, p) = (parts.next(), parts.next().unwrap_or(""), parts.next().unwrap_or("/"));
@@ -194,7 +194,7 @@ impl CgroupPlan {
         }
         match delegate(&version, parent) {
             Ok(supervisor) => {
-                let controllers = std::fs::read_to_string(dir.join("cgroup.subtree_control"))
+                let controllers = crate::safe_fs::read_system(dir.join("cgroup.subtree_control"))
                     .unwrap_or_default()
                     .split_whitespace()
                     .map(String::from)
@@ -256,7 +256,7 @@ impl CgroupPlan {
         }
         for (file, value) in writes {
             let f = dir.join(file);
-            std::fs::write(&f, &value).map_err(|source| CgroupError::Write { path: f, source })?;
+            crate::safe_fs::write_system(&f, &value).map_err(|source| CgroupError::Write { path: f, source })?;
         }
         Ok(())
     }
@@ -324,7 +324,7 @@ impl CgroupPlan {
             if self.version == Version::V2 && plan.memory.is_some() {
                 let f = dir.join("memory.swap.max");
                 if f.exists() {
-                    std::fs::write(&f, "0").map_err(|source| CgroupError::Write { path: f, source })?;
+                    crate::safe_fs::write_system(&f, "0").map_err(|source| CgroupError::Write { path: f, source })?;
                 }
             }
         }
@@ -428,7 +428,7 @@ impl CgroupPlan {
             for dir in &dirs {
                 if has_processes(dir) {
                     busy = true;
-                    if std::fs::write(dir.join("cgroup.kill"), "1").is_err() {
+                    if crate::safe_fs::write_system(dir.join("cgroup.kill"), "1").is_err() {
                         kill_all(dir);
                     }
                 }
@@ -446,7 +446,7 @@ impl CgroupPlan {
 
 /// Whether a cgroup directory or one below it has a process (exited ones leave `cgroup.procs` at once).
 fn has_processes(dir: &Path) -> bool {
-    let own = std::fs::read_to_string(dir.join("cgroup.procs")).is_ok_and(|p| p.lines().any(|l| !l.trim().is_empty()));
+    let own = crate::safe_fs::read_system(dir.join("cgroup.procs")).is_ok_and(|p| p.lines().any(|l| !l.trim().is_empty()));
     own || std::fs::read_dir(dir).is_ok_and(|rd| {
         rd.flatten()
             .any(|e| e.file_type().is_ok_and(|t| t.is_dir()) && has_processes(&e.path()))
@@ -485,13 +485,13 @@ fn delegate(version: &Version, parent: &str) -> Result<Option<String>, CgroupErr
 }
 
 fn enable_controllers(dir: &Path) -> std::io::Result<()> {
-    let available = std::fs::read_to_string(dir.join("cgroup.controllers"))?;
+    let available = crate::safe_fs::read_system(dir.join("cgroup.controllers"))?;
     let want: Vec<String> = ["cpu", "memory", "pids", "io", "cpuset"]
         .iter()
         .filter(|c| available.split_whitespace().any(|a| a == **c))
         .map(|c| format!("+{c}"))
         .collect();
-    std::fs::write(dir.join("cgroup.subtree_control"), want.join(" "))
+    crate::safe_fs::write_system(dir.join("cgroup.subtree_control"), want.join(" "))
 }
 
 /// SIGKILLs every process of a cgroup directory (and its children), best effort.
@@ -504,7 +504,7 @@ pub fn kill_all(dir: &Path) {
             }
         }
     }
-    if let Ok(procs) = std::fs::read_to_string(dir.join("cgroup.procs")) {
+    if let Ok(procs) = crate::safe_fs::read_system(dir.join("cgroup.procs")) {
         for pid in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
             let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
         }

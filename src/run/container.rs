@@ -292,6 +292,7 @@ fn mount_covering<'a, 'p>(mounts: &'a [MountSpec], path: &'p str) -> Option<(&'a
 
 fn random_id() -> String {
     let mut b = [0u8; 32];
+    #[allow(clippy::disallowed_methods)] // the kernel's device
     if let Ok(mut f) = File::open("/dev/urandom") {
         use std::io::Read;
         let _ = f.read_exact(&mut b);
@@ -308,7 +309,7 @@ fn shm_bytes(plan: &RunPlan) -> u64 {
     if let Some(m) = plan.memory {
         return m.0;
     }
-    let total_kib = std::fs::read_to_string("/proc/meminfo")
+    let total_kib = crate::safe_fs::read_system("/proc/meminfo")
         .ok()
         .and_then(|t| {
             t.lines().find_map(|l| {
@@ -342,7 +343,7 @@ fn find_init() -> Option<PathBuf> {
 /// namespace (rootless, it could not return to it).
 fn make_netns(path: &Path) -> Result<(), RunError> {
     use nix::sched::{unshare, CloneFlags};
-    File::create(path).map_err(io("create the network namespace file"))?;
+    crate::safe_fs::create_new(path, 0o600).map_err(io("create the network namespace file"))?;
     let (r, w) = nix::unistd::pipe().map_err(|e| io("create a pipe")(e.into()))?;
     // SAFETY: drun is single-threaded while it runs containers; the child makes a few syscalls and exits.
     match unsafe { nix::unistd::fork() }.map_err(|e| io("fork")(e.into()))? {
@@ -429,7 +430,7 @@ fn etc_files(dir: &Path, hostname: &str) -> Result<Vec<(PathBuf, &'static str)>,
     let hosts = format!(
         "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\nfe00::0\tip6-localnet\nff00::0\tip6-mcastprefix\nff02::1\tip6-allnodes\nff02::2\tip6-allrouters\n127.0.1.1\t{hostname}\n"
     );
-    let resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+    let resolv = crate::safe_fs::read_system("/etc/resolv.conf").unwrap_or_default();
     let files = [
         ("hosts", hosts, "/etc/hosts"),
         ("hostname", format!("{hostname}\n"), "/etc/hostname"),
@@ -784,7 +785,9 @@ fn run_in(
         .map_err(rt("accept the container id"))?
         .with_executor(crate::run::seccomp::Executor { filter });
     if !plan.interactive {
-        builder = builder.with_stdin(File::open("/dev/null").map_err(io("open /dev/null"))?);
+        #[allow(clippy::disallowed_methods)] // the kernel's device
+        let null = File::open("/dev/null").map_err(io("open /dev/null"))?;
+        builder = builder.with_stdin(null);
     }
     // One pipe for stdout and stderr: the order of what the container writes is kept, for the log.
     let output = match &hooks.log {

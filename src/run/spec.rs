@@ -141,7 +141,7 @@ fn cap_name(s: &str) -> Result<String, SpecError> {
 /// "All" capabilities: those in drun's own bounding set (a sandboxed root may lack some, and asking for more
 /// fails in capset). `ALL_CAPS` is ordered by capability number.
 fn all_caps() -> Vec<String> {
-    let bounding = std::fs::read_to_string("/proc/self/status")
+    let bounding = crate::safe_fs::read_system("/proc/self/status")
         .ok()
         .and_then(|t| {
             t.lines()
@@ -301,7 +301,9 @@ pub fn build(inp: &SpecInputs<'_>) -> Result<Value, SpecError> {
             SeccompMode::Default => Some(default_profile()),
             SeccompMode::Unconfined => None,
             SeccompMode::Profile(path) => {
-                let text = std::fs::read_to_string(path).map_err(|source| SpecError::SeccompRead {
+                let text = crate::safe_fs::read_user_file(path, 16 << 20)
+                    .map(|b| String::from_utf8_lossy(&b).into_owned())
+                    .map_err(|source| SpecError::SeccompRead {
                     path: path.clone(),
                     source,
                 })?;

@@ -96,7 +96,7 @@ pub fn ensure_private(dir: &Path) -> std::io::Result<()> {
 
 /// Field `n` (1-based, n ≥ 3) of /proc/PID/stat.
 fn stat_field(pid: i32, n: usize) -> Option<String> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let stat = crate::safe_fs::read_system(format!("/proc/{pid}/stat")).ok()?;
     // The command name (field 2) may contain spaces and parentheses: count from the last ')'.
     let rest = stat.get(stat.rfind(')')? + 2..)?;
     rest.split(' ').nth(n - 3).map(str::to_string)

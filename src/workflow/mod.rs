@@ -148,7 +148,11 @@ pub fn load(path: &Path, lookup: &dyn Fn(&str) -> Option<String>) -> Result<Work
         message,
         snippet: None,
     };
-    let text = std::fs::read_to_string(path).map_err(|e| plain(format!("cannot read the workflow file: {e}")))?;
+    // Workflow files are hostile input too: a regular file of at most 16 MiB (a FIFO or /dev/zero named as one
+    // would hang drun or fill its memory).
+    let text = crate::safe_fs::read_user_file(path, 16 << 20)
+        .and_then(|b| String::from_utf8(b).map_err(|_| std::io::Error::other("it is not UTF-8 text")))
+        .map_err(|e| plain(format!("cannot read the workflow file: {e}")))?;
     let abs = std::path::absolute(path).map_err(|e| plain(e.to_string()))?;
     let dir = abs
         .parent()
