@@ -25,7 +25,7 @@ use crate::progress::Progress;
 #[derive(Debug, thiserror::Error)]
 pub enum PullError {
     #[error("failed to pull {name}")]
-    Registry { name: String, source: RegistryError },
+    Registry { name: String, source: Box<RegistryError> },
     #[error("failed to pull {name}")]
     Local { name: String, source: LocalError },
     #[error("failed to pull {name}")]
@@ -278,9 +278,9 @@ async fn resolve_registry(
     platform: &Platform,
     name: &str,
 ) -> Result<Resolved, PullError> {
-    let reg_err = |source| PullError::Registry {
+    let reg_err = |source: RegistryError| PullError::Registry {
         name: name.to_string(),
-        source,
+        source: Box::new(source),
     };
     let invalid = |message: String| PullError::Invalid {
         name: name.to_string(),
