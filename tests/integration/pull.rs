@@ -712,6 +712,47 @@ fn hostile_registry_answers_are_read_within_caps() {
 }
 
 #[test]
+fn a_fifo_in_the_blob_cache_does_not_hang_a_pull() {
+    let sb = Sandbox::new();
+    let cache = sb.path().join("cache");
+    sb.drun(&[&format!("--blob-cache={}", cache.display()), "pull", "-q", &busybox()])
+        .ok();
+    let blobs: Vec<String> = std::fs::read_dir(cache.join("sha256"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| !n.starts_with('.'))
+        .collect();
+    assert!(!blobs.is_empty(), "the pull filled the blob cache");
+
+    // Another user's cache holds a FIFO (and, for the next pull, a directory) under each blob's name.
+    for planted in ["FIFO", "directory"] {
+        let sb2 = Sandbox::new();
+        let bad = sb2.path().join("bad-cache/sha256");
+        std::fs::create_dir_all(&bad).unwrap();
+        for b in &blobs {
+            match planted {
+                "FIFO" => nix::unistd::mkfifo(&bad.join(b), nix::sys::stat::Mode::from_bits_truncate(0o666)).unwrap(),
+                _ => std::fs::create_dir(bad.join(b)).unwrap(),
+            }
+        }
+        let cmd = sb2.cmd(&[
+            &format!("--blob-cache={}", bad.parent().unwrap().display()),
+            "pull",
+            &busybox(),
+        ]);
+        let out = run(cmd, Duration::from_secs(60)).ok();
+        assert!(
+            out.stderr.contains("ignoring a bad blob in the blob cache") && out.stderr.contains(planted),
+            "{}",
+            out.stderr
+        );
+        assert!(out.stderr.contains("1 fetched"), "{}", out.stderr);
+        assert!(sb2.layer_roots(&busybox())[0].join("bin/busybox").is_file());
+    }
+}
+
+#[test]
 fn pulls_work_on_a_host_without_ca_certificates() {
     // rustls-native-certs reads only SSL_CERT_FILE and SSL_CERT_DIR when they are set: empty ones make a host
     // without CA certificates, as a minimal CI image is.
