@@ -12,6 +12,11 @@
 //! ca_files = ["/etc/drun/certs/reg.pem"]  # CA certificates for this registry only
 //! ```
 //! Registries on 127.0.0.0/8, `::1` and `localhost` may use plain HTTP without configuration, as in Docker.
+//!
+//! TLS certificates are verified against the system's CA certificates (`SSL_CERT_FILE` and `SSL_CERT_DIR`
+//! replace the system's locations when set) and `ca_files`. A host without any CA certificates (a minimal CI
+//! image without the ca-certificates package) uses Mozilla's root certificates instead; plain-HTTP registries
+//! never need any.
 
 use serde::Deserialize;
 use std::collections::BTreeMap;

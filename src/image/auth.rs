@@ -7,9 +7,11 @@
 use base64::Engine as _;
 use serde::Deserialize;
 use std::collections::HashMap;
-use std::io::Write;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+
+use crate::image::limits::{read_to_end_capped, ReadError, MAX_CREDENTIALS};
 
 /// Credentials for one registry.
 #[derive(Clone, PartialEq, Eq)]
@@ -36,7 +38,10 @@ impl std::fmt::Debug for Credentials {
 #[derive(Debug, thiserror::Error)]
 pub enum AuthError {
     #[error("failed to read credentials file {path}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: crate::image::limits::ReadError,
+    },
     #[error("invalid credentials file {path}: {source}")]
     Parse { path: PathBuf, source: serde_json::Error },
     #[error("invalid \"auth\" entry for {registry} in {path}: expected base64 of \"user:password\"")]
@@ -129,12 +134,13 @@ fn lookup_key<'a, V>(map: &'a HashMap<String, V>, registry: &str) -> Option<(&'a
 /// Finds credentials for `registry` (`host[:port]` as in the reference).
 pub fn credentials_for(registry: &str) -> Result<Credentials, AuthError> {
     for path in auth_files() {
-        let text = match std::fs::read_to_string(&path) {
+        // A regular file of at most MAX_CREDENTIALS bytes (never a FIFO someone left at that path).
+        let text = match crate::image::limits::read_file_capped(&path, MAX_CREDENTIALS, true) {
             Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(ReadError::Io(e)) if e.kind() == std::io::ErrorKind::NotFound => continue,
             Err(source) => return Err(AuthError::Read { path, source }),
         };
-        let file: AuthFile = serde_json::from_str(&text).map_err(|source| AuthError::Parse {
+        let file: AuthFile = serde_json::from_slice(&text).map_err(|source| AuthError::Parse {
             path: path.clone(),
             source,
         })?;
@@ -210,7 +216,29 @@ fn run_helper(helper: &str, registry: &str) -> Result<Credentials, AuthError> {
     if let Some(mut stdin) = child.stdin.take() {
         stdin.write_all(registry.as_bytes()).map_err(|e| fail(e.to_string()))?;
     }
-    let out = child.wait_with_output().map_err(|e| fail(e.to_string()))?;
+    // Its answers are read within a cap: stderr on a thread (its start kept, the rest drained so that the
+    // helper never stalls on a full pipe), stdout here (a helper that says too much is killed).
+    let stderr = child.stderr.take().map(|mut e| {
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            let _ = (&mut e).take(MAX_CREDENTIALS).read_to_end(&mut buf);
+            let _ = std::io::copy(&mut e, &mut std::io::sink());
+            buf
+        })
+    });
+    let stdout = child.stdout.take().map(|o| read_to_end_capped(o, MAX_CREDENTIALS));
+    let stdout = match stdout {
+        Some(Ok(b)) => b,
+        Some(Err(e)) => {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(fail(format!("its answer: {e}")));
+        }
+        None => Vec::new(),
+    };
+    let stderr = stderr.and_then(|t| t.join().ok()).unwrap_or_default();
+    let status = child.wait().map_err(|e| fail(e.to_string()))?;
+    let out = std::process::Output { status, stdout, stderr };
     let stdout = String::from_utf8_lossy(&out.stdout);
     if !out.status.success() {
         // The protocol's answer for an unknown registry: not an error, just no credentials.

@@ -1,5 +1,9 @@
 //! Local image sources for hosts without registry access: OCI image layouts (`oci:DIR[:TAG]`) and `docker save`
 //! archives (`docker-archive:FILE`). Their blobs go through the same verification and store as a registry's.
+//!
+//! A layout or an archive may come from anyone: its files are opened only when they are regular files (without
+//! blocking on a FIFO), and what is read into memory — `index.json`, `manifest.json`, manifests and configs —
+//! within the caps of [`crate::image::limits`].
 
 use std::collections::HashMap;
 use std::io::Read;
@@ -8,6 +12,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use crate::digest::Digest;
+use crate::image::limits::{self, ReadError, TooLarge, MAX_CONFIG, MAX_MANIFEST};
 use crate::image::platform::Platform;
 use crate::image::pull::{
     pair_layers, parse_manifest, select_platform, Descriptor, LayerFetch, Parsed, PendingLayer, Resolved,
@@ -22,13 +27,33 @@ pub enum LocalError {
     Read { path: PathBuf, source: std::io::Error },
     #[error("{path}: {message}")]
     Invalid { path: PathBuf, message: String },
+    #[error("{path}: {what} is too large: {limit}")]
+    TooLarge {
+        path: PathBuf,
+        what: &'static str,
+        limit: TooLarge,
+    },
 }
 
-fn read(path: &Path) -> Result<Vec<u8>, LocalError> {
-    std::fs::read(path).map_err(|source| LocalError::Read {
-        path: path.to_path_buf(),
-        source,
-    })
+impl LocalError {
+    fn from_read(path: &Path, what: &'static str, e: ReadError) -> LocalError {
+        match e {
+            ReadError::Io(source) => LocalError::Read {
+                path: path.to_path_buf(),
+                source,
+            },
+            ReadError::TooLarge(limit) => LocalError::TooLarge {
+                path: path.to_path_buf(),
+                what,
+                limit,
+            },
+        }
+    }
+}
+
+/// Reads a regular file of at most `cap` bytes (`what` names it in errors).
+fn read(path: &Path, cap: u64, what: &'static str) -> Result<Vec<u8>, LocalError> {
+    limits::read_file_capped(path, cap, true).map_err(|e| LocalError::from_read(path, what, e))
 }
 
 fn invalid(path: &Path, message: impl Into<String>) -> LocalError {
@@ -42,9 +67,9 @@ fn blob_path(dir: &Path, d: &Digest) -> PathBuf {
     dir.join("blobs/sha256").join(d.hex())
 }
 
-fn read_verified(dir: &Path, d: &Digest) -> Result<Vec<u8>, LocalError> {
+fn read_verified(dir: &Path, d: &Digest, cap: u64, what: &'static str) -> Result<Vec<u8>, LocalError> {
     let path = blob_path(dir, d);
-    let data = read(&path)?;
+    let data = read(&path, cap, what)?;
     if Digest::of(&data) != *d {
         return Err(invalid(&path, format!("content does not match digest {d}")));
     }
@@ -59,7 +84,7 @@ pub fn resolve_oci_layout(
     name: &str,
 ) -> Result<Resolved, LocalError> {
     let index_path = dir.join("index.json");
-    let data = read(&index_path)?;
+    let data = read(&index_path, MAX_MANIFEST, "the image index")?;
     let Parsed::Index(entries) = parse_manifest(&data).map_err(|m| invalid(&index_path, m))? else {
         return Err(invalid(&index_path, "index.json is not an image index"));
     };
@@ -94,19 +119,19 @@ pub fn resolve_oci_layout(
     };
     let mut index = None;
     let mut digest = entry.digest.clone();
-    let mut manifest = read_verified(dir, &digest)?;
+    let mut manifest = read_verified(dir, &digest, MAX_MANIFEST, "the manifest")?;
     if let Parsed::Index(list) = parse_manifest(&manifest).map_err(|m| invalid(&blob_path(dir, &digest), m))? {
         let chosen = select_platform(&list, platform)
             .map_err(|avail| invalid(dir, format!("no manifest for platform {platform} (available: {avail})")))?;
         index = Some((manifest, digest));
         digest = chosen.digest.clone();
-        manifest = read_verified(dir, &digest)?;
+        manifest = read_verified(dir, &digest, MAX_MANIFEST, "the manifest")?;
     }
     let mpath = blob_path(dir, &digest);
     let Parsed::Image { config, layers } = parse_manifest(&manifest).map_err(|m| invalid(&mpath, m))? else {
         return Err(invalid(&mpath, "an index points to another index"));
     };
-    let config_bytes = read_verified(dir, &config.digest)?;
+    let config_bytes = read_verified(dir, &config.digest, MAX_CONFIG, "the image config")?;
     let (layers, plat) = pair_layers(&config_bytes, &layers, |d| LayerFetch::File {
         path: blob_path(dir, &d.digest),
         offset: 0,
@@ -133,19 +158,15 @@ struct ArchiveEntry {
 
 /// Resolves a `docker save` archive (its first image). Layers are read in place from the tarball.
 pub fn resolve_docker_archive(file: &Path, name: &str) -> Result<Resolved, LocalError> {
-    let f = std::fs::File::open(file).map_err(|source| LocalError::Read {
-        path: file.to_path_buf(),
-        source,
-    })?;
-    let mut archive = tar::Archive::new(f);
-    // Member name → (offset of its data, size).
-    let mut members: HashMap<String, (u64, u64)> = HashMap::new();
-    let mut manifest_json = None;
-    let mut small: HashMap<String, Vec<u8>> = HashMap::new();
     let rd = |source| LocalError::Read {
         path: file.to_path_buf(),
         source,
     };
+    let f = limits::open_regular(file, true).map_err(rd)?;
+    let mut archive = tar::Archive::new(f);
+    // Member name → (offset of its data, size).
+    let mut members: HashMap<String, (u64, u64)> = HashMap::new();
+    let mut manifest_json = None;
     for entry in archive.entries_with_seek().map_err(rd)? {
         let mut entry = entry.map_err(rd)?;
         let path = String::from_utf8_lossy(&entry.path_bytes())
@@ -153,14 +174,10 @@ pub fn resolve_docker_archive(file: &Path, name: &str) -> Result<Resolved, Local
             .to_string();
         let size = entry.size();
         members.insert(path.clone(), (entry.raw_file_position(), size));
-        if path == "manifest.json" || (path.ends_with(".json") && size < (16 << 20)) {
-            let mut buf = Vec::new();
-            entry.read_to_end(&mut buf).map_err(rd)?;
-            if path == "manifest.json" {
-                manifest_json = Some(buf);
-            } else {
-                small.insert(path, buf);
-            }
+        if path == "manifest.json" {
+            let too_large = |e| LocalError::from_read(file, "its manifest.json", e);
+            limits::check_declared(size, MAX_MANIFEST).map_err(|e| too_large(e.into()))?;
+            manifest_json = Some(limits::read_to_end_capped(&mut entry, MAX_MANIFEST).map_err(too_large)?);
         }
     }
     let manifest_json =
@@ -170,16 +187,11 @@ pub fn resolve_docker_archive(file: &Path, name: &str) -> Result<Resolved, Local
     let Some(entry) = entries.into_iter().next() else {
         return Err(invalid(file, "manifest.json lists no image"));
     };
-    let config_bytes = match small.remove(entry.config.trim_start_matches("./")) {
-        Some(b) => b,
-        None => {
-            // Newer archives name the config blobs/sha256/<hex> without a .json suffix.
-            let (off, size) = *members
-                .get(entry.config.trim_start_matches("./"))
-                .ok_or_else(|| invalid(file, format!("missing member {}", entry.config)))?;
-            read_range(file, off, size)?
-        }
-    };
+    // Legacy archives name the config <hex>.json, newer ones blobs/sha256/<hex>.
+    let (off, size) = *members
+        .get(entry.config.trim_start_matches("./"))
+        .ok_or_else(|| invalid(file, format!("missing member {}", entry.config)))?;
+    let config_bytes = read_range(file, off, size, MAX_CONFIG, "its image config")?;
     let config_digest = Digest::of(&config_bytes);
     let mut layers = Vec::new();
     for l in &entry.layers {
@@ -258,15 +270,14 @@ pub fn resolve_docker_archive(file: &Path, name: &str) -> Result<Resolved, Local
     })
 }
 
-fn read_range(file: &Path, offset: u64, size: u64) -> Result<Vec<u8>, LocalError> {
+/// Reads `size` bytes at `offset` of `file`, if `size` is at most `cap`.
+fn read_range(file: &Path, offset: u64, size: u64, cap: u64, what: &'static str) -> Result<Vec<u8>, LocalError> {
     use std::io::Seek;
-    let rd = |source| LocalError::Read {
-        path: file.to_path_buf(),
-        source,
-    };
-    let mut f = std::fs::File::open(file).map_err(rd)?;
-    f.seek(std::io::SeekFrom::Start(offset)).map_err(rd)?;
+    let err = |e: ReadError| LocalError::from_read(file, what, e);
+    limits::check_declared(size, cap).map_err(|e| err(e.into()))?;
+    let mut f = limits::open_regular(file, true).map_err(|e| err(e.into()))?;
+    f.seek(std::io::SeekFrom::Start(offset)).map_err(|e| err(e.into()))?;
     let mut buf = Vec::with_capacity(size as usize);
-    f.take(size).read_to_end(&mut buf).map_err(rd)?;
+    f.take(size).read_to_end(&mut buf).map_err(|e| err(e.into()))?;
     Ok(buf)
 }

@@ -1,6 +1,7 @@
 //! Images: references and sources, registries, the store, safe unpacking, and pulling.
 
 pub mod auth;
+pub mod limits;
 pub mod local;
 pub mod platform;
 pub mod pull;

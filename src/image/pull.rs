@@ -25,7 +25,7 @@ use crate::progress::Progress;
 #[derive(Debug, thiserror::Error)]
 pub enum PullError {
     #[error("failed to pull {name}")]
-    Registry { name: String, source: RegistryError },
+    Registry { name: String, source: Box<RegistryError> },
     #[error("failed to pull {name}")]
     Local { name: String, source: LocalError },
     #[error("failed to pull {name}")]
@@ -278,9 +278,9 @@ async fn resolve_registry(
     platform: &Platform,
     name: &str,
 ) -> Result<Resolved, PullError> {
-    let reg_err = |source| PullError::Registry {
+    let reg_err = |source: RegistryError| PullError::Registry {
         name: name.to_string(),
-        source,
+        source: Box::new(source),
     };
     let invalid = |message: String| PullError::Invalid {
         name: name.to_string(),
@@ -532,9 +532,9 @@ async fn ensure_layer(
         _ => None,
     };
     let from_cache = match cached {
-        Some(path) => {
+        Some((path, file)) => {
             tracing::debug!(blob = %path.display(), "layer blob found in the blob cache");
-            let r = unpack_file(path.clone(), 0, layer.size, tree.clone(), opts, bar.clone()).await;
+            let r = unpack_open(file, layer.size, tree.clone(), opts, bar.clone()).await;
             match r.and_then(|v| check_identity(&layer, &diff_id, v)) {
                 Ok(v) => Some(v),
                 Err(e) => {
@@ -629,7 +629,8 @@ fn check_identity(layer: &PendingLayer, diff_id: &Digest, v: Verified) -> Result
     Ok(v)
 }
 
-/// Unpacks `size` bytes of a local file from `offset` into `tree`.
+/// Unpacks `size` bytes of a local file from `offset` into `tree`. The file is opened only if it is a regular
+/// file, without blocking (a FIFO planted in an image directory would hang the pull).
 async fn unpack_file(
     path: PathBuf,
     offset: u64,
@@ -638,16 +639,31 @@ async fn unpack_file(
     opts: UnpackOptions,
     bar: indicatif::ProgressBar,
 ) -> Result<Verified, LayerError> {
-    tokio::task::spawn_blocking(move || {
+    let file_err = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| LayerError::File { path, source }
+    };
+    let p = path.clone();
+    let f = tokio::task::spawn_blocking(move || {
         use std::io::Seek;
-        let mut f = std::fs::File::open(&path).map_err(|source| LayerError::File {
-            path: path.clone(),
-            source,
-        })?;
-        f.seek(io::SeekFrom::Start(offset)).map_err(|source| LayerError::File {
-            path: path.clone(),
-            source,
-        })?;
+        let mut f = crate::image::limits::open_regular(&p, true).map_err(file_err(&p))?;
+        f.seek(io::SeekFrom::Start(offset)).map_err(file_err(&p))?;
+        Ok::<_, LayerError>(f)
+    })
+    .await
+    .map_err(|e| LayerError::Task(e.to_string()))??;
+    unpack_open(f, size, tree, opts, bar).await
+}
+
+/// Unpacks the next `size` bytes of an open file into `tree`.
+async fn unpack_open(
+    f: std::fs::File,
+    size: u64,
+    tree: PathBuf,
+    opts: UnpackOptions,
+    bar: indicatif::ProgressBar,
+) -> Result<Verified, LayerError> {
+    tokio::task::spawn_blocking(move || {
         unpack_verified(
             ProgressReader {
                 inner: f.take(size),

@@ -139,26 +139,34 @@ impl Store {
 
     /// The blob cache's copy of `digest`, if there is one that is what it claims: a regular file (not through a
     /// symlink) of `size` bytes whose sha256 is `digest`, checked before anything is decompressed. Another user
-    /// may have written it.
-    pub fn cached_blob(&self, digest: &Digest, size: u64) -> Option<PathBuf> {
+    /// may have written it, or planted something else under its name: the open never blocks (a FIFO would hang
+    /// the pull) and anything but a regular file is ignored with a warning. Returns the file, verified and
+    /// rewound, so that what is unpacked is what was checked.
+    pub fn cached_blob(&self, digest: &Digest, size: u64) -> Option<(PathBuf, File)> {
         let p = self.blob_cache.as_ref()?.join("sha256").join(digest.hex());
-        let f = OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(&p)
-            .ok()?;
+        let mut f = match crate::image::limits::open_regular(&p, false) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return None,
+            Err(e) => {
+                tracing::warn!(blob = %p.display(), error = %e, "ignoring a bad blob in the blob cache");
+                return None;
+            }
+        };
         let meta = f.metadata().ok()?;
-        let verdict = if !meta.is_file() || meta.len() != size {
+        let verdict = if meta.len() != size {
             Err(format!("{} bytes, expected {size}", meta.len()))
         } else {
-            match crate::digest::HashingReader::new(std::io::BufReader::with_capacity(1 << 20, f)).finish() {
+            match crate::digest::HashingReader::new(std::io::BufReader::with_capacity(1 << 20, &f)).finish() {
                 Ok((d, _)) if d == *digest => Ok(()),
                 Ok((d, _)) => Err(format!("its content is {d}")),
                 Err(e) => Err(e.to_string()),
             }
         };
-        match verdict {
-            Ok(()) => Some(p),
+        match verdict.and_then(|()| {
+            use std::io::Seek;
+            f.rewind().map_err(|e| e.to_string())
+        }) {
+            Ok(()) => Some((p, f)),
             Err(why) => {
                 tracing::warn!(blob = %p.display(), why, "ignoring a bad blob in the blob cache");
                 None

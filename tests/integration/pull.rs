@@ -1,5 +1,7 @@
 //! `drun pull` from every kind of source and registry, and its errors.
 
+use std::time::{Duration, Instant};
+
 use crate::common::*;
 
 fn busybox() -> String {
@@ -388,4 +390,446 @@ fn images_inspect_rmi_prune() {
     sb.drun(&["rmi", &busybox()]).ok();
     assert!(sb.entries("layers/host").is_empty());
     assert!(sb.entries("blobs/sha256").is_empty());
+}
+
+/// A hostile registry on 127.0.0.1 (a random port), served by threads of this test process: every request is
+/// answered by `route(path)`, one request per connection. Stopped on drop.
+mod hostile {
+    use std::io::{Read, Write};
+    use std::net::{TcpListener, TcpStream};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    /// How long and how much an endless answer goes on at most, even to a client that reads it all.
+    const ENDLESS_SECONDS: u64 = 60;
+    const ENDLESS_BYTES: u64 = 512 << 20;
+
+    pub enum Answer {
+        /// Status, headers and a whole body (with its Content-Length).
+        Full(u16, Vec<(String, String)>, Vec<u8>),
+        /// Status and headers, then a body without a length that goes on until the client closes.
+        Endless(u16, Vec<(String, String)>),
+    }
+
+    type Route = dyn Fn(&str) -> Answer + Send + Sync;
+
+    pub struct Server {
+        pub port: u16,
+        stop: Arc<AtomicBool>,
+        thread: Option<std::thread::JoinHandle<()>>,
+    }
+
+    impl Server {
+        pub fn start(route: impl Fn(&str) -> Answer + Send + Sync + 'static) -> Server {
+            let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+            listener.set_nonblocking(true).unwrap();
+            let port = listener.local_addr().unwrap().port();
+            let stop = Arc::new(AtomicBool::new(false));
+            let route: Arc<Route> = Arc::new(route);
+            let s = stop.clone();
+            let thread = std::thread::spawn(move || {
+                while !s.load(Ordering::Relaxed) {
+                    match listener.accept() {
+                        Ok((conn, _)) => {
+                            let route = route.clone();
+                            let s = s.clone();
+                            std::thread::spawn(move || serve(conn, &*route, &s));
+                        }
+                        Err(_) => std::thread::sleep(Duration::from_millis(10)),
+                    }
+                }
+            });
+            Server {
+                port,
+                stop,
+                thread: Some(thread),
+            }
+        }
+
+        pub fn addr(&self) -> String {
+            format!("127.0.0.1:{}", self.port)
+        }
+    }
+
+    impl Drop for Server {
+        fn drop(&mut self) {
+            self.stop.store(true, Ordering::Relaxed);
+            if let Some(t) = self.thread.take() {
+                let _ = t.join();
+            }
+        }
+    }
+
+    fn serve(mut conn: TcpStream, route: &Route, stop: &AtomicBool) {
+        let _ = conn.set_nonblocking(false);
+        let _ = conn.set_read_timeout(Some(Duration::from_secs(5)));
+        let _ = conn.set_write_timeout(Some(Duration::from_secs(5)));
+        let mut head = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+            match conn.read(&mut buf) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => head.extend_from_slice(&buf[..n]),
+            }
+            // A TLS hello (drun tries HTTPS first): this server speaks plain HTTP only.
+            if head[0] == 0x16 || head.len() > 64 << 10 {
+                return;
+            }
+        }
+        let text = String::from_utf8_lossy(&head);
+        let path = text.split_whitespace().nth(1).unwrap_or("/").to_string();
+        let (status, headers, body) = match route(&path) {
+            Answer::Full(status, headers, body) => (status, headers, Some(body)),
+            Answer::Endless(status, headers) => (status, headers, None),
+        };
+        let mut out = format!("HTTP/1.1 {status} Hostile\r\nConnection: close\r\n");
+        for (k, v) in &headers {
+            out.push_str(&format!("{k}: {v}\r\n"));
+        }
+        if let Some(b) = &body {
+            if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("content-length")) {
+                out.push_str(&format!("Content-Length: {}\r\n", b.len()));
+            }
+        }
+        out.push_str("\r\n");
+        if conn.write_all(out.as_bytes()).is_err() {
+            return;
+        }
+        match body {
+            Some(b) => {
+                let _ = conn.write_all(&b);
+            }
+            None => {
+                let chunk = vec![b'x'; 64 << 10];
+                let start = Instant::now();
+                let mut sent = 0u64;
+                while sent < ENDLESS_BYTES
+                    && start.elapsed() < Duration::from_secs(ENDLESS_SECONDS)
+                    && !stop.load(Ordering::Relaxed)
+                {
+                    if conn.write_all(&chunk).is_err() {
+                        break;
+                    }
+                    sent += chunk.len() as u64;
+                }
+            }
+        }
+    }
+
+    pub fn json(status: u16, body: &serde_json::Value) -> Answer {
+        Answer::Full(
+            status,
+            vec![("Content-Type".into(), "application/json".into())],
+            serde_json::to_vec(body).unwrap(),
+        )
+    }
+}
+
+/// Runs drun to completion (killed after `limit`), with the peak resident memory of the drun process in MiB:
+/// the `VmHWM` of its /proc status, sampled until it exits (`ru_maxrss` would not do: at `exec` the kernel
+/// carries the spawning process's high-water mark over, and that is this test process's). Its output is kept
+/// up to 1 MiB, so that an unbounded one cannot grow this process either.
+fn drun_measured(sb: &Sandbox, args: &[&str], limit: Duration) -> (Output, u64, Duration) {
+    use std::io::Read;
+    let mut child = sb
+        .cmd(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let capped = |mut r: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            let _ = (&mut r).take(1 << 20).read_to_end(&mut buf);
+            let _ = std::io::copy(&mut r, &mut std::io::sink());
+            String::from_utf8_lossy(&buf).into_owned()
+        })
+    };
+    let t1 = capped(Box::new(child.stdout.take().unwrap()));
+    let t2 = capped(Box::new(child.stderr.take().unwrap()));
+    let status_file = format!("/proc/{}/status", child.id());
+    let start = Instant::now();
+    let mut peak_kib = 0u64;
+    let mut timed_out = false;
+    let status = loop {
+        if let Some(hwm) = std::fs::read_to_string(&status_file).ok().and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        }) {
+            peak_kib = peak_kib.max(hwm);
+        }
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        if !timed_out && start.elapsed() > limit {
+            timed_out = true;
+            let _ = child.kill();
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let took = start.elapsed();
+    let stderr = t2.join().unwrap();
+    assert!(!timed_out, "drun {args:?} ran longer than {limit:?}; stderr: {stderr}");
+    let out = Output {
+        status,
+        stdout: t1.join().unwrap(),
+        stderr,
+    };
+    (out, peak_kib / 1024, took)
+}
+
+/// A manifest whose config descriptor says `size`.
+fn manifest_with_config(digest: &str, size: u64) -> serde_json::Value {
+    serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": digest, "size": size},
+        "layers": [],
+    })
+}
+
+#[test]
+fn hostile_registry_answers_are_read_within_caps() {
+    use hostile::{json, Answer, Server};
+    let config_digest = format!("sha256:{}", "a".repeat(64));
+    let cd = config_digest.clone();
+    let server = Server::start(move |path| match path {
+        "/v2/" => json(200, &serde_json::json!({})),
+        // (a) a config announced as 1 TiB.
+        "/v2/evil/big-config/manifests/latest" => json(200, &manifest_with_config(&cd, 1 << 40)),
+        // (b) an error answer that never ends.
+        "/v2/evil/endless-error/manifests/latest" => Answer::Endless(404, vec![]),
+        // A manifest that never ends, and one that announces 1 TiB.
+        "/v2/evil/endless-manifest/manifests/latest" => Answer::Endless(200, vec![]),
+        "/v2/evil/huge-manifest/manifests/latest" => Answer::Full(
+            200,
+            vec![("Content-Length".into(), (1u64 << 40).to_string())],
+            b"{".to_vec(),
+        ),
+        // A small config whose download fails with an endless 500 (retried at once: Retry-After: 0).
+        "/v2/evil/endless-500/manifests/latest" => json(200, &manifest_with_config(&cd, 100)),
+        p if p.starts_with("/v2/evil/endless-500/blobs/") => {
+            Answer::Endless(500, vec![("Retry-After".into(), "0".into())])
+        }
+        _ => json(
+            404,
+            &serde_json::json!({"errors": [{"code": "NAME_UNKNOWN", "message": "no such thing"}]}),
+        ),
+    });
+    // (c) a token service whose answer never ends, named by the challenge of a registry's /v2/.
+    let tokens = Server::start(|_| Answer::Endless(200, vec![]));
+    let tport = tokens.port;
+    let challenger = Server::start(move |path| {
+        if path == "/v2/" {
+            Answer::Full(
+                401,
+                vec![(
+                    "WWW-Authenticate".into(),
+                    format!("Bearer realm=\"http://127.0.0.1:{tport}/token\",service=\"hostile\""),
+                )],
+                b"{}".to_vec(),
+            )
+        } else {
+            Answer::Full(401, vec![], b"{}".to_vec())
+        }
+    });
+
+    let h = server.addr();
+    let cases: Vec<(String, Vec<String>)> = vec![
+        (
+            format!("{h}/evil/big-config:latest"),
+            vec![
+                format!("the image config {config_digest} of {h}/evil/big-config:latest from {h} is too large"),
+                "1099511627776 bytes (1.0 TiB) declared, drun reads at most 8.0 MiB".into(),
+            ],
+        ),
+        (
+            format!("{h}/evil/endless-error:latest"),
+            vec![format!("{h}/evil/endless-error:latest: not found in {h}")],
+        ),
+        (
+            format!("{h}/evil/endless-manifest:latest"),
+            vec![
+                format!("the manifest of {h}/evil/endless-manifest:latest from {h} is too large"),
+                "more than 4.0 MiB came and reading stopped there".into(),
+            ],
+        ),
+        (
+            format!("{h}/evil/huge-manifest:latest"),
+            vec![
+                format!("the manifest of {h}/evil/huge-manifest:latest from {h} is too large"),
+                "1099511627776 bytes (1.0 TiB) declared, drun reads at most 4.0 MiB".into(),
+            ],
+        ),
+        (
+            format!("{h}/evil/endless-500:latest"),
+            vec![format!("{h} answered 500")],
+        ),
+        (
+            format!("{}/evil/token:latest", challenger.addr()),
+            vec![
+                format!(
+                    "the token answer of http://127.0.0.1:{tport}/token from {} is too large",
+                    challenger.addr()
+                ),
+                "more than 1.0 MiB came and reading stopped there".into(),
+            ],
+        ),
+    ];
+    // Every case is tried, and every one that misbehaves is reported.
+    let mut failures = Vec::new();
+    for (image, needles) in cases {
+        let sb = Sandbox::new();
+        let (out, rss_mib, took) = drun_measured(&sb, &["pull", &image], Duration::from_secs(90));
+        let said: String = out.stderr.chars().take(2000).collect();
+        eprintln!("{image}: {}, peak {rss_mib} MiB, {took:?}\n{said}", out.status);
+        let mut wrong = Vec::new();
+        if out.code() != Some(125) {
+            wrong.push(format!("exit {}", out.status));
+        }
+        wrong.extend(
+            needles
+                .iter()
+                .filter(|n| !out.stderr.contains(n.as_str()))
+                .map(|n| format!("no {n:?} in stderr")),
+        );
+        if rss_mib >= 200 {
+            wrong.push(format!("drun grew to {rss_mib} MiB"));
+        }
+        if took >= Duration::from_secs(60) {
+            wrong.push(format!("took {took:?}"));
+        }
+        if !sb.entries("images").is_empty() {
+            wrong.push("an image was recorded".into());
+        }
+        if !wrong.is_empty() {
+            failures.push(format!("{image}: {}\n{said}", wrong.join("; ")));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
+
+#[test]
+fn a_fifo_in_the_blob_cache_does_not_hang_a_pull() {
+    let sb = Sandbox::new();
+    let cache = sb.path().join("cache");
+    sb.drun(&[&format!("--blob-cache={}", cache.display()), "pull", "-q", &busybox()])
+        .ok();
+    let blobs: Vec<String> = std::fs::read_dir(cache.join("sha256"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| !n.starts_with('.'))
+        .collect();
+    assert!(!blobs.is_empty(), "the pull filled the blob cache");
+
+    // Another user's cache holds a FIFO (and, for the next pull, a directory) under each blob's name.
+    for planted in ["FIFO", "directory"] {
+        let sb2 = Sandbox::new();
+        let bad = sb2.path().join("bad-cache/sha256");
+        std::fs::create_dir_all(&bad).unwrap();
+        for b in &blobs {
+            match planted {
+                "FIFO" => nix::unistd::mkfifo(&bad.join(b), nix::sys::stat::Mode::from_bits_truncate(0o666)).unwrap(),
+                _ => std::fs::create_dir(bad.join(b)).unwrap(),
+            }
+        }
+        let cmd = sb2.cmd(&[
+            &format!("--blob-cache={}", bad.parent().unwrap().display()),
+            "pull",
+            &busybox(),
+        ]);
+        let out = run(cmd, Duration::from_secs(60)).ok();
+        assert!(
+            out.stderr.contains("ignoring a bad blob in the blob cache") && out.stderr.contains(planted),
+            "{}",
+            out.stderr
+        );
+        assert!(out.stderr.contains("1 fetched"), "{}", out.stderr);
+        assert!(sb2.layer_roots(&busybox())[0].join("bin/busybox").is_file());
+    }
+}
+
+#[test]
+fn pulls_work_on_a_host_without_ca_certificates() {
+    // rustls-native-certs reads only SSL_CERT_FILE and SSL_CERT_DIR when they are set: empty ones make a host
+    // without CA certificates, as a minimal CI image is.
+    let sb = Sandbox::new();
+    let none_dir = sb.path().join("no-certs");
+    std::fs::create_dir(&none_dir).unwrap();
+    let none_file = none_dir.join("none.pem");
+    std::fs::write(&none_file, "").unwrap();
+    let envs = [
+        ("SSL_CERT_FILE", none_file.as_os_str()),
+        ("SSL_CERT_DIR", none_dir.as_os_str()),
+    ];
+
+    // Plain HTTP needs no certificate at all.
+    let out = sb.drun_with(&["pull", "--log-level", "debug", &busybox()], &envs).ok();
+    assert!(out.stderr.contains("Mozilla's root certificates"), "{}", out.stderr);
+
+    // A TLS registry with its own CA: the error names the registry and both fixes ...
+    let tls = env("DRUN_TEST_REGISTRY_TLS");
+    let image = format!("{tls}/drun-test/busybox:latest");
+    sb.drun_with(&["pull", &image], &envs).fails_with(
+        125,
+        &[
+            &format!("TLS certificate of {tls} is not trusted"),
+            "no CA certificates",
+            "install the ca-certificates package",
+            "ca_files",
+        ],
+    );
+    // ... and its CA in ca_files is the fix.
+    sb.write_config(&format!("ca_files = [\"{}\"]\n", env("DRUN_TEST_CA")));
+    sb.drun_with(&["pull", "-q", &image], &envs).ok();
+}
+
+#[test]
+fn local_sources_are_read_within_caps_and_never_block() {
+    let sb = Sandbox::new();
+    let pull = |source: &str| run(sb.cmd(&["pull", source]), Duration::from_secs(60));
+
+    // An OCI layout whose index.json says it is 1 TiB (a sparse file), and one where it is a FIFO.
+    let layout = sb.path().join("layout");
+    std::fs::create_dir(&layout).unwrap();
+    let index = layout.join("index.json");
+    std::fs::File::create(&index).unwrap().set_len(1 << 40).unwrap();
+    let src = format!("oci:{}", layout.display());
+    pull(&src).fails_with(
+        125,
+        &[
+            &format!("{}: the image index is too large", index.display()),
+            "1099511627776 bytes (1.0 TiB) declared, drun reads at most 4.0 MiB",
+        ],
+    );
+    std::fs::remove_file(&index).unwrap();
+    nix::unistd::mkfifo(&index, nix::sys::stat::Mode::from_bits_truncate(0o644)).unwrap();
+    pull(&src).fails_with(125, &[&index.display().to_string(), "a FIFO"]);
+
+    // A docker archive that is a FIFO, and one whose manifest.json is 5 MiB.
+    let fifo = sb.path().join("archive.tar");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o644)).unwrap();
+    pull(&format!("docker-archive:{}", fifo.display())).fails_with(125, &[&fifo.display().to_string(), "a FIFO"]);
+    let big = sb.path().join("big.tar");
+    let mut tar = tar::Builder::new(std::fs::File::create(&big).unwrap());
+    let mut header = tar::Header::new_gnu();
+    let size = 5u64 << 20;
+    header.set_size(size);
+    header.set_mode(0o644);
+    header.set_cksum();
+    let body = std::io::Read::chain(std::io::Read::take(std::io::repeat(b' '), size - 2), &b"[]"[..]);
+    tar.append_data(&mut header, "manifest.json", body).unwrap();
+    tar.finish().unwrap();
+    drop(tar);
+    pull(&format!("docker-archive:{}", big.display())).fails_with(
+        125,
+        &[
+            &format!("{}: its manifest.json is too large", big.display()),
+            "5242880 bytes (5.0 MiB) declared, drun reads at most 4.0 MiB",
+        ],
+    );
+    assert!(sb.entries("images").is_empty());
 }
