@@ -851,7 +851,7 @@ fn run_bounded(sb: &Sandbox, args: &[&str]) -> Output {
     // SAFETY: setrlimit is async-signal-safe; nothing else runs between fork and exec.
     unsafe {
         c.pre_exec(|| {
-            let cap = 8 << 30;
+            let cap = 2 << 30;
             nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_AS, cap, cap).map_err(Into::into)
         });
     }
