@@ -208,7 +208,7 @@ fn run_ldconfig(root: BorrowedFd<'_>, exe: i32) -> Result<(), String> {
                     ));
                 }
                 std::thread::sleep(pause);
-                pause = (pause * 2).min(Duration::from_millis(20));
+                pause = (pause * 2).min(Duration::from_millis(5));
             }
         }
     }
@@ -222,11 +222,10 @@ fn dev_link(root: BorrowedFd<'_>, ctr: &str) {
     let Some(stem) = file.to_str().and_then(|f| f.split(".so").next()) else {
         return;
     };
-    let dir_path: PathBuf = parents.iter().collect();
-    let dir_path = if parents.is_empty() {
+    let dir_path: PathBuf = if parents.is_empty() {
         PathBuf::from(".")
     } else {
-        dir_path
+        parents.iter().collect()
     };
     let Ok(dir) = open_in_root(root, &dir_path, OFlag::O_RDONLY | OFlag::O_DIRECTORY) else {
         return;
@@ -236,10 +235,9 @@ fn dev_link(root: BorrowedFd<'_>, ctr: &str) {
         return;
     }
     let prefix = format!("{stem}.so.");
-    let Ok(listing) = nix::dir::Dir::from_fd(dir.try_clone().expect("dup a directory descriptor")) else {
+    let Some(mut listing) = dir.try_clone().ok().and_then(|fd| nix::dir::Dir::from_fd(fd).ok()) else {
         return;
     };
-    let mut listing = listing;
     let soname = listing.iter().flatten().find_map(|e| {
         let n = e.file_name().to_str().ok()?.to_string();
         let version = n.strip_prefix(&prefix)?;
