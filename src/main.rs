@@ -14,9 +14,14 @@ fn main() {
         .or_else(|| std::env::var("DRUN_LOG").ok())
         // libcgroups warns about every v1 controller a host lacks (hugetlb, net_cls …): noise for users.
         .unwrap_or_else(|| "warn,libcgroups=error".to_string());
+    // Colour only for a person at a terminal: escapes in a pipe or a file fill CI logs. NO_COLOR
+    // (https://no-color.org) set to anything but the empty string turns it off everywhere.
+    let colour = std::io::IsTerminal::is_terminal(&std::io::stderr())
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_new(&filter).unwrap_or_else(|_| "warn".into()))
         .with_writer(std::io::stderr)
+        .with_ansi(colour)
         .with_target(false)
         .init();
     // An ordinary user's drun works in a user namespace of its own, entered now: only a single-threaded process

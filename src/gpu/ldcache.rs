@@ -62,11 +62,27 @@ pub fn parse(bytes: &[u8]) -> Vec<(String, PathBuf)> {
     out
 }
 
-/// Entries of `root/etc/ld.so.cache` (paths as the host sees them below `root`, i.e. without the prefix).
+/// The most of an ld cache drun reads: a host with every library of a distribution has one of a few MiB.
+const CACHE_CAP: u64 = 64 << 20;
+
+/// Entries of `root/etc/ld.so.cache` (paths as the host sees them below `root`, i.e. without the prefix). Only a
+/// regular file is read (opened without waiting, should it be a FIFO), and at most [`CACHE_CAP`] bytes of it.
 pub fn read(root: &Path) -> Vec<(String, PathBuf)> {
-    std::fs::read(root.join("etc/ld.so.cache"))
-        .map(|b| parse(&b))
-        .unwrap_or_default()
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(root.join("etc/ld.so.cache"));
+    let Ok(file) = file else { return vec![] };
+    if !file.metadata().is_ok_and(|m| m.is_file() && m.len() <= CACHE_CAP) {
+        return vec![];
+    }
+    let mut bytes = Vec::new();
+    match file.take(CACHE_CAP).read_to_end(&mut bytes) {
+        Ok(_) => parse(&bytes),
+        Err(_) => vec![],
+    }
 }
 
 #[cfg(test)]

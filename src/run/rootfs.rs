@@ -262,14 +262,76 @@ fn open_in_container(root: &Path, path: &str, flags: nix::fcntl::OFlag) -> io::R
         .map_err(io::Error::from)
 }
 
-/// Reads a file of the container's root without following symlinks out of it.
-pub fn read_in_root(root: &Path, path: &str) -> Option<String> {
-    use std::io::Read;
-    let mut s = String::new();
-    fs::File::from(open_in_container(root, path, nix::fcntl::OFlag::O_RDONLY).ok()?)
-        .read_to_string(&mut s)
-        .ok()?;
-    Some(s)
+/// The most drun reads of an image's `/etc/passwd` or `/etc/group`. Sites bake their whole user directory into
+/// images (a 100 000-user passwd is about 8 MiB), so the cap is generous; it only keeps a hostile file from taking
+/// drun's memory.
+pub const ETC_FILE_CAP: u64 = 16 << 20;
+
+/// What kind of file `mode` (an `st_mode`) is, in words, for errors about files that are not regular.
+pub(crate) fn file_kind(mode: u32) -> &'static str {
+    match mode & libc::S_IFMT {
+        libc::S_IFREG => "a regular file",
+        libc::S_IFDIR => "a directory",
+        libc::S_IFIFO => "a FIFO",
+        libc::S_IFCHR => "a character device",
+        libc::S_IFBLK => "a block device",
+        libc::S_IFSOCK => "a socket",
+        libc::S_IFLNK => "a symbolic link",
+        _ => "an unknown kind of file",
+    }
+}
+
+/// Reads the regular file `path` below the directory `root` (symlinks and ".." resolved inside it, never
+/// crossing a mount point): `Ok(None)` when it does not exist. Anything but a regular file (a FIFO would block the
+/// read forever, a device like /dev/zero never end it) and anything larger than `cap` bytes is an error that says
+/// so. The type is checked on an `O_PATH` descriptor, before anything is opened for reading (opening a device runs
+/// its driver), and again on the descriptor read from, which must be the same file.
+pub(crate) fn read_regular_at(root: std::os::fd::BorrowedFd<'_>, path: &str, cap: u64) -> io::Result<Option<Vec<u8>>> {
+    use io::Read;
+    use nix::fcntl::OFlag;
+    let rel = Path::new(path.trim_start_matches('/'));
+    let open = |flags| crate::image::unpack::open_in_root(root, rel, flags).map_err(io::Error::from);
+    let regular = |st: &nix::sys::stat::FileStat| -> io::Result<()> {
+        if st.st_mode & libc::S_IFMT == libc::S_IFREG {
+            return Ok(());
+        }
+        Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("it is {}, not a regular file", file_kind(st.st_mode)),
+        ))
+    };
+    let probe = match open(OFlag::O_PATH) {
+        Ok(fd) => fd,
+        Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::ENOTDIR)) => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let before = nix::sys::stat::fstat(&probe).map_err(io::Error::from)?;
+    regular(&before)?;
+    // O_NONBLOCK: should the file have been swapped for a FIFO since, the open does not wait for a writer.
+    let fd = open(OFlag::O_RDONLY | OFlag::O_NONBLOCK | OFlag::O_NOCTTY)?;
+    let st = nix::sys::stat::fstat(&fd).map_err(io::Error::from)?;
+    regular(&st)?;
+    if (st.st_dev, st.st_ino) != (before.st_dev, before.st_ino) {
+        return Err(io::Error::other("it changed while drun opened it"));
+    }
+    let too_large = || io::Error::new(io::ErrorKind::InvalidData, format!("it is larger than {cap} bytes"));
+    if st.st_size as u64 > cap {
+        return Err(too_large());
+    }
+    let mut data = Vec::with_capacity(st.st_size as usize);
+    fs::File::from(fd).take(cap + 1).read_to_end(&mut data)?;
+    if data.len() as u64 > cap {
+        return Err(too_large());
+    }
+    Ok(Some(data))
+}
+
+/// Reads the regular file `path` of the container's root, at most `cap` bytes (see [`read_regular_at`]), as
+/// text (invalid UTF-8 replaced): `Ok(None)` when it does not exist.
+pub fn read_in_root(root: &Path, path: &str, cap: u64) -> io::Result<Option<String>> {
+    use std::os::fd::AsFd;
+    let root_fd = crate::image::unpack::open_dir(root)?;
+    Ok(read_regular_at(root_fd.as_fd(), path, cap)?.map(|b| String::from_utf8_lossy(&b).into_owned()))
 }
 
 /// Information about a path of the container's root (symlinks resolved inside it): `Some(metadata)` if it exists.
@@ -279,11 +341,34 @@ pub fn stat_in_root(root: &Path, path: &str) -> Option<fs::Metadata> {
         .ok()
 }
 
-/// Opens a file of the container's root for appending (created 0644 if missing), never leaving the root.
+/// Opens a regular file of the container's root for appending (created 0644 if missing), never leaving the root
+/// and never opening anything else (a FIFO would block, a device run its driver).
 pub fn append_in_root(root: &Path, path: &str) -> io::Result<fs::File> {
     use nix::fcntl::OFlag;
-    let fd = match open_in_container(root, path, OFlag::O_WRONLY | OFlag::O_APPEND | OFlag::O_NOFOLLOW) {
-        Ok(fd) => fd,
+    let regular = |fd: &std::os::fd::OwnedFd| -> io::Result<()> {
+        let mode = nix::sys::stat::fstat(fd).map_err(io::Error::from)?.st_mode;
+        if mode & libc::S_IFMT != libc::S_IFREG {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("{path} is {}, not a regular file", file_kind(mode)),
+            ));
+        }
+        Ok(())
+    };
+    let existing = open_in_container(root, path, OFlag::O_PATH | OFlag::O_NOFOLLOW)
+        .and_then(|probe| regular(&probe))
+        .and_then(|()| {
+            open_in_container(
+                root,
+                path,
+                OFlag::O_WRONLY | OFlag::O_APPEND | OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK | OFlag::O_NOCTTY,
+            )
+        });
+    let fd = match existing {
+        Ok(fd) => {
+            regular(&fd)?;
+            fd
+        }
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
             let p = Path::new(path);
             let parent = p.parent().map_or("/".into(), |d| d.display().to_string());

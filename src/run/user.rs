@@ -1,8 +1,13 @@
 //! `--user NAME|UID[:GROUP|GID]`, resolved against the image's /etc/passwd and /etc/group as Docker does.
+//!
+//! Both files come from the image, so they are read as hostile input: regular files only (a FIFO would hang drun,
+//! a device like /dev/zero never end), at most [`ETC_FILE_CAP`] bytes, symlinks resolved inside the image's root.
+//! A file that cannot be used is treated as missing, as Docker treats a missing one (a numeric user still runs,
+//! with a warning), unless a name has to be looked up in it: then the run fails and says why.
 
 use std::path::Path;
 
-use crate::run::rootfs::read_in_root;
+use crate::run::rootfs::{read_in_root, ETC_FILE_CAP};
 use crate::run::spec::ResolvedUser;
 
 #[derive(Debug, thiserror::Error)]
@@ -11,6 +16,13 @@ pub enum UserError {
     NoUser(String),
     #[error("unable to find group {0}: no matching entries in the image's /etc/group")]
     NoGroup(String),
+    #[error("unable to find {what} {name}: cannot use the image's {file}: {source}")]
+    Unreadable {
+        what: &'static str,
+        name: String,
+        file: &'static str,
+        source: std::io::Error,
+    },
     #[error("the container's user {user} (uid {uid}, gid {gid}) does not exist in your user namespace: {why}")]
     Unmapped {
         user: String,
@@ -52,8 +64,13 @@ pub fn add_keep_id_entry(root: &Path, ns: &crate::userns::Rootless) -> Result<St
         };
         f.write_all(format!("{sep}{line}\n").as_bytes())
     };
-    let pw_text = read_in_root(root, "/etc/passwd").unwrap_or_default();
-    let gr_text = read_in_root(root, "/etc/group").unwrap_or_default();
+    let read = |file: &str| {
+        read_in_root(root, file, ETC_FILE_CAP)
+            .map(Option::unwrap_or_default)
+            .map_err(|e| UserError::KeepId(std::io::Error::new(e.kind(), format!("the image's {file}: {e}"))))
+    };
+    let pw_text = read("/etc/passwd")?;
+    let gr_text = read("/etc/group")?;
     // The image's own entry for the uid, if it has one, keeps its home directory.
     let existing = passwd(&pw_text).into_iter().find(|p| p.uid == uid);
     let gecos = ns.gecos.replace([':', '\n'], " ");
@@ -106,7 +123,9 @@ pub fn check_mapped(user: &mut ResolvedUser, shown: &str, ns: &crate::userns::Ro
             why,
         });
     }
-    // Without newgidmap, setgroups is denied in the namespace: the container keeps drun's groups.
+    // Without newgidmap, setgroups is denied in the namespace (the kernel requires it before an unprivileged
+    // gid_map is written): the process cannot be given any supplementary groups, not even its primary group as
+    // Docker does, and keeps the ones drun had (shown as the overflow group, being unmapped).
     if ns.how == crate::userns::How::Single {
         user.additional_gids.clear();
     }
@@ -156,15 +175,41 @@ fn groups(text: &str) -> Vec<(String, u32, Vec<String>)> {
         .collect()
 }
 
+/// Reads `/etc/passwd` or `/etc/group` of the image: the text (empty when the file is missing), or why it
+/// cannot be used.
+fn etc_file(root: &Path, file: &'static str) -> Result<String, std::io::Error> {
+    read_in_root(root, file, ETC_FILE_CAP).map(Option::unwrap_or_default)
+}
+
 /// Resolves `spec` (None: the image's default, root when empty) in the root file system at `root`.
+///
+/// As Docker and Podman do, the process gets its primary group as a supplementary group too, with the groups of
+/// /etc/group that list the user by name (when the user was given by name or found in /etc/passwd, and no group
+/// was named): `id` as nobody prints `groups=65534(nogroup)`, as root `groups=0(root),…`.
 pub fn resolve(root: &Path, spec: Option<&str>) -> Result<ResolvedUser, UserError> {
     let spec = spec.filter(|s| !s.is_empty()).unwrap_or("0");
-    let pw = passwd(&read_in_root(root, "/etc/passwd").unwrap_or_default());
-    let gr = groups(&read_in_root(root, "/etc/group").unwrap_or_default());
     let (u, g) = match spec.split_once(':') {
         Some((u, g)) => (u, Some(g)),
         None => (spec, None),
     };
+    // An unusable file is as good as a missing one while nothing has to be looked up by name in it.
+    let usable = |file: &'static str, name: Option<&str>, what: &'static str| match etc_file(root, file) {
+        Ok(text) => Ok(text),
+        Err(source) => match name.filter(|n| n.parse::<u32>().is_err()) {
+            Some(n) => Err(UserError::Unreadable {
+                what,
+                name: n.to_string(),
+                file,
+                source,
+            }),
+            None => {
+                tracing::warn!("ignoring the image's {file}: {source}");
+                Ok(String::new())
+            }
+        },
+    };
+    let pw = passwd(&usable("/etc/passwd", Some(u), "user")?);
+    let gr = groups(&usable("/etc/group", g, "group")?);
     let entry = pw
         .iter()
         .find(|p| p.name == u)
@@ -180,15 +225,16 @@ pub fn resolve(root: &Path, spec: Option<&str>) -> Result<ResolvedUser, UserErro
             None => g.parse().map_err(|_| UserError::NoGroup(g.to_string()))?,
         };
     }
-    let mut additional_gids: Vec<u32> = match &name {
-        Some(n) if g.is_none() => gr
-            .iter()
-            .filter(|(_, _, m)| m.contains(n))
-            .map(|(_, id, _)| *id)
-            .filter(|id| *id != gid)
-            .collect(),
-        _ => vec![],
-    };
+    let mut additional_gids: Vec<u32> = std::iter::once(gid)
+        .chain(match &name {
+            Some(n) if g.is_none() => gr
+                .iter()
+                .filter(|(_, _, m)| m.contains(n))
+                .map(|(_, id, _)| *id)
+                .collect(),
+            _ => vec![],
+        })
+        .collect();
     additional_gids.sort_unstable();
     additional_gids.dedup();
     Ok(ResolvedUser {
@@ -225,14 +271,43 @@ mod tests {
         let u = resolve(r.path(), Some("alice")).unwrap();
         assert_eq!(
             (u.uid, u.gid, u.additional_gids.clone(), u.home.as_str()),
-            (1000, 1000, vec![44], "/home/alice")
+            (1000, 1000, vec![44, 1000], "/home/alice")
         );
         let u = resolve(r.path(), Some("1000:staff")).unwrap();
-        assert_eq!((u.uid, u.gid), (1000, 50));
+        assert_eq!((u.uid, u.gid, u.additional_gids), (1000, 50, vec![50]));
         let u = resolve(r.path(), Some("4242")).unwrap();
-        assert_eq!((u.uid, u.gid, u.home.as_str()), (4242, 0, "/"));
+        assert_eq!(
+            (u.uid, u.gid, u.additional_gids, u.home.as_str()),
+            (4242, 0, vec![0], "/")
+        );
         assert_eq!(resolve(r.path(), None).unwrap().uid, 0);
         assert!(resolve(r.path(), Some("mallory")).is_err());
         assert!(resolve(r.path(), Some("alice:nogroup")).is_err());
+    }
+
+    #[test]
+    fn unusable_files_are_missing_ones_until_a_name_is_looked_up() {
+        let r = root();
+        let etc = r.path().join("etc");
+        std::fs::remove_file(etc.join("passwd")).unwrap();
+        nix::unistd::mkfifo(&etc.join("passwd"), nix::sys::stat::Mode::from_bits_truncate(0o644)).unwrap();
+        // Larger than the cap (sparse: nothing is written).
+        std::fs::File::create(etc.join("group"))
+            .unwrap()
+            .set_len(ETC_FILE_CAP + 1)
+            .unwrap();
+        let u = resolve(r.path(), Some("1000:1000")).unwrap();
+        assert_eq!((u.uid, u.gid, u.additional_gids), (1000, 1000, vec![1000]));
+        let u = resolve(r.path(), None).unwrap();
+        assert_eq!((u.uid, u.gid, u.home.as_str()), (0, 0, "/"));
+        let e = resolve(r.path(), Some("alice")).unwrap_err().to_string();
+        assert!(e.contains("/etc/passwd") && e.contains("a FIFO"), "{e}");
+        let e = resolve(r.path(), Some("0:video")).unwrap_err().to_string();
+        assert!(e.contains("/etc/group") && e.contains("larger than"), "{e}");
+        // A symlink resolves inside the root: to a directory there, which is no passwd either.
+        std::fs::remove_file(etc.join("passwd")).unwrap();
+        std::os::unix::fs::symlink("/etc", etc.join("passwd")).unwrap();
+        let e = resolve(r.path(), Some("alice")).unwrap_err().to_string();
+        assert!(e.contains("a directory"), "{e}");
     }
 }

@@ -278,6 +278,114 @@ fn libraries_in_a_non_standard_directory_are_found_through_the_ld_cache() {
     assert!(o.contains("/opt/nvidia/lib64\n"), "{o}");
 }
 
+/// Every file below `dir` (relative path → content), to compare a host tree before and after a run.
+fn tree(dir: &Path) -> std::collections::BTreeMap<PathBuf, Vec<u8>> {
+    let mut out = std::collections::BTreeMap::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let p = e.path();
+            let ft = e.file_type().unwrap();
+            if ft.is_dir() {
+                todo.push(p);
+            } else if ft.is_file() {
+                out.insert(p.strip_prefix(dir).unwrap().to_path_buf(), std::fs::read(&p).unwrap());
+            } else {
+                out.insert(p.strip_prefix(dir).unwrap().to_path_buf(), vec![]);
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn an_image_cannot_make_the_ld_cache_helper_write_host_files() {
+    use tar::EntryType::Symlink;
+    let g = setup(None);
+    const LIB: &str = "/usr/lib/x86_64-linux-gnu";
+    // The ld.so.conf files aimed at the host's libraries, mounted there while the helper runs.
+    let at_libs = crate::run::tiny_image(&g.sb, "ldconf-to-libcuda", &|b| {
+        let link = |b: &mut tar::Builder<std::fs::File>, path: &str, to: String| {
+            crate::run::special(b, path, Symlink, (0, 0), &to)
+        };
+        link(b, "etc/ld.so.conf", format!("{LIB}/libcuda.so.550.54.15"));
+        link(
+            b,
+            "etc/ld.so.conf.d/000-drun-nvidia.conf",
+            format!("{LIB}/libnvidia-ml.so.550.54.15"),
+        );
+        // The mount point of a library a symlink out of the root: replaced, not followed.
+        link(
+            b,
+            &format!("{}/libnvidia-ptxjitcompiler.so.550.54.15", &LIB[1..]),
+            "/etc/shadow".into(),
+        );
+    });
+    // The configuration directory a symlink to the directory of the mounted libraries, and to the host-mounted
+    // firmware directory.
+    let at_dir = crate::run::tiny_image(&g.sb, "ldconfd-to-libdir", &|b| {
+        crate::run::special(b, "etc/ld.so.conf.d", Symlink, (0, 0), LIB);
+    });
+    let at_fw = crate::run::tiny_image(&g.sb, "ldconfd-to-firmware", &|b| {
+        crate::run::special(b, "etc/ld.so.conf.d", Symlink, (0, 0), "/lib/firmware/nvidia/550.54.15");
+        crate::run::special(
+            b,
+            "etc/ld.so.conf",
+            Symlink,
+            (0, 0),
+            "/lib/firmware/nvidia/550.54.15/gsp_ga10x.bin",
+        );
+        // A library's mount point a FIFO: replaced, never opened (opening it for writing would wait forever).
+        crate::run::special(
+            b,
+            &format!("{}/libcuda.so.550.54.15", &LIB[1..]),
+            tar::EntryType::Fifo,
+            (0, 0),
+            "",
+        );
+    });
+    let before = tree(&g.root);
+    let ldconfig = ["/sbin/ldconfig", "/usr/sbin/ldconfig"]
+        .into_iter()
+        .find(|p| Path::new(p).is_file())
+        .expect("ldconfig on the host");
+    let vol = format!("{ldconfig}:/ldconfig:ro");
+    for image in [&at_libs, &at_dir, &at_fw] {
+        let out = g.drun(&[
+            "run",
+            "--gpus",
+            "1",
+            "-v",
+            &vol,
+            image,
+            "sh",
+            "-c",
+            "/ldconfig -p | grep -E 'libcuda|libnvidia-ml'; cat /etc/ld.so.conf",
+        ]);
+        // The host's files are as they were, and nothing was added among them.
+        let after = tree(&g.root);
+        for (p, data) in &before {
+            assert!(
+                after.get(p) == Some(data),
+                "{image}: the host's {} changed",
+                p.display()
+            );
+        }
+        let added: Vec<_> = after.keys().filter(|p| !before.contains_key(*p)).collect();
+        assert!(added.is_empty(), "{image}: new files on the host: {added:?}");
+        // The container still finds the driver through its ld cache.
+        let out = out.ok();
+        for want in [
+            &format!("libcuda.so.1 (libc6,x86-64) => {LIB}/libcuda.so.1"),
+            &format!("libnvidia-ml.so.1 (libc6,x86-64) => {LIB}/libnvidia-ml.so.1"),
+            "include /etc/ld.so.conf.d/*.conf",
+        ] {
+            assert!(out.stdout.contains(want), "{image}: {want:?} not in\n{}", out.stdout);
+        }
+    }
+    assert!(leftovers(&g.sb).is_empty(), "{:?}", leftovers(&g.sb));
+}
+
 #[test]
 fn a_slurm_jobs_device_cgroup_decides_which_gpus_are_usable() {
     let g = setup(None);

@@ -759,3 +759,286 @@ fn commands_from_volumes_are_found() {
     sb.drun(&["run", "-v", &vol, &busybox(), "/work/missing.sh"])
         .fails_with(127, &["/work/missing.sh"]);
 }
+
+/// A one-layer image written by the test: a static busybox with the applets the tests use, `/etc/group`, and
+/// whatever `extra` adds (hostile entries). Written as an OCI layout with hack/mkimage.py; returns its `oci:`
+/// reference, already pulled into `sb`.
+pub fn tiny_image(sb: &Sandbox, name: &str, extra: &dyn Fn(&mut tar::Builder<std::fs::File>)) -> String {
+    let dir = sb.path().join(format!("image-{name}"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let header = |kind: tar::EntryType, mode: u32| {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(kind);
+        h.set_size(0);
+        h.set_mode(mode);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(0);
+        h
+    };
+    let layer = dir.join("layer.tar");
+    let mut b = tar::Builder::new(std::fs::File::create(&layer).unwrap());
+    for d in ["bin", "dev", "etc", "tmp"] {
+        b.append_data(&mut header(tar::EntryType::Directory, 0o755), d, std::io::empty())
+            .unwrap();
+    }
+    let busybox = std::fs::read("/bin/busybox").unwrap();
+    let mut h = header(tar::EntryType::Regular, 0o755);
+    h.set_size(busybox.len() as u64);
+    b.append_data(&mut h, "bin/busybox", busybox.as_slice()).unwrap();
+    for applet in ["sh", "cat", "grep", "ls", "true"] {
+        b.append_link(
+            &mut header(tar::EntryType::Symlink, 0o777),
+            format!("bin/{applet}"),
+            "busybox",
+        )
+        .unwrap();
+    }
+    extra(&mut b);
+    b.finish().unwrap();
+    drop(b);
+    let layout = dir.join("layout");
+    let spec = serde_json::json!({
+        "layout": layout, "tag": "latest", "created": "2024-01-01T00:00:00Z",
+        "images": [{"os": "linux", "architecture": "amd64",
+                    "config": {"Cmd": ["/bin/sh"], "Env": ["PATH=/bin"]},
+                    "layers": [{"tar": layer, "compression": "none", "created_by": name}]}]
+    });
+    let spec_file = dir.join("spec.json");
+    std::fs::write(&spec_file, spec.to_string()).unwrap();
+    let st = std::process::Command::new("python3")
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/hack/mkimage.py"))
+        .arg("build")
+        .arg(&spec_file)
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(st.success(), "mkimage.py build");
+    let image = format!("oci:{}:latest", layout.display());
+    sb.drun(&["pull", "-q", &image]).ok();
+    image
+}
+
+/// Adds a special file (FIFO or device) or symlink entry to a test layer.
+pub fn special(b: &mut tar::Builder<std::fs::File>, path: &str, kind: tar::EntryType, dev: (u32, u32), link: &str) {
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(kind);
+    h.set_size(0);
+    h.set_mode(if kind == tar::EntryType::Symlink { 0o777 } else { 0o644 });
+    h.set_uid(0);
+    h.set_gid(0);
+    h.set_mtime(0);
+    // Device numbers written for FIFOs too (0): drun reads them for every special file.
+    if matches!(
+        kind,
+        tar::EntryType::Char | tar::EntryType::Block | tar::EntryType::Fifo
+    ) {
+        h.set_device_major(dev.0).unwrap();
+        h.set_device_minor(dev.1).unwrap();
+    }
+    if kind == tar::EntryType::Symlink {
+        b.append_link(&mut h, path, link).unwrap();
+    } else {
+        b.append_data(&mut h, path, std::io::empty()).unwrap();
+    }
+}
+
+/// `drun run` with a time limit, drun's address space capped: a hostile image must not make it hang or take the
+/// machine's memory (a read of /dev/zero without bound would).
+fn run_bounded(sb: &Sandbox, args: &[&str]) -> Output {
+    use std::os::unix::process::CommandExt;
+    let mut c = sb.cmd(args);
+    // SAFETY: setrlimit is async-signal-safe; nothing else runs between fork and exec.
+    unsafe {
+        c.pre_exec(|| {
+            let cap = 2 << 30;
+            nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_AS, cap, cap).map_err(Into::into)
+        });
+    }
+    run(c, Duration::from_secs(60))
+}
+
+#[test]
+fn an_images_passwd_that_is_a_fifo_or_dev_zero_is_refused_not_read() {
+    let sb = ready();
+    let group = |b: &mut tar::Builder<std::fs::File>| {
+        let text = b"root:x:0:\nnogroup:x:65534:\n";
+        let mut h = tar::Header::new_gnu();
+        h.set_size(text.len() as u64);
+        h.set_mode(0o644);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(0);
+        b.append_data(&mut h, "etc/group", &text[..]).unwrap();
+    };
+    let fifo = tiny_image(&sb, "passwd-fifo", &|b| {
+        group(b);
+        special(b, "etc/passwd", tar::EntryType::Fifo, (0, 0), "");
+    });
+    // A symlink to the image's own /dev/zero (symlinks resolve inside the root), and /etc/group a device itself.
+    let zero = tiny_image(&sb, "passwd-zero", &|b| {
+        special(b, "dev/zero", tar::EntryType::Char, (1, 5), "");
+        special(b, "etc/passwd", tar::EntryType::Symlink, (0, 0), "/dev/zero");
+        special(b, "etc/group", tar::EntryType::Char, (1, 5), "");
+    });
+    for (image, kind) in [(&fifo, "a FIFO"), (&zero, "a character device")] {
+        // Root and numeric users run as Docker runs them without a passwd file, with a warning that says why.
+        // (Nothing in the container opens them: busybox's `id` would block on the FIFO there too.)
+        let ids = "grep -E '^(Uid|Gid):' /proc/self/status";
+        let out = run_bounded(&sb, &["run", image, "sh", "-c", ids]).ok();
+        assert_eq!(out.stdout, "Uid:\t0\t0\t0\t0\nGid:\t0\t0\t0\t0\n");
+        assert!(
+            out.stderr.contains("ignoring the image's /etc/passwd") && out.stderr.contains(kind),
+            "{}",
+            out.stderr
+        );
+        let out = run_bounded(&sb, &["run", "-u", "65534:65534", image, "sh", "-c", ids]).ok();
+        assert_eq!(
+            out.stdout,
+            "Uid:\t65534\t65534\t65534\t65534\nGid:\t65534\t65534\t65534\t65534\n"
+        );
+        // A name has to be looked up: a clear error naming the file and what it is.
+        run_bounded(&sb, &["run", "-u", "nobody", image, "true"])
+            .fails_with(125, &["unable to find user nobody", "/etc/passwd", kind]);
+    }
+    run_bounded(&sb, &["run", "-u", "0:nogroup", &zero, "true"]).fails_with(
+        125,
+        &["unable to find group nogroup", "/etc/group", "a character device"],
+    );
+    assert!(leftovers(&sb).is_empty(), "{:?}", leftovers(&sb));
+}
+
+#[test]
+fn seccomp_blocks_io_uring_as_docker_does() {
+    let sb = ready();
+    let src = sb.path().join("uring.c");
+    std::fs::write(
+        &src,
+        "#include <errno.h>\n#include <stdio.h>\n#include <string.h>\n#include <unistd.h>\n#include <sys/syscall.h>\n\
+         int main(void) {\n\
+           unsigned char params[120]; /* struct io_uring_params */\n\
+           memset(params, 0, sizeof params);\n\
+           long r = syscall(425 /* io_uring_setup */, 4, params);\n\
+           printf(\"io_uring_setup=%d\\n\", r < 0 ? errno : 0);\n\
+           return 0;\n\
+         }\n",
+    )
+    .unwrap();
+    let probe = sb.path().join("uring");
+    let st = std::process::Command::new("gcc")
+        .args(["-static", "-O2", "-o"])
+        .arg(&probe)
+        .arg(&src)
+        .status()
+        .unwrap();
+    assert!(st.success(), "gcc -static failed (build-essential is in make deps)");
+    let vol = format!("{}:/uring:ro", probe.display());
+    let out = sb.drun(&["run", "-v", &vol, &busybox(), "/uring"]).ok();
+    assert_eq!(
+        out.stdout, "io_uring_setup=1\n",
+        "EPERM expected, as under Docker's default profile"
+    );
+    // Unconfined the kernel answers for itself: it works where the host allows io_uring.
+    let host_allows = std::fs::read_to_string("/proc/sys/kernel/io_uring_disabled").map_or(true, |v| v.trim() == "0");
+    if host_allows {
+        let out = sb
+            .drun(&[
+                "run",
+                "--security-opt",
+                "seccomp=unconfined",
+                "-v",
+                &vol,
+                &busybox(),
+                "/uring",
+            ])
+            .ok();
+        assert_eq!(out.stdout, "io_uring_setup=0\n");
+    }
+}
+
+#[test]
+fn the_primary_group_is_a_supplementary_group_as_in_docker() {
+    let sb = ready();
+    let deb = format!("{}/drun-test/debian:bookworm", registry());
+    sb.drun(&["pull", "-q", &deb]).ok();
+    let bb = busybox();
+    let groups = "id; grep ^Groups: /proc/self/status";
+    let run_as = |image: &str, user: Option<&str>| {
+        let mut args = vec!["run"];
+        if let Some(u) = user {
+            args.extend_from_slice(&["-u", u]);
+        }
+        args.extend_from_slice(&[image, "sh", "-c", groups]);
+        sb.drun(&args).ok().stdout
+    };
+    let cases = [
+        (
+            deb.as_str(),
+            Some("nobody"),
+            "uid=65534(nobody) gid=65534(nogroup) groups=65534(nogroup)\nGroups:\t65534 \n",
+        ),
+        (
+            deb.as_str(),
+            None,
+            "uid=0(root) gid=0(root) groups=0(root)\nGroups:\t0 \n",
+        ),
+        // A numeric user without a passwd entry: group 0, which Docker also makes a supplementary group.
+        (
+            deb.as_str(),
+            Some("4242"),
+            "uid=4242 gid=0(root) groups=0(root)\nGroups:\t0 \n",
+        ),
+        // A named group replaces the user's groups: it alone.
+        (
+            deb.as_str(),
+            Some("nobody:daemon"),
+            "uid=65534(nobody) gid=1(daemon) groups=1(daemon)\nGroups:\t1 \n",
+        ),
+        (
+            bb.as_str(),
+            Some("nobody"),
+            "uid=65534(nobody) gid=65534(nobody) groups=65534(nobody)\nGroups:\t65534 \n",
+        ),
+    ];
+    for (image, user, want) in cases {
+        assert_eq!(run_as(image, user), want, "{image} as {user:?}");
+    }
+}
+
+#[test]
+fn log_output_is_coloured_only_on_a_terminal() {
+    let sb = ready();
+    // A warning-producing run, its stderr a pipe.
+    let out = sh(&sb, &["--ipc", "host", "--shm-size", "16m"], "true").ok();
+    assert!(out.stderr.contains("is NOT applied"), "{}", out.stderr);
+    assert!(
+        !out.stderr.contains("\x1b["),
+        "colour codes in a pipe: {:?}",
+        out.stderr
+    );
+    // At a terminal (`script` gives drun one) it is coloured, unless NO_COLOR is set to anything but "".
+    let at_terminal = |no_color: Option<&str>| {
+        let cmd = format!(
+            "{} run --ipc host --shm-size 16m {} true",
+            env!("CARGO_BIN_EXE_drun"),
+            busybox()
+        );
+        let mut c = std::process::Command::new("script");
+        c.args(["-qec", &cmd, "/dev/null"])
+            .env("DRUN_ROOT", sb.store())
+            .env("DRUN_STATE", sb.state())
+            .env("DRUN_CONFIG", sb.config())
+            .env_remove("DRUN_LOG")
+            .env_remove("NO_COLOR")
+            .stdin(Stdio::null());
+        if let Some(v) = no_color {
+            c.env("NO_COLOR", v);
+        }
+        let out = run(c, Duration::from_secs(60));
+        assert!(out.stdout.contains("is NOT applied"), "{}", out.stdout);
+        out.stdout.contains("\x1b[")
+    };
+    assert!(at_terminal(None), "no colour at a terminal");
+    assert!(at_terminal(Some("")), "an empty NO_COLOR does not count");
+    assert!(!at_terminal(Some("1")), "NO_COLOR=1 ignored");
+}
