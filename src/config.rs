@@ -64,8 +64,8 @@ impl Config {
         };
         let mut cfg = Config::default();
         for path in files {
-            let text = match std::fs::read_to_string(&path) {
-                Ok(t) => t,
+            let text = match crate::safe_fs::read_user_file(&path, 1 << 20) {
+                Ok(t) => String::from_utf8_lossy(&t).into_owned(),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
                 Err(source) => return Err(ConfigError::Read { path, source }),
             };
@@ -128,6 +128,7 @@ pub fn default_root() -> PathBuf {
 }
 
 #[cfg(test)]
+#[allow(clippy::disallowed_methods)] // fixtures in the tests' own temporary directories
 mod tests {
     use super::*;
 

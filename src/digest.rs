@@ -148,6 +148,7 @@ impl Write for Hasher {
 }
 
 #[cfg(test)]
+#[allow(clippy::disallowed_methods)] // fixtures in the tests' own temporary directories
 mod tests {
     use super::*;
 

@@ -188,6 +188,7 @@ pub fn write_system(path: impl AsRef<Path>, bytes: impl AsRef<[u8]>) -> io::Resu
 }
 
 #[cfg(test)]
+#[allow(clippy::disallowed_methods)] // fixtures in the tests' own temporary directories
 mod tests {
     use super::*;
     use std::os::unix::fs::MetadataExt;

@@ -53,6 +53,7 @@ impl fmt::Display for ByteSize {
 }
 
 #[cfg(test)]
+#[allow(clippy::disallowed_methods)] // fixtures in the tests' own temporary directories
 mod tests {
     use super::*;
 

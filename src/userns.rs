@@ -501,6 +501,7 @@ pub fn enter(mode: Mode) -> Result<&'static Rootless, UsernsError> {
 }
 
 #[cfg(test)]
+#[allow(clippy::disallowed_methods)] // fixtures in the tests' own temporary directories
 mod tests {
     use super::*;
 

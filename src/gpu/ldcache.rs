@@ -86,6 +86,7 @@ pub fn read(root: &Path) -> Vec<(String, PathBuf)> {
 }
 
 #[cfg(test)]
+#[allow(clippy::disallowed_methods)] // fixtures in the tests' own temporary directories
 mod tests {
     use super::*;
 

@@ -205,6 +205,7 @@ fn not_enough(wanted: &str, req: &GpuRequest, gpus: &[Gpu], why: &[Option<String
 }
 
 #[cfg(test)]
+#[allow(clippy::disallowed_methods)] // fixtures in the tests' own temporary directories
 mod tests {
     use super::*;
 

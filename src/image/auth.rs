@@ -268,6 +268,7 @@ fn run_helper(helper: &str, registry: &str) -> Result<Credentials, AuthError> {
 }
 
 #[cfg(test)]
+#[allow(clippy::disallowed_methods)] // fixtures in the tests' own temporary directories
 mod tests {
     use super::*;
 

@@ -153,6 +153,7 @@ pub fn read_file_capped(path: &Path, cap: u64, follow: bool) -> Result<Vec<u8>, 
 }
 
 #[cfg(test)]
+#[allow(clippy::disallowed_methods)] // fixtures in the tests' own temporary directories
 mod tests {
     use super::*;
 

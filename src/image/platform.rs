@@ -77,6 +77,7 @@ impl fmt::Display for Platform {
 }
 
 #[cfg(test)]
+#[allow(clippy::disallowed_methods)] // fixtures in the tests' own temporary directories
 mod tests {
     use super::*;
 

@@ -829,6 +829,7 @@ impl<R: Read> Read for ProgressReader<R> {
 }
 
 #[cfg(test)]
+#[allow(clippy::disallowed_methods)] // fixtures in the tests' own temporary directories
 mod tests {
     use super::*;
 

@@ -770,6 +770,7 @@ pub fn install_crypto_provider() {
 }
 
 #[cfg(test)]
+#[allow(clippy::disallowed_methods)] // fixtures in the tests' own temporary directories
 mod tests {
     use super::*;
 

@@ -885,6 +885,7 @@ fn copy_file_at(sdir: BorrowedFd<'_>, sname: &OsStr, ddir: BorrowedFd<'_>, dname
 }
 
 #[cfg(test)]
+#[allow(clippy::disallowed_methods)] // fixtures in the tests' own temporary directories
 mod tests {
     use super::*;
 

@@ -1149,6 +1149,7 @@ fn supervise(
 }
 
 #[cfg(test)]
+#[allow(clippy::disallowed_methods)] // fixtures in the tests' own temporary directories
 mod tests {
     use super::*;
 

@@ -435,6 +435,7 @@ pub fn prepare_project(run_dir: &Path, source: &Path) -> Result<PathBuf, RootfsE
 }
 
 #[cfg(test)]
+#[allow(clippy::disallowed_methods)] // fixtures in the tests' own temporary directories
 mod tests {
     use super::*;
     use crate::image::unpack::Markers;

@@ -504,7 +504,8 @@ fn cache_key(profile: &Value) -> String {
 /// A cache file is the magic, the program and the program's sha256: a truncated or altered file is not used.
 fn read_cached(path: &Path, flags: libc::c_ulong) -> Option<Precompiled> {
     use sha2::{Digest, Sha256};
-    let data = std::fs::read(path).ok()?;
+    // In drun's private store; a BPF program is at most 4096 instructions (32 KiB).
+    let data = crate::safe_fs::read_bounded(path, 1 << 20).ok()?;
     let body = data.strip_prefix(CACHE_MAGIC.as_slice())?;
     let (program, sum) = body.split_at_checked(body.len().checked_sub(32)?)?;
     if Sha256::digest(program).as_slice() != sum {
@@ -670,6 +671,7 @@ impl libcontainer::workload::Executor for Executor {
 }
 
 #[cfg(test)]
+#[allow(clippy::disallowed_methods)] // fixtures in the tests' own temporary directories
 mod tests {
     use super::*;
 

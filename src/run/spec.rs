@@ -377,6 +377,7 @@ fn nofile_default() -> (u64, u64) {
 }
 
 #[cfg(test)]
+#[allow(clippy::disallowed_methods)] // fixtures in the tests' own temporary directories
 mod tests {
     use super::*;
 

@@ -246,6 +246,7 @@ pub fn resolve(root: &Path, spec: Option<&str>) -> Result<ResolvedUser, UserErro
 }
 
 #[cfg(test)]
+#[allow(clippy::disallowed_methods)] // fixtures in the tests' own temporary directories
 mod tests {
     use super::*;
 

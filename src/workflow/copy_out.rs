@@ -339,6 +339,7 @@ fn copy_range(src: &File, dst: &File, from: u64, to: u64, buf: &mut [u8]) -> io:
 }
 
 #[cfg(test)]
+#[allow(clippy::disallowed_methods)] // fixtures in the tests' own temporary directories
 mod tests {
     use super::*;
     use std::os::unix::fs::MetadataExt;

@@ -1,6 +1,8 @@
 //! drun's integration tests: real drun processes against the real local registries started by `make images`.
 //! Tests that mount or chown need root (as CI runs them); they say so when they are not.
 
+// Fixtures and checks in the tests' own temporary directories: the path-following helpers are fine here.
+#![allow(clippy::disallowed_methods)]
 mod common;
 mod gpu;
 mod pull;
