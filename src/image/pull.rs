@@ -512,10 +512,11 @@ async fn fetch_resolved(
 
 /// Makes one layer present in the store. Returns its metadata and whether this process produced it.
 ///
-/// The layer is unpacked under the lock of its diff_id. Without hardlinks into lower layers it is published under
-/// its diff_id; with them it depends on the layers below and is published under its ChainID (see the store's
-/// notes): the staging tree moves on to that key's lock — taken without waiting while the diff_id's is held, so
-/// no two locks are ever waited for in opposite orders — and only then are the lower layers waited for.
+/// The layer is produced under the lock of its diff_id and, taken without waiting, that of its ChainID. Without
+/// hardlinks into lower layers it is published under its diff_id; with them it depends on the layers below and is
+/// published under its ChainID (see the store's notes), after the diff_id's lock is released and the lower layers
+/// are there. A ChainID lock held by another process means that process is producing this layer over this chain:
+/// it is waited for, holding nothing. So no lock is ever waited for while another is held.
 async fn ensure_layer(
     store: &Store,
     layer: PendingLayer,
@@ -536,21 +537,21 @@ async fn ensure_layer(
     {
         return Ok((meta, false));
     }
-    let staging = store.layer_staging(&idmap, &own_key)?;
-    let v = match unpack_into(store, &layer, &staging.join("root"), &cancel, &bar).await {
-        Ok(v) => v,
-        Err(e) => {
-            let _ = remove_tree(&staging);
-            return Err(e);
-        }
-    };
-    if v.lower_links.is_empty() {
-        let meta = publish(store, &own_key, &staging, &v, &diff_id, None)?;
-        drop(lock);
-        return Ok((meta, true));
-    }
-    let (chain_lock, staging, v) = match store.lock_layer(&idmap, &chain_key, false) {
-        Ok(Some(l)) => {
+    let (chain_lock, staging, v) = match store.lock_layer(&idmap, &chain_key, false)? {
+        Some(chain_lock) => {
+            let staging = store.layer_staging(&idmap, &own_key)?;
+            let v = match unpack_into(store, &layer, &staging.join("root"), &cancel, &bar).await {
+                Ok(v) => v,
+                Err(e) => {
+                    let _ = remove_tree(&staging);
+                    return Err(e);
+                }
+            };
+            if v.lower_links.is_empty() {
+                let meta = publish(store, &own_key, &staging, &v, &diff_id, None)?;
+                return Ok((meta, true));
+            }
+            // It depends on its lowers: the staging tree moves on to the ChainID's key.
             let to = store.layer_staging_path(&idmap, &chain_key);
             let moved = remove_tree(&to).and_then(|()| {
                 std::fs::rename(&staging, &to).map_err(|source| StoreError::Io {
@@ -559,34 +560,29 @@ async fn ensure_layer(
                     source,
                 })
             });
-            drop(lock);
             if let Err(e) = moved {
                 let _ = remove_tree(&staging);
                 return Err(e.into());
             }
-            (l, to, v)
-        }
-        Ok(None) => {
-            // Another producer has this chain's layer in hand: wait for it (holding nothing else).
-            let _ = remove_tree(&staging);
             drop(lock);
-            let l = lock_layer(store, &chain_key).await?;
+            (chain_lock, to, v)
+        }
+        None => {
+            // Another process is producing this layer over this chain: wait for it, holding nothing else.
+            drop(lock);
+            let chain_lock = lock_layer(store, &chain_key).await?;
             if let Some(meta) = store.layer_meta(&idmap, &chain_key) {
                 return Ok((meta, false));
             }
             // It died before publishing: produce the layer here, under the chain's lock.
             let staging = store.layer_staging(&idmap, &chain_key)?;
             match unpack_into(store, &layer, &staging.join("root"), &cancel, &bar).await {
-                Ok(v) => (l, staging, v),
+                Ok(v) => (chain_lock, staging, v),
                 Err(e) => {
                     let _ = remove_tree(&staging);
                     return Err(e);
                 }
             }
-        }
-        Err(e) => {
-            let _ = remove_tree(&staging);
-            return Err(e.into());
         }
     };
     // Its lower layers are produced by sibling tasks (or other processes): give the slot back and wait.

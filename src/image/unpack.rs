@@ -113,6 +113,9 @@ impl Markers {
 
 /// The file, beside a layer's `root/`, that holds its [`Markers`].
 pub const MARKERS_FILE: &str = "markers.json";
+/// The largest [`MARKERS_FILE`] read back: the markers of one layer are bounded by [`MAX_TRACKED`], and each byte
+/// of a path takes at most four in the file (`255,`).
+pub const MARKERS_FILE_MAX: u64 = 4 * MAX_TRACKED as u64 + 4096;
 
 /// `DRUN_WHITEOUTS=markers`: record every whiteout and opaque directory in the markers file instead of the
 /// overlay form (what happens by itself where the kernel or file system cannot make the overlay form).

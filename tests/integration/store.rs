@@ -213,6 +213,16 @@ fn a_layer_linking_into_its_lowers_is_never_shared_across_chains() {
         })
     };
     let top = tar_of(|b| raw_entry(b, Link, b"bin/run-me", b"bin/tool", b"", 0o755));
+    // The same linking layer twice in one image: two chains, each produced once, without waiting on each other.
+    let twice = oci_layout(
+        &sb.path().join("twice"),
+        &[plain(lower("twice")), plain(top.clone()), plain(top.clone())],
+        &["/bin/run-me"],
+    );
+    sb.drun(&["pull", "-q", &twice]).ok();
+    assert_eq!(sb.drun(&["run", "-q", &twice]).ok().stdout, "twice\n");
+    sb.drun(&["rmi", &twice]).ok();
+    assert!(sb.entries("layers/host").is_empty(), "{:?}", sb.entries("layers/host"));
     let attacker = oci_layout(
         &sb.path().join("attacker"),
         &[plain(lower("attacker")), plain(top.clone())],
