@@ -22,13 +22,15 @@
 //! the image's owners; another mapping, as a rootless user's, gets its own tree under the same keys). Compressed
 //! layer blobs are not kept: the unpacked tree is what runs, and keeping both would double the disk used. A layer
 //! written before layers were keyed this way has `meta.json` instead of `layer.json`: whether it depended on its
-//! lowers is unknown, so it is unpacked again and the old tree replaced.
+//! lowers is unknown, so it is unpacked again and the old tree moved to `tmp/` (freed by the next `rmi`/`prune`).
 //!
 //! Concurrency: every pull holds `locks/store.lock` shared, `rmi` and `prune` exclusive, so collection never removes
-//! what a live pull is about to reference. A layer is unpacked under the lock of its diff_id; one found to link into
-//! its lowers moves on to the lock of its ChainID (taken without waiting while the diff_id's is held, else after
-//! releasing it) before it waits for its lower layers. A second process wanting the same layer waits for it and
-//! then finds it published. Nothing else is ever waited for.
+//! what a live pull is about to reference. A layer is produced under the lock of its diff_id and that of its
+//! ChainID, the latter taken without waiting: held by another process, it means that process is producing the
+//! same layer over the same chain, and it is waited for once the diff_id's lock is released. A layer that links
+//! into its lowers waits for them holding only its ChainID's lock. So no lock is waited for while another is held;
+//! a second process wanting the same layer waits for it and then finds it published. Nothing else is ever waited
+//! for.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};

@@ -663,6 +663,8 @@ pub fn unpack_layer<R: Read>(src: R, dest: &Path, opts: UnpackOptions) -> Result
     let mut stats = UnpackStats::default();
     let mut lower_links = Vec::new();
     let mut markers = Markers::default();
+    // Whiteouts of this layer kept as markers (see the hardlink case).
+    let mut whited: HashSet<Vec<u8>> = HashSet::new();
     let mut tracked = Tracked(0);
     let force_markers = opts.unprivileged && markers_forced();
     let mut dirs: Vec<DirMeta> = Vec::new();
@@ -691,9 +693,6 @@ pub fn unpack_layer<R: Read>(src: R, dest: &Path, opts: UnpackOptions) -> Result
             }
             Some(Err(e)) => return Err(UnpackError::Read(e)),
         };
-        let raw = entry.path_bytes().into_owned();
-        let shown = String::from_utf8_lossy(&raw).into_owned();
-        let comps = components(&raw)?;
         stats.entries += 1;
         let kind = entry.header().entry_type();
         // PAX and GNU extension headers the crate did not attach to an entry (a global PAX header, or one in a
@@ -707,6 +706,9 @@ pub fn unpack_layer<R: Read>(src: R, dest: &Path, opts: UnpackOptions) -> Result
         ) {
             continue;
         }
+        let raw = entry.path_bytes().into_owned();
+        let shown = String::from_utf8_lossy(&raw).into_owned();
+        let comps = components(&raw)?;
         let Some((&name, parent_comps)) = comps.split_last() else {
             continue; // "./" or "/": the layer root itself; its metadata belongs to the image's root, not to a layer.
         };
@@ -763,7 +765,8 @@ pub fn unpack_layer<R: Read>(src: R, dest: &Path, opts: UnpackOptions) -> Result
                     let mut path = join(parent_comps);
                     path.push(target);
                     let path = path.into_os_string().into_vec();
-                    tracked.add(path.len())?;
+                    tracked.add(2 * path.len())?;
+                    whited.insert(path.clone());
                     markers.whiteouts.push(path);
                 }
                 Err(e) => return Err(wrap(errno_io(e))),
@@ -906,6 +909,9 @@ pub fn unpack_layer<R: Read>(src: R, dest: &Path, opts: UnpackOptions) -> Result
                     // A whiteout in this layer hides the target.
                     (Some(SFlag::S_IFCHR), _) if is_whiteout_at(root, &tcomps) => return Err(missing()),
                     (Some(_), Some(t)) => t,
+                    // The same, where the whiteout is kept as a marker: what a layer links to does not depend
+                    // on how whiteouts are stored.
+                    _ if whited.contains(&join(&tcomps).into_os_string().into_vec()) => return Err(missing()),
                     _ => {
                         // The target was laid down by a lower layer (legal, if rare): link it once those exist.
                         // This makes the stored layer depend on the layers below it (see the store's keys).
