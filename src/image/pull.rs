@@ -18,7 +18,9 @@ use crate::image::local::{self, LocalError};
 use crate::image::platform::Platform;
 use crate::image::registry::{Registry, RegistryError};
 use crate::image::source::ImageSource;
-use crate::image::store::{remove_tree, ImageRecord, LayerMeta, LayerRecord, Store, StoreError};
+use crate::image::store::{
+    chain_ids, layer_key, remove_tree, ImageRecord, LayerMeta, LayerRecord, Lock, Store, StoreError,
+};
 use crate::image::unpack::{link_from_lower, unpack_layer, LowerLink, UnpackError, UnpackOptions, UnpackStats};
 use crate::progress::Progress;
 
@@ -391,16 +393,24 @@ async fn fetch_resolved(
     let limit = Arc::new(tokio::sync::Semaphore::new(6));
     let mut layers_reused = 0;
     let mut order = Vec::new();
+    let diff_ids: Vec<Digest> = resolved.layers.iter().map(|l| l.diff_id.clone()).collect();
+    let chains = chain_ids(&diff_ids);
+    let mut metas: Vec<Option<LayerMeta>> = vec![None; diff_ids.len()];
     for (i, layer) in resolved.layers.into_iter().enumerate() {
-        order.push((layer.diff_id.clone(), layer.media_type.clone()));
-        if store.has_layer(store.idmap(), &layer.diff_id) {
+        order.push(layer.media_type.clone());
+        if let Some(meta) = store
+            .find_layer(store.idmap(), &layer.diff_id, &chains[i])
+            .and_then(|k| store.layer_meta(store.idmap(), &k))
+        {
             layers_reused += 1;
+            metas[i] = Some(meta);
             continue;
         }
         let store = store.clone();
         let bar = progress.bar(layer.diff_id.short(), layer.size);
         let limit = limit.clone();
-        let lowers: Vec<Digest> = order.iter().rev().skip(1).map(|(d, _)| d.clone()).collect();
+        let lowers: Vec<(Digest, Digest)> = (0..i).rev().map(|j| (diff_ids[j].clone(), chains[j].clone())).collect();
+        let chain_id = chains[i].clone();
         let cancel = cancel_rx.clone();
         tasks.spawn(async move {
             let permit = limit.acquire_owned().await.expect("semaphore is never closed");
@@ -408,14 +418,13 @@ async fn fetch_resolved(
                 .digest
                 .as_ref()
                 .map_or_else(|| layer.diff_id.to_string(), Digest::to_string);
-            let res = ensure_layer(&store, layer, lowers, permit, cancel, bar.clone()).await;
+            let res = ensure_layer(&store, layer, chain_id, lowers, permit, cancel, bar.clone()).await;
             bar.finish_and_clear();
             (i, label, res)
         });
     }
     let mut fetched = 0;
     let mut bytes_fetched = 0;
-    let mut metas: Vec<Option<LayerMeta>> = vec![None; order.len()];
     let mut first_err = None;
     while let Some(joined) = tasks.join_next().await {
         let (i, label, res) = joined.map_err(|e| PullError::Invalid {
@@ -449,22 +458,18 @@ async fn fetch_resolved(
     }
     let mut layers = Vec::new();
     let mut size = 0;
-    for (i, (diff_id, media_type)) in order.into_iter().enumerate() {
-        let meta = match metas[i].take() {
-            Some(m) => m,
-            None => store
-                .layer_meta(store.idmap(), &diff_id)
-                .ok_or_else(|| PullError::Invalid {
-                    name: name.to_string(),
-                    message: format!("layer {diff_id} vanished from the store"),
-                })?,
-        };
+    for (i, media_type) in order.into_iter().enumerate() {
+        let meta = metas[i].take().ok_or_else(|| PullError::Invalid {
+            name: name.to_string(),
+            message: format!("layer {} has no result", diff_ids[i]),
+        })?;
         size += meta.unpacked_bytes;
         layers.push(LayerRecord {
             digest: meta.blob_digest,
-            diff_id,
+            diff_id: diff_ids[i].clone(),
             media_type,
             size: meta.blob_size,
+            chain_id: meta.chain_id,
         });
     }
     if let Some((data, digest)) = &resolved.index {
@@ -506,85 +511,166 @@ async fn fetch_resolved(
 }
 
 /// Makes one layer present in the store. Returns its metadata and whether this process produced it.
+///
+/// The layer is produced under the lock of its diff_id and, taken without waiting, that of its ChainID. Without
+/// hardlinks into lower layers it is published under its diff_id; with them it depends on the layers below and is
+/// published under its ChainID (see the store's notes), after the diff_id's lock is released and the lower layers
+/// are there. A ChainID lock held by another process means that process is producing this layer over this chain:
+/// it is waited for, holding nothing. So no lock is ever waited for while another is held.
 async fn ensure_layer(
     store: &Store,
     layer: PendingLayer,
-    lowers: Vec<Digest>,
+    chain_id: Digest,
+    lowers: Vec<(Digest, Digest)>,
     permit: tokio::sync::OwnedSemaphorePermit,
-    mut cancel: tokio::sync::watch::Receiver<bool>,
+    cancel: tokio::sync::watch::Receiver<bool>,
     bar: indicatif::ProgressBar,
 ) -> Result<(LayerMeta, bool), LayerError> {
     let diff_id = layer.diff_id.clone();
-    let (s, d) = (store.clone(), diff_id.clone());
-    let lock = tokio::task::spawn_blocking(move || s.lock_layer(s.idmap(), &d))
-        .await
-        .map_err(|e| LayerError::Task(e.to_string()))??;
-    if let Some(meta) = store.layer_meta(store.idmap(), &diff_id) {
+    let idmap = store.idmap().to_string();
+    let own_key = layer_key(&diff_id, None);
+    let chain_key = layer_key(&diff_id, Some(&chain_id));
+    let lock = lock_layer(store, &own_key).await?;
+    if let Some(meta) = store
+        .find_layer(&idmap, &diff_id, &chain_id)
+        .and_then(|k| store.layer_meta(&idmap, &k))
+    {
         return Ok((meta, false));
     }
-    let staging = store.layer_staging(store.idmap(), &diff_id)?;
-    let tree = staging.join("root");
+    let (chain_lock, staging, v) = match store.lock_layer(&idmap, &chain_key, false)? {
+        Some(chain_lock) => {
+            let staging = store.layer_staging(&idmap, &own_key)?;
+            let v = match unpack_into(store, &layer, &staging.join("root"), &cancel, &bar).await {
+                Ok(v) => v,
+                Err(e) => {
+                    let _ = remove_tree(&staging);
+                    return Err(e);
+                }
+            };
+            if v.lower_links.is_empty() {
+                let meta = publish(store, &own_key, &staging, &v, &diff_id, None)?;
+                return Ok((meta, true));
+            }
+            // It depends on its lowers: the staging tree moves on to the ChainID's key.
+            let to = store.layer_staging_path(&idmap, &chain_key);
+            let moved = remove_tree(&to).and_then(|()| {
+                std::fs::rename(&staging, &to).map_err(|source| StoreError::Io {
+                    action: "move",
+                    path: staging.clone(),
+                    source,
+                })
+            });
+            if let Err(e) = moved {
+                let _ = remove_tree(&staging);
+                return Err(e.into());
+            }
+            drop(lock);
+            (chain_lock, to, v)
+        }
+        None => {
+            // Another process is producing this layer over this chain: wait for it, holding nothing else.
+            drop(lock);
+            let chain_lock = lock_layer(store, &chain_key).await?;
+            if let Some(meta) = store.layer_meta(&idmap, &chain_key) {
+                return Ok((meta, false));
+            }
+            // It died before publishing: produce the layer here, under the chain's lock.
+            let staging = store.layer_staging(&idmap, &chain_key)?;
+            match unpack_into(store, &layer, &staging.join("root"), &cancel, &bar).await {
+                Ok(v) => (chain_lock, staging, v),
+                Err(e) => {
+                    let _ = remove_tree(&staging);
+                    return Err(e);
+                }
+            }
+        }
+    };
+    // Its lower layers are produced by sibling tasks (or other processes): give the slot back and wait.
+    drop(permit);
+    if let Err(e) = link_lowers(store, &staging.join("root"), &v.lower_links, &lowers, cancel).await {
+        let _ = remove_tree(&staging);
+        return Err(e);
+    }
+    let meta = publish(store, &chain_key, &staging, &v, &diff_id, Some(&chain_id))?;
+    drop(chain_lock);
+    Ok((meta, true))
+}
+
+/// Takes the lock of the layer `key`, waiting for it.
+async fn lock_layer(store: &Store, key: &str) -> Result<Lock, LayerError> {
+    let (s, k) = (store.clone(), key.to_string());
+    tokio::task::spawn_blocking(move || s.lock_layer(s.idmap(), &k, true))
+        .await
+        .map_err(|e| LayerError::Task(e.to_string()))??
+        .ok_or_else(|| LayerError::Task("a waiting lock was not taken".into()))
+}
+
+/// Unpacks the layer into `tree`, from a verified copy in the shared blob cache when there is one (one that fails
+/// verification is ignored and the source asked instead), and checks its identity.
+async fn unpack_into(
+    store: &Store,
+    layer: &PendingLayer,
+    tree: &Path,
+    cancel: &tokio::sync::watch::Receiver<bool>,
+    bar: &indicatif::ProgressBar,
+) -> Result<Verified, LayerError> {
+    let diff_id = &layer.diff_id;
     let opts = UnpackOptions::for_process();
-    // A verified copy in the shared blob cache replaces the download; one that fails verification is
-    // ignored and the registry asked instead.
     let cached = match (&layer.fetch, &layer.digest) {
         (LayerFetch::Registry(_), Some(d)) => store.cached_blob(d, layer.size),
         _ => None,
     };
-    let from_cache = match cached {
-        Some((path, file)) => {
-            tracing::debug!(blob = %path.display(), "layer blob found in the blob cache");
-            let r = unpack_open(file, layer.size, tree.clone(), opts, bar.clone()).await;
-            match r.and_then(|v| check_identity(&layer, &diff_id, v)) {
-                Ok(v) => Some(v),
-                Err(e) => {
-                    tracing::warn!(blob = %path.display(), error = %e, "ignoring a bad blob in the blob cache");
-                    let _ = remove_tree(&tree);
-                    let _ = std::fs::create_dir_all(&tree);
-                    None
-                }
+    if let Some((path, file)) = cached {
+        tracing::debug!(blob = %path.display(), "layer blob found in the blob cache");
+        let r = unpack_open(file, layer.size, tree.to_path_buf(), opts, bar.clone()).await;
+        match r.and_then(|v| check_identity(layer, diff_id, v)) {
+            Ok(v) => return Ok(v),
+            Err(e) => {
+                tracing::warn!(blob = %path.display(), error = %e, "ignoring a bad blob in the blob cache");
+                let _ = remove_tree(tree);
+                let _ = crate::safe_fs::create_dir_mode(tree, 0o755);
             }
         }
-        None => None,
+    }
+    fetch_layer(store, layer, diff_id, tree, opts, cancel, bar).await
+}
+
+/// Waits for the lower layers (`(diff_id, ChainID)`, nearest first) to be published, then resolves the hardlinks
+/// into them of the layer unpacked at `tree`.
+async fn link_lowers(
+    store: &Store,
+    tree: &Path,
+    links: &[LowerLink],
+    lowers: &[(Digest, Digest)],
+    mut cancel: tokio::sync::watch::Receiver<bool>,
+) -> Result<(), LayerError> {
+    let roots = tokio::select! {
+        r = wait_for_layers(store, lowers) => r,
+        _ = cancel.wait_for(|v| *v) => return Err(LayerError::Cancelled),
     };
-    let outcome = match from_cache {
-        Some(v) => Ok(v),
-        None => fetch_layer(store, &layer, &diff_id, &tree, opts, &cancel, &bar).await,
-    };
-    let outcome = match outcome {
-        Ok(v) if !v.lower_links.is_empty() => {
-            // Its lower layers are produced by sibling tasks (or other processes): give the slot back and wait.
-            drop(permit);
-            tokio::select! {
-                _ = wait_for_layers(store, &lowers) => {}
-                _ = cancel.wait_for(|v| *v) => {
-                    let _ = remove_tree(&staging);
-                    return Err(LayerError::Cancelled);
-                }
-            }
-            let roots: Vec<PathBuf> = lowers.iter().map(|d| store.layer_root(store.idmap(), d)).collect();
-            let t = tree.clone();
-            let links = v.lower_links.clone();
-            tokio::task::spawn_blocking(move || link_from_lower(&t, &roots, &links))
-                .await
-                .map_err(|e| LayerError::Task(e.to_string()))
-                .and_then(|r| r.map_err(LayerError::from))
-                .map(|()| v)
-        }
-        other => other,
-    };
-    let v = match outcome {
-        Ok(v) => v,
-        Err(e) => {
-            let _ = remove_tree(&staging);
-            return Err(e);
-        }
-    };
-    tracing::debug!(%diff_id, entries = v.stats.entries, bytes = v.stats.bytes, whiteouts = v.stats.whiteouts,
-        skipped_devices = v.stats.skipped_devices, "layer unpacked");
+    let (t, links) = (tree.to_path_buf(), links.to_vec());
+    tokio::task::spawn_blocking(move || link_from_lower(&t, &roots, &links))
+        .await
+        .map_err(|e| LayerError::Task(e.to_string()))?
+        .map_err(LayerError::from)
+}
+
+/// Writes a staged layer's metadata (and markers) and publishes it as `key`; the staging tree is removed if that
+/// fails.
+fn publish(
+    store: &Store,
+    key: &str,
+    staging: &Path,
+    v: &Verified,
+    diff_id: &Digest,
+    chain_id: Option<&Digest>,
+) -> Result<LayerMeta, LayerError> {
+    tracing::debug!(%diff_id, key, entries = v.stats.entries, bytes = v.stats.bytes, whiteouts = v.stats.whiteouts,
+        skipped_devices = v.stats.skipped_devices, lower_links = v.lower_links.len(), "layer unpacked");
     let meta = LayerMeta {
         diff_id: diff_id.clone(),
-        blob_digest: v.digest,
+        chain_id: chain_id.cloned(),
+        blob_digest: v.digest.clone(),
         blob_size: v.size,
         unpacked_bytes: v.stats.bytes,
         entries: v.stats.entries,
@@ -592,16 +678,15 @@ async fn ensure_layer(
     if !v.markers.is_empty() {
         let f = staging.join(crate::image::unpack::MARKERS_FILE);
         if let Err(e) = std::fs::write(&f, serde_json::to_vec(&v.markers).expect("markers serialise")) {
-            let _ = remove_tree(&staging);
+            let _ = remove_tree(staging);
             return Err(LayerError::File { path: f, source: e });
         }
     }
-    if let Err(e) = store.publish_layer(store.idmap(), &staging, &meta) {
-        let _ = remove_tree(&staging);
+    if let Err(e) = store.publish_layer(store.idmap(), key, staging, &meta) {
+        let _ = remove_tree(staging);
         return Err(e.into());
     }
-    drop(lock);
-    Ok((meta, true))
+    Ok(meta)
 }
 
 /// The verified identity of an unpacked layer against what the manifest promised.
@@ -742,9 +827,21 @@ async fn fetch_layer(
     }
 }
 
-/// Waits until every layer in `layers` is published. The pull fails (and aborts this task) if one cannot be.
-async fn wait_for_layers(store: &Store, layers: &[Digest]) {
-    while !layers.iter().all(|d| store.has_layer(store.idmap(), d)) {
+/// Waits until every layer in `layers` (`(diff_id, ChainID)`) is published and returns their trees. The pull
+/// fails (and aborts this task) if one cannot be.
+async fn wait_for_layers(store: &Store, layers: &[(Digest, Digest)]) -> Vec<PathBuf> {
+    loop {
+        let found: Option<Vec<PathBuf>> = layers
+            .iter()
+            .map(|(d, c)| {
+                store
+                    .find_layer(store.idmap(), d, c)
+                    .map(|k| store.layer_root(store.idmap(), &k))
+            })
+            .collect();
+        if let Some(roots) = found {
+            return roots;
+        }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }

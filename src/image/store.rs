@@ -2,21 +2,35 @@
 //!
 //! ```text
 //! <root>/blobs/sha256/<hex>          manifests, indexes and configs, verified against their digest
-//! <root>/layers/<idmap>/<diff_id>/   an unpacked layer (overlay lower format) in `root/`, and `meta.json`
+//! <root>/layers/<idmap>/<key>/       an unpacked layer (overlay lower format) in `root/`, and `layer.json`
 //! <root>/images/<sha256(name)>.json  one record per image name: manifest digest, config, layers
 //! <root>/cache/<kind>/<key>          files derived from something else and kept for reuse (compiled seccomp
 //!                                    filters); checked by their reader, rebuilt when missing or damaged
 //! <root>/tmp/                        staging; an entry becomes visible only by rename(2) into place
 //! <root>/locks/                      flock(2) files
 //! ```
-//! Keys: layers are keyed by their diff_id (the digest of the uncompressed tar, so gzip and zstd variants of one
-//! layer share an entry) under the ID mapping they were unpacked for (`host` when files keep the image's owners);
-//! another mapping, as a rootless user's, gets its own tree. Compressed layer blobs are not kept: the unpacked tree
-//! is what runs, and keeping both would double the disk used.
+//! Keys: an unpacked layer must be what its image's layers make it, whichever images were pulled before. Most
+//! layers depend on their own tar stream alone, and are keyed by its digest, the diff_id (`<key>` = its hex), so
+//! gzip and zstd variants of one layer, and images sharing it over different bases, share one entry. A layer with
+//! hardlinks to files of the layers below it (rare: a `ln` of a file from the base image) depends on those too:
+//! it is keyed by its ChainID (`<key>` = `chain-<hex>`, with containerd's definition: the ChainID of the bottom
+//! layer is its diff_id, that of layer n is `sha256(ChainID(n-1) + " " + diff_id(n))`), so the same diff_id over
+//! another chain is never reused. Whether a layer has such links is only known once it is unpacked, and is the
+//! same for every unpacking of one tar stream: the image record says it (`chain_id` of its layer), a pull looks
+//! for both keys ([`Store::find_layer`]), and run, rmi, prune and the running containers' layer lists
+//! ([`crate::run::state::live_layers`]) all use the record's key. Keys are per ID mapping (`host` when files keep
+//! the image's owners; another mapping, as a rootless user's, gets its own tree under the same keys). Compressed
+//! layer blobs are not kept: the unpacked tree is what runs, and keeping both would double the disk used. A layer
+//! written before layers were keyed this way has `meta.json` instead of `layer.json`: whether it depended on its
+//! lowers is unknown, so it is unpacked again and the old tree moved to `tmp/` (freed by the next `rmi`/`prune`).
 //!
 //! Concurrency: every pull holds `locks/store.lock` shared, `rmi` and `prune` exclusive, so collection never removes
-//! what a live pull is about to reference. Each layer is produced under its own exclusive lock; a second process
-//! wanting the same layer waits for it and then finds it published. Nothing else is ever waited for.
+//! what a live pull is about to reference. A layer is produced under the lock of its diff_id and that of its
+//! ChainID, the latter taken without waiting: held by another process, it means that process is producing the
+//! same layer over the same chain, and it is waited for once the diff_id's lock is released. A layer that links
+//! into its lowers waits for them holding only its ChainID's lock. So no lock is waited for while another is held;
+//! a second process wanting the same layer waits for it and then finds it published. Nothing else is ever waited
+//! for.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
@@ -60,11 +74,44 @@ fn io_err<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(io::Error) ->
 pub struct LayerRecord {
     /// Digest of the blob as the registry serves it (possibly compressed).
     pub digest: Digest,
-    /// Digest of the uncompressed tar: the key of the unpacked layer.
+    /// Digest of the uncompressed tar: the key of the unpacked layer, unless `chain_id` is set.
     pub diff_id: Digest,
     pub media_type: String,
     /// Size of the blob.
     pub size: u64,
+    /// The layer's ChainID, when its unpacked tree depends on the layers below it (it has hardlinks to their
+    /// files): it is then stored under this key (see the module's notes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chain_id: Option<Digest>,
+}
+
+impl LayerRecord {
+    /// The key of the unpacked layer in `layers/<idmap>/`.
+    pub fn key(&self) -> String {
+        layer_key(&self.diff_id, self.chain_id.as_ref())
+    }
+}
+
+/// The key of an unpacked layer: its diff_id's hex, or `chain-<hex>` of its ChainID when it depends on its lowers.
+pub fn layer_key(diff_id: &Digest, chain_id: Option<&Digest>) -> String {
+    match chain_id {
+        Some(c) => format!("chain-{}", c.hex()),
+        None => diff_id.hex().to_string(),
+    }
+}
+
+/// The ChainIDs of layers with these diff_ids, bottom first (containerd's definition: the bottom layer's is its
+/// diff_id, the next one's `sha256(ChainID(n-1) + " " + diff_id(n))`).
+pub fn chain_ids(diff_ids: &[Digest]) -> Vec<Digest> {
+    let mut out: Vec<Digest> = Vec::with_capacity(diff_ids.len());
+    for d in diff_ids {
+        let next = match out.last() {
+            None => d.clone(),
+            Some(below) => Digest::of(format!("{below} {d}").as_bytes()),
+        };
+        out.push(next);
+    }
+    out
 }
 
 /// What the store knows about one image name.
@@ -93,15 +140,24 @@ impl ImageRecord {
     }
 }
 
-/// Metadata kept beside an unpacked layer.
+/// Metadata kept beside an unpacked layer ([`LAYER_META`]).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct LayerMeta {
     pub diff_id: Digest,
+    /// Set when the tree depends on the layers below (it is stored under this ChainID).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chain_id: Option<Digest>,
     pub blob_digest: Digest,
     pub blob_size: u64,
     pub unpacked_bytes: u64,
     pub entries: u64,
 }
+
+/// The file beside a layer's `root/` that holds its [`LayerMeta`]; written last, before the rename that publishes
+/// the layer, so a layer with it is complete. (Layers published before ChainID keys have `meta.json`.)
+pub const LAYER_META: &str = "layer.json";
+/// Largest [`LAYER_META`] read back (it is a few hundred bytes).
+const LAYER_META_MAX: u64 = 64 << 10;
 
 /// A held lock; released on drop.
 pub struct Lock(#[allow(dead_code)] Flock<File>);
@@ -251,29 +307,46 @@ impl Store {
         self.lock_file("store.lock", FlockArg::LockExclusive)
     }
 
-    /// Exclusive lock for producing one layer.
-    pub fn lock_layer(&self, idmap: &str, diff_id: &Digest) -> Result<Lock, StoreError> {
-        self.lock_file(
-            &format!("layer-{idmap}-{}.lock", diff_id.hex()),
-            FlockArg::LockExclusive,
-        )
+    /// Exclusive lock for producing the layer `key` (see [`layer_key`]); `wait: false` returns `None` at once
+    /// when another holds it.
+    pub fn lock_layer(&self, idmap: &str, key: &str, wait: bool) -> Result<Option<Lock>, StoreError> {
+        let arg = if wait {
+            FlockArg::LockExclusive
+        } else {
+            FlockArg::LockExclusiveNonblock
+        };
+        match self.lock_file(&format!("layer-{idmap}-{key}.lock"), arg) {
+            Ok(l) => Ok(Some(l)),
+            Err(StoreError::Io { source, .. }) if !wait && source.raw_os_error() == Some(libc::EWOULDBLOCK) => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 
     pub fn blob_path(&self, digest: &Digest) -> PathBuf {
         self.root.join("blobs/sha256").join(digest.hex())
     }
 
-    pub fn layer_dir(&self, idmap: &str, diff_id: &Digest) -> PathBuf {
-        self.root.join("layers").join(idmap).join(diff_id.hex())
+    /// The directory of the layer `key` (see [`layer_key`]).
+    pub fn layer_dir(&self, idmap: &str, key: &str) -> PathBuf {
+        self.root.join("layers").join(idmap).join(key)
     }
 
     /// The unpacked tree of a published layer.
-    pub fn layer_root(&self, idmap: &str, diff_id: &Digest) -> PathBuf {
-        self.layer_dir(idmap, diff_id).join("root")
+    pub fn layer_root(&self, idmap: &str, key: &str) -> PathBuf {
+        self.layer_dir(idmap, key).join("root")
     }
 
-    pub fn has_layer(&self, idmap: &str, diff_id: &Digest) -> bool {
-        self.layer_dir(idmap, diff_id).join("meta.json").is_file()
+    /// Whether the layer `key` is published (complete) for this ID mapping.
+    pub fn has_layer(&self, idmap: &str, key: &str) -> bool {
+        self.layer_dir(idmap, key).join(LAYER_META).is_file()
+    }
+
+    /// The key under which the layer `diff_id`, with ChainID `chain_id` in the image being pulled, is published:
+    /// its diff_id when its tree depends on its own tar alone, else its ChainID; `None` if neither is there.
+    pub fn find_layer(&self, idmap: &str, diff_id: &Digest, chain_id: &Digest) -> Option<String> {
+        [layer_key(diff_id, None), layer_key(diff_id, Some(chain_id))]
+            .into_iter()
+            .find(|k| self.has_layer(idmap, k))
     }
 
     pub fn read_blob(&self, digest: &Digest) -> Result<Option<Vec<u8>>, StoreError> {
@@ -328,19 +401,26 @@ impl Store {
         })
     }
 
-    /// A fresh staging directory for a layer; the caller holds the layer's lock, so anything already there is
-    /// debris of a producer that died and is removed.
-    pub fn layer_staging(&self, idmap: &str, diff_id: &Digest) -> Result<PathBuf, StoreError> {
-        let dir = self.root.join("tmp").join(format!("layer-{idmap}-{}", diff_id.hex()));
+    /// The staging directory of the layer `key` (see [`layer_key`]); only the holder of its lock uses it.
+    pub fn layer_staging_path(&self, idmap: &str, key: &str) -> PathBuf {
+        self.root.join("tmp").join(format!("layer-{idmap}-{key}"))
+    }
+
+    /// A fresh staging directory for the layer `key`; the caller holds the layer's lock, so anything already there
+    /// is debris of a producer that died and is removed.
+    pub fn layer_staging(&self, idmap: &str, key: &str) -> Result<PathBuf, StoreError> {
+        let dir = self.layer_staging_path(idmap, key);
         remove_tree(&dir)?;
         let tree = dir.join("root");
         fs::create_dir_all(&tree).map_err(io_err("create", &tree))?;
         Ok(dir)
     }
 
-    /// Publishes a staged layer by renaming it into place.
-    pub fn publish_layer(&self, idmap: &str, staging: &Path, meta: &LayerMeta) -> Result<(), StoreError> {
-        let meta_path = staging.join("meta.json");
+    /// Publishes a staged layer as `key` by renaming it into place (the caller holds the key's lock). A tree
+    /// already there without [`LAYER_META`] (from before ChainID keys, see the module's notes) is moved to `tmp/`
+    /// first, left for garbage collection.
+    pub fn publish_layer(&self, idmap: &str, key: &str, staging: &Path, meta: &LayerMeta) -> Result<(), StoreError> {
+        let meta_path = staging.join(LAYER_META);
         fs::write(
             &meta_path,
             serde_json::to_vec_pretty(meta).expect("layer metadata serialises"),
@@ -348,15 +428,26 @@ impl Store {
         .map_err(io_err("write", &meta_path))?;
         let parent = self.root.join("layers").join(idmap);
         fs::create_dir_all(&parent).map_err(io_err("create", &parent))?;
-        let dest = self.layer_dir(idmap, &meta.diff_id);
+        let dest = self.layer_dir(idmap, key);
+        if fs::symlink_metadata(&dest).is_ok() {
+            let old =
+                self.root
+                    .join("tmp")
+                    .join(format!("old-layer-{idmap}-{key}.{}.{}", std::process::id(), unique()));
+            fs::rename(&dest, &old).map_err(io_err("move aside", &dest))?;
+        }
         crate::failpoint::hit("layer-before-publish");
         fs::rename(staging, &dest).map_err(io_err("publish", &dest))?;
         crate::failpoint::hit("layer-after-publish");
         Ok(())
     }
 
-    pub fn layer_meta(&self, idmap: &str, diff_id: &Digest) -> Option<LayerMeta> {
-        let data = fs::read(self.layer_dir(idmap, diff_id).join("meta.json")).ok()?;
+    /// The metadata of the published layer `key`.
+    pub fn layer_meta(&self, idmap: &str, key: &str) -> Option<LayerMeta> {
+        use std::io::Read;
+        let f = File::open(self.layer_dir(idmap, key).join(LAYER_META)).ok()?;
+        let mut data = Vec::new();
+        f.take(LAYER_META_MAX).read_to_end(&mut data).ok()?;
         serde_json::from_slice(&data).ok()
     }
 
@@ -467,7 +558,8 @@ impl Store {
 
     /// Removes layers and blobs that no image references, and staging debris. Needs the exclusive store lock.
     /// Returns the bytes freed.
-    /// `in_use`: diff_ids of layers that running containers use, kept whatever the image records say.
+    /// `in_use`: keys of layers that running containers use (see [`LayerRecord::key`]; `sha256:<hex>` as run
+    /// records before ChainID keys wrote them is a diff_id key too), kept whatever the image records say.
     pub fn collect_garbage(&self, _lock: &Lock, in_use: &[String]) -> Result<u64, StoreError> {
         use std::collections::HashSet;
         let images = self.images()?;
@@ -479,7 +571,7 @@ impl Store {
             if let Some(i) = &r.index_digest {
                 blobs.insert(i.hex().to_string());
             }
-            layers.extend(r.layers.iter().map(|l| l.diff_id.hex().to_string()));
+            layers.extend(r.layers.iter().map(LayerRecord::key));
         }
         layers.extend(in_use.iter().map(|d| d.trim_start_matches("sha256:").to_string()));
         let mut freed = 0;

@@ -1,10 +1,16 @@
 //! Safe extraction of one layer tarball into a fresh directory, in overlayfs' lower-layer format.
 //!
-//! Layer tarballs are hostile input. Every entry name is checked before anything is written (absolute paths and
-//! `..` components are refused), every parent directory is resolved with `openat2(RESOLVE_IN_ROOT)` so that no
-//! symlink, whether from this layer or planted by it, can lead a write outside the layer directory, and each final
-//! component is created with `*at` calls relative to that parent, never following a symlink. OCI whiteouts become
-//! overlay whiteouts: `.wh.NAME` a 0:0 character device, `.wh..wh..opq` the `trusted.overlay.opaque` xattr.
+//! Layer tarballs are hostile input. Every entry name is checked before anything is written (`..` components are
+//! refused; a leading `/` means the layer root, as Docker and Podman read it), every parent directory is resolved
+//! with `openat2(RESOLVE_IN_ROOT)` so that no symlink, whether from this layer or planted by it, can lead a write
+//! outside the layer directory, and each final component is created with `*at` calls relative to that parent,
+//! never following a symlink. OCI whiteouts become overlay whiteouts: `.wh.NAME` a 0:0 character device,
+//! `.wh..wh..opq` the `trusted.overlay.opaque` xattr.
+//!
+//! Memory is bounded whatever the layer holds: the headers that precede an entry (PAX records, GNU long names,
+//! sparse maps) are capped at [`MAX_ENTRY_HEADERS`] before the `tar` crate collects them, names and link targets
+//! at [`MAX_NAME`], and what is remembered across entries (directories to finish, markers, lower links) at
+//! [`MAX_TRACKED`] bytes.
 
 use std::collections::{HashMap, HashSet};
 use std::ffi::{CString, OsStr, OsString};
@@ -107,6 +113,9 @@ impl Markers {
 
 /// The file, beside a layer's `root/`, that holds its [`Markers`].
 pub const MARKERS_FILE: &str = "markers.json";
+/// The largest [`MARKERS_FILE`] read back: the markers of one layer are bounded by [`MAX_TRACKED`], and each byte
+/// of a path takes at most four in the file (`255,`).
+pub const MARKERS_FILE_MAX: u64 = 4 * MAX_TRACKED as u64 + 4096;
 
 /// `DRUN_WHITEOUTS=markers`: record every whiteout and opaque directory in the markers file instead of the
 /// overlay form (what happens by itself where the kernel or file system cannot make the overlay form).
@@ -122,10 +131,37 @@ pub struct Unpacked {
     pub markers: Markers,
 }
 
+/// The most bytes of headers (PAX extended headers, GNU long names and links, sparse maps) one entry may have.
+/// The `tar` crate reads them whole into memory; a real one is a few hundred bytes (xattr values reach 64 KiB).
+pub const MAX_ENTRY_HEADERS: u64 = 1 << 20;
+/// The longest entry name or link target: Linux's `PATH_MAX` (nothing longer can be created anyway).
+pub const MAX_NAME: usize = 4096;
+/// The most bytes of paths kept across entries of one layer (directories whose metadata is applied at the end,
+/// whiteouts kept as markers, hardlinks into lower layers), counted with a per-path overhead; a large real layer
+/// needs a few MiB.
+pub const MAX_TRACKED: usize = 64 << 20;
+/// Per-path overhead counted against [`MAX_TRACKED`] (allocation and index entries).
+const TRACKED_OVERHEAD: usize = 96;
+/// Jobs given to the writer pool between two barriers at most: bounds the set of their paths.
+const PENDING_MAX: usize = 4096;
+
 #[derive(Debug, thiserror::Error)]
 pub enum UnpackError {
-    #[error("layer entry {path:?} has an absolute path; refusing to unpack it")]
-    AbsolutePath { path: String },
+    #[error(
+        "the headers of a layer entry (PAX extended header, GNU long name or link, sparse map) exceed {limit} bytes; \
+         refusing to read them"
+    )]
+    HeadersTooLarge { limit: u64 },
+    #[error("layer entry {path:?}: its {what} is longer than {limit} bytes")]
+    NameTooLong {
+        path: String,
+        what: &'static str,
+        limit: usize,
+    },
+    #[error(
+        "the layer has more paths to remember (directories, whiteouts, hardlinks into lower layers) than {limit} bytes"
+    )]
+    TooManyPaths { limit: usize },
     #[error("layer entry {path:?} contains a \"..\" component; refusing to unpack it")]
     DotDot { path: String },
     #[error("layer entry {path:?} is an invalid whiteout")]
@@ -140,11 +176,18 @@ pub enum UnpackError {
     Unsupported { path: String, kind: tar::EntryType },
 }
 
-/// An entry name, split into safe components. Leading "./" and repeated slashes are normal in layer tarballs.
+/// An entry name, split into safe components. Leading "./" and repeated slashes are normal in layer tarballs; a
+/// leading "/" is read as the layer root, as Docker and Podman do (umoci writes an entry named "/", older tools
+/// wrote "/etc/passwd"): the name is relative to the layer whatever it starts with, and ".." is refused, so it
+/// never leads outside.
 fn components(raw: &[u8]) -> Result<Vec<&OsStr>, UnpackError> {
     let shown = || String::from_utf8_lossy(raw).into_owned();
-    if raw.first() == Some(&b'/') {
-        return Err(UnpackError::AbsolutePath { path: shown() });
+    if raw.len() > MAX_NAME {
+        return Err(UnpackError::NameTooLong {
+            path: String::from_utf8_lossy(&raw[..64]).into_owned() + "…",
+            what: "name",
+            limit: MAX_NAME,
+        });
     }
     let mut out = Vec::new();
     for c in raw.split(|b| *b == b'/') {
@@ -490,9 +533,131 @@ fn writer_threads() -> usize {
 }
 
 struct DirMeta {
-    comps: Vec<Vec<u8>>,
+    /// The directory's path below the layer root, as [`join`] makes it.
+    path: Vec<u8>,
+    depth: usize,
     mode: u32,
     mtime: TimeSpec,
+}
+
+/// The reader under the `tar` crate, counting what the crate reads while it looks for the next entry.
+///
+/// The crate reads an entry's PAX extended header and GNU long name/link whole into memory (`read_all`) before it
+/// returns the entry, whatever size the header claims; there is no hook to check that size first. Every byte
+/// the crate reads between two entries, once the previous entry's data has been drained, is header: padding,
+/// header blocks, those extension entries and sparse maps. So the budget is armed only around `next()` and a read
+/// beyond it fails, before more than [`MAX_ENTRY_HEADERS`] bytes are in memory.
+struct HeaderBudget<R> {
+    inner: R,
+    state: std::rc::Rc<BudgetState>,
+}
+
+#[derive(Default)]
+struct BudgetState {
+    armed: std::cell::Cell<bool>,
+    used: std::cell::Cell<u64>,
+    exceeded: std::cell::Cell<bool>,
+}
+
+impl BudgetState {
+    /// Allows the crate up to [`MAX_ENTRY_HEADERS`] (and a few blocks of padding and headers) from now on.
+    fn arm(&self) {
+        self.used.set(0);
+        self.armed.set(true);
+    }
+    fn disarm(&self) {
+        self.armed.set(false);
+    }
+}
+
+/// The budget: the headers proper, the header blocks and padding around them.
+const BUDGET: u64 = MAX_ENTRY_HEADERS + 8 * 512;
+
+impl<R: Read> Read for HeaderBudget<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let st = &self.state;
+        if !st.armed.get() {
+            return self.inner.read(buf);
+        }
+        let left = BUDGET - st.used.get();
+        if left == 0 {
+            st.exceeded.set(true);
+            return Err(io::Error::new(io::ErrorKind::InvalidData, "tar headers too large"));
+        }
+        let n = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+        let got = self.inner.read(&mut buf[..n])?;
+        st.used.set(st.used.get() + got as u64);
+        Ok(got)
+    }
+}
+
+/// A numeric header field read as Go's archive/tar (Docker's reader) reads it: base-256 when the high bit is set
+/// (left to the `tar` crate, `parsed`), else octal between spaces and NULs, and a blank field is 0. GNU tar and
+/// Python's tarfile leave the fields an entry type does not use blank, which the crate refuses.
+fn numeric(field: &[u8], parsed: impl FnOnce() -> io::Result<u64>) -> io::Result<u64> {
+    if field.first().is_some_and(|b| b & 0x80 != 0) {
+        return parsed();
+    }
+    let blank = |b: &u8| *b == b' ' || *b == 0;
+    let start = field.iter().position(|b| !blank(b)).unwrap_or(field.len());
+    let end = field.iter().rposition(|b| !blank(b)).map_or(start, |e| e + 1);
+    let text = &field[start..end];
+    if text.is_empty() {
+        return Ok(0);
+    }
+    std::str::from_utf8(text)
+        .ok()
+        .and_then(|t| u64::from_str_radix(t, 8).ok())
+        .ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "numeric header field {:?} is not a number",
+                    String::from_utf8_lossy(text)
+                ),
+            )
+        })
+}
+
+/// Mode, owner and mtime of an entry's header (see [`numeric`]).
+fn header_fields(h: &tar::Header) -> io::Result<(u32, u64, u64, i64)> {
+    let old = h.as_old();
+    let mode = numeric(&old.mode, || h.mode().map(u64::from))? as u32;
+    let uid = numeric(&old.uid, || h.uid())?;
+    let gid = numeric(&old.gid, || h.gid())?;
+    let mtime = numeric(&old.mtime, || h.mtime())? as i64;
+    Ok((mode, uid, gid, mtime))
+}
+
+/// The device numbers of a character or block device entry; 0 where the header format has none or leaves them
+/// blank (see [`numeric`]).
+fn device_numbers(h: &tar::Header) -> io::Result<(u32, u32)> {
+    let fields = match (h.as_ustar(), h.as_gnu()) {
+        (Some(u), _) => Some((u.dev_major, u.dev_minor)),
+        (None, Some(g)) => Some((g.dev_major, g.dev_minor)),
+        (None, None) => None,
+    };
+    let Some((major, minor)) = fields else {
+        return Ok((0, 0));
+    };
+    let major = numeric(&major, || h.device_major().map(|v| v.unwrap_or(0).into()))?;
+    let minor = numeric(&minor, || h.device_minor().map(|v| v.unwrap_or(0).into()))?;
+    let fit =
+        |v: u64| u32::try_from(v).map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "device number out of range"));
+    Ok((fit(major)?, fit(minor)?))
+}
+
+/// Counts the paths kept in memory across entries against [`MAX_TRACKED`].
+struct Tracked(usize);
+
+impl Tracked {
+    fn add(&mut self, len: usize) -> Result<(), UnpackError> {
+        self.0 += len + TRACKED_OVERHEAD;
+        if self.0 > MAX_TRACKED {
+            return Err(UnpackError::TooManyPaths { limit: MAX_TRACKED });
+        }
+        Ok(())
+    }
 }
 
 /// Unpacks the tar stream `src` into the existing, empty directory `dest`.
@@ -502,34 +667,71 @@ pub fn unpack_layer<R: Read>(src: R, dest: &Path, opts: UnpackOptions) -> Result
         source,
     })?;
     let root = root_fd.as_fd();
-    let mut archive = tar::Archive::new(src);
+    let budget = std::rc::Rc::new(BudgetState::default());
+    let mut archive = tar::Archive::new(HeaderBudget {
+        inner: src,
+        state: budget.clone(),
+    });
     let mut stats = UnpackStats::default();
     let mut lower_links = Vec::new();
     let mut markers = Markers::default();
+    // Whiteouts of this layer kept as markers (see the hardlink case).
+    let mut whited: HashSet<Vec<u8>> = HashSet::new();
+    let mut tracked = Tracked(0);
     let force_markers = opts.unprivileged && markers_forced();
     let mut dirs: Vec<DirMeta> = Vec::new();
-    let mut dir_index: HashMap<Vec<Vec<u8>>, usize> = HashMap::new();
+    let mut dir_index: HashMap<Vec<u8>, usize> = HashMap::new();
     let pool = Pool::new(writer_threads());
     // Paths with a job in the pool since the last barrier.
     let mut pending: HashSet<Vec<u8>> = HashSet::new();
-    for entry in archive.entries().map_err(UnpackError::Read)? {
-        let mut entry = entry.map_err(UnpackError::Read)?;
+    let mut entries = archive.entries().map_err(UnpackError::Read)?;
+    // The entry being unpacked; drained (what it did not read skipped) before the next one is asked for, so that
+    // everything the crate reads in `next()` is header (see [`HeaderBudget`]).
+    let mut current: Option<tar::Entry<'_, HeaderBudget<R>>> = None;
+    loop {
+        if let Some(mut done) = current.take() {
+            io::copy(&mut done, &mut io::sink()).map_err(UnpackError::Read)?;
+        }
+        budget.arm();
+        let next = entries.next();
+        budget.disarm();
+        let entry = match next {
+            None => break,
+            Some(Ok(e)) => current.insert(e),
+            Some(Err(_)) if budget.exceeded.get() => {
+                return Err(UnpackError::HeadersTooLarge {
+                    limit: MAX_ENTRY_HEADERS,
+                })
+            }
+            Some(Err(e)) => return Err(UnpackError::Read(e)),
+        };
+        stats.entries += 1;
+        let kind = entry.header().entry_type();
+        // PAX and GNU extension headers the crate did not attach to an entry (a global PAX header, or one in a
+        // header format the crate does not recognise) carry nothing to unpack; their data is skipped, never read.
+        if matches!(
+            kind,
+            tar::EntryType::XGlobalHeader
+                | tar::EntryType::XHeader
+                | tar::EntryType::GNULongName
+                | tar::EntryType::GNULongLink
+        ) {
+            continue;
+        }
         let raw = entry.path_bytes().into_owned();
         let shown = String::from_utf8_lossy(&raw).into_owned();
         let comps = components(&raw)?;
-        stats.entries += 1;
         let Some((&name, parent_comps)) = comps.split_last() else {
-            continue; // "./": the layer root itself; its metadata belongs to the image's root, not to a layer.
+            continue; // "./" or "/": the layer root itself; its metadata belongs to the image's root, not to a layer.
         };
         let wrap = |source: io::Error| UnpackError::Entry {
             path: shown.clone(),
             source,
         };
-        let kind = entry.header().entry_type();
         let key = join(&comps).into_os_string().into_vec();
         // Whiteouts and hardlinks may touch any earlier path; anything else only its own.
         let ordered = matches!(kind, tar::EntryType::Link) || name.as_bytes().starts_with(WHITEOUT_PREFIX.as_bytes());
-        if !pending.is_empty() && (ordered || pending.contains(&key)) {
+        if !pending.is_empty() && (ordered || pending.contains(&key) || pending.len() >= PENDING_MAX) {
             pool.barrier()?;
             pending.clear();
         }
@@ -548,7 +750,9 @@ pub fn unpack_layer<R: Read>(src: R, dest: &Path, opts: UnpackOptions) -> Result
             match set {
                 Ok(()) => {}
                 Err(e) if opts.unprivileged && matches!(e.raw_os_error(), Some(libc::EOPNOTSUPP | libc::EPERM)) => {
-                    markers.opaque.push(join(parent_comps).into_os_string().into_vec());
+                    let path = join(parent_comps).into_os_string().into_vec();
+                    tracked.add(path.len())?;
+                    markers.opaque.push(path);
                 }
                 Err(e) => return Err(wrap(e)),
             }
@@ -572,7 +776,10 @@ pub fn unpack_layer<R: Read>(src: R, dest: &Path, opts: UnpackOptions) -> Result
                 Err(Errno::EPERM | Errno::EOPNOTSUPP | Errno::EINVAL) if opts.unprivileged => {
                     let mut path = join(parent_comps);
                     path.push(target);
-                    markers.whiteouts.push(path.into_os_string().into_vec());
+                    let path = path.into_os_string().into_vec();
+                    tracked.add(2 * path.len())?;
+                    whited.insert(path.clone());
+                    markers.whiteouts.push(path);
                 }
                 Err(e) => return Err(wrap(errno_io(e))),
             }
@@ -580,18 +787,30 @@ pub fn unpack_layer<R: Read>(src: R, dest: &Path, opts: UnpackOptions) -> Result
             continue;
         }
 
-        let header = entry.header();
-        let mode = header.mode().map_err(wrap)? & 0o7777;
+        let (mode, uid, gid, header_mtime) = header_fields(entry.header()).map_err(wrap)?;
+        let mode = mode & 0o7777;
         let mode = if opts.unprivileged { mode & 0o1777 } else { mode };
-        let header_owner = opts.owner(header.uid().map_err(wrap)? as u32, header.gid().map_err(wrap)? as u32);
-        let header_mtime = header.mtime().map_err(wrap)? as i64;
-        let extras = pax_extras(&mut entry).map_err(wrap)?;
+        let header_owner = opts.owner(uid as u32, gid as u32);
+        let extras = pax_extras(entry).map_err(wrap)?;
         let times = extras.mtime.unwrap_or_else(|| TimeSpec::new(header_mtime, 0));
         let owner = |fd: BorrowedFd<'_>| -> io::Result<()> {
             if let Some((uid, gid)) = header_owner {
                 fchown(fd, Some(Uid::from_raw(uid)), Some(Gid::from_raw(gid))).map_err(errno_io)?;
             }
             Ok(())
+        };
+        let link_target = |entry: &tar::Entry<'_, _>, what: &'static str| -> Result<Vec<u8>, UnpackError> {
+            let target = entry
+                .link_name_bytes()
+                .ok_or_else(|| wrap(io::Error::other(format!("{what} without target"))))?;
+            if target.len() > MAX_NAME {
+                return Err(UnpackError::NameTooLong {
+                    path: shown.clone(),
+                    what: "link target",
+                    limit: MAX_NAME,
+                });
+            }
+            Ok(target.into_owned())
         };
 
         match kind {
@@ -612,15 +831,16 @@ pub fn unpack_layer<R: Read>(src: R, dest: &Path, opts: UnpackOptions) -> Result
                 }
                 // Mode and times are applied last: creating children would change the times, and a read-only
                 // directory would stop an unprivileged unpacker from filling it.
-                let key: Vec<Vec<u8>> = comps.iter().map(|c| c.as_bytes().to_vec()).collect();
                 let meta = DirMeta {
-                    comps: key.clone(),
+                    path: key.clone(),
+                    depth: comps.len(),
                     mode,
                     mtime: times,
                 };
                 match dir_index.get(&key) {
                     Some(&i) => dirs[i] = meta,
                     None => {
+                        tracked.add(2 * key.len())?;
                         dir_index.insert(key, dirs.len());
                         dirs.push(meta);
                     }
@@ -631,7 +851,10 @@ pub fn unpack_layer<R: Read>(src: R, dest: &Path, opts: UnpackOptions) -> Result
                 let owner = header_owner;
                 if size <= POOL_FILE_MAX {
                     let mut data = Vec::with_capacity(size as usize);
-                    entry.read_to_end(&mut data).map_err(UnpackError::Read)?;
+                    entry
+                        .take(POOL_FILE_MAX)
+                        .read_to_end(&mut data)
+                        .map_err(UnpackError::Read)?;
                     stats.bytes += data.len() as u64;
                     let job = Job::File {
                         data,
@@ -652,14 +875,11 @@ pub fn unpack_layer<R: Read>(src: R, dest: &Path, opts: UnpackOptions) -> Result
                 }
                 remove_at(pfd, name).map_err(wrap)?;
                 let mut file = create_new_at(pfd, name).map_err(wrap)?;
-                stats.bytes += io::copy(&mut entry, &mut file).map_err(wrap)?;
+                stats.bytes += io::copy(entry, &mut file).map_err(wrap)?;
                 finish_file(&file, owner, mode, &extras.xattrs, &times).map_err(wrap)?;
             }
             tar::EntryType::Symlink => {
-                let target = entry
-                    .link_name_bytes()
-                    .ok_or_else(|| wrap(io::Error::other("symlink without target")))?
-                    .into_owned();
+                let target = link_target(entry, "symlink")?;
                 let owner = header_owner;
                 let job = Job::Symlink { target };
                 pool.submit(Task {
@@ -673,10 +893,7 @@ pub fn unpack_layer<R: Read>(src: R, dest: &Path, opts: UnpackOptions) -> Result
                 pending.insert(key);
             }
             tar::EntryType::Link => {
-                let target_raw = entry
-                    .link_name_bytes()
-                    .ok_or_else(|| wrap(io::Error::other("hardlink without target")))?
-                    .into_owned();
+                let target_raw = link_target(entry, "hardlink")?;
                 let tcomps = components(&target_raw)?;
                 let target_shown = String::from_utf8_lossy(&target_raw).into_owned();
                 let missing = || UnpackError::HardlinkTarget {
@@ -704,8 +921,13 @@ pub fn unpack_layer<R: Read>(src: R, dest: &Path, opts: UnpackOptions) -> Result
                     // A whiteout in this layer hides the target.
                     (Some(SFlag::S_IFCHR), _) if is_whiteout_at(root, &tcomps) => return Err(missing()),
                     (Some(_), Some(t)) => t,
+                    // The same, where the whiteout is kept as a marker: what a layer links to does not depend
+                    // on how whiteouts are stored.
+                    _ if whited.contains(&join(&tcomps).into_os_string().into_vec()) => return Err(missing()),
                     _ => {
                         // The target was laid down by a lower layer (legal, if rare): link it once those exist.
+                        // This makes the stored layer depend on the layers below it (see the store's keys).
+                        tracked.add(raw.len() + target_raw.len())?;
                         lower_links.push(LowerLink {
                             link: raw.clone(),
                             target: target_raw.clone(),
@@ -723,13 +945,12 @@ pub fn unpack_layer<R: Read>(src: R, dest: &Path, opts: UnpackOptions) -> Result
                     stats.skipped_devices += 1;
                     continue;
                 }
-                let sflag = match kind {
-                    tar::EntryType::Char => SFlag::S_IFCHR,
-                    tar::EntryType::Block => SFlag::S_IFBLK,
-                    _ => SFlag::S_IFIFO,
+                let (sflag, (major, minor)) = match kind {
+                    tar::EntryType::Char => (SFlag::S_IFCHR, device_numbers(entry.header()).map_err(wrap)?),
+                    tar::EntryType::Block => (SFlag::S_IFBLK, device_numbers(entry.header()).map_err(wrap)?),
+                    // A FIFO has no device numbers: its header fields are not read (tools leave them blank).
+                    _ => (SFlag::S_IFIFO, (0, 0)),
                 };
-                let major = entry.header().device_major().map_err(wrap)?.unwrap_or(0);
-                let minor = entry.header().device_minor().map_err(wrap)?.unwrap_or(0);
                 remove_at(pfd, name).map_err(wrap)?;
                 mknodat(
                     pfd,
@@ -746,10 +967,6 @@ pub fn unpack_layer<R: Read>(src: R, dest: &Path, opts: UnpackOptions) -> Result
                     .map_err(|e| wrap(errno_io(e)))?;
                 utimensat(pfd, name, &times, &times, UtimensatFlags::NoFollowSymlink).map_err(|e| wrap(errno_io(e)))?;
             }
-            tar::EntryType::XGlobalHeader
-            | tar::EntryType::XHeader
-            | tar::EntryType::GNULongName
-            | tar::EntryType::GNULongLink => {}
             other => {
                 return Err(UnpackError::Unsupported {
                     path: shown,
@@ -758,23 +975,20 @@ pub fn unpack_layer<R: Read>(src: R, dest: &Path, opts: UnpackOptions) -> Result
             }
         }
     }
+    drop(current);
     pool.barrier()?;
     drop(pool);
     // Deepest first, so a parent's mtime is set after its children's metadata changes.
-    dirs.sort_by_key(|d| std::cmp::Reverse(d.comps.len()));
+    dirs.sort_by_key(|d| std::cmp::Reverse(d.depth));
     for d in dirs {
-        let comps: Vec<&OsStr> = d.comps.iter().map(|c| OsStr::from_bytes(c)).collect();
-        let shown = join(&comps).display().to_string();
+        let path = Path::new(OsStr::from_bytes(&d.path));
+        let shown = path.display().to_string();
         let wrap = |e: Errno| UnpackError::Entry {
             path: shown.clone(),
             source: errno_io(e),
         };
         // A later entry may have replaced the directory; then there is nothing to finish.
-        let dir = match open_in_root(
-            root,
-            &join(&comps),
-            OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW,
-        ) {
+        let dir = match open_in_root(root, path, OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW) {
             Ok(fd) => fd,
             Err(Errno::ENOENT | Errno::ENOTDIR | Errno::ELOOP) => continue,
             Err(e) => return Err(wrap(e)),
@@ -895,13 +1109,41 @@ mod tests {
             components(b"./usr//bin/").unwrap(),
             vec![OsStr::new("usr"), OsStr::new("bin")]
         );
+        // A leading "/" is the layer root, never the host's.
+        assert_eq!(
+            components(b"/etc//passwd").unwrap(),
+            vec![OsStr::new("etc"), OsStr::new("passwd")]
+        );
+        assert!(components(b"/").unwrap().is_empty());
+        assert!(matches!(components(b"/../etc"), Err(UnpackError::DotDot { .. })));
         assert!(matches!(
-            components(b"/etc/passwd"),
-            Err(UnpackError::AbsolutePath { .. })
+            components(&[b'a'; MAX_NAME + 1]),
+            Err(UnpackError::NameTooLong { .. })
         ));
         assert!(matches!(components(b"a/../../etc"), Err(UnpackError::DotDot { .. })));
         assert!(matches!(components(b".."), Err(UnpackError::DotDot { .. })));
         assert!(components(b"./").unwrap().is_empty());
+    }
+
+    #[test]
+    fn numeric_fields_read_as_go_reads_them() {
+        let never = || -> io::Result<u64> { panic!("not base-256") };
+        assert_eq!(numeric(b"\0\0\0\0\0\0\0\0", never).unwrap(), 0);
+        assert_eq!(numeric(b"        ", never).unwrap(), 0);
+        assert_eq!(numeric(b"0000755\0", never).unwrap(), 0o755);
+        assert_eq!(numeric(b" 755 \0\0\0", never).unwrap(), 0o755);
+        assert!(numeric(b"12x\0", never).is_err());
+        assert_eq!(numeric(&[0x80, 0, 0, 1], || Ok(7)).unwrap(), 7);
+        // A FIFO as GNU tar and Python's tarfile write it: device fields blank.
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Fifo);
+        h.as_gnu_mut().unwrap().dev_major = [0; 8];
+        h.as_gnu_mut().unwrap().dev_minor = [0; 8];
+        assert!(h.device_major().is_err(), "the crate refuses blank fields");
+        assert_eq!(device_numbers(&h).unwrap(), (0, 0));
+        h.set_device_major(4).unwrap();
+        h.set_device_minor(64).unwrap();
+        assert_eq!(device_numbers(&h).unwrap(), (4, 64));
     }
 
     #[test]

@@ -93,7 +93,7 @@ fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> RunError {
 /// `--blob-cache` when it has the blobs).
 pub fn ensure_image(store: &Store, cfg: &Config, plan: &RunPlan, quiet: bool) -> Result<ImageRecord, RunError> {
     let record = ensure_record(store, cfg, plan, quiet)?;
-    if record.layers.iter().all(|l| store.has_layer(store.idmap(), &l.diff_id)) {
+    if record.layers.iter().all(|l| store.has_layer(store.idmap(), &l.key())) {
         return Ok(record);
     }
     if plan.pull == PullPolicy::Never {
@@ -602,7 +602,7 @@ fn run_in(
         cgroup_path: cgroup.path.clone(),
         pid_start: None,
         cgroup_v2: cgroup.version == Version::V2,
-        layers: record.layers.iter().map(|l| l.diff_id.to_string()).collect(),
+        layers: record.layers.iter().map(|l| l.key()).collect(),
         labels: plan.labels.clone(),
     };
     // Registered under the store's shared lock: garbage collection either ran before or sees this run's layers.
@@ -611,7 +611,7 @@ fn run_in(
         let layers: Vec<PathBuf> = record
             .layers
             .iter()
-            .map(|l| store.layer_root(store.idmap(), &l.diff_id))
+            .map(|l| store.layer_root(store.idmap(), &l.key()))
             .collect();
         if let Some(missing) = layers.iter().find(|p| !p.is_dir()) {
             return Err(RunError::Config {

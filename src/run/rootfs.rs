@@ -18,6 +18,8 @@ pub enum RootfsError {
     Create { path: PathBuf, source: io::Error },
     #[error("failed to flatten the image into {path}")]
     Flatten { path: PathBuf, source: io::Error },
+    #[error("failed to read the whiteout markers of layer {path}")]
+    Markers { path: PathBuf, source: io::Error },
 }
 
 /// How the root file system was made.
@@ -42,7 +44,15 @@ pub fn prepare(run_dir: &Path, layers: &[PathBuf]) -> Result<(PathBuf, RootfsKin
     }
     let lowers: Vec<&Path> = layers.iter().rev().map(PathBuf::as_path).collect();
     // A layer whose whiteouts could not be made the overlay way can only be flattened.
-    let markers: Vec<Option<crate::image::unpack::Markers>> = layers.iter().map(|l| markers_of(l)).collect();
+    let markers: Vec<Option<crate::image::unpack::Markers>> = layers
+        .iter()
+        .map(|l| {
+            markers_of(l).map_err(|source| RootfsError::Markers {
+                path: l.clone(),
+                source,
+            })
+        })
+        .collect::<Result<_, _>>()?;
     let marked = markers.iter().any(Option::is_some);
     let mounted = if marked {
         Err(nix::errno::Errno::ENOTSUP)
@@ -69,10 +79,32 @@ pub fn prepare(run_dir: &Path, layers: &[PathBuf]) -> Result<(PathBuf, RootfsKin
     }
 }
 
-/// The markers kept beside a layer tree (`<layer>/../markers.json`), if it has any.
-fn markers_of(layer_root: &Path) -> Option<crate::image::unpack::Markers> {
-    let file = layer_root.parent()?.join(crate::image::unpack::MARKERS_FILE);
-    serde_json::from_slice(&fs::read(file).ok()?).ok()
+/// The markers kept beside a layer tree (`<layer>/../markers.json`), if it has any. One that cannot be read is an
+/// error: without it the layer's deletions would silently not apply.
+fn markers_of(layer_root: &Path) -> io::Result<Option<crate::image::unpack::Markers>> {
+    use crate::image::unpack::{MARKERS_FILE, MARKERS_FILE_MAX};
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let Some(dir) = layer_root.parent() else {
+        return Ok(None);
+    };
+    let file = match fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(dir.join(MARKERS_FILE))
+    {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let mut data = Vec::new();
+    file.take(MARKERS_FILE_MAX + 1).read_to_end(&mut data)?;
+    if data.len() as u64 > MARKERS_FILE_MAX {
+        return Err(io::Error::other(format!(
+            "{MARKERS_FILE} is larger than {MARKERS_FILE_MAX} bytes"
+        )));
+    }
+    serde_json::from_slice(&data).map(Some).map_err(io::Error::other)
 }
 
 /// Applies a layer's recorded whiteouts and opaque directories to the flattened tree below it.

@@ -30,7 +30,8 @@ pub struct RunInfo {
     /// if the pid still names the same process.
     #[serde(default)]
     pub pid_start: Option<u64>,
-    /// diff_ids of the layers the root file system is made of (kept from garbage collection while running).
+    /// Store keys of the layers the root file system is made of (kept from garbage collection while running; see
+    /// [`crate::image::store::LayerRecord::key`]).
     pub layers: Vec<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub labels: Vec<(String, String)>,

@@ -144,8 +144,17 @@ impl Sandbox {
             .unwrap()
             .iter()
             .map(|l| {
-                let diff = l["diff_id"].as_str().unwrap().strip_prefix("sha256:").unwrap();
-                self.store().join("layers/host").join(diff).join("root")
+                // The store's key (src/image/store.rs): the ChainID for a layer that links into its lowers.
+                let key = match l["chain_id"].as_str() {
+                    Some(c) => format!("chain-{}", c.strip_prefix("sha256:").unwrap()),
+                    None => l["diff_id"]
+                        .as_str()
+                        .unwrap()
+                        .strip_prefix("sha256:")
+                        .unwrap()
+                        .to_string(),
+                };
+                self.store().join("layers/host").join(key).join("root")
             })
             .collect()
     }

@@ -79,7 +79,7 @@ fn killed_pulls_leave_nothing_that_reads_as_complete() {
         // Every published layer is complete (its metadata is written before the rename that publishes it).
         for l in sb.entries("layers/host") {
             assert!(
-                sb.store().join("layers/host").join(&l).join("meta.json").is_file(),
+                sb.store().join("layers/host").join(&l).join("layer.json").is_file(),
                 "{point}: {l} incomplete"
             );
         }
@@ -187,4 +187,71 @@ fn full_disk_fails_cleanly() {
     let tmp: Vec<_> = std::fs::read_dir(small.join("tmp")).unwrap().flatten().collect();
     assert!(tmp.is_empty(), "{tmp:?}");
     assert_eq!(std::fs::read_dir(small.join("images")).unwrap().count(), 0);
+}
+
+/// A layer for the images of [`a_layer_linking_into_its_lowers_is_never_shared_across_chains`].
+fn tar_of(build: impl FnOnce(&mut tar::Builder<Vec<u8>>)) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    build(&mut b);
+    b.into_inner().unwrap()
+}
+
+#[test]
+fn a_layer_linking_into_its_lowers_is_never_shared_across_chains() {
+    // Two images share their top layer (same diff_id): a hardlink bin/run-me -> bin/tool, a file of the layer
+    // below. Their lower layers differ. Pulled first, the attacker's image must not decide what the victim's runs.
+    use crate::unpack::{oci_layout, plain, raw_entry};
+    use tar::EntryType::{Directory, Link, Regular};
+    let sb = Sandbox::new();
+    let busybox = std::fs::read("/bin/busybox").unwrap();
+    let lower = |who: &str| {
+        tar_of(|b| {
+            raw_entry(b, Directory, b"bin/", b"", b"", 0o755);
+            raw_entry(b, Regular, b"bin/busybox", b"", &busybox, 0o755);
+            let script = format!("#!/bin/busybox sh\necho {who}\n");
+            raw_entry(b, Regular, b"bin/tool", b"", script.as_bytes(), 0o755);
+        })
+    };
+    let top = tar_of(|b| raw_entry(b, Link, b"bin/run-me", b"bin/tool", b"", 0o755));
+    // The same linking layer twice in one image: two chains, each produced once, without waiting on each other.
+    let twice = oci_layout(
+        &sb.path().join("twice"),
+        &[plain(lower("twice")), plain(top.clone()), plain(top.clone())],
+        &["/bin/run-me"],
+    );
+    sb.drun(&["pull", "-q", &twice]).ok();
+    assert_eq!(sb.drun(&["run", "-q", &twice]).ok().stdout, "twice\n");
+    sb.drun(&["rmi", &twice]).ok();
+    assert!(sb.entries("layers/host").is_empty(), "{:?}", sb.entries("layers/host"));
+    let attacker = oci_layout(
+        &sb.path().join("attacker"),
+        &[plain(lower("attacker")), plain(top.clone())],
+        &["/bin/run-me"],
+    );
+    let victim = oci_layout(
+        &sb.path().join("victim"),
+        &[plain(lower("victim")), plain(top)],
+        &["/bin/run-me"],
+    );
+    sb.drun(&["pull", "-q", &attacker]).ok();
+    sb.drun(&["pull", "-q", &victim]).ok();
+    assert_eq!(sb.drun(&["run", "-q", &victim]).ok().stdout, "victim\n");
+    assert_eq!(sb.drun(&["run", "-q", &attacker]).ok().stdout, "attacker\n");
+    // The shared layer is stored per chain (its lowers by diff_id), and what each image's record names is there.
+    let doc: serde_json::Value = serde_json::from_str(&sb.drun(&["inspect", &victim]).ok().stdout).unwrap();
+    assert!(doc["Layers"][0]["chain_id"].is_null(), "{doc}");
+    assert!(doc["Layers"][1]["chain_id"].is_string(), "{doc}");
+    let mut keys = sb.entries("layers/host");
+    keys.sort();
+    assert_eq!(keys.len(), 4, "{keys:?}");
+    assert_eq!(keys.iter().filter(|k| k.starts_with("chain-")).count(), 2, "{keys:?}");
+    // Garbage collection goes by the same keys: removing the attacker's image frees its two layers only.
+    sb.drun(&["rmi", &attacker]).ok();
+    assert_eq!(sb.entries("layers/host").len(), 2, "{:?}", sb.entries("layers/host"));
+    sb.drun(&["prune"]).ok();
+    assert_eq!(sb.drun(&["run", "-q", "--pull=never", &victim]).ok().stdout, "victim\n");
+    // And in the other order, with the victim's layers already there, the attacker's image gets its own.
+    sb.drun(&["pull", "-q", &attacker]).ok();
+    assert_eq!(sb.drun(&["run", "-q", &attacker]).ok().stdout, "attacker\n");
+    assert_eq!(sb.drun(&["run", "-q", &victim]).ok().stdout, "victim\n");
 }
