@@ -104,6 +104,38 @@ pub fn open_or_create(path: &Path, mode: u32) -> io::Result<File> {
     Ok(f)
 }
 
+/// Copies the regular file `src` to a new file `dst` (mode 0600 until the caller sets it), following a symlink at
+/// neither end; reflinked or copied in the kernel where the file system can.
+pub fn copy_file_nofollow(src: &Path, dst: &Path) -> io::Result<u64> {
+    let mut from = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(src)?;
+    if !from.metadata()?.is_file() {
+        return Err(io::Error::other(format!("{} is not a regular file", src.display())));
+    }
+    let mut to = create_new(dst, 0o600)?;
+    io::copy(&mut from, &mut to)
+}
+
+/// Sets the mode of `path` itself: through an `O_PATH` descriptor, so a symlink in its place is left alone
+/// (symlinks have no mode of their own) and never followed; device nodes and FIFOs are not opened.
+pub fn set_mode_nofollow(path: &Path, mode: u32) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let f = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_PATH | libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)?;
+    if f.metadata()?.file_type().is_symlink() {
+        return Ok(());
+    }
+    // chmod(2) through the descriptor's /proc entry: fchmod(2) refuses O_PATH descriptors.
+    std::fs::set_permissions(
+        format!("/proc/self/fd/{}", f.as_raw_fd()),
+        std::fs::Permissions::from_mode(mode),
+    )
+}
+
 /// Writes `bytes` to a new file `path` with exactly `mode`.
 pub fn write_new(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
     create_new(path, mode)?.write_all(bytes)
@@ -146,7 +178,9 @@ pub fn read_file_bounded(f: File, limit: u64, what: &str) -> io::Result<Vec<u8>>
     let mut buf = Vec::with_capacity(meta.len() as usize);
     f.take(limit + 1).read_to_end(&mut buf)?;
     if buf.len() as u64 > limit {
-        return Err(io::Error::other(format!("{what} grew past the {limit} bytes drun reads")));
+        return Err(io::Error::other(format!(
+            "{what} grew past the {limit} bytes drun reads"
+        )));
     }
     Ok(buf)
 }

@@ -409,8 +409,10 @@ pub fn enter(mode: Mode) -> Result<&'static Rootless, UsernsError> {
             unshare(CloneFlags::CLONE_NEWUSER).map_err(|e| UsernsError::Unshare(unshare_advice(e)))?;
             // Without CAP_SETGID in the parent namespace, setgroups must be denied before gid_map is written.
             crate::safe_fs::write_system("/proc/self/setgroups", "deny").map_err(io("write /proc/self/setgroups"))?;
-            crate::safe_fs::write_system("/proc/self/uid_map", format_map(&ctx.uids)).map_err(io("write /proc/self/uid_map"))?;
-            crate::safe_fs::write_system("/proc/self/gid_map", format_map(&ctx.gids)).map_err(io("write /proc/self/gid_map"))?;
+            crate::safe_fs::write_system("/proc/self/uid_map", format_map(&ctx.uids))
+                .map_err(io("write /proc/self/uid_map"))?;
+            crate::safe_fs::write_system("/proc/self/gid_map", format_map(&ctx.gids))
+                .map_err(io("write /proc/self/gid_map"))?;
         }
         Some((newuidmap, newgidmap)) => {
             // The maps of a namespace are written from outside it: a child left in the parent namespace runs

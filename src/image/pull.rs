@@ -677,7 +677,9 @@ fn publish(
     };
     if !v.markers.is_empty() {
         let f = staging.join(crate::image::unpack::MARKERS_FILE);
-        if let Err(e) = std::fs::write(&f, serde_json::to_vec(&v.markers).expect("markers serialise")) {
+        if let Err(e) =
+            crate::safe_fs::write_new(&f, &serde_json::to_vec(&v.markers).expect("markers serialise"), 0o600)
+        {
             let _ = remove_tree(staging);
             return Err(LayerError::File { path: f, source: e });
         }

@@ -158,6 +158,8 @@ pub struct LayerMeta {
 pub const LAYER_META: &str = "layer.json";
 /// Largest [`LAYER_META`] read back (it is a few hundred bytes).
 const LAYER_META_MAX: u64 = 64 << 10;
+/// Image records, aliases and stored manifests and configs (fetched within image::limits' caps).
+const STORED_DOC_MAX: u64 = 64 << 20;
 
 /// A held lock; released on drop.
 pub struct Lock(#[allow(dead_code)] Flock<File>);
@@ -175,10 +177,13 @@ impl Store {
     pub fn open(root: &Path) -> Result<Store, StoreError> {
         for sub in ["blobs/sha256", "layers", "images", "tmp", "locks"] {
             let p = root.join(sub);
-            fs::create_dir_all(&p).map_err(io_err("create", &p))?;
+            crate::safe_fs::create_dir_all_mode(&p, 0o700).map_err(io_err("create", &p))?;
         }
-        // The store holds setuid binaries and root-owned trees from images: keep other users out of it.
-        let _ = fs::set_permissions(root, std::os::unix::fs::PermissionsExt::from_mode(0o700));
+        // The store holds setuid binaries and root-owned trees from images: keep other users out of it. (The root
+        // itself may be a symlink an administrator made, to a larger file system: followed.)
+        if let Ok(dir) = OpenOptions::new().read(true).custom_flags(libc::O_DIRECTORY).open(root) {
+            let _ = dir.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o700));
+        }
         Ok(Store {
             root: root.to_path_buf(),
             idmap: crate::userns::current().map_or_else(|| IDMAP_HOST.to_string(), |r| r.idmap_key()),
@@ -351,7 +356,9 @@ impl Store {
 
     pub fn read_blob(&self, digest: &Digest) -> Result<Option<Vec<u8>>, StoreError> {
         let path = self.blob_path(digest);
-        match fs::read(&path) {
+        // Manifests and configs, capped when they were fetched (image::limits); the cap here only bounds a store
+        // someone tampered with.
+        match crate::safe_fs::read_bounded(&path, STORED_DOC_MAX) {
             Ok(data) if Digest::of(&data) == *digest => Ok(Some(data)),
             Ok(_) => Err(StoreError::Corrupt {
                 path,
@@ -380,7 +387,7 @@ impl Store {
     pub fn write_cache(&self, kind: &str, key: &str, data: &[u8]) -> Result<(), StoreError> {
         let path = self.cache_path(kind, key);
         if let Some(dir) = path.parent() {
-            fs::create_dir_all(dir).map_err(io_err("create", dir))?;
+            crate::safe_fs::create_dir_all_mode(dir, 0o700).map_err(io_err("create", dir))?;
         }
         self.write_atomic(&path, data)
     }
@@ -392,7 +399,7 @@ impl Store {
             std::process::id(),
             unique()
         ));
-        let mut f = File::create(&tmp).map_err(io_err("create", &tmp))?;
+        let mut f = crate::safe_fs::create_new(&tmp, 0o600).map_err(io_err("create", &tmp))?;
         f.write_all(data).map_err(io_err("write", &tmp))?;
         drop(f);
         fs::rename(&tmp, path).map_err(|e| {
@@ -412,7 +419,9 @@ impl Store {
         let dir = self.layer_staging_path(idmap, key);
         remove_tree(&dir)?;
         let tree = dir.join("root");
-        fs::create_dir_all(&tree).map_err(io_err("create", &tree))?;
+        crate::safe_fs::create_dir_all_mode(&dir, 0o700).map_err(io_err("create", &dir))?;
+        // The layer's root directory: 0755 unless the layer's own `./` entry says otherwise.
+        crate::safe_fs::create_dir_mode(&tree, 0o755).map_err(io_err("create", &tree))?;
         Ok(dir)
     }
 
@@ -421,13 +430,14 @@ impl Store {
     /// first, left for garbage collection.
     pub fn publish_layer(&self, idmap: &str, key: &str, staging: &Path, meta: &LayerMeta) -> Result<(), StoreError> {
         let meta_path = staging.join(LAYER_META);
-        fs::write(
+        crate::safe_fs::write_new(
             &meta_path,
-            serde_json::to_vec_pretty(meta).expect("layer metadata serialises"),
+            &serde_json::to_vec_pretty(meta).expect("layer metadata serialises"),
+            0o600,
         )
         .map_err(io_err("write", &meta_path))?;
         let parent = self.root.join("layers").join(idmap);
-        fs::create_dir_all(&parent).map_err(io_err("create", &parent))?;
+        crate::safe_fs::create_dir_all_mode(&parent, 0o700).map_err(io_err("create", &parent))?;
         let dest = self.layer_dir(idmap, key);
         if fs::symlink_metadata(&dest).is_ok() {
             let old =
@@ -444,10 +454,7 @@ impl Store {
 
     /// The metadata of the published layer `key`.
     pub fn layer_meta(&self, idmap: &str, key: &str) -> Option<LayerMeta> {
-        use std::io::Read;
-        let f = File::open(self.layer_dir(idmap, key).join(LAYER_META)).ok()?;
-        let mut data = Vec::new();
-        f.take(LAYER_META_MAX).read_to_end(&mut data).ok()?;
+        let data = crate::safe_fs::read_bounded(&self.layer_dir(idmap, key).join(LAYER_META), LAYER_META_MAX).ok()?;
         serde_json::from_slice(&data).ok()
     }
 
@@ -464,7 +471,7 @@ impl Store {
 
     pub fn image(&self, name: &str) -> Result<Option<ImageRecord>, StoreError> {
         let path = self.record_path(name);
-        match fs::read(&path) {
+        match crate::safe_fs::read_bounded(&path, STORED_DOC_MAX) {
             Ok(data) => serde_json::from_slice(&data)
                 .map(Some)
                 .map_err(|e| StoreError::Corrupt {
@@ -483,7 +490,7 @@ impl Store {
             let e = e.map_err(io_err("list", &dir))?;
             let path = e.path();
             if path.extension().is_some_and(|x| x == "json") {
-                let data = fs::read(&path).map_err(io_err("read", &path))?;
+                let data = crate::safe_fs::read_bounded(&path, STORED_DOC_MAX).map_err(io_err("read", &path))?;
                 out.push(serde_json::from_slice(&data).map_err(|e| StoreError::Corrupt {
                     path,
                     reason: e.to_string(),
@@ -501,7 +508,7 @@ impl Store {
             return Ok(());
         }
         let dir = self.root.join("images/aliases");
-        std::fs::create_dir_all(&dir).map_err(io_err("create", &dir))?;
+        crate::safe_fs::create_dir_all_mode(&dir, 0o700).map_err(io_err("create", &dir))?;
         self.write_atomic(&dir.join(Digest::of(typed.as_bytes()).hex()), name.as_bytes())
     }
 
@@ -514,8 +521,8 @@ impl Store {
             .root
             .join("images/aliases")
             .join(Digest::of(typed.as_bytes()).hex());
-        match fs::read_to_string(&alias) {
-            Ok(name) => self.image(&name),
+        match crate::safe_fs::read_bounded(&alias, 64 << 10) {
+            Ok(name) => self.image(&String::from_utf8_lossy(&name)),
             Err(_) => Ok(None),
         }
     }
@@ -632,7 +639,9 @@ pub fn remove_tree(path: &Path) -> Result<(), StoreError> {
 
 fn make_writable(dir: &Path) {
     use std::os::unix::fs::PermissionsExt;
-    let _ = fs::set_permissions(dir, fs::Permissions::from_mode(0o700));
+    if let Ok(d) = crate::safe_fs::open_dir_nofollow(dir) {
+        let _ = d.set_permissions(fs::Permissions::from_mode(0o700));
+    }
     if let Ok(rd) = fs::read_dir(dir) {
         for e in rd.flatten() {
             if e.file_type().is_ok_and(|t| t.is_dir()) {

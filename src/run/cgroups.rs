@@ -446,7 +446,8 @@ impl CgroupPlan {
 
 /// Whether a cgroup directory or one below it has a process (exited ones leave `cgroup.procs` at once).
 fn has_processes(dir: &Path) -> bool {
-    let own = crate::safe_fs::read_system(dir.join("cgroup.procs")).is_ok_and(|p| p.lines().any(|l| !l.trim().is_empty()));
+    let own =
+        crate::safe_fs::read_system(dir.join("cgroup.procs")).is_ok_and(|p| p.lines().any(|l| !l.trim().is_empty()));
     own || std::fs::read_dir(dir).is_ok_and(|rd| {
         rd.flatten()
             .any(|e| e.file_type().is_ok_and(|t| t.is_dir()) && has_processes(&e.path()))

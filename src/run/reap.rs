@@ -62,7 +62,10 @@ fn sweep_children(deadline: Instant) -> bool {
             return true;
         }
         if Instant::now() >= deadline {
-            tracing::warn!(left = children.len(), "processes of the container are still alive after SIGKILL");
+            tracing::warn!(
+                left = children.len(),
+                "processes of the container are still alive after SIGKILL"
+            );
             return false;
         }
         std::thread::sleep(Duration::from_millis(2));

@@ -232,7 +232,7 @@ fn apply_layer(layer: &Path, dest: &Path, links: &mut Links) -> io::Result<()> {
                 }
             }
             // A reflink or copy; hardlinking into the store would let container writes reach it.
-            fs::copy(&src, &dst)?;
+            crate::safe_fs::copy_file_nofollow(&src, &dst)?;
             copy_meta(&meta, &dst)?;
             if meta.nlink() > 1 {
                 let ino = fs::symlink_metadata(&dst)?.ino();
@@ -260,8 +260,8 @@ fn apply_layer(layer: &Path, dest: &Path, links: &mut Links) -> io::Result<()> {
 }
 
 fn copy_meta(meta: &fs::Metadata, dst: &Path) -> io::Result<()> {
-    let _ = std::os::unix::fs::chown(dst, Some(meta.uid()), Some(meta.gid()));
-    fs::set_permissions(dst, std::os::unix::fs::PermissionsExt::from_mode(meta.mode() & 0o7777))
+    let _ = std::os::unix::fs::lchown(dst, Some(meta.uid()), Some(meta.gid()));
+    crate::safe_fs::set_mode_nofollow(dst, meta.mode() & 0o7777)
 }
 
 fn remove_any(p: &Path) -> io::Result<()> {

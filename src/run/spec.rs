@@ -304,9 +304,9 @@ pub fn build(inp: &SpecInputs<'_>) -> Result<Value, SpecError> {
                 let text = crate::safe_fs::read_user_file(path, 16 << 20)
                     .map(|b| String::from_utf8_lossy(&b).into_owned())
                     .map_err(|source| SpecError::SeccompRead {
-                    path: path.clone(),
-                    source,
-                })?;
+                        path: path.clone(),
+                        source,
+                    })?;
                 Some(serde_json::from_str(&text).map_err(|source| SpecError::SeccompParse {
                     path: path.clone(),
                     source,

@@ -97,7 +97,11 @@ fn split(rel: &str) -> Option<(String, OsString)> {
     let parent = if parents.is_empty() {
         ".".to_string()
     } else {
-        parents.iter().map(|p| p.to_string_lossy()).collect::<Vec<_>>().join("/")
+        parents
+            .iter()
+            .map(|p| p.to_string_lossy())
+            .collect::<Vec<_>>()
+            .join("/")
     };
     Some((parent, last.to_os_string()))
 }
@@ -204,7 +208,12 @@ fn remove_at(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<()> {
 /// The names in a directory (without `.` and `..`).
 fn entries(dir: BorrowedFd<'_>) -> io::Result<Vec<OsString>> {
     // nix's Dir takes its descriptor: give it a duplicate, opened anew so that its offset is its own.
-    let dup = openat(dir, ".", OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC, Mode::empty())?;
+    let dup = openat(
+        dir,
+        ".",
+        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )?;
     let mut d = nix::dir::Dir::from_fd(dup)?;
     let mut out = Vec::new();
     for e in d.iter() {
@@ -356,7 +365,11 @@ mod tests {
         std::fs::create_dir(view.join("wd")).unwrap();
         std::os::unix::fs::symlink(&secret, view.join("wd/out")).unwrap();
         std::os::unix::fs::symlink("../src", view.join("wd/rel")).unwrap();
-        for (rel, want) in [("src/key", "symbolic link"), ("wd/out", "symbolic link"), ("wd/rel/key", "symbolic link")] {
+        for (rel, want) in [
+            ("src/key", "symbolic link"),
+            ("wd/out", "symbolic link"),
+            ("wd/rel/key", "symbolic link"),
+        ] {
             let e = copy_artifact(&view, rel, &out, "a", None).unwrap_err();
             assert!(e.contains(want), "{rel}: {e}");
         }
@@ -382,7 +395,11 @@ mod tests {
         assert_eq!(tool.mode() & 0o7777, 0o755);
         let sparse = std::fs::metadata(out.join("x/res/sub/sparse")).unwrap();
         assert_eq!(sparse.len(), (1 << 30) + 1);
-        assert!(sparse.blocks() < 1024, "the hole was filled: {} blocks", sparse.blocks());
+        assert!(
+            sparse.blocks() < 1024,
+            "the hole was filled: {} blocks",
+            sparse.blocks()
+        );
         assert_eq!(std::fs::read_link(out.join("x/res/link")).unwrap(), Path::new("tool"));
         assert!(!out.join("x/res/fifo").exists());
     }

@@ -36,7 +36,10 @@ fn as_other(home: &Path, script: &str) -> i32 {
 fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
     let start = Instant::now();
     while !f() {
-        assert!(start.elapsed() < Duration::from_secs(60), "timed out waiting for {what}");
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "timed out waiting for {what}"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -49,7 +52,15 @@ fn a_running_containers_state_is_useless_to_another_user() {
     std::fs::set_permissions(sb.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     sb.drun(&["pull", "-q", &busybox()]).ok();
     let mut child = sb
-        .cmd(&["run", "-e", "SECRET=hunter2", &busybox(), "sh", "-c", "trap 'exit 0' TERM; touch /ready; sleep 60 & wait"])
+        .cmd(&[
+            "run",
+            "-e",
+            "SECRET=hunter2",
+            &busybox(),
+            "sh",
+            "-c",
+            "trap 'exit 0' TERM; touch /ready; sleep 60 & wait",
+        ])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -121,7 +132,15 @@ fn setuid_binaries_work_in_the_container_when_no_new_privileges_is_off() {
     let script = "cp /usr/bin/id /usr/local/bin/suid-id && chmod 4755 /usr/local/bin/suid-id && \
                   setpriv --reuid 65534 --regid 65534 --clear-groups /usr/local/bin/suid-id -u";
     let off = sb
-        .drun(&["run", "--security-opt", "no-new-privileges=false", &debian(), "sh", "-c", script])
+        .drun(&[
+            "run",
+            "--security-opt",
+            "no-new-privileges=false",
+            &debian(),
+            "sh",
+            "-c",
+            script,
+        ])
         .ok();
     assert_eq!(off.stdout.trim(), "0", "{}", off.stderr);
     // drun's default keeps no_new_privs: the bit is ignored.
@@ -169,7 +188,11 @@ fn artifacts_are_never_copied_through_a_symlinked_working_directory() {
     );
     let out = sb.drun(&["run", wf.to_str().unwrap()]);
     let stolen = project.join("artifacts/steal/key");
-    assert!(!stolen.exists(), "a host file was copied out: {:?}", std::fs::read_to_string(&stolen));
+    assert!(
+        !stolen.exists(),
+        "a host file was copied out: {:?}",
+        std::fs::read_to_string(&stolen)
+    );
     assert!(out.stderr.contains("symbolic link"), "{}", out.stderr);
     assert!(leftovers(&sb).is_empty(), "{:?}", leftovers(&sb));
 }
@@ -204,7 +227,9 @@ fn nothing_is_copied_while_a_process_of_the_container_lives() {
             vol.display()
         ),
     );
-    let out = sb.drun_with(&["run", wf.to_str().unwrap()], &[("SLURM_JOB_ID", "4242".as_ref())]).ok();
+    let out = sb
+        .drun_with(&["run", wf.to_str().unwrap()], &[("SLURM_JOB_ID", "4242".as_ref())])
+        .ok();
     assert_eq!(
         std::fs::read_to_string(project.join("artifacts/job/out/file")).unwrap(),
         "data\n",
@@ -240,7 +265,12 @@ fn artifacts_are_data_and_the_log_is_never_written_through_a_link() {
 "#,
     );
     let out = sb.drun(&["run", wf.to_str().unwrap()]).ok();
-    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious\n", "{}", out.stderr);
+    assert_eq!(
+        std::fs::read_to_string(&victim).unwrap(),
+        "precious\n",
+        "{}",
+        out.stderr
+    );
     let log = project.join("artifacts/job.log");
     assert!(std::fs::symlink_metadata(&log).unwrap().is_file());
     assert_eq!(std::fs::read_to_string(&log).unwrap(), "logged\n");
@@ -250,7 +280,11 @@ fn artifacts_are_data_and_the_log_is_never_written_through_a_link() {
     // Holes stay holes: 2 GiB apparent, next to nothing on disk.
     let sparse = std::fs::metadata(project.join("artifacts/job/out/sparse")).unwrap();
     assert_eq!(sparse.len(), 2 << 30);
-    assert!(sparse.blocks() < 64, "the sparse file was expanded: {} blocks", sparse.blocks());
+    assert!(
+        sparse.blocks() < 64,
+        "the sparse file was expanded: {} blocks",
+        sparse.blocks()
+    );
 }
 
 #[test]
@@ -307,7 +341,8 @@ fn the_store_and_the_blob_caches_temporary_files_stay_private() {
     for t in &tmps {
         assert_eq!(std::fs::metadata(t).unwrap().mode() & 0o777, 0o600, "{}", t.display());
     }
-    sb.drun(&["--blob-cache", cache.to_str().unwrap(), "pull", "-q", &debian()]).ok();
+    sb.drun(&["--blob-cache", cache.to_str().unwrap(), "pull", "-q", &debian()])
+        .ok();
     assert_eq!(std::fs::metadata(sb.store()).unwrap().mode() & 0o777, 0o700);
     for e in std::fs::read_dir(sb.store().join("locks")).unwrap().flatten() {
         assert_eq!(e.metadata().unwrap().mode() & 0o077, 0, "{}", e.path().display());
