@@ -192,7 +192,26 @@ pub fn read_user_file(path: &Path, limit: u64) -> io::Result<Vec<u8>> {
         .read(true)
         .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
         .open(path)?;
-    read_file_bounded(f, limit, &path.display().to_string())
+    let what = path.display().to_string();
+    let meta = f.metadata()?;
+    if meta.is_file() {
+        return read_file_bounded(f, limit, &what);
+    }
+    if meta.is_dir() {
+        return Err(io::Error::other(format!("{what} is a directory")));
+    }
+    // `DRUN_CONFIG=/dev/null`, `--env-file <(…)`: the caller named a stream, which is read to its end as `cat`
+    // would (blocking), still bounded.
+    use std::os::fd::AsFd;
+    let _ = nix::fcntl::fcntl(f.as_fd(), nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::empty()));
+    let mut buf = Vec::new();
+    f.take(limit + 1).read_to_end(&mut buf)?;
+    if buf.len() as u64 > limit {
+        return Err(io::Error::other(format!(
+            "{what} is longer than the {limit} bytes drun reads"
+        )));
+    }
+    Ok(buf)
 }
 
 /// Reads a file the kernel or the host's administrator provides (`/proc`, `/sys`, cgroupfs, `/etc/subuid`,

@@ -348,11 +348,32 @@ pub fn discover(root: &Path) -> Result<Option<Driver>, GpuError> {
         driver.control_nodes.extend(caps);
     }
     for (p, cap) in IPC {
-        if std::fs::symlink_metadata(host_path(root, p)).is_ok() {
+        if ipc_endpoint_trusted(&host_path(root, p)) {
             driver.ipc.push((p.to_string(), cap));
         }
     }
     Ok(Some(driver))
+}
+
+/// Whether an IPC endpoint of the driver may be mounted into containers: the real thing (not a symlink, which
+/// libcontainer would follow to wherever it points), owned by root or by the caller, and writable by nobody
+/// else. `/tmp/nvidia-mps` lives in a directory every user can write to: anyone could plant one there.
+fn ipc_endpoint_trusted(path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(m) = std::fs::symlink_metadata(path) else {
+        return false;
+    };
+    let caller = crate::userns::current()
+        .map(|r| r.uid)
+        .or_else(|| std::env::var("SUDO_UID").ok().and_then(|u| u.parse().ok()));
+    let owner_ok = m.uid() == 0 || Some(m.uid()) == caller;
+    // A socket is for everyone to connect to; a directory (MPS's pipes) must be writable by its owner alone.
+    let ok = !m.file_type().is_symlink() && owner_ok && (!m.is_dir() || m.mode() & 0o022 == 0);
+    if !ok {
+        tracing::warn!(path = %path.display(), uid = m.uid(), mode = format!("{:o}", m.mode() & 0o7777),
+            "not mounting a driver IPC endpoint that is a symlink, someone else's, or writable by others");
+    }
+    ok
 }
 
 /// Fills in memory sizes from `nvidia-smi` (run as a separate process). Returns false when it could not answer.
@@ -591,6 +612,27 @@ impl Injection {
 #[allow(clippy::disallowed_methods)] // fixtures in the tests' own temporary directories
 mod tests {
     use super::*;
+
+    #[test]
+    fn planted_ipc_endpoints_are_not_mounted() {
+        use std::os::unix::fs::PermissionsExt;
+        let t = tempfile::tempdir().unwrap();
+        // /tmp/nvidia-mps is in a directory every user can write to: a symlink to /root, or a directory others may
+        // write to, is not MPS.
+        let link = t.path().join("link");
+        std::os::unix::fs::symlink("/root", &link).unwrap();
+        assert!(!ipc_endpoint_trusted(&link));
+        let open = t.path().join("open");
+        std::fs::create_dir(&open).unwrap();
+        std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
+        assert!(!ipc_endpoint_trusted(&open));
+        if nix::unistd::geteuid().is_root() {
+            let real = t.path().join("real");
+            std::fs::create_dir(&real).unwrap();
+            std::fs::set_permissions(&real, std::fs::Permissions::from_mode(0o755)).unwrap();
+            assert!(ipc_endpoint_trusted(&real));
+        }
+    }
 
     #[test]
     fn capability_groups() {

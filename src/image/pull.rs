@@ -900,6 +900,8 @@ impl Read for ChannelReader {
                         if let Err(e) = f.write_all(&b) {
                             tracing::debug!(error = %e, "cannot write to the blob cache; not caching this blob");
                             self.tee = None;
+                        } else {
+                            crate::failpoint::hit("blob-cache-copying");
                         }
                     }
                     self.cur = b

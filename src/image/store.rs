@@ -237,9 +237,9 @@ impl Store {
 
     /// A temporary file in the blob cache to copy a download of `digest` into, when the cache is writable.
     pub fn blob_cache_writer(&self, digest: &Digest) -> Option<(File, PathBuf)> {
-        use std::os::unix::fs::DirBuilderExt;
         let dir = self.blob_cache.as_ref()?.join("sha256");
-        if let Err(e) = fs::DirBuilder::new().recursive(true).mode(0o755).create(&dir) {
+        // Readable by the cache's other users whatever drun's (private) umask.
+        if let Err(e) = crate::safe_fs::create_dir_all_mode(&dir, 0o755) {
             tracing::debug!(dir = %dir.display(), error = %e, "blob cache not writable");
             return None;
         }

@@ -477,7 +477,10 @@ pub struct RunHooks<'a> {
 
 /// What the container left, seen from the host, while it still exists.
 pub struct ExitView<'a> {
+    /// The project directory as the container left it; `None` unless `ended`.
     pub project: Option<&'a Path>,
+    /// Every process of the container has ended: what it wrote can no longer change under a copy.
+    pub ended: bool,
 }
 
 /// How a run ended.
@@ -817,9 +820,11 @@ fn run_in(
     // A detached init is re-parented, and with the host's pid namespace the container's processes outlive its
     // init: drun stays their parent, so that it can end every one of them (`reap::end_all`).
     let host_pids = plan.pid_mode() == crate::run::plan::Sharing::Host;
-    if plan.tty || host_pids {
-        crate::run::reap::become_subreaper().map_err(io("become a child subreaper"))?;
-    }
+    let inherited = if plan.tty || host_pids {
+        Some(crate::run::reap::become_subreaper().map_err(io("become a child subreaper"))?)
+    } else {
+        None
+    };
     // The container's processes inherit ignored signals across exec: drun's own SIGPIPE (ignored by Rust) or a
     // SIGINT ignored by the shell that started drun in the background would reach them. Docker gives defaults.
     let ignored = DefaultSignals::set();
@@ -901,13 +906,14 @@ fn run_in(
     guard.exited = status.is_ok() && !host_pids;
     // Nothing is copied out of a container while any of its processes lives: with the host's pid namespace they
     // outlive the init, and an init that was not reaped may still run.
-    let ended = guard.exited || crate::run::reap::end_all(status.is_err().then_some(pid), &cgroup);
+    let ended = guard.exited || crate::run::reap::end_all(status.is_err().then_some(pid), &cgroup, inherited.as_ref());
     if let Some(after) = hooks.after_exit.as_mut() {
         if !ended {
             tracing::error!("processes of the container survived SIGKILL: nothing is copied out of it");
         }
         after(&ExitView {
             project: project_view.as_deref().filter(|_| ended),
+            ended,
         });
     }
     // Signals that came after the container exited are taken here: unblocked, they would kill drun before it

@@ -406,7 +406,7 @@ pub fn append_in_root(root: &Path, path: &str) -> io::Result<fs::File> {
             let parent = p.parent().map_or("/".into(), |d| d.display().to_string());
             let dir = open_in_container(root, &parent, OFlag::O_PATH | OFlag::O_DIRECTORY)?;
             let name = p.file_name().ok_or_else(|| io::Error::other("no file name"))?;
-            nix::fcntl::openat(
+            let fd = nix::fcntl::openat(
                 std::os::fd::AsFd::as_fd(&dir),
                 name,
                 OFlag::O_WRONLY
@@ -417,7 +417,10 @@ pub fn append_in_root(root: &Path, path: &str) -> io::Result<fs::File> {
                     | OFlag::O_CLOEXEC,
                 nix::sys::stat::Mode::from_bits_truncate(0o644),
             )
-            .map_err(io::Error::from)?
+            .map_err(io::Error::from)?;
+            // 0644 whatever drun's (private) umask: the container's users read /etc/passwd and /etc/group.
+            nix::sys::stat::fchmod(&fd, nix::sys::stat::Mode::from_bits_truncate(0o644)).map_err(io::Error::from)?;
+            fd
         }
         Err(e) => return Err(e),
     };

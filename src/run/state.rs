@@ -77,6 +77,31 @@ pub fn ensure_private(dir: &Path) -> std::io::Result<()> {
     } else {
         nix::unistd::geteuid().as_raw()
     };
+    // Every directory above it too: one that someone else may write to lets them rename the state directory away
+    // and put a tree of theirs in its place (whose records drun would then believe). A sticky directory (/tmp)
+    // is fine: only the owner of an entry can rename it.
+    // (Rootless, in drun's user namespace, the host's root and every other unmapped user look alike: only the
+    // mode can be checked there, and what a replaced tree could make drun do is limited to the caller's rights.)
+    let real = fs::canonicalize(dir)?;
+    let rootless = crate::userns::is_rootless();
+    for a in real.ancestors().skip(1) {
+        let m = fs::metadata(a)?;
+        let sticky = m.mode() & 0o1000 != 0;
+        let foreign = !rootless && m.uid() != 0 && m.uid() != uid;
+        if foreign || (m.mode() & 0o022 != 0 && !sticky) {
+            return Err(std::io::Error::other(format!(
+                "the state directory {} is inside {}, which {}: another user could replace it; choose another \
+                 with --state",
+                dir.display(),
+                a.display(),
+                if foreign {
+                    "belongs to someone else"
+                } else {
+                    "others may write to"
+                }
+            )));
+        }
+    }
     for d in [dir.to_path_buf(), containers_dir(dir), libcontainer_dir(dir)] {
         crate::safe_fs::create_dir_mode(&d, 0o700)?;
         let f = crate::safe_fs::open_dir_nofollow(&d)?;
@@ -274,7 +299,10 @@ fn remove_processes_and_cgroup(state: &Path, info: &RunInfo) {
 
 fn remove_mounts_and_dir(dir: &Path) {
     for m in ["rootfs", "netns", "project/merged"] {
-        let _ = nix::mount::umount2(&dir.join(m), nix::mount::MntFlags::MNT_DETACH);
+        let _ = nix::mount::umount2(
+            &dir.join(m),
+            nix::mount::MntFlags::MNT_DETACH | nix::mount::MntFlags::UMOUNT_NOFOLLOW,
+        );
     }
     if let Err(e) = crate::image::store::remove_tree(dir) {
         tracing::warn!(dir = %dir.display(), error = %e, "cannot remove a run directory");

@@ -239,8 +239,9 @@ fn copy_entry(
         return Err(io::Error::other(format!("directories nested deeper than {MAX_DEPTH}")));
     }
     let st = fstatat(sdir, name, nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW)?;
-    // Artifacts are data: no setuid or setgid bits, whoever gets them.
-    let mode = Mode::from_bits_truncate(st.st_mode & 0o1777);
+    // Artifacts are data: no setuid or setgid bits, whoever gets them, and no more access for others than the
+    // caller's umask gives (a container cannot hand back world-writable files).
+    let mode = Mode::from_bits_truncate(st.st_mode & 0o1777 & !crate::safe_fs::caller_umask());
     let times = (
         nix::sys::time::TimeSpec::new(st.st_atime, st.st_atime_nsec),
         nix::sys::time::TimeSpec::new(st.st_mtime, st.st_mtime_nsec),
@@ -298,6 +299,61 @@ fn copy_entry(
         }
         // Devices, sockets and FIFOs are not outputs.
         _ => {}
+    }
+    Ok(())
+}
+
+/// Makes what a container left in a mounted artifact directory `dir` (a host directory it wrote to directly) safe
+/// to hand over, once every process of the container has ended: setuid/setgid bits and file capabilities are
+/// removed, devices, FIFOs and sockets deleted, modes limited by the caller's umask, and everything given to
+/// `owner`. Walks on descriptors, like the copy. Returns the number of files.
+pub fn sanitize_tree(dir: &Path, owner: Option<(u32, u32)>) -> io::Result<u64> {
+    let top = open_dir_path(dir)?;
+    let mut files = 0;
+    sanitize_dir(top.as_fd(), owner, 0, &mut files)?;
+    give(top.as_fd(), owner);
+    fchmod(top.as_fd(), caller_mode(0o777))?;
+    Ok(files)
+}
+
+fn sanitize_dir(dir: BorrowedFd<'_>, owner: Option<(u32, u32)>, depth: usize, files: &mut u64) -> io::Result<()> {
+    use nix::unistd::{unlinkat, UnlinkatFlags};
+    if depth > MAX_DEPTH {
+        return Err(io::Error::other(format!("directories nested deeper than {MAX_DEPTH}")));
+    }
+    for name in entries(dir)? {
+        let st = fstatat(dir, name.as_os_str(), nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW)?;
+        let mode = Mode::from_bits_truncate(st.st_mode & 0o1777 & !crate::safe_fs::caller_umask());
+        match kind(&st) {
+            SFlag::S_IFDIR => {
+                let fd = reopen(dir, &name, &st, OFlag::O_RDONLY | OFlag::O_DIRECTORY)?;
+                sanitize_dir(fd.as_fd(), owner, depth + 1, files)?;
+                give(fd.as_fd(), owner);
+                fchmod(fd.as_fd(), mode)?;
+            }
+            SFlag::S_IFREG => {
+                let fd = reopen(dir, &name, &st, OFlag::O_RDONLY)?;
+                // SAFETY: the name is a NUL-terminated literal and fd a descriptor we own; ENODATA (no
+                // capabilities) is the usual answer and ignored.
+                unsafe { libc::fremovexattr(fd.as_raw_fd(), c"security.capability".as_ptr()) };
+                give(fd.as_fd(), owner);
+                fchmod(fd.as_fd(), mode)?;
+                *files += 1;
+            }
+            SFlag::S_IFLNK => {
+                if let Some((u, g)) = owner {
+                    let _ = fchownat(
+                        dir,
+                        name.as_os_str(),
+                        Some(Uid::from_raw(u)),
+                        Some(Gid::from_raw(g)),
+                        nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+                    );
+                }
+            }
+            // Devices, sockets and FIFOs are not outputs, and a device node is a way into the host.
+            _ => unlinkat(dir, name.as_os_str(), UnlinkatFlags::NoRemoveDir)?,
+        }
     }
     Ok(())
 }

@@ -175,6 +175,16 @@ pub fn load(path: &Path, lookup: &dyn Fn(&str) -> Option<String>) -> Result<Work
         if w.name.value.trim().is_empty() {
             return Err(cx.at(&w.name.referenced, "a workflow name must not be empty".into()));
         }
+        // The name names the job's artifact directory and log: never a path out of `artifacts/`.
+        if w.name.value.contains('/') || w.name.value == "." || w.name.value == ".." || w.name.value.contains('\0') {
+            return Err(cx.at(
+                &w.name.referenced,
+                format!(
+                    "a workflow name must not contain `/` or be `.` or `..` (got {:?})",
+                    w.name.value
+                ),
+            ));
+        }
         if let Some(first) = seen.insert(&w.name.value, &w.name) {
             return Err(cx.at(
                 &w.name.referenced,

@@ -70,20 +70,6 @@ fn make_dirs(path: &Path, owner: Option<(u32, u32)>) -> std::io::Result<()> {
     }
 }
 
-fn chown_tree(path: &Path, owner: Option<(u32, u32)>) {
-    if owner.is_none() {
-        return;
-    }
-    give(path, owner);
-    if fs::symlink_metadata(path).is_ok_and(|m| m.is_dir()) {
-        if let Ok(rd) = fs::read_dir(path) {
-            for e in rd.flatten() {
-                chown_tree(&e.path(), owner);
-            }
-        }
-    }
-}
-
 fn stamp() -> String {
     let now = time::OffsetDateTime::now_utc();
     format!(
@@ -364,9 +350,15 @@ fn run_job(
 ) -> anyhow::Result<Ended> {
     let job_dir = artifacts_root.join(&job.name);
     make_dirs(&job_dir, owner)?;
-    // Mounted artifacts exist on the host before the container starts, so files land there as written.
+    // Mounted artifacts exist on the host before the container starts, so files land there as written. The
+    // container writes there as root: until it has ended and what it left is made safe (`sanitize_tree`), nobody
+    // else may reach in (a setuid-root binary, a device node).
     for a in job.artifacts.iter().filter(|a| a.mount) {
-        make_dirs(&job_dir.join(&a.path), owner)?;
+        let dir = job_dir.join(&a.path);
+        make_dirs(&dir, owner)?;
+        crate::safe_fs::open_dir_nofollow(&dir)
+            .and_then(|d| d.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o700)))
+            .map_err(|e| anyhow::anyhow!("cannot prepare {}: {e}", dir.display()))?;
     }
     let log_path = artifacts_root.join(format!("{}.log", job.name));
     // A new file, never through a name planted there (a symlink would have root write wherever it points).
@@ -385,7 +377,9 @@ fn run_job(
         .unwrap_or("")
         .trim_matches('/')
         .to_string();
+    let hook_ended = std::cell::Cell::new(None);
     let mut after = |view: &ExitView| {
+        hook_ended.set(Some(view.ended));
         let Some(project) = view.project else { return };
         for a in job.artifacts.iter().filter(|a| !a.mount) {
             let rel = if rel_wd.is_empty() {
@@ -410,8 +404,18 @@ fn run_job(
             after_exit: Some(&mut after),
         },
     );
-    for a in job.artifacts.iter().filter(|a| a.mount) {
-        chown_tree(&job_dir.join(&a.path), owner);
+    // Without a hook call the container never started: nothing of it can have written there.
+    if hook_ended.get() != Some(false) {
+        for a in job.artifacts.iter().filter(|a| a.mount) {
+            if let Err(e) = super::copy_out::sanitize_tree(&job_dir.join(&a.path), owner) {
+                eprintln!("warning: workflow {:?}: artifact {}: {e}", job.name, a.path);
+            }
+        }
+    } else {
+        eprintln!(
+            "warning: workflow {:?}: processes of the container survived: its mounted artifacts stay private to root",
+            job.name
+        );
     }
     let ended = match result {
         Ok(o) if o.interrupted => Ended::Interrupted(o.code),

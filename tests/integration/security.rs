@@ -328,7 +328,7 @@ fn the_store_and_the_blob_caches_temporary_files_stay_private() {
     // (the cache is shared; a reader must never see an unverified blob).
     let out = sb.drun_with(
         &["--blob-cache", cache.to_str().unwrap(), "pull", "-q", &debian()],
-        &[("DRUN_FAILPOINT", "blob-downloading".as_ref())],
+        &[("DRUN_FAILPOINT", "blob-cache-copying".as_ref())],
     );
     assert_eq!(out.status.signal(), Some(9), "{}", out.stderr);
     let tmps: Vec<PathBuf> = std::fs::read_dir(cache.join("sha256"))
@@ -353,4 +353,95 @@ fn the_store_and_the_blob_caches_temporary_files_stay_private() {
             assert_eq!(e.metadata().unwrap().mode() & 0o777, 0o644, "{}", e.path().display());
         }
     }
+}
+
+#[test]
+fn a_mounted_artifact_hands_back_data_only() {
+    let (sb, project) = project();
+    // The container writes straight into the host directory as root: a setuid-root binary and a device node
+    // there would be a way to root for any user who can reach it.
+    let wf = write_workflow(
+        &project,
+        r#"workflows:
+  - name: job
+    image: {busybox}
+    commands:
+      - cp /bin/busybox out/tool && chmod 4755 out/tool && chmod 2775 out
+      - mknod out/mem c 1 1 && mkfifo out/fifo
+      - mkdir -p out/sub && echo kept > out/sub/data && chmod 0777 out/sub/data
+    artifacts:
+      - path: out
+        mount: true
+"#,
+    );
+    sb.drun(&["run", wf.to_str().unwrap()]).ok();
+    let out = project.join("artifacts/job/out");
+    let mode = |p: &Path| std::fs::symlink_metadata(p).unwrap().mode() & 0o7777;
+    assert_eq!(mode(&out.join("tool")), 0o755);
+    assert!(!out.join("mem").exists() && std::fs::symlink_metadata(out.join("fifo")).is_err());
+    assert_eq!(std::fs::read_to_string(out.join("sub/data")).unwrap(), "kept\n");
+    // Limited by the caller's umask (the test runs under 0022): nothing world-writable comes back.
+    assert_eq!(mode(&out.join("sub/data")), 0o755);
+    assert_eq!(mode(&out) & 0o7000, 0);
+}
+
+#[test]
+fn a_state_directory_others_could_replace_is_refused() {
+    assert!(is_root(), "container tests need root (make test runs them as root)");
+    let sb = Sandbox::new();
+    // A group- or world-writable directory above the state directory (a shared project space): another user could
+    // rename the state directory away and put records of theirs in its place, which root's drun would believe.
+    let shared = sb.path().join("shared");
+    std::fs::create_dir(&shared).unwrap();
+    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let state = shared.join("state");
+    let out = sb.drun(&["--state", state.to_str().unwrap(), "ps"]);
+    out.fails_with(125, &["others may write to"]);
+    // Sticky, as /tmp is: only an entry's owner may rename it, so that is fine.
+    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o1777)).unwrap();
+    sb.drun(&["--state", state.to_str().unwrap(), "ps"]).ok();
+}
+
+#[test]
+fn workflow_names_never_lead_out_of_the_artifacts_directory() {
+    let (sb, project) = project();
+    let wf = write_workflow(
+        &project,
+        r#"workflows:
+  - name: ../../escape
+    image: {busybox}
+    commands:
+      - echo hi
+"#,
+    );
+    sb.drun(&["run", wf.to_str().unwrap()])
+        .fails_with(125, &["workflow name", "`/`"]);
+    assert!(!sb.path().join("escape.log").exists());
+}
+
+#[test]
+fn processes_drun_inherited_are_not_the_containers() {
+    let (sb, _project) = project();
+    // A batch script's `monitor & exec drun run …`: the monitor becomes drun's child, and the sweep that ends the
+    // container's processes (with the host's pid namespace) must leave it alone.
+    let marker = sb.path().join("monitor-alive");
+    let drun = env!("CARGO_BIN_EXE_drun");
+    let script = format!(
+        "sh -c 'sleep 3; touch {}' & exec {drun} run --pid host {} sh -c 'sleep 0.2 & true'",
+        marker.display(),
+        busybox()
+    );
+    let mut c = sb.cmd(&[]);
+    let mut sh = std::process::Command::new("sh");
+    sh.args(["-c", &script]);
+    for (k, v) in c.get_envs() {
+        match v {
+            Some(v) => sh.env(k, v),
+            None => sh.env_remove(k),
+        };
+    }
+    let _ = &mut c;
+    let out = run(sh, Duration::from_secs(120));
+    assert!(out.status.success(), "{}", out.stderr);
+    wait_until("the inherited process to finish its work", || marker.exists());
 }
