@@ -329,3 +329,31 @@ pub fn as_user(uid: u32, gid: u32, home: &Path, prog: impl AsRef<std::ffi::OsStr
         .stdin(Stdio::null());
     c
 }
+
+/// Compiles a C program statically (build-essential is in `make deps`) to `dir/name`: a probe that runs in any
+/// image.
+pub fn static_c(dir: &Path, name: &str, source: &str) -> PathBuf {
+    let src = dir.join(format!("{name}.c"));
+    std::fs::write(&src, source).unwrap();
+    let out = dir.join(name);
+    let st = Command::new("gcc")
+        .args(["-static", "-O2", "-o"])
+        .arg(&out)
+        .arg(&src)
+        .status()
+        .unwrap();
+    assert!(st.success(), "gcc -static failed (build-essential is in make deps)");
+    out
+}
+
+/// Builds the OCI layout a `hack/mkimage.py` spec file describes.
+pub fn mkimage(spec_file: &Path) {
+    let st = Command::new("python3")
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/hack/mkimage.py"))
+        .arg("build")
+        .arg(spec_file)
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(st.success(), "mkimage.py build");
+}

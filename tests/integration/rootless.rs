@@ -627,14 +627,7 @@ fn escape_layout(dir: &Path, outside: &Path) -> PathBuf {
     });
     let spec_file = dir.join("spec.json");
     std::fs::write(&spec_file, spec.to_string()).unwrap();
-    let st = Command::new("python3")
-        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/hack/mkimage.py"))
-        .arg("build")
-        .arg(&spec_file)
-        .stdout(Stdio::null())
-        .status()
-        .unwrap();
-    assert!(st.success(), "mkimage.py build");
+    common::mkimage(&spec_file);
     // Readable by the test user.
     Command::new("chmod")
         .args(["-R", "a+rX"])

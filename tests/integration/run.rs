@@ -608,9 +608,9 @@ fn host_pid_and_ipc_namespaces_and_the_slurm_default() {
 fn seccomp_blocks_keyctl_and_bpf() {
     let sb = ready();
     // busybox has no keyctl applet: a tiny static probe reports the errno of each syscall (0 = allowed).
-    let src = sb.path().join("probe.c");
-    std::fs::write(
-        &src,
+    let probe = static_c(
+        sb.path(),
+        "probe",
         "#include <errno.h>\n#include <stdio.h>\n#include <unistd.h>\n#include <sys/syscall.h>\n\
          static int try(long r) { return r < 0 ? errno : 0; }\n\
          int main(void) {\n\
@@ -618,16 +618,7 @@ fn seccomp_blocks_keyctl_and_bpf() {
            printf(\"bpf=%d\\n\", try(syscall(SYS_bpf, 0 /* BPF_MAP_CREATE */, 0, 0)));\n\
            return 0;\n\
          }\n",
-    )
-    .unwrap();
-    let probe = sb.path().join("probe");
-    let st = std::process::Command::new("gcc")
-        .args(["-static", "-O2", "-o"])
-        .arg(&probe)
-        .arg(&src)
-        .status()
-        .unwrap();
-    assert!(st.success(), "gcc -static failed (build-essential is in make deps)");
+    );
     let vol = format!("{}:/probe:ro", probe.display());
     let out = sb.drun(&["run", "-v", &vol, &busybox(), "/probe"]).ok();
     assert_eq!(
@@ -806,14 +797,7 @@ pub fn tiny_image(sb: &Sandbox, name: &str, extra: &dyn Fn(&mut tar::Builder<std
     });
     let spec_file = dir.join("spec.json");
     std::fs::write(&spec_file, spec.to_string()).unwrap();
-    let st = std::process::Command::new("python3")
-        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/hack/mkimage.py"))
-        .arg("build")
-        .arg(&spec_file)
-        .stdout(Stdio::null())
-        .status()
-        .unwrap();
-    assert!(st.success(), "mkimage.py build");
+    mkimage(&spec_file);
     let image = format!("oci:{}:latest", layout.display());
     sb.drun(&["pull", "-q", &image]).ok();
     image
@@ -911,9 +895,9 @@ fn an_images_passwd_that_is_a_fifo_or_dev_zero_is_refused_not_read() {
 #[test]
 fn seccomp_blocks_io_uring_as_docker_does() {
     let sb = ready();
-    let src = sb.path().join("uring.c");
-    std::fs::write(
-        &src,
+    let probe = static_c(
+        sb.path(),
+        "uring",
         "#include <errno.h>\n#include <stdio.h>\n#include <string.h>\n#include <unistd.h>\n#include <sys/syscall.h>\n\
          int main(void) {\n\
            unsigned char params[120]; /* struct io_uring_params */\n\
@@ -922,16 +906,7 @@ fn seccomp_blocks_io_uring_as_docker_does() {
            printf(\"io_uring_setup=%d\\n\", r < 0 ? errno : 0);\n\
            return 0;\n\
          }\n",
-    )
-    .unwrap();
-    let probe = sb.path().join("uring");
-    let st = std::process::Command::new("gcc")
-        .args(["-static", "-O2", "-o"])
-        .arg(&probe)
-        .arg(&src)
-        .status()
-        .unwrap();
-    assert!(st.success(), "gcc -static failed (build-essential is in make deps)");
+    );
     let vol = format!("{}:/uring:ro", probe.display());
     let out = sb.drun(&["run", "-v", &vol, &busybox(), "/uring"]).ok();
     assert_eq!(

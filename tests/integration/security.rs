@@ -148,20 +148,10 @@ fn setuid_binaries_work_in_the_container_when_no_new_privileges_is_off() {
     assert_eq!(on.stdout.trim(), "65534", "{}", on.stderr);
 }
 
-/// A sandbox with busybox pulled, a project directory and the other user's view of nothing.
-fn project() -> (Sandbox, PathBuf) {
-    assert!(is_root(), "container tests need root (make test runs them as root)");
-    let sb = Sandbox::new();
-    sb.drun(&["pull", "-q", &busybox()]).ok();
-    let project = sb.path().join("project");
-    std::fs::create_dir_all(&project).unwrap();
-    (sb, project)
-}
+use crate::workflow::ready as project;
 
 fn write_workflow(project: &Path, text: &str) -> PathBuf {
-    let p = project.join("workflow.yaml");
-    std::fs::write(&p, text.replace("{busybox}", &busybox())).unwrap();
-    p
+    crate::workflow::write(project, "workflow.yaml", text)
 }
 
 #[test]

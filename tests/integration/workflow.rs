@@ -13,7 +13,7 @@ fn busybox() -> String {
 }
 
 /// A sandbox with busybox pulled and a project directory (`project/`) for workflow files.
-fn ready() -> (Sandbox, PathBuf) {
+pub fn ready() -> (Sandbox, PathBuf) {
     assert!(is_root(), "container tests need root (make test runs them as root)");
     let sb = Sandbox::new();
     sb.drun(&["pull", "-q", &busybox()]).ok();
@@ -23,7 +23,7 @@ fn ready() -> (Sandbox, PathBuf) {
 }
 
 /// Writes `project/NAME` with `{busybox}` replaced by the test image.
-fn write(project: &Path, name: &str, text: &str) -> PathBuf {
+pub fn write(project: &Path, name: &str, text: &str) -> PathBuf {
     let p = project.join(name);
     if let Some(d) = p.parent() {
         std::fs::create_dir_all(d).unwrap();
