@@ -357,3 +357,18 @@ pub fn mkimage(spec_file: &Path) {
         .unwrap();
     assert!(st.success(), "mkimage.py build");
 }
+
+impl Sandbox {
+    /// `drun ARGS` (a shell command line) at a terminal of its own, as a user's shell would start it: `script`
+    /// gives it one.
+    pub fn at_terminal(&self, args: &str) -> Command {
+        let mut c = Command::new("script");
+        c.args(["-qec", &format!("{} {args}", env!("CARGO_BIN_EXE_drun")), "/dev/null"])
+            .env("DRUN_ROOT", self.store())
+            .env("DRUN_STATE", self.state())
+            .env("DRUN_CONFIG", self.config())
+            .env_remove("DRUN_LOG")
+            .stdin(Stdio::null());
+        c
+    }
+}

@@ -512,18 +512,10 @@ fn a_killed_drun_is_cleaned_up_by_the_next() {
 #[test]
 fn tty_gives_the_container_a_real_terminal() {
     let sb = ready();
-    let cmd = format!(
-        "{} run -t {} sh -c 'tty; test -t 0 && test -t 1 && echo BOTH-TTY; exit 4'",
-        env!("CARGO_BIN_EXE_drun"),
+    let c = sb.at_terminal(&format!(
+        "run -t {} sh -c 'tty; test -t 0 && test -t 1 && echo BOTH-TTY; exit 4'",
         busybox()
-    );
-    // `script` gives drun a terminal of its own, as a user's shell would.
-    let mut c = std::process::Command::new("script");
-    c.args(["-qec", &cmd, "/dev/null"])
-        .env("DRUN_ROOT", sb.store())
-        .env("DRUN_STATE", sb.state())
-        .env("DRUN_CONFIG", sb.config())
-        .stdin(Stdio::null());
+    ));
     let out = run(c, Duration::from_secs(60));
     assert_eq!(out.code(), Some(4), "{}\n{}", out.stdout, out.stderr);
     assert!(
@@ -993,19 +985,8 @@ fn log_output_is_coloured_only_on_a_terminal() {
     );
     // At a terminal (`script` gives drun one) it is coloured, unless NO_COLOR is set to anything but "".
     let at_terminal = |no_color: Option<&str>| {
-        let cmd = format!(
-            "{} run --ipc host --shm-size 16m {} true",
-            env!("CARGO_BIN_EXE_drun"),
-            busybox()
-        );
-        let mut c = std::process::Command::new("script");
-        c.args(["-qec", &cmd, "/dev/null"])
-            .env("DRUN_ROOT", sb.store())
-            .env("DRUN_STATE", sb.state())
-            .env("DRUN_CONFIG", sb.config())
-            .env_remove("DRUN_LOG")
-            .env_remove("NO_COLOR")
-            .stdin(Stdio::null());
+        let mut c = sb.at_terminal(&format!("run --ipc host --shm-size 16m {} true", busybox()));
+        c.env_remove("NO_COLOR");
         if let Some(v) = no_color {
             c.env("NO_COLOR", v);
         }
