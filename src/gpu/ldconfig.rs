@@ -180,6 +180,7 @@ fn run_ldconfig(root: BorrowedFd<'_>, exe: i32) -> Result<(), String> {
             let e = nix::unistd::fchdir(root)
                 .and_then(|()| nix::unistd::chroot("."))
                 .and_then(|()| nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_AS, limit, limit))
+                .and_then(|()| drop_privileges())
                 .and_then(|()| {
                     // SAFETY: exe is an open descriptor of the host's static ldconfig, inherited across fork.
                     let fd = unsafe { BorrowedFd::borrow_raw(exe) };
@@ -212,6 +213,52 @@ fn run_ldconfig(root: BorrowedFd<'_>, exe: i32) -> Result<(), String> {
             }
         }
     }
+}
+
+/// Leaves ldconfig, which parses the image's configuration and ELF files, only what it needs: uid 0 in the image's
+/// root (its files are root's), without any capability, and unable to gain one (no_new_privs clamps what exec
+/// would give root). A parser bug in ldconfig then cannot reach beyond the chroot as a capable root could.
+/// Plain system calls only: this runs in a forked child.
+fn drop_privileges() -> nix::Result<()> {
+    // SAFETY: prctl(2) and capset(2) on this process only; the header and data live on the stack for the calls.
+    unsafe {
+        if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
+            return Err(nix::errno::Errno::last());
+        }
+        // Bounding set first (needs CAP_SETPCAP, which is dropped last with the rest); EINVAL past the kernel's
+        // last capability ends the loop.
+        for cap in 0..64 {
+            if libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0) != 0 {
+                break;
+            }
+        }
+        #[repr(C)]
+        struct Header {
+            version: u32,
+            pid: i32,
+        }
+        #[repr(C)]
+        #[derive(Clone, Copy)]
+        struct Data {
+            effective: u32,
+            permitted: u32,
+            inheritable: u32,
+        }
+        const VERSION_3: u32 = 0x2008_0522;
+        let mut header = Header {
+            version: VERSION_3,
+            pid: 0,
+        };
+        let data = [Data {
+            effective: 0,
+            permitted: 0,
+            inheritable: 0,
+        }; 2];
+        if libc::syscall(libc::SYS_capset, &mut header as *mut Header, data.as_ptr()) != 0 {
+            return Err(nix::errno::Errno::last());
+        }
+    }
+    Ok(())
 }
 
 /// Adds `DIR/STEM.so -> SONAME` for the library at `ctr` when the image has no `STEM.so`, SONAME being the
@@ -365,4 +412,28 @@ fn child(rootfs: &Path, libs: &[(PathBuf, String)], exe: i32) -> Result<(), Stri
         dev_link(root, ctr);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn ldconfig_runs_without_any_capability_and_cannot_gain_one() {
+        use std::os::unix::process::CommandExt;
+        let mut c = std::process::Command::new("cat");
+        c.arg("/proc/self/status");
+        // SAFETY: drop_privileges makes plain system calls only, as a pre-exec hook must.
+        unsafe { c.pre_exec(|| super::drop_privileges().map_err(std::io::Error::from)) };
+        let out = c.output().unwrap();
+        assert!(out.status.success());
+        let status = String::from_utf8_lossy(&out.stdout);
+        for (key, want) in [
+            ("CapEff:", "0000000000000000"),
+            ("CapPrm:", "0000000000000000"),
+            ("CapBnd:", "0000000000000000"),
+            ("NoNewPrivs:", "1"),
+        ] {
+            let got = status.lines().find_map(|l| l.strip_prefix(key)).map(str::trim);
+            assert_eq!(got, Some(want), "{key} in\n{status}");
+        }
+    }
 }
