@@ -97,6 +97,20 @@ pub fn caller_ids() -> (u32, u32) {
     }
 }
 
+/// The user files are made for: the one who ran `sudo drun …`; rootless, the caller (files the container's other
+/// users wrote are owned by subordinate ids otherwise); else nobody in particular (drun's own identity).
+pub fn invoking_owner() -> Option<(u32, u32)> {
+    if current().is_some() {
+        return Some(caller_ids());
+    }
+    if !nix::unistd::geteuid().is_root() {
+        return None;
+    }
+    let uid = std::env::var("SUDO_UID").ok()?.parse().ok()?;
+    let gid = std::env::var("SUDO_GID").ok()?.parse().ok()?;
+    (uid != 0).then_some((uid, gid))
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum UsernsError {
     #[error("cannot create a user namespace: {0}")]

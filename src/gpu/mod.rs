@@ -355,20 +355,28 @@ pub fn discover(root: &Path) -> Result<Option<Driver>, GpuError> {
     Ok(Some(driver))
 }
 
-/// Whether an IPC endpoint of the driver may be mounted into containers: the real thing (not a symlink, which
-/// libcontainer would follow to wherever it points), owned by root or by the caller, and writable by nobody
-/// else. `/tmp/nvidia-mps` lives in a directory every user can write to: anyone could plant one there.
+/// Whether an IPC endpoint of the driver may be mounted into containers: the real thing, never a symlink (which
+/// libcontainer would follow to wherever it points), and a directory (MPS's pipes) writable by its owner alone;
+/// a socket is for everyone to connect to. One in a directory others may write to (`/tmp/nvidia-mps`: anyone
+/// could plant one there) must also be root's or the caller's; the sockets under `/run` cannot be planted.
+/// (Rootless, root's files look like any unmapped user's, so such an endpoint of root's is left out: CUDA then
+/// runs without MPS.)
 fn ipc_endpoint_trusted(path: &Path) -> bool {
     use std::os::unix::fs::MetadataExt;
     let Ok(m) = std::fs::symlink_metadata(path) else {
         return false;
     };
-    let caller = crate::userns::current()
-        .map(|r| r.uid)
-        .or_else(|| std::env::var("SUDO_UID").ok().and_then(|u| u.parse().ok()));
-    let owner_ok = m.uid() == 0 || Some(m.uid()) == caller;
-    // A socket is for everyone to connect to; a directory (MPS's pipes) must be writable by its owner alone.
-    let ok = !m.file_type().is_symlink() && owner_ok && (!m.is_dir() || m.mode() & 0o022 == 0);
+    let plantable = path
+        .parent()
+        .and_then(|p| std::fs::metadata(p).ok())
+        .is_some_and(|p| p.mode() & 0o022 != 0);
+    let (root, caller) = if crate::userns::is_rootless() {
+        (None, Some(crate::userns::caller_ids().0))
+    } else {
+        (Some(0), crate::userns::invoking_owner().map(|(u, _)| u))
+    };
+    let owner_ok = Some(m.uid()) == root || Some(m.uid()) == caller;
+    let ok = !m.file_type().is_symlink() && (!m.is_dir() || m.mode() & 0o022 == 0) && (!plantable || owner_ok);
     if !ok {
         tracing::warn!(path = %path.display(), uid = m.uid(), mode = format!("{:o}", m.mode() & 0o7777),
             "not mounting a driver IPC endpoint that is a symlink, someone else's, or writable by others");
@@ -617,8 +625,10 @@ mod tests {
     fn planted_ipc_endpoints_are_not_mounted() {
         use std::os::unix::fs::PermissionsExt;
         let t = tempfile::tempdir().unwrap();
-        // /tmp/nvidia-mps is in a directory every user can write to: a symlink to /root, or a directory others may
-        // write to, is not MPS.
+        // As /tmp is: every user can plant an entry there.
+        std::fs::set_permissions(t.path(), std::fs::Permissions::from_mode(0o1777)).unwrap();
+        // /tmp/nvidia-mps is in a directory every user can write to: a symlink to /root, a directory others may
+        // write to, or one of another user's, is not MPS.
         let link = t.path().join("link");
         std::os::unix::fs::symlink("/root", &link).unwrap();
         assert!(!ipc_endpoint_trusted(&link));
@@ -631,6 +641,16 @@ mod tests {
             std::fs::create_dir(&real).unwrap();
             std::fs::set_permissions(&real, std::fs::Permissions::from_mode(0o755)).unwrap();
             assert!(ipc_endpoint_trusted(&real));
+            let theirs = t.path().join("theirs");
+            std::fs::create_dir(&theirs).unwrap();
+            std::os::unix::fs::chown(&theirs, Some(54321), Some(54321)).unwrap();
+            assert!(!ipc_endpoint_trusted(&theirs));
+            // Where nobody else can write (the sockets under /run), nothing can be planted: the owner is not asked.
+            let private = tempfile::tempdir().unwrap();
+            let socket = private.path().join("socket");
+            std::fs::write(&socket, "").unwrap();
+            std::os::unix::fs::chown(&socket, Some(54321), Some(54321)).unwrap();
+            assert!(ipc_endpoint_trusted(&socket));
         }
     }
 

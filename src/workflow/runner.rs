@@ -30,20 +30,6 @@ pub struct Options {
     pub require_limits: bool,
 }
 
-/// The user files are made for: the one who ran `sudo drun …`; rootless, the caller (files the container's other
-/// users wrote are owned by subordinate ids otherwise); else nobody in particular (drun's own identity).
-fn invoking_owner() -> Option<(u32, u32)> {
-    if crate::userns::current().is_some() {
-        return Some(crate::userns::caller_ids());
-    }
-    if !nix::unistd::geteuid().is_root() {
-        return None;
-    }
-    let uid = std::env::var("SUDO_UID").ok()?.parse().ok()?;
-    let gid = std::env::var("SUDO_GID").ok()?.parse().ok()?;
-    (uid != 0).then_some((uid, gid))
-}
-
 fn give(path: &Path, owner: Option<(u32, u32)>) {
     if let Some((u, g)) = owner {
         let _ = std::os::unix::fs::lchown(path, Some(u), Some(g));
@@ -59,7 +45,7 @@ fn make_dirs(path: &Path, owner: Option<(u32, u32)>) -> std::io::Result<()> {
         make_dirs(parent, owner)?;
     }
     // For the caller, under their umask (drun's own is private).
-    match crate::safe_fs::create_dir_mode(path, 0o777 & !crate::safe_fs::caller_umask()) {
+    match crate::safe_fs::create_dir_mode(path, crate::safe_fs::for_caller(0o777)) {
         Ok(true) => {
             give(path, owner);
             Ok(())
@@ -298,7 +284,7 @@ pub fn run(
             seen.push(plan.image.clone());
         }
     }
-    let owner = invoking_owner();
+    let owner = crate::userns::invoking_owner();
     make_dirs(&artifacts_root, owner)?;
     let mut first_failure: Option<i32> = None;
     let mut failed: Vec<String> = Vec::new();
@@ -363,7 +349,7 @@ fn run_job(
     let log_path = artifacts_root.join(format!("{}.log", job.name));
     // A new file, never through a name planted there (a symlink would have root write wherever it points).
     let _ = fs::remove_file(&log_path);
-    let mut log = crate::safe_fs::create_new(&log_path, 0o666 & !crate::safe_fs::caller_umask())
+    let mut log = crate::safe_fs::create_new(&log_path, crate::safe_fs::for_caller(0o666))
         .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", log_path.display()))?;
     if let Some((u, g)) = owner {
         let _ = std::os::unix::fs::fchown(&log, Some(u), Some(g));
