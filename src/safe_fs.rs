@@ -7,6 +7,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Write};
+use std::os::fd::AsFd;
 use std::os::unix::fs::{FileTypeExt, OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -26,6 +27,11 @@ pub fn set_private_umask() {
 /// The caller's umask (0o022 if drun never set its own, as in unit tests).
 pub fn caller_umask() -> u32 {
     CALLER_UMASK.load(Ordering::Relaxed)
+}
+
+/// `mode` as the caller's umask leaves it: for what drun makes for them (0o666 for files, 0o777 for directories).
+pub fn for_caller(mode: u32) -> u32 {
+    mode & !caller_umask()
 }
 
 /// Runs `f` under `mask`, then puts the previous umask back. The umask is per process: only for moments when
@@ -107,13 +113,7 @@ pub fn open_or_create(path: &Path, mode: u32) -> io::Result<File> {
 /// Copies the regular file `src` to a new file `dst` (mode 0600 until the caller sets it), following a symlink at
 /// neither end; reflinked or copied in the kernel where the file system can.
 pub fn copy_file_nofollow(src: &Path, dst: &Path) -> io::Result<u64> {
-    let mut from = OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
-        .open(src)?;
-    if !from.metadata()?.is_file() {
-        return Err(io::Error::other(format!("{} is not a regular file", src.display())));
-    }
+    let mut from = open_regular(src, false)?;
     let mut to = create_new(dst, 0o600)?;
     io::copy(&mut from, &mut to)
 }
@@ -153,14 +153,50 @@ pub fn write_replace(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
     result
 }
 
+/// Opens `path` for reading only if it is a regular file. The open does not block (on a FIFO it would wait for
+/// a writer forever) and, unless `follow`, does not follow a symbolic link as the last component; the type is
+/// checked on the open file, so it cannot change between the check and the reads.
+pub fn open_regular(path: &Path, follow: bool) -> io::Result<File> {
+    let mut flags = libc::O_NONBLOCK | libc::O_CLOEXEC;
+    if !follow {
+        flags |= libc::O_NOFOLLOW;
+    }
+    let f = OpenOptions::new().read(true).custom_flags(flags).open(path)?;
+    let ft = f.metadata()?.file_type();
+    if !ft.is_file() {
+        let kind = if ft.is_fifo() {
+            "a FIFO"
+        } else if ft.is_dir() {
+            "a directory"
+        } else if ft.is_char_device() || ft.is_block_device() {
+            "a device"
+        } else if ft.is_socket() {
+            "a socket"
+        } else {
+            "not a regular file"
+        };
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{kind}, where a regular file was expected"),
+        ));
+    }
+    // Back to ordinary blocking reads (it makes no difference for a regular file, but nothing later is surprised).
+    let fd = f.as_fd();
+    let fl = nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_GETFL).map_err(io::Error::from)?;
+    let fl = nix::fcntl::OFlag::from_bits_retain(fl) & !nix::fcntl::OFlag::O_NONBLOCK;
+    nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_SETFL(fl)).map_err(io::Error::from)?;
+    Ok(f)
+}
+
 /// Reads a regular file of at most `limit` bytes, never following a symlink at its last component and never
 /// blocking on a FIFO or device planted in its place.
 pub fn read_bounded(path: &Path, limit: u64) -> io::Result<Vec<u8>> {
-    let f = OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
-        .open(path)?;
-    read_file_bounded(f, limit, &path.display().to_string())
+    let what = path.display().to_string();
+    let f = open_regular(path, false).map_err(|e| match e.kind() {
+        io::ErrorKind::InvalidInput => io::Error::other(format!("{what}: {e}")),
+        _ => e,
+    })?;
+    read_file_bounded(f, limit, &what)
 }
 
 /// Reads an open file that must be regular and at most `limit` bytes long (`what` names it in errors).
@@ -175,18 +211,24 @@ pub fn read_file_bounded(f: File, limit: u64, what: &str) -> io::Result<Vec<u8>>
             meta.len()
         )));
     }
-    let mut buf = Vec::with_capacity(meta.len() as usize);
-    f.take(limit + 1).read_to_end(&mut buf)?;
+    read_capped(f, limit, what)
+}
+
+/// Reads `r` to its end, but not past `limit` bytes (`what` names it in the error).
+fn read_capped(r: impl Read, limit: u64, what: &str) -> io::Result<Vec<u8>> {
+    let mut buf = Vec::new();
+    r.take(limit + 1).read_to_end(&mut buf)?;
     if buf.len() as u64 > limit {
         return Err(io::Error::other(format!(
-            "{what} grew past the {limit} bytes drun reads"
+            "{what} is longer than the {limit} bytes drun reads"
         )));
     }
     Ok(buf)
 }
 
 /// Reads a file the caller named on the command line (`--env-file`, a workflow file, a seccomp profile): a symlink
-/// they chose is followed, but only a regular file of at most `limit` bytes is read, and a FIFO never blocks.
+/// they chose is followed, and at most `limit` bytes are read: of a regular file, or of a stream they named
+/// (`/dev/null`, a pipe), read to its end.
 pub fn read_user_file(path: &Path, limit: u64) -> io::Result<Vec<u8>> {
     let f = OpenOptions::new()
         .read(true)
@@ -202,16 +244,8 @@ pub fn read_user_file(path: &Path, limit: u64) -> io::Result<Vec<u8>> {
     }
     // `DRUN_CONFIG=/dev/null`, `--env-file <(…)`: the caller named a stream, which is read to its end as `cat`
     // would (blocking), still bounded.
-    use std::os::fd::AsFd;
     let _ = nix::fcntl::fcntl(f.as_fd(), nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::empty()));
-    let mut buf = Vec::new();
-    f.take(limit + 1).read_to_end(&mut buf)?;
-    if buf.len() as u64 > limit {
-        return Err(io::Error::other(format!(
-            "{what} is longer than the {limit} bytes drun reads"
-        )));
-    }
-    Ok(buf)
+    read_capped(f, limit, &what)
 }
 
 /// Reads a file the kernel or the host's administrator provides (`/proc`, `/sys`, cgroupfs, `/etc/subuid`,

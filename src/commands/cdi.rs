@@ -27,7 +27,7 @@ pub fn run(a: CdiArgs) -> Result<i32> {
             match output {
                 Some(path) => {
                     // Read by every CDI consumer (podman, containerd, other users' drun): the caller's umask.
-                    crate::safe_fs::write_replace(&path, text.as_bytes(), 0o666 & !crate::safe_fs::caller_umask())
+                    crate::safe_fs::write_replace(&path, text.as_bytes(), crate::safe_fs::for_caller(0o666))
                         .with_context(|| format!("cannot write {}", path.display()))?;
                     eprintln!(
                         "wrote {} ({} GPU(s), driver {})",

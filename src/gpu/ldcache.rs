@@ -68,21 +68,10 @@ const CACHE_CAP: u64 = 64 << 20;
 /// Entries of `root/etc/ld.so.cache` (paths as the host sees them below `root`, i.e. without the prefix). Only a
 /// regular file is read (opened without waiting, should it be a FIFO), and at most [`CACHE_CAP`] bytes of it.
 pub fn read(root: &Path) -> Vec<(String, PathBuf)> {
-    use std::io::Read;
-    use std::os::unix::fs::OpenOptionsExt;
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
-        .open(root.join("etc/ld.so.cache"));
-    let Ok(file) = file else { return vec![] };
-    if !file.metadata().is_ok_and(|m| m.is_file() && m.len() <= CACHE_CAP) {
-        return vec![];
-    }
-    let mut bytes = Vec::new();
-    match file.take(CACHE_CAP).read_to_end(&mut bytes) {
-        Ok(_) => parse(&bytes),
-        Err(_) => vec![],
-    }
+    let path = root.join("etc/ld.so.cache");
+    crate::safe_fs::open_regular(&path, true)
+        .and_then(|f| crate::safe_fs::read_file_bounded(f, CACHE_CAP, &path.display().to_string()))
+        .map_or_else(|_| vec![], |bytes| parse(&bytes))
 }
 
 #[cfg(test)]

@@ -6,15 +6,13 @@
 //! containers/image (Podman, CRI-O, skopeo) read manifests under 4 MiB, configs under a few MiB and token
 //! answers under 1 MiB.
 //!
-//! Files are opened without blocking (a FIFO planted where a file is expected would otherwise hang the open
-//! and every read) and read only when `fstat` says they are regular files.
+//! Files are opened with [`safe_fs::open_regular`]: without blocking (a FIFO planted where a file is expected
+//! would otherwise hang the open and every read), and read only when `fstat` says they are regular files.
 
-use std::fs::File;
 use std::io::{self, Read};
-use std::os::fd::AsFd;
-use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::Path;
 
+use crate::safe_fs;
 use crate::units::ByteSize;
 
 /// Manifests and image indexes (also an OCI layout's `index.json` and a docker archive's `manifest.json`):
@@ -110,44 +108,10 @@ pub fn read_to_end_capped(r: impl Read, cap: u64) -> Result<Vec<u8>, ReadError> 
     Ok(out)
 }
 
-/// Opens `path` for reading only if it is a regular file. The open does not block (on a FIFO it would wait for
-/// a writer forever) and, unless `follow`, does not follow a symbolic link as the last component; the type is
-/// checked on the open file, so it cannot change between the check and the reads.
-pub fn open_regular(path: &Path, follow: bool) -> io::Result<File> {
-    let mut flags = libc::O_NONBLOCK | libc::O_CLOEXEC;
-    if !follow {
-        flags |= libc::O_NOFOLLOW;
-    }
-    let f = std::fs::OpenOptions::new().read(true).custom_flags(flags).open(path)?;
-    let ft = f.metadata()?.file_type();
-    if !ft.is_file() {
-        let kind = if ft.is_fifo() {
-            "a FIFO"
-        } else if ft.is_dir() {
-            "a directory"
-        } else if ft.is_char_device() || ft.is_block_device() {
-            "a device"
-        } else if ft.is_socket() {
-            "a socket"
-        } else {
-            "not a regular file"
-        };
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!("{kind}, where a regular file was expected"),
-        ));
-    }
-    // Back to ordinary blocking reads (it makes no difference for a regular file, but nothing later is surprised).
-    let fd = f.as_fd();
-    let fl = nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_GETFL).map_err(io::Error::from)?;
-    let fl = nix::fcntl::OFlag::from_bits_retain(fl) & !nix::fcntl::OFlag::O_NONBLOCK;
-    nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_SETFL(fl)).map_err(io::Error::from)?;
-    Ok(f)
-}
-
-/// Reads a whole regular file of at most `cap` bytes (see [`open_regular`]); its size is checked before reading.
+/// Reads a whole regular file of at most `cap` bytes (see [`safe_fs::open_regular`]); its size is checked before
+/// reading.
 pub fn read_file_capped(path: &Path, cap: u64, follow: bool) -> Result<Vec<u8>, ReadError> {
-    let f = open_regular(path, follow)?;
+    let f = safe_fs::open_regular(path, follow)?;
     check_declared(f.metadata()?.len(), cap)?;
     read_to_end_capped(f, cap)
 }
@@ -187,18 +151,21 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let fifo = dir.path().join("fifo");
         nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
-        let err = open_regular(&fifo, true).unwrap_err();
+        let err = safe_fs::open_regular(&fifo, true).unwrap_err();
         assert!(err.to_string().contains("a FIFO"), "{err}");
         let err = read_file_capped(dir.path(), 10, true).unwrap_err();
         assert!(err.to_string().contains("a directory"), "{err}");
-        assert!(open_regular(Path::new("/dev/zero"), true).is_err());
+        assert!(safe_fs::open_regular(Path::new("/dev/zero"), true).is_err());
 
         let file = dir.path().join("file");
         std::fs::write(&file, b"0123456789").unwrap();
         let link = dir.path().join("link");
         std::os::unix::fs::symlink(&file, &link).unwrap();
         assert_eq!(read_file_capped(&link, 10, true).unwrap(), b"0123456789");
-        assert!(open_regular(&link, false).is_err(), "no-follow refuses a symlink");
+        assert!(
+            safe_fs::open_regular(&link, false).is_err(),
+            "no-follow refuses a symlink"
+        );
         let err = read_file_capped(&file, 9, false).unwrap_err();
         assert!(
             matches!(

@@ -162,7 +162,7 @@ pub fn resolve_docker_archive(file: &Path, name: &str) -> Result<Resolved, Local
         path: file.to_path_buf(),
         source,
     };
-    let f = limits::open_regular(file, true).map_err(rd)?;
+    let f = crate::safe_fs::open_regular(file, true).map_err(rd)?;
     let mut archive = tar::Archive::new(f);
     // Member name → (offset of its data, size).
     let mut members: HashMap<String, (u64, u64)> = HashMap::new();
@@ -275,7 +275,7 @@ fn read_range(file: &Path, offset: u64, size: u64, cap: u64, what: &'static str)
     use std::io::Seek;
     let err = |e: ReadError| LocalError::from_read(file, what, e);
     limits::check_declared(size, cap).map_err(|e| err(e.into()))?;
-    let mut f = limits::open_regular(file, true).map_err(|e| err(e.into()))?;
+    let mut f = crate::safe_fs::open_regular(file, true).map_err(|e| err(e.into()))?;
     f.seek(std::io::SeekFrom::Start(offset)).map_err(|e| err(e.into()))?;
     let mut buf = Vec::with_capacity(size as usize);
     f.take(size).read_to_end(&mut buf).map_err(|e| err(e.into()))?;

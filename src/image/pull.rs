@@ -733,7 +733,7 @@ async fn unpack_file(
     let p = path.clone();
     let f = tokio::task::spawn_blocking(move || {
         use std::io::Seek;
-        let mut f = crate::image::limits::open_regular(&p, true).map_err(file_err(&p))?;
+        let mut f = crate::safe_fs::open_regular(&p, true).map_err(file_err(&p))?;
         f.seek(io::SeekFrom::Start(offset)).map_err(file_err(&p))?;
         Ok::<_, LayerError>(f)
     })

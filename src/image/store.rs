@@ -205,7 +205,7 @@ impl Store {
     /// rewound, so that what is unpacked is what was checked.
     pub fn cached_blob(&self, digest: &Digest, size: u64) -> Option<(PathBuf, File)> {
         let p = self.blob_cache.as_ref()?.join("sha256").join(digest.hex());
-        let mut f = match crate::image::limits::open_regular(&p, false) {
+        let mut f = match crate::safe_fs::open_regular(&p, false) {
             Ok(f) => f,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return None,
             Err(e) => {

@@ -287,7 +287,7 @@ pub(crate) fn parent_dir(root: BorrowedFd<'_>, comps: &[&OsStr]) -> io::Result<O
 }
 
 /// Removes `name` in `dir`, recursively if it is a directory. Never follows symlinks.
-fn remove_at(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<()> {
+pub(crate) fn remove_at(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<()> {
     let st = match fstatat(dir, name, AtFlags::AT_SYMLINK_NOFOLLOW) {
         Ok(st) => st,
         Err(Errno::ENOENT) => return Ok(()),

@@ -384,13 +384,14 @@ impl CgroupPlan {
             .iter()
             .filter(|d| std::fs::remove_dir(d).is_err() && d.is_dir())
             .collect();
-        for dir in &busy {
-            kill_all(dir);
+        if busy.is_empty() {
+            return;
         }
-        // Killed processes leave their cgroup a moment later; rmdir fails (EBUSY) until then.
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        self.kill_and_wait(deadline);
+        // Killed processes leave their cgroup a moment later; rmdir fails (EBUSY) until then.
         for dir in busy {
-            while std::fs::remove_dir(dir).is_err() && dir.is_dir() && std::time::Instant::now() < deadline {
+            while !remove_cgroup_tree(dir) && std::time::Instant::now() < deadline {
                 std::thread::sleep(std::time::Duration::from_millis(10));
             }
         }
@@ -495,13 +496,24 @@ fn enable_controllers(dir: &Path) -> std::io::Result<()> {
     crate::safe_fs::write_system(dir.join("cgroup.subtree_control"), want.join(" "))
 }
 
+/// Removes a cgroup directory and the cgroups below it, deepest first; true once it is gone.
+fn remove_cgroup_tree(dir: &Path) -> bool {
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                remove_cgroup_tree(&e.path());
+            }
+        }
+    }
+    std::fs::remove_dir(dir).is_ok() || !dir.is_dir()
+}
+
 /// SIGKILLs every process of a cgroup directory (and its children), best effort.
-pub fn kill_all(dir: &Path) {
+fn kill_all(dir: &Path) {
     if let Ok(rd) = std::fs::read_dir(dir) {
         for e in rd.flatten() {
             if e.file_type().is_ok_and(|t| t.is_dir()) {
                 kill_all(&e.path());
-                let _ = std::fs::remove_dir(e.path());
             }
         }
     }

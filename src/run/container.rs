@@ -850,7 +850,7 @@ fn run_in(
     guard.info = Some(info);
     if let Some(f) = &plan.cidfile {
         // Docker refuses an existing cidfile too; made for the caller, under their umask.
-        crate::safe_fs::write_new(f, id.as_bytes(), 0o666 & !crate::safe_fs::caller_umask())
+        crate::safe_fs::write_new(f, id.as_bytes(), crate::safe_fs::for_caller(0o666))
             .map_err(io(format!("write {}", f.display())))?;
     }
     let pid = pid.ok_or_else(|| RunError::Io {

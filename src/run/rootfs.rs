@@ -83,27 +83,14 @@ pub fn prepare(run_dir: &Path, layers: &[PathBuf]) -> Result<(PathBuf, RootfsKin
 /// error: without it the layer's deletions would silently not apply.
 fn markers_of(layer_root: &Path) -> io::Result<Option<crate::image::unpack::Markers>> {
     use crate::image::unpack::{MARKERS_FILE, MARKERS_FILE_MAX};
-    use std::io::Read;
-    use std::os::unix::fs::OpenOptionsExt;
     let Some(dir) = layer_root.parent() else {
         return Ok(None);
     };
-    let file = match fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(dir.join(MARKERS_FILE))
-    {
-        Ok(f) => f,
+    let data = match crate::safe_fs::read_bounded(&dir.join(MARKERS_FILE), MARKERS_FILE_MAX) {
+        Ok(d) => d,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(e),
     };
-    let mut data = Vec::new();
-    file.take(MARKERS_FILE_MAX + 1).read_to_end(&mut data)?;
-    if data.len() as u64 > MARKERS_FILE_MAX {
-        return Err(io::Error::other(format!(
-            "{MARKERS_FILE} is larger than {MARKERS_FILE_MAX} bytes"
-        )));
-    }
     serde_json::from_slice(&data).map(Some).map_err(io::Error::other)
 }
 

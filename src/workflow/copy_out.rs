@@ -53,7 +53,8 @@ pub fn copy_artifact(
     let dest = open_dir_path(dest_dir).map_err(|e| format!("cannot open {}: {e}", dest_dir.display()))?;
     let dparent = make_dirs_at(dest.as_fd(), &dst_parent, owner)
         .map_err(|e| format!("cannot create {}/{dst_parent}: {e}", dest_dir.display()))?;
-    remove_at(dparent.as_fd(), &dst_name).map_err(|e| format!("cannot replace {rel_dest}: {e}"))?;
+    crate::image::unpack::remove_at(dparent.as_fd(), &dst_name)
+        .map_err(|e| format!("cannot replace {rel_dest}: {e}"))?;
     let mut files = 0;
     copy_entry(src.as_fd(), &name, dparent.as_fd(), &dst_name, owner, 0, &mut files)
         .map_err(|e| format!("copying to {}/{rel_dest}: {e}", dest_dir.display()))?;
@@ -173,36 +174,14 @@ fn make_dirs_at(dir: BorrowedFd<'_>, rel: &str, owner: Option<(u32, u32)>) -> io
     Ok(at)
 }
 
-/// What the caller's umask leaves of `mode` (drun's own umask is private).
 fn caller_mode(mode: u32) -> Mode {
-    Mode::from_bits_truncate(mode & !crate::safe_fs::caller_umask())
+    Mode::from_bits_truncate(crate::safe_fs::for_caller(mode))
 }
 
 fn give(fd: BorrowedFd<'_>, owner: Option<(u32, u32)>) {
     if let Some((u, g)) = owner {
         let _ = fchown(fd, Some(Uid::from_raw(u)), Some(Gid::from_raw(g)));
     }
-}
-
-/// Removes `name` in `dir` (recursively for a directory), never following a symlink.
-fn remove_at(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<()> {
-    use nix::unistd::{unlinkat, UnlinkatFlags};
-    let st = match fstatat(dir, name, nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW) {
-        Ok(st) => st,
-        Err(Errno::ENOENT) => return Ok(()),
-        Err(e) => return Err(e.into()),
-    };
-    if kind(&st) == SFlag::S_IFDIR {
-        let fd = reopen(dir, name, &st, OFlag::O_RDONLY | OFlag::O_DIRECTORY)?;
-        let _ = fchmod(fd.as_fd(), Mode::from_bits_truncate(0o700));
-        for n in entries(fd.as_fd())? {
-            remove_at(fd.as_fd(), &n)?;
-        }
-        unlinkat(dir, name, UnlinkatFlags::RemoveDir)?;
-    } else {
-        unlinkat(dir, name, UnlinkatFlags::NoRemoveDir)?;
-    }
-    Ok(())
 }
 
 /// The names in a directory (without `.` and `..`).
@@ -241,7 +220,7 @@ fn copy_entry(
     let st = fstatat(sdir, name, nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW)?;
     // Artifacts are data: no setuid or setgid bits, whoever gets them, and no more access for others than the
     // caller's umask gives (a container cannot hand back world-writable files).
-    let mode = Mode::from_bits_truncate(st.st_mode & 0o1777 & !crate::safe_fs::caller_umask());
+    let mode = caller_mode(st.st_mode & 0o1777);
     let times = (
         nix::sys::time::TimeSpec::new(st.st_atime, st.st_atime_nsec),
         nix::sys::time::TimeSpec::new(st.st_mtime, st.st_mtime_nsec),
@@ -323,7 +302,7 @@ fn sanitize_dir(dir: BorrowedFd<'_>, owner: Option<(u32, u32)>, depth: usize, fi
     }
     for name in entries(dir)? {
         let st = fstatat(dir, name.as_os_str(), nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW)?;
-        let mode = Mode::from_bits_truncate(st.st_mode & 0o1777 & !crate::safe_fs::caller_umask());
+        let mode = caller_mode(st.st_mode & 0o1777);
         match kind(&st) {
             SFlag::S_IFDIR => {
                 let fd = reopen(dir, &name, &st, OFlag::O_RDONLY | OFlag::O_DIRECTORY)?;
