@@ -9,15 +9,14 @@ pub mod cli;
 pub mod commands;
 pub mod config;
 pub mod digest;
+pub mod exit;
 pub mod failpoint;
 pub mod gpu;
 pub mod image;
+pub mod plan;
 pub mod progress;
 pub mod run;
 pub mod safe_fs;
 pub mod units;
 pub mod userns;
 pub mod workflow;
-
-/// Exit status for errors of drun itself (as `docker run` uses 125).
-pub const EXIT_DRUN_ERROR: i32 = 125;

@@ -30,11 +30,11 @@ fn main() {
         if !nix::unistd::geteuid().is_root() {
             if let Err(e) = drun::userns::enter(mode) {
                 eprintln!("error: {e}");
-                std::process::exit(drun::EXIT_DRUN_ERROR);
+                std::process::exit(drun::exit::DRUN_ERROR);
             }
         } else if mode == drun::userns::Mode::KeepId {
             eprintln!("error: --userns keep-id is for rootless drun; as root, choose the container's user with -u");
-            std::process::exit(drun::EXIT_DRUN_ERROR);
+            std::process::exit(drun::exit::DRUN_ERROR);
         }
     }
     let code = match drun::commands::dispatch(&cli.global, cli.command) {
@@ -48,7 +48,7 @@ fn main() {
                     eprintln!("  {i}: {c}");
                 }
             }
-            drun::EXIT_DRUN_ERROR
+            drun::exit::DRUN_ERROR
         }
     };
     std::process::exit(code);

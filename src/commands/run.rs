@@ -6,8 +6,8 @@ use anyhow::{bail, Context, Result};
 
 use crate::cli::{GlobalArgs, RunArgs};
 use crate::config::Config;
+use crate::plan::{MountSpec, NetworkMode, PullPolicy, RunPlan, SeccompMode, Sharing, Ulimit};
 use crate::run::container;
-use crate::run::plan::{MountSpec, NetworkMode, PullPolicy, RunPlan, SeccompMode, Sharing, Ulimit};
 use crate::units::ByteSize;
 
 fn parse_env(item: &str, out: &mut Vec<(String, String)>) -> Result<()> {

@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{json, Value};
 
-use crate::run::plan::RunPlan;
+use crate::plan::RunPlan;
 
 const CGROUP_ROOT: &str = "/sys/fs/cgroup";
 /// v1 hierarchies a container sees (the combined "cpu,cpuacct" mount on most hosts, separate ones on others).

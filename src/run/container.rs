@@ -20,17 +20,12 @@ use crate::config::Config;
 use crate::image::pull::{pull, PullOptions};
 use crate::image::source::{lookup_names, ImageSource};
 use crate::image::store::{ImageRecord, Store};
+use crate::plan::{MountSpec, NetworkMode, PullPolicy, RunPlan, DEFAULT_PATH};
 use crate::run::cgroups::{CgroupPlan, Version};
-use crate::run::plan::{MountSpec, NetworkMode, PullPolicy, RunPlan, DEFAULT_PATH};
 use crate::run::rootfs;
 use crate::run::spec::{self, SpecInputs};
 use crate::run::state::{self, RunDir, RunInfo};
 use crate::run::user;
-
-/// Exit status when the command cannot be executed (as `docker run`).
-pub const EXIT_CANNOT_EXECUTE: i32 = 126;
-/// Exit status when the command is not found.
-pub const EXIT_NOT_FOUND: i32 = 127;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
@@ -69,6 +64,8 @@ pub enum RunError {
     Gpu(#[from] crate::gpu::GpuError),
     #[error(transparent)]
     Seccomp(#[from] crate::run::seccomp::FilterError),
+    #[error("a run has at most one copy-on-write (overlay) mount")]
+    TwoOverlays,
     #[error("--require-limits: cannot enforce {limits}: {reason}")]
     Limits { limits: String, reason: String },
 }
@@ -78,7 +75,7 @@ impl RunError {
     pub fn exit_code(&self) -> i32 {
         match self {
             RunError::Exec { code, .. } => *code,
-            _ => crate::EXIT_DRUN_ERROR,
+            _ => crate::exit::DRUN_ERROR,
         }
     }
 }
@@ -234,12 +231,14 @@ fn check_executable(
     for c in &candidates {
         // A path below a volume is looked up on the host; below a tmpfs it cannot be known yet.
         let meta = match mount_covering(mounts, c) {
-            Some((MountSpec::Bind { source, .. }, rest)) => std::fs::metadata(if rest.is_empty() {
-                source.clone()
-            } else {
-                source.join(rest)
-            })
-            .ok(),
+            Some((MountSpec::Bind { source, .. } | MountSpec::Overlay { source, .. }, rest)) => {
+                std::fs::metadata(if rest.is_empty() {
+                    source.clone()
+                } else {
+                    source.join(rest)
+                })
+                .ok()
+            }
             Some((MountSpec::Tmpfs { .. }, _)) => return Ok(()),
             None => rootfs::stat_in_root(root, c),
         };
@@ -261,17 +260,17 @@ fn check_executable(
         Some((path, why)) => Err(RunError::Exec {
             path,
             message: format!("cannot execute: {why}"),
-            code: EXIT_CANNOT_EXECUTE,
+            code: crate::exit::CANNOT_EXECUTE,
         }),
         None if prog.contains('/') => Err(RunError::Exec {
             path: prog.clone(),
             message: "no such file or directory in the image".into(),
-            code: EXIT_NOT_FOUND,
+            code: crate::exit::NOT_FOUND,
         }),
         None => Err(RunError::Exec {
             path: prog.clone(),
             message: "executable file not found in $PATH".into(),
-            code: EXIT_NOT_FOUND,
+            code: crate::exit::NOT_FOUND,
         }),
     }
 }
@@ -281,9 +280,9 @@ fn check_executable(
 fn mount_covering<'a, 'p>(mounts: &'a [MountSpec], path: &'p str) -> Option<(&'a MountSpec, &'p str)> {
     mounts.iter().rev().find_map(|m| {
         let dest = match m {
-            MountSpec::Bind { destination, .. } | MountSpec::Tmpfs { destination, .. } => {
-                destination.trim_end_matches('/')
-            }
+            MountSpec::Bind { destination, .. }
+            | MountSpec::Tmpfs { destination, .. }
+            | MountSpec::Overlay { destination, .. } => destination.trim_end_matches('/'),
         };
         let rest = path.strip_prefix(dest)?;
         (rest.is_empty() || rest.starts_with('/')).then(|| (m, rest.trim_start_matches('/')))
@@ -470,15 +469,41 @@ pub struct RunHooks<'a> {
     /// When set, the container's stdout and stderr share one pipe (so their order is kept); drun copies it to its
     /// own stdout and to this file.
     pub log: Option<&'a mut File>,
+    /// Called once the image's root file system, the command's environment and working directory are known,
+    /// before the container is created; an error ends the run (e.g. a program the caller needs is missing).
+    pub before_start: Option<&'a mut dyn FnMut(&StartView) -> Result<(), RunError>>,
     /// Called once the container has exited (whatever its status, also after an interrupt), before anything is
-    /// unmounted, with the host path of the project directory as the container left it.
+    /// unmounted, with the host path of the copy-on-write mount as the container left it.
     pub after_exit: Option<&'a mut dyn FnMut(&ExitView)>,
+}
+
+/// The container as it will start, for a [`RunHooks::before_start`] check.
+pub struct StartView<'a> {
+    root: &'a Path,
+    mounts: &'a [MountSpec],
+    env: &'a [String],
+    cwd: &'a str,
+}
+
+impl StartView<'_> {
+    /// Whether `program` is an executable the container's command could run (looked up in its PATH, inside its
+    /// root file system and volumes, as the command itself is).
+    pub fn has_program(&self, program: &str) -> bool {
+        check_executable(
+            self.root,
+            self.mounts,
+            std::slice::from_ref(&program.to_string()),
+            self.env,
+            self.cwd,
+        )
+        .is_ok()
+    }
 }
 
 /// What the container left, seen from the host, while it still exists.
 pub struct ExitView<'a> {
-    /// The project directory as the container left it; `None` unless `ended`.
-    pub project: Option<&'a Path>,
+    /// The copy-on-write mount ([`MountSpec::Overlay`]) as the container left it; `None` unless `ended`.
+    pub overlay: Option<&'a Path>,
     /// Every process of the container has ended: what it wrote can no longer change under a copy.
     pub ended: bool,
 }
@@ -592,7 +617,7 @@ fn run_in(
     let dir = &run_dir.path;
     let cgroup = CgroupPlan::prepare(short)?;
     check_limits(&cgroup, plan)?;
-    if let (Some(size), crate::run::plan::Sharing::Host) = (plan.shm_size, plan.ipc_mode()) {
+    if let (Some(size), crate::plan::Sharing::Host) = (plan.shm_size, plan.ipc_mode()) {
         tracing::warn!("--shm-size {size} is NOT applied: with --ipc host the container uses the host's /dev/shm");
     }
     let mut info = RunInfo {
@@ -633,21 +658,30 @@ fn run_in(
         })));
         rootfs::prepare(dir, &layers)?
     };
-    // The project directory: its own overlay (the host directory as the lower layer) bind-mounted before every
-    // other mount, so volumes and artifact mounts below it land on top.
-    let project_view = match &plan.project {
-        Some(p) => Some(rootfs::prepare_project(dir, &p.source)?),
+    // A copy-on-write mount (a workflow's project directory): its own overlay with the host directory as the
+    // lower layer, bind-mounted before every other mount, so volumes and artifact mounts below it land on top.
+    let mut overlays = plan.mounts.iter().filter_map(|m| match m {
+        MountSpec::Overlay { source, destination } => Some((source, destination)),
+        _ => None,
+    });
+    let overlay = overlays.next();
+    if overlays.next().is_some() {
+        return Err(RunError::TwoOverlays);
+    }
+    let overlay_view = match overlay {
+        Some((source, _)) => Some(rootfs::prepare_project(dir, source)?),
         None => None,
     };
     let owned_plan;
-    let plan = match (&plan.project, &project_view) {
-        (Some(p), Some(view)) => {
+    let plan = match (overlay, &overlay_view) {
+        (Some((_, destination)), Some(view)) => {
             let mut with = plan.clone();
+            with.mounts.retain(|m| !matches!(m, MountSpec::Overlay { .. }));
             with.mounts.insert(
                 0,
                 MountSpec::Bind {
                     source: view.clone(),
-                    destination: p.destination.clone(),
+                    destination: destination.clone(),
                     read_only: false,
                 },
             );
@@ -679,28 +713,19 @@ fn run_in(
     }
     let env = resolve_env(plan, &icfg.env().clone().unwrap_or_default(), &hostname, &user.home);
     check_executable(&root, &plan.mounts, &args, &env, &cwd)?;
-    for need in &plan.needs {
-        let found = need
-            .programs
-            .iter()
-            .any(|p| check_executable(&root, &plan.mounts, std::slice::from_ref(p), &env, &cwd).is_ok());
-        if !found {
-            return Err(RunError::Exec {
-                path: need.programs[0].clone(),
-                message: format!(
-                    "not found in the image (looked for {} in its PATH); {}",
-                    need.programs.join(" and "),
-                    need.why
-                ),
-                code: EXIT_NOT_FOUND,
-            });
-        }
+    if let Some(before) = hooks.before_start.as_mut() {
+        before(&StartView {
+            root: &root,
+            mounts: &plan.mounts,
+            env: &env,
+            cwd: &cwd,
+        })?;
     }
     if !cwd.starts_with('/') {
         return Err(RunError::Exec {
             path: cwd,
             message: "the working directory must be absolute".into(),
-            code: crate::EXIT_DRUN_ERROR,
+            code: crate::exit::DRUN_ERROR,
         });
     }
     // Created where it will be seen: in a volume's source when one covers it, else in the root file system.
@@ -710,7 +735,7 @@ fn run_in(
                 rootfs::mkdir_in_root(source, rest).map_err(io(format!("create the working directory {cwd}")))?;
             }
         }
-        Some((MountSpec::Tmpfs { .. }, _)) => {}
+        Some((MountSpec::Tmpfs { .. } | MountSpec::Overlay { .. }, _)) => {}
         None => rootfs::mkdir_in_root(&root, &cwd).map_err(io(format!("create the working directory {cwd}")))?,
     }
 
@@ -819,7 +844,7 @@ fn run_in(
     };
     // A detached init is re-parented, and with the host's pid namespace the container's processes outlive its
     // init: drun stays their parent, so that it can end every one of them (`reap::end_all`).
-    let host_pids = plan.pid_mode() == crate::run::plan::Sharing::Host;
+    let host_pids = plan.pid_mode() == crate::plan::Sharing::Host;
     let inherited = if plan.tty || host_pids {
         Some(crate::run::reap::become_subreaper().map_err(io("become a child subreaper"))?)
     } else {
@@ -912,7 +937,7 @@ fn run_in(
             tracing::error!("processes of the container survived SIGKILL: nothing is copied out of it");
         }
         after(&ExitView {
-            project: project_view.as_deref().filter(|_| ended),
+            overlay: overlay_view.as_deref().filter(|_| ended),
             ended,
         });
     }
@@ -1133,7 +1158,7 @@ fn supervise(
                 drain(master, master_open);
                 output.pump();
                 return Ok(Outcome {
-                    code: 128 + sig as i32,
+                    code: crate::exit::from_signal(sig as i32),
                     interrupted,
                 });
             }

@@ -2,7 +2,6 @@
 
 pub mod cgroups;
 pub mod container;
-pub mod plan;
 pub mod reap;
 pub mod rootfs;
 pub mod seccomp;

@@ -659,7 +659,7 @@ impl libcontainer::workload::Executor for Executor {
             if let Err(e) = f.load() {
                 eprintln!("drun: cannot install the seccomp filter in the container: {e}");
                 // SAFETY: ends this (the container's init) process; nothing else runs in it.
-                unsafe { libc::_exit(crate::EXIT_DRUN_ERROR) };
+                unsafe { libc::_exit(crate::exit::DRUN_ERROR) };
             }
         }
         libcontainer::workload::default::get_executor().exec(spec)

@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{json, Value};
 
+use crate::plan::{MountSpec, NetworkMode, RunPlan, SeccompMode, Sharing, DEFAULT_CAPS};
 use crate::run::cgroups::CgroupPlan;
-use crate::run::plan::{MountSpec, NetworkMode, RunPlan, SeccompMode, Sharing, DEFAULT_CAPS};
 use crate::run::seccomp::default_profile;
 
 #[derive(Debug, thiserror::Error)]
@@ -238,6 +238,8 @@ pub fn build(inp: &SpecInputs<'_>) -> Result<Value, SpecError> {
     }
     for m in &plan.mounts {
         mounts.push(match m {
+            // Prepared by the run path and mounted as a bind of its merged view.
+            MountSpec::Overlay { .. } => continue,
             MountSpec::Bind {
                 source,
                 destination,

@@ -14,7 +14,7 @@ use std::path::{Component, Path, PathBuf};
 
 use serde_saphyr::Location;
 
-use crate::run::plan::{MountSpec, NetworkMode, RunPlan, Ulimit};
+use crate::plan::{MountSpec, NetworkMode, RunPlan, Ulimit};
 use crate::units::ByteSize;
 use schema::{Environment, Gpu, Labels, Scalar, StringOrList, Tmpfs, UlimitEntry, Volumes, S};
 

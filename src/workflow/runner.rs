@@ -9,8 +9,8 @@ use std::path::{Path, PathBuf};
 use crate::config::Config;
 use crate::image::platform::Platform;
 use crate::image::store::Store;
-use crate::run::container::{self, ExitView, RunError, RunHooks};
-use crate::run::plan::{MountSpec, Need, ProjectMount, PullPolicy, RunPlan};
+use crate::plan::{MountSpec, PullPolicy, RunPlan};
+use crate::run::container::{self, ExitView, RunError, RunHooks, StartView};
 use crate::workflow::{Job, WorkflowSet, REQUIREMENTS_PATH};
 
 /// Run-wide settings from the command line.
@@ -83,10 +83,13 @@ pub fn job_plan(set: &WorkflowSet, job: &Job, artifacts_root: &Path, opts: &Opti
     plan.env.extend(opts.env.iter().cloned());
     plan.cdi_spec_dirs = opts.cdi_spec_dirs.clone();
     plan.require_limits = opts.require_limits;
-    plan.project = Some(ProjectMount {
-        source: set.dir.clone(),
-        destination: job.project_mount.clone(),
-    });
+    plan.mounts.insert(
+        0,
+        MountSpec::Overlay {
+            source: set.dir.clone(),
+            destination: job.project_mount.clone(),
+        },
+    );
     // An init that passes Ctrl-C to the whole script (a shell as PID 1 would ignore it).
     plan.init = container::init_available();
     plan.init_signals_group = plan.init;
@@ -95,10 +98,6 @@ pub fn job_plan(set: &WorkflowSet, job: &Job, artifacts_root: &Path, opts: &Opti
             source: req.clone(),
             destination: REQUIREMENTS_PATH.into(),
             read_only: true,
-        });
-        plan.needs.push(Need {
-            programs: vec!["pip".into(), "pip3".into()],
-            why: "`requirements` are installed with `pip install -r`, so the image needs pip".into(),
         });
     }
     for dep in &job.deps {
@@ -178,14 +177,6 @@ fn print_plan(store: &Store, job: &Job, plan: &RunPlan, artifacts_root: &Path) {
     for (k, v) in &plan.env {
         let _ = writeln!(out, "  env:         {k}={v}");
     }
-    if let Some(p) = &plan.project {
-        let _ = writeln!(
-            out,
-            "  mount:       {} -> {} (copy-on-write)",
-            p.source.display(),
-            p.destination
-        );
-    }
     for m in &plan.mounts {
         let _ = match m {
             MountSpec::Bind {
@@ -201,6 +192,11 @@ fn print_plan(store: &Store, job: &Job, plan: &RunPlan, artifacts_root: &Path) {
             MountSpec::Tmpfs { destination, options } => {
                 writeln!(out, "  mount:       tmpfs -> {destination} {}", options.join(","))
             }
+            MountSpec::Overlay { source, destination } => writeln!(
+                out,
+                "  mount:       {} -> {destination} (copy-on-write)",
+                source.display()
+            ),
         };
     }
     for (k, v) in &plan.labels {
@@ -366,7 +362,7 @@ fn run_job(
     let hook_ended = std::cell::Cell::new(None);
     let mut after = |view: &ExitView| {
         hook_ended.set(Some(view.ended));
-        let Some(project) = view.project else { return };
+        let Some(project) = view.overlay else { return };
         for a in job.artifacts.iter().filter(|a| !a.mount) {
             let rel = if rel_wd.is_empty() {
                 a.path.clone()
@@ -379,6 +375,19 @@ fn run_job(
             }
         }
     };
+    // `requirements` are installed with `pip install -r`: without pip the job fails before anything starts.
+    let mut require_pip = |view: &StartView| {
+        if job.requirements.is_none() || ["pip", "pip3"].iter().any(|p| view.has_program(p)) {
+            return Ok(());
+        }
+        Err(RunError::Exec {
+            path: "pip".into(),
+            message: "not found in the image (looked for pip and pip3 in its PATH); `requirements` are installed \
+                      with `pip install -r`, so the image needs pip"
+                .into(),
+            code: crate::exit::NOT_FOUND,
+        })
+    };
     let result = container::run_with(
         store,
         cfg,
@@ -387,6 +396,7 @@ fn run_job(
         opts.quiet,
         &mut RunHooks {
             log: Some(&mut log),
+            before_start: Some(&mut require_pip),
             after_exit: Some(&mut after),
         },
     );

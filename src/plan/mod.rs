@@ -49,6 +49,13 @@ pub enum MountSpec {
         destination: String,
         options: Vec<String>,
     },
+    /// A host directory shown copy-on-write: an overlay with `source` as its only lower layer and the run's own
+    /// upper directory, so the container's writes never reach `source` (a workflow's project directory). At most
+    /// one per run; mounted before every other mount, so mounts below its destination land on top of it.
+    Overlay {
+        source: PathBuf,
+        destination: String,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -96,10 +103,6 @@ pub struct RunPlan {
     pub init_signals_group: bool,
     pub cidfile: Option<PathBuf>,
     pub labels: Vec<(String, String)>,
-    /// A host directory shown copy-on-write at a container path (a workflow's project directory).
-    pub project: Option<ProjectMount>,
-    /// Programs the image must have before anything starts (e.g. pip for `requirements`).
-    pub needs: Vec<Need>,
     /// GPUs to inject (`--gpus`, `resources.gpu`).
     pub gpus: Option<crate::gpu::select::GpuRequest>,
     /// CDI devices to inject by fully-qualified name (`--device nvidia.com/gpu=0`).
@@ -108,19 +111,6 @@ pub struct RunPlan {
     pub cdi_spec_dirs: Vec<PathBuf>,
     /// Fail rather than warn when limits cannot be enforced (rootless without a delegated cgroup).
     pub require_limits: bool,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ProjectMount {
-    pub source: PathBuf,
-    pub destination: String,
-}
-
-/// One of `programs` must be executable in the image's PATH, else the run fails with `why`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Need {
-    pub programs: Vec<String>,
-    pub why: String,
 }
 
 /// Default PATH when an image sets none (Docker's).
