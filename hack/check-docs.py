@@ -75,7 +75,7 @@ class Cli:
                     m = COMMAND_RE.match(line)
                     if m and m.group(1) != "help":
                         commands.add(m.group(1))
-                elif section == "Options":
+                elif section not in ("Arguments", "Usage"):  # "Options", or a heading of the CLI's own
                     m = OPTION_RE.match(line)
                     if m:
                         # ` <X>` and `=<X>` take a value; ` [<X>]` and `[=<X>]` only an attached one.
