@@ -30,6 +30,7 @@ import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+EMPTY_CONFIG = None  # set in main(): a temporary, empty drun configuration file for the dry runs
 # Subcommands whose first positional argument ends drun's own options: the rest of the line is the container's
 # command (clap's `trailing_var_arg`). `--help` goes before that argument, or it would be the container's.
 TRAILING = {("run",)}
@@ -245,7 +246,9 @@ def check_command(cli, args, where, shown, problems, scratch):
 
 
 def clean_env(extra=()):
+    """The environment of a dry run: nothing of the caller's drun settings, and an empty configuration file."""
     env = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG", "TMPDIR")}
+    env["DRUN_CONFIG"] = str(EMPTY_CONFIG)
     env.update(extra)
     return env
 
@@ -336,6 +339,9 @@ def main():
     counts = {"commands": 0, "workflows": 0}
     with tempfile.TemporaryDirectory(prefix="drun-check-docs.") as tmp:
         scratch = Path(tmp)
+        global EMPTY_CONFIG
+        EMPTY_CONFIG = scratch / "config.toml"
+        EMPTY_CONFIG.write_text("")
         for doc in docs:
             text = doc.read_text()
             rel = doc.relative_to(REPO)
