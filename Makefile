@@ -31,8 +31,11 @@ registry-down:
 demo: build images
 	bash hack/demo.sh
 
-lint: deps
+# The documentation check parses every `drun …` command and workflow file the docs show with the built binary.
+lint: build
+	@. hack/lib.sh && need_pkgs python3
 	$(CARGO) fmt --check
+	python3 hack/check-docs.py --drun $(DRUN)
 	$(CARGO) clippy --release --locked --all-targets -- -D warnings
 
 unit: deps
