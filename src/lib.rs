@@ -15,8 +15,8 @@ pub mod image;
 pub mod progress;
 pub mod run;
 pub mod safe_fs;
+pub mod sys;
 pub mod units;
-pub mod userns;
 pub mod workflow;
 
 /// Exit status for errors of drun itself (as `docker run` uses 125).

@@ -370,10 +370,10 @@ fn ipc_endpoint_trusted(path: &Path) -> bool {
         .parent()
         .and_then(|p| std::fs::metadata(p).ok())
         .is_some_and(|p| p.mode() & 0o022 != 0);
-    let (root, caller) = if crate::userns::is_rootless() {
-        (None, Some(crate::userns::caller_ids().0))
+    let (root, caller) = if crate::sys::userns::is_rootless() {
+        (None, Some(crate::sys::userns::caller_ids().0))
     } else {
-        (Some(0), crate::userns::invoking_owner().map(|(u, _)| u))
+        (Some(0), crate::sys::userns::invoking_owner().map(|(u, _)| u))
     };
     let owner_ok = Some(m.uid()) == root || Some(m.uid()) == caller;
     let ok = !m.file_type().is_symlink() && (!m.is_dir() || m.mode() & 0o022 == 0) && (!plantable || owner_ok);
