@@ -287,15 +287,13 @@ mod tests {
 
     #[test]
     fn a_child_reports_and_exits_with_its_status() {
+        let in_child = |report: &ChildReport| {
+            report.write(&["step", " went wrong"]);
+            report.errno(" because", Errno::ENOENT);
+            3
+        };
         // SAFETY: the child only writes to its report pipe (write(2)) and returns a status.
-        let child = unsafe {
-            fork_child(|report| {
-                report.write(&["step", " went wrong"]);
-                report.errno(" because", Errno::ENOENT);
-                3
-            })
-        }
-        .unwrap();
+        let child = unsafe { fork_child(in_child) }.unwrap();
         let exit = child.wait().unwrap();
         assert!(matches!(exit.status, WaitStatus::Exited(_, 3)), "{exit:?}");
         assert!(!exit.succeeded());
@@ -313,18 +311,18 @@ mod tests {
         assert_eq!(exit.describe(), "it exited with status 9 without a message");
     }
 
+    /// A child that waits for a signal.
+    fn pause(_: &ChildReport) -> i32 {
+        // SAFETY: pause(2) takes no argument and is async-signal-safe.
+        unsafe { libc::pause() };
+        0
+    }
+
     #[test]
     fn a_child_past_its_limit_is_killed() {
         let start = Instant::now();
-        // SAFETY: the child only calls pause(2), which never returns here: it is killed.
-        let child = unsafe {
-            fork_child(|_| {
-                // SAFETY: pause(2) is async-signal-safe.
-                unsafe { libc::pause() };
-                0
-            })
-        }
-        .unwrap();
+        // SAFETY: the child only calls pause(2), which is async-signal-safe (and never returns here: it is killed).
+        let child = unsafe { fork_child(pause) }.unwrap();
         let exit = child.wait_within(Duration::from_millis(50)).unwrap();
         assert!(exit.timed_out && !exit.succeeded(), "{exit:?}");
         assert!(
@@ -337,14 +335,7 @@ mod tests {
     #[test]
     fn a_dropped_child_is_killed_and_reaped() {
         // SAFETY: as above.
-        let child = unsafe {
-            fork_child(|_| {
-                // SAFETY: pause(2) is async-signal-safe.
-                unsafe { libc::pause() };
-                0
-            })
-        }
-        .unwrap();
+        let child = unsafe { fork_child(pause) }.unwrap();
         let pid = child.pid();
         drop(child);
         assert_eq!(waitpid(pid, Some(WaitPidFlag::WNOHANG)), Err(Errno::ECHILD));

@@ -16,7 +16,7 @@ use super::error::{helper_advice, unshare_advice, UsernsError};
 use super::idmap::{build_map, helper_args, proc_map_text, single_id_map, IdMap};
 use super::subid::subordinate_ranges;
 use super::{MappingKind, Rootless, UsernsMode, CURRENT};
-use crate::sys::fork::{fork_child, is_single_threaded};
+use crate::sys::fork::{fork_child, is_single_threaded, ChildReport};
 
 /// The status of the helper-running child when the parent never said to go on (its unshare failed).
 const NEVER_TOLD_TO_GO: i32 = 1;
@@ -196,26 +196,24 @@ fn unshare_with_helpers(helpers: &[MapHelper; 2], user: &str) -> Result<(), User
     let (go_read, go_write) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(UsernsError::Pipe)?;
     let parent = std::process::id();
     let go_write_fd = go_write.as_raw_fd();
+    let in_child = |report: &ChildReport| {
+        // The child's copy of the write end: closed, so that the parent closing its own reads as end of file.
+        let _ = nix::unistd::close(go_write_fd);
+        if !told_to_go(go_read.as_fd()) {
+            return NEVER_TOLD_TO_GO;
+        }
+        for (status, helper) in (FIRST_HELPER_FAILED..).zip(helpers) {
+            if let Err(output) = helper.run(parent) {
+                report.write(&[&output]);
+                return status;
+            }
+        }
+        0
+    };
     // SAFETY: `enter` checked that this process has a single thread, and nothing has started one since: the child
     // is a complete copy, with no lock held by another thread, so it may allocate and spawn the helpers (see
     // `crate::sys`). It ends in `_exit` (`fork_child` sees to it).
-    let child = unsafe {
-        fork_child(|report| {
-            // The child's copy of the write end: closed, so that the parent closing its own reads as end of file.
-            let _ = nix::unistd::close(go_write_fd);
-            if !told_to_go(go_read.as_fd()) {
-                return NEVER_TOLD_TO_GO;
-            }
-            for (status, helper) in (FIRST_HELPER_FAILED..).zip(helpers) {
-                if let Err(output) = helper.run(parent) {
-                    report.write(&[&output]);
-                    return status;
-                }
-            }
-            0
-        })
-    }
-    .map_err(UsernsError::Fork)?;
+    let child = unsafe { fork_child(in_child) }.map_err(UsernsError::Fork)?;
     drop(go_read);
     if let Err(errno) = unshare(CloneFlags::CLONE_NEWUSER) {
         drop(go_write);
