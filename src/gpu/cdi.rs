@@ -85,7 +85,7 @@ impl Specs {
         let mut cache = Cache::default();
         cache.configure(vec![with_spec_dirs(&refs), with_auto_refresh(false)]);
         if let Err(e) = cache.refresh() {
-            tracing::warn!(error = %e, "some CDI specs could not be read");
+            tracing::warn!(error = %e, "cannot read some CDI specs");
         }
         Specs { cache }
     }

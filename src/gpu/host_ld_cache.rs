@@ -82,7 +82,7 @@ const CACHE_CAP: u64 = 64 << 20;
 pub fn read(root: &Path) -> Vec<(String, PathBuf)> {
     let path = root.join("etc/ld.so.cache");
     crate::safe_fs::open_regular(&path, true)
-        .and_then(|f| crate::safe_fs::read_file_bounded(f, CACHE_CAP, &path.display().to_string()))
+        .and_then(|f| crate::safe_fs::read_file_bounded(f, CACHE_CAP, &path))
         .map_or_else(|_| vec![], |bytes| parse(&bytes))
 }
 

@@ -154,3 +154,65 @@ fn choose_from_cdi_specs(
         Selector::Ids(ids) => ids.iter().map(|i| format!("{}={i}", cdi::NVIDIA_KIND)).collect(),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(selector: Selector) -> GpuRequest {
+        GpuRequest {
+            selector,
+            name: None,
+            memory_mib: None,
+        }
+    }
+
+    #[test]
+    fn nothing_asked_nothing_injected() {
+        let t = tempfile::tempdir().unwrap();
+        let zero = request(Selector::Count(0));
+        assert!(prepare(Some(&zero), &[], &[], &[], t.path()).unwrap().is_none());
+        assert!(prepare(None, &[], &[], &[], t.path()).unwrap().is_none());
+    }
+
+    #[test]
+    fn gpus_described_only_by_cdi_specs() {
+        let names: Vec<String> = [
+            "nvidia.com/gpu=0",
+            "nvidia.com/gpu=1",
+            "nvidia.com/gpu=all",
+            "x.com/y=z",
+        ]
+        .map(String::from)
+        .to_vec();
+        let (root, dirs) = (Path::new("/r"), [PathBuf::from("/etc/cdi")]);
+        let pick = |r: GpuRequest| choose_from_cdi_specs(&r, &names, root, &dirs);
+        assert_eq!(
+            pick(request(Selector::All)).unwrap(),
+            ["nvidia.com/gpu=0", "nvidia.com/gpu=1"]
+        );
+        assert_eq!(pick(request(Selector::Count(1))).unwrap(), ["nvidia.com/gpu=0"]);
+        assert_eq!(
+            pick(request(Selector::Ids(vec!["GPU-x".into()]))).unwrap(),
+            ["nvidia.com/gpu=GPU-x"]
+        );
+        let e = pick(request(Selector::Count(3))).unwrap_err().to_string();
+        assert_eq!(
+            e,
+            "cannot assign 3 GPU(s): the CDI specs describe 2: nvidia.com/gpu=0, nvidia.com/gpu=1"
+        );
+        let by_name = GpuRequest {
+            name: Some("A100".into()),
+            ..request(Selector::Count(1))
+        };
+        assert!(matches!(pick(by_name), Err(GpuError::NeedsDriverInformation)));
+        let e = choose_from_cdi_specs(&request(Selector::All), &[], root, &dirs)
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            e,
+            "no NVIDIA GPU found: no driver under \"/r/proc/driver/nvidia/gpus\" and no nvidia.com/gpu device in \
+             the CDI specs of \"/etc/cdi\""
+        );
+    }
+}

@@ -4,7 +4,7 @@
 
 use std::fs::File;
 use std::io::{self, Read};
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
@@ -17,7 +17,7 @@ use nix::unistd::{ForkResult, Pid};
 const REPORT_CAP: usize = 64 << 10;
 
 /// The exit status of a child whose code panicked instead of returning a status (a bug: see [`fork_child`]).
-pub const CHILD_PANICKED: i32 = 70;
+const CHILD_PANICKED: i32 = 70;
 
 /// Whether this process has exactly one thread now (counted in `/proc/self/task`). `false` when it cannot tell.
 pub fn is_single_threaded() -> bool {
@@ -70,11 +70,6 @@ impl ChildReport {
     /// Writes `step: <what the errno means>`.
     pub fn errno(&self, step: &str, errno: Errno) {
         self.write(&[step, ": ", errno.desc()]);
-    }
-
-    /// The pipe's descriptor (for a child that hands it on, e.g. as an exec'd program's stderr).
-    pub fn fd(&self) -> BorrowedFd<'_> {
-        self.fd.as_fd()
     }
 }
 

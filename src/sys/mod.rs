@@ -22,6 +22,8 @@
 //! cgroup migration fast while a container is prepared (`run/warmup.rs`), pulls run a tokio runtime and a pool of
 //! unpacking threads, and credential helpers have their output read on a thread. [`fork::fork_child`] is the one
 //! function that forks; its callers say in their `SAFETY:` comment that their child keeps to the rule.
+//! (libcontainer creates the container with a raw `clone3` and allocates in that child: the warm-up thread stays
+//! out of the allocator while it does, see `run/warmup.rs`.)
 //!
 //! The one exception is a process that has a single thread at the moment it forks: the child is then a complete
 //! copy, with no lock held by anyone else, and may allocate and spawn processes. Only the user-namespace set-up at

@@ -4,6 +4,8 @@
 
 use std::io::{self, Write};
 use std::os::fd::BorrowedFd;
+#[cfg(test)]
+use std::path::Path;
 use std::path::PathBuf;
 
 use nix::errno::Errno;
@@ -132,5 +134,65 @@ pub(super) fn add_dev_link(root: BorrowedFd<'_>, ctr: &str) {
     });
     if let Some(s) = soname {
         let _ = nix::unistd::symlinkat(s.as_str(), &dir, dev.as_str());
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::disallowed_methods)] // fixtures in the tests' own temporary directories
+mod tests {
+    use super::*;
+    use std::os::fd::AsFd;
+    use std::path::Path;
+
+    fn root() -> (tempfile::TempDir, std::fs::File) {
+        let t = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(t.path().join("etc/ld.so.conf.d")).unwrap();
+        let fd = crate::safe_fs::open_dir_nofollow(t.path()).unwrap();
+        (t, fd)
+    }
+
+    #[test]
+    fn directories_go_to_a_file_of_their_own_and_the_conf_includes_it() {
+        let (t, fd) = root();
+        std::fs::write(t.path().join("etc/ld.so.conf"), "/opt/lib").unwrap();
+        list_library_dirs(fd.as_fd(), &["/usr/lib64".into(), "/opt/nvidia".into()]).unwrap();
+        let listed = std::fs::read_to_string(t.path().join("etc/ld.so.conf.d/000-drun-nvidia.conf")).unwrap();
+        assert_eq!(listed, "/usr/lib64\n/opt/nvidia\n");
+        let conf = std::fs::read_to_string(t.path().join("etc/ld.so.conf")).unwrap();
+        assert_eq!(conf, "/opt/lib\ninclude /etc/ld.so.conf.d/*.conf\n");
+    }
+
+    #[test]
+    fn symlinks_of_the_image_are_replaced_never_written_through() {
+        let (t, fd) = root();
+        let outside = tempfile::tempdir().unwrap();
+        let victim = outside.path().join("victim");
+        std::fs::write(&victim, "host file\n").unwrap();
+        std::os::unix::fs::symlink(&victim, t.path().join("etc/ld.so.conf")).unwrap();
+        // A conf.d that is no directory: the directories go into ld.so.conf itself.
+        std::fs::remove_dir(t.path().join("etc/ld.so.conf.d")).unwrap();
+        std::os::unix::fs::symlink("/nowhere", t.path().join("etc/ld.so.conf.d")).unwrap();
+        list_library_dirs(fd.as_fd(), &["/usr/lib64".into()]).unwrap();
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "host file\n");
+        let conf = t.path().join("etc/ld.so.conf");
+        assert!(std::fs::symlink_metadata(&conf).unwrap().is_file());
+        assert_eq!(
+            std::fs::read_to_string(&conf).unwrap(),
+            "/usr/lib64\ninclude /etc/ld.so.conf.d/*.conf\n"
+        );
+    }
+
+    #[test]
+    fn a_dev_link_points_at_the_soname_link() {
+        let (t, fd) = root();
+        let lib = t.path().join("usr/lib64");
+        std::fs::create_dir_all(&lib).unwrap();
+        std::fs::write(lib.join("libcuda.so.550.54.15"), "").unwrap();
+        std::os::unix::fs::symlink("libcuda.so.550.54.15", lib.join("libcuda.so.1")).unwrap();
+        add_dev_link(fd.as_fd(), "/usr/lib64/libcuda.so.550.54.15");
+        assert_eq!(
+            std::fs::read_link(lib.join("libcuda.so")).unwrap(),
+            Path::new("libcuda.so.1")
+        );
     }
 }

@@ -66,9 +66,12 @@ struct MapHelper {
     ranges: Vec<(u32, u32)>,
 }
 
+/// What a map helper said when it refused (or why it could not be run).
+struct HelperRefused(String);
+
 impl MapHelper {
-    /// Runs the helper on process `pid`; `Err` holds what it said.
-    fn run(&self, pid: u32) -> Result<(), String> {
+    /// Runs the helper on process `pid`.
+    fn run(&self, pid: u32) -> Result<(), HelperRefused> {
         let out = Command::new(&self.tool)
             .arg(pid.to_string())
             .args(helper_args(&self.maps))
@@ -76,12 +79,12 @@ impl MapHelper {
             .output();
         match out {
             Ok(o) if o.status.success() => Ok(()),
-            Ok(o) => Err(format!(
+            Ok(o) => Err(HelperRefused(format!(
                 "{}{}",
                 String::from_utf8_lossy(&o.stderr),
                 String::from_utf8_lossy(&o.stdout)
-            )),
-            Err(e) => Err(e.to_string()),
+            ))),
+            Err(e) => Err(HelperRefused(e.to_string())),
         }
     }
 }
@@ -203,7 +206,7 @@ fn unshare_with_helpers(helpers: &[MapHelper; 2], user: &str) -> Result<(), User
             return NEVER_TOLD_TO_GO;
         }
         for (status, helper) in (FIRST_HELPER_FAILED..).zip(helpers) {
-            if let Err(output) = helper.run(parent) {
+            if let Err(HelperRefused(output)) = helper.run(parent) {
                 report.write(&[&output]);
                 return status;
             }
