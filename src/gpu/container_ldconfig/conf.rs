@@ -4,8 +4,6 @@
 
 use std::io::{self, Write};
 use std::os::fd::BorrowedFd;
-#[cfg(test)]
-use std::path::Path;
 use std::path::PathBuf;
 
 use nix::errno::Errno;
