@@ -61,11 +61,11 @@ pub enum Command {
 impl Command {
     /// Whether a rootless drun must enter its user namespace for this command (everything that touches the
     /// store or containers), and with which mode.
-    pub fn userns(&self) -> Option<crate::userns::Mode> {
+    pub fn userns(&self) -> Option<crate::sys::userns::UsernsMode> {
         match self {
             Command::Gpus(_) | Command::Cdi(_) => None,
             Command::Run(a) => Some(a.userns.unwrap_or_default()),
-            _ => Some(crate::userns::Mode::Auto),
+            _ => Some(crate::sys::userns::UsernsMode::Auto),
         }
     }
 }
@@ -204,7 +204,7 @@ pub struct RunArgs {
     /// Rootless: auto (you are root in the container) or keep-id (you keep your own uid and gid, with a
     /// passwd/group entry)
     #[arg(long, value_name = "MODE")]
-    pub userns: Option<crate::userns::Mode>,
+    pub userns: Option<crate::sys::userns::UsernsMode>,
     /// Fail instead of warning when --memory/--cpus/--pids-limit cannot be enforced (rootless without a
     /// delegated cgroup)
     #[arg(long)]

@@ -118,7 +118,7 @@ pub fn xdg_dir(var: &str, fallback: &str) -> Option<PathBuf> {
 
 /// The store root: `--root`/`DRUN_ROOT`, else `/var/lib/drun` for root and `$XDG_DATA_HOME/drun` otherwise.
 pub fn default_root() -> PathBuf {
-    if !crate::userns::is_rootless() {
+    if !crate::sys::userns::is_rootless() {
         PathBuf::from("/var/lib/drun")
     } else {
         xdg_dir("XDG_DATA_HOME", ".local/share")

@@ -17,6 +17,6 @@ pub mod plan;
 pub mod progress;
 pub mod run;
 pub mod safe_fs;
+pub mod sys;
 pub mod units;
-pub mod userns;
 pub mod workflow;

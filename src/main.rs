@@ -28,11 +28,11 @@ fn main() {
     // can, and everything after this (pull threads, the container) runs inside it.
     if let Some(mode) = cli.command.userns() {
         if !nix::unistd::geteuid().is_root() {
-            if let Err(e) = drun::userns::enter(mode) {
+            if let Err(e) = drun::sys::userns::enter(mode) {
                 eprintln!("error: {e}");
                 std::process::exit(drun::exit::DRUN_ERROR);
             }
-        } else if mode == drun::userns::Mode::KeepId {
+        } else if mode == drun::sys::userns::UsernsMode::KeepId {
             eprintln!("error: --userns keep-id is for rootless drun; as root, choose the container's user with -u");
             std::process::exit(drun::exit::DRUN_ERROR);
         }

@@ -105,7 +105,7 @@ pub fn open_or_create(path: &Path, mode: u32) -> io::Result<File> {
         .mode(mode)
         .open(path)?;
     if !f.metadata()?.is_file() {
-        return Err(io::Error::other(format!("{} is not a regular file", path.display())));
+        return Err(io::Error::other(format!("{path:?} is not a regular file")));
     }
     Ok(f)
 }
@@ -143,7 +143,9 @@ pub fn write_new(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
 
 /// Replaces `path` atomically: `bytes` go to a new temporary file beside it (mode `mode`), renamed over it.
 pub fn write_replace(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
-    let name = path.file_name().ok_or_else(|| io::Error::other("no file name"))?;
+    let name = path
+        .file_name()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, format!("{path:?} has no file name")))?;
     let tmp = path.with_file_name(format!(".{}.tmp-{}", name.to_string_lossy(), std::process::id()));
     let _ = std::fs::remove_file(&tmp);
     let result = write_new(&tmp, bytes, mode).and_then(|()| std::fs::rename(&tmp, path));
@@ -191,36 +193,35 @@ pub fn open_regular(path: &Path, follow: bool) -> io::Result<File> {
 /// Reads a regular file of at most `limit` bytes, never following a symlink at its last component and never
 /// blocking on a FIFO or device planted in its place.
 pub fn read_bounded(path: &Path, limit: u64) -> io::Result<Vec<u8>> {
-    let what = path.display().to_string();
     let f = open_regular(path, false).map_err(|e| match e.kind() {
-        io::ErrorKind::InvalidInput => io::Error::other(format!("{what}: {e}")),
+        io::ErrorKind::InvalidInput => io::Error::other(format!("{path:?}: {e}")),
         _ => e,
     })?;
-    read_file_bounded(f, limit, &what)
+    read_file_bounded(f, limit, path)
 }
 
-/// Reads an open file that must be regular and at most `limit` bytes long (`what` names it in errors).
-pub fn read_file_bounded(f: File, limit: u64, what: &str) -> io::Result<Vec<u8>> {
+/// Reads an open file that must be regular and at most `limit` bytes long (`path` names it in errors).
+pub fn read_file_bounded(f: File, limit: u64, path: &Path) -> io::Result<Vec<u8>> {
     let meta = f.metadata()?;
     if !meta.is_file() {
-        return Err(io::Error::other(format!("{what} is not a regular file")));
+        return Err(io::Error::other(format!("{path:?} is not a regular file")));
     }
     if meta.len() > limit {
         return Err(io::Error::other(format!(
-            "{what} is {} bytes, more than the {limit} drun reads",
+            "{path:?} is {} bytes, more than the {limit} drun reads",
             meta.len()
         )));
     }
-    read_capped(f, limit, what)
+    read_capped(f, limit, path)
 }
 
-/// Reads `r` to its end, but not past `limit` bytes (`what` names it in the error).
-fn read_capped(r: impl Read, limit: u64, what: &str) -> io::Result<Vec<u8>> {
+/// Reads `r` to its end, but not past `limit` bytes (`path` names it in the error).
+fn read_capped(r: impl Read, limit: u64, path: &Path) -> io::Result<Vec<u8>> {
     let mut buf = Vec::new();
-    r.take(limit + 1).read_to_end(&mut buf)?;
-    if buf.len() as u64 > limit {
+    r.take(limit.saturating_add(1)).read_to_end(&mut buf)?;
+    if u64::try_from(buf.len()).map_or(true, |n| n > limit) {
         return Err(io::Error::other(format!(
-            "{what} is longer than the {limit} bytes drun reads"
+            "{path:?} is longer than the {limit} bytes drun reads"
         )));
     }
     Ok(buf)
@@ -234,18 +235,17 @@ pub fn read_user_file(path: &Path, limit: u64) -> io::Result<Vec<u8>> {
         .read(true)
         .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
         .open(path)?;
-    let what = path.display().to_string();
     let meta = f.metadata()?;
     if meta.is_file() {
-        return read_file_bounded(f, limit, &what);
+        return read_file_bounded(f, limit, path);
     }
     if meta.is_dir() {
-        return Err(io::Error::other(format!("{what} is a directory")));
+        return Err(io::Error::other(format!("{path:?} is a directory")));
     }
     // `DRUN_CONFIG=/dev/null`, `--env-file <(…)`: the caller named a stream, which is read to its end as `cat`
     // would (blocking), still bounded.
     let _ = nix::fcntl::fcntl(f.as_fd(), nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::empty()));
-    read_capped(f, limit, &what)
+    read_capped(f, limit, path)
 }
 
 /// Reads a file the kernel or the host's administrator provides (`/proc`, `/sys`, cgroupfs, `/etc/subuid`,
@@ -258,7 +258,7 @@ pub fn read_system(path: impl AsRef<Path>) -> io::Result<String> {
         .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
         .open(path.as_ref())?;
     if f.metadata()?.file_type().is_fifo() {
-        return Err(io::Error::other(format!("{} is a FIFO", path.as_ref().display())));
+        return Err(io::Error::other(format!("{:?} is a FIFO", path.as_ref())));
     }
     let mut s = String::new();
     f.take(LIMIT).read_to_string(&mut s)?;

@@ -3,7 +3,8 @@
 //! equivalent spec from discovery (also what `drun cdi generate` writes).
 //!
 //! Device nodes the edits add are bind-mounted from the host instead of created with mknod (the same path then
-//! works rootless); their device-cgroup allow rules stay.
+//! works rootless); their device-cgroup allow rules stay. Edits only the OCI spec it is given; writes nothing but
+//! the generated spec, in a private directory of the run.
 
 use std::path::{Path, PathBuf};
 
@@ -11,7 +12,50 @@ use container_device_interface::cache::{with_auto_refresh, Cache};
 use container_device_interface::spec_dirs::with_spec_dirs;
 use serde_json::{json, Value};
 
-use super::{host_path, Driver, GpuError};
+use super::driver::{host_path, Driver, Gpu};
+
+#[derive(Debug, thiserror::Error)]
+pub enum CdiError {
+    /// Device names no spec describes; `known` lists those that are.
+    #[error("unresolvable CDI device {names}; known: {known}")]
+    Unresolvable { names: String, known: String },
+    #[error("cannot convert the container's spec for CDI")]
+    SpecConversion(#[source] serde_json::Error),
+    #[error("cannot inject the CDI devices {names}")]
+    Inject {
+        names: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error("cannot create the directory {path:?} for the CDI spec generated from discovery")]
+    CreateDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot write the CDI spec generated from discovery to {path:?}")]
+    WriteSpec {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("invalid CDI spec generated from discovery ({path:?}): it did not validate")]
+    GeneratedInvalid { path: PathBuf },
+}
+
+impl CdiError {
+    /// `names` are not among the `known` device names.
+    pub fn unresolvable(names: &[&str], known: &[String]) -> CdiError {
+        CdiError::Unresolvable {
+            names: names.join(", "),
+            known: if known.is_empty() {
+                "none".to_string()
+            } else {
+                known.join(", ")
+            },
+        }
+    }
+}
 
 pub const NVIDIA_KIND: &str = "nvidia.com/gpu";
 pub const DEFAULT_SPEC_DIRS: &[&str] = &["/etc/cdi", "/var/run/cdi"];
@@ -41,7 +85,7 @@ impl Specs {
         let mut cache = Cache::default();
         cache.configure(vec![with_spec_dirs(&refs), with_auto_refresh(false)]);
         if let Err(e) = cache.refresh() {
-            tracing::warn!(error = %e, "some CDI specs could not be read");
+            tracing::warn!(error = %e, "cannot read some CDI specs");
         }
         Specs { cache }
     }
@@ -58,7 +102,7 @@ impl Specs {
     }
 
     /// The name these specs give `gpu` (`nvidia.com/gpu=<uuid>`, else `=<index>`), if any.
-    pub fn gpu_name(&mut self, gpu: &super::Gpu) -> Option<String> {
+    pub fn gpu_name(&mut self, gpu: &Gpu) -> Option<String> {
         [gpu.uuid.clone(), gpu.index.to_string()]
             .into_iter()
             .map(|n| format!("{NVIDIA_KIND}={n}"))
@@ -66,19 +110,14 @@ impl Specs {
     }
 
     /// Applies the edits of `names` (all resolvable, or nothing is edited) to the spec JSON.
-    pub fn inject(&mut self, spec: &mut Value, names: &[String]) -> Result<(), GpuError> {
-        let unknown: Vec<&String> = names.iter().filter(|n| self.cache.get_device(n).is_none()).collect();
+    pub fn inject(&mut self, spec: &mut Value, names: &[String]) -> Result<(), CdiError> {
+        let unknown: Vec<&str> = names
+            .iter()
+            .filter(|n| self.cache.get_device(n).is_none())
+            .map(String::as_str)
+            .collect();
         if !unknown.is_empty() {
-            let known = self.devices();
-            return Err(GpuError::Cdi(format!(
-                "unresolvable CDI device(s) {}; known: {}",
-                unknown.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", "),
-                if known.is_empty() {
-                    "none".to_string()
-                } else {
-                    known.join(", ")
-                }
-            )));
+            return Err(CdiError::unresolvable(&unknown, &self.devices()));
         }
         // Device nodes of the spec-level and device-level edits: container path → host path.
         let mut nodes: Vec<(String, String)> = Vec::new();
@@ -103,11 +142,14 @@ impl Specs {
         // the user namespace already keeps the container from other devices): none are added for GPUs either.
         let had_resources = spec["linux"]["resources"].is_object();
         let mut oci: oci_spec::runtime::Spec =
-            serde_json::from_value(spec.clone()).map_err(|e| GpuError::Cdi(format!("spec conversion: {e}")))?;
+            serde_json::from_value(spec.clone()).map_err(CdiError::SpecConversion)?;
         self.cache
             .inject_devices(Some(&mut oci), names.to_vec())
-            .map_err(|e| GpuError::Cdi(e.to_string()))?;
-        let mut out = serde_json::to_value(&oci).map_err(|e| GpuError::Cdi(format!("spec conversion: {e}")))?;
+            .map_err(|source| CdiError::Inject {
+                names: names.join(", "),
+                source,
+            })?;
+        let mut out = serde_json::to_value(&oci).map_err(CdiError::SpecConversion)?;
         if let Some(devs) = out["linux"]["devices"].as_array_mut() {
             devs.retain(|d| !nodes.iter().any(|(c, _)| d["path"].as_str() == Some(c)));
         }
@@ -167,17 +209,21 @@ pub fn generate(driver: &Driver, caps: &[String]) -> Value {
 }
 
 /// Writes `spec` as JSON to `dir/drun-nvidia.json` and loads it.
-pub fn load_generated(dir: &Path, spec: &Value) -> Result<Specs, GpuError> {
-    crate::safe_fs::create_dir_mode(dir, 0o700).map_err(|e| GpuError::Cdi(format!("{}: {e}", dir.display())))?;
+pub fn load_generated(dir: &Path, spec: &Value) -> Result<Specs, CdiError> {
+    crate::safe_fs::create_dir_mode(dir, 0o700).map_err(|source| CdiError::CreateDir {
+        path: dir.to_path_buf(),
+        source,
+    })?;
     let file = dir.join("drun-nvidia.json");
-    crate::safe_fs::write_replace(&file, &serde_json::to_vec_pretty(spec).expect("serialises"), 0o600)
-        .map_err(|e| GpuError::Cdi(format!("{}: {e}", file.display())))?;
+    crate::safe_fs::write_replace(&file, &serde_json::to_vec_pretty(spec).expect("serialises"), 0o600).map_err(
+        |source| CdiError::WriteSpec {
+            path: file.clone(),
+            source,
+        },
+    )?;
     let mut specs = Specs::load(&[dir.to_path_buf()]);
     if specs.devices().is_empty() {
-        return Err(GpuError::Cdi(format!(
-            "the spec generated from discovery ({}) did not validate",
-            file.display()
-        )));
+        return Err(CdiError::GeneratedInvalid { path: file });
     }
     Ok(specs)
 }

@@ -1,9 +1,28 @@
 //! Which GPUs a request gets: `--gpus all|N|device=…`, or a workflow's `resources.gpu {count, name, memory}`,
 //! among the GPUs this process may use (a Slurm job's, or those a host's NVIDIA_/CUDA_VISIBLE_DEVICES name).
+//! Decides only: it never opens a GPU for use (only probes its node for the job's device cgroup).
 
+use std::fmt::Write as _;
 use std::path::Path;
 
-use super::{host_path, Gpu, GpuError};
+use super::driver::{host_path, Gpu};
+
+/// `--gpus` was given something that is none of Docker's forms.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid --gpus {value:?}: {expected}")]
+pub struct InvalidGpuRequest {
+    pub value: String,
+    pub expected: &'static str,
+}
+
+/// No choice of GPUs satisfies a request; the message lists every GPU and why it was not chosen.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot assign {wanted}{filters}; GPUs on this host:{listing}")]
+pub struct SelectError {
+    wanted: String,
+    filters: String,
+    listing: String,
+}
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Selector {
@@ -24,8 +43,12 @@ pub struct GpuRequest {
 
 impl GpuRequest {
     /// Parses `--gpus`: `all`, a count, `device=0,2` or `device=GPU-<uuid>` (Docker's forms).
-    pub fn parse_cli(v: &str) -> Result<GpuRequest, String> {
+    pub fn parse_cli(v: &str) -> Result<GpuRequest, InvalidGpuRequest> {
         let v = v.trim().trim_matches('"');
+        let invalid = |expected| InvalidGpuRequest {
+            value: v.to_string(),
+            expected,
+        };
         let selector = if v == "all" {
             Selector::All
         } else if let Some(ids) = v.strip_prefix("device=") {
@@ -36,15 +59,13 @@ impl GpuRequest {
                 .map(String::from)
                 .collect();
             if ids.is_empty() {
-                return Err(format!("invalid --gpus {v:?}: device= needs indices or UUIDs"));
+                return Err(invalid("device= needs indices or UUIDs"));
             }
             Selector::Ids(ids)
         } else if let Ok(n) = v.parse::<u32>() {
             Selector::Count(n)
         } else {
-            return Err(format!(
-                "invalid --gpus {v:?}: expected all, a count, device=0,2 or device=GPU-<uuid>"
-            ));
+            return Err(invalid("expected all, a count, device=0,2 or device=GPU-<uuid>"));
         };
         Ok(GpuRequest {
             selector,
@@ -53,12 +74,13 @@ impl GpuRequest {
         })
     }
 
+    /// Whether it asks for no GPU at all (`--gpus 0`).
     pub fn is_empty(&self) -> bool {
         self.selector == Selector::Count(0)
     }
 }
 
-/// Why a GPU was not chosen.
+/// A GPU in one line, for the list of why each was not chosen.
 fn describe(g: &Gpu) -> String {
     let mem = g.memory_mib.map(|m| format!(", {m} MiB")).unwrap_or_default();
     format!("{} {} ({}{mem})", g.index, g.model, g.uuid)
@@ -125,7 +147,7 @@ pub fn usable(root: &Path, gpus: &[Gpu]) -> Vec<Option<String>> {
 
 /// Chooses GPUs for `req` among `gpus` (with `reasons` from [`usable`]). The error lists every GPU and why it was
 /// not chosen.
-pub fn choose(req: &GpuRequest, gpus: &[Gpu], reasons: &[Option<String>]) -> Result<Vec<Gpu>, GpuError> {
+pub fn choose(req: &GpuRequest, gpus: &[Gpu], reasons: &[Option<String>]) -> Result<Vec<Gpu>, SelectError> {
     let mut why: Vec<Option<String>> = reasons.to_vec();
     for (g, w) in gpus.iter().zip(why.iter_mut()) {
         if w.is_some() {
@@ -154,10 +176,11 @@ pub fn choose(req: &GpuRequest, gpus: &[Gpu], reasons: &[Option<String>]) -> Res
     let chosen: Vec<Gpu> = match &req.selector {
         Selector::All => fits.iter().map(|g| (*g).clone()).collect(),
         Selector::Count(n) => {
-            if fits.len() < *n as usize {
+            let wanted = usize::try_from(*n).unwrap_or(usize::MAX);
+            if fits.len() < wanted {
                 return Err(not_enough(&format!("{n} GPU(s)"), req, gpus, &why));
             }
-            fits.iter().take(*n as usize).map(|g| (*g).clone()).collect()
+            fits.iter().take(wanted).map(|g| (*g).clone()).collect()
         }
         Selector::Ids(ids) => {
             let mut out = Vec::new();
@@ -181,7 +204,7 @@ pub fn choose(req: &GpuRequest, gpus: &[Gpu], reasons: &[Option<String>]) -> Res
     Ok(chosen)
 }
 
-fn not_enough(wanted: &str, req: &GpuRequest, gpus: &[Gpu], why: &[Option<String>]) -> GpuError {
+fn not_enough(wanted: &str, req: &GpuRequest, gpus: &[Gpu], why: &[Option<String>]) -> SelectError {
     let mut filters = Vec::new();
     if let Some(n) = &req.name {
         filters.push(format!("name {n:?}"));
@@ -194,14 +217,18 @@ fn not_enough(wanted: &str, req: &GpuRequest, gpus: &[Gpu], why: &[Option<String
     } else {
         format!(" with {}", filters.join(" and "))
     };
-    let mut msg = format!("cannot assign {wanted}{filters}; GPUs on this host:");
+    let mut listing = String::new();
     if gpus.is_empty() {
-        msg.push_str(" none");
+        listing.push_str(" none");
     }
     for (g, w) in gpus.iter().zip(why) {
-        msg.push_str(&format!("\n  {}: {}", describe(g), w.as_deref().unwrap_or("available")));
+        let _ = write!(listing, "\n  {}: {}", describe(g), w.as_deref().unwrap_or("available"));
     }
-    GpuError::Select(msg)
+    SelectError {
+        wanted: wanted.to_string(),
+        filters,
+        listing,
+    }
 }
 
 #[cfg(test)]
@@ -272,6 +299,9 @@ mod tests {
             GpuRequest::parse_cli("\"device=0,2\"").unwrap().selector,
             Selector::Ids(vec!["0".into(), "2".into()])
         );
-        assert!(GpuRequest::parse_cli("lots").is_err());
+        let e = GpuRequest::parse_cli("lots").unwrap_err().to_string();
+        assert!(e.starts_with("invalid --gpus \"lots\": expected all, a count"), "{e}");
+        let e = GpuRequest::parse_cli("device=").unwrap_err().to_string();
+        assert_eq!(e, "invalid --gpus \"device=\": device= needs indices or UUIDs");
     }
 }

@@ -186,7 +186,7 @@ impl Store {
         }
         Ok(Store {
             root: root.to_path_buf(),
-            idmap: crate::userns::current().map_or_else(|| IDMAP_HOST.to_string(), |r| r.idmap_key()),
+            idmap: crate::sys::userns::current().map_or_else(|| IDMAP_HOST.to_string(), |r| r.idmap_key()),
             blob_cache: None,
         })
     }

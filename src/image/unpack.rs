@@ -29,7 +29,7 @@ use nix::sys::stat::{
 use nix::sys::time::TimeSpec;
 use nix::unistd::{fchown, fchownat, linkat, symlinkat, unlinkat, Gid, Uid, UnlinkatFlags};
 
-use crate::userns::Rootless;
+use crate::sys::userns::Rootless;
 
 const WHITEOUT_PREFIX: &str = ".wh.";
 const OPAQUE_MARKER: &str = ".wh..wh..opq";
@@ -53,8 +53,8 @@ impl UnpackOptions {
     /// The options for this process: real root, or the user namespace it entered.
     pub fn for_process() -> UnpackOptions {
         UnpackOptions {
-            unprivileged: crate::userns::is_rootless(),
-            userns: crate::userns::current(),
+            unprivileged: crate::sys::userns::is_rootless(),
+            userns: crate::sys::userns::current(),
         }
     }
 

@@ -129,7 +129,7 @@ impl CgroupPlan {
     /// Plans the cgroup of container `short_id` and, on v2, makes sure controllers can be delegated to it.
     pub fn prepare(short_id: &str) -> Result<CgroupPlan, CgroupError> {
         let leaf = format!("drun-{short_id}");
-        if crate::userns::is_rootless() {
+        if crate::sys::userns::is_rootless() {
             // Decided once per process: after the first run without a cgroup, drun's own view of the hierarchy is
             // its private cgroup2 mount (see `hide_host_hierarchy`), which says nothing about the host.
             static FIRST: std::sync::OnceLock<(Version, String)> = std::sync::OnceLock::new();
@@ -267,7 +267,7 @@ impl CgroupPlan {
     pub fn hide_host_hierarchy(&self) -> Result<(), CgroupError> {
         // On pure v2 libcgroups takes its rootless path by itself: the cgroup it cannot create is skipped.
         if !matches!(self.control, Control::None { .. })
-            || crate::userns::current().is_none()
+            || crate::sys::userns::current().is_none()
             || self.version == Version::V2
         {
             return Ok(());

@@ -701,14 +701,14 @@ fn run_in(
         .or_else(|| icfg.working_dir().clone())
         .filter(|w| !w.is_empty())
         .unwrap_or_else(|| "/".into());
-    let keep_id = crate::userns::current().filter(|ns| ns.mode == crate::userns::Mode::KeepId);
+    let keep_id = crate::sys::userns::current().filter(|ns| ns.mode == crate::sys::userns::UsernsMode::KeepId);
     let user_spec = match (&plan.user, keep_id) {
         (Some(u), _) => Some(u.clone()),
         (None, Some(ns)) => Some(user::add_keep_id_entry(&root, ns)?),
         (None, None) => icfg.user().clone(),
     };
     let mut user = user::resolve(&root, user_spec.as_deref())?;
-    if let Some(ns) = crate::userns::current() {
+    if let Some(ns) = crate::sys::userns::current() {
         user::check_mapped(&mut user, user_spec.as_deref().unwrap_or("root"), ns)?;
     }
     let env = resolve_env(plan, &icfg.env().clone().unwrap_or_default(), &hostname, &user.home);

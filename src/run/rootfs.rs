@@ -153,7 +153,7 @@ fn mount_overlay(merged: &Path, lowers: &[&Path], upper: &Path, work: &Path) -> 
     let mut data = format!("lowerdir={lower},upperdir={},workdir={}", escape(upper), escape(work));
     // In a user namespace overlayfs keeps its own attributes in `user.overlay.*` (Linux ≥ 5.11), as the layers
     // unpacked there are marked.
-    if crate::userns::current().is_some() {
+    if crate::sys::userns::current().is_some() {
         data.push_str(",userxattr");
     }
     let overlay = |data: &str| mount(Some("overlay"), merged, Some("overlay"), MsFlags::empty(), Some(data));

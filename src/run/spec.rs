@@ -216,7 +216,7 @@ pub fn build(inp: &SpecInputs<'_>) -> Result<Value, SpecError> {
                "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"]}),
         json!({"destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["nosuid", "noexec", "nodev", "ro"]}),
     ];
-    if let Some(ns) = crate::userns::current() {
+    if let Some(ns) = crate::sys::userns::current() {
         rootless_mounts(&mut mounts, plan, ns);
     }
     match plan.ipc_mode() {
@@ -349,7 +349,7 @@ pub fn build(inp: &SpecInputs<'_>) -> Result<Value, SpecError> {
 /// What a user namespace cannot mount itself: sysfs needs a network namespace it owns (with the host network,
 /// the host's /sys is bind-mounted read-only, as rootless Podman does), proc a PID namespace it owns (`--pid
 /// host`: the host's /proc); devpts' `gid=5` needs gid 5 mapped.
-fn rootless_mounts(mounts: &mut [Value], plan: &RunPlan, ns: &crate::userns::Rootless) {
+fn rootless_mounts(mounts: &mut [Value], plan: &RunPlan, ns: &crate::sys::userns::Rootless) {
     for m in mounts.iter_mut() {
         match m["destination"].as_str() {
             Some("/sys") if plan.network != NetworkMode::None => {

@@ -41,10 +41,10 @@ pub struct RunInfo {
 /// exists, is the caller's and writable (`srun` may carry a login node's value that does not exist here), else
 /// `/tmp/drun-<uid>`. Both are local file systems: overlay refuses upper directories on NFS and GPFS.
 pub fn default_state_dir() -> PathBuf {
-    if !crate::userns::is_rootless() {
+    if !crate::sys::userns::is_rootless() {
         return PathBuf::from("/run/drun");
     }
-    let (uid, _) = crate::userns::caller_ids();
+    let (uid, _) = crate::sys::userns::caller_ids();
     if let Some(d) = std::env::var_os("XDG_RUNTIME_DIR").map(PathBuf::from) {
         use std::os::unix::fs::MetadataExt;
         let usable = d.is_absolute()
@@ -55,7 +55,7 @@ pub fn default_state_dir() -> PathBuf {
         }
         tracing::debug!(dir = %d.display(), "XDG_RUNTIME_DIR is not usable here; using a directory under /tmp");
     }
-    let host_uid = crate::userns::current().map_or(uid, |r| r.uid);
+    let host_uid = crate::sys::userns::current().map_or(uid, |r| r.uid);
     PathBuf::from(format!("/tmp/drun-{host_uid}"))
 }
 
@@ -72,8 +72,8 @@ pub fn ensure_private(dir: &Path) -> std::io::Result<()> {
             return Err(e);
         }
     }
-    let uid = if crate::userns::is_rootless() {
-        crate::userns::caller_ids().0
+    let uid = if crate::sys::userns::is_rootless() {
+        crate::sys::userns::caller_ids().0
     } else {
         nix::unistd::geteuid().as_raw()
     };
@@ -83,7 +83,7 @@ pub fn ensure_private(dir: &Path) -> std::io::Result<()> {
     // (Rootless, in drun's user namespace, the host's root and every other unmapped user look alike: only the
     // mode can be checked there, and what a replaced tree could make drun do is limited to the caller's rights.)
     let real = fs::canonicalize(dir)?;
-    let rootless = crate::userns::is_rootless();
+    let rootless = crate::sys::userns::is_rootless();
     for a in real.ancestors().skip(1) {
         let m = fs::metadata(a)?;
         let sticky = m.mode() & 0o1000 != 0;

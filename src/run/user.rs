@@ -37,7 +37,7 @@ pub enum UserError {
 /// `--userns keep-id`: adds the caller's passwd and group entries to the container's /etc/passwd and
 /// /etc/group (written into the run's own layer) unless the image has the ids already, creates the home
 /// directory, and returns the user spec to run as (`uid:gid`).
-pub fn add_keep_id_entry(root: &Path, ns: &crate::userns::Rootless) -> Result<String, UserError> {
+pub fn add_keep_id_entry(root: &Path, ns: &crate::sys::userns::Rootless) -> Result<String, UserError> {
     use std::io::Write;
     let (uid, gid) = (ns.inside_uid(), ns.inside_gid());
     let name = ns.user.clone().unwrap_or_else(|| format!("user{uid}"));
@@ -104,17 +104,17 @@ pub fn add_keep_id_entry(root: &Path, ns: &crate::userns::Rootless) -> Result<St
 
 /// Checks that `user` exists in the user namespace drun runs in (rootless) and drops supplementary groups it
 /// cannot have there.
-pub fn check_mapped(user: &mut ResolvedUser, shown: &str, ns: &crate::userns::Rootless) -> Result<(), UserError> {
+pub fn check_mapped(user: &mut ResolvedUser, shown: &str, ns: &crate::sys::userns::Rootless) -> Result<(), UserError> {
     if !ns.maps_uid(user.uid) || !ns.maps_gid(user.gid) {
-        let why = match ns.how {
-            crate::userns::How::Single => format!(
+        let why = match ns.kind {
+            crate::sys::userns::MappingKind::SingleId => format!(
                 "you have no subordinate ids in /etc/subuid and /etc/subgid, so only your own id is mapped (as {}); \
                  run as that user (e.g. -u {0}) or ask an administrator for a range (`usermod --add-subuids \
                  100000-165535 --add-subgids 100000-165535 {1}`)",
                 ns.inside_uid(),
                 ns.user.as_deref().unwrap_or("USER")
             ),
-            crate::userns::How::Subordinate => format!("the mapping is {}", ns.describe()),
+            crate::sys::userns::MappingKind::Subordinate => format!("the mapping is {}", ns.describe()),
         };
         return Err(UserError::Unmapped {
             user: shown.to_string(),
@@ -126,7 +126,7 @@ pub fn check_mapped(user: &mut ResolvedUser, shown: &str, ns: &crate::userns::Ro
     // Without newgidmap, setgroups is denied in the namespace (the kernel requires it before an unprivileged
     // gid_map is written): the process cannot be given any supplementary groups, not even its primary group as
     // Docker does, and keeps the ones drun had (shown as the overflow group, being unmapped).
-    if ns.how == crate::userns::How::Single {
+    if ns.kind == crate::sys::userns::MappingKind::SingleId {
         user.additional_gids.clear();
     }
     user.additional_gids.retain(|g| ns.maps_gid(*g));

@@ -280,7 +280,7 @@ pub fn run(
             seen.push(plan.image.clone());
         }
     }
-    let owner = crate::userns::invoking_owner();
+    let owner = crate::sys::userns::invoking_owner();
     make_dirs(&artifacts_root, owner)?;
     let mut first_failure: Option<i32> = None;
     let mut failed: Vec<String> = Vec::new();

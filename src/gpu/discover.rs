@@ -1,0 +1,272 @@
+//! Discovering the NVIDIA driver on a host (under [`super::driver_root`], so tests can point it at a simulated
+//! driver tree): the GPUs in `/proc/driver/nvidia`, the versioned libraries (found through libcuda, also via the
+//! host's ld cache), utilities, firmware, control nodes and IPC endpoints. Reads only; never mounts or writes.
+
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+
+use super::capabilities::BINARIES;
+use super::driver::{host_path, Driver, Gpu};
+use super::{host_ld_cache, GpuError};
+
+const BIN_DIRS: &[&str] = &[
+    "/usr/bin",
+    "/usr/sbin",
+    "/bin",
+    "/sbin",
+    "/usr/local/bin",
+    "/usr/local/nvidia/bin",
+];
+
+const LIB_DIRS: &[&str] = &[
+    "/usr/lib64",
+    "/usr/lib/x86_64-linux-gnu",
+    "/usr/lib/x86_64-linux-gnu/nvidia/current",
+    "/usr/lib/aarch64-linux-gnu",
+    "/usr/lib/aarch64-linux-gnu/nvidia/current",
+    "/lib64",
+    "/lib/x86_64-linux-gnu",
+    "/lib/aarch64-linux-gnu",
+    "/usr/lib",
+    "/usr/local/nvidia/lib64",
+];
+
+/// IPC endpoints (optional) and the capability that needs them.
+const IPC: &[(&str, &str)] = &[
+    ("/run/nvidia-persistenced/socket", "utility"),
+    ("/run/nvidia-fabricmanager/socket", "compute"),
+    ("/tmp/nvidia-mps", "compute"),
+];
+
+const CONTROL_NODES: &[&str] = &[
+    "/dev/nvidiactl",
+    "/dev/nvidia-uvm",
+    "/dev/nvidia-uvm-tools",
+    "/dev/nvidia-modeset",
+];
+
+/// The value of `key: value` in a `/proc/driver/nvidia/gpus/*/information` text.
+fn field<'a>(text: &'a str, key: &str) -> Option<&'a str> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(key).and_then(|r| r.trim_start().strip_prefix(':')))
+        .map(str::trim)
+}
+
+/// Reads the driver under `root`; `None` when no NVIDIA driver is loaded there.
+pub fn discover(root: &Path) -> Result<Option<Driver>, GpuError> {
+    let Some(gpus) = gpus(root)? else {
+        return Ok(None);
+    };
+    let mut driver = Driver {
+        root: root.to_path_buf(),
+        gpus,
+        ..Default::default()
+    };
+    driver.version = crate::safe_fs::read_system(host_path(root, "/sys/module/nvidia/version"))
+        .map(|v| v.trim().to_string())
+        .unwrap_or_default();
+    let lib_dirs = library_dirs(root, &mut driver.version);
+    if !driver.version.is_empty() {
+        let suffix = format!(".so.{}", driver.version);
+        for dir in &lib_dirs {
+            let Ok(rd) = std::fs::read_dir(host_path(root, dir)) else {
+                continue;
+            };
+            let mut names: Vec<String> = rd
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.ends_with(&suffix))
+                .collect();
+            names.sort();
+            driver
+                .libraries
+                .extend(names.into_iter().map(|n| format!("{}/{n}", dir.trim_end_matches('/'))));
+        }
+        let fw = format!("/lib/firmware/nvidia/{}", driver.version);
+        if host_path(root, &fw).is_dir() {
+            driver.firmware = Some(fw);
+        }
+    }
+    for (bin, cap) in BINARIES {
+        if let Some(d) = BIN_DIRS
+            .iter()
+            .find(|d| host_path(root, &format!("{d}/{bin}")).is_file())
+        {
+            driver.binaries.push((format!("{d}/{bin}"), cap));
+        }
+    }
+    for n in CONTROL_NODES {
+        if std::fs::symlink_metadata(host_path(root, n)).is_ok() {
+            driver.control_nodes.push((*n).to_string());
+        }
+    }
+    if let Ok(rd) = std::fs::read_dir(host_path(root, "/dev/nvidia-caps")) {
+        let mut caps: Vec<String> = rd
+            .flatten()
+            .map(|e| format!("/dev/nvidia-caps/{}", e.file_name().to_string_lossy()))
+            .collect();
+        caps.sort();
+        driver.control_nodes.extend(caps);
+    }
+    for (p, cap) in IPC {
+        if ipc_endpoint_trusted(&host_path(root, p)) {
+            driver.ipc.push(((*p).to_string(), cap));
+        }
+    }
+    Ok(Some(driver))
+}
+
+/// The GPUs of `/proc/driver/nvidia/gpus` under `root`, numbered as nvidia-smi does; `None` without a driver.
+fn gpus(root: &Path) -> Result<Option<Vec<Gpu>>, GpuError> {
+    let gpus_dir = host_path(root, "/proc/driver/nvidia/gpus");
+    let rd = match std::fs::read_dir(&gpus_dir) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(source) => return Err(GpuError::Read { path: gpus_dir, source }),
+    };
+    let mut gpus = Vec::new();
+    for e in rd.flatten() {
+        let path = e.path().join("information");
+        let text = crate::safe_fs::read_system(&path).map_err(|source| GpuError::Read {
+            path: path.clone(),
+            source,
+        })?;
+        let minor = field(&text, "Device Minor")
+            .and_then(|m| m.parse().ok())
+            .ok_or_else(|| GpuError::NoDeviceMinor { path: path.clone() })?;
+        gpus.push(Gpu {
+            index: 0,
+            pci: field(&text, "Bus Location")
+                .map(str::to_string)
+                .unwrap_or_else(|| e.file_name().to_string_lossy().into_owned()),
+            model: field(&text, "Model").unwrap_or("NVIDIA GPU").to_string(),
+            uuid: field(&text, "GPU UUID").unwrap_or("").to_string(),
+            minor,
+            memory_mib: None,
+        });
+    }
+    // nvidia-smi numbers GPUs in PCI bus order.
+    gpus.sort_by_key(|g| g.pci.to_ascii_lowercase());
+    for (i, g) in gpus.iter_mut().enumerate() {
+        g.index = i;
+    }
+    Ok(Some(gpus))
+}
+
+/// The directories (container paths) that hold `libcuda.so.<version>`: the usual ones and those the host's ld
+/// cache names. `version` is the loaded module's, if known (it wins over whatever libcuda a directory holds, stale
+/// after upgrades); else it is set from the first libcuda found.
+fn library_dirs(root: &Path, version: &mut String) -> Vec<String> {
+    let mut lib_dirs: Vec<String> = Vec::new();
+    let mut consider = |dir: &str| {
+        let Ok(rd) = std::fs::read_dir(host_path(root, dir)) else {
+            return;
+        };
+        for e in rd.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let Some(v) = name.strip_prefix("libcuda.so.") else {
+                continue;
+            };
+            if v.split('.').count() >= 2 && (version.is_empty() || v == version.as_str()) {
+                if version.is_empty() {
+                    *version = v.to_string();
+                }
+                if !lib_dirs.iter().any(|d| d == dir) {
+                    lib_dirs.push(dir.to_string());
+                }
+            }
+        }
+    };
+    for d in LIB_DIRS {
+        consider(d);
+    }
+    for (name, path) in host_ld_cache::read(root) {
+        if name.starts_with("libcuda.so") {
+            if let Some(dir) = path.parent().and_then(Path::to_str) {
+                consider(dir);
+            }
+        }
+    }
+    lib_dirs
+}
+
+/// Whether an IPC endpoint of the driver may be mounted into containers: the real thing, never a symlink (which
+/// libcontainer would follow to wherever it points), and a directory (MPS's pipes) writable by its owner alone;
+/// a socket is for everyone to connect to. One in a directory others may write to (`/tmp/nvidia-mps`: anyone
+/// could plant one there) must also be root's or the caller's; the sockets under `/run` cannot be planted.
+/// (Rootless, root's files look like any unmapped user's, so such an endpoint of root's is left out: CUDA then
+/// runs without MPS.)
+fn ipc_endpoint_trusted(path: &Path) -> bool {
+    let Ok(m) = std::fs::symlink_metadata(path) else {
+        return false;
+    };
+    let plantable = path
+        .parent()
+        .and_then(|p| std::fs::metadata(p).ok())
+        .is_some_and(|p| p.mode() & 0o022 != 0);
+    let (root, caller) = if crate::sys::userns::is_rootless() {
+        (None, Some(crate::sys::userns::caller_ids().0))
+    } else {
+        (Some(0), crate::sys::userns::invoking_owner().map(|(u, _)| u))
+    };
+    let owner_ok = Some(m.uid()) == root || Some(m.uid()) == caller;
+    let ok = !m.file_type().is_symlink() && (!m.is_dir() || m.mode() & 0o022 == 0) && (!plantable || owner_ok);
+    if !ok {
+        tracing::warn!(path = %path.display(), uid = m.uid(), mode = format!("{:o}", m.mode() & 0o7777),
+            "not mounting a driver IPC endpoint that is a symlink, someone else's, or writable by others");
+    }
+    ok
+}
+
+#[cfg(test)]
+#[allow(clippy::disallowed_methods)] // fixtures in the tests' own temporary directories
+mod tests {
+    use super::*;
+
+    #[test]
+    fn planted_ipc_endpoints_are_not_mounted() {
+        use std::os::unix::fs::PermissionsExt;
+        let t = tempfile::tempdir().unwrap();
+        // As /tmp is: every user can plant an entry there.
+        std::fs::set_permissions(t.path(), std::fs::Permissions::from_mode(0o1777)).unwrap();
+        // /tmp/nvidia-mps is in a directory every user can write to: a symlink to /root, a directory others may
+        // write to, or one of another user's, is not MPS.
+        let link = t.path().join("link");
+        std::os::unix::fs::symlink("/root", &link).unwrap();
+        assert!(!ipc_endpoint_trusted(&link));
+        let open = t.path().join("open");
+        std::fs::create_dir(&open).unwrap();
+        std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
+        assert!(!ipc_endpoint_trusted(&open));
+        if nix::unistd::geteuid().is_root() {
+            let real = t.path().join("real");
+            std::fs::create_dir(&real).unwrap();
+            std::fs::set_permissions(&real, std::fs::Permissions::from_mode(0o755)).unwrap();
+            assert!(ipc_endpoint_trusted(&real));
+            let theirs = t.path().join("theirs");
+            std::fs::create_dir(&theirs).unwrap();
+            std::os::unix::fs::chown(&theirs, Some(54321), Some(54321)).unwrap();
+            assert!(!ipc_endpoint_trusted(&theirs));
+            // Where nobody else can write (the sockets under /run), nothing can be planted: the owner is not asked.
+            let private = tempfile::tempdir().unwrap();
+            let socket = private.path().join("socket");
+            std::fs::write(&socket, "").unwrap();
+            std::os::unix::fs::chown(&socket, Some(54321), Some(54321)).unwrap();
+            assert!(ipc_endpoint_trusted(&socket));
+        }
+    }
+
+    #[test]
+    fn proc_fields() {
+        let t = "Model: \t\t Tesla K80\nIRQ:   33\nGPU UUID: \t GPU-1234\nDevice Minor: \t 3\n";
+        assert_eq!(field(t, "Model"), Some("Tesla K80"));
+        assert_eq!(field(t, "GPU UUID"), Some("GPU-1234"));
+        assert_eq!(field(t, "Device Minor"), Some("3"));
+    }
+
+    #[test]
+    fn no_driver_is_none() {
+        let t = tempfile::tempdir().unwrap();
+        assert!(discover(t.path()).unwrap().is_none());
+    }
+}
