@@ -438,6 +438,18 @@ pub fn static_c(dir: &Path, name: &str, source: &str) -> PathBuf {
     out
 }
 
+/// The header of an entry of a layer a test writes: GNU format, owned by root, mtime 0.
+pub fn tar_header(kind: tar::EntryType, mode: u32, size: u64) -> tar::Header {
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(kind);
+    h.set_size(size);
+    h.set_mode(mode);
+    h.set_uid(0);
+    h.set_gid(0);
+    h.set_mtime(0);
+    h
+}
+
 /// Builds the OCI layout a `tests/fixtures/mkimage.py` spec file describes.
 pub fn mkimage_build(spec_file: &Path) {
     mkimage(&["build".as_ref(), spec_file.as_os_str()]);

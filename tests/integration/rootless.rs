@@ -618,25 +618,13 @@ fn escape_layout(dir: &Path, outside: &Path) -> PathBuf {
         p
     };
     let file = |b: &mut tar::Builder<std::fs::File>, path: &str, data: &[u8], mode: u32| {
-        let mut h = tar::Header::new_gnu();
-        h.set_size(data.len() as u64);
-        h.set_mode(mode);
-        h.set_uid(0);
-        h.set_gid(0);
-        h.set_mtime(0);
-        h.set_entry_type(tar::EntryType::Regular);
+        let mut h = common::tar_header(tar::EntryType::Regular, mode, data.len() as u64);
         b.append_data(&mut h, path, data).unwrap();
     };
     let busybox = std::fs::read("/bin/busybox").unwrap();
     let lower = tar_of("lower.tar", &|b| {
         file(b, "bin/busybox", &busybox, 0o755);
-        let mut h = tar::Header::new_gnu();
-        h.set_entry_type(tar::EntryType::Symlink);
-        h.set_size(0);
-        h.set_mode(0o777);
-        h.set_uid(0);
-        h.set_gid(0);
-        h.set_mtime(0);
+        let mut h = common::tar_header(tar::EntryType::Symlink, 0o777, 0);
         b.append_link(&mut h, "link", outside).unwrap();
     });
     let upper = tar_of("upper.tar", &|b| {

@@ -23,6 +23,20 @@ fn sh(sb: &Sandbox, flags: &[&str], script: &str) -> Output {
     sb.drun(&args)
 }
 
+/// A static C probe (see [`static_c`]) mounted read-only at `/NAME` in busybox: a function that runs it with
+/// extra `drun run` flags.
+fn busybox_probe<'a>(sb: &'a Sandbox, name: &str, source: &str) -> impl Fn(&[&str]) -> Output + 'a {
+    let vol = format!("{}:/{name}:ro", static_c(sb.path(), name, source).display());
+    let path = format!("/{name}");
+    move |flags: &[&str]| {
+        let image = busybox();
+        let mut args = vec!["run"];
+        args.extend_from_slice(flags);
+        args.extend_from_slice(&["-v", &vol, &image, &path]);
+        sb.drun(&args)
+    }
+}
+
 /// The container cgroup directories of a run id (from --cidfile), on any hierarchy.
 fn cgroup_dirs(id: &str) -> Vec<String> {
     let name = format!("drun-{}", &id[..12]);
@@ -204,13 +218,10 @@ fn cpu_and_pids_limits() {
     );
     // A fork bomb stops at the pids limit instead of taking the host down: with 10 tasks allowed, the probe (one)
     // makes nine children and the tenth fork fails with EAGAIN. Without a limit the same probe makes all 30.
-    let probe = static_c(sb.path(), "forker", FORK_PROBE);
-    let vol = format!("{}:/forker:ro", probe.display());
-    let limited = sb
-        .drun(&["run", "--pids-limit", "10", "-v", &vol, &busybox(), "/forker"])
-        .ok();
+    let forker = busybox_probe(&sb, "forker", FORK_PROBE);
+    let limited = forker(&["--pids-limit", "10"]).ok();
     assert_eq!(limited.stdout, "forked 9, then errno 11\n", "{}", limited.stderr);
-    let unlimited = sb.drun(&["run", "-v", &vol, &busybox(), "/forker"]).ok();
+    let unlimited = forker(&[]).ok();
     assert_eq!(unlimited.stdout, "forked 30\n", "{}", unlimited.stderr);
 }
 
@@ -538,11 +549,10 @@ fn signals_are_forwarded() {
 
     // --init reaps zombies: an orphaned child does not linger as <defunct>. Without --init the probe is PID 1,
     // which reaps nothing: there the orphan stays a zombie, which shows the probe sees one.
-    let probe = static_c(sb.path(), "orphan", ORPHAN_PROBE);
-    let vol = format!("{}:/orphan:ro", probe.display());
-    let out = sb.drun(&["run", "--init", "-v", &vol, &image, "/orphan"]).ok();
+    let orphan = busybox_probe(&sb, "orphan", ORPHAN_PROBE);
+    let out = orphan(&["--init"]).ok();
     assert_eq!(out.stdout, "reaped\n", "{}", out.stderr);
-    let out = sb.drun(&["run", "-v", &vol, &image, "/orphan"]).ok();
+    let out = orphan(&[]).ok();
     assert_eq!(out.stdout, "zombie\n", "{}", out.stderr);
     assert!(leftovers(&sb).is_empty(), "{:?}", leftovers(&sb));
 }
@@ -711,8 +721,8 @@ fn host_pid_and_ipc_namespaces_and_the_slurm_default() {
 fn seccomp_blocks_keyctl_and_bpf() {
     let sb = ready();
     // busybox has no keyctl applet: a tiny static probe reports the errno of each syscall (0 = allowed).
-    let probe = static_c(
-        sb.path(),
+    let probe = busybox_probe(
+        &sb,
         "probe",
         "#include <errno.h>\n#include <stdio.h>\n#include <unistd.h>\n#include <sys/syscall.h>\n\
          static int try(long r) { return r < 0 ? errno : 0; }\n\
@@ -722,24 +732,13 @@ fn seccomp_blocks_keyctl_and_bpf() {
            return 0;\n\
          }\n",
     );
-    let vol = format!("{}:/probe:ro", probe.display());
-    let out = sb.drun(&["run", "-v", &vol, &busybox(), "/probe"]).ok();
+    let out = probe(&[]).ok();
     assert_eq!(
         out.stdout, "keyctl=1\nbpf=1\n",
         "EPERM expected under the default profile"
     );
     // Unconfined, keyctl reaches the kernel (which answers for itself: no EPERM from seccomp).
-    let out = sb
-        .drun(&[
-            "run",
-            "--security-opt",
-            "seccomp=unconfined",
-            "-v",
-            &vol,
-            &busybox(),
-            "/probe",
-        ])
-        .ok();
+    let out = probe(&["--security-opt", "seccomp=unconfined"]).ok();
     assert!(
         out.stdout.starts_with("keyctl=") && !out.stdout.starts_with("keyctl=1\n"),
         "{}",
@@ -860,29 +859,22 @@ fn commands_from_volumes_are_found() {
 pub fn tiny_image(sb: &Sandbox, name: &str, extra: &dyn Fn(&mut tar::Builder<std::fs::File>)) -> String {
     let dir = sb.path().join(format!("image-{name}"));
     std::fs::create_dir_all(&dir).unwrap();
-    let header = |kind: tar::EntryType, mode: u32| {
-        let mut h = tar::Header::new_gnu();
-        h.set_entry_type(kind);
-        h.set_size(0);
-        h.set_mode(mode);
-        h.set_uid(0);
-        h.set_gid(0);
-        h.set_mtime(0);
-        h
-    };
     let layer = dir.join("layer.tar");
     let mut b = tar::Builder::new(std::fs::File::create(&layer).unwrap());
     for d in ["bin", "dev", "etc", "tmp"] {
-        b.append_data(&mut header(tar::EntryType::Directory, 0o755), d, std::io::empty())
-            .unwrap();
+        b.append_data(
+            &mut tar_header(tar::EntryType::Directory, 0o755, 0),
+            d,
+            std::io::empty(),
+        )
+        .unwrap();
     }
     let busybox = std::fs::read("/bin/busybox").unwrap();
-    let mut h = header(tar::EntryType::Regular, 0o755);
-    h.set_size(busybox.len() as u64);
+    let mut h = tar_header(tar::EntryType::Regular, 0o755, busybox.len() as u64);
     b.append_data(&mut h, "bin/busybox", busybox.as_slice()).unwrap();
     for applet in ["sh", "cat", "grep", "ls", "true"] {
         b.append_link(
-            &mut header(tar::EntryType::Symlink, 0o777),
+            &mut tar_header(tar::EntryType::Symlink, 0o777, 0),
             format!("bin/{applet}"),
             "busybox",
         )
@@ -908,13 +900,7 @@ pub fn tiny_image(sb: &Sandbox, name: &str, extra: &dyn Fn(&mut tar::Builder<std
 
 /// Adds a special file (FIFO or device) or symlink entry to a test layer.
 pub fn special(b: &mut tar::Builder<std::fs::File>, path: &str, kind: tar::EntryType, dev: (u32, u32), link: &str) {
-    let mut h = tar::Header::new_gnu();
-    h.set_entry_type(kind);
-    h.set_size(0);
-    h.set_mode(if kind == tar::EntryType::Symlink { 0o777 } else { 0o644 });
-    h.set_uid(0);
-    h.set_gid(0);
-    h.set_mtime(0);
+    let mut h = tar_header(kind, if kind == tar::EntryType::Symlink { 0o777 } else { 0o644 }, 0);
     // Device numbers written for FIFOs too (0): drun reads them for every special file.
     if matches!(
         kind,
@@ -950,12 +936,7 @@ fn an_images_passwd_that_is_a_fifo_or_dev_zero_is_refused_not_read() {
     let sb = ready();
     let group = |b: &mut tar::Builder<std::fs::File>| {
         let text = b"root:x:0:\nnogroup:x:65534:\n";
-        let mut h = tar::Header::new_gnu();
-        h.set_size(text.len() as u64);
-        h.set_mode(0o644);
-        h.set_uid(0);
-        h.set_gid(0);
-        h.set_mtime(0);
+        let mut h = tar_header(tar::EntryType::Regular, 0o644, text.len() as u64);
         b.append_data(&mut h, "etc/group", &text[..]).unwrap();
     };
     let fifo = tiny_image(&sb, "passwd-fifo", &|b| {
@@ -998,8 +979,8 @@ fn an_images_passwd_that_is_a_fifo_or_dev_zero_is_refused_not_read() {
 #[test]
 fn seccomp_blocks_io_uring_as_docker_does() {
     let sb = ready();
-    let probe = static_c(
-        sb.path(),
+    let uring = busybox_probe(
+        &sb,
         "uring",
         "#include <errno.h>\n#include <stdio.h>\n#include <string.h>\n#include <unistd.h>\n#include <sys/syscall.h>\n\
          int main(void) {\n\
@@ -1010,8 +991,7 @@ fn seccomp_blocks_io_uring_as_docker_does() {
            return 0;\n\
          }\n",
     );
-    let vol = format!("{}:/uring:ro", probe.display());
-    let out = sb.drun(&["run", "-v", &vol, &busybox(), "/uring"]).ok();
+    let out = uring(&[]).ok();
     assert_eq!(
         out.stdout, "io_uring_setup=1\n",
         "EPERM expected, as under Docker's default profile"
@@ -1019,17 +999,7 @@ fn seccomp_blocks_io_uring_as_docker_does() {
     // Unconfined the kernel answers for itself: it works where the host allows io_uring.
     let host_allows = std::fs::read_to_string("/proc/sys/kernel/io_uring_disabled").map_or(true, |v| v.trim() == "0");
     if host_allows {
-        let out = sb
-            .drun(&[
-                "run",
-                "--security-opt",
-                "seccomp=unconfined",
-                "-v",
-                &vol,
-                &busybox(),
-                "/uring",
-            ])
-            .ok();
+        let out = uring(&["--security-opt", "seccomp=unconfined"]).ok();
         assert_eq!(out.stdout, "io_uring_setup=0\n");
     }
 }
