@@ -40,7 +40,8 @@ DRUN=$NEW
 # shellcheck source=/dev/null
 . "$DRUN_TEST_STATE/env"
 
-W=$(mktemp -d "/var/tmp/drun-bench-$BENCH.XXXXXX")
+# (Short: podman refuses a --runroot path longer than 50 characters, and bench-pull's are $W/run.XXXXXX/podman-run.)
+W=$(mktemp -d "/var/tmp/drun-$BENCH.XXXXXX")
 BENCH_CLEANUP=()
 bench_cleanup() {
     local step

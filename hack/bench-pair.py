@@ -11,7 +11,9 @@ the binary, {variant} is "old" or "new" (for a store of each its own) and {fresh
 below --fresh-under) for that one run. --prepare runs (untimed, through sh) before every run. A run is timed
 from spawning ARGV (directly, no shell) to its exit; one that fails stops the benchmark.
 
-`table` prints a Markdown table of the recorded medians: old, new and new / old.
+`table` prints a Markdown table of the recorded medians: old, new, new / old, and the median of the rounds' own
+new / old ratios (each round's two runs are next to each other in time: this one is the least moved by the
+machine's speed changing during the benchmark).
 """
 import argparse
 import json
@@ -47,12 +49,14 @@ def cmd_run(args):
             if round_ >= args.warmup:
                 times[variant].append(took)
     result = {"name": args.name, "runs": args.runs, "binaries": binaries, "times": times,
-              "median": {v: statistics.median(t) for v, t in times.items()}}
+              "median": {v: statistics.median(t) for v, t in times.items()},
+              "paired_ratio": statistics.median(n / o for o, n in zip(times["old"], times["new"]))}
     with open(args.out, "w") as f:
         json.dump(result, f, indent=2)
     m = result["median"]
-    print("%s: old %.1f ms, new %.1f ms, new / old %.3f" % (args.name, m["old"] * 1e3, m["new"] * 1e3,
-                                                           m["new"] / m["old"]), file=sys.stderr)
+    print("%s: old %.1f ms, new %.1f ms, new / old %.3f (paired %.3f)"
+          % (args.name, m["old"] * 1e3, m["new"] * 1e3, m["new"] / m["old"], result["paired_ratio"]),
+          file=sys.stderr)
 
 
 def fmt(seconds):
@@ -68,12 +72,12 @@ def cmd_table(args):
     new = {r["binaries"]["new"] for r in results}
     print("Old and new drun, interleaved (old: `%s`, new: `%s`), medians:\n"
           % (", ".join(sorted(old)), ", ".join(sorted(new))))
-    print("| what | rounds | old | new | new ÷ old |")
-    print("|---|---:|---:|---:|---:|")
+    print("| what | rounds | old | new | new ÷ old | new ÷ old, per round |")
+    print("|---|---:|---:|---:|---:|---:|")
     for r in results:
         m = r["median"]
-        print("| %s | %d | %s | %s | **%.3f** |" % (r["name"], r["runs"], fmt(m["old"]), fmt(m["new"]),
-                                                    m["new"] / m["old"]))
+        print("| %s | %d | %s | %s | **%.3f** | %.3f |" % (r["name"], r["runs"], fmt(m["old"]), fmt(m["new"]),
+                                                           m["new"] / m["old"], r["paired_ratio"]))
 
 
 def main():
