@@ -681,7 +681,11 @@ fn a_rootless_host_pid_run_leaves_no_process_behind() {
         .sh(
             &["--pid", "host"],
             &common::busybox(),
-            &format!("setsid sh -c 'sleep 600; : {marker}' </dev/null >/dev/null 2>&1 & sleep 0.3; echo started"),
+            // The container's main process ends once the escaped one runs (it made its file).
+            &format!(
+                "setsid sh -c 'touch /tmp/escaped; sleep 600; : {marker}' </dev/null >/dev/null 2>&1 & \
+                 until [ -e /tmp/escaped ]; do sleep 0.01; done; echo started"
+            ),
         )
         .ok();
     assert!(out.stdout.contains("started"), "{out:?}", out = out.stdout);
