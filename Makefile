@@ -4,29 +4,48 @@ CARGO ?= cargo
 DRUN := target/release/drun
 export DRUN_TEST_STATE ?= /tmp/drun-test-state
 export DRUN_TEST_CACHE ?= /var/cache/drun-test
-# Packages drun needs to build (libseccomp for the run path) and the test infrastructure uses.
-DEB_PACKAGES := build-essential pkg-config libseccomp-dev libelf-dev zlib1g-dev catatonit qemu-system-x86 cpio kmod docker-registry skopeo umoci busybox-static debootstrap \
-	apache2-utils openssl jq zstd python3 ca-certificates curl uidmap util-linux
+# What compiling drun needs (Debian packages): a C toolchain and pkg-config for the -sys crates, libseccomp (the
+# seccomp binding), libelf and zlib (libbpf-sys builds libbpf, for the cgroup v2 device filter), CA certificates
+# (cargo fetches the crates over HTTPS).
+BUILD_PACKAGES := build-essential pkg-config libseccomp-dev libelf-dev zlib1g-dev ca-certificates
+# What the test fixtures (tests/fixtures/*.py) run on.
+FIXTURE_PACKAGES := python3
+# What the tests run on the host besides: catatonit (`--init`), util-linux (setpriv, unshare). The fixture and
+# harness scripts install their own tools when they run: registry.sh the registry, images.sh debootstrap, skopeo
+# and umoci, test-users.sh uidmap, hack/vm-test.sh qemu, hack/slurm.sh Slurm, the benchmarks podman and hyperfine.
+TEST_PACKAGES := catatonit util-linux
+# The drun binaries `make bench-run` and `make bench-pull` measure: NEW, and OLD interleaved with it when given
+# (`make bench-run OLD=/path/to/old/drun`).
+NEW ?= $(DRUN)
+OLD ?=
+BENCH_BINARIES = --new "$(NEW)" $(if $(OLD),--old "$(OLD)")
 
-.PHONY: all deps build registry images users demo test test-gpu lint unit integration bench-pull bench-run registry-down clean
+.PHONY: all deps fixture-deps test-deps build registry images users demo test test-gpu lint unit integration bench-pull bench-run registry-down clean
 
 all: build
 
 deps:
-	@. hack/lib.sh && need_pkgs $(DEB_PACKAGES)
+	@. hack/lib.sh && need_pkgs $(BUILD_PACKAGES)
 	@command -v $(CARGO) >/dev/null || { echo "cargo not found: install Rust (https://rustup.rs)"; exit 1; }
+
+fixture-deps:
+	@. hack/lib.sh && need_pkgs $(FIXTURE_PACKAGES)
+
+test-deps: fixture-deps
+	@. hack/lib.sh && need_pkgs $(TEST_PACKAGES)
 
 build: deps
 	$(CARGO) build --release --locked
 
-registry: deps
-	bash hack/registry.sh up
+# The test registries on loopback, with the test images (tests/fixtures/; `make registry-down` stops them).
+registry: fixture-deps
+	bash tests/fixtures/registry.sh up
 
 images: registry
-	bash hack/images.sh
+	bash tests/fixtures/images.sh
 
 registry-down:
-	bash hack/registry.sh down
+	bash tests/fixtures/registry.sh down
 
 demo: build images
 	bash hack/demo.sh
@@ -41,25 +60,27 @@ lint: build
 unit: deps
 	$(CARGO) test --release --locked --lib
 
-# The unprivileged users the rootless tests run as (hack/test-users.sh down removes them).
-users: deps
-	bash hack/test-users.sh up
+# The unprivileged users the rootless tests run as (tests/fixtures/test-users.sh down removes them).
+users:
+	bash tests/fixtures/test-users.sh up
 
-integration: build images users
+integration: build images users test-deps
 	$(CARGO) test --release --locked --test integration -- --test-threads=2
 
-test: lint build images users
+test: lint build images users test-deps
 	$(CARGO) test --release --locked -- --test-threads=2
 
 # On a host with an NVIDIA GPU and driver: the real-hardware test (ignored by `make test`).
-test-gpu: build images
+test-gpu: build images test-deps
 	$(CARGO) test --release --locked --test integration -- --ignored --test-threads=1 real_gpu_hardware
 
+# Benchmarks (BENCHMARKS.md): `make bench-run OLD=/path/to/old/drun` also times that binary against NEW
+# (target/release/drun unless given), interleaved.
 bench-pull: build images
-	bash hack/bench-pull
+	bash hack/bench-pull $(BENCH_BINARIES)
+
+bench-run: build images
+	bash hack/bench-run $(BENCH_BINARIES)
 
 clean:
 	$(CARGO) clean
-
-bench-run: build images
-	bash hack/bench-run

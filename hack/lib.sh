@@ -1,5 +1,6 @@
 # shellcheck shell=bash
-# Shared helpers for the hack/ test-infrastructure scripts. Source it:
+# Shared helpers for the scripts in hack/ (developer tools: benchmarks, demo, VM and Slurm harnesses) and
+# tests/fixtures/ (what the tests run against). Source it:
 #   . "$(git rev-parse --show-toplevel)/hack/lib.sh"
 # Everything lives in two places so scripts only ever touch what they own:
 #   DRUN_TEST_STATE  per-run state: registry configs/storage, pidfiles, logs, TLS, auth

@@ -198,9 +198,14 @@ mod tests {
         assert!(w.prelude_result().is_ok(), "reported once");
         w.stop();
         assert!(!w.is_running());
-        // Stopped: the next warm-up may start (as root, where the cgroup is writable, on a thread).
+        // Stopped: the next warm-up may start (on a thread where its cgroup is writable, else inline).
         let w2 = Warmup::start(Box::new(|| Ok(())));
         assert!(w2.prelude_result().is_ok());
+        assert_eq!(
+            w2.is_running(),
+            own_cgroup_writable(),
+            "the warm-up thread runs where this process may write its own cgroup.procs, and only there"
+        );
         if nix::unistd::geteuid().is_root() {
             assert!(
                 w2.is_running(),
@@ -209,16 +214,25 @@ mod tests {
         }
     }
 
+    /// Whether this process may write its own cgroup.procs (as root, or in a cgroup delegated to its user).
+    fn own_cgroup_writable() -> bool {
+        crate::run::cgroups::own_procs_file().is_some_and(|p| std::fs::OpenOptions::new().write(true).open(p).is_ok())
+    }
+
     #[test]
     fn a_panicking_prelude_is_an_error_not_a_hang() {
-        if !nix::unistd::geteuid().is_root() {
-            return; // without a writable cgroup the prelude runs inline, and its panic is the caller's
-        }
         let _turn = lock(&TURN);
-        let w = Warmup::start(Box::new(|| panic!("prelude failure (expected by this test)")));
+        let prelude: Prelude = Box::new(|| panic!("prelude failure (expected by this test)"));
+        if !own_cgroup_writable() {
+            // No warm-up thread (rootless, most often): the prelude runs inline, and its panic is the caller's.
+            let inline = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| Warmup::start(prelude)));
+            assert!(inline.is_err(), "an inline prelude's panic reaches the caller");
+            return;
+        }
+        let w = Warmup::start(prelude);
         assert!(
             w.is_running(),
-            "root can write its own cgroup.procs: the warm-up thread should run"
+            "its own cgroup.procs is writable: the warm-up thread should run"
         );
         let err = w.prelude_result().expect_err("the panic as an error");
         assert!(err.to_string().contains("/sys/fs/cgroup"), "{err}");

@@ -1,5 +1,7 @@
-//! Shared fixtures: the registries and images started by `hack/registry.sh` and `hack/images.sh`, a sandbox per
-//! test (its own store, config and home), and running drun with a timeout.
+//! Shared fixtures and helpers: the registries and images started by `tests/fixtures/registry.sh` and
+//! `tests/fixtures/images.sh`, the test images' references, a sandbox per test (its own store, config and home,
+//! and none of the caller's `DRUN_*`, `SLURM_*` or `NVIDIA_*` variables), running drun with a timeout, and the
+//! fault proxy.
 
 use std::collections::HashMap;
 use std::io::Read;
@@ -8,14 +10,17 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-/// Values from `$DRUN_TEST_STATE/env`, written by `hack/registry.sh up`.
+/// Values from `$DRUN_TEST_STATE/env`, written by `tests/fixtures/registry.sh up`.
 pub fn env(key: &str) -> String {
     static ENV: OnceLock<HashMap<String, String>> = OnceLock::new();
     let map = ENV.get_or_init(|| {
         let state = std::env::var("DRUN_TEST_STATE").unwrap_or_else(|_| "/tmp/drun-test-state".into());
         let path = Path::new(&state).join("env");
         let text = std::fs::read_to_string(&path).unwrap_or_else(|e| {
-            panic!("cannot read {}: {e}\nstart the test registries first: `make images` (hack/registry.sh up && hack/images.sh)", path.display())
+            panic!(
+                "cannot read {}: {e}\nstart the test registries first: `make images` (tests/fixtures/images.sh)",
+                path.display()
+            )
         });
         text.lines()
             .filter_map(|l| l.strip_prefix("export "))
@@ -34,6 +39,26 @@ pub fn registry() -> String {
 
 pub fn cache() -> PathBuf {
     PathBuf::from(env("DRUN_TEST_CACHE"))
+}
+
+/// A file of `tests/fixtures/` (scripts the tests run: the fault proxy, the image builder, the fake driver, ...).
+pub fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
+}
+
+/// `NAME:TAG` of the test registry's `drun-test/` images (built by `tests/fixtures/images.sh`).
+pub fn test_image(name_and_tag: &str) -> String {
+    format!("{}/drun-test/{name_and_tag}", registry())
+}
+
+/// The multi-arch busybox test image.
+pub fn busybox() -> String {
+    test_image("busybox:latest")
+}
+
+/// The three-layer Debian test image (whiteouts, hardlinks into a lower layer, odd modes and owners).
+pub fn debian() -> String {
+    test_image("debian:bookworm")
 }
 
 pub fn is_root() -> bool {
@@ -114,9 +139,10 @@ impl Sandbox {
         std::fs::write(self.config(), text).unwrap();
     }
 
-    /// A drun command isolated from the caller's store, configuration and credentials.
+    /// A drun command isolated from the caller's store, configuration, credentials and job environment.
     pub fn cmd(&self, args: &[&str]) -> Command {
         let mut c = Command::new(env!("CARGO_BIN_EXE_drun"));
+        without_callers_settings(&mut c);
         c.args(args)
             .env("DRUN_ROOT", self.store())
             .env("DRUN_STATE", self.state())
@@ -125,8 +151,6 @@ impl Sandbox {
             .env("XDG_RUNTIME_DIR", self.path().join("xdg"))
             .env_remove("DOCKER_CONFIG")
             .env_remove("REGISTRY_AUTH_FILE")
-            .env_remove("DRUN_FAILPOINT")
-            .env_remove("DRUN_LOG")
             .stdin(Stdio::null());
         c
     }
@@ -168,6 +192,47 @@ impl Sandbox {
                 .collect(),
             Err(_) => vec![],
         }
+    }
+}
+
+/// Removes from `c`'s environment every `DRUN_*`, `SLURM_*` and `NVIDIA_*` variable the test process inherited:
+/// inside a Slurm allocation, with a shared blob cache or a GPU host's settings, drun would act on them and the
+/// tests would check something else. What a test needs it sets again after this.
+pub fn without_callers_settings(c: &mut Command) {
+    for (key, _) in std::env::vars_os() {
+        let k = key.to_string_lossy();
+        if ["DRUN_", "SLURM_", "NVIDIA_"].iter().any(|p| k.starts_with(p)) {
+            c.env_remove(&key);
+        }
+    }
+}
+
+/// Gives `to` the environment changes `from` makes (set and removed variables): for a drun command line that a
+/// wrapper (a shell, a cgroup move) starts.
+pub fn copy_env(from: &Command, to: &mut Command) {
+    for (k, v) in from.get_envs() {
+        match v {
+            Some(v) => to.env(k, v),
+            None => to.env_remove(k),
+        };
+    }
+}
+
+/// The pid of a child process, as nix takes it.
+pub fn pid_of(child: &Child) -> nix::unistd::Pid {
+    nix::unistd::Pid::from_raw(i32::try_from(child.id()).expect("a pid fits in i32"))
+}
+
+/// Polls `ready` every 20 ms until it holds, for at most a minute.
+#[track_caller]
+pub fn wait_until(what: &str, mut ready: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !ready() {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
@@ -213,20 +278,35 @@ pub fn wait(mut child: Child, limit: Duration) -> Output {
     }
 }
 
-/// `hack/testproxy.py` in front of a registry, stopped (by PID) on drop.
+/// `tests/fixtures/testproxy.py` in front of a registry, stopped (by PID) on drop.
 pub struct Proxy {
     child: Child,
     pub port: u16,
     pub log: PathBuf,
 }
 
+/// A request the proxy logged.
+#[derive(Debug)]
+pub struct Request {
+    pub method: String,
+    pub path: String,
+    pub status: String,
+    /// The client's `Range` header, or `-`.
+    pub range: String,
+    /// The faults that fired for it (`reset-blob`, `no-range`, `status-blob`, ...), comma-separated; empty when none.
+    pub faults: String,
+    /// When it arrived, in milliseconds of the proxy's monotonic clock.
+    pub at_ms: u64,
+}
+
 impl Proxy {
+    /// Starts the proxy with `faults` (testproxy.py's `--fault` specs).
     pub fn start(dir: &Path, upstream: &str, faults: &[&str]) -> Proxy {
         let port_file = dir.join(format!("proxy-{}.port", std::process::id()));
         let log = dir.join("proxy.log");
         let _ = std::fs::remove_file(&port_file);
         let mut c = Command::new("python3");
-        c.arg(env("DRUN_TEST_TESTPROXY"))
+        c.arg(fixture("testproxy.py"))
             .args(["--upstream", upstream, "--port-file"])
             .arg(&port_file)
             .arg("--log")
@@ -258,15 +338,27 @@ impl Proxy {
         format!("127.0.0.1:{}", self.port)
     }
 
-    /// Logged requests: (method, path, status, range header).
-    pub fn requests(&self) -> Vec<(String, String, String, String)> {
+    /// The requests logged so far, in the order they were answered.
+    pub fn requests(&self) -> Vec<Request> {
         std::fs::read_to_string(&self.log)
             .unwrap_or_default()
             .lines()
             .map(|l| {
-                let mut p = l.splitn(4, ' ');
-                let mut next = || p.next().unwrap_or("").to_string();
-                (next(), next(), next(), next())
+                let mut words = l.split_whitespace();
+                let mut next = || words.next().unwrap_or("").to_string();
+                let (method, path, status, range) = (next(), next(), next(), next());
+                let rest: Vec<String> = std::iter::from_fn(|| words.next().map(String::from)).collect();
+                let field = |name: &str| rest.iter().find_map(|w| w.strip_prefix(name)).unwrap_or("").to_string();
+                Request {
+                    method,
+                    path,
+                    status,
+                    range,
+                    faults: field("fault="),
+                    at_ms: field("at=")
+                        .parse()
+                        .unwrap_or_else(|_| panic!("no at= in the proxy's log line {l:?}")),
+                }
             })
             .collect()
     }
@@ -346,16 +438,86 @@ pub fn static_c(dir: &Path, name: &str, source: &str) -> PathBuf {
     out
 }
 
-/// Builds the OCI layout a `hack/mkimage.py` spec file describes.
-pub fn mkimage(spec_file: &Path) {
+/// The header of an entry of a layer a test writes: GNU format, owned by root, mtime 0.
+pub fn tar_header(kind: tar::EntryType, mode: u32, size: u64) -> tar::Header {
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(kind);
+    h.set_size(size);
+    h.set_mode(mode);
+    h.set_uid(0);
+    h.set_gid(0);
+    h.set_mtime(0);
+    h
+}
+
+/// Builds the OCI layout a `tests/fixtures/mkimage.py` spec file describes.
+pub fn mkimage_build(spec_file: &Path) {
+    mkimage(&["build".as_ref(), spec_file.as_os_str()]);
+}
+
+/// Writes the layer tarball `out` of one of `tests/fixtures/mkimage.py`'s recipes (`extra`: its options).
+pub fn mkimage_layer(recipe: &str, out: &Path, extra: &[&std::ffi::OsStr]) {
+    let mut args = vec!["layer".as_ref(), recipe.as_ref(), out.as_os_str()];
+    args.extend_from_slice(extra);
+    mkimage(&args);
+}
+
+fn mkimage(args: &[&std::ffi::OsStr]) {
     let st = Command::new("python3")
-        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/hack/mkimage.py"))
-        .arg("build")
-        .arg(spec_file)
+        .arg(fixture("mkimage.py"))
+        .args(args)
         .stdout(Stdio::null())
         .status()
         .unwrap();
-    assert!(st.success(), "mkimage.py build");
+    assert!(st.success(), "mkimage.py {args:?}");
+}
+
+/// Runs `cmd` to completion (killed after `limit`), with the peak resident memory of its process in bytes and how
+/// long it ran. The peak is the `VmHWM` of its /proc status, sampled every few milliseconds until it exits
+/// (`ru_maxrss` would not do: at `exec` the kernel carries the spawning process's high-water mark over, and that is
+/// this test process's). Its output is kept up to 1 MiB, so that an unbounded one cannot grow this process either.
+pub fn measured(mut cmd: Command, limit: Duration) -> (Output, u64, Duration) {
+    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let capped = |mut r: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            let _ = (&mut r).take(1 << 20).read_to_end(&mut buf);
+            let _ = std::io::copy(&mut r, &mut std::io::sink());
+            String::from_utf8_lossy(&buf).into_owned()
+        })
+    };
+    let t1 = capped(Box::new(child.stdout.take().unwrap()));
+    let t2 = capped(Box::new(child.stderr.take().unwrap()));
+    let status_file = format!("/proc/{}/status", child.id());
+    let start = Instant::now();
+    let mut peak_kib = 0u64;
+    let mut timed_out = false;
+    let status = loop {
+        if let Some(hwm) = std::fs::read_to_string(&status_file).ok().and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        }) {
+            peak_kib = peak_kib.max(hwm);
+        }
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        if !timed_out && start.elapsed() > limit {
+            timed_out = true;
+            let _ = child.kill();
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    let took = start.elapsed();
+    let stderr = t2.join().unwrap();
+    assert!(!timed_out, "{cmd:?} ran longer than {limit:?}; stderr: {stderr}");
+    let out = Output {
+        status,
+        stdout: t1.join().unwrap(),
+        stderr,
+    };
+    (out, peak_kib * 1024, took)
 }
 
 impl Sandbox {
@@ -363,11 +525,11 @@ impl Sandbox {
     /// gives it one.
     pub fn at_terminal(&self, args: &str) -> Command {
         let mut c = Command::new("script");
+        without_callers_settings(&mut c);
         c.args(["-qec", &format!("{} {args}", env!("CARGO_BIN_EXE_drun")), "/dev/null"])
             .env("DRUN_ROOT", self.store())
             .env("DRUN_STATE", self.state())
             .env("DRUN_CONFIG", self.config())
-            .env_remove("DRUN_LOG")
             .stdin(Stdio::null());
         c
     }

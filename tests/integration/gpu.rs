@@ -1,4 +1,4 @@
-//! GPUs against a simulated NVIDIA driver tree (hack/fake-driver.sh: real device nodes made with mknod, real
+//! GPUs against a simulated NVIDIA driver tree (tests/fixtures/fake-driver.sh: real device nodes made with mknod, real
 //! ELF libraries built with gcc, fake /proc and nvidia-smi), checked from inside real containers. The test on
 //! real hardware is ignored here (no GPU on this machine): `make test-gpu` runs it on a GPU host.
 
@@ -8,10 +8,6 @@ use crate::common::*;
 
 const A100: &str = "GPU-a1a1a1a1-0000-4000-8000-000000000001";
 const K80: &str = "GPU-c0c0c0c0-0000-4000-8000-000000000002";
-
-fn image(name: &str) -> String {
-    format!("{}/drun-test/{name}", registry())
-}
 
 /// A sandbox with busybox and debian pulled, a fake driver tree and an empty CDI directory.
 struct Gpu {
@@ -23,12 +19,11 @@ struct Gpu {
 fn setup(libdir: Option<&str>) -> Gpu {
     assert!(is_root(), "GPU tests need root (mknod)");
     let sb = Sandbox::new();
-    sb.drun(&["pull", "-q", &image("busybox:latest")]).ok();
-    sb.drun(&["pull", "-q", &image("debian:bookworm")]).ok();
+    sb.drun(&["pull", "-q", &test_image("busybox:latest")]).ok();
+    sb.drun(&["pull", "-q", &test_image("debian:bookworm")]).ok();
     let root = sb.path().join("driver");
     let mut cmd = std::process::Command::new("bash");
-    cmd.arg(concat!(env!("CARGO_MANIFEST_DIR"), "/hack/fake-driver.sh"))
-        .arg(&root);
+    cmd.arg(fixture("fake-driver.sh")).arg(&root);
     if let Some(l) = libdir {
         cmd.args(["--libdir", l]);
     }
@@ -51,7 +46,7 @@ impl Gpu {
 
     /// `drun run FLAGS IMAGE sh -c SCRIPT`.
     fn sh(&self, flags: &[&str], img: &str, script: &str) -> Output {
-        let img = image(img);
+        let img = test_image(img);
         let mut args = vec!["run"];
         args.extend_from_slice(flags);
         args.extend_from_slice(&[&img, "sh", "-c", script]);
@@ -160,7 +155,7 @@ fn selection_by_uuid_name_memory_and_clear_errors() {
             "run",
             "--device",
             "nvidia.com/gpu=1",
-            &image("busybox:latest"),
+            &test_image("busybox:latest"),
             "sh",
             "-c",
             NODES,
@@ -201,7 +196,7 @@ fn selection_by_uuid_name_memory_and_clear_errors() {
       gpu: {{name: V100}}
     commands: ["true"]
 "#,
-            bb = image("busybox:latest")
+            bb = test_image("busybox:latest")
         ),
     )
     .unwrap();
@@ -231,7 +226,7 @@ fn selection_by_uuid_name_memory_and_clear_errors() {
         .fails_with(125, &["invalid --gpus \"lots\""]);
     // The host's NVIDIA_VISIBLE_DEVICES restricts the candidates outside Slurm.
     let out = g.sb.drun_with(
-        &["run", "--gpus", "all", &image("busybox:latest"), "sh", "-c", NODES],
+        &["run", "--gpus", "all", &test_image("busybox:latest"), "sh", "-c", NODES],
         &[
             ("DRUN_DRIVER_ROOT", g.root.as_os_str()),
             ("DRUN_CDI_SPEC_DIRS", g.cdi.as_os_str()),
@@ -400,7 +395,7 @@ fn a_slurm_jobs_device_cgroup_decides_which_gpus_are_usable() {
     std::fs::write(cg.join("devices.deny"), "c 195:1 rwm").unwrap();
     let job = |gpus: &str| {
         let c =
-            g.sb.cmd(&["run", "--gpus", gpus, &image("busybox:latest"), "sh", "-c", NODES]);
+            g.sb.cmd(&["run", "--gpus", gpus, &test_image("busybox:latest"), "sh", "-c", NODES]);
         let prog = c.get_program().to_owned();
         let args: Vec<_> = c.get_args().map(|a| a.to_owned()).collect();
         let mut sh = std::process::Command::new("sh");
@@ -408,12 +403,7 @@ fn a_slurm_jobs_device_cgroup_decides_which_gpus_are_usable() {
             .arg(format!("echo $$ > {}/cgroup.procs && exec \"$0\" \"$@\"", cg.display()))
             .arg(prog)
             .args(args);
-        for (k, v) in c.get_envs() {
-            match v {
-                Some(v) => sh.env(k, v),
-                None => sh.env_remove(k),
-            };
-        }
+        copy_env(&c, &mut sh);
         sh.env("DRUN_DRIVER_ROOT", &g.root)
             .env("DRUN_CDI_SPEC_DIRS", &g.cdi)
             .env("SLURM_JOB_ID", "4242")
@@ -426,7 +416,7 @@ fn a_slurm_jobs_device_cgroup_decides_which_gpus_are_usable() {
     let _ = std::fs::remove_dir(&cg);
     // Without device constraints, SLURM_STEP_GPUS (host indices) names the job's GPUs.
     let step = g.sb.drun_with(
-        &["run", "--gpus", "all", &image("busybox:latest"), "sh", "-c", NODES],
+        &["run", "--gpus", "all", &test_image("busybox:latest"), "sh", "-c", NODES],
         &[
             ("DRUN_DRIVER_ROOT", g.root.as_os_str()),
             ("DRUN_CDI_SPEC_DIRS", g.cdi.as_os_str()),
@@ -532,7 +522,7 @@ fn any_cdi_device_by_name() {
             "run",
             "--device",
             "example.com/widget=w0",
-            &image("busybox:latest"),
+            &test_image("busybox:latest"),
             "sh",
             "-c",
             "stat -c '%n %t:%T' /dev/widget0; echo $WIDGET",
@@ -544,7 +534,7 @@ fn any_cdi_device_by_name() {
         "run",
         "--device",
         "example.com/widget=nope",
-        &image("busybox:latest"),
+        &test_image("busybox:latest"),
         "true",
     ])
     .fails_with(
@@ -570,7 +560,7 @@ fn missing_uvm_and_missing_driver() {
     let empty = g.sb.path().join("no-driver");
     std::fs::create_dir_all(&empty).unwrap();
     g.sb.drun_with(
-        &["run", "--gpus", "1", &image("busybox:latest"), "true"],
+        &["run", "--gpus", "1", &test_image("busybox:latest"), "true"],
         &[
             ("DRUN_DRIVER_ROOT", empty.as_os_str()),
             ("DRUN_CDI_SPEC_DIRS", g.cdi.as_os_str()),
@@ -609,7 +599,7 @@ fn the_dstack_example_with_a_simulated_k80() {
         name: "K80"
         count: 1
 "#,
-            image("busybox:latest")
+            test_image("busybox:latest")
         ),
     )
     .unwrap();
@@ -630,7 +620,7 @@ fn the_dstack_example_with_a_simulated_k80() {
 fn real_gpu_hardware() {
     assert!(is_root());
     let sb = Sandbox::new();
-    let debian = image("debian:bookworm");
+    let debian = test_image("debian:bookworm");
     sb.drun(&["pull", "-q", &debian]).ok();
     let host = std::process::Command::new("nvidia-smi")
         .arg("-L")

@@ -3,6 +3,8 @@
 
 // Fixtures and checks in the tests' own temporary directories: the path-following helpers are fine here.
 #![allow(clippy::disallowed_methods)]
+// What a test measures (peak memory, time) goes to stderr, which the test harness shows for a failing test.
+#![allow(clippy::print_stderr)]
 mod common;
 mod gpu;
 mod pull;

@@ -1,12 +1,8 @@
 //! `drun pull` from every kind of source and registry, and its errors.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::common::*;
-
-fn busybox() -> String {
-    format!("{}/drun-test/busybox:latest", registry())
-}
 
 #[test]
 fn multi_arch_index_resolves_to_the_host_platform() {
@@ -52,7 +48,7 @@ fn warm_repull_fetches_nothing() {
 #[test]
 fn docker_schema2_manifest_list_and_manifest() {
     let sb = Sandbox::new();
-    let list = format!("{}/drun-test/busybox:docker", registry());
+    let list = test_image("busybox:docker");
     sb.drun(&["pull", &list]).ok();
     let doc: serde_json::Value = serde_json::from_str(&sb.drun(&["inspect", &list]).ok().stdout).unwrap();
     assert_eq!(
@@ -69,7 +65,7 @@ fn docker_schema2_manifest_list_and_manifest() {
         "amd64"
     );
 
-    let deb = format!("{}/drun-test/debian:bookworm-docker", registry());
+    let deb = test_image("debian:bookworm-docker");
     sb.drun(&["pull", "-q", &deb]).ok();
     let doc: serde_json::Value = serde_json::from_str(&sb.drun(&["inspect", &deb]).ok().stdout).unwrap();
     assert_eq!(
@@ -82,8 +78,8 @@ fn docker_schema2_manifest_list_and_manifest() {
 #[test]
 fn gzip_zstd_and_plain_layers_share_unpacked_layers() {
     let sb = Sandbox::new();
-    let gz = format!("{}/drun-test/debian:bookworm", registry());
-    let zst = format!("{}/drun-test/debian:bookworm-zstd", registry());
+    let gz = debian();
+    let zst = test_image("debian:bookworm-zstd");
     let first = sb.drun(&["pull", &gz]).ok();
     let n: usize = sb.entries("layers/host").len();
     assert!(n >= 3, "debian has at least 3 layers, store has {n}");
@@ -115,7 +111,7 @@ fn gzip_zstd_and_plain_layers_share_unpacked_layers() {
     b.sort();
     assert_eq!(a, b);
 
-    let plain = format!("{}/drun-test/busybox:uncompressed", registry());
+    let plain = test_image("busybox:uncompressed");
     sb2.drun(&["pull", "-q", &plain]).ok();
     let doc: serde_json::Value = serde_json::from_str(&sb2.drun(&["inspect", &plain]).ok().stdout).unwrap();
     assert_eq!(doc["Layers"][0]["media_type"], "application/vnd.oci.image.layer.v1.tar");
@@ -148,7 +144,7 @@ fn pull_by_digest_and_reference_normalisation() {
 #[test]
 fn unknown_image_names_the_reference_and_the_registry_answer() {
     let sb = Sandbox::new();
-    let missing = format!("{}/drun-test/no-such-image:latest", registry());
+    let missing = test_image("no-such-image:latest");
     let out = sb
         .drun(&["pull", &missing])
         .fails_with(125, &["error: failed to pull", &missing, "Caused by:"]);
@@ -157,7 +153,7 @@ fn unknown_image_names_the_reference_and_the_registry_answer() {
         "{}",
         out.stderr
     );
-    let tag = format!("{}/drun-test/busybox:no-such-tag", registry());
+    let tag = test_image("busybox:no-such-tag");
     sb.drun(&["pull", &tag]).fails_with(125, &[&tag, "ManifestUnknown"]);
     assert!(sb.drun(&["images", "-q"]).ok().stdout.is_empty());
     sb.drun(&["pull", "Not A Reference"])
@@ -367,7 +363,7 @@ fn tampered_local_blob_is_rejected_and_nothing_is_stored() {
 #[test]
 fn images_inspect_rmi_prune() {
     let sb = Sandbox::new();
-    let deb = format!("{}/drun-test/debian:bookworm", registry());
+    let deb = debian();
     sb.drun(&["pull", "-q", &busybox()]).ok();
     sb.drun(&["pull", "-q", &deb]).ok();
     let table = sb.drun(&["images"]).ok().stdout;
@@ -526,60 +522,6 @@ mod hostile {
     }
 }
 
-/// Runs drun to completion (killed after `limit`), with the peak resident memory of the drun process in MiB:
-/// the `VmHWM` of its /proc status, sampled until it exits (`ru_maxrss` would not do: at `exec` the kernel
-/// carries the spawning process's high-water mark over, and that is this test process's). Its output is kept
-/// up to 1 MiB, so that an unbounded one cannot grow this process either.
-fn drun_measured(sb: &Sandbox, args: &[&str], limit: Duration) -> (Output, u64, Duration) {
-    use std::io::Read;
-    let mut child = sb
-        .cmd(args)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let capped = |mut r: Box<dyn Read + Send>| {
-        std::thread::spawn(move || {
-            let mut buf = Vec::new();
-            let _ = (&mut r).take(1 << 20).read_to_end(&mut buf);
-            let _ = std::io::copy(&mut r, &mut std::io::sink());
-            String::from_utf8_lossy(&buf).into_owned()
-        })
-    };
-    let t1 = capped(Box::new(child.stdout.take().unwrap()));
-    let t2 = capped(Box::new(child.stderr.take().unwrap()));
-    let status_file = format!("/proc/{}/status", child.id());
-    let start = Instant::now();
-    let mut peak_kib = 0u64;
-    let mut timed_out = false;
-    let status = loop {
-        if let Some(hwm) = std::fs::read_to_string(&status_file).ok().and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmHWM:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        }) {
-            peak_kib = peak_kib.max(hwm);
-        }
-        if let Some(st) = child.try_wait().unwrap() {
-            break st;
-        }
-        if !timed_out && start.elapsed() > limit {
-            timed_out = true;
-            let _ = child.kill();
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    };
-    let took = start.elapsed();
-    let stderr = t2.join().unwrap();
-    assert!(!timed_out, "drun {args:?} ran longer than {limit:?}; stderr: {stderr}");
-    let out = Output {
-        status,
-        stdout: t1.join().unwrap(),
-        stderr,
-    };
-    (out, peak_kib / 1024, took)
-}
-
 /// A manifest whose config descriptor says `size`.
 fn manifest_with_config(digest: &str, size: u64) -> serde_json::Value {
     serde_json::json!({
@@ -682,7 +624,8 @@ fn hostile_registry_answers_are_read_within_caps() {
     let mut failures = Vec::new();
     for (image, needles) in cases {
         let sb = Sandbox::new();
-        let (out, rss_mib, took) = drun_measured(&sb, &["pull", &image], Duration::from_secs(90));
+        let (out, rss, took) = measured(sb.cmd(&["pull", &image]), Duration::from_secs(90));
+        let rss_mib = rss >> 20;
         let said: String = out.stderr.chars().take(2000).collect();
         eprintln!("{image}: {}, peak {rss_mib} MiB, {took:?}\n{said}", out.status);
         let mut wrong = Vec::new();

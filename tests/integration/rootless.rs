@@ -1,24 +1,16 @@
-//! Rootless drun, run as real unprivileged users made by `hack/test-users.sh`: `drun-sub` (subordinate uid/gid
+//! Rootless drun, run as real unprivileged users made by `tests/fixtures/test-users.sh`: `drun-sub` (subordinate uid/gid
 //! ranges in /etc/subuid and /etc/subgid) and `drun-nosub` (none, like an LDAP account on an HPC node). drun is
 //! started through `setpriv`, which execs it directly: signals reach drun itself.
 
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::common::{self, Output, Proxy};
 
 const SUB: &str = "drun-sub";
 const NOSUB: &str = "drun-nosub";
-
-fn busybox() -> String {
-    format!("{}/drun-test/busybox:latest", common::registry())
-}
-
-fn debian() -> String {
-    format!("{}/drun-test/debian:bookworm", common::registry())
-}
 
 /// A test user's sandbox: a home of its own (store and config below it by default), and a runtime dir.
 struct UserBox {
@@ -29,9 +21,9 @@ struct UserBox {
 }
 
 fn ids(user: &str) -> (u32, u32) {
-    let u = nix::unistd::User::from_name(user)
-        .unwrap()
-        .unwrap_or_else(|| panic!("test user {user} is missing: run `bash hack/test-users.sh up` (make test does)"));
+    let u = nix::unistd::User::from_name(user).unwrap().unwrap_or_else(|| {
+        panic!("test user {user} is missing: run `bash tests/fixtures/test-users.sh up` (make test does)")
+    });
     (u.uid.as_raw(), u.gid.as_raw())
 }
 
@@ -115,7 +107,7 @@ fn lines(s: &str) -> Vec<&str> {
 fn pull_and_run_as_users_with_and_without_subordinate_ids() {
     for user in [SUB, NOSUB] {
         let ub = UserBox::new(user);
-        ub.drun(&["pull", "-q", &debian()]).ok();
+        ub.drun(&["pull", "-q", &common::debian()]).ok();
         // Layers are unpacked per ID mapping, into the user's own default store.
         let layers = ub.store().join("layers");
         let keys: Vec<String> = std::fs::read_dir(&layers)
@@ -130,7 +122,7 @@ fn pull_and_run_as_users_with_and_without_subordinate_ids() {
         let out = ub
             .sh(
                 &["-v", &format!("{}:/data", ub.work().display()), "--shm-size", "64m"],
-                &debian(),
+                &common::debian(),
                 "id -u; id -g; wc -l < /proc/self/uid_map; stat -c '%g %a' /etc/shadow /usr/bin/passwd; \
                  echo from-root > /data/out.txt; df -k /dev/shm | tail -1 | awk '{print $2}'; \
                  ls /proc/1/root >/dev/null 2>&1 && echo own-pid-ns",
@@ -158,23 +150,27 @@ fn pull_and_run_as_users_with_and_without_subordinate_ids() {
                      [ /opt/links/hard-a -ef /opt/links/hard-b ] && echo hardlinked; cat /opt/links/hard-lower";
         let owned = if user == SUB { "1234:5678 640" } else { "0:0 640" };
         let want = format!("new\nv2\n{owned}\n0:0 755\nhardlinked\nstays\n");
-        assert_eq!(ub.sh(&[], &debian(), check).ok().stdout, want, "{user}: overlay");
-        let mut c = ub.cmd(&["run", "-q", &debian(), "sh", "-c", check]);
+        assert_eq!(
+            ub.sh(&[], &common::debian(), check).ok().stdout,
+            want,
+            "{user}: overlay"
+        );
+        let mut c = ub.cmd(&["run", "-q", &common::debian(), "sh", "-c", check]);
         c.env("DRUN_ROOTFS", "flatten");
         let out = common::run(c, Duration::from_secs(300)).ok();
         assert_eq!(out.stdout, want, "{user}: flattened");
 
         // Exit codes as for root.
-        assert_eq!(ub.sh(&[], &busybox(), "exit 3").code(), Some(3));
-        ub.drun(&["run", "-q", &busybox(), "no-such-cmd"])
+        assert_eq!(ub.sh(&[], &common::busybox(), "exit 3").code(), Some(3));
+        ub.drun(&["run", "-q", &common::busybox(), "no-such-cmd"])
             .fails_with(127, &["no-such-cmd"]);
-        ub.drun(&["run", "-q", &busybox(), "/etc/passwd"])
+        ub.drun(&["run", "-q", &common::busybox(), "/etc/passwd"])
             .fails_with(126, &["/etc/passwd"]);
         // --network none: only loopback, up.
         let out = ub
             .sh(
                 &["--network", "none"],
-                &busybox(),
+                &common::busybox(),
                 "ls /sys/class/net; ip -o -4 addr show lo",
             )
             .ok();
@@ -190,14 +186,14 @@ fn pull_and_run_as_users_with_and_without_subordinate_ids() {
 #[test]
 fn users_outside_the_mapping_are_refused_clearly() {
     let ub = UserBox::new(NOSUB);
-    ub.drun(&["run", "-q", "-u", "1000", &busybox(), "id"])
+    ub.drun(&["run", "-q", "-u", "1000", &common::busybox(), "id"])
         .fails_with(125, &["uid 1000", "no subordinate ids", "/etc/subuid"]);
     // With ranges, other users exist and own what they write.
     let ub = UserBox::new(SUB);
     let out = ub
         .sh(
             &["-u", "1000:1000"],
-            &busybox(),
+            &common::busybox(),
             "id -u; touch /tmp/f; stat -c %u /tmp/f",
         )
         .ok();
@@ -210,15 +206,23 @@ fn keep_id_runs_as_the_caller_with_a_passwd_entry() {
         let ub = UserBox::new(user);
         // Pulled for the default mapping first: keep-id with subordinate ids is another mapping, whose layers
         // are unpacked when first needed (not with --pull=never).
-        ub.drun(&["pull", "-q", &busybox()]).ok();
+        ub.drun(&["pull", "-q", &common::busybox()]).ok();
         if user == SUB {
-            ub.drun(&["run", "-q", "--pull=never", "--userns", "keep-id", &busybox(), "true"])
-                .fails_with(125, &["not unpacked for this ID mapping", "--pull=never"]);
+            ub.drun(&[
+                "run",
+                "-q",
+                "--pull=never",
+                "--userns",
+                "keep-id",
+                &common::busybox(),
+                "true",
+            ])
+            .fails_with(125, &["not unpacked for this ID mapping", "--pull=never"]);
         }
         let out = ub
             .sh(
                 &["--userns", "keep-id", "-v", &format!("{}:/data", ub.work().display())],
-                &busybox(),
+                &common::busybox(),
                 "id -u; id -g; id -un; echo $HOME; stat -c %u $HOME; touch /data/mine; \
                  stat -c '%u' /etc/passwd",
             )
@@ -243,7 +247,7 @@ fn keep_id_runs_as_the_caller_with_a_passwd_entry() {
                 .sum()
         };
         assert_eq!(copies(), if user == SUB { 2 } else { 1 });
-        ub.drun(&["rmi", &busybox()]).ok();
+        ub.drun(&["rmi", &common::busybox()]).ok();
         assert_eq!(copies(), 0);
     }
 }
@@ -261,7 +265,7 @@ fn limits_as(user: &'static str) {
     let out = ub
         .sh(
             &["--memory", "64m", "--cpus", "0.5", "--pids-limit", "50"],
-            &busybox(),
+            &common::busybox(),
             "echo ran",
         )
         .ok();
@@ -277,26 +281,15 @@ fn limits_as(user: &'static str) {
         "--require-limits",
         "--memory",
         "64m",
-        &busybox(),
+        &common::busybox(),
         "echo",
         "ran",
     ]);
     let out = out.fails_with(125, &["--require-limits", "--memory 64"]);
     assert!(!out.stdout.contains("ran"));
     // No limit asked for: no warning.
-    let out = ub.sh(&[], &busybox(), "true").ok();
+    let out = ub.sh(&[], &common::busybox(), "true").ok();
     assert!(!out.stderr.contains("NOT enforced"), "{}", out.stderr);
-}
-
-fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !f() {
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "timed out waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 /// Processes whose command line starts with `marker` (drun's own command line only contains it).
@@ -322,7 +315,7 @@ fn signals_exit_codes_and_a_killed_drun_without_a_tty() {
 
 fn signals_as(user: &'static str) {
     let ub = UserBox::new(user);
-    ub.drun(&["pull", "-q", &busybox()]).ok();
+    ub.drun(&["pull", "-q", &common::busybox()]).ok();
     // SIGTERM reaches the container through --init; the exit status is 128+15.
     let marker = format!("sleep 3{}", std::process::id() % 1000);
     let child = ub
@@ -332,7 +325,7 @@ fn signals_as(user: &'static str) {
             "--init",
             "--name",
             "term-me",
-            &busybox(),
+            &common::busybox(),
             "sh",
             "-c",
             &marker,
@@ -341,22 +334,22 @@ fn signals_as(user: &'static str) {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    wait_for("the container", || !pids_running(&marker).is_empty());
+    common::wait_until("the container", || !pids_running(&marker).is_empty());
     let ps = ub.drun(&["ps", "-q"]).ok();
     assert_eq!(ps.stdout.lines().count(), 1, "{}", ps.stdout);
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::SIGTERM).unwrap();
+    nix::sys::signal::kill(common::pid_of(&child), nix::sys::signal::SIGTERM).unwrap();
     let out = common::wait(child, Duration::from_secs(30));
     assert_eq!(out.code(), Some(143), "{}", out.stderr);
     assert!(pids_running(&marker).is_empty());
 
     // A SIGKILLed drun leaves its container and run directory; the next drun cleans both up.
     let child = ub
-        .cmd(&["run", "-q", &busybox(), "sh", "-c", &marker])
+        .cmd(&["run", "-q", &common::busybox(), "sh", "-c", &marker])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    wait_for("the container", || !pids_running(&marker).is_empty());
+    common::wait_until("the container", || !pids_running(&marker).is_empty());
     let mut child = child;
     child.kill().unwrap();
     child.wait().unwrap();
@@ -369,7 +362,7 @@ fn signals_as(user: &'static str) {
         "so does the container: the next drun must kill it"
     );
     ub.drun(&["ps"]).ok();
-    wait_for("the orphaned container to be killed", || {
+    common::wait_until("the orphaned container to be killed", || {
         pids_running(&marker).is_empty()
     });
     assert!(ub.leftovers().is_empty(), "{:?}", ub.leftovers());
@@ -377,15 +370,47 @@ fn signals_as(user: &'static str) {
 
 #[test]
 fn state_falls_back_to_tmp_when_xdg_runtime_dir_is_unusable() {
-    // `srun` may carry a login node's XDG_RUNTIME_DIR that does not exist on the compute node.
+    // `srun` may carry a login node's XDG_RUNTIME_DIR that does not exist on the compute node. The fallback,
+    // /tmp/drun-<uid>, is a fixed host path: drun runs with a /tmp of this test's own (removed with the sandbox).
     let ub = UserBox::new(NOSUB);
-    let mut c = ub.cmd(&["--log-level", "debug", "run", "-q", &busybox(), "true"]);
+    let tmp = ub.path().join("tmp");
+    std::fs::create_dir(&tmp).unwrap();
+    std::fs::set_permissions(&tmp, std::os::unix::fs::PermissionsExt::from_mode(0o1777)).unwrap();
+    let mut c = ub.cmd(&["--log-level", "debug", "run", "-q", &common::busybox(), "true"]);
     c.env("XDG_RUNTIME_DIR", "/run/user/does-not-exist");
-    let out = common::run(c, Duration::from_secs(120)).ok();
+    let out = common::run(with_tmp_at(c, &tmp, ub.path()), Duration::from_secs(120)).ok();
     assert!(out.stderr.contains("XDG_RUNTIME_DIR is not usable"), "{}", out.stderr);
-    let fallback = PathBuf::from(format!("/tmp/drun-{}", ub.uid));
+    let fallback = tmp.join(format!("drun-{}", ub.uid));
     let meta = std::fs::metadata(&fallback).unwrap();
     assert_eq!((meta.uid(), meta.mode() & 0o777), (ub.uid, 0o700));
+}
+
+/// `c` (a command of [`common::as_user`]: a clean environment) in a mount namespace of its own whose /tmp is `tmp`;
+/// `keep` (a directory below /tmp, such as the sandbox `tmp` is in) stays reachable at its own path.
+fn with_tmp_at(c: Command, tmp: &Path, keep: &Path) -> Command {
+    let script = r#"set -e
+tmp=$1 keep=$2
+shift 2
+case $keep in /tmp/*)
+    mkdir -p "$tmp/${keep#/tmp/}"
+    mount --bind "$keep" "$tmp/${keep#/tmp/}" ;;
+esac
+mount --rbind "$tmp" /tmp
+exec "$@"
+"#;
+    let mut w = Command::new("unshare");
+    w.args(["--mount", "--propagation", "private", "--", "sh", "-c", script, "sh"])
+        .arg(tmp)
+        .arg(keep)
+        .arg(c.get_program())
+        .args(c.get_args())
+        .env_clear()
+        .stdin(Stdio::null());
+    common::copy_env(&c, &mut w);
+    if let Some(d) = c.get_current_dir() {
+        w.current_dir(d);
+    }
+    w
 }
 
 #[test]
@@ -401,7 +426,7 @@ fn workflow_as(user: &'static str) {
         ub.work().join("workflow.yaml"),
         format!(
             "workflows:\n  - name: make\n    provider: docker\n    image: {}\n    resources:\n      memory: 64MB\n    commands:\n      - mkdir -p out\n      - echo by-root > out/root.txt\n      - echo by-other > out/other.txt\n      - chown 1234:1234 out/other.txt || true\n      - exit 4\n    artifacts:\n      - out\n",
-            busybox()
+            common::busybox()
         ),
     )
     .unwrap();
@@ -431,7 +456,7 @@ fn a_broken_newuidmap_is_explained() {
         std::fs::copy(format!("/usr/bin/{tool}"), bin.join(tool)).unwrap();
         std::fs::set_permissions(bin.join(tool), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     }
-    let mut c = ub.cmd(&["run", "-q", &busybox(), "true"]);
+    let mut c = ub.cmd(&["run", "-q", &common::busybox(), "true"]);
     c.env("PATH", format!("{}:/usr/bin:/bin", bin.display()));
     common::run(c, Duration::from_secs(60)).fails_with(
         125,
@@ -452,7 +477,7 @@ fn one_users_processes_share_a_root_and_users_share_a_blob_cache() {
     let blob_gets = |p: &Proxy, digest: &str| {
         p.requests()
             .into_iter()
-            .filter(|(m, path, status, _)| m == "GET" && path.ends_with(digest) && status.starts_with('2'))
+            .filter(|r| r.method == "GET" && r.path.ends_with(digest) && r.status.starts_with('2'))
             .count()
     };
     // Four pulls of one user into one --root at once: each blob is downloaded once.
@@ -535,7 +560,7 @@ fn whiteouts_kept_as_markers_flatten_the_root_and_stay_inside_it() {
         c.env("DRUN_WHITEOUTS", "markers");
         common::run(c, Duration::from_secs(300))
     };
-    run(&["pull", "-q", &debian()]).ok();
+    run(&["pull", "-q", &common::debian()]).ok();
     let markers: Vec<PathBuf> = std::fs::read_dir(ub.store().join("layers"))
         .unwrap()
         .flatten()
@@ -549,7 +574,7 @@ fn whiteouts_kept_as_markers_flatten_the_root_and_stay_inside_it() {
     let out = ub
         .sh(
             &["--log-level", "debug"],
-            &debian(),
+            &common::debian(),
             "for p in /etc/issue.net /usr/share/doc/apt /opt/keep/gone /opt/replaced/old; do \
              [ -e $p ] && echo present:$p; done; cat /opt/replaced/new /opt/keep/changed /opt/keep/stays",
         )
@@ -582,7 +607,7 @@ fn whiteouts_kept_as_markers_flatten_the_root_and_stay_inside_it() {
     assert_eq!(std::fs::read_to_string(outside.join("victim")).unwrap(), "victim\n");
 }
 
-/// An OCI layout (made with hack/mkimage.py) of two uncompressed layers: busybox and `link -> outside`, then
+/// An OCI layout (made with tests/fixtures/mkimage.py) of two uncompressed layers: busybox and `link -> outside`, then
 /// `link/.wh.victim` and `link/.wh..wh..opq`.
 fn escape_layout(dir: &Path, outside: &Path) -> PathBuf {
     let tar_of = |name: &str, build: &dyn Fn(&mut tar::Builder<std::fs::File>)| {
@@ -593,25 +618,13 @@ fn escape_layout(dir: &Path, outside: &Path) -> PathBuf {
         p
     };
     let file = |b: &mut tar::Builder<std::fs::File>, path: &str, data: &[u8], mode: u32| {
-        let mut h = tar::Header::new_gnu();
-        h.set_size(data.len() as u64);
-        h.set_mode(mode);
-        h.set_uid(0);
-        h.set_gid(0);
-        h.set_mtime(0);
-        h.set_entry_type(tar::EntryType::Regular);
+        let mut h = common::tar_header(tar::EntryType::Regular, mode, data.len() as u64);
         b.append_data(&mut h, path, data).unwrap();
     };
     let busybox = std::fs::read("/bin/busybox").unwrap();
     let lower = tar_of("lower.tar", &|b| {
         file(b, "bin/busybox", &busybox, 0o755);
-        let mut h = tar::Header::new_gnu();
-        h.set_entry_type(tar::EntryType::Symlink);
-        h.set_size(0);
-        h.set_mode(0o777);
-        h.set_uid(0);
-        h.set_gid(0);
-        h.set_mtime(0);
+        let mut h = common::tar_header(tar::EntryType::Symlink, 0o777, 0);
         b.append_link(&mut h, "link", outside).unwrap();
     });
     let upper = tar_of("upper.tar", &|b| {
@@ -627,7 +640,7 @@ fn escape_layout(dir: &Path, outside: &Path) -> PathBuf {
     });
     let spec_file = dir.join("spec.json");
     std::fs::write(&spec_file, spec.to_string()).unwrap();
-    common::mkimage(&spec_file);
+    common::mkimage_build(&spec_file);
     // Readable by the test user.
     Command::new("chmod")
         .args(["-R", "a+rX"])
@@ -650,10 +663,10 @@ fn a_state_directory_others_can_write_is_refused() {
         .fails_with(125, &["is not a private directory of yours"]);
     // The user's own, but writable by others: refused too.
     std::os::unix::fs::chown(&squatted, Some(ub.uid), Some(ub.gid)).unwrap();
-    ub.drun(&[&arg, "run", "-q", &busybox(), "true"])
+    ub.drun(&[&arg, "run", "-q", &common::busybox(), "true"])
         .fails_with(125, &["is not a private directory of yours"]);
     std::fs::set_permissions(&squatted, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
-    ub.drun(&[&arg, "run", "-q", &busybox(), "true"]).ok();
+    ub.drun(&[&arg, "run", "-q", &common::busybox(), "true"]).ok();
 }
 
 #[test]
@@ -662,13 +675,17 @@ fn a_rootless_host_pid_run_leaves_no_process_behind() {
     // left the container's session: `setsid` escapes a process group, and the init's death ends nothing with the
     // host's pid namespace.
     let ub = UserBox::new(NOSUB);
-    ub.drun(&["pull", "-q", &busybox()]).ok();
+    ub.drun(&["pull", "-q", &common::busybox()]).ok();
     let marker = format!("drun-leftover-{}", std::process::id());
     let out = ub
         .sh(
             &["--pid", "host"],
-            &busybox(),
-            &format!("setsid sh -c 'sleep 600; : {marker}' </dev/null >/dev/null 2>&1 & sleep 0.3; echo started"),
+            &common::busybox(),
+            // The container's main process ends once the escaped one runs (it made its file).
+            &format!(
+                "setsid sh -c 'touch /tmp/escaped; sleep 600; : {marker}' </dev/null >/dev/null 2>&1 & \
+                 until [ -e /tmp/escaped ]; do sleep 0.01; done; echo started"
+            ),
         )
         .ok();
     assert!(out.stdout.contains("started"), "{out:?}", out = out.stdout);

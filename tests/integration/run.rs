@@ -6,10 +6,6 @@ use std::time::{Duration, Instant};
 
 use crate::common::*;
 
-fn busybox() -> String {
-    format!("{}/drun-test/busybox:latest", registry())
-}
-
 /// A sandbox with busybox pulled, so tests time the run, not the pull.
 fn ready() -> Sandbox {
     assert!(is_root(), "container tests need root (make test runs them as root)");
@@ -25,6 +21,20 @@ fn sh(sb: &Sandbox, flags: &[&str], script: &str) -> Output {
     args.extend_from_slice(flags);
     args.extend_from_slice(&[&image, "sh", "-c", script]);
     sb.drun(&args)
+}
+
+/// A static C probe (see [`static_c`]) mounted read-only at `/NAME` in busybox: a function that runs it with
+/// extra `drun run` flags.
+fn busybox_probe<'a>(sb: &'a Sandbox, name: &str, source: &str) -> impl Fn(&[&str]) -> Output + 'a {
+    let vol = format!("{}:/{name}:ro", static_c(sb.path(), name, source).display());
+    let path = format!("/{name}");
+    move |flags: &[&str]| {
+        let image = busybox();
+        let mut args = vec!["run"];
+        args.extend_from_slice(flags);
+        args.extend_from_slice(&["-v", &vol, &image, &path]);
+        sb.drun(&args)
+    }
 }
 
 /// The container cgroup directories of a run id (from --cidfile), on any hierarchy.
@@ -52,15 +62,9 @@ fn exit_status_is_the_containers() {
         .fails_with(126, &["/etc/passwd", "cannot execute"]);
     sb.drun(&["run", &busybox(), "/etc"])
         .fails_with(126, &["is a directory"]);
-    sb.drun(&[
-        "run",
-        "--pull",
-        "never",
-        &format!("{}/drun-test/debian:bookworm", registry()),
-        "true",
-    ])
-    .fails_with(125, &["--pull=never"]);
-    sb.drun(&["run", &format!("{}/drun-test/nope:latest", registry()), "true"])
+    sb.drun(&["run", "--pull", "never", &debian(), "true"])
+        .fails_with(125, &["--pull=never"]);
+    sb.drun(&["run", &test_image("nope:latest"), "true"])
         .fails_with(125, &["error: failed to pull"]);
     assert!(leftovers(&sb).is_empty(), "{:?}", leftovers(&sb));
 }
@@ -212,19 +216,30 @@ fn cpu_and_pids_limits() {
         "a busy loop under --cpus 0.5 was never throttled: {}",
         out.stdout
     );
-    // A fork bomb stops at the pids limit instead of taking the host down.
-    let out = sh(
-        &sb,
-        &["--pids-limit", "10"],
-        "for i in $(seq 1 30); do sleep 5 & done 2>/dev/null; echo spawned",
-    );
-    assert!(
-        out.stderr.contains("fork")
-            || out.stderr.contains("Resource")
-            || out.code() != Some(0)
-            || out.stdout.contains("spawned")
-    );
+    // A fork bomb stops at the pids limit instead of taking the host down: with 10 tasks allowed, the probe (one)
+    // makes nine children and the tenth fork fails with EAGAIN. Without a limit the same probe makes all 30.
+    let forker = busybox_probe(&sb, "forker", FORK_PROBE);
+    let limited = forker(&["--pids-limit", "10"]).ok();
+    assert_eq!(limited.stdout, "forked 9, then errno 11\n", "{}", limited.stderr);
+    let unlimited = forker(&[]).ok();
+    assert_eq!(unlimited.stdout, "forked 30\n", "{}", unlimited.stderr);
 }
+
+/// A static probe that forks up to 30 children (each waits to be killed with its pid namespace) and says how
+/// many forks worked, and the errno of the one that failed.
+const FORK_PROBE: &str = r#"#include <errno.h>
+#include <stdio.h>
+#include <unistd.h>
+int main(void) {
+    for (int n = 0; n < 30; n++) {
+        pid_t p = fork();
+        if (p < 0) { printf("forked %d, then errno %d\n", n, errno); return 0; }
+        if (p == 0) { pause(); _exit(0); }
+    }
+    puts("forked 30");
+    return 0;
+}
+"#;
 
 #[test]
 fn shm_size_flag() {
@@ -347,8 +362,19 @@ fn volumes_tmpfs_read_only_and_network_none() {
         "{}",
         out.stdout
     );
-    let host = sh(&sb, &[], "cat /proc/net/dev | tail -n +3 | wc -l").ok();
-    assert!(host.stdout.trim().parse::<u32>().unwrap() >= 1);
+    // Without --network the container is in the host's network namespace: this test's own, not merely one with
+    // the interfaces every namespace has.
+    let host = std::fs::read_link("/proc/self/ns/net").unwrap().display().to_string();
+    let net_ns = |flags: &[&str]| {
+        sh(&sb, flags, "readlink /proc/self/ns/net")
+            .ok()
+            .stdout
+            .trim()
+            .to_string()
+    };
+    assert_eq!(net_ns(&[]), host);
+    assert_eq!(net_ns(&["--network", "host"]), host);
+    assert_ne!(net_ns(&["--network", "none"]), host);
     sb.drun(&["run", "--network", "bridge", &busybox(), "true"])
         .fails_with(125, &["--network"]);
     sb.drun(&["run", "-v", "/no/such/dir:/x", &busybox(), "true"])
@@ -356,11 +382,56 @@ fn volumes_tmpfs_read_only_and_network_none() {
     assert!(leftovers(&sb).is_empty(), "{:?}", leftovers(&sb));
 }
 
-/// Starts a container in the background and waits until `drun ps` lists it. The caller waits for the child.
+/// The host pids of the running containers' inits (`drun ps --json`).
+fn container_pids(sb: &Sandbox) -> Vec<i32> {
+    let list: serde_json::Value = serde_json::from_str(&sb.drun(&["ps", "--json"]).ok().stdout).unwrap();
+    list.as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|c| c["pid"].as_i64().and_then(|p| i32::try_from(p).ok()))
+        .collect()
+}
+
+/// `root` and its descendants (host pids), with their command names, from /proc.
+fn process_tree(root: i32) -> Vec<(i32, String)> {
+    let mut procs = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        // `pid (comm) state ppid ...`; comm may hold spaces and parentheses.
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+            continue;
+        };
+        let ppid = stat[close + 1..]
+            .split_whitespace()
+            .nth(1)
+            .and_then(|p| p.parse::<i32>().ok());
+        procs.push((pid, ppid.unwrap_or(0), stat[open + 1..close].to_string()));
+    }
+    let mut tree: Vec<(i32, String)> = procs
+        .iter()
+        .filter(|p| p.0 == root)
+        .map(|p| (p.0, p.2.clone()))
+        .collect();
+    let mut i = 0;
+    while i < tree.len() {
+        let parent = tree[i].0;
+        tree.extend(procs.iter().filter(|p| p.1 == parent).map(|p| (p.0, p.2.clone())));
+        i += 1;
+    }
+    tree
+}
+
+/// Starts `drun run ...` in the background and returns once the new container runs a process called `ready`
+/// (every caller's workload reaches a `sleep` after setting up what the test then signals: a trap, catatonit's
+/// handlers). The caller waits for the child.
 #[allow(clippy::zombie_processes)]
-fn start_bg(sb: &Sandbox, args: &[&str]) -> std::process::Child {
-    let running = || sb.drun(&["ps", "-q"]).ok().stdout.lines().count();
-    let before = running();
+fn start_until_running(sb: &Sandbox, args: &[&str], ready: &str) -> std::process::Child {
+    let before = container_pids(sb);
     let mut c = sb.cmd(args);
     c.stdout(Stdio::piped()).stderr(Stdio::piped());
     let mut child = c.spawn().unwrap();
@@ -368,32 +439,82 @@ fn start_bg(sb: &Sandbox, args: &[&str]) -> std::process::Child {
     loop {
         if let Some(st) = child.try_wait().unwrap() {
             let out = wait(child, Duration::from_secs(5));
-            panic!(
-                "drun exited ({st}) before its container showed up in `drun ps`: {}",
-                out.stderr
-            );
+            panic!("drun exited ({st}) before its container ran {ready:?}: {}", out.stderr);
         }
-        if running() > before {
-            // Give the workload a moment to install its signal handlers.
-            std::thread::sleep(Duration::from_millis(300));
+        let running = container_pids(sb).into_iter().filter(|p| !before.contains(p));
+        if running.flat_map(process_tree).any(|(_, comm)| comm == ready) {
             return child;
         }
-        assert!(start.elapsed() < Duration::from_secs(60), "container did not start");
-        std::thread::sleep(Duration::from_millis(50));
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "the container did not start {ready:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
 fn signal(child: &std::process::Child, sig: nix::sys::signal::Signal) {
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), sig).unwrap();
+    nix::sys::signal::kill(pid_of(child), sig).unwrap();
 }
+
+/// Whether `sig` waits in the shared pending set of process `pid` (drun blocks the signals it forwards and reads
+/// them from a signalfd: once read, the bit clears).
+fn signal_pending(pid: u32, sig: nix::sys::signal::Signal) -> bool {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let mask = status
+        .lines()
+        .find_map(|l| l.strip_prefix("ShdPnd:"))
+        .and_then(|m| u64::from_str_radix(m.trim(), 16).ok())
+        .unwrap_or(0);
+    mask & (1u64 << (sig as u32 - 1)) != 0
+}
+
+/// A static probe for the zombie check: it forks a child that forks a grandchild and exits, so the grandchild
+/// is orphaned and handed to the pid namespace's init; then it says whether that init reaped it ("reaped") or
+/// left it a zombie for two seconds ("zombie"). Run as the container's command, the probe itself is PID 1 and
+/// reaps nothing; under --init, catatonit is PID 1.
+const ORPHAN_PROBE: &str = r#"#include <stdio.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+int main(void) {
+    int fds[2];
+    if (pipe(fds) != 0) return 2;
+    pid_t child = fork();
+    if (child == 0) {
+        pid_t grandchild = fork();
+        if (grandchild == 0) _exit(0);
+        write(fds[1], &grandchild, sizeof grandchild);
+        _exit(0);
+    }
+    pid_t orphan = 0;
+    if (read(fds[0], &orphan, sizeof orphan) != sizeof orphan) return 2;
+    waitpid(child, NULL, 0);
+    char path[64], stat[512];
+    snprintf(path, sizeof path, "/proc/%d/stat", (int)orphan);
+    char state = '?';
+    for (int i = 0; i < 200; i++) {
+        FILE *f = fopen(path, "r");
+        if (!f) { puts("reaped"); return 0; }
+        size_t n = fread(stat, 1, sizeof stat - 1, f);
+        fclose(f);
+        stat[n] = 0;
+        char *close = strrchr(stat, ')');
+        state = close && close[1] ? close[2] : '?';
+        usleep(10000);
+    }
+    if (state == 'Z') puts("zombie"); else printf("still there, state %c\n", state);
+    return 0;
+}
+"#;
 
 #[test]
 fn signals_are_forwarded() {
     use nix::sys::signal::Signal;
     let sb = ready();
     let image = busybox();
-    // A handler in the workload sees the forwarded signal.
-    let child = start_bg(
+    // A handler in the workload sees the forwarded signal (the loop's sleep runs once the trap is set).
+    let child = start_until_running(
         &sb,
         &[
             "run",
@@ -402,6 +523,7 @@ fn signals_are_forwarded() {
             "-c",
             "trap 'echo got-term; exit 7' TERM; while :; do sleep 0.1; done",
         ],
+        "sleep",
     );
     signal(&child, Signal::SIGTERM);
     let out = wait(child, Duration::from_secs(30));
@@ -409,27 +531,29 @@ fn signals_are_forwarded() {
     assert_eq!(out.stdout, "got-term\n");
 
     // PID 1 without a handler ignores SIGTERM; with --init, catatonit forwards it and the sleep dies.
-    let child = start_bg(&sb, &["run", "--init", &image, "sleep", "60"]);
+    let child = start_until_running(&sb, &["run", "--init", &image, "sleep", "60"], "sleep");
     signal(&child, Signal::SIGTERM);
     let out = wait(child, Duration::from_secs(30));
     assert_eq!(out.code(), Some(143), "{}", out.stderr);
 
-    // Two SIGINTs within a few seconds kill a container that ignores them.
-    let child = start_bg(&sb, &["run", &image, "sleep", "60"]);
+    // Two SIGINTs within a few seconds kill a container that ignores them: the second is sent once drun has
+    // taken the first.
+    let child = start_until_running(&sb, &["run", &image, "sleep", "60"], "sleep");
     signal(&child, Signal::SIGINT);
-    std::thread::sleep(Duration::from_millis(300));
+    wait_until("drun to take the first SIGINT", || {
+        !signal_pending(child.id(), Signal::SIGINT)
+    });
     signal(&child, Signal::SIGINT);
     let out = wait(child, Duration::from_secs(30));
     assert_eq!(out.code(), Some(137), "{}", out.stderr);
 
-    // --init reaps zombies: an orphaned child does not linger as <defunct>.
-    let out = sh(
-        &sb,
-        &["--init"],
-        "sh -c 'sleep 0.2 &' ; sleep 1; ps -o stat,comm | grep -c '^Z' || true",
-    )
-    .ok();
-    assert_eq!(out.stdout.trim(), "0");
+    // --init reaps zombies: an orphaned child does not linger as <defunct>. Without --init the probe is PID 1,
+    // which reaps nothing: there the orphan stays a zombie, which shows the probe sees one.
+    let orphan = busybox_probe(&sb, "orphan", ORPHAN_PROBE);
+    let out = orphan(&["--init"]).ok();
+    assert_eq!(out.stdout, "reaped\n", "{}", out.stderr);
+    let out = orphan(&[]).ok();
+    assert_eq!(out.stdout, "zombie\n", "{}", out.stderr);
     assert!(leftovers(&sb).is_empty(), "{:?}", leftovers(&sb));
 }
 
@@ -438,10 +562,10 @@ fn ps_kill_names_and_concurrency() {
     use nix::sys::signal::Signal;
     let sb = ready();
     let image = busybox();
-    let a = start_bg(&sb, &["run", "--name", "alpha", &image, "sleep", "60"]);
+    let a = start_until_running(&sb, &["run", "--name", "alpha", &image, "sleep", "60"], "sleep");
     sb.drun(&["run", "--name", "alpha", &image, "true"])
         .fails_with(125, &["already running"]);
-    let b = start_bg(&sb, &["run", "--name", "beta", &image, "sleep", "60"]);
+    let mut b = start_until_running(&sb, &["run", "--name", "beta", &image, "sleep", "60"], "sleep");
     let ps = sb.drun(&["ps"]).ok().stdout;
     assert!(
         ps.contains("alpha") && ps.contains("beta") && ps.contains("sleep 60"),
@@ -452,8 +576,10 @@ fn ps_kill_names_and_concurrency() {
     sb.drun(&["kill", "alpha"]).ok();
     assert_eq!(wait(a, Duration::from_secs(30)).code(), Some(137));
     sb.drun(&["kill", "-s", "TERM", "beta"]).ok();
-    // sleep as PID 1 ignores TERM; KILL ends it.
-    std::thread::sleep(Duration::from_millis(300));
+    // sleep as PID 1 ignores TERM; KILL ends it. (`drun kill` signals the init itself: a TERM that were fatal
+    // would have set the exit status, 143, before `drun kill` returned.)
+    assert!(b.try_wait().unwrap().is_none(), "TERM ended beta");
+    assert!(sb.drun(&["ps"]).ok().stdout.contains("beta"));
     sb.drun(&["kill", "-s", "9", "beta"]).ok();
     assert_eq!(wait(b, Duration::from_secs(30)).code(), Some(137));
     sb.drun(&["kill", "gamma"]).fails_with(125, &["no running container"]);
@@ -466,9 +592,9 @@ fn ps_kill_names_and_concurrency() {
             c.spawn().unwrap()
         })
         .collect();
-    for (i, c) in children.into_iter().enumerate() {
+    for (i, c) in (0i32..).zip(children) {
         let out = wait(c, Duration::from_secs(60));
-        assert_eq!(out.code(), Some(i as i32), "{}", out.stderr);
+        assert_eq!(out.code(), Some(i), "{}", out.stderr);
     }
     let _ = Signal::SIGKILL;
     assert!(leftovers(&sb).is_empty(), "{:?}", leftovers(&sb));
@@ -478,19 +604,16 @@ fn ps_kill_names_and_concurrency() {
 fn a_killed_drun_is_cleaned_up_by_the_next() {
     let sb = ready();
     let cid = sb.path().join("cid");
-    let child = start_bg(
+    let mut child = start_until_running(
         &sb,
         &["run", "--cidfile", cid.to_str().unwrap(), &busybox(), "sleep", "60"],
+        "sleep",
     );
     let id = std::fs::read_to_string(&cid).unwrap();
     let info: serde_json::Value = serde_json::from_str(&sb.drun(&["ps", "--json"]).ok().stdout).unwrap();
-    let pid = info[0]["pid"].as_i64().unwrap() as i32;
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(child.id() as i32),
-        nix::sys::signal::Signal::SIGKILL,
-    )
-    .unwrap();
-    std::thread::sleep(Duration::from_millis(200));
+    let pid = i32::try_from(info[0]["pid"].as_i64().unwrap()).unwrap();
+    nix::sys::signal::kill(pid_of(&child), nix::sys::signal::Signal::SIGKILL).unwrap();
+    wait_until("the killed drun to be gone", || child.try_wait().unwrap().is_some());
     assert!(!leftovers(&sb).is_empty(), "the killed drun left nothing to clean?");
     // The next drun invocation notices the dead supervisor and removes everything, the container's processes too
     // (which also closes the output pipes they inherited from the killed drun).
@@ -499,14 +622,12 @@ fn a_killed_drun_is_cleaned_up_by_the_next() {
     assert_eq!(out.status.signal(), Some(9));
     assert!(leftovers(&sb).is_empty(), "{:?}", leftovers(&sb));
     assert!(cgroup_dirs(&id).is_empty(), "{:?}", cgroup_dirs(&id));
-    std::thread::sleep(Duration::from_millis(200));
-    assert!(
+    wait_until("the container process to end", || {
         !std::path::Path::new(&format!("/proc/{pid}")).exists()
             || std::fs::read_to_string(format!("/proc/{pid}/stat"))
                 .unwrap_or_default()
-                .contains(") Z"),
-        "the container process survived"
-    );
+                .contains(") Z")
+    });
 }
 
 #[test]
@@ -532,7 +653,7 @@ fn tty_gives_the_container_a_real_terminal() {
 #[test]
 fn flattened_root_when_overlay_is_unavailable() {
     let sb = ready();
-    let deb = format!("{}/drun-test/debian:bookworm", registry());
+    let deb = debian();
     sb.drun(&["pull", "-q", &deb]).ok();
     let script = "test -e /opt/keep/gone && echo GONE-VISIBLE; test -e /opt/replaced/old && echo OPAQUE-BROKEN; \
                   cat /opt/keep/changed /opt/replaced/new; stat -c '%u %a' /opt/perm/setuid; \
@@ -600,8 +721,8 @@ fn host_pid_and_ipc_namespaces_and_the_slurm_default() {
 fn seccomp_blocks_keyctl_and_bpf() {
     let sb = ready();
     // busybox has no keyctl applet: a tiny static probe reports the errno of each syscall (0 = allowed).
-    let probe = static_c(
-        sb.path(),
+    let probe = busybox_probe(
+        &sb,
         "probe",
         "#include <errno.h>\n#include <stdio.h>\n#include <unistd.h>\n#include <sys/syscall.h>\n\
          static int try(long r) { return r < 0 ? errno : 0; }\n\
@@ -611,24 +732,13 @@ fn seccomp_blocks_keyctl_and_bpf() {
            return 0;\n\
          }\n",
     );
-    let vol = format!("{}:/probe:ro", probe.display());
-    let out = sb.drun(&["run", "-v", &vol, &busybox(), "/probe"]).ok();
+    let out = probe(&[]).ok();
     assert_eq!(
         out.stdout, "keyctl=1\nbpf=1\n",
         "EPERM expected under the default profile"
     );
     // Unconfined, keyctl reaches the kernel (which answers for itself: no EPERM from seccomp).
-    let out = sb
-        .drun(&[
-            "run",
-            "--security-opt",
-            "seccomp=unconfined",
-            "-v",
-            &vol,
-            &busybox(),
-            "/probe",
-        ])
-        .ok();
+    let out = probe(&["--security-opt", "seccomp=unconfined"]).ok();
     assert!(
         out.stdout.starts_with("keyctl=") && !out.stdout.starts_with("keyctl=1\n"),
         "{}",
@@ -646,7 +756,7 @@ fn seccomp_program(pid: i32) -> Vec<u64> {
     nix::sys::wait::waitpid(p, None).unwrap();
     // SAFETY: with a null buffer the call only returns the number of instructions.
     let n = unsafe { libc::ptrace(PTRACE_SECCOMP_GET_FILTER, pid, 0, std::ptr::null_mut::<libc::c_void>()) };
-    let mut prog = vec![0u64; n.max(0) as usize];
+    let mut prog = vec![0u64; usize::try_from(n).unwrap_or(0)];
     // SAFETY: `prog` has room for the `n` 8-byte instructions the kernel copies.
     let m = unsafe { libc::ptrace(PTRACE_SECCOMP_GET_FILTER, pid, 0, prog.as_mut_ptr()) };
     let _ = ptrace::detach(p, None);
@@ -662,9 +772,9 @@ fn the_precompiled_seccomp_filter_is_the_one_libcontainer_would_load() {
         let mut args = vec!["run"];
         args.extend_from_slice(flags);
         args.extend_from_slice(&[&image, "sleep", "60"]);
-        let child = start_bg(&sb, &args);
+        let child = start_until_running(&sb, &args, "sleep");
         let info: serde_json::Value = serde_json::from_str(&sb.drun(&["ps", "--json"]).ok().stdout).unwrap();
-        let pid = info[0]["pid"].as_i64().unwrap() as i32;
+        let pid = i32::try_from(info[0]["pid"].as_i64().unwrap()).unwrap();
         let prog = seccomp_program(pid);
         nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL).unwrap();
         let out = wait(child, Duration::from_secs(30));
@@ -744,34 +854,27 @@ fn commands_from_volumes_are_found() {
 }
 
 /// A one-layer image written by the test: a static busybox with the applets the tests use, `/etc/group`, and
-/// whatever `extra` adds (hostile entries). Written as an OCI layout with hack/mkimage.py; returns its `oci:`
+/// whatever `extra` adds (hostile entries). Written as an OCI layout with tests/fixtures/mkimage.py; returns its `oci:`
 /// reference, already pulled into `sb`.
 pub fn tiny_image(sb: &Sandbox, name: &str, extra: &dyn Fn(&mut tar::Builder<std::fs::File>)) -> String {
     let dir = sb.path().join(format!("image-{name}"));
     std::fs::create_dir_all(&dir).unwrap();
-    let header = |kind: tar::EntryType, mode: u32| {
-        let mut h = tar::Header::new_gnu();
-        h.set_entry_type(kind);
-        h.set_size(0);
-        h.set_mode(mode);
-        h.set_uid(0);
-        h.set_gid(0);
-        h.set_mtime(0);
-        h
-    };
     let layer = dir.join("layer.tar");
     let mut b = tar::Builder::new(std::fs::File::create(&layer).unwrap());
     for d in ["bin", "dev", "etc", "tmp"] {
-        b.append_data(&mut header(tar::EntryType::Directory, 0o755), d, std::io::empty())
-            .unwrap();
+        b.append_data(
+            &mut tar_header(tar::EntryType::Directory, 0o755, 0),
+            d,
+            std::io::empty(),
+        )
+        .unwrap();
     }
     let busybox = std::fs::read("/bin/busybox").unwrap();
-    let mut h = header(tar::EntryType::Regular, 0o755);
-    h.set_size(busybox.len() as u64);
+    let mut h = tar_header(tar::EntryType::Regular, 0o755, busybox.len() as u64);
     b.append_data(&mut h, "bin/busybox", busybox.as_slice()).unwrap();
     for applet in ["sh", "cat", "grep", "ls", "true"] {
         b.append_link(
-            &mut header(tar::EntryType::Symlink, 0o777),
+            &mut tar_header(tar::EntryType::Symlink, 0o777, 0),
             format!("bin/{applet}"),
             "busybox",
         )
@@ -789,7 +892,7 @@ pub fn tiny_image(sb: &Sandbox, name: &str, extra: &dyn Fn(&mut tar::Builder<std
     });
     let spec_file = dir.join("spec.json");
     std::fs::write(&spec_file, spec.to_string()).unwrap();
-    mkimage(&spec_file);
+    mkimage_build(&spec_file);
     let image = format!("oci:{}:latest", layout.display());
     sb.drun(&["pull", "-q", &image]).ok();
     image
@@ -797,13 +900,7 @@ pub fn tiny_image(sb: &Sandbox, name: &str, extra: &dyn Fn(&mut tar::Builder<std
 
 /// Adds a special file (FIFO or device) or symlink entry to a test layer.
 pub fn special(b: &mut tar::Builder<std::fs::File>, path: &str, kind: tar::EntryType, dev: (u32, u32), link: &str) {
-    let mut h = tar::Header::new_gnu();
-    h.set_entry_type(kind);
-    h.set_size(0);
-    h.set_mode(if kind == tar::EntryType::Symlink { 0o777 } else { 0o644 });
-    h.set_uid(0);
-    h.set_gid(0);
-    h.set_mtime(0);
+    let mut h = tar_header(kind, if kind == tar::EntryType::Symlink { 0o777 } else { 0o644 }, 0);
     // Device numbers written for FIFOs too (0): drun reads them for every special file.
     if matches!(
         kind,
@@ -839,12 +936,7 @@ fn an_images_passwd_that_is_a_fifo_or_dev_zero_is_refused_not_read() {
     let sb = ready();
     let group = |b: &mut tar::Builder<std::fs::File>| {
         let text = b"root:x:0:\nnogroup:x:65534:\n";
-        let mut h = tar::Header::new_gnu();
-        h.set_size(text.len() as u64);
-        h.set_mode(0o644);
-        h.set_uid(0);
-        h.set_gid(0);
-        h.set_mtime(0);
+        let mut h = tar_header(tar::EntryType::Regular, 0o644, text.len() as u64);
         b.append_data(&mut h, "etc/group", &text[..]).unwrap();
     };
     let fifo = tiny_image(&sb, "passwd-fifo", &|b| {
@@ -887,8 +979,8 @@ fn an_images_passwd_that_is_a_fifo_or_dev_zero_is_refused_not_read() {
 #[test]
 fn seccomp_blocks_io_uring_as_docker_does() {
     let sb = ready();
-    let probe = static_c(
-        sb.path(),
+    let uring = busybox_probe(
+        &sb,
         "uring",
         "#include <errno.h>\n#include <stdio.h>\n#include <string.h>\n#include <unistd.h>\n#include <sys/syscall.h>\n\
          int main(void) {\n\
@@ -899,8 +991,7 @@ fn seccomp_blocks_io_uring_as_docker_does() {
            return 0;\n\
          }\n",
     );
-    let vol = format!("{}:/uring:ro", probe.display());
-    let out = sb.drun(&["run", "-v", &vol, &busybox(), "/uring"]).ok();
+    let out = uring(&[]).ok();
     assert_eq!(
         out.stdout, "io_uring_setup=1\n",
         "EPERM expected, as under Docker's default profile"
@@ -908,17 +999,7 @@ fn seccomp_blocks_io_uring_as_docker_does() {
     // Unconfined the kernel answers for itself: it works where the host allows io_uring.
     let host_allows = std::fs::read_to_string("/proc/sys/kernel/io_uring_disabled").map_or(true, |v| v.trim() == "0");
     if host_allows {
-        let out = sb
-            .drun(&[
-                "run",
-                "--security-opt",
-                "seccomp=unconfined",
-                "-v",
-                &vol,
-                &busybox(),
-                "/uring",
-            ])
-            .ok();
+        let out = uring(&["--security-opt", "seccomp=unconfined"]).ok();
         assert_eq!(out.stdout, "io_uring_setup=0\n");
     }
 }
@@ -926,7 +1007,7 @@ fn seccomp_blocks_io_uring_as_docker_does() {
 #[test]
 fn the_primary_group_is_a_supplementary_group_as_in_docker() {
     let sb = ready();
-    let deb = format!("{}/drun-test/debian:bookworm", registry());
+    let deb = debian();
     sb.drun(&["pull", "-q", &deb]).ok();
     let bb = busybox();
     let groups = "id; grep ^Groups: /proc/self/status";

@@ -5,23 +5,15 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::common::*;
 
-fn busybox() -> String {
-    format!("{}/drun-test/busybox:latest", registry())
-}
-
-fn debian() -> String {
-    format!("{}/drun-test/debian:bookworm", registry())
-}
-
-/// An ordinary user of the host (made by `hack/test-users.sh`).
+/// An ordinary user of the host (made by `tests/fixtures/test-users.sh`).
 fn other_user() -> (u32, u32) {
     let u = nix::unistd::User::from_name("drun-nosub")
         .unwrap()
-        .expect("test user drun-nosub is missing: run `bash hack/test-users.sh up` (make test does)");
+        .expect("test user drun-nosub is missing: run `bash tests/fixtures/test-users.sh up` (make test does)");
     (u.uid.as_raw(), u.gid.as_raw())
 }
 
@@ -31,17 +23,6 @@ fn as_other(home: &Path, script: &str) -> i32 {
     let mut c = as_user(uid, gid, home, "sh");
     c.args(["-c", script]);
     run(c, Duration::from_secs(30)).code().unwrap_or(-1)
-}
-
-fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !f() {
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "timed out waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 #[test]
@@ -111,10 +92,7 @@ fn a_running_containers_state_is_useless_to_another_user() {
         }
     }
     let config = std::fs::read_to_string(dir.join("bundle/config.json")).unwrap();
-    let _ = nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(child.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    );
+    let _ = nix::sys::signal::kill(pid_of(&child), nix::sys::signal::Signal::SIGTERM);
     let _ = child.wait();
     assert!(config.contains("SECRET=hunter2"), "the test looked at the wrong file");
     assert!(usable.is_empty(), "another user could: {usable:#?}");
@@ -421,16 +399,9 @@ fn processes_drun_inherited_are_not_the_containers() {
         marker.display(),
         busybox()
     );
-    let mut c = sb.cmd(&[]);
     let mut sh = std::process::Command::new("sh");
     sh.args(["-c", &script]);
-    for (k, v) in c.get_envs() {
-        match v {
-            Some(v) => sh.env(k, v),
-            None => sh.env_remove(k),
-        };
-    }
-    let _ = &mut c;
+    copy_env(&sb.cmd(&[]), &mut sh);
     let out = run(sh, Duration::from_secs(120));
     assert!(out.status.success(), "{}", out.stderr);
     wait_until("the inherited process to finish its work", || marker.exists());

@@ -1,7 +1,7 @@
 //! drun under a real Slurm cluster (hack/slurm.sh: munged, slurmctld with slurmdbd accounting, two slurmd on
 //! this host, fake GPU GRES with `ConstrainDevices=yes`), as root and as an unprivileged user.
 //!
-//! The two GRES GPUs are the simulated driver's nodes (hack/fake-driver.sh over the cluster's own dev/nvidia0
+//! The two GRES GPUs are the simulated driver's nodes (tests/fixtures/fake-driver.sh over the cluster's own dev/nvidia0
 //! and dev/nvidia1): a step's devices cgroup denies the GPUs it was not given (EPERM), which is how drun tells
 //! which GPUs are the step's.
 
@@ -37,7 +37,7 @@ impl Cluster {
         );
         // The simulated driver (libraries, /proc entries, nvidia-smi) around the cluster's GRES device nodes.
         let st = Command::new("bash")
-            .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/hack/fake-driver.sh"))
+            .arg(common::fixture("fake-driver.sh"))
             .arg(cluster.driver_root())
             .stdout(Stdio::null())
             .status()
@@ -77,6 +77,8 @@ struct Submitter {
     gid: u32,
     home: PathBuf,
     work: PathBuf,
+    /// The user's XDG_RUNTIME_DIR (drun's state): without one drun would use the fixed /tmp/drun-<uid>.
+    runtime: PathBuf,
     _dir: tempfile::TempDir,
 }
 
@@ -86,23 +88,25 @@ impl Submitter {
             Some(u) => {
                 let u = nix::unistd::User::from_name(u)
                     .unwrap()
-                    .unwrap_or_else(|| panic!("test user {u} is missing: run `bash hack/test-users.sh up`"));
+                    .unwrap_or_else(|| panic!("test user {u} is missing: run `bash tests/fixtures/test-users.sh up`"));
                 (u.uid.as_raw(), u.gid.as_raw())
             }
             None => (0, 0),
         };
         let dir = tempfile::Builder::new().prefix("drun-slurm-user-").tempdir().unwrap();
         std::fs::set_permissions(dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-        let (home, work) = (dir.path().join("home"), dir.path().join("work"));
-        for d in [&home, &work] {
+        let (home, work, runtime) = (dir.path().join("home"), dir.path().join("work"), dir.path().join("xdg"));
+        for d in [&home, &work, &runtime] {
             std::fs::create_dir(d).unwrap();
             std::os::unix::fs::chown(d, Some(uid), Some(gid)).unwrap();
         }
+        std::fs::set_permissions(&runtime, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
         Submitter {
             uid,
             gid,
             home,
             work,
+            runtime,
             _dir: dir,
         }
     }
@@ -119,6 +123,8 @@ impl Submitter {
             // Root's store and state for this test only.
             c.env("DRUN_ROOT", self.home.join("store"))
                 .env("DRUN_STATE", self.home.join("state"));
+        } else {
+            c.env("XDG_RUNTIME_DIR", &self.runtime);
         }
         c
     }
@@ -130,10 +136,6 @@ impl Submitter {
 
 fn drun() -> &'static str {
     env!("CARGO_BIN_EXE_drun")
-}
-
-fn busybox() -> String {
-    format!("{}/drun-test/busybox:latest", common::registry())
 }
 
 /// `sacct` rows `JobID|JobName|State|ExitCode` of the job named `name` (polled: records arrive just after
@@ -164,7 +166,7 @@ fn scenario(cluster: &Cluster, user: Option<&str>) {
     let sub = Submitter::new(user);
     let tag = format!("{who}-{}", std::process::id());
     // The image is pulled once by a step on one node (the store is shared by both nodes, as on a shared FS).
-    let out = sub.run(cluster, "srun", &["-N1", drun(), "pull", "-q", &busybox()]);
+    let out = sub.run(cluster, "srun", &["-N1", drun(), "pull", "-q", &common::busybox()]);
     assert!(out.status.success(), "{who}: pull: {}", out.stderr);
 
     // Two nodes, one container each, no TTY; the step's rank goes in with -e.
@@ -179,7 +181,7 @@ fn scenario(cluster: &Cluster, user: Option<&str>) {
             "-q",
             "-e",
             "SLURM_NODEID",
-            &busybox(),
+            &common::busybox(),
             "sh",
             "-c",
             "echo node=$SLURM_NODEID uid=$(id -u)",
@@ -206,7 +208,7 @@ fn scenario(cluster: &Cluster, user: Option<&str>) {
             drun(),
             "run",
             "-q",
-            &busybox(),
+            &common::busybox(),
             "sh",
             "-c",
             "exit 3",
@@ -226,7 +228,7 @@ fn scenario(cluster: &Cluster, user: Option<&str>) {
         "#!/bin/sh\nfor s in a b; do\n  srun -n1 --exact --gres=gpu:1 {d} run -q --gpus all -e SLURM_STEP_GPUS {img} \
          sh -c 'echo \"$SLURM_STEP_GPUS $(ls /dev | grep -E \"^nvidia[0-9]+$\" | tr \"\\n\" \" \")$NVIDIA_VISIBLE_DEVICES\"' > gpu-$s.txt &\ndone\nwait\n",
         d = drun(),
-        img = busybox()
+        img = common::busybox()
     );
     std::fs::write(sub.work.join("gpus.sh"), script).unwrap();
     let name = format!("gpus-{tag}");
@@ -266,7 +268,7 @@ fn scenario(cluster: &Cluster, user: Option<&str>) {
         sub.work.join("workflow.yaml"),
         format!(
             "workflows:\n  - name: good\n    provider: docker\n    image: {img}\n    resources:\n      shm_size: 16MB\n    commands:\n      - mkdir -p out\n      - df -k /dev/shm | tail -1 | awk '{{print $2}}' > out/shm.txt\n    artifacts:\n      - out\n  - name: bad\n    provider: docker\n    image: {img}\n    commands:\n      - mkdir -p out\n      - echo from-slurm > out/result.txt\n      - exit 5\n    artifacts:\n      - out\n",
-            img = busybox()
+            img = common::busybox()
         ),
     )
     .unwrap();

@@ -16,20 +16,17 @@ fn user_xattrs(p: &Path) -> Vec<(String, Vec<u8>)> {
     let mut names = vec![0u8; 4096];
     // SAFETY: c is NUL-terminated; the buffer pointer and length are valid.
     let n = unsafe { libc::llistxattr(c.as_ptr(), names.as_mut_ptr().cast(), names.len()) };
-    if n <= 0 {
+    let Ok(n) = usize::try_from(n) else {
         return vec![];
-    }
+    };
     let mut out = Vec::new();
-    for name in names[..n as usize]
-        .split(|b| *b == 0)
-        .filter(|n| n.starts_with(b"user."))
-    {
+    for name in names[..n].split(|b| *b == 0).filter(|n| n.starts_with(b"user.")) {
         let cn = CString::new(name).unwrap();
         let mut val = vec![0u8; 4096];
         // SAFETY: as above; cn is NUL-terminated.
         let m = unsafe { libc::lgetxattr(c.as_ptr(), cn.as_ptr(), val.as_mut_ptr().cast(), val.len()) };
-        if m >= 0 {
-            out.push((String::from_utf8_lossy(name).into_owned(), val[..m as usize].to_vec()));
+        if let Ok(m) = usize::try_from(m) {
+            out.push((String::from_utf8_lossy(name).into_owned(), val[..m].to_vec()));
         }
     }
     out.sort();
@@ -128,7 +125,7 @@ impl Drop for Overlay {
 fn debian_root_matches_umoci_unpack() {
     assert!(is_root(), "this test mounts overlayfs: run it as root (make test does)");
     let sb = Sandbox::new();
-    let image = format!("{}/drun-test/debian:bookworm", registry());
+    let image = debian();
     sb.drun(&["pull", "-q", &image]).ok();
     let layers = sb.layer_roots(&image);
     assert!(layers.len() >= 3);
@@ -167,7 +164,7 @@ fn debian_root_matches_umoci_unpack() {
     );
     assert_eq!(our_links, their_links, "hardlink groups differ");
 
-    // Spot checks of what the layers do (see hack/images.sh).
+    // Spot checks of what the layers do (see tests/fixtures/images.sh).
     let m = &ov.dir;
     assert!(
         !m.join("opt/keep/gone").exists() && !m.join("etc/issue.net").exists() && !m.join("usr/share/doc/apt").exists()
@@ -199,9 +196,38 @@ fn debian_root_matches_umoci_unpack() {
     );
 }
 
+/// The hostile images of `tests/fixtures/mkimage.py` (its `innocent` layer, then one of its `evil-*` layers),
+/// aimed at `target`: an OCI layout in `dir`, one tag per name.
+fn hostile_images(dir: &Path, target: &Path, names: &[&str]) -> PathBuf {
+    let layout = dir.join("hostile");
+    let innocent = dir.join("innocent.tar");
+    mkimage_layer("innocent", &innocent, &[]);
+    for name in names {
+        let tar = dir.join(format!("evil-{name}.tar"));
+        mkimage_layer(
+            &format!("evil-{name}"),
+            &tar,
+            &["--escape".as_ref(), target.as_os_str()],
+        );
+        let spec = serde_json::json!({
+            "layout": layout, "tag": name, "created": "2024-01-01T00:00:00Z",
+            "images": [{"os": "linux", "architecture": host_arch(), "config": {"Cmd": ["/bin/true"]},
+                        "layers": [{"tar": innocent, "compression": "gzip", "created_by": "innocent"},
+                                   {"tar": tar, "compression": "gzip", "created_by": format!("hostile: {name}")}]}]
+        });
+        let spec_file = dir.join(format!("{name}.json"));
+        std::fs::write(&spec_file, spec.to_string()).unwrap();
+        mkimage_build(&spec_file);
+    }
+    layout
+}
+
 #[test]
 fn hostile_layers_touch_nothing_outside_the_store() {
-    let target = PathBuf::from(env("DRUN_TEST_ESCAPE_TARGET"));
+    // The images aim at a directory of this run's own (removed at the end), outside every sandbox.
+    let target_dir = tempfile::Builder::new().prefix("drun-escape-").tempdir().unwrap();
+    let target = target_dir.path().to_path_buf();
+    let build = tempfile::tempdir().unwrap();
     let names = [
         "abs",
         "dotdot",
@@ -213,13 +239,15 @@ fn hostile_layers_touch_nothing_outside_the_store() {
         "hardlink-dotdot",
         "whiteout",
     ];
+    let layout = hostile_images(build.path(), &target, &names);
+    let hostile = |name: &str| format!("oci:{}:{name}", layout.display());
     for name in names {
         let _ = std::fs::remove_dir_all(&target);
         std::fs::create_dir_all(&target).unwrap();
         std::fs::write(target.join("victim"), "victim\n").unwrap();
         let before = std::fs::metadata(target.join("victim")).unwrap();
         let sb = Sandbox::new();
-        let image = format!("{}/drun-test/evil:{name}", registry());
+        let image = hostile(name);
         let out = sb.drun(&["pull", &image]);
         let listing: Vec<String> = std::fs::read_dir(&target)
             .unwrap()
@@ -269,18 +297,17 @@ fn hostile_layers_touch_nothing_outside_the_store() {
     }
     // Entry names that are refused outright say which entry and why.
     let sb = Sandbox::new();
-    sb.drun(&["pull", &format!("{}/drun-test/evil:dotdot", registry())])
+    sb.drun(&["pull", &hostile("dotdot")])
         .fails_with(125, &["\"..\" component"]);
     // An absolute name is a path of the layer, as Docker and Podman read it: the file lands inside the layer
     // (and, checked above, nothing outside it).
-    let abs = format!("{}/drun-test/evil:abs", registry());
+    let abs = hostile("abs");
     sb.drun(&["pull", &abs]).ok();
     let top = sb.layer_roots(&abs).pop().unwrap();
     assert_eq!(
-        std::fs::read_to_string(top.join("tmp/drun-escape-target/pwned-abs")).unwrap(),
+        std::fs::read_to_string(top.join(target.strip_prefix("/").unwrap()).join("pwned-abs")).unwrap(),
         "pwned-abs\n"
     );
-    let _ = std::fs::remove_dir_all(&target);
 }
 
 // ------------------------------------------------------------------ layers and images written by the tests
@@ -329,6 +356,15 @@ pub fn raw_entry(
     b.append(&h, data).unwrap();
 }
 
+/// The host's architecture as OCI names it.
+fn host_arch() -> &'static str {
+    match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        other => other,
+    }
+}
+
 /// Writes an OCI image layout of one image for the host's platform at `dir`; returns its reference for
 /// `drun pull`.
 pub fn oci_layout(dir: &Path, layers: &[Blob], cmd: &[&str]) -> String {
@@ -339,13 +375,8 @@ pub fn oci_layout(dir: &Path, layers: &[Blob], cmd: &[&str]) -> String {
         std::fs::write(blobs.join(&d[7..]), data).unwrap();
         serde_json::json!({"digest": d, "size": data.len()})
     };
-    let arch = match std::env::consts::ARCH {
-        "x86_64" => "amd64",
-        "aarch64" => "arm64",
-        other => other,
-    };
     let config = serde_json::json!({
-        "architecture": arch, "os": "linux", "config": {"Cmd": cmd},
+        "architecture": host_arch(), "os": "linux", "config": {"Cmd": cmd},
         "rootfs": {"type": "layers", "diff_ids": layers.iter().map(|l| l.diff_id.as_str()).collect::<Vec<_>>()},
     });
     let mut cdesc = put(config.to_string().as_bytes());
@@ -498,7 +529,7 @@ fn a_huge_pax_header_fails_fast_in_bounded_memory() {
     };
     let layout = oci_layout(&sb.path().join("layout"), &[blob], &["/bin/sh"]);
 
-    let (out, peak_rss, elapsed) = drun_measured(&sb, &["pull", "-q", &layout]);
+    let (out, peak_rss, elapsed) = measured(sb.cmd(&["pull", "-q", &layout]), std::time::Duration::from_secs(60));
     eprintln!("peak RSS {} KiB, {elapsed:?}", peak_rss >> 10);
     assert!(peak_rss < 64 << 20, "peak RSS {} MiB: {}", peak_rss >> 20, out.stderr);
     assert!(elapsed < std::time::Duration::from_secs(20), "{elapsed:?}");
@@ -512,31 +543,4 @@ fn a_huge_pax_header_fails_fast_in_bounded_memory() {
         ],
     );
     assert!(sb.entries("tmp").is_empty(), "{:?}", sb.entries("tmp"));
-}
-
-/// Runs drun to completion and returns its output, its peak resident memory (bytes, from `wait4`) and how long
-/// it ran.
-fn drun_measured(sb: &Sandbox, args: &[&str]) -> (Output, u64, std::time::Duration) {
-    use std::os::unix::process::ExitStatusExt;
-    let (so, se) = (sb.path().join("measured.out"), sb.path().join("measured.err"));
-    let mut c = sb.cmd(args);
-    c.stdout(std::fs::File::create(&so).unwrap())
-        .stderr(std::fs::File::create(&se).unwrap());
-    let started = std::time::Instant::now();
-    // Reaped by the wait4 below, which also returns its resource usage.
-    #[allow(clippy::zombie_processes)]
-    let child = c.spawn().unwrap();
-    let mut status = 0;
-    // SAFETY: an all-zero rusage is a valid value for wait4 to fill in.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: waits for our own child by its pid; status and usage point to valid memory.
-    let rc = unsafe { libc::wait4(child.id() as i32, &mut status, 0, &mut usage) };
-    assert_eq!(rc, child.id() as i32, "wait4: {}", std::io::Error::last_os_error());
-    let elapsed = started.elapsed();
-    let out = Output {
-        status: std::process::ExitStatus::from_raw(status),
-        stdout: std::fs::read_to_string(&so).unwrap(),
-        stderr: std::fs::read_to_string(&se).unwrap(),
-    };
-    (out, usage.ru_maxrss as u64 * 1024, elapsed)
 }

@@ -8,10 +8,6 @@ use std::time::{Duration, Instant};
 
 use crate::common::*;
 
-fn busybox() -> String {
-    format!("{}/drun-test/busybox:latest", registry())
-}
-
 /// A sandbox with busybox pulled and a project directory (`project/`) for workflow files.
 pub fn ready() -> (Sandbox, PathBuf) {
     assert!(is_root(), "container tests need root (make test runs them as root)");
@@ -39,15 +35,9 @@ fn read(p: impl AsRef<Path>) -> String {
 
 /// Waits until `file` contains `needle`.
 fn wait_for(file: &Path, needle: &str) {
-    let start = Instant::now();
-    while !std::fs::read_to_string(file).is_ok_and(|t| t.contains(needle)) {
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "{} never showed {needle:?}",
-            file.display()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_until(&format!("{needle:?} in {}", file.display()), || {
+        std::fs::read_to_string(file).is_ok_and(|t| t.contains(needle))
+    });
 }
 
 #[test]
@@ -178,9 +168,9 @@ fn environment_entrypoint_command_and_before_run() {
     artifacts: [out.txt]
   - name: entry
     image: {busybox}
-    entrypoint: /bin/sh -e -c
+    entrypoint: /bin/env DRUN_ENTRY=from-the-entrypoint /bin/sh -e -c
     commands:
-      - 'echo "entrypoint ran: $0" > out.txt'
+      - 'echo "entrypoint ran: $DRUN_ENTRY" > out.txt'
     artifacts: [out.txt]
   - name: command
     image: {busybox}
@@ -206,7 +196,11 @@ fn environment_entrypoint_command_and_before_run() {
         assert!(env.lines().any(|l| l == line), "{line} not in\n{env}");
     }
     assert_eq!(read(project.join("artifacts/listenv/out.txt")), "A=1 B=host-value\n");
-    assert!(read(project.join("artifacts/entry/out.txt")).starts_with("entrypoint ran: "));
+    // The commands ran through the file's entrypoint, not the default `/bin/sh -c`.
+    assert_eq!(
+        read(project.join("artifacts/entry/out.txt")),
+        "entrypoint ran: from-the-entrypoint\n"
+    );
     assert_eq!(read(project.join("artifacts/command/out.txt")), "image cmd replaced\n");
 }
 
@@ -401,7 +395,7 @@ fn artifacts_are_saved_when_interrupted() {
         .unwrap();
     wait_for(&project.join("artifacts/long.log"), "ready");
     let started = Instant::now();
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::SIGINT).unwrap();
+    nix::sys::signal::kill(pid_of(&child), nix::sys::signal::SIGINT).unwrap();
     let out = wait(child, Duration::from_secs(60));
     // One Ctrl-C reaches the whole script (sleep included), not only PID 1.
     assert!(started.elapsed() < Duration::from_secs(30));
@@ -673,11 +667,11 @@ fn an_unknown_image_fails_before_anything_runs() {
 #[test]
 fn requirements_are_installed_with_pip_from_a_local_index() {
     let (sb, project) = ready();
-    let python = format!("{}/drun-test/python:bookworm", registry());
+    let python = test_image("python:bookworm");
     sb.drun(&["pull", "-q", &python]).ok();
     // A package index on loopback serving one wheel.
     let mut index = std::process::Command::new("python3")
-        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/hack/pyindex.py"))
+        .arg(fixture("pyindex.py"))
         .arg(sb.path().join("index"))
         .stdout(Stdio::piped())
         .spawn()
