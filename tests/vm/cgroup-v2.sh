@@ -46,7 +46,7 @@ out=$(drun run --privileged "$IMG" sh -c 'mknod /tmp/mem c 1 1 && head -c1 /tmp/
 check "--privileged lifts the device filter ($out)" [ "$out" = 1 ]
 
 # GPUs on v2: the eBPF filter lets the container open the node of the GPU it was given (no driver here: ENXIO),
-# and not the other GPU's (EPERM), even with CAP_MKNOD. A minimal simulated driver, as hack/fake-driver.sh makes.
+# and not the other GPU's (EPERM), even with CAP_MKNOD. A minimal simulated driver, as tests/fixtures/fake-driver.sh makes.
 F=/tmp/fake-driver
 # Its own tmpfs, mounted `dev`: bind-mounted nodes keep their source's nodev, and the VM's /tmp has it.
 mkdir -p "$F" && mount -t tmpfs -o dev,mode=755 fake-driver "$F"
