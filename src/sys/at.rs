@@ -185,3 +185,55 @@ pub(crate) fn copy_file_at(sdir: BorrowedFd<'_>, sname: &OsStr, ddir: BorrowedFd
     let t = TimeSpec::new(meta.mtime(), 0);
     futimens(dst.as_fd(), &t, &t).map_err(io::Error::from)
 }
+
+#[cfg(test)]
+#[allow(clippy::disallowed_methods)] // fixtures in the tests' own temporary directories
+mod tests {
+    use super::*;
+    use std::os::unix::fs::symlink;
+
+    #[test]
+    fn paths_below_an_anchor_never_leave_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("root");
+        std::fs::create_dir(&root).unwrap();
+        std::fs::write(dir.path().join("outside"), "x").unwrap();
+        symlink("../outside", root.join("up")).unwrap();
+        symlink(dir.path().join("outside"), root.join("abs")).unwrap();
+        symlink(dir.path(), root.join("escape")).unwrap();
+        let anchor = open_dir(&root).unwrap();
+        let fd = anchor.as_fd();
+        // ".." stops at the anchor and an absolute target means the anchor: neither finds the file outside.
+        assert_eq!(
+            open_in_root(fd, Path::new("up"), OFlag::O_RDONLY).unwrap_err(),
+            Errno::ENOENT
+        );
+        assert_eq!(
+            open_in_root(fd, Path::new("abs"), OFlag::O_RDONLY).unwrap_err(),
+            Errno::ENOENT
+        );
+        // Creating directories through a symlink to the outside creates nothing outside.
+        assert!(create_dirs_in_root(fd, &[OsStr::new("escape"), OsStr::new("new")]).is_err());
+        assert!(!dir.path().join("new").exists());
+        let made = create_dirs_in_root(fd, &[OsStr::new("a"), OsStr::new("b")]).unwrap();
+        assert!(is_dir_at(made.as_fd(), OsStr::new(".")) && root.join("a/b").is_dir());
+        // Removing a symlink removes the link, never what it points to; removing a tree removes all of it.
+        remove_at(fd, OsStr::new("escape")).unwrap();
+        remove_at(fd, OsStr::new("a")).unwrap();
+        remove_at(fd, OsStr::new("missing")).unwrap();
+        assert!(dir.path().join("outside").is_file() && !root.join("a").exists());
+        assert!(std::fs::symlink_metadata(root.join("escape")).is_err());
+    }
+
+    #[test]
+    fn new_files_are_never_reused_or_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("target"), "x").unwrap();
+        symlink(dir.path().join("target"), dir.path().join("link")).unwrap();
+        let anchor = open_dir(dir.path()).unwrap();
+        assert!(create_new_at(anchor.as_fd(), OsStr::new("link")).is_err());
+        assert!(create_new_at(anchor.as_fd(), OsStr::new("target")).is_err());
+        create_new_at(anchor.as_fd(), OsStr::new("new")).unwrap();
+        assert_eq!(std::fs::read_to_string(dir.path().join("target")).unwrap(), "x");
+    }
+}

@@ -24,3 +24,19 @@ pub fn chain_ids(diff_ids: &[Digest]) -> Vec<Digest> {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chain_ids_follow_containerd() {
+        let a = Digest::of(b"a");
+        let b = Digest::of(b"b");
+        let chains = chain_ids(&[a.clone(), b.clone()]);
+        assert_eq!(chains[0], a);
+        assert_eq!(chains[1], Digest::of(format!("{a} {b}").as_bytes()));
+        assert_eq!(layer_key(&b, None), b.hex());
+        assert_eq!(layer_key(&b, Some(&chains[1])), format!("chain-{}", chains[1].hex()));
+    }
+}
