@@ -7,7 +7,6 @@
 
 pub mod cli;
 pub mod commands;
-pub mod config;
 pub mod digest;
 pub mod exit;
 pub mod failpoint;

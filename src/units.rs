@@ -31,7 +31,10 @@ impl FromStr for ByteSize {
         if !num.is_finite() || num < 0.0 {
             return Err(err());
         }
-        Ok(ByteSize((num * mult as f64).round() as u64))
+        // `as` saturates: `num` is finite and not negative, and a size beyond u64 becomes u64::MAX.
+        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+        let bytes = (num * mult as f64).round() as u64;
+        Ok(ByteSize(bytes))
     }
 }
 

@@ -17,7 +17,7 @@ use crate::cli::{Command, GlobalArgs};
 use crate::image::store::Store;
 
 pub fn open_store(global: &GlobalArgs) -> Result<Store> {
-    let root = global.root.clone().unwrap_or_else(crate::config::default_root);
+    let root = global.root.clone().unwrap_or_else(crate::image::store::default_root);
     Ok(Store::open(&root)
         .with_context(|| format!("cannot open the image store at {}", root.display()))?
         .with_blob_cache(global.blob_cache.clone()))

@@ -3,8 +3,8 @@
 use anyhow::Result;
 
 use crate::cli::{GlobalArgs, PullArgs};
-use crate::config::Config;
 use crate::image::pull::{pull, PullOptions};
+use crate::image::registry::config::Config;
 use crate::image::source::ImageSource;
 use crate::units::ByteSize;
 

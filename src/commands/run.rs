@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::{bail, Context, Result};
 
 use crate::cli::{GlobalArgs, RunArgs};
-use crate::config::Config;
+use crate::image::registry::config::Config;
 use crate::plan::{MountSpec, NetworkMode, PullPolicy, RunPlan, SeccompMode, Sharing, Ulimit};
 use crate::run::container;
 use crate::units::ByteSize;

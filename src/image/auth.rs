@@ -37,21 +37,40 @@ impl std::fmt::Debug for Credentials {
 
 #[derive(Debug, thiserror::Error)]
 pub enum AuthError {
-    #[error("failed to read credentials file {path}")]
+    #[error("cannot read the credentials file {path:?}")]
     Read {
         path: PathBuf,
         source: crate::image::limits::ReadError,
     },
-    #[error("invalid credentials file {path}: {source}")]
+    #[error("invalid credentials file {path:?}")]
     Parse { path: PathBuf, source: serde_json::Error },
-    #[error("invalid \"auth\" entry for {registry} in {path}: expected base64 of \"user:password\"")]
+    #[error("invalid \"auth\" entry for {registry} in {path:?}: expected base64 of \"user:password\"")]
     BadAuthField { registry: String, path: PathBuf },
-    #[error("credential helper docker-credential-{helper} failed for {registry}: {message}")]
+    #[error("cannot get the credentials for {registry} from docker-credential-{helper}")]
     Helper {
         helper: String,
         registry: String,
-        message: String,
+        source: HelperError,
     },
+}
+
+/// What went wrong with a credential helper.
+#[derive(Debug, thiserror::Error)]
+pub enum HelperError {
+    #[error("cannot run {program:?}")]
+    Spawn { program: String, source: std::io::Error },
+    #[error("cannot talk to it")]
+    Io(#[source] std::io::Error),
+    #[error("cannot read its answer")]
+    Answer(#[source] ReadError),
+    #[error("it ended with {status}: {output:?}")]
+    Failed {
+        status: std::process::ExitStatus,
+        /// Its stderr, or its stdout when stderr is empty.
+        output: String,
+    },
+    #[error("invalid answer: expected JSON with Username and Secret")]
+    Json(#[source] serde_json::Error),
 }
 
 #[derive(Deserialize, Default)]
@@ -201,10 +220,10 @@ struct HelperAnswer {
 /// Runs `docker-credential-<helper> get` with the registry on stdin, as the Docker credential-helper protocol says.
 fn run_helper(helper: &str, registry: &str) -> Result<Credentials, AuthError> {
     let program = format!("docker-credential-{helper}");
-    let fail = |message: String| AuthError::Helper {
+    let fail = |source: HelperError| AuthError::Helper {
         helper: helper.to_string(),
         registry: registry.to_string(),
-        message,
+        source,
     };
     let mut child = Command::new(&program)
         .arg("get")
@@ -212,9 +231,16 @@ fn run_helper(helper: &str, registry: &str) -> Result<Credentials, AuthError> {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .map_err(|e| fail(format!("cannot run {program}: {e}")))?;
+        .map_err(|source| {
+            fail(HelperError::Spawn {
+                program: program.clone(),
+                source,
+            })
+        })?;
     if let Some(mut stdin) = child.stdin.take() {
-        stdin.write_all(registry.as_bytes()).map_err(|e| fail(e.to_string()))?;
+        stdin
+            .write_all(registry.as_bytes())
+            .map_err(|e| fail(HelperError::Io(e)))?;
     }
     // Its answers are read within a cap: stderr on a thread (its start kept, the rest drained so that the
     // helper never stalls on a full pipe), stdout here (a helper that says too much is killed).
@@ -232,12 +258,12 @@ fn run_helper(helper: &str, registry: &str) -> Result<Credentials, AuthError> {
         Some(Err(e)) => {
             let _ = child.kill();
             let _ = child.wait();
-            return Err(fail(format!("its answer: {e}")));
+            return Err(fail(HelperError::Answer(e)));
         }
         None => Vec::new(),
     };
     let stderr = stderr.and_then(|t| t.join().ok()).unwrap_or_default();
-    let status = child.wait().map_err(|e| fail(e.to_string()))?;
+    let status = child.wait().map_err(|e| fail(HelperError::Io(e)))?;
     let out = std::process::Output { status, stdout, stderr };
     let stdout = String::from_utf8_lossy(&out.stdout);
     if !out.status.success() {
@@ -246,17 +272,17 @@ fn run_helper(helper: &str, registry: &str) -> Result<Credentials, AuthError> {
             return Ok(Credentials::Anonymous);
         }
         let msg = String::from_utf8_lossy(&out.stderr);
-        return Err(fail(format!(
-            "{}: {}",
-            out.status,
-            if msg.trim().is_empty() {
-                stdout.trim()
-            } else {
-                msg.trim()
-            }
-        )));
+        let output = if msg.trim().is_empty() {
+            stdout.trim()
+        } else {
+            msg.trim()
+        };
+        return Err(fail(HelperError::Failed {
+            status: out.status,
+            output: output.to_string(),
+        }));
     }
-    let ans: HelperAnswer = serde_json::from_str(&stdout).map_err(|e| fail(format!("unreadable answer: {e}")))?;
+    let ans: HelperAnswer = serde_json::from_str(&stdout).map_err(|e| fail(HelperError::Json(e)))?;
     if ans.username == "<token>" {
         Ok(Credentials::Token(ans.secret))
     } else {

@@ -13,26 +13,49 @@ use serde::Deserialize;
 
 use crate::digest::Digest;
 use crate::image::limits::{self, ReadError, TooLarge, MAX_CONFIG, MAX_MANIFEST};
-use crate::image::platform::Platform;
-use crate::image::pull::{
-    pair_layers, parse_manifest, select_platform, Descriptor, LayerFetch, Parsed, PendingLayer, Resolved,
-};
-use crate::image::source::ImageSource;
+use crate::image::manifest::{parse_manifest, Descriptor, ManifestError, ParsedManifest};
+use crate::image::platform::{select_platform, NoPlatform, Platform};
+use crate::image::pull::{pending_layers, LayerFetch, PendingLayer, Resolved};
+use crate::image::source::{ImageSource, SourceError};
 
 const REF_NAME: &str = "org.opencontainers.image.ref.name";
 
 #[derive(Debug, thiserror::Error)]
 pub enum LocalError {
-    #[error("failed to read {path}")]
+    #[error("cannot read {path:?}")]
     Read { path: PathBuf, source: std::io::Error },
-    #[error("{path}: {message}")]
-    Invalid { path: PathBuf, message: String },
     #[error("{path}: {what} is too large: {limit}")]
     TooLarge {
         path: PathBuf,
         what: &'static str,
         limit: TooLarge,
     },
+    #[error("invalid {what} {path:?}")]
+    Manifest {
+        path: PathBuf,
+        what: &'static str,
+        source: ManifestError,
+    },
+    #[error("invalid image index {path:?}: expected an index, found an image manifest")]
+    NotAnIndex { path: PathBuf },
+    #[error("no image tagged {tag:?} in {path:?} (tags: {tags})")]
+    NoTag { path: PathBuf, tag: String, tags: String },
+    #[error("{path:?} holds several images: name one with oci:DIR:TAG (tags: {tags})")]
+    SeveralImages { path: PathBuf, tags: String },
+    #[error("invalid blob {path:?}: its content does not match its digest {digest}")]
+    DigestMismatch { path: PathBuf, digest: Digest },
+    #[error("cannot choose a manifest in {path:?}")]
+    NoPlatform { path: PathBuf, source: NoPlatform },
+    #[error("invalid docker archive {path:?}: it has no manifest.json (expected a `docker save` tarball)")]
+    NotAnArchive { path: PathBuf },
+    #[error("invalid manifest.json in {path:?}")]
+    ArchiveManifest { path: PathBuf, source: serde_json::Error },
+    #[error("invalid docker archive {path:?}: its manifest.json lists no image")]
+    EmptyArchive { path: PathBuf },
+    #[error("invalid docker archive {path:?}: it has no member {member:?}")]
+    MissingMember { path: PathBuf, member: String },
+    #[error("invalid RepoTags entry in {path:?}")]
+    RepoTag { path: PathBuf, source: SourceError },
 }
 
 impl LocalError {
@@ -56,10 +79,12 @@ fn read(path: &Path, cap: u64, what: &'static str) -> Result<Vec<u8>, LocalError
     limits::read_file_capped(path, cap, true).map_err(|e| LocalError::from_read(path, what, e))
 }
 
-fn invalid(path: &Path, message: impl Into<String>) -> LocalError {
-    LocalError::Invalid {
+/// The error for the document `what` at `path` that cannot be used.
+fn bad_document<'a>(path: &'a Path, what: &'static str) -> impl FnOnce(ManifestError) -> LocalError + 'a {
+    move |source| LocalError::Manifest {
         path: path.to_path_buf(),
-        message: message.into(),
+        what,
+        source,
     }
 }
 
@@ -71,7 +96,10 @@ fn read_verified(dir: &Path, d: &Digest, cap: u64, what: &'static str) -> Result
     let path = blob_path(dir, d);
     let data = read(&path, cap, what)?;
     if Digest::of(&data) != *d {
-        return Err(invalid(&path, format!("content does not match digest {d}")));
+        return Err(LocalError::DigestMismatch {
+            path,
+            digest: d.clone(),
+        });
     }
     Ok(data)
 }
@@ -85,8 +113,9 @@ pub fn resolve_oci_layout(
 ) -> Result<Resolved, LocalError> {
     let index_path = dir.join("index.json");
     let data = read(&index_path, MAX_MANIFEST, "the image index")?;
-    let Parsed::Index(entries) = parse_manifest(&data).map_err(|m| invalid(&index_path, m))? else {
-        return Err(invalid(&index_path, "index.json is not an image index"));
+    let ParsedManifest::Index(entries) = parse_manifest(&data).map_err(bad_document(&index_path, "image index"))?
+    else {
+        return Err(LocalError::NotAnIndex { path: index_path });
     };
     let tags: Vec<&str> = entries
         .iter()
@@ -96,47 +125,48 @@ pub fn resolve_oci_layout(
         Some(t) => entries
             .iter()
             .find(|e| e.annotations.get(REF_NAME).is_some_and(|n| n == t))
-            .ok_or_else(|| {
-                invalid(
-                    &index_path,
-                    format!(
-                        "no image tagged {t:?} (tags: {})",
-                        if tags.is_empty() {
-                            "none".into()
-                        } else {
-                            tags.join(", ")
-                        }
-                    ),
-                )
+            .ok_or_else(|| LocalError::NoTag {
+                path: index_path.clone(),
+                tag: t.to_string(),
+                tags: if tags.is_empty() {
+                    "none".into()
+                } else {
+                    tags.join(", ")
+                },
             })?,
         None if entries.len() == 1 => &entries[0],
         None => {
-            return Err(invalid(
-                &index_path,
-                format!("several images; name one with oci:DIR:TAG (tags: {})", tags.join(", ")),
-            ))
+            return Err(LocalError::SeveralImages {
+                path: index_path,
+                tags: tags.join(", "),
+            })
         }
     };
     let mut index = None;
     let mut digest = entry.digest.clone();
     let mut manifest = read_verified(dir, &digest, MAX_MANIFEST, "the manifest")?;
-    if let Parsed::Index(list) = parse_manifest(&manifest).map_err(|m| invalid(&blob_path(dir, &digest), m))? {
-        let chosen = select_platform(&list, platform)
-            .map_err(|avail| invalid(dir, format!("no manifest for platform {platform} (available: {avail})")))?;
+    let manifest_path = blob_path(dir, &digest);
+    if let ParsedManifest::Index(list) = parse_manifest(&manifest).map_err(bad_document(&manifest_path, "manifest"))? {
+        let chosen = select_platform(&list, platform).map_err(|source| LocalError::NoPlatform {
+            path: dir.to_path_buf(),
+            source,
+        })?;
         index = Some((manifest, digest));
         digest = chosen.digest.clone();
         manifest = read_verified(dir, &digest, MAX_MANIFEST, "the manifest")?;
     }
     let mpath = blob_path(dir, &digest);
-    let Parsed::Image { config, layers } = parse_manifest(&manifest).map_err(|m| invalid(&mpath, m))? else {
-        return Err(invalid(&mpath, "an index points to another index"));
+    let ParsedManifest::Image { config, layers } =
+        parse_manifest(&manifest).map_err(bad_document(&mpath, "manifest"))?
+    else {
+        return Err(bad_document(&mpath, "manifest")(ManifestError::NestedIndex));
     };
     let config_bytes = read_verified(dir, &config.digest, MAX_CONFIG, "the image config")?;
-    let (layers, plat) = pair_layers(&config_bytes, &layers, |d| LayerFetch::File {
+    let (layers, plat) = pending_layers(&config_bytes, &layers, |d| LayerFetch::File {
         path: blob_path(dir, &d.digest),
         offset: 0,
     })
-    .map_err(|m| invalid(&mpath, m))?;
+    .map_err(bad_document(&mpath, "manifest"))?;
     Ok(Resolved {
         names: vec![name.to_string()],
         index,
@@ -180,25 +210,33 @@ pub fn resolve_docker_archive(file: &Path, name: &str) -> Result<Resolved, Local
             manifest_json = Some(limits::read_to_end_capped(&mut entry, MAX_MANIFEST).map_err(too_large)?);
         }
     }
-    let manifest_json =
-        manifest_json.ok_or_else(|| invalid(file, "no manifest.json: not a docker-archive (docker save) tarball"))?;
+    let manifest_json = manifest_json.ok_or_else(|| LocalError::NotAnArchive {
+        path: file.to_path_buf(),
+    })?;
     let entries: Vec<ArchiveEntry> =
-        serde_json::from_slice(&manifest_json).map_err(|e| invalid(file, format!("bad manifest.json: {e}")))?;
+        serde_json::from_slice(&manifest_json).map_err(|source| LocalError::ArchiveManifest {
+            path: file.to_path_buf(),
+            source,
+        })?;
     let Some(entry) = entries.into_iter().next() else {
-        return Err(invalid(file, "manifest.json lists no image"));
+        return Err(LocalError::EmptyArchive {
+            path: file.to_path_buf(),
+        });
+    };
+    let missing = |member: &str| LocalError::MissingMember {
+        path: file.to_path_buf(),
+        member: member.to_string(),
     };
     // Legacy archives name the config <hex>.json, newer ones blobs/sha256/<hex>.
     let (off, size) = *members
         .get(entry.config.trim_start_matches("./"))
-        .ok_or_else(|| invalid(file, format!("missing member {}", entry.config)))?;
+        .ok_or_else(|| missing(&entry.config))?;
     let config_bytes = read_range(file, off, size, MAX_CONFIG, "its image config")?;
     let config_digest = Digest::of(&config_bytes);
     let mut layers = Vec::new();
     for l in &entry.layers {
         let key = l.trim_start_matches("./");
-        let (offset, size) = *members
-            .get(key)
-            .ok_or_else(|| invalid(file, format!("missing layer member {l}")))?;
+        let (offset, size) = *members.get(key).ok_or_else(|| missing(l))?;
         // In the OCI-style archive layout the member name is the blob digest; in the legacy one it says nothing.
         let digest = key
             .strip_prefix("blobs/sha256/")
@@ -216,11 +254,11 @@ pub fn resolve_docker_archive(file: &Path, name: &str) -> Result<Resolved, Local
             annotations: HashMap::new(),
         })
         .collect();
-    let (paired, plat) = pair_layers(&config_bytes, &descs, |_| LayerFetch::File {
+    let (paired, plat) = pending_layers(&config_bytes, &descs, |_| LayerFetch::File {
         path: file.to_path_buf(),
         offset: 0,
     })
-    .map_err(|m| invalid(file, m))?;
+    .map_err(bad_document(file, "docker archive"))?;
     let mut pending = Vec::new();
     let mut manifest_layers = Vec::new();
     for (p, (digest, offset, size)) in paired.into_iter().zip(layers) {
@@ -255,7 +293,10 @@ pub fn resolve_docker_archive(file: &Path, name: &str) -> Result<Resolved, Local
             .map(|t| {
                 ImageSource::parse(t)
                     .map(|s| s.canonical_name())
-                    .map_err(|e| invalid(file, e.to_string()))
+                    .map_err(|source| LocalError::RepoTag {
+                        path: file.to_path_buf(),
+                        source,
+                    })
             })
             .collect::<Result<_, _>>()?,
         None => vec![name.to_string()],
@@ -277,7 +318,8 @@ fn read_range(file: &Path, offset: u64, size: u64, cap: u64, what: &'static str)
     limits::check_declared(size, cap).map_err(|e| err(e.into()))?;
     let mut f = crate::safe_fs::open_regular(file, true).map_err(|e| err(e.into()))?;
     f.seek(std::io::SeekFrom::Start(offset)).map_err(|e| err(e.into()))?;
-    let mut buf = Vec::with_capacity(size as usize);
+    // At most `cap` (checked above): only a capacity hint.
+    let mut buf = Vec::with_capacity(usize::try_from(size).unwrap_or(0));
     f.take(size).read_to_end(&mut buf).map_err(|e| err(e.into()))?;
     Ok(buf)
 }

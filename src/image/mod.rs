@@ -1,11 +1,20 @@
-//! Images: references and sources, registries, the store, safe unpacking, and pulling.
+//! Images: a reference or local source → a registry → pull (verify, unpack) → the store.
+//!
+//! Where things are: `source.rs` (what the user typed), `registry/` (talking to a registry; `registry/config.rs`
+//! is the registry configuration), `auth.rs` (credentials), `local.rs` (OCI layouts and docker archives),
+//! `manifest.rs` (what a manifest says), `platform.rs` (choosing a platform's manifest), `pull/` (making an image
+//! present: layers verified in `pull/verify.rs`), `unpack/` (a layer tarball safely into a directory), `store/`
+//! (the on-disk store: layout, records, garbage collection), `limits.rs` (how much is read from untrusted
+//! sources).
 
 pub mod auth;
 pub mod limits;
 pub mod local;
+pub mod manifest;
 pub mod platform;
 pub mod pull;
 pub mod registry;
 pub mod source;
 pub mod store;
 pub mod unpack;
+pub mod xdg;

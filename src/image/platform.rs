@@ -3,6 +3,8 @@
 use std::fmt;
 use std::str::FromStr;
 
+use crate::image::manifest::Descriptor;
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Platform {
     pub os: String,
@@ -76,6 +78,38 @@ impl fmt::Display for Platform {
     }
 }
 
+/// The entry of an index for `want`; the platforms the index has (`os/arch[/variant]`, comma-separated) when it
+/// has none for `want`.
+pub fn select_platform<'a>(list: &'a [Descriptor], want: &Platform) -> Result<&'a Descriptor, NoPlatform> {
+    list.iter()
+        .find(|d| {
+            d.platform
+                .as_ref()
+                .is_some_and(|p| want.matches(&p.os, &p.architecture, p.variant.as_deref()))
+        })
+        .ok_or_else(|| NoPlatform {
+            platform: want.clone(),
+            available: list
+                .iter()
+                .filter_map(|d| d.platform.as_ref())
+                .map(|p| match &p.variant {
+                    Some(v) => format!("{}/{}/{v}", p.os, p.architecture),
+                    None => format!("{}/{}", p.os, p.architecture),
+                })
+                .collect::<Vec<_>>()
+                .join(", "),
+        })
+}
+
+/// An index without a manifest for the platform asked for.
+#[derive(Debug, thiserror::Error)]
+#[error("no manifest for platform {platform} in the index (available: {available})")]
+pub struct NoPlatform {
+    pub platform: Platform,
+    /// The index's platforms, comma-separated.
+    pub available: String,
+}
+
 #[cfg(test)]
 #[allow(clippy::disallowed_methods)] // fixtures in the tests' own temporary directories
 mod tests {
@@ -92,5 +126,20 @@ mod tests {
         assert!("linux".parse::<Platform>().is_err());
         assert!("linux/amd64/v1/x".parse::<Platform>().is_err());
         assert_eq!(Platform::host().to_string(), format!("linux/{}", host_arch()));
+    }
+
+    #[test]
+    fn selects_platform_from_index() {
+        use crate::image::manifest::{parse_manifest, ParsedManifest};
+        let idx = br#"{"schemaVersion":2,"manifests":[
+            {"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:1111111111111111111111111111111111111111111111111111111111111111","size":1,"platform":{"os":"linux","architecture":"amd64"}},
+            {"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:2222222222222222222222222222222222222222222222222222222222222222","size":1,"platform":{"os":"linux","architecture":"arm64","variant":"v8"}}]}"#;
+        let Ok(ParsedManifest::Index(list)) = parse_manifest(idx) else {
+            panic!("not an index")
+        };
+        let arm = select_platform(&list, &"linux/arm64".parse().unwrap()).unwrap();
+        assert!(arm.digest.hex().starts_with("2222"));
+        let err = select_platform(&list, &"linux/s390x".parse().unwrap()).unwrap_err();
+        assert_eq!(err.available, "linux/amd64, linux/arm64/v8");
     }
 }

@@ -17,8 +17,11 @@ pub enum ImageSource {
 
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
-    #[error("invalid image reference {input:?}: {reason}")]
-    Reference { input: String, reason: String },
+    #[error("invalid image reference {input:?}")]
+    Reference {
+        input: String,
+        source: oci_client::ParseError,
+    },
     #[error("invalid image source {input:?}: {reason}")]
     Local { input: String, reason: &'static str },
 }
@@ -63,9 +66,9 @@ impl ImageSource {
             return Ok(ImageSource::DockerArchive { file: absolute(rest) });
         }
         let r = input.strip_prefix("docker://").unwrap_or(input);
-        let reference = Reference::try_from(r).map_err(|e| SourceError::Reference {
+        let reference = Reference::try_from(r).map_err(|source| SourceError::Reference {
             input: input.to_string(),
-            reason: e.to_string(),
+            source,
         })?;
         Ok(ImageSource::Registry(reference))
     }

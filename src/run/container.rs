@@ -16,8 +16,8 @@ use nix::sys::signalfd::SignalFd;
 use nix::sys::wait::{waitpid, WaitStatus};
 use nix::unistd::Pid;
 
-use crate::config::Config;
 use crate::image::pull::{pull, PullOptions};
+use crate::image::registry::config::Config;
 use crate::image::source::{lookup_names, ImageSource};
 use crate::image::store::{ImageRecord, Store};
 use crate::plan::{MountSpec, NetworkMode, PullPolicy, RunPlan, DEFAULT_PATH};

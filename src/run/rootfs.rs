@@ -276,8 +276,8 @@ pub(crate) fn xattr_present(p: &Path, name: &str) -> bool {
 /// Opens `path` of the container's root with symlinks and ".." resolved inside it.
 fn open_in_container(root: &Path, path: &str, flags: nix::fcntl::OFlag) -> io::Result<std::os::fd::OwnedFd> {
     use std::os::fd::AsFd;
-    let root_fd = crate::image::unpack::open_dir(root)?;
-    crate::image::unpack::open_in_root(root_fd.as_fd(), Path::new(path.trim_start_matches('/')), flags)
+    let root_fd = crate::sys::at::open_dir(root)?;
+    crate::sys::at::open_in_root(root_fd.as_fd(), Path::new(path.trim_start_matches('/')), flags)
         .map_err(io::Error::from)
 }
 
@@ -309,7 +309,7 @@ pub(crate) fn read_regular_at(root: std::os::fd::BorrowedFd<'_>, path: &str, cap
     use io::Read;
     use nix::fcntl::OFlag;
     let rel = Path::new(path.trim_start_matches('/'));
-    let open = |flags| crate::image::unpack::open_in_root(root, rel, flags).map_err(io::Error::from);
+    let open = |flags| crate::sys::at::open_in_root(root, rel, flags).map_err(io::Error::from);
     let regular = |st: &nix::sys::stat::FileStat| -> io::Result<()> {
         if st.st_mode & libc::S_IFMT == libc::S_IFREG {
             return Ok(());
@@ -349,7 +349,7 @@ pub(crate) fn read_regular_at(root: std::os::fd::BorrowedFd<'_>, path: &str, cap
 /// text (invalid UTF-8 replaced): `Ok(None)` when it does not exist.
 pub fn read_in_root(root: &Path, path: &str, cap: u64) -> io::Result<Option<String>> {
     use std::os::fd::AsFd;
-    let root_fd = crate::image::unpack::open_dir(root)?;
+    let root_fd = crate::sys::at::open_dir(root)?;
     Ok(read_regular_at(root_fd.as_fd(), path, cap)?.map(|b| String::from_utf8_lossy(&b).into_owned()))
 }
 
@@ -422,7 +422,7 @@ pub fn open_dir_in_root(root: &Path, path: &str) -> io::Result<std::os::fd::Owne
 /// Creates a directory (and its parents) inside the container's root, never leaving it.
 pub fn mkdir_in_root(root: &Path, path: &str) -> io::Result<()> {
     use std::os::fd::AsFd;
-    let root_fd = crate::image::unpack::open_dir(root)?;
+    let root_fd = crate::sys::at::open_dir(root)?;
     let comps: Vec<&OsStr> = Path::new(path)
         .components()
         .filter_map(|c| match c {
@@ -430,7 +430,7 @@ pub fn mkdir_in_root(root: &Path, path: &str) -> io::Result<()> {
             _ => None,
         })
         .collect();
-    crate::image::unpack::parent_dir(root_fd.as_fd(), &comps).map(drop)
+    crate::sys::at::create_dirs_in_root(root_fd.as_fd(), &comps).map(drop)
 }
 
 /// The project directory of a workflow, copy-on-write: an overlay with `source` as its only lower layer and the

@@ -1,6 +1,6 @@
-//! Low-level operating-system primitives: forking a child ([`fork`]), reading files below a directory
-//! descriptor ([`read`]) and the rootless user namespace ([`userns`]). Everything above builds on these; nothing
-//! here imports from `run`, `image`, `gpu` or the front ends.
+//! Low-level operating-system primitives: forking a child ([`fork`]), opening and creating files below a
+//! directory descriptor ([`at`]), reading files there ([`read`]) and the rootless user namespace ([`userns`]).
+//! Everything above builds on these; nothing here imports from `run`, `image`, `gpu` or the front ends.
 //!
 //! # The contract for `unsafe` in drun
 //!
@@ -41,6 +41,7 @@
 //! what is read from there is checked to be a regular file on the open descriptor and read with a bound
 //! ([`read::read_regular_at`]).
 
+pub mod at;
 pub mod fork;
 pub mod read;
 pub mod userns;

@@ -9,8 +9,7 @@ use std::path::Path;
 use nix::fcntl::OFlag;
 use nix::sys::stat::FileStat;
 
-// Until `sys::at` (the at-relative openers, moved out of the unpacker) is merged, they are where they were.
-use crate::image::unpack::open_in_root;
+use crate::sys::at::open_in_root;
 
 /// What kind of file `mode` (an `st_mode`) is, in words, for errors about files that are not regular.
 pub fn file_kind(mode: u32) -> &'static str {

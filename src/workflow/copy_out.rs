@@ -53,8 +53,7 @@ pub fn copy_artifact(
     let dest = open_dir_path(dest_dir).map_err(|e| format!("cannot open {}: {e}", dest_dir.display()))?;
     let dparent = make_dirs_at(dest.as_fd(), &dst_parent, owner)
         .map_err(|e| format!("cannot create {}/{dst_parent}: {e}", dest_dir.display()))?;
-    crate::image::unpack::remove_at(dparent.as_fd(), &dst_name)
-        .map_err(|e| format!("cannot replace {rel_dest}: {e}"))?;
+    crate::sys::at::remove_at(dparent.as_fd(), &dst_name).map_err(|e| format!("cannot replace {rel_dest}: {e}"))?;
     let mut files = 0;
     copy_entry(src.as_fd(), &name, dparent.as_fd(), &dst_name, owner, 0, &mut files)
         .map_err(|e| format!("copying to {}/{rel_dest}: {e}", dest_dir.display()))?;

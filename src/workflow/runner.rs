@@ -6,8 +6,8 @@ use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use crate::config::Config;
 use crate::image::platform::Platform;
+use crate::image::registry::config::Config;
 use crate::image::store::Store;
 use crate::plan::{MountSpec, PullPolicy, RunPlan};
 use crate::run::container::{self, ExitView, RunError, RunHooks, StartView};

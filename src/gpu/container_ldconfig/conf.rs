@@ -11,7 +11,7 @@ use nix::fcntl::{AtFlags, OFlag};
 use nix::sys::stat::{fstatat, Mode};
 
 use super::{components, LdCacheError};
-use crate::image::unpack::{open_in_root, parent_dir};
+use crate::sys::at::{create_dirs_in_root, open_in_root};
 
 const CONF_DIR: &str = "/etc/ld.so.conf.d";
 const CONF_NAME: &str = "000-drun-nvidia.conf";
@@ -25,7 +25,7 @@ fn write_in_root(root: BorrowedFd<'_>, path: &str, data: &[u8]) -> io::Result<()
     let Some((name, parents)) = c.split_last() else {
         return Err(io::Error::new(io::ErrorKind::InvalidInput, "the path has no file name"));
     };
-    let parent = parent_dir(root, parents)?;
+    let parent = create_dirs_in_root(root, parents)?;
     let tmp = format!(".{}.drun-{}", name.to_string_lossy(), std::process::id());
     let _ = nix::unistd::unlinkat(&parent, tmp.as_str(), nix::unistd::UnlinkatFlags::NoRemoveDir);
     let fd = nix::fcntl::openat(

@@ -34,7 +34,7 @@ use nix::mount::{mount, MsFlags};
 use nix::sched::CloneFlags;
 use nix::sys::stat::Mode;
 
-use crate::image::unpack::open_dir;
+use crate::sys::at::open_dir;
 use crate::sys::fork::ForkError;
 
 #[derive(Debug, thiserror::Error)]

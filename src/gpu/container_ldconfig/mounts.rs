@@ -14,7 +14,7 @@ use nix::mount::{mount, MsFlags};
 use nix::sys::stat::{fstatat, Mode};
 
 use super::{components, LdCacheError};
-use crate::image::unpack::parent_dir;
+use crate::sys::at::create_dirs_in_root;
 
 /// The mount flags of the mount `fd` is on that an unprivileged remount must keep (the kernel locks them when
 /// the mount came from a more privileged namespace), plus `nosuid` and `nodev`.
@@ -94,7 +94,7 @@ pub(super) fn mount_libraries_read_only(
                 source,
             }
         };
-        let parent = parent_dir(root, parents).map_err(failed("resolve the directory"))?;
+        let parent = create_dirs_in_root(root, parents).map_err(failed("resolve the directory"))?;
         mount_point(parent.as_fd(), name, ctr)?;
         let open = || -> Result<OwnedFd, LdCacheError> {
             nix::fcntl::openat(

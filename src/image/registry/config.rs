@@ -1,4 +1,5 @@
-//! drun's configuration: store location and per-registry settings.
+//! The registry configuration: CA certificates trusted for every registry, and per-registry settings (plain HTTP
+//! allowed, CA certificates). Read from files only; never contacts a registry.
 //!
 //! Files, later ones overriding earlier ones per registry: `/etc/drun/config.toml`, then
 //! `$XDG_CONFIG_HOME/drun/config.toml` (default `~/.config/drun/config.toml`); `DRUN_CONFIG=FILE` replaces both.
@@ -21,8 +22,11 @@
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::net::IpAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
+use crate::image::xdg::xdg_dir;
+
+/// The configuration files, merged.
 #[derive(Debug, Default, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
@@ -32,6 +36,7 @@ pub struct Config {
     pub registries: BTreeMap<String, RegistryConfig>,
 }
 
+/// The settings of one registry (`[registries."host[:port]"]`).
 #[derive(Debug, Default, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RegistryConfig {
@@ -43,9 +48,9 @@ pub struct RegistryConfig {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("failed to read config file {path}")]
+    #[error("cannot read the config file {path:?}")]
     Read { path: PathBuf, source: std::io::Error },
-    #[error("invalid config file {path}: {source}")]
+    #[error("invalid config file {path:?}")]
     Parse { path: PathBuf, source: toml::de::Error },
 }
 
@@ -79,6 +84,7 @@ impl Config {
         Ok(cfg)
     }
 
+    /// The settings of `host` (`name[:port]`); the defaults when it has none.
     pub fn registry(&self, host: &str) -> RegistryConfig {
         self.registries.get(host).cloned().unwrap_or_default()
     }
@@ -106,25 +112,6 @@ pub fn is_loopback_host(host: &str) -> bool {
         )
     };
     name.eq_ignore_ascii_case("localhost") || name.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
-}
-
-/// `$VAR` if set and absolute, else `$HOME/<fallback>`.
-pub fn xdg_dir(var: &str, fallback: &str) -> Option<PathBuf> {
-    match std::env::var_os(var).map(PathBuf::from) {
-        Some(p) if p.is_absolute() => Some(p),
-        _ => std::env::var_os("HOME").map(|h| Path::new(&h).join(fallback)),
-    }
-}
-
-/// The store root: `--root`/`DRUN_ROOT`, else `/var/lib/drun` for root and `$XDG_DATA_HOME/drun` otherwise.
-pub fn default_root() -> PathBuf {
-    if !crate::sys::userns::is_rootless() {
-        PathBuf::from("/var/lib/drun")
-    } else {
-        xdg_dir("XDG_DATA_HOME", ".local/share")
-            .unwrap_or_else(|| PathBuf::from("/tmp"))
-            .join("drun")
-    }
 }
 
 #[cfg(test)]
