@@ -378,6 +378,12 @@ impl Store {
         self.write_atomic(&path, data)
     }
 
+    /// The directory of the derived files of `kind` (see the module's layout), for a cache that keeps its own
+    /// files there (the compiled seccomp filters: `run::seccomp::BpfCache`).
+    pub fn cache_dir(&self, kind: &str) -> PathBuf {
+        self.root.join("cache").join(kind)
+    }
+
     /// Where the derived file `key` of `kind` is kept (see the module's layout).
     pub fn cache_path(&self, kind: &str, key: &str) -> PathBuf {
         self.root.join("cache").join(kind).join(key)
