@@ -5,6 +5,7 @@ pub mod limits;
 pub mod local;
 pub mod platform;
 pub mod pull;
+pub mod ready;
 pub mod registry;
 pub mod source;
 pub mod store;
