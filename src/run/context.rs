@@ -3,8 +3,10 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::image::ready::ReadyImage;
 use crate::plan::RunPlan;
-use crate::run::state::{self, RunDir};
+use crate::run::cgroups::{CgroupPlan, Version};
+use crate::run::state::{self, RunDir, RunInfo};
 use crate::run::{io_error, RunError};
 
 /// The values every phase of one run shares.
@@ -41,6 +43,23 @@ impl<'a> RunContext<'a> {
             dir: run_dir.path.clone(),
         };
         Ok((context, run_dir))
+    }
+
+    /// The run's record as first written (no command or pid yet).
+    pub fn run_info(&self, image: &ReadyImage, cgroup: &CgroupPlan) -> RunInfo {
+        RunInfo {
+            id: self.id.clone(),
+            name: self.plan.name.clone(),
+            image: image.record.name.clone(),
+            command: vec![],
+            pid: None,
+            started: time::OffsetDateTime::now_utc(),
+            cgroup_path: cgroup.path.clone(),
+            pid_start: None,
+            cgroup_v2: cgroup.version == Version::V2,
+            layers: image.record.layers.iter().map(|l| l.key()).collect(),
+            labels: self.plan.labels.clone(),
+        }
     }
 }
 

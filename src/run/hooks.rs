@@ -33,21 +33,22 @@ impl RunHooks<'_> {
             None => Ok(()),
         }
     }
+}
 
-    /// Shows the caller what the container left, if it asked: the copy-on-write mount's view only once every
-    /// process of the container has `ended`.
-    pub(crate) fn call_after_exit(&mut self, ended: bool, overlay: Option<&Path>) {
-        let Some(after) = self.after_exit.as_mut() else {
-            return;
-        };
-        if !ended {
-            tracing::error!("processes of the container survived SIGKILL: nothing is copied out of it");
-        }
-        after(&ExitView {
-            overlay: overlay.filter(|_| ended),
-            ended,
-        });
+/// Shows the caller what the container left, if it asked (`after_exit`, a [`RunHooks`] field, taken alone so
+/// that the log can stay borrowed meanwhile): the copy-on-write mount's view only once every process of the
+/// container has `ended`.
+pub(crate) fn call_after_exit(after_exit: &mut Option<&mut dyn FnMut(&ExitView)>, ended: bool, overlay: Option<&Path>) {
+    let Some(after) = after_exit.as_mut() else {
+        return;
+    };
+    if !ended {
+        tracing::error!("processes of the container survived SIGKILL: nothing is copied out of it");
     }
+    after(&ExitView {
+        overlay: overlay.filter(|_| ended),
+        ended,
+    });
 }
 
 /// The container as it will start, for a [`RunHooks::before_start`] check.

@@ -58,7 +58,6 @@ use cgroups::{CgroupPlan, Limits};
 use cleanup::Cleanup;
 use context::RunContext;
 use spec::SpecInputs;
-use state::RunInfo;
 
 pub(crate) use error::io_error;
 pub use error::RunError;
@@ -74,6 +73,7 @@ pub fn run(
     quiet: bool,
     hooks: &mut RunHooks,
 ) -> Result<Outcome, RunError> {
+    // The image, pulled first if the plan's policy says so.
     let image = ready::ready_image(
         store,
         cfg,
@@ -84,26 +84,16 @@ pub fn run(
             quiet,
         },
     )?;
+    // The run's id and directory (and its clean-up, whatever happens from here on).
     let (ctx, run_dir) = RunContext::create(plan, state_dir)?;
     let mut cleanup = Cleanup::new(&ctx, run_dir);
 
+    // Its cgroup, and the limits that cgroup can enforce.
     let cgroup = CgroupPlan::prepare(&ctx.short_id)?;
     let limits = Limits::of(plan);
     cgroups::check_enforced(&cgroup, &limits, plan.require_limits)?;
     shm::warn_if_unsized(plan);
-    let mut info = RunInfo {
-        id: ctx.id.clone(),
-        name: plan.name.clone(),
-        image: image.record.name.clone(),
-        command: vec![],
-        pid: None,
-        started: time::OffsetDateTime::now_utc(),
-        cgroup_path: cgroup.path.clone(),
-        pid_start: None,
-        cgroup_v2: cgroup.version == cgroups::Version::V2,
-        layers: image.record.layers.iter().map(|l| l.key()).collect(),
-        labels: plan.labels.clone(),
-    };
+    let mut info = ctx.run_info(&image, &cgroup);
 
     // Registered under the store's shared lock: garbage collection either ran before or sees this run's layers.
     let root = {
@@ -115,6 +105,7 @@ pub fn run(
     };
     let mounts = mounts::effective(&plan.mounts, &ctx.dir)?;
 
+    // The process: what runs, as whom, where; checked before anything starts.
     let mut process = process::resolve(plan, &image.config, &root, &ctx.short_id)?;
     executable::check(&root, &mounts.list, &process.args, &process.env, &process.cwd)?;
     hooks.call_before_start(&StartView {
@@ -127,6 +118,7 @@ pub fn run(
     let init = init::wrap(plan, &mut process.args)?;
     info.command = process.args.clone();
 
+    // What it sees of the host: network, /etc files, devices and GPUs, its cgroup.
     let netns = network::prepare(plan, &ctx.dir)?;
     let etc_files = etc_files::write(&ctx.dir, &process.hostname)?;
     let gpus = crate::gpu::prepare(
@@ -139,6 +131,7 @@ pub fn run(
     cleanup.cgroup_created()?;
     cgroup.hide_host_hierarchy()?;
 
+    // The OCI spec, its seccomp filter compiled (or taken from the cache), the bundle.
     let mut spec = spec::build(&SpecInputs {
         plan,
         mounts: &mounts.list,
@@ -161,6 +154,7 @@ pub fn run(
     let filter = seccomp::take_precompiled(&mut spec, &seccomp::BpfCache::new(store.cache_dir(seccomp::CACHE_KIND)))?;
     let bundle = spec::write_bundle(&ctx.dir, &spec)?;
 
+    // Start, supervise until the init exits, end what is left, clean up.
     let mut started = start::start(&ctx, &bundle, filter, hooks.log.is_some(), &mut cleanup, info)?;
     let terminal = match &started.console {
         Some(console) => Some(tty::Terminal::attach(console).map_err(io_error("receive the container's terminal"))?),
@@ -171,8 +165,7 @@ pub fn run(
     let status = supervise::supervise(started.pid, &mut started.signals, master, plan.interactive, &mut output);
 
     let ended = cleanup.end_container(status.is_ok(), poststop_hooks, &started, &cgroup);
-    drop(output);
-    hooks.call_after_exit(ended, mounts.overlay_view.as_deref());
+    hooks::call_after_exit(&mut hooks.after_exit, ended, mounts.overlay_view.as_deref());
     let late_interrupt = started.signals.take_late_interrupt();
     started.signals.unblock();
     drop(cleanup);

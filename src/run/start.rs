@@ -49,12 +49,12 @@ pub fn start(
     let plan = ctx.plan;
     // Made private with the state directory (`state::ensure_private`).
     let lc_root = state::libcontainer_dir(ctx.state_dir);
-    let rt = |what| move |source| RunError::Runtime { what, source };
+    let libcontainer_error = |what| move |source| RunError::Runtime { what, source };
     let mut builder = ContainerBuilder::new(ctx.id.clone(), SyscallType::default())
         .with_root_path(&lc_root)
-        .map_err(rt("use its state directory"))?
+        .map_err(libcontainer_error("use its state directory"))?
         .validate_id()
-        .map_err(rt("accept the container id"))?
+        .map_err(libcontainer_error("accept the container id"))?
         .with_executor(Executor { filter });
     if !plan.interactive {
         #[allow(clippy::disallowed_methods)] // the kernel's device
@@ -104,7 +104,7 @@ pub fn start(
             .build()
     });
     drop(ignored);
-    let container = built.map_err(rt("create the container"))?;
+    let container = built.map_err(libcontainer_error("create the container"))?;
     // libcontainer links another nix version: carry the pid across as a plain integer.
     let pid = container.pid().map(|p| Pid::from_raw(p.as_raw()));
     cleanup.container = Some(container);
@@ -127,7 +127,7 @@ pub fn start(
         .as_mut()
         .expect("container is set")
         .start()
-        .map_err(rt("start the container"))?;
+        .map_err(libcontainer_error("start the container"))?;
     // Its processes are in their cgroup: the warm-up has done its work.
     cleanup.warmup = None;
     Ok(Started {
