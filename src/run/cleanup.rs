@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::run::cgroups::{CgroupError, CgroupPlan, Limits};
+use crate::run::cgroups::{CgroupError, CgroupPlan, ResourceLimits};
 use crate::run::context::RunContext;
 use crate::run::start::Started;
 use crate::run::state::{self, RunDir, RunInfo};
@@ -49,7 +49,7 @@ impl Cleanup {
     /// Creates the container's cgroup with its `limits` and warms the kernel's migration path on a thread, while
     /// the root file system and the spec are prepared. The run's record names the cgroup first, so that clean-up
     /// finds it whatever happens.
-    pub fn start_warmup(&mut self, cgroup: &CgroupPlan, limits: Limits) {
+    pub fn start_warmup(&mut self, cgroup: &CgroupPlan, limits: ResourceLimits) {
         let cgroup = cgroup.clone();
         self.warmup = Some(Warmup::start(Box::new(move || {
             cgroup.create_dirs(&limits)?;

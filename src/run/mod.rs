@@ -54,7 +54,7 @@ use crate::config::Config;
 use crate::image::ready::{self, ImageRequest};
 use crate::image::store::Store;
 use crate::plan::RunPlan;
-use cgroups::{CgroupPlan, Limits};
+use cgroups::{CgroupPlan, ResourceLimits};
 use cleanup::Cleanup;
 use context::RunContext;
 use spec::SpecInputs;
@@ -90,7 +90,7 @@ pub fn run(
 
     // Its cgroup, and the limits that cgroup can enforce.
     let cgroup = CgroupPlan::prepare(&ctx.short_id)?;
-    let limits = Limits::of(plan);
+    let limits = ResourceLimits::of(plan);
     cgroups::check_enforced(&cgroup, &limits, plan.require_limits)?;
     shm::warn_if_unsized(plan);
     let mut info = ctx.run_info(&image, &cgroup);

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use serde_json::{json, Value};
 
 use crate::plan::{MountSpec, NetworkMode, RunPlan, SeccompMode, Sharing, DEFAULT_CAPS};
-use crate::run::cgroups::{CgroupPlan, Limits};
+use crate::run::cgroups::{CgroupPlan, ResourceLimits};
 use crate::run::seccomp::default_profile;
 
 #[derive(Debug, thiserror::Error)]
@@ -290,7 +290,7 @@ pub fn build(inp: &SpecInputs<'_>) -> Result<Value, SpecError> {
     let mut linux = json!({
         "namespaces": namespaces,
         "cgroupsPath": inp.cgroup.spec_path(),
-        "resources": inp.cgroup.resources(&Limits::of(plan)),
+        "resources": inp.cgroup.resources(&ResourceLimits::of(plan)),
     });
     if plan.privileged {
         if linux["resources"].is_object() {

@@ -11,15 +11,15 @@ use crate::units::ByteSize;
 
 /// The limits of a run, all a cgroup needs of its plan (the warm-up thread carries its own copy).
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
-pub struct Limits {
+pub struct ResourceLimits {
     pub memory: Option<ByteSize>,
     pub cpus: Option<f64>,
     pub pids: Option<i64>,
 }
 
-impl Limits {
-    pub fn of(plan: &RunPlan) -> Limits {
-        Limits {
+impl ResourceLimits {
+    pub fn of(plan: &RunPlan) -> ResourceLimits {
+        ResourceLimits {
             memory: plan.memory,
             cpus: plan.cpus,
             pids: plan.pids_limit,
@@ -28,7 +28,7 @@ impl Limits {
 }
 
 /// Limits a rootless run cannot enforce: one warning naming each, or an error with `--require-limits`.
-pub fn check_enforced(cgroup: &CgroupPlan, limits: &Limits, require: bool) -> Result<(), CgroupError> {
+pub fn check_enforced(cgroup: &CgroupPlan, limits: &ResourceLimits, require: bool) -> Result<(), CgroupError> {
     let missing = cgroup.unenforced(limits);
     if missing.is_empty() {
         return Ok(());
@@ -46,7 +46,7 @@ pub fn check_enforced(cgroup: &CgroupPlan, limits: &Limits, require: bool) -> Re
 
 impl CgroupPlan {
     /// The `limits` this cgroup cannot enforce, as `(flag, why)`.
-    pub fn unenforced(&self, limits: &Limits) -> Vec<(String, String)> {
+    pub fn unenforced(&self, limits: &ResourceLimits) -> Vec<(String, String)> {
         let wanted = [
             ("memory", limits.memory.map(|m| format!("--memory {m}"))),
             ("cpu", limits.cpus.map(|c| format!("--cpus {c}"))),
@@ -71,7 +71,7 @@ impl CgroupPlan {
 
     /// Rootless with a delegated subtree: writes the limits into the container's cgroup (created by
     /// [`create_dirs`](Self::create_dirs)).
-    pub fn write_limits(&self, limits: &Limits) -> Result<(), CgroupError> {
+    pub fn write_limits(&self, limits: &ResourceLimits) -> Result<(), CgroupError> {
         let Control::Delegated { controllers } = &self.control else {
             return Ok(());
         };
@@ -96,11 +96,11 @@ impl CgroupPlan {
     }
 
     /// `linux.resources`: limits and the device allow-list; none rootless (drun writes delegated limits itself).
-    pub fn resources(&self, limits: &Limits) -> Option<Value> {
+    pub fn resources(&self, limits: &ResourceLimits) -> Option<Value> {
         (self.control == Control::Root).then(|| self.root_resources(limits))
     }
 
-    fn root_resources(&self, limits: &Limits) -> Value {
+    fn root_resources(&self, limits: &ResourceLimits) -> Value {
         let mut r = json!({"devices": device_rules()});
         if let Some(m) = limits.memory {
             let mut mem = json!({"limit": m.0});

@@ -15,7 +15,7 @@
 //! when asked not to, so drun leaves cgroup mounts out of the spec and bind-mounts the container's own directories
 //! read-only instead. Container root can read its limits and cannot raise them.
 //!
-//! Here: where the cgroup goes and what the container sees of it. Limits are in `limits`, moving drun into a
+//! Here: where the cgroup goes and what the container sees of it. Resource limits are in `limits`, moving drun into a
 //! supervisor leaf in `delegate`, emptying and removing a cgroup in `remove`.
 
 mod delegate;
@@ -26,7 +26,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{json, Value};
 
-pub use limits::{check_enforced, Limits};
+pub use limits::{check_enforced, ResourceLimits};
 
 const CGROUP_ROOT: &str = "/sys/fs/cgroup";
 /// v1 hierarchies a container sees (the combined "cpu,cpuacct" mount on most hosts, separate ones on others).
@@ -271,7 +271,7 @@ impl CgroupPlan {
     }
 
     /// Creates the cgroup directories before libcontainer runs, so the read-only bind mounts have a source.
-    pub fn create_dirs(&self, limits: &Limits) -> Result<(), CgroupError> {
+    pub fn create_dirs(&self, limits: &ResourceLimits) -> Result<(), CgroupError> {
         for (dir, _) in self.host_dirs() {
             crate::safe_fs::create_dir_all_mode(&dir, 0o755).map_err(|source| CgroupError::Write {
                 path: dir.clone(),
