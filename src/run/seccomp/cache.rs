@@ -30,7 +30,10 @@ impl BpfCache {
 
     /// The program cached for `key`, if a valid copy is there.
     pub fn read(&self, key: &str, flags: libc::c_ulong) -> Option<Precompiled> {
-        read_cached(&self.path(key), flags)
+        let path = self.path(key);
+        let filter = read_cached(&path, flags)?;
+        tracing::debug!(path = %path.display(), instructions = filter.len(), "seccomp filter from the cache");
+        Some(filter)
     }
 
     /// Saves `program` (libseccomp's exported BPF) for `key`.

@@ -64,16 +64,14 @@ pub fn take_precompiled(spec: &mut Value, cache: &BpfCache) -> Result<Option<Pre
     }
     let key = cache::cache_key(&value);
     let filter = match cache.read(&key, flags) {
-        Some(f) => {
-            tracing::debug!(path = %cache.path(&key).display(), instructions = f.len(), "seccomp filter from the cache");
-            f
-        }
+        Some(f) => f,
         None => {
             let bytes = compile::compile(&profile)?;
             let f = Precompiled::from_bytes(&bytes, flags)
                 .ok_or_else(|| FilterError::Invalid(format!("libseccomp produced {} bytes of BPF", bytes.len())))?;
             if let Err(e) = cache.write(&key, &bytes) {
-                tracing::debug!(path = %cache.path(&key).display(), error = %e, "cannot cache the compiled seccomp filter");
+                let path = cache.path(&key);
+                tracing::debug!(path = %path.display(), error = %e, "cannot cache the compiled seccomp filter");
             }
             tracing::debug!(instructions = f.len(), "seccomp filter compiled");
             f
