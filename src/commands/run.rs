@@ -7,7 +7,7 @@ use anyhow::{bail, Context, Result};
 use crate::cli::{GlobalArgs, RunArgs};
 use crate::image::registry::config::Config;
 use crate::plan::{MountSpec, NetworkMode, PullPolicy, RunPlan, SeccompMode, Sharing, Ulimit};
-use crate::run::container;
+use crate::run::{RunError, RunHooks};
 use crate::units::ByteSize;
 
 fn parse_env(item: &str, out: &mut Vec<(String, String)>) -> Result<()> {
@@ -333,9 +333,10 @@ pub fn run(global: &GlobalArgs, args: RunArgs) -> Result<i32> {
     let plan = plan_from_args(&args)?;
     let cfg = Config::load()?;
     let store = super::open_store(global)?;
-    match container::run(&store, &cfg, &plan, &super::state_dir(global)?, args.quiet) {
-        Ok(code) => Ok(code),
-        Err(e @ container::RunError::Exec { .. }) => {
+    let state_dir = super::state_dir(global)?;
+    match crate::run::run(&store, &cfg, &plan, &state_dir, args.quiet, &mut RunHooks::default()) {
+        Ok(outcome) => Ok(outcome.code),
+        Err(e @ RunError::Exec { .. }) => {
             let code = e.exit_code();
             eprintln!("error: {e}");
             Ok(code)

@@ -13,6 +13,7 @@ pub mod local;
 pub mod manifest;
 pub mod platform;
 pub mod pull;
+pub mod ready;
 pub mod registry;
 pub mod source;
 pub mod store;

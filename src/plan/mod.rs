@@ -6,13 +6,8 @@ use std::path::PathBuf;
 use crate::image::platform::Platform;
 use crate::units::ByteSize;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub enum PullPolicy {
-    #[default]
-    Missing,
-    Always,
-    Never,
-}
+/// Defined beside the code that pulls: the image layer sits below the plan.
+pub use crate::image::ready::PullPolicy;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum NetworkMode {

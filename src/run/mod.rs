@@ -1,12 +1,176 @@
-//! Running containers: plans, OCI specs, root file systems, cgroups, libcontainer and supervision.
+//! Running a container: [`run`] takes a [`RunPlan`] through named phases, one file each, and returns how the
+//! container ended.
+//!
+//! | phase | file |
+//! |---|---|
+//! | resolve the image (found or pulled, per the plan's policy) | `image::ready` (the run path never pulls) |
+//! | the run's id and directory | `context.rs`, `state.rs` |
+//! | cgroup and limits | `cgroups/`, created on a thread by `warmup.rs` |
+//! | root file system: the image's layers as an overlay | `rootfs.rs` |
+//! | the effective mounts (the copy-on-write mount prepared) | `mounts.rs` |
+//! | process: args, env, user, cwd | `process.rs`, `user.rs`; executable check `executable.rs`; `--init` `init.rs` |
+//! | network namespace (`--network none`); /etc/hosts, hostname, resolv.conf | `network.rs`; `etc_files.rs` |
+//! | devices and GPUs | `gpu::prepare` |
+//! | OCI spec, /dev/shm size, bundle | `spec.rs`, `shm.rs` |
+//! | seccomp: default profile, compile, cache, load | `seccomp/` |
+//! | create and start the container (libcontainer) | `start.rs` |
+//! | supervise: signals, output, terminal | `supervise.rs`, `signals.rs`, `output.rs`, `tty.rs` |
+//! | end what is left, clean up | `cleanup.rs`, `reap.rs`, `state.rs` |
+//!
+//! libcontainer creates the container with raw clone3 and runs Rust code in the child, so nothing may be inside
+//! the allocator on another thread then: the pull (tokio, writer threads) finishes and drops its threads before
+//! anything here starts, and the cgroup warm-up thread allocates nothing once its cgroup is created (waited for
+//! before the container is). The container's init is drun's child; drun waits for it itself (no automatic
+//! reaper) and forwards signals to it.
 
 pub mod cgroups;
-pub mod container;
+mod cleanup;
+mod context;
+mod error;
+mod etc_files;
+mod executable;
+mod hooks;
+mod init;
+mod mounts;
+mod network;
+mod output;
+mod process;
 pub mod reap;
 pub mod rootfs;
 pub mod seccomp;
+mod shm;
+mod signals;
 pub mod spec;
+mod start;
 pub mod state;
+mod supervise;
 pub mod tty;
 pub mod user;
 pub mod warmup;
+
+use std::path::Path;
+
+use crate::image::registry::config::Config;
+use crate::image::ready::{self, ImageRequest};
+use crate::image::store::Store;
+use crate::plan::RunPlan;
+use cgroups::{CgroupPlan, ResourceLimits};
+use cleanup::Cleanup;
+use context::RunContext;
+use spec::SpecInputs;
+
+pub(crate) use error::io_error;
+pub use error::RunError;
+pub use hooks::{BeforeStart, ExitView, Outcome, RunHooks, StartView};
+pub use init::init_available;
+
+/// Runs `plan` in the foreground (state under `state_dir`) and returns how the container ended.
+pub fn run(
+    store: &Store,
+    cfg: &Config,
+    plan: &RunPlan,
+    state_dir: &Path,
+    quiet: bool,
+    hooks: &mut RunHooks,
+) -> Result<Outcome, RunError> {
+    // The image, pulled first if the plan's policy says so.
+    let image = ready::ready_image(
+        store,
+        cfg,
+        &ImageRequest {
+            reference: &plan.image,
+            pull: plan.pull,
+            platform: plan.platform.as_ref(),
+            quiet,
+        },
+    )?;
+    // The run's id and directory (and its clean-up, whatever happens from here on).
+    let (ctx, run_dir) = RunContext::create(plan, state_dir)?;
+    let mut cleanup = Cleanup::new(&ctx, run_dir);
+
+    // Its cgroup, and the limits that cgroup can enforce.
+    let cgroup = CgroupPlan::prepare(&ctx.short_id)?;
+    let limits = ResourceLimits::of(plan);
+    cgroups::check_enforced(&cgroup, &limits, plan.require_limits)?;
+    shm::warn_if_unsized(plan);
+    let mut info = ctx.run_info(&image, &cgroup);
+
+    // Registered under the store's shared lock: garbage collection either ran before or sees this run's layers.
+    let root = {
+        let _shared = store.lock_shared()?;
+        let layers = image.layer_dirs(store)?;
+        cleanup.record(info.clone())?;
+        cleanup.start_warmup(&cgroup, limits);
+        rootfs::prepare(&ctx.dir, &layers)?.0
+    };
+    let mounts = mounts::effective(&plan.mounts, &ctx.dir)?;
+
+    // The process: what runs, as whom, where; checked before anything starts.
+    let mut process = process::resolve(plan, &image.config, &root, &ctx.short_id)?;
+    executable::check(&root, &mounts.list, &process.args, &process.env, &process.cwd)?;
+    hooks.call_before_start(&StartView {
+        root: &root,
+        mounts: &mounts.list,
+        env: &process.env,
+        cwd: &process.cwd,
+    })?;
+    process::create_workdir(&root, &mounts.list, &process.cwd)?;
+    let init = init::wrap(plan, &mut process.args)?;
+    info.command = process.args.clone();
+
+    // What it sees of the host: network, /etc files, devices and GPUs, its cgroup.
+    let netns = network::prepare(plan, &ctx.dir)?;
+    let etc_files = etc_files::write(&ctx.dir, &process.hostname)?;
+    let gpus = crate::gpu::prepare(
+        plan.gpus.as_ref(),
+        &plan.devices,
+        &plan.cdi_spec_dirs,
+        &process.env,
+        &ctx.dir.join("cdi"),
+    )?;
+    cleanup.cgroup_created()?;
+    cgroup.hide_host_hierarchy()?;
+
+    // The OCI spec, its seccomp filter compiled (or taken from the cache), the bundle.
+    let mut spec = spec::build(&SpecInputs {
+        plan,
+        mounts: &mounts.list,
+        args: process.args,
+        env: process.env,
+        cwd: process.cwd,
+        user: process.user,
+        rootfs: &root,
+        hostname: process.hostname,
+        shm_bytes: shm::shm_bytes(plan),
+        cgroup: &cgroup,
+        etc_files,
+        netns,
+        init,
+    })?;
+    if let Some(g) = gpus {
+        g.apply(&mut spec, &root)?;
+    }
+    let poststop_hooks = spec::has_poststop_hooks(&spec);
+    let filter = seccomp::take_precompiled(&mut spec, &seccomp::BpfCache::new(store.cache_dir(seccomp::CACHE_KIND)))?;
+    let bundle = spec::write_bundle(&ctx.dir, &spec)?;
+
+    // Start, supervise until the init exits, end what is left, clean up.
+    let mut started = start::start(&ctx, &bundle, filter, hooks.log.is_some(), &mut cleanup, info)?;
+    let terminal = match &started.console {
+        Some(console) => Some(tty::Terminal::attach(console).map_err(io_error("receive the container's terminal"))?),
+        None => None,
+    };
+    let master = terminal.as_ref().map(|t| &t.master);
+    let mut output = output::Output::new(started.output.take(), hooks.log.as_deref_mut());
+    let status = supervise::supervise(started.pid, &mut started.signals, master, plan.interactive, &mut output);
+
+    let ended = cleanup.end_container(status.is_ok(), poststop_hooks, &started, &cgroup);
+    hooks::call_after_exit(&mut hooks.after_exit, ended, mounts.overlay_view.as_deref());
+    let late_interrupt = started.signals.take_late_interrupt();
+    started.signals.unblock();
+    drop(cleanup);
+    status.map(|mut o| {
+        o.interrupted |= late_interrupt;
+        o
+    })
+}

@@ -14,11 +14,11 @@ use crate::image::unpack::{OVERLAY_OPAQUE_XATTR, OVERLAY_USER_OPAQUE_XATTR};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RootfsError {
-    #[error("failed to create {path}")]
+    #[error("cannot create {path:?}")]
     Create { path: PathBuf, source: io::Error },
-    #[error("failed to flatten the image into {path}")]
+    #[error("cannot flatten the image into {path:?}")]
     Flatten { path: PathBuf, source: io::Error },
-    #[error("failed to read the whiteout markers of layer {path}")]
+    #[error("cannot read the whiteout markers of layer {path:?}")]
     Markers { path: PathBuf, source: io::Error },
 }
 
@@ -334,10 +334,13 @@ pub(crate) fn read_regular_at(root: std::os::fd::BorrowedFd<'_>, path: &str, cap
         return Err(io::Error::other("it changed while drun opened it"));
     }
     let too_large = || io::Error::new(io::ErrorKind::InvalidData, format!("it is larger than {cap} bytes"));
-    if st.st_size as u64 > cap {
+    // A regular file's size is never negative.
+    let size = u64::try_from(st.st_size).unwrap_or(0);
+    if size > cap {
         return Err(too_large());
     }
-    let mut data = Vec::with_capacity(st.st_size as usize);
+    // At most `cap` (a few MiB): the capacity is only a hint.
+    let mut data = Vec::with_capacity(usize::try_from(size).unwrap_or(0));
     fs::File::from(fd).take(cap + 1).read_to_end(&mut data)?;
     if data.len() as u64 > cap {
         return Err(too_large());

@@ -1,28 +1,30 @@
-//! RunPlan + image config → OCI runtime spec (`config.json`): namespaces, mounts (a sized /dev/shm, read-only
-//! cgroup views), cgroup resources, capabilities, masked paths, seccomp, user, env and cwd.
-//! The spec is written as JSON and checked by deserialising it into `oci_spec::runtime::Spec`, the type
-//! libcontainer reads.
+//! RunPlan + the prepared process, mounts and namespaces → OCI runtime spec (`config.json`): namespaces, mounts
+//! (a sized /dev/shm, read-only cgroup views), cgroup resources, capabilities, masked paths, seccomp, user, env
+//! and cwd. The spec is written as JSON and checked by deserialising it into `oci_spec::runtime::Spec`, the type
+//! libcontainer reads; [`write_bundle`] puts it where libcontainer reads it.
 
 use std::path::{Path, PathBuf};
 
 use serde_json::{json, Value};
 
 use crate::plan::{MountSpec, NetworkMode, RunPlan, SeccompMode, Sharing, DEFAULT_CAPS};
-use crate::run::cgroups::CgroupPlan;
+use crate::run::cgroups::{CgroupPlan, ResourceLimits};
 use crate::run::seccomp::default_profile;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SpecError {
     #[error("unknown capability {0:?} (expected e.g. NET_ADMIN or CAP_NET_ADMIN, or ALL)")]
     Capability(String),
-    #[error("failed to read seccomp profile {path}")]
+    #[error("cannot read the seccomp profile {path:?}")]
     SeccompRead { path: PathBuf, source: std::io::Error },
-    #[error("invalid seccomp profile {path}: {source}")]
+    #[error("invalid seccomp profile {path:?}")]
     SeccompParse { path: PathBuf, source: serde_json::Error },
     #[error("unknown ulimit {0:?} (expected e.g. nofile, nproc, memlock, stack, core)")]
     Ulimit(String),
     #[error("invalid runtime spec: {0}")]
     Invalid(serde_json::Error),
+    #[error("cannot write the bundle {path:?}")]
+    Bundle { path: PathBuf, source: std::io::Error },
 }
 
 /// The user a container process runs as.
@@ -37,6 +39,8 @@ pub struct ResolvedUser {
 /// Everything the spec needs besides the plan.
 pub struct SpecInputs<'a> {
     pub plan: &'a RunPlan,
+    /// The run's effective mounts (`run::mounts`), not the plan's.
+    pub mounts: &'a [MountSpec],
     pub args: Vec<String>,
     pub env: Vec<String>,
     pub cwd: String,
@@ -236,9 +240,9 @@ pub fn build(inp: &SpecInputs<'_>) -> Result<Value, SpecError> {
     if let Some(init) = &inp.init {
         mounts.push(json!({"destination": "/dev/init", "type": "bind", "source": init, "options": ["bind", "ro", "nosuid", "nodev"]}));
     }
-    for m in &plan.mounts {
+    for m in inp.mounts {
         mounts.push(match m {
-            // Prepared by the run path and mounted as a bind of its merged view.
+            // Not in the effective list: the run path shows it as a bind of its prepared view.
             MountSpec::Overlay { .. } => continue,
             MountSpec::Bind {
                 source,
@@ -286,7 +290,7 @@ pub fn build(inp: &SpecInputs<'_>) -> Result<Value, SpecError> {
     let mut linux = json!({
         "namespaces": namespaces,
         "cgroupsPath": inp.cgroup.spec_path(),
-        "resources": inp.cgroup.resources(plan),
+        "resources": inp.cgroup.resources(&ResourceLimits::of(plan)),
     });
     if plan.privileged {
         if linux["resources"].is_object() {
@@ -344,6 +348,27 @@ pub fn build(inp: &SpecInputs<'_>) -> Result<Value, SpecError> {
     }
     serde_json::from_value::<oci_spec::runtime::Spec>(spec.clone()).map_err(SpecError::Invalid)?;
     Ok(spec)
+}
+
+/// Writes `spec` as `run_dir/bundle/config.json` and returns the bundle directory. The spec holds the container's
+/// environment (secrets passed with -e): its owner's alone.
+pub fn write_bundle(run_dir: &Path, spec: &Value) -> Result<PathBuf, SpecError> {
+    let bundle = run_dir.join("bundle");
+    crate::safe_fs::create_dir_mode(&bundle, 0o700).map_err(|source| SpecError::Bundle {
+        path: bundle.clone(),
+        source,
+    })?;
+    let config = bundle.join("config.json");
+    let json = serde_json::to_vec_pretty(spec).expect("spec serialises");
+    crate::safe_fs::write_new(&config, &json, 0o600).map_err(|source| SpecError::Bundle { path: config, source })?;
+    Ok(bundle)
+}
+
+/// Whether the spec has poststop hooks (a GPU spec may add some): libcontainer's delete() must then run them.
+pub fn has_poststop_hooks(spec: &Value) -> bool {
+    spec.pointer("/hooks/poststop")
+        .and_then(Value::as_array)
+        .is_some_and(|h| !h.is_empty())
 }
 
 /// What a user namespace cannot mount itself: sysfs needs a network namespace it owns (with the host network,

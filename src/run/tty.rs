@@ -40,6 +40,27 @@ pub fn receive_master(listener: &UnixListener, timeout: Duration) -> std::io::Re
     Err(std::io::Error::other("the console socket carried no descriptor"))
 }
 
+/// The container's terminal as drun holds it while the container runs.
+pub struct Terminal {
+    /// drun's own terminal in raw mode, when its stdin is one (restored first on drop).
+    _raw: Option<RawMode>,
+    /// The pty master: what the container writes to its terminal is read here, drun's input written here.
+    pub master: OwnedFd,
+}
+
+impl Terminal {
+    /// Receives the container's terminal over the console socket (libcontainer sends it once the container has
+    /// started) and, when drun's stdin is a terminal, gives the container its size and puts drun's in raw mode.
+    pub fn attach(console: &UnixListener) -> std::io::Result<Terminal> {
+        let master = receive_master(console, Duration::from_secs(10))?;
+        let raw = std::io::IsTerminal::is_terminal(&std::io::stdin()).then(|| {
+            copy_window_size(master.as_fd());
+            RawMode::enter()
+        });
+        Ok(Terminal { _raw: raw, master })
+    }
+}
+
 /// drun's terminal in raw mode for as long as this lives.
 pub struct RawMode {
     saved: Option<Termios>,

@@ -10,13 +10,15 @@ use std::path::Path;
 use crate::run::rootfs::{read_in_root, ETC_FILE_CAP};
 use crate::run::spec::ResolvedUser;
 
+/// "unable to find user NAME" is Docker's wording, which scripts (and drun's tests) match: kept, not the crate's
+/// usual "cannot …".
 #[derive(Debug, thiserror::Error)]
 pub enum UserError {
     #[error("unable to find user {0}: no matching entries in the image's /etc/passwd")]
     NoUser(String),
     #[error("unable to find group {0}: no matching entries in the image's /etc/group")]
     NoGroup(String),
-    #[error("unable to find {what} {name}: cannot use the image's {file}: {source}")]
+    #[error("unable to find {what} {name}: cannot use the image's {file}")]
     Unreadable {
         what: &'static str,
         name: String,
@@ -301,14 +303,16 @@ mod tests {
         assert_eq!((u.uid, u.gid, u.additional_gids), (1000, 1000, vec![1000]));
         let u = resolve(r.path(), None).unwrap();
         assert_eq!((u.uid, u.gid, u.home.as_str()), (0, 0, "/"));
-        let e = resolve(r.path(), Some("alice")).unwrap_err().to_string();
+        // What the user sees: the error and its causes.
+        let shown = |e: UserError| format!("{:#}", anyhow::Error::from(e));
+        let e = shown(resolve(r.path(), Some("alice")).unwrap_err());
         assert!(e.contains("/etc/passwd") && e.contains("a FIFO"), "{e}");
-        let e = resolve(r.path(), Some("0:video")).unwrap_err().to_string();
+        let e = shown(resolve(r.path(), Some("0:video")).unwrap_err());
         assert!(e.contains("/etc/group") && e.contains("larger than"), "{e}");
         // A symlink resolves inside the root: to a directory there, which is no passwd either.
         std::fs::remove_file(etc.join("passwd")).unwrap();
         std::os::unix::fs::symlink("/etc", etc.join("passwd")).unwrap();
-        let e = resolve(r.path(), Some("alice")).unwrap_err().to_string();
+        let e = shown(resolve(r.path(), Some("alice")).unwrap_err());
         assert!(e.contains("a directory"), "{e}");
     }
 }

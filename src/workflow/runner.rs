@@ -7,10 +7,11 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use crate::image::platform::Platform;
+use crate::image::ready::{ensure_image, ImageRequest};
 use crate::image::registry::config::Config;
 use crate::image::store::Store;
 use crate::plan::{MountSpec, PullPolicy, RunPlan};
-use crate::run::container::{self, ExitView, RunError, RunHooks, StartView};
+use crate::run::{ExitView, RunError, RunHooks, StartView};
 use crate::workflow::{Job, WorkflowSet, REQUIREMENTS_PATH};
 
 /// Run-wide settings from the command line.
@@ -91,7 +92,7 @@ pub fn job_plan(set: &WorkflowSet, job: &Job, artifacts_root: &Path, opts: &Opti
         },
     );
     // An init that passes Ctrl-C to the whole script (a shell as PID 1 would ignore it).
-    plan.init = container::init_available();
+    plan.init = crate::run::init_available();
     plan.init_signals_group = plan.init;
     if let Some(req) = &job.requirements {
         plan.mounts.push(MountSpec::Bind {
@@ -276,7 +277,13 @@ pub fn run(
     let mut seen = Vec::new();
     for plan in &plans {
         if !seen.contains(&plan.image) {
-            container::ensure_image(store, cfg, plan, opts.quiet)?;
+            let request = ImageRequest {
+                reference: &plan.image,
+                pull: plan.pull,
+                platform: plan.platform.as_ref(),
+                quiet: opts.quiet,
+            };
+            ensure_image(store, cfg, &request)?;
             seen.push(plan.image.clone());
         }
     }
@@ -388,7 +395,7 @@ fn run_job(
             code: crate::exit::NOT_FOUND,
         })
     };
-    let result = container::run_with(
+    let result = crate::run::run(
         store,
         cfg,
         plan,

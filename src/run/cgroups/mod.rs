@@ -14,12 +14,19 @@
 //! Inside, the container sees only its own cgroup, read-only: libcontainer mounts v1 hierarchies writable even
 //! when asked not to, so drun leaves cgroup mounts out of the spec and bind-mounts the container's own directories
 //! read-only instead. Container root can read its limits and cannot raise them.
+//!
+//! Here: where the cgroup goes and what the container sees of it. Resource limits are in `limits`, moving drun into a
+//! supervisor leaf in `delegate`, emptying and removing a cgroup in `remove`.
+
+mod delegate;
+mod limits;
+mod remove;
 
 use std::path::{Path, PathBuf};
 
 use serde_json::{json, Value};
 
-use crate::plan::RunPlan;
+pub use limits::{check_enforced, ResourceLimits};
 
 const CGROUP_ROOT: &str = "/sys/fs/cgroup";
 /// v1 hierarchies a container sees (the combined "cpu,cpuacct" mount on most hosts, separate ones on others).
@@ -37,10 +44,14 @@ const V1_CONTROLLERS: &[&str] = &[
 
 #[derive(Debug, thiserror::Error)]
 pub enum CgroupError {
-    #[error("failed to read {path}")]
+    #[error("cannot read {path:?}")]
     Read { path: PathBuf, source: std::io::Error },
-    #[error("failed to prepare cgroup {path}")]
+    #[error("cannot prepare the cgroup {path:?}")]
     Write { path: PathBuf, source: std::io::Error },
+    #[error("cannot mount a private cgroup2 view at {CGROUP_ROOT}")]
+    PrivateView(#[source] nix::errno::Errno),
+    #[error("--require-limits: cannot enforce {limits}: {reason}")]
+    Unenforced { limits: String, reason: String },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -146,7 +157,7 @@ impl CgroupPlan {
         let version = detect();
         let parent = own_cgroup(&version)?;
         let path = join(&parent, &leaf);
-        let supervisor = delegate(&version, &parent)?;
+        let supervisor = delegate::delegate(&version, &parent)?;
         Ok(CgroupPlan {
             control: Control::Root,
             version,
@@ -192,7 +203,7 @@ impl CgroupPlan {
                 dir.display()
             ));
         }
-        match delegate(&version, parent) {
+        match delegate::delegate(&version, parent) {
             Ok(supervisor) => {
                 let controllers = crate::safe_fs::read_system(dir.join("cgroup.subtree_control"))
                     .unwrap_or_default()
@@ -211,56 +222,6 @@ impl CgroupPlan {
         }
     }
 
-    /// The limits of `plan` this cgroup cannot enforce, as `(flag, why)`.
-    pub fn unenforced(&self, plan: &RunPlan) -> Vec<(String, String)> {
-        let wanted = [
-            ("memory", plan.memory.map(|m| format!("--memory {m}"))),
-            ("cpu", plan.cpus.map(|c| format!("--cpus {c}"))),
-            ("pids", plan.pids_limit.map(|p| format!("--pids-limit {p}"))),
-        ];
-        wanted
-            .into_iter()
-            .filter_map(|(ctrl, flag)| {
-                let flag = flag?;
-                match &self.control {
-                    Control::Root => None,
-                    Control::Delegated { controllers } if controllers.iter().any(|c| c == ctrl) => None,
-                    Control::Delegated { .. } => Some((
-                        flag,
-                        format!("the {ctrl} controller is not delegated to your cgroup subtree"),
-                    )),
-                    Control::None { reason } => Some((flag, reason.clone())),
-                }
-            })
-            .collect()
-    }
-
-    /// Rootless with a delegated subtree: writes the limits into the container's cgroup (created by
-    /// [`create_dirs`](Self::create_dirs)).
-    pub fn write_limits(&self, plan: &RunPlan) -> Result<(), CgroupError> {
-        let Control::Delegated { controllers } = &self.control else {
-            return Ok(());
-        };
-        let dir = Path::new(CGROUP_ROOT).join(self.path.trim_start_matches('/'));
-        let has = |c: &str| controllers.iter().any(|x| x == c);
-        let mut writes: Vec<(&str, String)> = Vec::new();
-        if let (Some(m), true) = (plan.memory, has("memory")) {
-            writes.push(("memory.max", m.0.to_string()));
-        }
-        if let (Some(c), true) = (plan.cpus, has("cpu")) {
-            let (quota, period) = cpu_quota(c);
-            writes.push(("cpu.max", format!("{quota} {period}")));
-        }
-        if let (Some(p), true) = (plan.pids_limit, has("pids")) {
-            writes.push(("pids.max", p.to_string()));
-        }
-        for (file, value) in writes {
-            let f = dir.join(file);
-            crate::safe_fs::write_system(&f, &value).map_err(|source| CgroupError::Write { path: f, source })?;
-        }
-        Ok(())
-    }
-
     /// Rootless without a cgroup on a v1 or hybrid host: libcgroups' v1 manager would fail to move the container
     /// into a cgroup it cannot write. In drun's own mount namespace, a cgroup namespace and a fresh cgroup2 mount
     /// at /sys/fs/cgroup make it take its rootless v2 path, which leaves the container in drun's cgroup.
@@ -272,10 +233,10 @@ impl CgroupPlan {
         {
             return Ok(());
         }
-        static DONE: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
+        static DONE: std::sync::OnceLock<Result<(), nix::errno::Errno>> = std::sync::OnceLock::new();
         let res = DONE.get_or_init(|| {
             use nix::mount::{mount, MsFlags};
-            nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWCGROUP).map_err(|e| e.to_string())?;
+            nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWCGROUP)?;
             mount(
                 Some("cgroup2"),
                 CGROUP_ROOT,
@@ -283,14 +244,11 @@ impl CgroupPlan {
                 MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
                 None::<&str>,
             )
-            .map_err(|e| e.to_string())
         });
-        res.clone().map_err(|e| CgroupError::Write {
-            path: PathBuf::from(CGROUP_ROOT),
-            source: std::io::Error::other(format!("cannot mount a private cgroup2 view: {e}")),
-        })
+        (*res).map_err(CgroupError::PrivateView)
     }
 
+    /// `cgroupsPath` for the spec.
     pub fn spec_path(&self) -> &str {
         &self.spec_path
     }
@@ -313,7 +271,7 @@ impl CgroupPlan {
     }
 
     /// Creates the cgroup directories before libcontainer runs, so the read-only bind mounts have a source.
-    pub fn create_dirs(&self, plan: &RunPlan) -> Result<(), CgroupError> {
+    pub fn create_dirs(&self, limits: &ResourceLimits) -> Result<(), CgroupError> {
         for (dir, _) in self.host_dirs() {
             crate::safe_fs::create_dir_all_mode(&dir, 0o755).map_err(|source| CgroupError::Write {
                 path: dir.clone(),
@@ -321,7 +279,7 @@ impl CgroupPlan {
             })?;
             // libcgroups (0.7) never writes a v2 `memory.swap.max` of 0 (it treats 0 as "unset"), so "no extra
             // swap" is set here; libcontainer leaves it alone afterwards.
-            if self.version == Version::V2 && plan.memory.is_some() {
+            if self.version == Version::V2 && limits.memory.is_some() {
                 let f = dir.join("memory.swap.max");
                 if f.exists() {
                     crate::safe_fs::write_system(&f, "0").map_err(|source| CgroupError::Write { path: f, source })?;
@@ -345,197 +303,4 @@ impl CgroupPlan {
         }
         out
     }
-
-    /// `linux.resources`: limits and the device allow-list; none rootless (drun writes delegated limits itself).
-    pub fn resources(&self, plan: &RunPlan) -> Option<Value> {
-        (self.control == Control::Root).then(|| self.root_resources(plan))
-    }
-
-    fn root_resources(&self, plan: &RunPlan) -> Value {
-        let mut r = json!({"devices": device_rules()});
-        if let Some(m) = plan.memory {
-            let mut mem = json!({"limit": m.0});
-            // "No extra swap": the memory+swap total equals the memory limit.
-            if matches!(self.version, Version::V2 | Version::V1 { memsw: true }) {
-                mem["swap"] = json!(m.0);
-            }
-            r["memory"] = mem;
-        }
-        if let Some(c) = plan.cpus {
-            let (quota, period) = cpu_quota(c);
-            r["cpu"] = json!({"quota": quota, "period": period});
-        }
-        if let Some(p) = plan.pids_limit {
-            r["pids"] = json!({"limit": p});
-        }
-        r
-    }
-
-    /// Removes the container's cgroup directories (after killing anything left in them) and an empty supervisor
-    /// leaf of a dead drun. Used for clean-up after a crash; a normal run's cgroup goes with libcontainer's delete.
-    pub fn remove(&self) {
-        if self.path.is_empty() {
-            return;
-        }
-        let dirs = self.all_dirs();
-        // An empty cgroup (the usual case: the container's init was reaped, and its pid namespace with it) goes at
-        // once; one with processes or child cgroups refuses (EBUSY) and is emptied first.
-        let busy: Vec<&PathBuf> = dirs
-            .iter()
-            .filter(|d| std::fs::remove_dir(d).is_err() && d.is_dir())
-            .collect();
-        if busy.is_empty() {
-            return;
-        }
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-        self.kill_and_wait(deadline);
-        // Killed processes leave their cgroup a moment later; rmdir fails (EBUSY) until then.
-        for dir in busy {
-            while !remove_cgroup_tree(dir) && std::time::Instant::now() < deadline {
-                std::thread::sleep(std::time::Duration::from_millis(10));
-            }
-        }
-    }
-}
-
-impl CgroupPlan {
-    /// The container's cgroup in every hierarchy: libcontainer creates it in each v1 hierarchy, not only the ones
-    /// the container sees.
-    fn all_dirs(&self) -> Vec<PathBuf> {
-        let rel = self.path.trim_start_matches('/');
-        match self.version {
-            Version::V2 => vec![Path::new(CGROUP_ROOT).join(rel)],
-            Version::V1 { .. } => std::fs::read_dir(CGROUP_ROOT)
-                .map(|rd| {
-                    rd.flatten()
-                        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
-                        .map(|e| e.path().join(rel))
-                        .collect()
-                })
-                .unwrap_or_default(),
-        }
-    }
-
-    /// SIGKILLs every process of the container's cgroup, again and again (a process may fork while it is being
-    /// killed), until none is left; false if some still are at `deadline`. v2's `cgroup.kill` (Linux ≥ 5.14)
-    /// kills the whole subtree at once, forks in flight included.
-    pub fn kill_and_wait(&self, deadline: std::time::Instant) -> bool {
-        if self.path.is_empty() {
-            return true;
-        }
-        let dirs = self.all_dirs();
-        loop {
-            let mut busy = false;
-            for dir in &dirs {
-                if has_processes(dir) {
-                    busy = true;
-                    if crate::safe_fs::write_system(dir.join("cgroup.kill"), "1").is_err() {
-                        kill_all(dir);
-                    }
-                }
-            }
-            if !busy {
-                return true;
-            }
-            if std::time::Instant::now() >= deadline {
-                return false;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(2));
-        }
-    }
-}
-
-/// Whether a cgroup directory or one below it has a process (exited ones leave `cgroup.procs` at once).
-fn has_processes(dir: &Path) -> bool {
-    let own =
-        crate::safe_fs::read_system(dir.join("cgroup.procs")).is_ok_and(|p| p.lines().any(|l| !l.trim().is_empty()));
-    own || std::fs::read_dir(dir).is_ok_and(|rd| {
-        rd.flatten()
-            .any(|e| e.file_type().is_ok_and(|t| t.is_dir()) && has_processes(&e.path()))
-    })
-}
-
-/// `--cpus` as a CFS quota over a 100 ms period: (quota, period) in microseconds.
-fn cpu_quota(cpus: f64) -> (u64, u64) {
-    let period: u64 = 100_000;
-    ((cpus * period as f64).round() as u64, period)
-}
-
-/// On v2, makes sure `parent` can delegate controllers to a child: when it has processes (drun at least), drun
-/// moves itself into a leaf beside the container's cgroup first. Returns that leaf.
-fn delegate(version: &Version, parent: &str) -> Result<Option<String>, CgroupError> {
-    if *version != Version::V2 || parent == "/" {
-        return Ok(None);
-    }
-    let dir = Path::new(CGROUP_ROOT).join(parent.trim_start_matches('/'));
-    if enable_controllers(&dir).is_ok() {
-        return Ok(None);
-    }
-    let leaf = join(parent, &format!("drun.supervisor-{}", std::process::id()));
-    let leaf_dir = Path::new(CGROUP_ROOT).join(leaf.trim_start_matches('/'));
-    crate::safe_fs::create_dir_all_mode(&leaf_dir, 0o755).map_err(|source| CgroupError::Write {
-        path: leaf_dir.clone(),
-        source,
-    })?;
-    let procs = leaf_dir.join("cgroup.procs");
-    crate::run::warmup::move_self(&procs).map_err(|source| CgroupError::Write { path: procs, source })?;
-    enable_controllers(&dir).map_err(|source| CgroupError::Write {
-        path: dir.join("cgroup.subtree_control"),
-        source,
-    })?;
-    Ok(Some(leaf))
-}
-
-fn enable_controllers(dir: &Path) -> std::io::Result<()> {
-    let available = crate::safe_fs::read_system(dir.join("cgroup.controllers"))?;
-    let want: Vec<String> = ["cpu", "memory", "pids", "io", "cpuset"]
-        .iter()
-        .filter(|c| available.split_whitespace().any(|a| a == **c))
-        .map(|c| format!("+{c}"))
-        .collect();
-    crate::safe_fs::write_system(dir.join("cgroup.subtree_control"), want.join(" "))
-}
-
-/// Removes a cgroup directory and the cgroups below it, deepest first; true once it is gone.
-fn remove_cgroup_tree(dir: &Path) -> bool {
-    if let Ok(rd) = std::fs::read_dir(dir) {
-        for e in rd.flatten() {
-            if e.file_type().is_ok_and(|t| t.is_dir()) {
-                remove_cgroup_tree(&e.path());
-            }
-        }
-    }
-    std::fs::remove_dir(dir).is_ok() || !dir.is_dir()
-}
-
-/// SIGKILLs every process of a cgroup directory (and its children), best effort.
-fn kill_all(dir: &Path) {
-    if let Ok(rd) = std::fs::read_dir(dir) {
-        for e in rd.flatten() {
-            if e.file_type().is_ok_and(|t| t.is_dir()) {
-                kill_all(&e.path());
-            }
-        }
-    }
-    if let Ok(procs) = crate::safe_fs::read_system(dir.join("cgroup.procs")) {
-        for pid in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
-        }
-    }
-}
-
-/// Standard device access: nothing by default, then the character devices every container needs.
-fn device_rules() -> Value {
-    let allow = |major: i64, minor: Option<i64>| {
-        let mut v = json!({"allow": true, "type": "c", "major": major, "access": "rwm"});
-        if let Some(m) = minor {
-            v["minor"] = json!(m);
-        }
-        v
-    };
-    json!([
-        {"allow": false, "access": "rwm"},
-        allow(1, Some(3)), allow(1, Some(5)), allow(1, Some(7)), allow(1, Some(8)), allow(1, Some(9)),
-        allow(5, Some(0)), allow(5, Some(1)), allow(5, Some(2)), allow(136, None),
-    ])
 }

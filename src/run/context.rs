@@ -1,0 +1,74 @@
+//! What every phase of one run shares: the plan, the container's id and its run directory. Created once, before
+//! anything of the container exists; read-only afterwards.
+
+use std::path::{Path, PathBuf};
+
+use crate::image::ready::ReadyImage;
+use crate::plan::RunPlan;
+use crate::run::cgroups::{CgroupPlan, Version};
+use crate::run::state::{self, RunDir, RunInfo};
+use crate::run::{io_error, RunError};
+
+/// The values every phase of one run shares.
+pub struct RunContext<'a> {
+    pub plan: &'a RunPlan,
+    /// drun's state directory (`/run/drun` for root).
+    pub state_dir: &'a Path,
+    /// The container's id: 64 hex digits.
+    pub id: String,
+    /// Its first 12: the default hostname, and the name of its cgroup and console socket.
+    pub short_id: String,
+    /// The run directory, `<state>/containers/<id>/`: root file system, /etc files, bundle, network namespace.
+    pub dir: PathBuf,
+}
+
+impl<'a> RunContext<'a> {
+    /// Cleans up after drun processes that died, refuses a name a live container has, and creates the run's
+    /// directory (locked for as long as the returned [`RunDir`] lives).
+    pub fn create(plan: &'a RunPlan, state_dir: &'a Path) -> Result<(RunContext<'a>, RunDir), RunError> {
+        state::reap_stale(state_dir);
+        if let Some(n) = &plan.name {
+            if state::list(state_dir).iter().any(|i| i.name.as_deref() == Some(n)) {
+                return Err(RunError::NameInUse(n.clone()));
+            }
+        }
+        let id = random_id();
+        let short_id = id[..12].to_string();
+        let run_dir = RunDir::create(state_dir, &id).map_err(io_error("create the run directory"))?;
+        let context = RunContext {
+            plan,
+            state_dir,
+            id,
+            short_id,
+            dir: run_dir.path.clone(),
+        };
+        Ok((context, run_dir))
+    }
+
+    /// The run's record as first written (no command or pid yet).
+    pub fn run_info(&self, image: &ReadyImage, cgroup: &CgroupPlan) -> RunInfo {
+        RunInfo {
+            id: self.id.clone(),
+            name: self.plan.name.clone(),
+            image: image.record.name.clone(),
+            command: vec![],
+            pid: None,
+            started: time::OffsetDateTime::now_utc(),
+            cgroup_path: cgroup.path.clone(),
+            pid_start: None,
+            cgroup_v2: cgroup.version == Version::V2,
+            layers: image.record.layers.iter().map(|l| l.key()).collect(),
+            labels: self.plan.labels.clone(),
+        }
+    }
+}
+
+fn random_id() -> String {
+    let mut b = [0u8; 32];
+    #[allow(clippy::disallowed_methods)] // the kernel's device
+    if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
+        use std::io::Read;
+        let _ = f.read_exact(&mut b);
+    }
+    hex::encode(b)
+}

@@ -1,0 +1,57 @@
+//! What can end a run before the container's command does, and the exit status each maps to.
+
+use crate::run::{cgroups, rootfs, seccomp, spec, user};
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Image(#[from] crate::image::ready::ReadyError),
+    #[error(transparent)]
+    Store(#[from] crate::image::store::StoreError),
+    #[error("no command specified: the image has no Entrypoint or Cmd and none was given")]
+    NoCommand,
+    #[error("a container named {0:?} is already running")]
+    NameInUse(String),
+    #[error("cannot {what}")]
+    Io { what: String, source: std::io::Error },
+    #[error(transparent)]
+    Rootfs(#[from] rootfs::RootfsError),
+    #[error(transparent)]
+    User(#[from] user::UserError),
+    #[error(transparent)]
+    Spec(#[from] spec::SpecError),
+    #[error(transparent)]
+    Cgroup(#[from] cgroups::CgroupError),
+    #[error("--init needs catatonit (Debian package `catatonit`), which is not installed")]
+    NoInit,
+    #[error("libcontainer cannot {what}")]
+    Runtime {
+        what: &'static str,
+        source: libcontainer::error::LibcontainerError,
+    },
+    /// The command cannot be run (as `docker run` says it: the path, then why), with its exit status.
+    #[error("{path}: {message}")]
+    Exec { path: String, message: String, code: i32 },
+    #[error(transparent)]
+    Gpu(#[from] crate::gpu::GpuError),
+    #[error(transparent)]
+    Seccomp(#[from] seccomp::FilterError),
+    #[error("a run has at most one copy-on-write (overlay) mount")]
+    TwoOverlays,
+}
+
+impl RunError {
+    /// The exit status this error maps to (125 unless the command itself could not be run).
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            RunError::Exec { code, .. } => *code,
+            _ => crate::exit::DRUN_ERROR,
+        }
+    }
+}
+
+/// An I/O error as the step of the run that could not be done (`what`: "create the run directory").
+pub(crate) fn io_error(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> RunError {
+    let what = what.into();
+    move |source| RunError::Io { what, source }
+}
