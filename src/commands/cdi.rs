@@ -5,7 +5,7 @@ use anyhow::{bail, Context, Result};
 use crate::cli::{CdiArgs, CdiCommand};
 use crate::gpu::{self, cdi};
 
-pub fn run(a: CdiArgs) -> Result<i32> {
+pub fn execute(a: CdiArgs) -> Result<i32> {
     match a.command {
         CdiCommand::Generate { output, capabilities } => {
             let root = gpu::driver_root();

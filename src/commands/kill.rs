@@ -16,7 +16,7 @@ fn parse_signal(s: &str) -> Result<Signal> {
     name.parse::<Signal>().with_context(|| format!("unknown signal {s:?}"))
 }
 
-pub fn run(global: &GlobalArgs, args: KillArgs) -> Result<i32> {
+pub fn execute(global: &GlobalArgs, args: KillArgs) -> Result<i32> {
     let sig = parse_signal(&args.signal)?;
     let list = state::list(&super::state_dir(global)?);
     for want in &args.containers {

@@ -3,7 +3,7 @@
 //!
 //! Several keys accept more than one shape (`environment` as a map or a list, `artifacts` items as a path or a
 //! map …). serde's `untagged` enums would lose both the location and the precise message, so those go through
-//! [`flex`], a visitor that dispatches on the YAML node kind and names every accepted shape when none matches.
+//! [`by_shape`], a visitor that dispatches on the YAML node kind and names every accepted shape when none matches.
 
 use std::fmt;
 use std::marker::PhantomData;
@@ -11,8 +11,6 @@ use std::marker::PhantomData;
 use serde::de::{self, value::MapAccessDeserializer, value::SeqAccessDeserializer, Deserializer, Visitor};
 use serde::Deserialize;
 use serde_saphyr::Spanned;
-
-pub type S<T> = Spanned<T>;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -23,57 +21,57 @@ pub struct WorkflowFile {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Workflow {
-    pub name: S<String>,
+    pub name: Spanned<String>,
     #[serde(default)]
-    pub provider: Option<S<String>>,
-    pub image: S<String>,
+    pub provider: Option<Spanned<String>>,
+    pub image: Spanned<String>,
     #[serde(default)]
-    pub entrypoint: Option<S<StringOrList>>,
+    pub entrypoint: Option<Spanned<StringOrList>>,
     #[serde(default)]
     pub commands: Option<Vec<String>>,
     #[serde(default)]
-    pub command: Option<S<StringOrList>>,
+    pub command: Option<Spanned<StringOrList>>,
     #[serde(default)]
     pub before_run: Option<Vec<String>>,
     #[serde(default)]
-    pub requirements: Option<S<String>>,
+    pub requirements: Option<Spanned<String>>,
     #[serde(default)]
-    pub version: Option<S<Scalar>>,
+    pub version: Option<Spanned<Scalar>>,
     #[serde(default)]
     pub environment: Option<Environment>,
     #[serde(default)]
-    pub working_dir: Option<S<String>>,
+    pub working_dir: Option<Spanned<String>>,
     #[serde(default)]
-    pub artifacts: Vec<S<Artifact>>,
+    pub artifacts: Vec<Spanned<Artifact>>,
     #[serde(default)]
     pub resources: Option<Resources>,
     #[serde(default)]
-    pub deps: Vec<S<String>>,
+    pub deps: Vec<Spanned<String>>,
     // Docker-run options (docker-py's `containers.run` names).
     #[serde(default)]
-    pub user: Option<S<Scalar>>,
+    pub user: Option<Spanned<Scalar>>,
     #[serde(default)]
     pub volumes: Option<Volumes>,
     #[serde(default)]
-    pub hostname: Option<S<String>>,
+    pub hostname: Option<Spanned<String>>,
     #[serde(default)]
-    pub cap_add: Vec<S<String>>,
+    pub cap_add: Vec<Spanned<String>>,
     #[serde(default)]
-    pub cap_drop: Vec<S<String>>,
+    pub cap_drop: Vec<Spanned<String>>,
     #[serde(default)]
     pub privileged: bool,
     #[serde(default)]
     pub read_only: bool,
     #[serde(default)]
-    pub network_mode: Option<S<String>>,
+    pub network_mode: Option<Spanned<String>>,
     #[serde(default)]
     pub tmpfs: Option<Tmpfs>,
     #[serde(default)]
-    pub ulimits: Vec<S<UlimitEntry>>,
+    pub ulimits: Vec<Spanned<UlimitEntry>>,
     #[serde(default)]
-    pub shm_size: Option<S<Scalar>>,
+    pub shm_size: Option<Spanned<Scalar>>,
     #[serde(default)]
-    pub mem_limit: Option<S<Scalar>>,
+    pub mem_limit: Option<Spanned<Scalar>>,
     #[serde(default)]
     pub labels: Option<Labels>,
 }
@@ -82,17 +80,17 @@ pub struct Workflow {
 #[serde(deny_unknown_fields)]
 pub struct Resources {
     #[serde(default)]
-    pub cpu: Option<S<Scalar>>,
+    pub cpu: Option<Spanned<Scalar>>,
     #[serde(default)]
-    pub memory: Option<S<Scalar>>,
+    pub memory: Option<Spanned<Scalar>>,
     #[serde(default)]
-    pub shm_size: Option<S<Scalar>>,
+    pub shm_size: Option<Spanned<Scalar>>,
     #[serde(default)]
-    pub gpu: Option<S<Gpu>>,
+    pub gpu: Option<Spanned<Gpu>>,
     #[serde(default)]
-    pub interruptible: Option<S<bool>>,
+    pub interruptible: Option<Spanned<bool>>,
     #[serde(default)]
-    pub local: Option<S<bool>>,
+    pub local: Option<Spanned<bool>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -103,7 +101,7 @@ pub struct GpuMap {
     #[serde(default)]
     pub count: Option<u32>,
     #[serde(default)]
-    pub memory: Option<S<Scalar>>,
+    pub memory: Option<Spanned<Scalar>>,
 }
 
 /// `gpu: 2` or `gpu: {name, count, memory}`.
@@ -142,15 +140,15 @@ pub struct Scalar(pub String);
 /// `environment`: a map, or a list of `KEY=VALUE`; values may use `${VAR}` (resolved later, with locations).
 #[derive(Debug)]
 pub enum Environment {
-    Map(Vec<(String, S<Scalar>)>),
-    List(Vec<S<String>>),
+    Map(Vec<(String, Spanned<Scalar>)>),
+    List(Vec<Spanned<String>>),
 }
 
 /// `volumes`: `["SRC:DST[:ro]", …]` or docker-py's `{SRC: {bind: DST, mode: ro}}`.
 #[derive(Debug)]
 pub enum Volumes {
-    List(Vec<S<String>>),
-    Map(Vec<(String, S<VolumeBind>)>),
+    List(Vec<Spanned<String>>),
+    Map(Vec<(String, Spanned<VolumeBind>)>),
 }
 
 #[derive(Debug, Deserialize)]
@@ -164,8 +162,8 @@ pub struct VolumeBind {
 /// `tmpfs`: `["/path[:options]", …]` or `{/path: options}`.
 #[derive(Debug)]
 pub enum Tmpfs {
-    List(Vec<S<String>>),
-    Map(Vec<(String, Scalar)>),
+    List(Vec<Spanned<String>>),
+    Map(Vec<(String, Spanned<Scalar>)>),
 }
 
 #[derive(Debug, Deserialize)]
@@ -194,15 +192,15 @@ pub enum Labels {
 // ---- shape dispatch ----
 
 /// What one YAML node kind turns into (or `None`: that kind is not accepted here).
-struct Flex<T, L, M> {
+struct ShapeVisitor<T, L, M> {
     what: &'static str,
     scalar: Option<fn(String) -> T>,
     list: Option<fn(L) -> T>,
     map: Option<fn(M) -> T>,
-    _p: PhantomData<(L, M)>,
+    _shapes: PhantomData<(L, M)>,
 }
 
-impl<'de, T, L: Deserialize<'de>, M: Deserialize<'de>> Visitor<'de> for Flex<T, L, M> {
+impl<'de, T, L: Deserialize<'de>, M: Deserialize<'de>> Visitor<'de> for ShapeVisitor<T, L, M> {
     type Value = T;
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
         f.write_str(self.what)
@@ -251,31 +249,31 @@ impl<'de, T, L: Deserialize<'de>, M: Deserialize<'de>> Visitor<'de> for Flex<T, 
     }
 }
 
-fn flex<'de, D: Deserializer<'de>, T, L: Deserialize<'de>, M: Deserialize<'de>>(
+fn by_shape<'de, D: Deserializer<'de>, T, L: Deserialize<'de>, M: Deserialize<'de>>(
     d: D,
     what: &'static str,
     scalar: Option<fn(String) -> T>,
     list: Option<fn(L) -> T>,
     map: Option<fn(M) -> T>,
 ) -> Result<T, D::Error> {
-    d.deserialize_any(Flex {
+    d.deserialize_any(ShapeVisitor {
         what,
         scalar,
         list,
         map,
-        _p: PhantomData,
+        _shapes: PhantomData,
     })
 }
 
 /// A map deserialised in file order (keys as text).
 #[derive(Debug)]
-struct Ordered<V>(Vec<(String, V)>);
+struct OrderedMap<V>(Vec<(String, V)>);
 
-impl<'de, V: Deserialize<'de>> Deserialize<'de> for Ordered<V> {
+impl<'de, V: Deserialize<'de>> Deserialize<'de> for OrderedMap<V> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         struct Vis<V>(PhantomData<V>);
         impl<'de, V: Deserialize<'de>> Visitor<'de> for Vis<V> {
-            type Value = Ordered<V>;
+            type Value = OrderedMap<V>;
             fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
                 f.write_str("a map")
             }
@@ -284,24 +282,24 @@ impl<'de, V: Deserialize<'de>> Deserialize<'de> for Ordered<V> {
                 while let Some(k) = map.next_key::<Scalar>()? {
                     out.push((k.0, map.next_value()?));
                 }
-                Ok(Ordered(out))
+                Ok(OrderedMap(out))
             }
         }
         d.deserialize_map(Vis(PhantomData))
     }
 }
 
-type Never = de::IgnoredAny;
+type NotAccepted = de::IgnoredAny;
 
 impl<'de> Deserialize<'de> for Scalar {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        flex::<_, _, Never, Never>(d, "a single value (text or a number)", Some(Scalar), None, None)
+        by_shape::<_, _, NotAccepted, NotAccepted>(d, "a single value (text or a number)", Some(Scalar), None, None)
     }
 }
 
 impl<'de> Deserialize<'de> for StringOrList {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        flex::<_, _, Vec<String>, Never>(
+        by_shape::<_, _, Vec<String>, NotAccepted>(
             d,
             "a string or a list of strings",
             Some(StringOrList::String),
@@ -321,7 +319,7 @@ impl<'de> Deserialize<'de> for Gpu {
                 ..Default::default()
             }),
         };
-        flex::<_, _, Never, GpuMap>(
+        by_shape::<_, _, NotAccepted, GpuMap>(
             d,
             "a GPU count or a map with name, count and memory",
             Some(count),
@@ -333,7 +331,7 @@ impl<'de> Deserialize<'de> for Gpu {
 
 impl<'de> Deserialize<'de> for Artifact {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        flex::<_, _, Never, ArtifactMap>(
+        by_shape::<_, _, NotAccepted, ArtifactMap>(
             d,
             "a path or a map with path and mount",
             Some(|path| Artifact { path, mount: false }),
@@ -348,7 +346,7 @@ impl<'de> Deserialize<'de> for Artifact {
 
 impl<'de> Deserialize<'de> for Environment {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        flex::<_, _, Vec<S<String>>, Ordered<S<Scalar>>>(
+        by_shape::<_, _, Vec<Spanned<String>>, OrderedMap<Spanned<Scalar>>>(
             d,
             "a map of variables or a list of KEY=VALUE",
             None,
@@ -360,7 +358,7 @@ impl<'de> Deserialize<'de> for Environment {
 
 impl<'de> Deserialize<'de> for Volumes {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        flex::<_, _, Vec<S<String>>, Ordered<S<VolumeBind>>>(
+        by_shape::<_, _, Vec<Spanned<String>>, OrderedMap<Spanned<VolumeBind>>>(
             d,
             "a list of SRC:DST[:ro] or a map of SRC: {bind, mode}",
             None,
@@ -372,7 +370,7 @@ impl<'de> Deserialize<'de> for Volumes {
 
 impl<'de> Deserialize<'de> for Tmpfs {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        flex::<_, _, Vec<S<String>>, Ordered<Scalar>>(
+        by_shape::<_, _, Vec<Spanned<String>>, OrderedMap<Spanned<Scalar>>>(
             d,
             "a list of /PATH[:OPTIONS] or a map of /PATH: OPTIONS",
             None,
@@ -384,7 +382,7 @@ impl<'de> Deserialize<'de> for Tmpfs {
 
 impl<'de> Deserialize<'de> for UlimitEntry {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        flex::<_, _, Never, UlimitMap>(
+        by_shape::<_, _, NotAccepted, UlimitMap>(
             d,
             "NAME=SOFT[:HARD] or a map with name, soft and hard",
             Some(UlimitEntry::Text),
@@ -396,12 +394,132 @@ impl<'de> Deserialize<'de> for UlimitEntry {
 
 impl<'de> Deserialize<'de> for Labels {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        flex::<_, _, Vec<String>, Ordered<Scalar>>(
+        by_shape::<_, _, Vec<String>, OrderedMap<Scalar>>(
             d,
             "a map of labels or a list of KEY=VALUE",
             None,
             Some(Labels::List),
             Some(|m| Labels::Map(m.0)),
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(yaml: &str) -> Workflow {
+        let file: WorkflowFile =
+            serde_saphyr::from_str(&format!("workflows:\n  - name: a\n    image: x\n{yaml}")).unwrap();
+        file.workflows.into_iter().next().unwrap()
+    }
+
+    fn error(yaml: &str) -> String {
+        serde_saphyr::from_str::<WorkflowFile>(&format!("workflows:\n  - name: a\n    image: x\n{yaml}"))
+            .unwrap_err()
+            .without_snippet()
+            .to_string()
+    }
+
+    #[test]
+    fn scalars_keep_the_text_they_were_written_as() {
+        let w = entry("    version: \"3.10\"\n    user: 1000\n    resources:\n      cpu: 0.5\n      memory: 16GB\n");
+        assert_eq!(w.version.unwrap().value, Scalar("3.10".into()));
+        assert_eq!(w.user.unwrap().value, Scalar("1000".into()));
+        let res = w.resources.unwrap();
+        assert_eq!(res.cpu.unwrap().value, Scalar("0.5".into()));
+        assert_eq!(res.memory.unwrap().value, Scalar("16GB".into()));
+    }
+
+    #[test]
+    fn each_key_takes_each_of_its_shapes() {
+        let w = entry(concat!(
+            "    entrypoint: /bin/sh -c\n",
+            "    command: [echo, hi]\n",
+            "    environment:\n      A: 1\n      B: two\n",
+            "    volumes: [\"./a:/a:ro\"]\n",
+            "    tmpfs:\n      /t: size=1m\n",
+            "    ulimits: [\"nofile=1:2\", {name: core, soft: -1}]\n",
+            "    labels: [team=hpc]\n",
+            "    artifacts: [out, {path: live, mount: true}]\n",
+            "    resources:\n      gpu: 2\n",
+        ));
+        assert!(matches!(w.entrypoint.unwrap().value, StringOrList::String(s) if s == "/bin/sh -c"));
+        assert!(matches!(w.command.unwrap().value, StringOrList::List(l) if l == ["echo", "hi"]));
+        match w.environment.unwrap() {
+            Environment::Map(m) => {
+                let pairs: Vec<(&str, &str)> = m.iter().map(|(k, v)| (k.as_str(), v.value.0.as_str())).collect();
+                assert_eq!(pairs, [("A", "1"), ("B", "two")]);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(w.volumes.unwrap(), Volumes::List(l) if l[0].value == "./a:/a:ro"));
+        match w.tmpfs.unwrap() {
+            Tmpfs::Map(m) => {
+                assert_eq!((m[0].0.as_str(), m[0].1.value.0.as_str()), ("/t", "size=1m"));
+                assert_eq!(m[0].1.referenced.line(), 11);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(&w.ulimits[0].value, UlimitEntry::Text(t) if t == "nofile=1:2"));
+        assert!(
+            matches!(&w.ulimits[1].value, UlimitEntry::Map(m) if m.name == "core" && m.soft == -1 && m.hard.is_none())
+        );
+        assert!(matches!(w.labels.unwrap(), Labels::List(l) if l == ["team=hpc"]));
+        let artifacts: Vec<(&str, bool)> = w
+            .artifacts
+            .iter()
+            .map(|a| (a.value.path.as_str(), a.value.mount))
+            .collect();
+        assert_eq!(artifacts, [("out", false), ("live", true)]);
+        assert!(matches!(w.resources.unwrap().gpu.unwrap().value, Gpu::Count(2)));
+
+        let w = entry(concat!(
+            "    environment: [A=1, HOME]\n",
+            "    volumes:\n      ./shared: {bind: /data, mode: ro}\n",
+            "    tmpfs: [\"/t:size=1m\"]\n",
+            "    labels:\n      team: hpc\n",
+            "    resources:\n      gpu: {name: A100, count: 2, memory: 40GB}\n",
+        ));
+        assert!(matches!(w.environment.unwrap(), Environment::List(l) if l.len() == 2 && l[1].value == "HOME"));
+        match w.volumes.unwrap() {
+            Volumes::Map(m) => {
+                assert_eq!(m[0].0, "./shared");
+                assert_eq!(
+                    (m[0].1.value.bind.as_str(), m[0].1.value.mode.as_deref()),
+                    ("/data", Some("ro"))
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(w.tmpfs.unwrap(), Tmpfs::List(l) if l[0].value == "/t:size=1m"));
+        assert!(matches!(w.labels.unwrap(), Labels::Map(m) if m[0].0 == "team" && m[0].1 .0 == "hpc"));
+        match w.resources.unwrap().gpu.unwrap().value {
+            Gpu::Spec(g) => {
+                assert_eq!((g.name.as_deref(), g.count), (Some("A100"), Some(2)));
+                assert_eq!(g.memory.unwrap().value.0, "40GB");
+            }
+            other => panic!("{other:?}"),
+        }
+        // A GPU name alone is kept for the validator.
+        assert!(
+            matches!(entry("    resources:\n      gpu: K80\n").resources.unwrap().gpu.unwrap().value,
+            Gpu::Spec(g) if g.name.as_deref() == Some("K80") && g.count.is_none())
+        );
+    }
+
+    #[test]
+    fn a_wrong_shape_names_the_shapes_accepted() {
+        assert!(error("    environment: 3\n").contains("expected a map of variables or a list of KEY=VALUE"));
+        assert!(error("    volumes: ./a:/a\n").contains("a list of SRC:DST[:ro] or a map of SRC: {bind, mode}"));
+        assert!(error("    artifacts: [[out]]\n").contains("a path or a map with path and mount"));
+        assert!(error("    command: {a: b}\n").contains("a string or a list of strings"));
+    }
+
+    #[test]
+    fn unknown_keys_are_errors() {
+        assert!(error("    comands: [true]\n").contains("unknown field `comands`"));
+        assert!(error("    artifacts:\n      - path: out\n        mout: true\n").contains("unknown field `mout`"));
+        assert!(error("    resources:\n      gpus: 1\n").contains("unknown field `gpus`"));
     }
 }
