@@ -25,8 +25,8 @@ pub enum HostPathError {
         #[source]
         source: io::Error,
     },
-    /// A file that must exist does not (or is not a regular file); the front end says what the file is for.
-    #[error("file {} does not exist", path.display())]
+    /// A file that must exist does not (or is not a regular file).
+    #[error("cannot find the file {path:?}")]
     MissingFile { path: PathBuf },
 }
 

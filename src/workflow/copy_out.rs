@@ -22,7 +22,7 @@ use nix::sys::stat::{fchmod, fstat, fstatat, futimens, mkdirat, FileStat, Mode, 
 use nix::unistd::{fchown, fchownat, Gid, Uid};
 
 /// Deeper trees are refused (each level holds two descriptors open).
-const MAX_DEPTH: usize = 200;
+pub(super) const MAX_DEPTH: usize = 200;
 
 /// Why an artifact could not be copied out.
 #[derive(Debug, thiserror::Error)]
@@ -162,12 +162,12 @@ fn split(rel: &str) -> Option<(String, OsString)> {
     Some((parent, last.to_os_string()))
 }
 
-fn kind(st: &FileStat) -> SFlag {
+pub(super) fn kind(st: &FileStat) -> SFlag {
     SFlag::from_bits_truncate(st.st_mode & SFlag::S_IFMT.bits())
 }
 
 /// A directory of drun's own (the project view's mount point, the job's artifact directory).
-fn open_dir_path(p: &Path) -> io::Result<OwnedFd> {
+pub(super) fn open_dir_path(p: &Path) -> io::Result<OwnedFd> {
     Ok(crate::safe_fs::open_dir_nofollow(p)?.into())
 }
 
@@ -185,7 +185,7 @@ fn open_beneath(root: BorrowedFd<'_>, rel: &str) -> Result<OwnedFd, Errno> {
 }
 
 /// Opens `name` in `dir` as what `st` said it was (same inode), never following a symlink, never blocking.
-fn reopen(dir: BorrowedFd<'_>, name: &OsStr, st: &FileStat, flags: OFlag) -> io::Result<OwnedFd> {
+pub(super) fn reopen(dir: BorrowedFd<'_>, name: &OsStr, st: &FileStat, flags: OFlag) -> io::Result<OwnedFd> {
     let fd = openat(
         dir,
         name,
@@ -229,18 +229,18 @@ fn make_dirs_at(dir: BorrowedFd<'_>, rel: &str, owner: Option<(u32, u32)>) -> io
     Ok(at)
 }
 
-fn caller_mode(mode: u32) -> Mode {
+pub(super) fn caller_mode(mode: u32) -> Mode {
     Mode::from_bits_truncate(crate::safe_fs::for_caller(mode))
 }
 
-fn hand_over(fd: BorrowedFd<'_>, owner: Option<(u32, u32)>) {
+pub(super) fn hand_over(fd: BorrowedFd<'_>, owner: Option<(u32, u32)>) {
     if let Some((u, g)) = owner {
         let _ = fchown(fd, Some(Uid::from_raw(u)), Some(Gid::from_raw(g)));
     }
 }
 
 /// The names in a directory (without `.` and `..`).
-fn entries(dir: BorrowedFd<'_>) -> io::Result<Vec<OsString>> {
+pub(super) fn entries(dir: BorrowedFd<'_>) -> io::Result<Vec<OsString>> {
     // nix's Dir takes its descriptor: give it a duplicate, opened anew so that its offset is its own.
     let dup = openat(
         dir,
@@ -333,61 +333,6 @@ fn copy_entry(
         }
         // Devices, sockets and FIFOs are not outputs.
         _ => {}
-    }
-    Ok(())
-}
-
-/// Makes what a container left in a mounted artifact directory `dir` (a host directory it wrote to directly) safe
-/// to hand over, once every process of the container has ended: setuid/setgid bits and file capabilities are
-/// removed, devices, FIFOs and sockets deleted, modes limited by the caller's umask, and everything given to
-/// `owner`. Walks on descriptors, like the copy. Returns the number of files.
-pub fn sanitize_tree(dir: &Path, owner: Option<(u32, u32)>) -> io::Result<u64> {
-    let top = open_dir_path(dir)?;
-    let mut files = 0;
-    sanitize_dir(top.as_fd(), owner, 0, &mut files)?;
-    hand_over(top.as_fd(), owner);
-    fchmod(top.as_fd(), caller_mode(0o777))?;
-    Ok(files)
-}
-
-fn sanitize_dir(dir: BorrowedFd<'_>, owner: Option<(u32, u32)>, depth: usize, files: &mut u64) -> io::Result<()> {
-    use nix::unistd::{unlinkat, UnlinkatFlags};
-    if depth > MAX_DEPTH {
-        return Err(io::Error::other(format!("directories nested deeper than {MAX_DEPTH}")));
-    }
-    for name in entries(dir)? {
-        let st = fstatat(dir, name.as_os_str(), nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW)?;
-        let mode = caller_mode(st.st_mode & 0o1777);
-        match kind(&st) {
-            SFlag::S_IFDIR => {
-                let fd = reopen(dir, &name, &st, OFlag::O_RDONLY | OFlag::O_DIRECTORY)?;
-                sanitize_dir(fd.as_fd(), owner, depth + 1, files)?;
-                hand_over(fd.as_fd(), owner);
-                fchmod(fd.as_fd(), mode)?;
-            }
-            SFlag::S_IFREG => {
-                let fd = reopen(dir, &name, &st, OFlag::O_RDONLY)?;
-                // SAFETY: the name is a NUL-terminated literal and fd a descriptor we own; ENODATA (no
-                // capabilities) is the usual answer and ignored.
-                unsafe { libc::fremovexattr(fd.as_raw_fd(), c"security.capability".as_ptr()) };
-                hand_over(fd.as_fd(), owner);
-                fchmod(fd.as_fd(), mode)?;
-                *files += 1;
-            }
-            SFlag::S_IFLNK => {
-                if let Some((u, g)) = owner {
-                    let _ = fchownat(
-                        dir,
-                        name.as_os_str(),
-                        Some(Uid::from_raw(u)),
-                        Some(Gid::from_raw(g)),
-                        nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
-                    );
-                }
-            }
-            // Devices, sockets and FIFOs are not outputs, and a device node is a way into the host.
-            _ => unlinkat(dir, name.as_os_str(), UnlinkatFlags::NoRemoveDir)?,
-        }
     }
     Ok(())
 }

@@ -5,7 +5,7 @@
 //! that `drun run IMAGE` flags would give, read by the same parsers ([`crate::plan::parse`]), plus what only
 //! workflows have (the project directory, artifacts, dependencies, requirements), which becomes mounts in one
 //! place ([`mounts`]). [`order`] sorts jobs by their dependencies; [`runner`] runs them and reports through the
-//! caller's [`runner::Reporter`]; [`copy_out`] saves artifacts; [`dry_run`] describes the plans. Nothing here
+//! caller's [`runner::Reporter`]; [`copy_out`] saves artifacts and [`sanitize`] makes mounted ones safe; [`dry_run`] describes the plans. Nothing here
 //! prints, and nothing here knows the command line.
 
 pub mod copy_out;
@@ -17,6 +17,7 @@ mod load;
 pub mod mounts;
 pub mod order;
 pub mod runner;
+pub mod sanitize;
 pub mod schema;
 mod settings;
 mod suggest;

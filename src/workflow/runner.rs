@@ -6,9 +6,10 @@ use std::cell::Cell;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
-use super::copy_out::{copy_artifact, sanitize_tree};
+use super::copy_out::copy_artifact;
 use super::error::with_causes;
 use super::mounts::Stage;
+use super::sanitize::sanitize_tree;
 use super::{WorkflowJob, WorkflowSet};
 use crate::config::Config;
 use crate::image::store::Store;

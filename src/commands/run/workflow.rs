@@ -42,7 +42,7 @@ pub(super) fn execute(global: &GlobalArgs, args: RunArgs) -> Result<i32> {
     let jobs = set.order(&args.image_and_command[1..])?;
     let artifacts_root = set
         .artifacts_dir(args.workflow.artifacts.as_deref())
-        .context("cannot find the artifacts directory")?;
+        .context("cannot make the artifacts directory absolute")?;
     if args.workflow.dry_run {
         for job in &jobs {
             let (plan, _) = job.run_plan(&set, &artifacts_root, Stage::Planned);
