@@ -13,12 +13,7 @@ use crate::plan::{NetworkMode, PullPolicy, Sharing};
 #[derive(Args, Debug)]
 #[command(trailing_var_arg = true)]
 pub struct RunArgs {
-    #[command(flatten)]
-    pub container: ContainerArgs,
-    #[command(flatten)]
-    pub common: CommonRunArgs,
-    #[command(flatten)]
-    pub workflow: WorkflowArgs,
+    // Declared before the groups: a group's help heading would otherwise cover it.
     /// Image, then the command and its arguments; or a workflow file (*.yaml, *.yml), then workflow names
     #[arg(
         required = true,
@@ -26,6 +21,12 @@ pub struct RunArgs {
         allow_hyphen_values = true
     )]
     pub image_and_command: Vec<String>,
+    #[command(flatten)]
+    pub container: ContainerArgs,
+    #[command(flatten)]
+    pub common: CommonRunArgs,
+    #[command(flatten)]
+    pub workflow: WorkflowArgs,
     /// The flags of each group given on the command line (filled in by [`super::parse_from`], not by clap).
     #[arg(skip)]
     pub given: GivenFlags,
@@ -70,14 +71,14 @@ pub struct ContainerArgs {
     /// Size of /dev/shm (default: the memory limit, else half of RAM)
     #[arg(long, value_name = "SIZE")]
     pub shm_size: Option<String>,
-    /// Network: host (the host's network) or none (loopback only)
-    #[arg(long, alias = "net", value_enum, default_value_t = NetworkMode::Host, value_name = "MODE")]
+    /// Network: host (default) or none (loopback only)
+    #[arg(long, alias = "net", value_enum, hide_possible_values = true, default_value_t = NetworkMode::Host, value_name = "MODE")]
     pub network: NetworkMode,
     /// IPC namespace: private, or host (default inside a Slurm job)
-    #[arg(long, value_enum, value_name = "MODE")]
+    #[arg(long, value_enum, hide_possible_values = true, value_name = "MODE")]
     pub ipc: Option<Sharing>,
     /// PID namespace: private, or host (default inside a Slurm job)
-    #[arg(long, value_enum, value_name = "MODE")]
+    #[arg(long, value_enum, hide_possible_values = true, value_name = "MODE")]
     pub pid: Option<Sharing>,
     /// Container host name (default: the short container id)
     #[arg(long, short = 'H', value_name = "NAME")]
@@ -128,7 +129,7 @@ pub struct CommonRunArgs {
     #[arg(long, value_name = "FILE")]
     pub env_file: Vec<PathBuf>,
     /// When to pull: missing (default), always, never
-    #[arg(long, value_enum, default_value_t = PullPolicy::Missing, value_name = "POLICY")]
+    #[arg(long, value_enum, hide_possible_values = true, default_value_t = PullPolicy::Missing, value_name = "POLICY")]
     pub pull: PullPolicy,
     /// Platform to pull (OS/ARCH[/VARIANT])
     #[arg(long, value_name = "PLATFORM")]

@@ -87,7 +87,8 @@ pub struct Ulimit {
 }
 
 /// What to run and how. Fields are public for the run path to read; a plan is made with [`RunPlan::new`] (and
-/// struct update syntax: `RunPlan { memory, ..RunPlan::new(image) }`), never field by field from nothing.
+/// struct update syntax: `RunPlan { memory, ..RunPlan::new(image) }`), never field by field from nothing. The run
+/// path takes it by shared reference: it does not change once the run starts.
 #[derive(Clone, Debug)]
 pub struct RunPlan {
     /// The image as typed (resolved through the store, pulled per `pull`).

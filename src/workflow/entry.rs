@@ -47,7 +47,7 @@ pub(super) fn job(w: &schema::Workflow, inputs: &EntryInputs<'_>) -> Result<Work
         ));
     }
     let (working_dir, project_mount) = working_dir(w, inputs.locator)?;
-    let (entrypoint, command) = entrypoint_and_command(w, inputs.locator)?;
+    let Argv { entrypoint, command } = argv(w, inputs.locator)?;
     let artifacts = artifacts(w, inputs.locator, &working_dir)?;
     let mut settings = container_settings(w, inputs)?;
     notes.append(&mut settings.notes);
@@ -145,13 +145,15 @@ fn working_dir(w: &schema::Workflow, locator: &Locator<'_>) -> Result<(String, S
     })
 }
 
+/// What replaces the image's Entrypoint and Cmd (as in [`RunPlan`]: `None` keeps the image's).
+struct Argv {
+    entrypoint: Option<Vec<String>>,
+    command: Option<Vec<String>>,
+}
+
 /// The container's entrypoint and command: a script (`before_run`, the `pip install` of `requirements`,
 /// `commands`) run by `/bin/sh -c` (or the entry's `entrypoint`), or the entry's `command` as the image's Cmd.
-#[allow(clippy::type_complexity)] // (entrypoint, command), as in RunPlan
-fn entrypoint_and_command(
-    w: &schema::Workflow,
-    locator: &Locator<'_>,
-) -> Result<(Option<Vec<String>>, Option<Vec<String>>), WorkflowError> {
+fn argv(w: &schema::Workflow, locator: &Locator<'_>) -> Result<Argv, WorkflowError> {
     if let (Some(_), Some(c)) = (&w.commands, &w.command) {
         return Err(locator.at(
             &c.referenced,
@@ -168,7 +170,7 @@ fn entrypoint_and_command(
     let has_script = w.commands.is_some() || w.before_run.is_some() || w.requirements.is_some();
     if !has_script {
         let command = w.command.as_ref().map(|c| words("command", c)).transpose()?;
-        return Ok((entrypoint, command));
+        return Ok(Argv { entrypoint, command });
     }
     let mut script: Vec<String> = Vec::new();
     script.extend(w.before_run.iter().flatten().cloned());
@@ -180,7 +182,10 @@ fn entrypoint_and_command(
     script.extend(w.commands.iter().flatten().cloned());
     let text = format!("set -e\n{}\n", script.join("\n"));
     let entrypoint = entrypoint.unwrap_or_else(|| vec!["/bin/sh".into(), "-c".into()]);
-    Ok((Some(entrypoint), Some(vec![text])))
+    Ok(Argv {
+        entrypoint: Some(entrypoint),
+        command: Some(vec![text]),
+    })
 }
 
 /// Artifacts: relative to the working directory, never leaving it, none inside another.

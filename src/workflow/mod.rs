@@ -28,7 +28,6 @@ use crate::image::platform::Platform;
 use crate::plan::{PullPolicy, RunPlan};
 
 pub use error::WorkflowError;
-pub use interpolate::{interpolate, InterpolateError};
 pub use load::load;
 pub use order::UnknownWorkflow;
 

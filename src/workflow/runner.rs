@@ -87,7 +87,7 @@ struct Runner<'a> {
 
 /// Runs `jobs` of `set` (dependencies first, as [`WorkflowSet::order`] gives them); returns drun's exit status:
 /// 0, or the status of the first job that failed.
-pub fn run(
+pub fn run_jobs(
     store: &Store,
     cfg: &Config,
     state_dir: &Path,

@@ -47,7 +47,7 @@ pub(super) fn and_list(items: &[String]) -> String {
 }
 
 /// The plan the flags describe.
-pub fn plan_from_args(args: &RunArgs) -> Result<RunPlan> {
+fn plan_from_args(args: &RunArgs) -> Result<RunPlan> {
     let (a, common) = (&args.container, &args.common);
     let mut words = args.image_and_command.iter();
     let image = words.next().context("an image is required")?;

@@ -58,7 +58,7 @@ pub(super) fn execute(global: &GlobalArgs, args: RunArgs) -> Result<i32> {
         keep_going: args.workflow.keep_going,
         quiet: common.quiet,
     };
-    Ok(crate::workflow::runner::run(
+    Ok(crate::workflow::runner::run_jobs(
         &store,
         &cfg,
         &state_dir,
