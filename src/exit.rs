@@ -2,7 +2,7 @@
 //! cannot be executed 126, a command that is not found 127; otherwise the container's own status, 128+N when it
 //! was killed by signal N.
 
-/// drun itself failed (bad input, image not found, the runtime could not start the container …).
+/// drun itself failed (a bad command line or input, image not found, the runtime could not start the container …).
 pub const DRUN_ERROR: i32 = 125;
 /// The command was found but cannot be executed (not executable, a directory, bad interpreter …).
 pub const CANNOT_EXECUTE: i32 = 126;

@@ -1,12 +1,22 @@
-//! The drun binary: parse, set up logging, dispatch, map errors to exit codes.
+//! The drun binary: parse, set up logging, enter the user namespace, dispatch, map errors to exit codes
+//! (`drun::exit`). Prints only the final error; everything else is the library's or the commands'.
+#![allow(clippy::print_stderr, reason = "main prints the error drun exits with")]
 
-use clap::Parser;
-use drun::cli::Cli;
+use drun::exit;
 
 fn main() {
     // Before anything is created: what drun makes without an explicit mode is private to its owner.
     drun::safe_fs::set_private_umask();
-    let cli = Cli::parse();
+    let cli = match drun::cli::parse_from(std::env::args_os()) {
+        Ok(cli) => cli,
+        // --help and --version print to stdout and exit 0, as clap does.
+        Err(e) if !e.use_stderr() => e.exit(),
+        // A bad command line is drun's own error, as for docker run.
+        Err(e) => {
+            let _ = e.print();
+            std::process::exit(exit::DRUN_ERROR);
+        }
+    };
     let filter = cli
         .global
         .log_level
@@ -30,11 +40,11 @@ fn main() {
         if !nix::unistd::geteuid().is_root() {
             if let Err(e) = drun::sys::userns::enter(mode) {
                 eprintln!("error: {e}");
-                std::process::exit(drun::exit::DRUN_ERROR);
+                std::process::exit(exit::DRUN_ERROR);
             }
         } else if mode == drun::sys::userns::UsernsMode::KeepId {
             eprintln!("error: --userns keep-id is for rootless drun; as root, choose the container's user with -u");
-            std::process::exit(drun::exit::DRUN_ERROR);
+            std::process::exit(exit::DRUN_ERROR);
         }
     }
     let code = match drun::commands::dispatch(&cli.global, cli.command) {
@@ -48,7 +58,7 @@ fn main() {
                     eprintln!("  {i}: {c}");
                 }
             }
-            drun::exit::DRUN_ERROR
+            exit::DRUN_ERROR
         }
     };
     std::process::exit(code);

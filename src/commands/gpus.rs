@@ -5,7 +5,7 @@ use anyhow::Result;
 use crate::cli::GpusArgs;
 use crate::gpu::{self, cdi};
 
-pub fn run(a: GpusArgs) -> Result<i32> {
+pub fn execute(a: GpusArgs) -> Result<i32> {
     let root = gpu::driver_root();
     let mut driver = gpu::discover(&root)?;
     if let Some(d) = driver.as_mut() {

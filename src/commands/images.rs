@@ -5,7 +5,7 @@ use anyhow::Result;
 use crate::cli::{GlobalArgs, ImagesArgs};
 use crate::units::ByteSize;
 
-pub fn run(global: &GlobalArgs, args: ImagesArgs) -> Result<i32> {
+pub fn execute(global: &GlobalArgs, args: ImagesArgs) -> Result<i32> {
     let store = super::open_store(global)?;
     let images = store.images()?;
     if args.json {

@@ -5,7 +5,7 @@ use anyhow::{Context, Result};
 use crate::cli::{GlobalArgs, InspectArgs};
 use crate::image::source::lookup_names;
 
-pub fn run(global: &GlobalArgs, args: InspectArgs) -> Result<i32> {
+pub fn execute(global: &GlobalArgs, args: InspectArgs) -> Result<i32> {
     let store = super::open_store(global)?;
     let rec = store.find_image(&args.image, &lookup_names(&args.image))?;
     let load = |d: &crate::digest::Digest| -> Result<serde_json::Value> {

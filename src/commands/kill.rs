@@ -9,14 +9,15 @@ use crate::run::state;
 
 fn parse_signal(s: &str) -> Result<Signal> {
     if let Ok(n) = s.parse::<i32>() {
-        return Signal::try_from(n).with_context(|| format!("invalid signal number {n}"));
+        return Signal::try_from(n).with_context(|| format!("invalid signal {s:?}: expected a signal name or number"));
     }
     let up = s.to_ascii_uppercase();
     let name = if up.starts_with("SIG") { up } else { format!("SIG{up}") };
-    name.parse::<Signal>().with_context(|| format!("unknown signal {s:?}"))
+    name.parse::<Signal>()
+        .with_context(|| format!("invalid signal {s:?}: expected a signal name or number"))
 }
 
-pub fn run(global: &GlobalArgs, args: KillArgs) -> Result<i32> {
+pub fn execute(global: &GlobalArgs, args: KillArgs) -> Result<i32> {
     let sig = parse_signal(&args.signal)?;
     let list = state::list(&super::state_dir(global)?);
     for want in &args.containers {

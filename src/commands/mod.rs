@@ -1,4 +1,10 @@
-//! One module per subcommand. Only here is anything printed to stdout.
+//! One module per subcommand, each entered through its `execute`. Only here (and in main.rs) is anything printed:
+//! the library reports through return values, `tracing`, or a reporter a command passes in.
+#![allow(
+    clippy::print_stdout,
+    clippy::print_stderr,
+    reason = "the subcommands are drun's output: tables, JSON, ids, progress"
+)]
 
 pub mod cdi;
 pub mod gpus;
@@ -19,23 +25,23 @@ use crate::image::store::Store;
 pub fn open_store(global: &GlobalArgs) -> Result<Store> {
     let root = global.root.clone().unwrap_or_else(crate::image::store::default_root);
     Ok(Store::open(&root)
-        .with_context(|| format!("cannot open the image store at {}", root.display()))?
+        .with_context(|| format!("cannot open the image store at {root:?}"))?
         .with_blob_cache(global.blob_cache.clone()))
 }
 
 /// Runs a parsed command; returns the process exit status.
 pub fn dispatch(global: &GlobalArgs, command: Command) -> Result<i32> {
     match command {
-        Command::Pull(a) => pull::run(global, a),
-        Command::Images(a) => images::run(global, a),
-        Command::Inspect(a) => inspect::run(global, a),
-        Command::Rmi(a) => rmi::run(global, a),
-        Command::Prune(a) => prune::run(global, a),
-        Command::Run(a) => run::run(global, *a),
-        Command::Ps(a) => ps::run(global, a),
-        Command::Kill(a) => kill::run(global, a),
-        Command::Gpus(a) => gpus::run(a),
-        Command::Cdi(a) => cdi::run(a),
+        Command::Pull(a) => pull::execute(global, a),
+        Command::Images(a) => images::execute(global, a),
+        Command::Inspect(a) => inspect::execute(global, a),
+        Command::Rmi(a) => rmi::execute(global, a),
+        Command::Prune(a) => prune::execute(global, a),
+        Command::Run(a) => run::execute(global, *a),
+        Command::Ps(a) => ps::execute(global, a),
+        Command::Kill(a) => kill::execute(global, a),
+        Command::Gpus(a) => gpus::execute(a),
+        Command::Cdi(a) => cdi::execute(a),
     }
 }
 

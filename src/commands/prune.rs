@@ -5,7 +5,7 @@ use anyhow::Result;
 use crate::cli::{GlobalArgs, PruneArgs};
 use crate::units::ByteSize;
 
-pub fn run(global: &GlobalArgs, args: PruneArgs) -> Result<i32> {
+pub fn execute(global: &GlobalArgs, args: PruneArgs) -> Result<i32> {
     let store = super::open_store(global)?;
     let lock = store.lock_exclusive()?;
     let state = super::state_dir(global)?;

@@ -5,7 +5,7 @@ use anyhow::Result;
 use crate::cli::{GlobalArgs, PsArgs};
 use crate::run::state;
 
-pub fn run(global: &GlobalArgs, args: PsArgs) -> Result<i32> {
+pub fn execute(global: &GlobalArgs, args: PsArgs) -> Result<i32> {
     let dir = super::state_dir(global)?;
     state::reap_stale(&dir);
     let list = state::list(&dir);

@@ -8,7 +8,7 @@ use crate::image::registry::config::Config;
 use crate::image::source::ImageSource;
 use crate::units::ByteSize;
 
-pub fn run(global: &GlobalArgs, args: PullArgs) -> Result<i32> {
+pub fn execute(global: &GlobalArgs, args: PullArgs) -> Result<i32> {
     let source = ImageSource::parse(&args.image)?;
     let platform = args.platform.as_deref().map(str::parse).transpose()?;
     let cfg = Config::load()?;

@@ -6,7 +6,7 @@ use crate::cli::{GlobalArgs, RmiArgs};
 use crate::image::source::lookup_names;
 use crate::units::ByteSize;
 
-pub fn run(global: &GlobalArgs, args: RmiArgs) -> Result<i32> {
+pub fn execute(global: &GlobalArgs, args: RmiArgs) -> Result<i32> {
     let store = super::open_store(global)?;
     let lock = store.lock_exclusive()?;
     for typed in &args.images {

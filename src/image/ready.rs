@@ -9,13 +9,15 @@ use crate::image::pull::{pull, PullError, PullOptions};
 use crate::image::source::{lookup_names, ImageSource, SourceError};
 use crate::image::store::{ImageRecord, Store, StoreError};
 
-/// When an image is pulled before a run (`--pull`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+/// When an image is pulled before a run (`--pull`, whose spellings are clap's: the plan re-exports it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum PullPolicy {
     /// Only when the store does not have it.
     #[default]
     Missing,
+    /// Every time (a tag may have moved).
     Always,
+    /// Never: a missing image is an error.
     Never,
 }
 

@@ -1,15 +1,26 @@
-//! `RunPlan`: the single, validated description of what to run, built from `drun run` flags (and, later, from a
-//! workflow entry). Everything after it — the OCI spec, the root file system, supervision — is shared.
+//! `RunPlan`: the one validated description of what to run, the contract between the front ends (`drun run`
+//! flags, workflow entries) and the run path. Built with [`RunPlan::new`], which sets every security default; it
+//! has no `Default` that could leave one out, and the run path only ever reads it.
+//!
+//! [`parse`] holds the pure parsers both front ends share; [`host_paths`] is the one later step that looks at the
+//! host's disk (bind sources, env files, required files).
+
+pub mod host_paths;
+pub mod parse;
 
 use std::path::PathBuf;
 
 use crate::image::platform::Platform;
 use crate::units::ByteSize;
 
-/// Defined beside the code that pulls: the image layer sits below the plan.
+// The spellings of these enums are clap's (`ValueEnum`): `--pull`, `--network`, `--ipc` and `--pid` take them,
+// and [`parse`] reads a workflow's `network_mode` through the same table.
+
+/// When to pull the image (`--pull`); defined beside the code that pulls, which sits below the plan.
 pub use crate::image::ready::PullPolicy;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+/// The container's network (`--network`, a workflow's `network_mode`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum NetworkMode {
     /// The host's network namespace: what HPC jobs, GPUs and NCCL need, so the default.
     #[default]
@@ -18,41 +29,47 @@ pub enum NetworkMode {
     None,
 }
 
-/// Whether a namespace is shared with the host or private to the container.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// Whether a namespace is shared with the host or private to the container (`--ipc`, `--pid`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Sharing {
+    /// The host's namespace.
     Host,
+    /// A namespace of the container's own (also spelt as an empty value).
+    #[value(alias = "")]
     Private,
 }
 
+/// The seccomp filter (`--security-opt seccomp=…`).
 #[derive(Clone, Debug, PartialEq, Eq, Default)]
 pub enum SeccompMode {
+    /// drun's default profile (Docker's).
     #[default]
     Default,
+    /// No filter.
     Unconfined,
+    /// A Docker-format JSON profile on the host.
     Profile(PathBuf),
 }
 
+/// One mount of the container. Bind sources are absolute host paths (those a user named made canonical by
+/// [`host_paths`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum MountSpec {
+    /// A host file or directory.
     Bind {
         source: PathBuf,
         destination: String,
         read_only: bool,
     },
-    Tmpfs {
-        destination: String,
-        options: Vec<String>,
-    },
+    /// A fresh tmpfs with mount options (`size=…`, `mode=…`).
+    Tmpfs { destination: String, options: Vec<String> },
     /// A host directory shown copy-on-write: an overlay with `source` as its only lower layer and the run's own
     /// upper directory, so the container's writes never reach `source` (a workflow's project directory). At most
     /// one per run; mounted before every other mount, so mounts below its destination land on top of it.
-    Overlay {
-        source: PathBuf,
-        destination: String,
-    },
+    Overlay { source: PathBuf, destination: String },
 }
 
+/// One resource limit (`--ulimit`, a workflow's `ulimits`); `u64::MAX` is unlimited.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Ulimit {
     pub name: String,
@@ -60,7 +77,10 @@ pub struct Ulimit {
     pub hard: u64,
 }
 
-#[derive(Clone, Debug, Default)]
+/// What to run and how. Fields are public for the run path to read; a plan is made with [`RunPlan::new`] (and
+/// struct update syntax: `RunPlan { memory, ..RunPlan::new(image) }`), never field by field from nothing. The run
+/// path takes it by shared reference: it does not change once the run starts.
+#[derive(Clone, Debug)]
 pub struct RunPlan {
     /// The image as typed (resolved through the store, pulled per `pull`).
     pub image: String,
@@ -133,6 +153,49 @@ pub fn in_slurm_job() -> bool {
 }
 
 impl RunPlan {
+    /// A plan that runs `image` with drun's defaults: the image's own command, environment and user; the host
+    /// network; private IPC and PID namespaces (the host's inside a Slurm job, see [`RunPlan::ipc_mode`]); the
+    /// default capabilities ([`DEFAULT_CAPS`]), the default seccomp profile and no_new_privileges; no limits.
+    pub fn new(image: impl Into<String>) -> RunPlan {
+        RunPlan {
+            image: image.into(),
+            pull: PullPolicy::Missing,
+            platform: None,
+            entrypoint: None,
+            command: None,
+            env: Vec::new(),
+            mounts: Vec::new(),
+            workdir: None,
+            user: None,
+            memory: None,
+            cpus: None,
+            pids_limit: None,
+            shm_size: None,
+            network: NetworkMode::Host,
+            ipc: None,
+            pid: None,
+            hostname: None,
+            read_only: false,
+            cap_add: Vec::new(),
+            cap_drop: Vec::new(),
+            privileged: false,
+            seccomp: SeccompMode::Default,
+            no_new_privileges: true,
+            ulimits: Vec::new(),
+            name: None,
+            interactive: false,
+            tty: false,
+            init: false,
+            init_signals_group: false,
+            cidfile: None,
+            labels: Vec::new(),
+            gpus: None,
+            devices: Vec::new(),
+            cdi_spec_dirs: Vec::new(),
+            require_limits: false,
+        }
+    }
+
     /// Private by default; the host's inside a Slurm job (ranks on a node share /dev/shm), unless a /dev/shm
     /// size was asked for: the host's /dev/shm cannot be sized, so that run gets its own.
     pub fn ipc_mode(&self) -> Sharing {
@@ -143,11 +206,38 @@ impl RunPlan {
         })
     }
 
+    /// Private by default; the host's inside a Slurm job.
     pub fn pid_mode(&self) -> Sharing {
         self.pid.unwrap_or(if in_slurm_job() {
             Sharing::Host
         } else {
             Sharing::Private
         })
+    }
+}
+
+/// Only for the run path's unit tests, which build plans with `..Default::default()`: the same secure defaults as
+/// [`RunPlan::new`], with no image. Not compiled into drun.
+#[cfg(test)]
+impl Default for RunPlan {
+    fn default() -> RunPlan {
+        RunPlan::new("")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_new_plan_is_secure_by_default() {
+        let plan = RunPlan::new("busybox");
+        assert_eq!(plan.image, "busybox");
+        assert!(plan.no_new_privileges);
+        assert_eq!(plan.seccomp, SeccompMode::Default);
+        assert!(!plan.privileged);
+        assert!(plan.cap_add.is_empty() && plan.cap_drop.is_empty());
+        assert_eq!(plan.network, NetworkMode::Host);
+        assert_eq!(plan.pull, PullPolicy::Missing);
     }
 }

@@ -22,7 +22,52 @@ use nix::sys::stat::{fchmod, fstat, fstatat, futimens, mkdirat, FileStat, Mode, 
 use nix::unistd::{fchown, fchownat, Gid, Uid};
 
 /// Deeper trees are refused (each level holds two descriptors open).
-const MAX_DEPTH: usize = 200;
+pub(super) const MAX_DEPTH: usize = 200;
+
+/// Why an artifact could not be copied out.
+#[derive(Debug, thiserror::Error)]
+pub enum CopyOutError {
+    #[error("{0:?} is not a path below the project")]
+    NotBelowProject(String),
+    #[error("{0:?} is not a relative path")]
+    NotRelative(String),
+    #[error("cannot open the directory {path:?}")]
+    OpenDir {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot open {path:?} in the container's view")]
+    OpenBeneath {
+        path: String,
+        #[source]
+        source: Errno,
+    },
+    #[error("{0:?} is a symbolic link in the container; artifacts are not copied through links")]
+    SymbolicLink(PathBuf),
+    #[error("not found in the working directory after the run")]
+    NotFound,
+    #[error("cannot inspect it")]
+    Inspect(#[source] Errno),
+    #[error("cannot create the directory {path:?}")]
+    CreateDir {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot replace {path:?}")]
+    Replace {
+        path: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot copy to {path:?}")]
+    Copy {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+}
 
 /// Copies `rel` (a path below the project view `root`, the working directory included) to `dest_dir/rel_dest`
 /// (`rel_dest` relative, its parents created), handing what it creates to `owner`. Returns the number of files.
@@ -32,36 +77,52 @@ pub fn copy_artifact(
     dest_dir: &Path,
     rel_dest: &str,
     owner: Option<(u32, u32)>,
-) -> Result<u64, String> {
-    let (src_parent, name) = split(rel).ok_or_else(|| format!("{rel:?} is not a path below the project"))?;
-    let (dst_parent, dst_name) = split(rel_dest).ok_or_else(|| format!("{rel_dest:?} is not a relative path"))?;
-    let root_fd = open_dir_path(root).map_err(|e| format!("cannot open {}: {e}", root.display()))?;
+) -> Result<u64, CopyOutError> {
+    let (src_parent, name) = split(rel).ok_or_else(|| CopyOutError::NotBelowProject(rel.into()))?;
+    let (dst_parent, dst_name) = split(rel_dest).ok_or_else(|| CopyOutError::NotRelative(rel_dest.into()))?;
+    let open_dir = |path: &Path| {
+        open_dir_path(path).map_err(|source| CopyOutError::OpenDir {
+            path: path.to_path_buf(),
+            source,
+        })
+    };
+    let root_fd = open_dir(root)?;
     let src = open_beneath(root_fd.as_fd(), &src_parent).map_err(|e| match e {
         Errno::ELOOP | Errno::EXDEV | Errno::ENOENT | Errno::ENOTDIR => why_not(root_fd.as_fd(), &src_parent),
-        e => format!("cannot open {src_parent}: {e}"),
+        source => CopyOutError::OpenBeneath {
+            path: src_parent.clone(),
+            source,
+        },
     })?;
     let st = match fstatat(src.as_fd(), name.as_os_str(), nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW) {
         Ok(st) => st,
-        Err(Errno::ENOENT) => return Err("not found in the working directory after the run".into()),
-        Err(e) => return Err(format!("cannot inspect it: {e}")),
+        Err(Errno::ENOENT) => return Err(CopyOutError::NotFound),
+        Err(e) => return Err(CopyOutError::Inspect(e)),
     };
     if kind(&st) == SFlag::S_IFLNK {
-        return Err(format!(
-            "{rel} is a symbolic link in the container; artifacts are not copied through links"
-        ));
+        return Err(CopyOutError::SymbolicLink(rel.into()));
     }
-    let dest = open_dir_path(dest_dir).map_err(|e| format!("cannot open {}: {e}", dest_dir.display()))?;
-    let dparent = make_dirs_at(dest.as_fd(), &dst_parent, owner)
-        .map_err(|e| format!("cannot create {}/{dst_parent}: {e}", dest_dir.display()))?;
-    crate::sys::at::remove_at(dparent.as_fd(), &dst_name).map_err(|e| format!("cannot replace {rel_dest}: {e}"))?;
+    let dest = open_dir(dest_dir)?;
+    let dparent = make_dirs_at(dest.as_fd(), &dst_parent, owner).map_err(|source| CopyOutError::CreateDir {
+        path: dest_dir.join(&dst_parent),
+        source,
+    })?;
+    crate::sys::at::remove_at(dparent.as_fd(), &dst_name).map_err(|source| CopyOutError::Replace {
+        path: rel_dest.into(),
+        source,
+    })?;
     let mut files = 0;
-    copy_entry(src.as_fd(), &name, dparent.as_fd(), &dst_name, owner, 0, &mut files)
-        .map_err(|e| format!("copying to {}/{rel_dest}: {e}", dest_dir.display()))?;
+    copy_entry(src.as_fd(), &name, dparent.as_fd(), &dst_name, owner, 0, &mut files).map_err(|source| {
+        CopyOutError::Copy {
+            path: dest_dir.join(rel_dest),
+            source,
+        }
+    })?;
     Ok(files)
 }
 
 /// Why `rel` could not be opened beneath `root`: the first component that is a symlink, or is missing.
-fn why_not(root: BorrowedFd<'_>, rel: &str) -> String {
+fn why_not(root: BorrowedFd<'_>, rel: &str) -> CopyOutError {
     let mut at = PathBuf::new();
     for c in Path::new(rel).components() {
         let Component::Normal(name) = c else { continue };
@@ -70,17 +131,12 @@ fn why_not(root: BorrowedFd<'_>, rel: &str) -> String {
             .flags(OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC)
             .resolve(ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_SYMLINKS | ResolveFlag::RESOLVE_NO_XDEV);
         match openat2(root, &at, how).and_then(|fd| fstat(fd.as_fd())) {
-            Ok(st) if kind(&st) == SFlag::S_IFLNK => {
-                return format!(
-                    "{} is a symbolic link in the container; artifacts are not copied through links",
-                    at.display()
-                )
-            }
+            Ok(st) if kind(&st) == SFlag::S_IFLNK => return CopyOutError::SymbolicLink(at),
             Ok(_) => {}
             Err(_) => break,
         }
     }
-    "not found in the working directory after the run".into()
+    CopyOutError::NotFound
 }
 
 /// `a/b/c` → ("a/b", "c"); `c` → (".", "c"). None for an empty, absolute or `..` path.
@@ -106,12 +162,12 @@ fn split(rel: &str) -> Option<(String, OsString)> {
     Some((parent, last.to_os_string()))
 }
 
-fn kind(st: &FileStat) -> SFlag {
+pub(super) fn kind(st: &FileStat) -> SFlag {
     SFlag::from_bits_truncate(st.st_mode & SFlag::S_IFMT.bits())
 }
 
 /// A directory of drun's own (the project view's mount point, the job's artifact directory).
-fn open_dir_path(p: &Path) -> io::Result<OwnedFd> {
+pub(super) fn open_dir_path(p: &Path) -> io::Result<OwnedFd> {
     Ok(crate::safe_fs::open_dir_nofollow(p)?.into())
 }
 
@@ -129,7 +185,7 @@ fn open_beneath(root: BorrowedFd<'_>, rel: &str) -> Result<OwnedFd, Errno> {
 }
 
 /// Opens `name` in `dir` as what `st` said it was (same inode), never following a symlink, never blocking.
-fn reopen(dir: BorrowedFd<'_>, name: &OsStr, st: &FileStat, flags: OFlag) -> io::Result<OwnedFd> {
+pub(super) fn reopen(dir: BorrowedFd<'_>, name: &OsStr, st: &FileStat, flags: OFlag) -> io::Result<OwnedFd> {
     let fd = openat(
         dir,
         name,
@@ -166,25 +222,25 @@ fn make_dirs_at(dir: BorrowedFd<'_>, rel: &str, owner: Option<(u32, u32)>) -> io
         )?;
         if made {
             fchmod(next.as_fd(), caller_mode(0o777))?;
-            give(next.as_fd(), owner);
+            hand_over(next.as_fd(), owner);
         }
         at = next;
     }
     Ok(at)
 }
 
-fn caller_mode(mode: u32) -> Mode {
+pub(super) fn caller_mode(mode: u32) -> Mode {
     Mode::from_bits_truncate(crate::safe_fs::for_caller(mode))
 }
 
-fn give(fd: BorrowedFd<'_>, owner: Option<(u32, u32)>) {
+pub(super) fn hand_over(fd: BorrowedFd<'_>, owner: Option<(u32, u32)>) {
     if let Some((u, g)) = owner {
         let _ = fchown(fd, Some(Uid::from_raw(u)), Some(Gid::from_raw(g)));
     }
 }
 
 /// The names in a directory (without `.` and `..`).
-fn entries(dir: BorrowedFd<'_>) -> io::Result<Vec<OsString>> {
+pub(super) fn entries(dir: BorrowedFd<'_>) -> io::Result<Vec<OsString>> {
     // nix's Dir takes its descriptor: give it a duplicate, opened anew so that its offset is its own.
     let dup = openat(
         dir,
@@ -237,7 +293,7 @@ fn copy_entry(
             for n in entries(src.as_fd())? {
                 copy_entry(src.as_fd(), &n, dst.as_fd(), &n, owner, depth + 1, files)?;
             }
-            give(dst.as_fd(), owner);
+            hand_over(dst.as_fd(), owner);
             fchmod(dst.as_fd(), mode)?;
             let _ = futimens(dst.as_fd(), &times.0, &times.1);
         }
@@ -249,8 +305,8 @@ fn copy_entry(
                 OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
                 Mode::from_bits_truncate(0o600),
             )?);
-            copy_sparse(&src, &dst, st.st_size as u64)?;
-            give(dst.as_fd(), owner);
+            copy_sparse(&src, &dst, u64::try_from(st.st_size).map_err(io::Error::other)?)?;
+            hand_over(dst.as_fd(), owner);
             fchmod(dst.as_fd(), mode)?;
             let _ = futimens(dst.as_fd(), &times.0, &times.1);
             *files += 1;
@@ -281,67 +337,16 @@ fn copy_entry(
     Ok(())
 }
 
-/// Makes what a container left in a mounted artifact directory `dir` (a host directory it wrote to directly) safe
-/// to hand over, once every process of the container has ended: setuid/setgid bits and file capabilities are
-/// removed, devices, FIFOs and sockets deleted, modes limited by the caller's umask, and everything given to
-/// `owner`. Walks on descriptors, like the copy. Returns the number of files.
-pub fn sanitize_tree(dir: &Path, owner: Option<(u32, u32)>) -> io::Result<u64> {
-    let top = open_dir_path(dir)?;
-    let mut files = 0;
-    sanitize_dir(top.as_fd(), owner, 0, &mut files)?;
-    give(top.as_fd(), owner);
-    fchmod(top.as_fd(), caller_mode(0o777))?;
-    Ok(files)
-}
-
-fn sanitize_dir(dir: BorrowedFd<'_>, owner: Option<(u32, u32)>, depth: usize, files: &mut u64) -> io::Result<()> {
-    use nix::unistd::{unlinkat, UnlinkatFlags};
-    if depth > MAX_DEPTH {
-        return Err(io::Error::other(format!("directories nested deeper than {MAX_DEPTH}")));
-    }
-    for name in entries(dir)? {
-        let st = fstatat(dir, name.as_os_str(), nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW)?;
-        let mode = caller_mode(st.st_mode & 0o1777);
-        match kind(&st) {
-            SFlag::S_IFDIR => {
-                let fd = reopen(dir, &name, &st, OFlag::O_RDONLY | OFlag::O_DIRECTORY)?;
-                sanitize_dir(fd.as_fd(), owner, depth + 1, files)?;
-                give(fd.as_fd(), owner);
-                fchmod(fd.as_fd(), mode)?;
-            }
-            SFlag::S_IFREG => {
-                let fd = reopen(dir, &name, &st, OFlag::O_RDONLY)?;
-                // SAFETY: the name is a NUL-terminated literal and fd a descriptor we own; ENODATA (no
-                // capabilities) is the usual answer and ignored.
-                unsafe { libc::fremovexattr(fd.as_raw_fd(), c"security.capability".as_ptr()) };
-                give(fd.as_fd(), owner);
-                fchmod(fd.as_fd(), mode)?;
-                *files += 1;
-            }
-            SFlag::S_IFLNK => {
-                if let Some((u, g)) = owner {
-                    let _ = fchownat(
-                        dir,
-                        name.as_os_str(),
-                        Some(Uid::from_raw(u)),
-                        Some(Gid::from_raw(g)),
-                        nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
-                    );
-                }
-            }
-            // Devices, sockets and FIFOs are not outputs, and a device node is a way into the host.
-            _ => unlinkat(dir, name.as_os_str(), UnlinkatFlags::NoRemoveDir)?,
-        }
-    }
-    Ok(())
-}
-
 /// Copies `len` bytes keeping holes: only the data regions (SEEK_DATA/SEEK_HOLE) are read and written, and the
 /// size is set at the end, so a sparse file stays sparse.
 fn copy_sparse(src: &File, dst: &File, len: u64) -> io::Result<()> {
+    // Offsets are off_t (i64); a length beyond it cannot be a real file's.
+    let end_of_file = i64::try_from(len).map_err(|_| io::Error::other("the file is too large to copy"))?;
+    // Non-negative offsets from lseek, as u64 for the positional reads and writes.
+    let unsigned = |offset: i64| u64::try_from(offset).map_err(|_| io::Error::other("negative file offset"));
     let (sfd, mut buf) = (src.as_raw_fd(), vec![0u8; 1 << 20]);
     let mut pos: i64 = 0;
-    while (pos as u64) < len {
+    while pos < end_of_file {
         // SAFETY: lseek on a descriptor we own; a negative result is an error, checked below.
         let data = unsafe { libc::lseek(sfd, pos, libc::SEEK_DATA) };
         if data < 0 {
@@ -358,8 +363,8 @@ fn copy_sparse(src: &File, dst: &File, len: u64) -> io::Result<()> {
         }
         // SAFETY: as above.
         let hole = unsafe { libc::lseek(sfd, data, libc::SEEK_HOLE) };
-        let end = if hole < 0 { len as i64 } else { hole.min(len as i64) };
-        copy_range(src, dst, data as u64, end as u64, &mut buf)?;
+        let end = if hole < 0 { end_of_file } else { hole.min(end_of_file) };
+        copy_range(src, dst, unsigned(data)?, unsigned(end)?, &mut buf)?;
         pos = end;
     }
     dst.set_len(len)?;
@@ -370,7 +375,7 @@ fn copy_range(src: &File, dst: &File, from: u64, to: u64, buf: &mut [u8]) -> io:
     use std::os::unix::fs::FileExt;
     let mut at = from;
     while at < to {
-        let want = buf.len().min((to - at) as usize);
+        let want = usize::try_from(to - at).map_or(buf.len(), |left| left.min(buf.len()));
         let n = src.read_at(&mut buf[..want], at)?;
         if n == 0 {
             break;
@@ -404,7 +409,7 @@ mod tests {
             ("wd/out", "symbolic link"),
             ("wd/rel/key", "symbolic link"),
         ] {
-            let e = copy_artifact(&view, rel, &out, "a", None).unwrap_err();
+            let e = copy_artifact(&view, rel, &out, "a", None).unwrap_err().to_string();
             assert!(e.contains(want), "{rel}: {e}");
         }
         assert_eq!(std::fs::read_dir(&out).unwrap().count(), 0);

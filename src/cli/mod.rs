@@ -1,0 +1,271 @@
+//! Command-line interface (clap derive): the raw flags of every subcommand; `drun run`'s are in [`run`]. Commands
+//! turn them into validated settings (a [`crate::plan::RunPlan`]); nothing here checks values or prints.
+
+pub mod run;
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
+
+pub use run::{CommonRunArgs, ContainerArgs, GivenFlags, RunArgs, WorkflowArgs};
+
+/// Parses a command line (`args[0]` is the program name), recording which `drun run` flags were given.
+pub fn parse_from<I, T>(args: I) -> Result<Cli, clap::Error>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+{
+    let matches = Cli::command().try_get_matches_from(args)?;
+    let mut cli = Cli::from_arg_matches(&matches)?;
+    if let (Command::Run(run), Some(("run", run_matches))) = (&mut cli.command, matches.subcommand()) {
+        run.given = GivenFlags::from_matches(run_matches);
+    }
+    Ok(cli)
+}
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "drun",
+    version,
+    about = "A daemonless container runtime for HPC and GPU hosts"
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct GlobalArgs {
+    /// Store directory (default: /var/lib/drun as root, $XDG_DATA_HOME/drun otherwise)
+    #[arg(long, global = true, env = "DRUN_ROOT", value_name = "DIR")]
+    pub root: Option<PathBuf>,
+    /// Directory for running containers' state (default: /run/drun as root, $XDG_RUNTIME_DIR/drun otherwise)
+    #[arg(long, global = true, env = "DRUN_STATE", value_name = "DIR")]
+    pub state: Option<PathBuf>,
+    /// Shared cache of verified compressed layer blobs (read from when present, filled when writable); lets
+    /// several users download each layer once. Unpacked layers stay per user.
+    #[arg(long, global = true, env = "DRUN_BLOB_CACHE", value_name = "DIR")]
+    pub blob_cache: Option<PathBuf>,
+    /// Log level: error, warn, info, debug, trace (or a tracing filter; also DRUN_LOG)
+    #[arg(long, global = true, value_name = "LEVEL")]
+    pub log_level: Option<String>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Pull an image from a registry, an OCI layout (oci:DIR[:TAG]) or a docker save archive (docker-archive:FILE)
+    Pull(PullArgs),
+    /// List stored images
+    Images(ImagesArgs),
+    /// Show an image's manifest and config as JSON
+    Inspect(InspectArgs),
+    /// Remove images (and the layers no other image uses)
+    Rmi(RmiArgs),
+    /// Remove unreferenced layers, blobs and leftovers of interrupted pulls and runs
+    Prune(PruneArgs),
+    /// Run a command in a new container (pulls the image if missing), or the workflows of a workflow.yaml
+    Run(Box<RunArgs>),
+    /// List running containers
+    Ps(PsArgs),
+    /// Send a signal to a running container
+    Kill(KillArgs),
+    /// List the NVIDIA GPUs drun finds (CDI specs and driver discovery)
+    Gpus(GpusArgs),
+    /// CDI specs: `drun cdi generate [-o FILE]` writes one for this host's NVIDIA GPUs
+    Cdi(CdiArgs),
+}
+
+impl Command {
+    /// Whether a rootless drun must enter its user namespace for this command (everything that touches the
+    /// store or containers), and with which mode.
+    pub fn userns(&self) -> Option<crate::sys::userns::UsernsMode> {
+        match self {
+            Command::Gpus(_) | Command::Cdi(_) => None,
+            Command::Run(a) => Some(a.common.userns.unwrap_or_default()),
+            _ => Some(crate::sys::userns::UsernsMode::Auto),
+        }
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct GpusArgs {
+    /// Print JSON
+    #[arg(long)]
+    pub json: bool,
+    /// Directory of CDI specs (repeatable; default: DRUN_CDI_SPEC_DIRS, else /etc/cdi and /var/run/cdi)
+    #[arg(long, value_name = "DIR")]
+    pub cdi_spec_dir: Vec<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub struct CdiArgs {
+    #[command(subcommand)]
+    pub command: CdiCommand,
+}
+
+#[derive(clap::Subcommand, Debug)]
+pub enum CdiCommand {
+    /// Write a CDI spec (kind nvidia.com/gpu) for this host's driver: YAML, or JSON for a .json file
+    Generate {
+        /// Output file (default: standard output)
+        #[arg(short, long, value_name = "FILE")]
+        output: Option<PathBuf>,
+        /// Library groups to include (NVIDIA_DRIVER_CAPABILITIES syntax)
+        #[arg(long, default_value = "all", value_name = "CAPS")]
+        capabilities: String,
+    },
+}
+
+#[derive(Args, Debug)]
+pub struct PsArgs {
+    /// Print JSON
+    #[arg(long)]
+    pub json: bool,
+    /// Print ids only
+    #[arg(short, long)]
+    pub quiet: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct KillArgs {
+    /// Signal to send (name or number)
+    #[arg(short, long, default_value = "KILL")]
+    pub signal: String,
+    /// Container ids (or unique prefixes) or names
+    #[arg(required = true)]
+    pub containers: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct PullArgs {
+    /// Image reference, e.g. busybox, registry:5000/repo:tag, repo@sha256:…, oci:DIR:TAG, docker-archive:FILE
+    pub image: String,
+    /// Platform to choose from a multi-arch image (default: this host's)
+    #[arg(long, value_name = "OS/ARCH[/VARIANT]")]
+    pub platform: Option<String>,
+    /// Print nothing but errors
+    #[arg(short, long)]
+    pub quiet: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct ImagesArgs {
+    /// Print JSON instead of a table
+    #[arg(long)]
+    pub json: bool,
+    /// Print image names only
+    #[arg(short, long)]
+    pub quiet: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct InspectArgs {
+    /// Image name or ID
+    pub image: String,
+}
+
+#[derive(Args, Debug)]
+pub struct RmiArgs {
+    /// Image names or IDs
+    #[arg(required = true)]
+    pub images: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct PruneArgs {
+    /// Print only the number of bytes freed
+    #[arg(short, long)]
+    pub quiet: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::{NetworkMode, PullPolicy, Sharing};
+
+    fn run_args(args: &[&str]) -> Result<RunArgs, clap::Error> {
+        let cli = parse_from(["drun", "run"].iter().chain(args))?;
+        match cli.command {
+            Command::Run(a) => Ok(*a),
+            other => panic!("not a run: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_clap_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn value_enums_take_every_spelling_of_before() {
+        let a = run_args(&["--net", "none", "--pull", "never", "--ipc", "host", "--pid", "", "img"]).unwrap();
+        assert_eq!(a.container.network, NetworkMode::None);
+        assert_eq!(a.common.pull, PullPolicy::Never);
+        assert_eq!(a.container.ipc, Some(Sharing::Host));
+        assert_eq!(a.container.pid, Some(Sharing::Private));
+        let a = run_args(&["--network=host", "--pull=always", "--ipc=private", "img"]).unwrap();
+        assert_eq!(a.container.network, NetworkMode::Host);
+        assert_eq!(a.common.pull, PullPolicy::Always);
+        assert_eq!(a.container.ipc, Some(Sharing::Private));
+        let a = run_args(&["img", "--network", "none"]).unwrap();
+        assert_eq!(
+            a.container.network,
+            NetworkMode::Host,
+            "after the image, flags are the command's"
+        );
+        assert_eq!(a.image_and_command, ["img", "--network", "none"]);
+        for bad in [
+            &["--network", "bridge", "img"][..],
+            &["--pull", "sometimes", "img"],
+            &["--pid", "sideways", "img"],
+        ] {
+            let e = run_args(bad).unwrap_err();
+            assert!(e.to_string().contains(bad[0]), "{e}");
+        }
+    }
+
+    #[test]
+    fn given_flags_are_sorted_by_group() {
+        let a = run_args(&[
+            "-m",
+            "1g",
+            "--cpus=2",
+            "-e",
+            "A=1",
+            "--dry-run",
+            "--network",
+            "host",
+            "wf.yaml",
+        ])
+        .unwrap();
+        assert_eq!(
+            a.given,
+            GivenFlags {
+                container: vec!["-m/--memory".into(), "--cpus".into(), "--network".into()],
+                workflow: vec!["--dry-run".into()],
+            }
+        );
+        // Defaults are not given flags.
+        assert_eq!(run_args(&["-q", "wf.yaml"]).unwrap().given, GivenFlags::default());
+    }
+
+    #[test]
+    fn a_workflow_file_run_names_its_flags() {
+        let flags = run::workflow_file_flags();
+        for want in [
+            "-e/--env",
+            "--env-file",
+            "--pull",
+            "-q/--quiet",
+            "--userns",
+            "--artifacts",
+            "--keep-going",
+        ] {
+            assert!(flags.iter().any(|f| f == want), "{want} not in {flags:?}");
+        }
+        assert!(!flags.iter().any(|f| f.contains("memory")), "{flags:?}");
+    }
+}

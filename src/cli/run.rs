@@ -1,0 +1,222 @@
+//! `drun run`'s flags, in three groups (clap `flatten`): [`ContainerArgs`] set up one container and belong in the
+//! file when the run is a workflow file; [`WorkflowArgs`] only make sense for a workflow file; [`CommonRunArgs`]
+//! apply to both. Which groups' flags were given is read from clap's own metadata ([`GivenFlags`]), so a new flag
+//! is sorted by the group it is declared in, with no list to update.
+
+use std::path::PathBuf;
+
+use clap::parser::ValueSource;
+use clap::{Arg, ArgMatches, Args};
+
+use crate::plan::{NetworkMode, PullPolicy, Sharing};
+
+#[derive(Args, Debug)]
+#[command(trailing_var_arg = true)]
+pub struct RunArgs {
+    // Declared before the groups: a group's help heading would otherwise cover it.
+    /// Image, then the command and its arguments; or a workflow file (*.yaml, *.yml), then workflow names
+    #[arg(
+        required = true,
+        value_name = "IMAGE [COMMAND [ARG...]] | WORKFLOW.yaml [NAME...]",
+        allow_hyphen_values = true
+    )]
+    pub image_and_command: Vec<String>,
+    #[command(flatten)]
+    pub container: ContainerArgs,
+    #[command(flatten)]
+    pub common: CommonRunArgs,
+    #[command(flatten)]
+    pub workflow: WorkflowArgs,
+    /// The flags of each group given on the command line (filled in by [`super::parse_from`], not by clap).
+    #[arg(skip)]
+    pub given: GivenFlags,
+}
+
+/// Flags that set up one container: with a workflow file, each workflow sets them in the file.
+#[derive(Args, Debug)]
+pub struct ContainerArgs {
+    /// Keep stdin open (pass drun's stdin to the container)
+    #[arg(short, long)]
+    pub interactive: bool,
+    /// Allocate a terminal for the container
+    #[arg(short, long)]
+    pub tty: bool,
+    /// Bind mount a volume: SRC:DST[:ro|rw]
+    #[arg(short, long = "volume", value_name = "SRC:DST[:ro]")]
+    pub volume: Vec<String>,
+    /// Attach a mount: type=bind,source=…,target=…[,readonly] or type=tmpfs,target=…[,tmpfs-size=…]
+    #[arg(long, value_name = "SPEC")]
+    pub mount: Vec<String>,
+    /// Mount a tmpfs: DST[:OPTIONS]
+    #[arg(long, value_name = "DST[:OPTS]")]
+    pub tmpfs: Vec<String>,
+    /// Working directory inside the container (created if missing)
+    #[arg(short, long, value_name = "DIR")]
+    pub workdir: Option<String>,
+    /// User: NAME|UID[:GROUP|GID], resolved in the image
+    #[arg(short, long, value_name = "USER[:GROUP]")]
+    pub user: Option<String>,
+    /// Replace the image's entrypoint ("" clears it)
+    #[arg(long, value_name = "CMD")]
+    pub entrypoint: Option<String>,
+    /// Memory limit, e.g. 256m (no extra swap)
+    #[arg(short, long, value_name = "SIZE")]
+    pub memory: Option<String>,
+    /// CPU limit in CPUs, e.g. 1.5
+    #[arg(long, value_name = "N")]
+    pub cpus: Option<String>,
+    /// Maximum number of processes
+    #[arg(long, value_name = "N")]
+    pub pids_limit: Option<i64>,
+    /// Size of /dev/shm (default: the memory limit, else half of RAM)
+    #[arg(long, value_name = "SIZE")]
+    pub shm_size: Option<String>,
+    /// Network: host (default) or none (loopback only)
+    #[arg(long, alias = "net", value_enum, hide_possible_values = true, default_value_t = NetworkMode::Host, value_name = "MODE")]
+    pub network: NetworkMode,
+    /// IPC namespace: private, or host (default inside a Slurm job)
+    #[arg(long, value_enum, hide_possible_values = true, value_name = "MODE")]
+    pub ipc: Option<Sharing>,
+    /// PID namespace: private, or host (default inside a Slurm job)
+    #[arg(long, value_enum, hide_possible_values = true, value_name = "MODE")]
+    pub pid: Option<Sharing>,
+    /// Container host name (default: the short container id)
+    #[arg(long, short = 'H', value_name = "NAME")]
+    pub hostname: Option<String>,
+    /// Mount the root file system read-only
+    #[arg(long)]
+    pub read_only: bool,
+    /// Add capabilities (e.g. NET_ADMIN, or ALL)
+    #[arg(long, value_name = "CAP")]
+    pub cap_add: Vec<String>,
+    /// Drop capabilities (e.g. CHOWN, or ALL)
+    #[arg(long, value_name = "CAP")]
+    pub cap_drop: Vec<String>,
+    /// All capabilities and devices, no seccomp, no masked paths
+    #[arg(long)]
+    pub privileged: bool,
+    /// seccomp=unconfined|PROFILE.json, no-new-privileges[=true|false]
+    #[arg(long, value_name = "OPT")]
+    pub security_opt: Vec<String>,
+    /// Resource limits: NAME=SOFT[:HARD], e.g. nofile=1024:2048
+    #[arg(long, value_name = "NAME=SOFT[:HARD]")]
+    pub ulimit: Vec<String>,
+    /// Name the container (unique among running ones)
+    #[arg(long, value_name = "NAME")]
+    pub name: Option<String>,
+    /// Run an init (catatonit) as PID 1 that forwards signals and reaps zombies
+    #[arg(long)]
+    pub init: bool,
+    /// Write the container id to this file
+    #[arg(long, value_name = "FILE")]
+    pub cidfile: Option<PathBuf>,
+    /// GPUs: all, a count, device=0,2 or device=GPU-<uuid>
+    #[arg(long, value_name = "GPUS")]
+    pub gpus: Option<String>,
+    /// Add a CDI device by fully-qualified name, e.g. nvidia.com/gpu=0 or vendor.com/class=name
+    #[arg(long, value_name = "CDI-NAME")]
+    pub device: Vec<String>,
+}
+
+/// Flags for a container and for every workflow of a workflow file alike.
+#[derive(Args, Debug)]
+#[command(next_help_heading = "Options for a container and a workflow file alike")]
+pub struct CommonRunArgs {
+    /// Set environment variables (KEY=VALUE, or KEY to pass the host's value)
+    #[arg(short, long = "env", value_name = "KEY=VALUE")]
+    pub env: Vec<String>,
+    /// Read environment variables from a file (KEY=VALUE lines; # comments)
+    #[arg(long, value_name = "FILE")]
+    pub env_file: Vec<PathBuf>,
+    /// When to pull: missing (default), always, never
+    #[arg(long, value_enum, hide_possible_values = true, default_value_t = PullPolicy::Missing, value_name = "POLICY")]
+    pub pull: PullPolicy,
+    /// Platform to pull (OS/ARCH[/VARIANT])
+    #[arg(long, value_name = "PLATFORM")]
+    pub platform: Option<String>,
+    /// No pull progress output
+    #[arg(short, long)]
+    pub quiet: bool,
+    /// Directory of CDI specs (repeatable; default: DRUN_CDI_SPEC_DIRS, else /etc/cdi and /var/run/cdi)
+    #[arg(long, value_name = "DIR")]
+    pub cdi_spec_dir: Vec<PathBuf>,
+    /// Rootless: auto (you are root in the container) or keep-id (you keep your own uid and gid, with a
+    /// passwd/group entry)
+    #[arg(long, value_name = "MODE")]
+    pub userns: Option<crate::sys::userns::UsernsMode>,
+    /// Fail instead of warning when --memory/--cpus/--pids-limit cannot be enforced (rootless without a
+    /// delegated cgroup)
+    #[arg(long)]
+    pub require_limits: bool,
+}
+
+/// Flags for a workflow file only.
+#[derive(Args, Debug)]
+#[command(next_help_heading = "Options for a workflow file")]
+pub struct WorkflowArgs {
+    /// Where artifacts and logs go (default: artifacts/ beside the workflow file)
+    #[arg(long, value_name = "DIR")]
+    pub artifacts: Option<PathBuf>,
+    /// Print the resolved plan and run nothing
+    #[arg(long)]
+    pub dry_run: bool,
+    /// After a failure, still run the workflows that do not depend on it
+    #[arg(long)]
+    pub keep_going: bool,
+}
+
+/// Flags given on the command line, as `-m/--memory`, by group.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct GivenFlags {
+    /// [`ContainerArgs`] flags.
+    pub container: Vec<String>,
+    /// [`WorkflowArgs`] flags.
+    pub workflow: Vec<String>,
+}
+
+impl GivenFlags {
+    /// Reads them from the matches of `drun run`.
+    pub(super) fn from_matches(matches: &ArgMatches) -> GivenFlags {
+        let given = |group: Vec<Arg>| -> Vec<String> {
+            group
+                .iter()
+                .filter(|a| matches.value_source(a.get_id().as_str()) == Some(ValueSource::CommandLine))
+                .map(flag_name)
+                .collect()
+        };
+        GivenFlags {
+            container: given(group_args::<ContainerArgs>()),
+            workflow: given(group_args::<WorkflowArgs>()),
+        }
+    }
+}
+
+/// The flags of a workflow file run (common and workflow-only), as `-e/--env`, in declaration order.
+pub fn workflow_file_flags() -> Vec<String> {
+    let mut flags: Vec<String> = group_args::<CommonRunArgs>().iter().map(flag_name).collect();
+    flags.extend(workflow_only_flags());
+    flags
+}
+
+/// The workflow-only flags, as `--dry-run`, in declaration order.
+pub fn workflow_only_flags() -> Vec<String> {
+    group_args::<WorkflowArgs>().iter().map(flag_name).collect()
+}
+
+/// The arguments a group of flags declares, from clap's metadata.
+fn group_args<A: Args>() -> Vec<Arg> {
+    A::augment_args(clap::Command::new("group"))
+        .get_arguments()
+        .cloned()
+        .collect()
+}
+
+/// `-m/--memory`, `--mount`.
+fn flag_name(arg: &Arg) -> String {
+    match (arg.get_short(), arg.get_long()) {
+        (Some(short), Some(long)) => format!("-{short}/--{long}"),
+        (None, Some(long)) => format!("--{long}"),
+        (Some(short), None) => format!("-{short}"),
+        (None, None) => arg.get_id().to_string(),
+    }
+}

@@ -1,0 +1,325 @@
+//! `drun run IMAGE [COMMAND…]`: flags → [`RunPlan`] (through the shared parsers, each error naming its flag, then
+//! the one look at the host) → a container in the foreground; exits with the container's status.
+
+use anyhow::{bail, Context, Result};
+
+use crate::cli::{GlobalArgs, RunArgs};
+use crate::image::registry::config::Config;
+use crate::plan::host_paths::{resolve_host_paths, HostInputs};
+use crate::plan::parse::{self, SecurityOpt};
+use crate::plan::{RunPlan, SeccompMode};
+
+pub(super) fn execute(global: &GlobalArgs, args: RunArgs) -> Result<i32> {
+    if !args.given.workflow.is_empty() {
+        bail!(
+            "{} are for workflow files (WORKFLOW.yaml)",
+            and_list(&crate::cli::run::workflow_only_flags())
+        );
+    }
+    let plan = plan_from_args(&args)?;
+    let cfg = Config::load()?;
+    let store = super::super::open_store(global)?;
+    match crate::run::run(
+        &store,
+        &cfg,
+        &plan,
+        &super::super::state_dir(global)?,
+        args.common.quiet,
+        &mut crate::run::RunHooks::default(),
+    ) {
+        Ok(outcome) => Ok(outcome.code),
+        Err(e @ crate::run::RunError::Exec { .. }) => {
+            let code = e.exit_code();
+            eprintln!("error: {e}");
+            Ok(code)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// "a, b and c".
+pub(super) fn and_list(items: &[String]) -> String {
+    match items {
+        [] => String::new(),
+        [one] => one.clone(),
+        [rest @ .., last] => format!("{} and {last}", rest.join(", ")),
+    }
+}
+
+/// The plan the flags describe.
+fn plan_from_args(args: &RunArgs) -> Result<RunPlan> {
+    let (a, common) = (&args.container, &args.common);
+    let mut words = args.image_and_command.iter();
+    let image = words.next().context("an image is required")?;
+    let command: Vec<String> = words.cloned().collect();
+
+    let mut host = HostInputs::default();
+    for v in &a.volume {
+        host.mounts
+            .push((parse::volume(v).map_err(|e| e.named("--volume"))?, ()));
+    }
+    for m in &a.mount {
+        host.mounts.push((parse::mount(m).map_err(|e| e.named("--mount"))?, ()));
+    }
+    for t in &a.tmpfs {
+        host.mounts.push((parse::tmpfs(t).map_err(|e| e.named("--tmpfs"))?, ()));
+    }
+    host.env_files = common.env_file.iter().map(|f| (f.clone(), ())).collect();
+    let mut seccomp = SeccompMode::Default;
+    let mut no_new_privileges = true;
+    for o in &a.security_opt {
+        match parse::security_opt(o).map_err(|e| e.named("--security-opt"))? {
+            SecurityOpt::Seccomp(mode) => seccomp = mode,
+            SecurityOpt::NoNewPrivileges(on) => no_new_privileges = on,
+        }
+    }
+    let size = |flag: &str, v: &Option<String>| v.as_deref().map(parse::size).transpose().map_err(|e| e.named(flag));
+    let memory = size("--memory", &a.memory)?;
+    let shm_size = size("--shm-size", &a.shm_size)?;
+    let cpus = a
+        .cpus
+        .as_deref()
+        .map(parse::cpus)
+        .transpose()
+        .map_err(|e| e.named("--cpus"))?;
+    let ulimits = a
+        .ulimit
+        .iter()
+        .map(|u| parse::ulimit(u).map_err(|e| e.named("--ulimit")))
+        .collect::<Result<_, _>>()?;
+    let gpus = a
+        .gpus
+        .as_deref()
+        .map(parse::gpus)
+        .transpose()
+        .map_err(|e| e.named("--gpus"))?;
+    let devices = a
+        .device
+        .iter()
+        .map(|d| parse::cdi_device(d).map_err(|e| e.named("--device")))
+        .collect::<Result<_, _>>()?;
+    let platform = common.platform.as_deref().map(str::parse).transpose()?;
+
+    // Every value parsed: now the one look at the host.
+    let host = resolve_host_paths(host).map_err(|failure| failure.error)?;
+    let env = super::environment(common, &host.env_files)?;
+    Ok(RunPlan {
+        pull: common.pull,
+        platform,
+        entrypoint: a
+            .entrypoint
+            .as_ref()
+            .map(|e| if e.is_empty() { vec![] } else { vec![e.clone()] }),
+        command: (!command.is_empty()).then_some(command),
+        env,
+        mounts: host.mounts,
+        workdir: a.workdir.clone(),
+        user: a.user.clone(),
+        memory,
+        cpus,
+        pids_limit: a.pids_limit,
+        shm_size,
+        network: a.network,
+        ipc: a.ipc,
+        pid: a.pid,
+        hostname: a.hostname.clone(),
+        read_only: a.read_only,
+        cap_add: a.cap_add.clone(),
+        cap_drop: a.cap_drop.clone(),
+        privileged: a.privileged,
+        seccomp,
+        no_new_privileges,
+        ulimits,
+        name: a.name.clone(),
+        interactive: a.interactive,
+        tty: a.tty,
+        init: a.init,
+        cidfile: a.cidfile.clone(),
+        gpus,
+        devices,
+        cdi_spec_dirs: common.cdi_spec_dir.clone(),
+        require_limits: common.require_limits,
+        ..RunPlan::new(image.clone())
+    })
+}
+
+#[cfg(test)]
+#[allow(clippy::disallowed_methods)] // fixtures in the tests' own temporary directories
+mod tests {
+    use super::*;
+    use crate::cli::Command;
+    use crate::plan::{MountSpec, NetworkMode, PullPolicy, Sharing, Ulimit};
+    use crate::units::ByteSize;
+
+    fn args(flags: &[&str]) -> RunArgs {
+        match crate::cli::parse_from(["drun", "run"].iter().chain(flags))
+            .unwrap()
+            .command
+        {
+            Command::Run(a) => *a,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn plan(flags: &[&str]) -> Result<RunPlan> {
+        plan_from_args(&args(flags))
+    }
+
+    fn error(flags: &[&str]) -> String {
+        format!("{:#}", plan(flags).unwrap_err())
+    }
+
+    #[test]
+    fn no_flags_give_the_secure_defaults() {
+        let p = plan(&["busybox"]).unwrap();
+        assert!(p.no_new_privileges && p.seccomp == SeccompMode::Default && !p.privileged);
+        assert_eq!((p.image.as_str(), p.command.as_ref()), ("busybox", None));
+        assert_eq!(
+            (p.network, p.pull, p.ipc, p.pid),
+            (NetworkMode::Host, PullPolicy::Missing, None, None)
+        );
+    }
+
+    #[test]
+    fn every_flag_lands_in_the_plan() {
+        let t = tempfile::tempdir().unwrap();
+        let data = t.path().join("data");
+        std::fs::create_dir(&data).unwrap();
+        let env_file = t.path().join("e.env");
+        std::fs::write(&env_file, "# settings\nA=from-file\nB=2\n").unwrap();
+        let volume = format!("{}:/data:ro", data.display());
+        let mount = format!("type=bind,src={},dst=/m", data.display());
+        let p = plan(&[
+            "--env-file",
+            env_file.to_str().unwrap(),
+            "-e",
+            "A=from-flag",
+            "-v",
+            &volume,
+            "--mount",
+            &mount,
+            "--tmpfs",
+            "/scratch:size=1m",
+            "-m",
+            "256m",
+            "--shm-size",
+            "64m",
+            "--cpus",
+            "1.5",
+            "--pids-limit",
+            "50",
+            "--net",
+            "none",
+            "--ipc",
+            "host",
+            "--pid",
+            "private",
+            "--pull",
+            "never",
+            "--security-opt",
+            "seccomp=unconfined",
+            "--security-opt",
+            "no-new-privileges=false",
+            "--ulimit",
+            "nofile=10:20",
+            "--gpus",
+            "2",
+            "--device",
+            "nvidia.com/gpu=0",
+            "--entrypoint",
+            "",
+            "-u",
+            "1:2",
+            "-w",
+            "/w",
+            "busybox",
+            "sh",
+            "-c",
+            "true",
+        ])
+        .unwrap();
+        let canonical = data.canonicalize().unwrap();
+        assert_eq!(
+            p.env,
+            [("A", "from-file"), ("B", "2"), ("A", "from-flag")].map(|(k, v)| (k.to_string(), v.to_string()))
+        );
+        assert_eq!(
+            p.mounts,
+            vec![
+                MountSpec::Bind {
+                    source: canonical.clone(),
+                    destination: "/data".into(),
+                    read_only: true
+                },
+                MountSpec::Bind {
+                    source: canonical,
+                    destination: "/m".into(),
+                    read_only: false
+                },
+                MountSpec::Tmpfs {
+                    destination: "/scratch".into(),
+                    options: vec!["size=1m".into()]
+                },
+            ]
+        );
+        assert_eq!(
+            (p.memory, p.shm_size),
+            (Some(ByteSize(256 << 20)), Some(ByteSize(64 << 20)))
+        );
+        assert_eq!((p.cpus, p.pids_limit), (Some(1.5), Some(50)));
+        assert_eq!(
+            (p.network, p.ipc, p.pid),
+            (NetworkMode::None, Some(Sharing::Host), Some(Sharing::Private))
+        );
+        assert_eq!(p.pull, PullPolicy::Never);
+        assert_eq!((p.seccomp, p.no_new_privileges), (SeccompMode::Unconfined, false));
+        assert_eq!(
+            p.ulimits,
+            vec![Ulimit {
+                name: "nofile".into(),
+                soft: 10,
+                hard: 20
+            }]
+        );
+        assert!(p.gpus.is_some() && p.devices == ["nvidia.com/gpu=0"]);
+        assert_eq!(p.entrypoint, Some(vec![]));
+        assert_eq!(p.command, Some(vec!["sh".into(), "-c".into(), "true".into()]));
+        assert_eq!((p.user.as_deref(), p.workdir.as_deref()), (Some("1:2"), Some("/w")));
+    }
+
+    #[test]
+    fn errors_name_the_flag() {
+        assert!(error(&["--gpus", "lots", "img"]).starts_with("invalid --gpus \"lots\": expected all"));
+        assert!(error(&["-m", "lots", "img"]).starts_with("invalid --memory \"lots\": expected a size"));
+        assert!(error(&["--cpus", "0", "img"]).starts_with("invalid --cpus \"0\": expected a positive number"));
+        assert!(error(&["--tmpfs", "rel", "img"]).contains("invalid --tmpfs \"rel\": the container path \"rel\""));
+        assert!(error(&["--mount", "type=tmpfs,target=rel", "img"]).contains("must be absolute"));
+        assert!(error(&["-v", "/a", "img"]).starts_with("invalid --volume \"/a\": expected SRC:DST"));
+        assert!(error(&["--ulimit", "nofile=2:1", "img"]).contains("soft limit above hard limit"));
+        assert!(error(&["-e", "=x", "img"]).starts_with("invalid --env \"=x\""));
+        assert!(error(&["--security-opt", "apparmor=x", "img"]).starts_with("invalid --security-opt"));
+        assert!(error(&["--device", "/dev/fuse", "img"]).starts_with("invalid --device \"/dev/fuse\""));
+        // The host is looked at only once every value parsed.
+        let e = error(&["-v", "/no/such/dir:/x", "img"]);
+        assert!(e.starts_with("cannot find the bind source \"/no/such/dir\": "), "{e}");
+        assert!(error(&["--env-file", "/no/such.env", "img"]).starts_with("cannot read the env file \"/no/such.env\""));
+    }
+
+    #[test]
+    fn workflow_flags_are_refused_for_an_image() {
+        let e = execute(&global(), args(&["--dry-run", "img"]));
+        assert_eq!(
+            e.unwrap_err().to_string(),
+            "--artifacts, --dry-run and --keep-going are for workflow files (WORKFLOW.yaml)"
+        );
+    }
+
+    fn global() -> GlobalArgs {
+        GlobalArgs {
+            root: None,
+            state: None,
+            blob_cache: None,
+            log_level: None,
+        }
+    }
+}

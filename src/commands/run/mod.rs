@@ -1,0 +1,44 @@
+//! `drun run`: a container from an image (`drun run IMAGE [COMMAND…]`, [`container`]) or the workflows of a
+//! workflow file (`drun run WORKFLOW.yaml [NAME…]`, [`workflow`]).
+
+mod container;
+mod workflow;
+
+use anyhow::Result;
+
+use crate::cli::{CommonRunArgs, GlobalArgs, RunArgs};
+use crate::plan::parse::{env_file_lines, env_item};
+
+/// Runs a container or a workflow file; returns drun's exit status.
+pub fn execute(global: &GlobalArgs, args: RunArgs) -> Result<i32> {
+    if is_workflow_file(&args.image_and_command[0]) {
+        workflow::execute(global, args)
+    } else {
+        container::execute(global, args)
+    }
+}
+
+/// Whether the first argument names a workflow file (always, for `*.yaml`/`*.yml`: never pulled as an image).
+pub fn is_workflow_file(arg: &str) -> bool {
+    arg.ends_with(".yaml") || arg.ends_with(".yml")
+}
+
+/// The host's environment, for `-e KEY` and a workflow's `${VAR}`.
+fn host_env(name: &str) -> Option<String> {
+    std::env::var(name).ok()
+}
+
+/// `--env-file` settings (the files' texts, in order), then `-e` ones: later ones win.
+fn environment(common: &CommonRunArgs, env_file_texts: &[String]) -> Result<Vec<(String, String)>> {
+    let mut env = Vec::new();
+    for (file, text) in common.env_file.iter().zip(env_file_texts) {
+        for (line, item) in env_file_lines(text) {
+            let setting = env_item(item, &host_env).map_err(|e| e.named(format!("--env-file {file:?} line {line}")))?;
+            env.extend(setting);
+        }
+    }
+    for item in &common.env {
+        env.extend(env_item(item, &host_env).map_err(|e| e.named("--env"))?);
+    }
+    Ok(env)
+}

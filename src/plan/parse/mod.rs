@@ -1,0 +1,246 @@
+//! The pure parsers both front ends share: every value a `drun run` flag or a workflow key gives for a run is
+//! read here, so a flag and its workflow key accept the same language. A parser looks at its text only: it never
+//! touches the disk (bind sources and env files are looked at later, by [`super::host_paths`]) and never names the
+//! flag or key it was given through; the caller adds `--flag` ([`ParseError::named`]) or `file:line:col`.
+
+mod env;
+mod limits;
+mod mounts;
+
+pub use env::{env_file_lines, env_item, env_name};
+pub use limits::{cpus, size, ulimit, ulimit_values};
+pub use mounts::{bind, mount, tmpfs, tmpfs_at, volume, MountRequest};
+
+use std::path::PathBuf;
+
+use crate::gpu::select::{GpuRequest, Selector};
+use crate::plan::{NetworkMode, SeccompMode};
+
+/// A value a parser refused: the text it was given and what was wrong with it.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("invalid value {value:?}: {problem}")]
+pub struct ParseError {
+    /// The text as given.
+    pub value: String,
+    pub problem: Problem,
+}
+
+impl ParseError {
+    fn new(value: &str, problem: Problem) -> ParseError {
+        ParseError {
+            value: value.to_string(),
+            problem,
+        }
+    }
+
+    /// The error as its front end shows it: `name` is the flag (`--memory`) or the workflow key (`memory`).
+    pub fn named(self, name: impl Into<String>) -> InvalidValue {
+        InvalidValue {
+            name: name.into(),
+            error: self,
+        }
+    }
+}
+
+/// A [`ParseError`] with the name of the flag or key that gave the value: `invalid --memory "lots": expected …`.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("invalid {name} {:?}: {}", error.value, error.problem)]
+pub struct InvalidValue {
+    pub name: String,
+    pub error: ParseError,
+}
+
+/// What was wrong with a value (the message after `invalid NAME "VALUE": `).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Problem {
+    #[error("expected SRC:DST[:ro|rw]")]
+    VolumeShape,
+    #[error("mode {0:?}: expected ro or rw")]
+    VolumeMode(String),
+    #[error("the container path {0:?} must be absolute")]
+    RelativeDestination(String),
+    #[error("unknown key {0:?} (expected type, source, target, readonly, tmpfs-size or tmpfs-mode)")]
+    MountKey(String),
+    #[error("target= is required")]
+    MountTarget,
+    #[error("source= is required for bind")]
+    MountSource,
+    #[error("type must be bind or tmpfs, not {0:?}")]
+    MountType(String),
+    #[error("tmpfs-size {0:?} is not a size such as \"16GB\", \"512MiB\" or a number of bytes")]
+    TmpfsSize(String),
+    #[error("expected NAME=SOFT[:HARD]")]
+    UlimitShape,
+    #[error("{0:?} is not a number (or -1, unlimited)")]
+    UlimitNumber(String),
+    #[error("soft limit above hard limit")]
+    UlimitOrder,
+    #[error("expected a variable name that is not empty and has no `=`")]
+    EnvName,
+    #[error("expected a size such as \"16GB\", \"512MiB\" or a number of bytes")]
+    Size,
+    #[error("expected a positive number of CPUs, e.g. 2 or 0.5")]
+    Cpus,
+    #[error("expected host (the default) or none")]
+    Network,
+    #[error("expected seccomp=unconfined|PROFILE.json or no-new-privileges[=true|false]")]
+    SecurityOpt,
+    #[error("expected all, a count, device=0,2 or device=GPU-<uuid>")]
+    Gpus,
+    #[error("device= needs indices or UUIDs")]
+    GpuIds,
+    #[error("expected a CDI device name VENDOR/CLASS=NAME, e.g. nvidia.com/gpu=0")]
+    CdiDevice,
+}
+
+/// The network: `host` or `none` (the spellings of `--network`).
+pub fn network(text: &str) -> Result<NetworkMode, ParseError> {
+    <NetworkMode as clap::ValueEnum>::from_str(text, false).map_err(|_| ParseError::new(text, Problem::Network))
+}
+
+/// One `--security-opt` setting.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SecurityOpt {
+    Seccomp(SeccompMode),
+    NoNewPrivileges(bool),
+}
+
+/// `seccomp=unconfined`, `seccomp=PROFILE.json`, `no-new-privileges[=true|false]` (`:` works as `=`, as in Docker).
+pub fn security_opt(text: &str) -> Result<SecurityOpt, ParseError> {
+    let (key, value) = text.split_once(['=', ':']).unwrap_or((text, ""));
+    Ok(match (key, value) {
+        ("seccomp", "unconfined") => SecurityOpt::Seccomp(SeccompMode::Unconfined),
+        ("seccomp", path) if !path.is_empty() => SecurityOpt::Seccomp(SeccompMode::Profile(PathBuf::from(path))),
+        ("no-new-privileges", "" | "true") => SecurityOpt::NoNewPrivileges(true),
+        ("no-new-privileges", "false") => SecurityOpt::NoNewPrivileges(false),
+        _ => return Err(ParseError::new(text, Problem::SecurityOpt)),
+    })
+}
+
+/// GPUs as Docker's `--gpus` writes them: `all`, a count, `device=0,2` or `device=GPU-<uuid>` (quotes around the
+/// whole value, as a shell-quoted `"device=0,2"`, are allowed).
+pub fn gpus(text: &str) -> Result<GpuRequest, ParseError> {
+    let v = text.trim().trim_matches('"');
+    let selector = if v == "all" {
+        Selector::All
+    } else if let Some(ids) = v.strip_prefix("device=") {
+        let ids: Vec<String> = ids
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(String::from)
+            .collect();
+        if ids.is_empty() {
+            return Err(ParseError::new(v, Problem::GpuIds));
+        }
+        Selector::Ids(ids)
+    } else if let Ok(n) = v.parse::<u32>() {
+        Selector::Count(n)
+    } else {
+        return Err(ParseError::new(v, Problem::Gpus));
+    };
+    Ok(GpuRequest {
+        selector,
+        name: None,
+        memory_mib: None,
+    })
+}
+
+/// A fully-qualified CDI device name, `VENDOR/CLASS=NAME` (`nvidia.com/gpu=0`); whether a spec on this host
+/// defines it is known only when the container is set up.
+pub fn cdi_device(text: &str) -> Result<String, ParseError> {
+    let well_formed = text.split_once('=').is_some_and(|(kind, name)| {
+        !name.is_empty()
+            && kind
+                .split_once('/')
+                .is_some_and(|(vendor, class)| !vendor.is_empty() && !class.is_empty())
+    });
+    if well_formed {
+        Ok(text.to_string())
+    } else {
+        Err(ParseError::new(text, Problem::CdiDevice))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_named_error_says_which_flag_or_key() {
+        let e = size("lots").unwrap_err();
+        assert_eq!(
+            e.clone().named("--memory").to_string(),
+            "invalid --memory \"lots\": expected a size such as \"16GB\", \"512MiB\" or a number of bytes"
+        );
+        assert!(e
+            .named("gpu memory")
+            .to_string()
+            .starts_with("invalid gpu memory \"lots\": expected a size"));
+    }
+
+    #[test]
+    fn networks() {
+        assert_eq!(network("host"), Ok(NetworkMode::Host));
+        assert_eq!(network("none"), Ok(NetworkMode::None));
+        assert_eq!(network("bridge").unwrap_err().problem, Problem::Network);
+    }
+
+    #[test]
+    fn security_opts() {
+        use SecurityOpt::*;
+        assert_eq!(security_opt("seccomp=unconfined"), Ok(Seccomp(SeccompMode::Unconfined)));
+        assert_eq!(security_opt("seccomp:unconfined"), Ok(Seccomp(SeccompMode::Unconfined)));
+        assert_eq!(
+            security_opt("seccomp=/p.json"),
+            Ok(Seccomp(SeccompMode::Profile(PathBuf::from("/p.json"))))
+        );
+        assert_eq!(security_opt("no-new-privileges"), Ok(NoNewPrivileges(true)));
+        assert_eq!(security_opt("no-new-privileges=true"), Ok(NoNewPrivileges(true)));
+        assert_eq!(security_opt("no-new-privileges:false"), Ok(NoNewPrivileges(false)));
+        for bad in [
+            "seccomp",
+            "seccomp=",
+            "no-new-privileges=maybe",
+            "apparmor=unconfined",
+            "",
+        ] {
+            assert_eq!(security_opt(bad).unwrap_err().problem, Problem::SecurityOpt, "{bad}");
+        }
+    }
+
+    #[test]
+    fn gpu_requests() {
+        assert_eq!(gpus("all").unwrap().selector, Selector::All);
+        assert_eq!(gpus("2").unwrap().selector, Selector::Count(2));
+        assert_eq!(
+            gpus("\"device=0,2\"").unwrap().selector,
+            Selector::Ids(vec!["0".into(), "2".into()])
+        );
+        assert_eq!(
+            gpus("device=GPU-1234").unwrap().selector,
+            Selector::Ids(vec!["GPU-1234".into()])
+        );
+        assert_eq!(gpus("device=").unwrap_err().problem, Problem::GpuIds);
+        let e = gpus("lots").unwrap_err();
+        assert_eq!(e.problem, Problem::Gpus);
+        assert!(e.named("--gpus").to_string().starts_with("invalid --gpus \"lots\""));
+    }
+
+    #[test]
+    fn cdi_device_names() {
+        for ok in ["nvidia.com/gpu=0", "example.com/widget=w0", "nvidia.com/gpu=all"] {
+            assert_eq!(cdi_device(ok).as_deref(), Ok(ok));
+        }
+        for bad in [
+            "/dev/sda",
+            "nvidia.com/gpu",
+            "nvidia.com/gpu=",
+            "gpu=0",
+            "/gpu=0",
+            "nvidia.com/=0",
+        ] {
+            assert_eq!(cdi_device(bad).unwrap_err().problem, Problem::CdiDevice, "{bad}");
+        }
+    }
+}

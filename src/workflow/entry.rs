@@ -1,0 +1,260 @@
+//! One workflow entry → a [`WorkflowJob`]: its identity, working directory, script and artifacts here; its
+//! container settings in [`super::settings`]; then the one look at the host ([`resolve_host_paths`]) and the plan,
+//! built once from the entry and the run-wide options.
+
+use std::path::{Component, Path};
+
+use serde_saphyr::Location;
+
+use super::error::{with_causes, Locator, WorkflowError};
+use super::settings::container_settings;
+use super::{schema, ArtifactSpec, RunWideOptions, WorkflowJob, DEFAULT_WORKING_DIR, REQUIREMENTS_PATH};
+use crate::plan::host_paths::{resolve_host_paths, HostInputs, HostPathError, HostPathFailure};
+use crate::plan::RunPlan;
+use schema::StringOrList;
+
+/// What turning an entry into a job needs besides the entry.
+pub(super) struct EntryInputs<'a> {
+    pub locator: &'a Locator<'a>,
+    /// The project: the directory holding the workflow file; relative host paths are relative to it.
+    pub dir: &'a Path,
+    /// The host's environment (for `${VAR}` and `- KEY`).
+    pub lookup: &'a dyn Fn(&str) -> Option<String>,
+    pub options: &'a RunWideOptions,
+}
+
+pub(super) fn job(w: &schema::Workflow, inputs: &EntryInputs<'_>) -> Result<WorkflowJob, WorkflowError> {
+    let at = |loc: &Location, message: String| inputs.locator.at(loc, message);
+    if let Some(p) = &w.provider {
+        if p.value != "docker" {
+            return Err(at(
+                &p.referenced,
+                format!(
+                    "provider {:?} is not supported: drun runs workflows of the `docker` provider (provider: docker)",
+                    p.value
+                ),
+            ));
+        }
+    }
+    if w.image.value.trim().is_empty() {
+        return Err(at(&w.image.referenced, "image must not be empty".into()));
+    }
+    let mut notes = Vec::new();
+    if let Some(v) = &w.version {
+        notes.push(format!(
+            "`version: {}` is ignored: the docker provider uses the image's own Python",
+            v.value.0
+        ));
+    }
+    let (working_dir, project_mount) = working_dir(w, inputs.locator)?;
+    let Argv { entrypoint, command } = argv(w, inputs.locator)?;
+    let artifacts = artifacts(w, inputs.locator, &working_dir)?;
+    let mut settings = container_settings(w, inputs)?;
+    notes.append(&mut settings.notes);
+
+    // The one look at the host: bind sources and the requirements file, relative to the project.
+    let host = resolve_host_paths(HostInputs {
+        base: inputs.dir.to_path_buf(),
+        mounts: settings.mounts,
+        env_files: Vec::new(),
+        files: w
+            .requirements
+            .iter()
+            .map(|r| (r.value.clone().into(), r.referenced))
+            .collect(),
+    })
+    .map_err(|HostPathFailure { at: loc, error }| {
+        let message = match &error {
+            HostPathError::BindSource { source, .. } => format!("{error} (relative to the workflow file): {source}"),
+            HostPathError::MissingFile { path } => format!("requirements file {} does not exist", path.display()),
+            HostPathError::EnvFile { .. } => with_causes(&error),
+        };
+        at(&loc, message)
+    })?;
+    let requirements = host.files.into_iter().next();
+
+    let mut env = settings.env;
+    env.extend(inputs.options.env.iter().cloned());
+    // An init that passes Ctrl-C to the whole script (a shell as PID 1 would ignore it).
+    let init = crate::run::init_available();
+    let options = inputs.options;
+    let entry_plan = RunPlan {
+        pull: options.pull,
+        platform: options.platform.clone(),
+        entrypoint,
+        command,
+        env,
+        mounts: host.mounts,
+        workdir: Some(working_dir.clone()),
+        user: w.user.as_ref().map(|u| u.value.0.clone()),
+        memory: settings.memory,
+        cpus: settings.cpus,
+        shm_size: settings.shm_size,
+        network: settings.network,
+        hostname: w.hostname.as_ref().map(|h| h.value.clone()),
+        read_only: w.read_only,
+        cap_add: w.cap_add.iter().map(|c| c.value.clone()).collect(),
+        cap_drop: w.cap_drop.iter().map(|c| c.value.clone()).collect(),
+        privileged: w.privileged,
+        ulimits: settings.ulimits,
+        init,
+        init_signals_group: init,
+        labels: settings.labels,
+        gpus: settings.gpus,
+        cdi_spec_dirs: options.cdi_spec_dirs.clone(),
+        require_limits: options.require_limits,
+        ..RunPlan::new(w.image.value.trim())
+    };
+    Ok(WorkflowJob {
+        name: w.name.value.clone(),
+        entry_plan,
+        working_dir,
+        project_mount,
+        artifacts,
+        deps: w.deps.iter().map(|d| d.value.clone()).collect(),
+        requirements,
+        notes,
+    })
+}
+
+/// The working directory and where the project appears: `/workflow` unless `working_dir` says otherwise; a
+/// relative `working_dir` is below the project (dstack's were relative to the repository).
+fn working_dir(w: &schema::Workflow, locator: &Locator<'_>) -> Result<(String, String), WorkflowError> {
+    Ok(match &w.working_dir {
+        None => (DEFAULT_WORKING_DIR.to_string(), DEFAULT_WORKING_DIR.to_string()),
+        Some(wd) if wd.value.starts_with('/') => {
+            let norm = format!("/{}", contained(wd.value.trim_start_matches('/')).unwrap_or_default());
+            if norm == "/" {
+                return Err(locator.at(
+                    &wd.referenced,
+                    "working_dir must not be `/`: the project directory would hide the image's file system".into(),
+                ));
+            }
+            (norm.clone(), norm)
+        }
+        Some(wd) => match contained(&wd.value) {
+            Some(rel) if !rel.is_empty() => (format!("{DEFAULT_WORKING_DIR}/{rel}"), DEFAULT_WORKING_DIR.to_string()),
+            Some(_) => (DEFAULT_WORKING_DIR.to_string(), DEFAULT_WORKING_DIR.to_string()),
+            None => {
+                return Err(locator.at(
+                    &wd.referenced,
+                    format!("working_dir {:?} leaves the project directory", wd.value),
+                ))
+            }
+        },
+    })
+}
+
+/// What replaces the image's Entrypoint and Cmd (as in [`RunPlan`]: `None` keeps the image's).
+struct Argv {
+    entrypoint: Option<Vec<String>>,
+    command: Option<Vec<String>>,
+}
+
+/// The container's entrypoint and command: a script (`before_run`, the `pip install` of `requirements`,
+/// `commands`) run by `/bin/sh -c` (or the entry's `entrypoint`), or the entry's `command` as the image's Cmd.
+fn argv(w: &schema::Workflow, locator: &Locator<'_>) -> Result<Argv, WorkflowError> {
+    if let (Some(_), Some(c)) = (&w.commands, &w.command) {
+        return Err(locator.at(
+            &c.referenced,
+            "`command` and `commands` are both set: use `commands` (a list of shell commands) or `command` (the image's Cmd replaced), not both".into(),
+        ));
+    }
+    let words = |what: &str, v: &serde_saphyr::Spanned<StringOrList>| match &v.value {
+        StringOrList::List(l) => Ok(l.clone()),
+        StringOrList::String(s) => {
+            shlex::split(s).ok_or_else(|| locator.at(&v.referenced, format!("{what} {s:?} has unbalanced quotes")))
+        }
+    };
+    let entrypoint = w.entrypoint.as_ref().map(|e| words("entrypoint", e)).transpose()?;
+    let has_script = w.commands.is_some() || w.before_run.is_some() || w.requirements.is_some();
+    if !has_script {
+        let command = w.command.as_ref().map(|c| words("command", c)).transpose()?;
+        return Ok(Argv { entrypoint, command });
+    }
+    let mut script: Vec<String> = Vec::new();
+    script.extend(w.before_run.iter().flatten().cloned());
+    if w.requirements.is_some() {
+        script.push(format!(
+            "if command -v pip >/dev/null 2>&1; then pip install -r {REQUIREMENTS_PATH}; else pip3 install -r {REQUIREMENTS_PATH}; fi"
+        ));
+    }
+    script.extend(w.commands.iter().flatten().cloned());
+    let text = format!("set -e\n{}\n", script.join("\n"));
+    let entrypoint = entrypoint.unwrap_or_else(|| vec!["/bin/sh".into(), "-c".into()]);
+    Ok(Argv {
+        entrypoint: Some(entrypoint),
+        command: Some(vec![text]),
+    })
+}
+
+/// Artifacts: relative to the working directory, never leaving it, none inside another.
+fn artifacts(
+    w: &schema::Workflow,
+    locator: &Locator<'_>,
+    working_dir: &str,
+) -> Result<Vec<ArtifactSpec>, WorkflowError> {
+    let mut artifacts: Vec<ArtifactSpec> = Vec::new();
+    for a in &w.artifacts {
+        let path = match contained(&a.value.path) {
+            Some(p) if !p.is_empty() => p,
+            _ => {
+                return Err(locator.at(
+                    &a.referenced,
+                    format!(
+                        "artifact path {:?} must be a relative path inside the working directory {working_dir}",
+                        a.value.path
+                    ),
+                ))
+            }
+        };
+        let nested = |x: &str, y: &str| x == y || x.strip_prefix(y).is_some_and(|r| r.starts_with('/'));
+        if let Some(o) = artifacts
+            .iter()
+            .find(|o| nested(&o.path, &path) || nested(&path, &o.path))
+        {
+            return Err(locator.at(
+                &a.referenced,
+                format!(
+                    "artifact {path:?} overlaps artifact {:?}: list each directory once",
+                    o.path
+                ),
+            ));
+        }
+        artifacts.push(ArtifactSpec {
+            path,
+            mount: a.value.mount,
+        });
+    }
+    Ok(artifacts)
+}
+
+/// Normalises a relative path lexically; None if it is absolute or leaves its base with `..`.
+fn contained(rel: &str) -> Option<String> {
+    let mut parts: Vec<&str> = Vec::new();
+    for c in Path::new(rel).components() {
+        match c {
+            Component::Normal(p) => parts.push(p.to_str()?),
+            Component::CurDir => {}
+            Component::ParentDir => {
+                parts.pop()?;
+            }
+            Component::RootDir | Component::Prefix(_) => return None,
+        }
+    }
+    Some(parts.join("/"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn containment() {
+        assert_eq!(contained("./output").as_deref(), Some("output"));
+        assert_eq!(contained("a/../b/").as_deref(), Some("b"));
+        assert_eq!(contained("../x"), None);
+        assert_eq!(contained("/etc"), None);
+        assert_eq!(contained("a/../../x"), None);
+    }
+}
