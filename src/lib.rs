@@ -15,7 +15,6 @@ pub mod image;
 pub mod plan;
 pub mod progress;
 pub mod run;
-pub mod safe_fs;
 pub mod sys;
 pub mod units;
 pub mod workflow;

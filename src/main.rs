@@ -6,7 +6,7 @@ use drun::exit;
 
 fn main() {
     // Before anything is created: what drun makes without an explicit mode is private to its owner.
-    drun::safe_fs::set_private_umask();
+    drun::sys::safe_fs::set_private_umask();
     let cli = match drun::cli::parse_from(std::env::args_os()) {
         Ok(cli) => cli,
         // --help and --version print to stdout and exit 0, as clap does.

@@ -27,7 +27,7 @@ pub fn execute(a: CdiArgs) -> Result<i32> {
             match output {
                 Some(path) => {
                     // Read by every CDI consumer (podman, containerd, other users' drun): the caller's umask.
-                    crate::safe_fs::write_replace(&path, text.as_bytes(), crate::safe_fs::for_caller(0o666))
+                    crate::sys::safe_fs::write_replace(&path, text.as_bytes(), crate::sys::safe_fs::for_caller(0o666))
                         .with_context(|| format!("cannot write the CDI spec {path:?}"))?;
                     eprintln!(
                         "wrote {} ({} GPU(s), driver {})",

@@ -210,12 +210,12 @@ pub fn generate(driver: &Driver, caps: &[String]) -> Value {
 
 /// Writes `spec` as JSON to `dir/drun-nvidia.json` and loads it.
 pub fn load_generated(dir: &Path, spec: &Value) -> Result<Specs, CdiError> {
-    crate::safe_fs::create_dir_mode(dir, 0o700).map_err(|source| CdiError::CreateDir {
+    crate::sys::safe_fs::create_dir_mode(dir, 0o700).map_err(|source| CdiError::CreateDir {
         path: dir.to_path_buf(),
         source,
     })?;
     let file = dir.join("drun-nvidia.json");
-    crate::safe_fs::write_replace(&file, &serde_json::to_vec_pretty(spec).expect("serialises"), 0o600).map_err(
+    crate::sys::safe_fs::write_replace(&file, &serde_json::to_vec_pretty(spec).expect("serialises"), 0o600).map_err(
         |source| CdiError::WriteSpec {
             path: file.clone(),
             source,

@@ -62,7 +62,7 @@ pub fn discover(root: &Path) -> Result<Option<Driver>, GpuError> {
         gpus,
         ..Default::default()
     };
-    driver.version = crate::safe_fs::read_system(host_path(root, "/sys/module/nvidia/version"))
+    driver.version = crate::sys::safe_fs::read_system(host_path(root, "/sys/module/nvidia/version"))
         .map(|v| v.trim().to_string())
         .unwrap_or_default();
     let lib_dirs = library_dirs(root, &mut driver.version);
@@ -127,7 +127,7 @@ fn gpus(root: &Path) -> Result<Option<Vec<Gpu>>, GpuError> {
     let mut gpus = Vec::new();
     for e in rd.flatten() {
         let path = e.path().join("information");
-        let text = crate::safe_fs::read_system(&path).map_err(|source| GpuError::Read {
+        let text = crate::sys::safe_fs::read_system(&path).map_err(|source| GpuError::Read {
             path: path.clone(),
             source,
         })?;

@@ -81,8 +81,8 @@ const CACHE_CAP: u64 = 64 << 20;
 /// regular file is read (opened without waiting, should it be a FIFO), and at most [`CACHE_CAP`] bytes of it.
 pub fn read(root: &Path) -> Vec<(String, PathBuf)> {
     let path = root.join("etc/ld.so.cache");
-    crate::safe_fs::open_regular(&path, true)
-        .and_then(|f| crate::safe_fs::read_file_bounded(f, CACHE_CAP, &path))
+    crate::sys::safe_fs::open_regular(&path, true)
+        .and_then(|f| crate::sys::safe_fs::read_file_bounded(f, CACHE_CAP, &path))
         .map_or_else(|_| vec![], |bytes| parse(&bytes))
 }
 

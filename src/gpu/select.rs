@@ -7,14 +7,6 @@ use std::path::Path;
 
 use super::driver::{host_path, Gpu};
 
-/// `--gpus` was given something that is none of Docker's forms.
-#[derive(Debug, thiserror::Error)]
-#[error("invalid --gpus {value:?}: {expected}")]
-pub struct InvalidGpuRequest {
-    pub value: String,
-    pub expected: &'static str,
-}
-
 /// No choice of GPUs satisfies a request; the message lists every GPU and why it was not chosen.
 #[derive(Debug, thiserror::Error)]
 #[error("cannot assign {wanted}{filters}; GPUs on this host:{listing}")]
@@ -42,38 +34,6 @@ pub struct GpuRequest {
 }
 
 impl GpuRequest {
-    /// Parses `--gpus`: `all`, a count, `device=0,2` or `device=GPU-<uuid>` (Docker's forms).
-    pub fn parse_cli(v: &str) -> Result<GpuRequest, InvalidGpuRequest> {
-        let v = v.trim().trim_matches('"');
-        let invalid = |expected| InvalidGpuRequest {
-            value: v.to_string(),
-            expected,
-        };
-        let selector = if v == "all" {
-            Selector::All
-        } else if let Some(ids) = v.strip_prefix("device=") {
-            let ids: Vec<String> = ids
-                .split(',')
-                .map(str::trim)
-                .filter(|s| !s.is_empty())
-                .map(String::from)
-                .collect();
-            if ids.is_empty() {
-                return Err(invalid("device= needs indices or UUIDs"));
-            }
-            Selector::Ids(ids)
-        } else if let Ok(n) = v.parse::<u32>() {
-            Selector::Count(n)
-        } else {
-            return Err(invalid("expected all, a count, device=0,2 or device=GPU-<uuid>"));
-        };
-        Ok(GpuRequest {
-            selector,
-            name: None,
-            memory_mib: None,
-        })
-    }
-
     /// Whether it asks for no GPU at all (`--gpus 0`).
     pub fn is_empty(&self) -> bool {
         self.selector == Selector::Count(0)
@@ -289,19 +249,5 @@ mod tests {
         let reasons = vec![Some("denied".to_string()), None];
         let e = choose(&req(Selector::Ids(vec!["0".into()]), None, None), &g, &reasons).unwrap_err();
         assert!(e.to_string().contains("GPU 0 (denied)"), "{e}");
-    }
-
-    #[test]
-    fn cli_forms() {
-        assert_eq!(GpuRequest::parse_cli("all").unwrap().selector, Selector::All);
-        assert_eq!(GpuRequest::parse_cli("2").unwrap().selector, Selector::Count(2));
-        assert_eq!(
-            GpuRequest::parse_cli("\"device=0,2\"").unwrap().selector,
-            Selector::Ids(vec!["0".into(), "2".into()])
-        );
-        let e = GpuRequest::parse_cli("lots").unwrap_err().to_string();
-        assert!(e.starts_with("invalid --gpus \"lots\": expected all, a count"), "{e}");
-        let e = GpuRequest::parse_cli("device=").unwrap_err().to_string();
-        assert_eq!(e, "invalid --gpus \"device=\": device= needs indices or UUIDs");
     }
 }

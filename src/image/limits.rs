@@ -12,7 +12,7 @@
 use std::io::{self, Read};
 use std::path::Path;
 
-use crate::safe_fs;
+use crate::sys::safe_fs;
 use crate::units::ByteSize;
 
 /// Manifests and image indexes (also an OCI layout's `index.json` and a docker archive's `manifest.json`):

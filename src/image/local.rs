@@ -192,7 +192,7 @@ pub fn resolve_docker_archive(file: &Path, name: &str) -> Result<Resolved, Local
         path: file.to_path_buf(),
         source,
     };
-    let f = crate::safe_fs::open_regular(file, true).map_err(rd)?;
+    let f = crate::sys::safe_fs::open_regular(file, true).map_err(rd)?;
     let mut archive = tar::Archive::new(f);
     // Member name → (offset of its data, size).
     let mut members: HashMap<String, (u64, u64)> = HashMap::new();
@@ -316,7 +316,7 @@ fn read_range(file: &Path, offset: u64, size: u64, cap: u64, what: &'static str)
     use std::io::Seek;
     let err = |e: ReadError| LocalError::from_read(file, what, e);
     limits::check_declared(size, cap).map_err(|e| err(e.into()))?;
-    let mut f = crate::safe_fs::open_regular(file, true).map_err(|e| err(e.into()))?;
+    let mut f = crate::sys::safe_fs::open_regular(file, true).map_err(|e| err(e.into()))?;
     f.seek(std::io::SeekFrom::Start(offset)).map_err(|e| err(e.into()))?;
     // At most `cap` (checked above): only a capacity hint.
     let mut buf = Vec::with_capacity(usize::try_from(size).unwrap_or(0));

@@ -3,9 +3,9 @@
 
 use std::path::PathBuf;
 
-use crate::image::registry::config::Config;
 use crate::image::platform::Platform;
 use crate::image::pull::{pull, PullError, PullOptions};
+use crate::image::registry::config::Config;
 use crate::image::source::{lookup_names, ImageSource, SourceError};
 use crate::image::store::{ImageRecord, Store, StoreError};
 

@@ -84,7 +84,7 @@ pub fn resolve_host_paths<L>(inputs: HostInputs<L>) -> Result<HostPaths, HostPat
         out.mounts.push(resolve_mount(request, &base).map_err(|e| fail(at, e))?);
     }
     for (path, at) in inputs.env_files {
-        let text = crate::safe_fs::read_user_file(&base.join(&path), ENV_FILE_LIMIT)
+        let text = crate::sys::safe_fs::read_user_file(&base.join(&path), ENV_FILE_LIMIT)
             .map_err(|source| fail(at, HostPathError::EnvFile { path, source }))?;
         out.env_files.push(String::from_utf8_lossy(&text).into_owned());
     }

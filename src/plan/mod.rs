@@ -216,15 +216,6 @@ impl RunPlan {
     }
 }
 
-/// Only for the run path's unit tests, which build plans with `..Default::default()`: the same secure defaults as
-/// [`RunPlan::new`], with no image. Not compiled into drun.
-#[cfg(test)]
-impl Default for RunPlan {
-    fn default() -> RunPlan {
-        RunPlan::new("")
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

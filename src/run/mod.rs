@@ -50,8 +50,8 @@ pub mod warmup;
 
 use std::path::Path;
 
-use crate::image::registry::config::Config;
 use crate::image::ready::{self, ImageRequest};
+use crate::image::registry::config::Config;
 use crate::image::store::Store;
 use crate::plan::RunPlan;
 use cgroups::{CgroupPlan, ResourceLimits};

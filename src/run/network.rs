@@ -3,12 +3,9 @@
 //! default) there is nothing to make.
 
 use std::ffi::CString;
-use std::fs::File;
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-
-use nix::sys::wait::{waitpid, WaitStatus};
 
 use crate::plan::{NetworkMode, RunPlan};
 use crate::run::{io_error, RunError};
@@ -32,65 +29,49 @@ pub fn prepare(plan: &RunPlan, run_dir: &Path) -> Result<Option<PathBuf>, RunErr
 /// namespace: drun itself never leaves the host's network namespace (rootless, it could not return to it).
 fn make_netns(path: &Path) -> Result<(), RunError> {
     use nix::sched::{unshare, CloneFlags};
-    crate::safe_fs::create_new(path, 0o600).map_err(io_error("create the network namespace file"))?;
+    crate::sys::safe_fs::create_new(path, 0o600).map_err(io_error("create the network namespace file"))?;
     // Everything the child needs is made here: it must not allocate.
     let target = CString::new(path.as_os_str().as_bytes())
         .map_err(|e| io_error("name the network namespace file")(std::io::Error::other(e)))?;
-    let (r, w) = nix::unistd::pipe().map_err(|e| io_error("create a pipe")(e.into()))?;
-    // SAFETY: drun may have other threads (the cgroup warm-up thread), so until it exits the child may only call
-    // async-signal-safe functions (fork(2), signal-safety(7)): it makes plain system calls (unshare, mount,
-    // socket, ioctl, write, close) on values prepared before the fork, allocates nothing, takes no lock and
-    // leaves with _exit.
-    match unsafe { nix::unistd::fork() }.map_err(|e| io_error("fork")(e.into()))? {
-        nix::unistd::ForkResult::Child => {
-            drop(r);
-            let step = (|| -> Result<(), (&'static str, nix::errno::Errno)> {
-                unshare(CloneFlags::CLONE_NEWNET).map_err(|e| ("create a network namespace", e))?;
-                nix::mount::mount(
-                    Some(c"/proc/self/ns/net"),
-                    target.as_c_str(),
-                    None::<&std::ffi::CStr>,
-                    nix::mount::MsFlags::MS_BIND,
-                    None::<&std::ffi::CStr>,
-                )
-                .map_err(|e| ("bind the network namespace", e))?;
-                loopback_up().map_err(|e| {
-                    (
-                        "bring up loopback",
-                        nix::errno::Errno::from_raw(e.raw_os_error().unwrap_or(0)),
-                    )
-                })
-            })();
-            let code = match step {
-                Ok(()) => 0,
-                Err((what, e)) => {
-                    for part in [what, ": ", e.desc()] {
-                        let _ = nix::unistd::write(w.as_fd(), part.as_bytes());
-                    }
-                    1
-                }
-            };
-            // SAFETY: _exit(2) is async-signal-safe and ends the child without running drun's destructors or
-            // exit handlers, which could wait for locks another thread held at the fork.
-            unsafe { libc::_exit(code) }
-        }
-        nix::unistd::ForkResult::Parent { child } => {
-            drop(w);
-            let status = waitpid(child, None);
-            let mut msg = String::new();
-            let _ = std::io::Read::read_to_string(&mut File::from(r), &mut msg);
-            match status {
-                Ok(WaitStatus::Exited(_, 0)) => Ok(()),
-                _ => Err(RunError::Io {
-                    what: "set up --network none".into(),
-                    source: std::io::Error::other(if msg.is_empty() {
-                        "the helper process failed".into()
-                    } else {
-                        msg
-                    }),
-                }),
+    let fail = |source| RunError::Io {
+        what: "set up --network none".into(),
+        source,
+    };
+    // SAFETY: drun may have other threads (the cgroup warm-up thread), so the child keeps to what
+    // `sys::fork::fork_child` requires of it: plain system calls (unshare, mount, socket, ioctl, write) on values
+    // prepared before the fork, no allocation, no lock, no panic.
+    let child = unsafe {
+        crate::sys::fork::fork_child(|report| {
+            if let Err(e) = unshare(CloneFlags::CLONE_NEWNET) {
+                report.errno("create a network namespace", e);
+                return 1;
             }
-        }
+            if let Err(e) = nix::mount::mount(
+                Some(c"/proc/self/ns/net"),
+                target.as_c_str(),
+                None::<&std::ffi::CStr>,
+                nix::mount::MsFlags::MS_BIND,
+                None::<&std::ffi::CStr>,
+            ) {
+                report.errno("bind the network namespace", e);
+                return 1;
+            }
+            if let Err(e) = loopback_up() {
+                report.errno(
+                    "bring up loopback",
+                    nix::errno::Errno::from_raw(e.raw_os_error().unwrap_or(0)),
+                );
+                return 1;
+            }
+            0
+        })
+    }
+    .map_err(|e| fail(std::io::Error::other(e)))?;
+    let exit = child.wait().map_err(|e| fail(std::io::Error::other(e)))?;
+    if exit.succeeded() {
+        Ok(())
+    } else {
+        Err(fail(std::io::Error::other(exit.describe())))
     }
 }
 

@@ -134,7 +134,7 @@ mod tests {
 
     #[test]
     fn docker_entrypoint_and_cmd_rules() {
-        let mut p = RunPlan::default();
+        let mut p = RunPlan::new("");
         assert_eq!(resolve_args(&p, &s(&["/ep"]), &s(&["a"])).unwrap(), s(&["/ep", "a"]));
         p.command = Some(s(&["b"]));
         assert_eq!(resolve_args(&p, &s(&["/ep"]), &s(&["a"])).unwrap(), s(&["/ep", "b"]));
@@ -149,10 +149,8 @@ mod tests {
 
     #[test]
     fn env_merging() {
-        let p = RunPlan {
-            env: vec![("FOO".into(), "cli".into()), ("NEW".into(), "1".into())],
-            ..Default::default()
-        };
+        let mut p = RunPlan::new("");
+        p.env = vec![("FOO".into(), "cli".into()), ("NEW".into(), "1".into())];
         let env = resolve_env(&p, &s(&["PATH=/img/bin", "FOO=image"]), "h", "/root");
         assert_eq!(
             env,

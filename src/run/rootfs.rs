@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use nix::mount::{mount, MsFlags};
 
 use crate::image::unpack::{OVERLAY_OPAQUE_XATTR, OVERLAY_USER_OPAQUE_XATTR};
+use crate::sys::read::{file_kind, read_regular_at, xattr_present};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RootfsError {
@@ -37,7 +38,7 @@ pub fn prepare(run_dir: &Path, layers: &[PathBuf]) -> Result<(PathBuf, RootfsKin
     // The upper directory (or the flattened copy) is the container's `/`: 0755, as Docker's, whatever drun's
     // umask; the run directory around it keeps the host's other users out.
     for (d, mode) in [(&merged, 0o755), (&upper, 0o755), (&work, 0o700)] {
-        crate::safe_fs::create_dir_mode(d, mode).map_err(|source| RootfsError::Create {
+        crate::sys::safe_fs::create_dir_mode(d, mode).map_err(|source| RootfsError::Create {
             path: d.clone(),
             source,
         })?;
@@ -86,7 +87,7 @@ fn markers_of(layer_root: &Path) -> io::Result<Option<crate::image::unpack::Mark
     let Some(dir) = layer_root.parent() else {
         return Ok(None);
     };
-    let data = match crate::safe_fs::read_bounded(&dir.join(MARKERS_FILE), MARKERS_FILE_MAX) {
+    let data = match crate::sys::safe_fs::read_bounded(&dir.join(MARKERS_FILE), MARKERS_FILE_MAX) {
         Ok(d) => d,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(e),
@@ -219,7 +220,7 @@ fn apply_layer(layer: &Path, dest: &Path, links: &mut Links) -> io::Result<()> {
                 }
             }
             // A reflink or copy; hardlinking into the store would let container writes reach it.
-            crate::safe_fs::copy_file_nofollow(&src, &dst)?;
+            crate::sys::safe_fs::copy_file_nofollow(&src, &dst)?;
             copy_meta(&meta, &dst)?;
             if meta.nlink() > 1 {
                 let ino = fs::symlink_metadata(&dst)?.ino();
@@ -248,7 +249,7 @@ fn apply_layer(layer: &Path, dest: &Path, links: &mut Links) -> io::Result<()> {
 
 fn copy_meta(meta: &fs::Metadata, dst: &Path) -> io::Result<()> {
     let _ = std::os::unix::fs::lchown(dst, Some(meta.uid()), Some(meta.gid()));
-    crate::safe_fs::set_mode_nofollow(dst, meta.mode() & 0o7777)
+    crate::sys::safe_fs::set_mode_nofollow(dst, meta.mode() & 0o7777)
 }
 
 fn remove_any(p: &Path) -> io::Result<()> {
@@ -258,19 +259,6 @@ fn remove_any(p: &Path) -> io::Result<()> {
         Ok(m) if m.is_dir() => fs::remove_dir_all(p),
         Ok(_) => fs::remove_file(p),
     }
-}
-
-/// Whether `p` itself (not what a symlink points to) has the extended attribute `name`.
-pub(crate) fn xattr_present(p: &Path, name: &str) -> bool {
-    use std::os::unix::ffi::OsStrExt;
-    let (Ok(cp), Ok(cn)) = (
-        std::ffi::CString::new(p.as_os_str().as_bytes()),
-        std::ffi::CString::new(name),
-    ) else {
-        return false;
-    };
-    // SAFETY: both strings are NUL-terminated; a null buffer with size 0 only queries the value's size.
-    unsafe { libc::lgetxattr(cp.as_ptr(), cn.as_ptr(), std::ptr::null_mut(), 0) >= 0 }
 }
 
 /// Opens `path` of the container's root with symlinks and ".." resolved inside it.
@@ -285,68 +273,6 @@ fn open_in_container(root: &Path, path: &str, flags: nix::fcntl::OFlag) -> io::R
 /// images (a 100 000-user passwd is about 8 MiB), so the cap is generous; it only keeps a hostile file from taking
 /// drun's memory.
 pub const ETC_FILE_CAP: u64 = 16 << 20;
-
-/// What kind of file `mode` (an `st_mode`) is, in words, for errors about files that are not regular.
-pub(crate) fn file_kind(mode: u32) -> &'static str {
-    match mode & libc::S_IFMT {
-        libc::S_IFREG => "a regular file",
-        libc::S_IFDIR => "a directory",
-        libc::S_IFIFO => "a FIFO",
-        libc::S_IFCHR => "a character device",
-        libc::S_IFBLK => "a block device",
-        libc::S_IFSOCK => "a socket",
-        libc::S_IFLNK => "a symbolic link",
-        _ => "an unknown kind of file",
-    }
-}
-
-/// Reads the regular file `path` below the directory `root` (symlinks and ".." resolved inside it, never
-/// crossing a mount point): `Ok(None)` when it does not exist. Anything but a regular file (a FIFO would block the
-/// read forever, a device like /dev/zero never end it) and anything larger than `cap` bytes is an error that says
-/// so. The type is checked on an `O_PATH` descriptor, before anything is opened for reading (opening a device runs
-/// its driver), and again on the descriptor read from, which must be the same file.
-pub(crate) fn read_regular_at(root: std::os::fd::BorrowedFd<'_>, path: &str, cap: u64) -> io::Result<Option<Vec<u8>>> {
-    use io::Read;
-    use nix::fcntl::OFlag;
-    let rel = Path::new(path.trim_start_matches('/'));
-    let open = |flags| crate::sys::at::open_in_root(root, rel, flags).map_err(io::Error::from);
-    let regular = |st: &nix::sys::stat::FileStat| -> io::Result<()> {
-        if st.st_mode & libc::S_IFMT == libc::S_IFREG {
-            return Ok(());
-        }
-        Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!("it is {}, not a regular file", file_kind(st.st_mode)),
-        ))
-    };
-    let probe = match open(OFlag::O_PATH) {
-        Ok(fd) => fd,
-        Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::ENOTDIR)) => return Ok(None),
-        Err(e) => return Err(e),
-    };
-    let before = nix::sys::stat::fstat(&probe).map_err(io::Error::from)?;
-    regular(&before)?;
-    // O_NONBLOCK: should the file have been swapped for a FIFO since, the open does not wait for a writer.
-    let fd = open(OFlag::O_RDONLY | OFlag::O_NONBLOCK | OFlag::O_NOCTTY)?;
-    let st = nix::sys::stat::fstat(&fd).map_err(io::Error::from)?;
-    regular(&st)?;
-    if (st.st_dev, st.st_ino) != (before.st_dev, before.st_ino) {
-        return Err(io::Error::other("it changed while drun opened it"));
-    }
-    let too_large = || io::Error::new(io::ErrorKind::InvalidData, format!("it is larger than {cap} bytes"));
-    // A regular file's size is never negative.
-    let size = u64::try_from(st.st_size).unwrap_or(0);
-    if size > cap {
-        return Err(too_large());
-    }
-    // At most `cap` (a few MiB): the capacity is only a hint.
-    let mut data = Vec::with_capacity(usize::try_from(size).unwrap_or(0));
-    fs::File::from(fd).take(cap + 1).read_to_end(&mut data)?;
-    if data.len() as u64 > cap {
-        return Err(too_large());
-    }
-    Ok(Some(data))
-}
 
 /// Reads the regular file `path` of the container's root, at most `cap` bytes (see [`read_regular_at`]), as
 /// text (invalid UTF-8 replaced): `Ok(None)` when it does not exist.
@@ -443,7 +369,7 @@ pub fn prepare_project(run_dir: &Path, source: &Path) -> Result<PathBuf, RootfsE
     let base = run_dir.join("project");
     let (merged, upper, work) = (base.join("merged"), base.join("upper"), base.join("work"));
     for (d, mode) in [(&base, 0o700), (&merged, 0o755), (&upper, 0o755), (&work, 0o700)] {
-        crate::safe_fs::create_dir_mode(d, mode).map_err(|source| RootfsError::Create {
+        crate::sys::safe_fs::create_dir_mode(d, mode).map_err(|source| RootfsError::Create {
             path: d.clone(),
             source,
         })?;

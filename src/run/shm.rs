@@ -11,7 +11,7 @@ pub fn shm_bytes(plan: &RunPlan) -> u64 {
     if let Some(m) = plan.memory {
         return m.0;
     }
-    let total_kib = crate::safe_fs::read_system("/proc/meminfo")
+    let total_kib = crate::sys::safe_fs::read_system("/proc/meminfo")
         .ok()
         .and_then(|t| {
             t.lines().find_map(|l| {

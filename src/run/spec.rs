@@ -145,7 +145,7 @@ fn cap_name(s: &str) -> Result<String, SpecError> {
 /// "All" capabilities: those in drun's own bounding set (a sandboxed root may lack some, and asking for more
 /// fails in capset). `ALL_CAPS` is ordered by capability number.
 fn all_caps() -> Vec<String> {
-    let bounding = crate::safe_fs::read_system("/proc/self/status")
+    let bounding = crate::sys::safe_fs::read_system("/proc/self/status")
         .ok()
         .and_then(|t| {
             t.lines()
@@ -307,7 +307,7 @@ pub fn build(inp: &SpecInputs<'_>) -> Result<Value, SpecError> {
             SeccompMode::Default => Some(default_profile()),
             SeccompMode::Unconfined => None,
             SeccompMode::Profile(path) => {
-                let text = crate::safe_fs::read_user_file(path, 16 << 20)
+                let text = crate::sys::safe_fs::read_user_file(path, 16 << 20)
                     .map(|b| String::from_utf8_lossy(&b).into_owned())
                     .map_err(|source| SpecError::SeccompRead {
                         path: path.clone(),
@@ -354,13 +354,14 @@ pub fn build(inp: &SpecInputs<'_>) -> Result<Value, SpecError> {
 /// environment (secrets passed with -e): its owner's alone.
 pub fn write_bundle(run_dir: &Path, spec: &Value) -> Result<PathBuf, SpecError> {
     let bundle = run_dir.join("bundle");
-    crate::safe_fs::create_dir_mode(&bundle, 0o700).map_err(|source| SpecError::Bundle {
+    crate::sys::safe_fs::create_dir_mode(&bundle, 0o700).map_err(|source| SpecError::Bundle {
         path: bundle.clone(),
         source,
     })?;
     let config = bundle.join("config.json");
     let json = serde_json::to_vec_pretty(spec).expect("spec serialises");
-    crate::safe_fs::write_new(&config, &json, 0o600).map_err(|source| SpecError::Bundle { path: config, source })?;
+    crate::sys::safe_fs::write_new(&config, &json, 0o600)
+        .map_err(|source| SpecError::Bundle { path: config, source })?;
     Ok(bundle)
 }
 
@@ -410,7 +411,7 @@ mod tests {
 
     #[test]
     fn capability_arithmetic() {
-        let mut p = RunPlan::default();
+        let mut p = RunPlan::new("");
         let caps = capabilities(&p).unwrap();
         assert!(!caps.contains(&"CAP_NET_RAW".to_string()) && caps.contains(&"CAP_CHOWN".to_string()));
         p.cap_add = vec!["net_admin".into()];

@@ -96,7 +96,7 @@ pub fn start(
     // spec's umask applies: under Docker's 0022, as runc would, not drun's private 0077. Nothing else creates
     // files meanwhile (the warm-up thread only writes existing cgroup files), and whatever libcontainer keeps
     // in its state directory stays behind the private state directory.
-    let built = crate::safe_fs::with_umask(0o022, || {
+    let built = crate::sys::safe_fs::with_umask(0o022, || {
         builder
             .as_init(bundle)
             .with_systemd(false)
@@ -113,7 +113,7 @@ pub fn start(
     cleanup.record(info)?;
     if let Some(f) = &plan.cidfile {
         // Docker refuses an existing cidfile too; made for the caller, under their umask.
-        crate::safe_fs::write_new(f, ctx.id.as_bytes(), crate::safe_fs::for_caller(0o666))
+        crate::sys::safe_fs::write_new(f, ctx.id.as_bytes(), crate::sys::safe_fs::for_caller(0o666))
             .map_err(|e| io_error(format!("write {f:?}"))(e))?;
     }
     let pid = pid.ok_or_else(|| RunError::Io {

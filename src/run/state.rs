@@ -103,8 +103,8 @@ pub fn ensure_private(dir: &Path) -> std::io::Result<()> {
         }
     }
     for d in [dir.to_path_buf(), containers_dir(dir), libcontainer_dir(dir)] {
-        crate::safe_fs::create_dir_mode(&d, 0o700)?;
-        let f = crate::safe_fs::open_dir_nofollow(&d)?;
+        crate::sys::safe_fs::create_dir_mode(&d, 0o700)?;
+        let f = crate::sys::safe_fs::open_dir_nofollow(&d)?;
         let m = f.metadata()?;
         if m.uid() != uid || m.mode() & 0o022 != 0 {
             return Err(std::io::Error::other(format!(
@@ -122,7 +122,7 @@ pub fn ensure_private(dir: &Path) -> std::io::Result<()> {
 
 /// Field `n` (1-based, n ≥ 3) of /proc/PID/stat.
 fn stat_field(pid: i32, n: usize) -> Option<String> {
-    let stat = crate::safe_fs::read_system(format!("/proc/{pid}/stat")).ok()?;
+    let stat = crate::sys::safe_fs::read_system(format!("/proc/{pid}/stat")).ok()?;
     // The command name (field 2) may contain spaces and parentheses: count from the last ')'.
     let rest = stat.get(stat.rfind(')')? + 2..)?;
     rest.split(' ').nth(n - 3).map(str::to_string)
@@ -160,8 +160,8 @@ impl RunDir {
         let path = containers.join(id);
         let hidden = containers.join(format!(".{id}"));
         ensure_private(state)?;
-        crate::safe_fs::create_dir_mode(&hidden, 0o700)?;
-        let f = crate::safe_fs::create_new(&hidden.join("lock"), 0o600)?;
+        crate::sys::safe_fs::create_dir_mode(&hidden, 0o700)?;
+        let f = crate::sys::safe_fs::create_new(&hidden.join("lock"), 0o600)?;
         let lock = Flock::lock(f, FlockArg::LockExclusiveNonblock).map_err(|(_, e)| std::io::Error::from(e))?;
         fs::rename(&hidden, &path)?;
         Ok(RunDir { path, _lock: lock })
@@ -169,14 +169,14 @@ impl RunDir {
 
     pub fn write_info(&self, info: &RunInfo) -> std::io::Result<()> {
         let bytes = serde_json::to_vec_pretty(info).expect("run info serialises");
-        crate::safe_fs::write_replace(&self.path.join("info.json"), &bytes, 0o600)
+        crate::sys::safe_fs::write_replace(&self.path.join("info.json"), &bytes, 0o600)
     }
 }
 
 /// A run's record, if it is one drun could have written: a 64-hex-digit id, and a cgroup (if any) that is the
 /// container's own `…/drun-<short id>`. Clean-up deletes and kills by what it says, so nothing else is believed.
 fn read_info(dir: &Path) -> Option<RunInfo> {
-    let bytes = crate::safe_fs::read_bounded(&dir.join("info.json"), 1 << 20).ok()?;
+    let bytes = crate::sys::safe_fs::read_bounded(&dir.join("info.json"), 1 << 20).ok()?;
     let info: RunInfo = serde_json::from_slice(&bytes).ok()?;
     let id_ok = info.id.len() == 64 && info.id.bytes().all(|b| b.is_ascii_hexdigit());
     let cgroup_ok = info.cgroup_path.is_empty()
@@ -249,7 +249,7 @@ pub fn reap_stale(state: &Path) -> usize {
             continue;
         }
         // Take the lock ourselves so a concurrent reaper or a starting run cannot race us.
-        let Ok(f) = crate::safe_fs::open_or_create(&dir.join("lock"), 0o600) else {
+        let Ok(f) = crate::sys::safe_fs::open_or_create(&dir.join("lock"), 0o600) else {
             continue;
         };
         let Ok(_lock) = Flock::lock(f, FlockArg::LockExclusiveNonblock) else {

@@ -243,7 +243,7 @@ mod tests {
         // Every test host has a cgroup file system; the path must end in this process's cgroup.procs.
         let p = crate::run::cgroups::own_procs_file().expect("a cgroup.procs for this process");
         assert!(p.ends_with("cgroup.procs"), "{}", p.display());
-        let listed = crate::safe_fs::read_system(&p).unwrap_or_default();
+        let listed = crate::sys::safe_fs::read_system(&p).unwrap_or_default();
         assert!(
             listed.lines().any(|l| l.trim() == std::process::id().to_string()),
             "{} does not list this process",

@@ -33,6 +33,11 @@
 //! Threads that must change per-thread kernel state (a private mount namespace) do it on a thread of their own,
 //! never in the main thread (see `gpu::container_ldconfig`).
 //!
+//! ## Files on paths others may control
+//!
+//! [`safe_fs`] holds the only path-following file helpers of drun (`clippy.toml` forbids std's elsewhere): created
+//! private and no-follow, read bounded and never blocking on a FIFO.
+//!
 //! ## Files below a directory descriptor
 //!
 //! Paths inside an image's or a container's root file system are never resolved by the host's path walk: they are
@@ -44,4 +49,5 @@
 pub mod at;
 pub mod fork;
 pub mod read;
+pub mod safe_fs;
 pub mod userns;

@@ -98,7 +98,7 @@ mod tests {
         // A symlink out of the root resolves inside it.
         std::os::unix::fs::symlink("/etc/conf", t.path().join("link")).unwrap();
         nix::unistd::mkfifo(&t.path().join("fifo"), nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
-        let root = crate::safe_fs::open_dir_nofollow(t.path()).unwrap();
+        let root = crate::sys::safe_fs::open_dir_nofollow(t.path()).unwrap();
         let root = root.as_fd();
         assert_eq!(read_regular_at(root, "/etc/conf", 100).unwrap().unwrap(), b"inside\n");
         assert_eq!(read_regular_at(root, "link", 100).unwrap().unwrap(), b"inside\n");

@@ -168,7 +168,7 @@ pub(super) fn kind(st: &FileStat) -> SFlag {
 
 /// A directory of drun's own (the project view's mount point, the job's artifact directory).
 pub(super) fn open_dir_path(p: &Path) -> io::Result<OwnedFd> {
-    Ok(crate::safe_fs::open_dir_nofollow(p)?.into())
+    Ok(crate::sys::safe_fs::open_dir_nofollow(p)?.into())
 }
 
 /// Opens the directory `rel` below `root` without following any symlink and without leaving `root` or its mount.
@@ -230,7 +230,7 @@ fn make_dirs_at(dir: BorrowedFd<'_>, rel: &str, owner: Option<(u32, u32)>) -> io
 }
 
 pub(super) fn caller_mode(mode: u32) -> Mode {
-    Mode::from_bits_truncate(crate::safe_fs::for_caller(mode))
+    Mode::from_bits_truncate(crate::sys::safe_fs::for_caller(mode))
 }
 
 pub(super) fn hand_over(fd: BorrowedFd<'_>, owner: Option<(u32, u32)>) {

@@ -23,7 +23,7 @@ pub fn load(
     lookup: &dyn Fn(&str) -> Option<String>,
     options: &RunWideOptions,
 ) -> Result<WorkflowSet, WorkflowError> {
-    let text = crate::safe_fs::read_user_file(path, MAX_FILE_SIZE)
+    let text = crate::sys::safe_fs::read_user_file(path, MAX_FILE_SIZE)
         .and_then(|b| String::from_utf8(b).map_err(|_| std::io::Error::other("it is not UTF-8 text")))
         .map_err(|e| whole_file(path, format!("cannot read the workflow file: {e}")))?;
     let absolute = std::path::absolute(path)

@@ -172,7 +172,7 @@ impl Runner<'_> {
         if let Some(parent) = path.parent() {
             self.make_dirs(parent)?;
         }
-        match crate::safe_fs::create_dir_mode(path, crate::safe_fs::for_caller(0o777)) {
+        match crate::sys::safe_fs::create_dir_mode(path, crate::sys::safe_fs::for_caller(0o777)) {
             Ok(true) => {
                 if let Some((u, g)) = self.owner {
                     let _ = std::os::unix::fs::lchown(path, Some(u), Some(g));
@@ -198,19 +198,20 @@ impl Runner<'_> {
         for a in job.artifacts.iter().filter(|a| a.mount) {
             let dir = job_dir.join(&a.path);
             self.make_dirs(&dir)?;
-            crate::safe_fs::open_dir_nofollow(&dir)
+            crate::sys::safe_fs::open_dir_nofollow(&dir)
                 .and_then(|d| d.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o700)))
                 .map_err(|source| RunnerError::PrepareArtifact { path: dir, source })?;
         }
         let log_path = self.options.artifacts_root.join(format!("{}.log", job.name));
         // A new file, never through a name planted there (a symlink would have root write wherever it points).
         let _ = std::fs::remove_file(&log_path);
-        let mut log = crate::safe_fs::create_new(&log_path, crate::safe_fs::for_caller(0o666)).map_err(|source| {
-            RunnerError::CreateLog {
-                path: log_path.clone(),
-                source,
-            }
-        })?;
+        let mut log =
+            crate::sys::safe_fs::create_new(&log_path, crate::sys::safe_fs::for_caller(0o666)).map_err(|source| {
+                RunnerError::CreateLog {
+                    path: log_path.clone(),
+                    source,
+                }
+            })?;
         if let Some((u, g)) = owner {
             let _ = std::os::unix::fs::fchown(&log, Some(u), Some(g));
         }

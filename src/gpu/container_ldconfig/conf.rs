@@ -145,7 +145,7 @@ mod tests {
     fn root() -> (tempfile::TempDir, std::fs::File) {
         let t = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(t.path().join("etc/ld.so.conf.d")).unwrap();
-        let fd = crate::safe_fs::open_dir_nofollow(t.path()).unwrap();
+        let fd = crate::sys::safe_fs::open_dir_nofollow(t.path()).unwrap();
         (t, fd)
     }
 

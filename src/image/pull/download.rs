@@ -35,7 +35,7 @@ pub(super) async fn unpack_into(
             Err(e) => {
                 tracing::warn!(blob = %path.display(), error = %e, "ignoring a bad blob in the blob cache");
                 let _ = remove_tree(tree);
-                let _ = crate::safe_fs::create_dir_mode(tree, 0o755);
+                let _ = crate::sys::safe_fs::create_dir_mode(tree, 0o755);
             }
         }
     }
@@ -121,7 +121,7 @@ async fn unpack_file(
             path: path.clone(),
             source,
         };
-        let mut f = crate::safe_fs::open_regular(&path, true).map_err(file_err)?;
+        let mut f = crate::sys::safe_fs::open_regular(&path, true).map_err(file_err)?;
         f.seek(io::SeekFrom::Start(offset)).map_err(file_err)?;
         Ok::<_, LayerError>(f)
     })

@@ -169,7 +169,7 @@ fn publish(
     if !v.markers.is_empty() {
         let f = staging.join(MARKERS_FILE);
         if let Err(e) =
-            crate::safe_fs::write_new(&f, &serde_json::to_vec(&v.markers).expect("markers serialise"), 0o600)
+            crate::sys::safe_fs::write_new(&f, &serde_json::to_vec(&v.markers).expect("markers serialise"), 0o600)
         {
             let _ = remove_tree(staging);
             return Err(LayerError::Write { path: f, source: e });

@@ -69,7 +69,7 @@ impl Config {
         };
         let mut cfg = Config::default();
         for path in files {
-            let text = match crate::safe_fs::read_user_file(&path, 1 << 20) {
+            let text = match crate::sys::safe_fs::read_user_file(&path, 1 << 20) {
                 Ok(t) => String::from_utf8_lossy(&t).into_owned(),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
                 Err(source) => return Err(ConfigError::Read { path, source }),

@@ -30,7 +30,7 @@ impl Store {
     /// rewound, so that what is unpacked is what was checked.
     pub fn cached_blob(&self, digest: &Digest, size: u64) -> Option<(PathBuf, File)> {
         let p = self.blob_cache.as_ref()?.join("sha256").join(digest.hex());
-        let mut f = match crate::safe_fs::open_regular(&p, false) {
+        let mut f = match crate::sys::safe_fs::open_regular(&p, false) {
             Ok(f) => f,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return None,
             Err(e) => {
@@ -64,7 +64,7 @@ impl Store {
     pub fn blob_cache_writer(&self, digest: &Digest) -> Option<(File, PathBuf)> {
         let dir = self.blob_cache.as_ref()?.join("sha256");
         // Readable by the cache's other users whatever drun's (private) umask.
-        if let Err(e) = crate::safe_fs::create_dir_all_mode(&dir, 0o755) {
+        if let Err(e) = crate::sys::safe_fs::create_dir_all_mode(&dir, 0o755) {
             tracing::debug!(dir = %dir.display(), error = %e, "blob cache not writable");
             return None;
         }

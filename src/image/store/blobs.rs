@@ -20,7 +20,7 @@ impl Store {
         let path = self.blob_path(digest);
         // Manifests and configs, capped when they were fetched (image::limits); the cap here only bounds a store
         // someone tampered with.
-        match crate::safe_fs::read_bounded(&path, STORED_DOC_MAX) {
+        match crate::sys::safe_fs::read_bounded(&path, STORED_DOC_MAX) {
             Ok(data) if Digest::of(&data) == *digest => Ok(Some(data)),
             Ok(_) => Err(StoreError::DigestMismatch { path }),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),

@@ -79,7 +79,7 @@ pub fn remove_tree(path: &Path) -> Result<(), StoreError> {
 
 fn make_writable(dir: &Path) {
     use std::os::unix::fs::PermissionsExt;
-    if let Ok(d) = crate::safe_fs::open_dir_nofollow(dir) {
+    if let Ok(d) = crate::sys::safe_fs::open_dir_nofollow(dir) {
         let _ = d.set_permissions(fs::Permissions::from_mode(0o700));
     }
     if let Ok(rd) = fs::read_dir(dir) {

@@ -41,9 +41,9 @@ impl Store {
         let dir = self.layer_staging_path(idmap, key);
         remove_tree(&dir)?;
         let tree = dir.join("root");
-        crate::safe_fs::create_dir_all_mode(&dir, 0o700).map_err(io_err("create", &dir))?;
+        crate::sys::safe_fs::create_dir_all_mode(&dir, 0o700).map_err(io_err("create", &dir))?;
         // The layer's root directory: 0755 unless the layer's own `./` entry says otherwise.
-        crate::safe_fs::create_dir_mode(&tree, 0o755).map_err(io_err("create", &tree))?;
+        crate::sys::safe_fs::create_dir_mode(&tree, 0o755).map_err(io_err("create", &tree))?;
         Ok(dir)
     }
 
@@ -52,14 +52,14 @@ impl Store {
     /// first, left for garbage collection.
     pub fn publish_layer(&self, idmap: &str, key: &str, staging: &Path, meta: &LayerMeta) -> Result<(), StoreError> {
         let meta_path = staging.join(LAYER_META);
-        crate::safe_fs::write_new(
+        crate::sys::safe_fs::write_new(
             &meta_path,
             &serde_json::to_vec_pretty(meta).expect("layer metadata serialises"),
             0o600,
         )
         .map_err(io_err("write", &meta_path))?;
         let parent = self.root.join("layers").join(idmap);
-        crate::safe_fs::create_dir_all_mode(&parent, 0o700).map_err(io_err("create", &parent))?;
+        crate::sys::safe_fs::create_dir_all_mode(&parent, 0o700).map_err(io_err("create", &parent))?;
         let dest = self.layer_dir(idmap, key);
         if fs::symlink_metadata(&dest).is_ok() {
             let old =
@@ -76,7 +76,8 @@ impl Store {
 
     /// The metadata of the published layer `key`.
     pub fn layer_meta(&self, idmap: &str, key: &str) -> Option<LayerMeta> {
-        let data = crate::safe_fs::read_bounded(&self.layer_dir(idmap, key).join(LAYER_META), LAYER_META_MAX).ok()?;
+        let data =
+            crate::sys::safe_fs::read_bounded(&self.layer_dir(idmap, key).join(LAYER_META), LAYER_META_MAX).ok()?;
         serde_json::from_slice(&data).ok()
     }
 

@@ -120,7 +120,7 @@ impl Store {
     pub fn open(root: &Path) -> Result<Store, StoreError> {
         for sub in ["blobs/sha256", "layers", "images", "tmp", "locks"] {
             let p = root.join(sub);
-            crate::safe_fs::create_dir_all_mode(&p, 0o700).map_err(io_err("create", &p))?;
+            crate::sys::safe_fs::create_dir_all_mode(&p, 0o700).map_err(io_err("create", &p))?;
         }
         // The store holds setuid binaries and root-owned trees from images: keep other users out of it. (The root
         // itself may be a symlink an administrator made, to a larger file system: followed.)
@@ -159,7 +159,7 @@ impl Store {
             std::process::id(),
             unique()
         ));
-        let mut f = crate::safe_fs::create_new(&tmp, 0o600).map_err(io_err("create", &tmp))?;
+        let mut f = crate::sys::safe_fs::create_new(&tmp, 0o600).map_err(io_err("create", &tmp))?;
         f.write_all(data).map_err(io_err("write", &tmp))?;
         drop(f);
         fs::rename(&tmp, path).map_err(|e| {

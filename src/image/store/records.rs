@@ -80,7 +80,7 @@ impl Store {
     /// The record of the image named exactly `name`, if there is one.
     pub fn image(&self, name: &str) -> Result<Option<ImageRecord>, StoreError> {
         let path = self.record_path(name);
-        match crate::safe_fs::read_bounded(&path, STORED_DOC_MAX) {
+        match crate::sys::safe_fs::read_bounded(&path, STORED_DOC_MAX) {
             Ok(data) => serde_json::from_slice(&data)
                 .map(Some)
                 .map_err(|source| StoreError::Unreadable { path, source }),
@@ -97,7 +97,7 @@ impl Store {
             let e = e.map_err(io_err("list", &dir))?;
             let path = e.path();
             if path.extension().is_some_and(|x| x == "json") {
-                let data = crate::safe_fs::read_bounded(&path, STORED_DOC_MAX).map_err(io_err("read", &path))?;
+                let data = crate::sys::safe_fs::read_bounded(&path, STORED_DOC_MAX).map_err(io_err("read", &path))?;
                 out.push(serde_json::from_slice(&data).map_err(|source| StoreError::Unreadable { path, source })?);
             }
         }
@@ -112,7 +112,7 @@ impl Store {
             return Ok(());
         }
         let dir = self.root.join("images/aliases");
-        crate::safe_fs::create_dir_all_mode(&dir, 0o700).map_err(io_err("create", &dir))?;
+        crate::sys::safe_fs::create_dir_all_mode(&dir, 0o700).map_err(io_err("create", &dir))?;
         self.write_atomic(&dir.join(Digest::of(typed.as_bytes()).hex()), name.as_bytes())
     }
 
@@ -125,7 +125,7 @@ impl Store {
             .root
             .join("images/aliases")
             .join(Digest::of(typed.as_bytes()).hex());
-        match crate::safe_fs::read_bounded(&alias, ALIAS_MAX) {
+        match crate::sys::safe_fs::read_bounded(&alias, ALIAS_MAX) {
             Ok(name) => self.image(&String::from_utf8_lossy(&name)),
             Err(_) => Ok(None),
         }

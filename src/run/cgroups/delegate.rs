@@ -17,7 +17,7 @@ pub(super) fn delegate(version: &Version, parent: &str) -> Result<Option<String>
     }
     let leaf = join(parent, &format!("drun.supervisor-{}", std::process::id()));
     let leaf_dir = Path::new(CGROUP_ROOT).join(leaf.trim_start_matches('/'));
-    crate::safe_fs::create_dir_all_mode(&leaf_dir, 0o755).map_err(|source| CgroupError::Write {
+    crate::sys::safe_fs::create_dir_all_mode(&leaf_dir, 0o755).map_err(|source| CgroupError::Write {
         path: leaf_dir.clone(),
         source,
     })?;
@@ -31,11 +31,11 @@ pub(super) fn delegate(version: &Version, parent: &str) -> Result<Option<String>
 }
 
 fn enable_controllers(dir: &Path) -> std::io::Result<()> {
-    let available = crate::safe_fs::read_system(dir.join("cgroup.controllers"))?;
+    let available = crate::sys::safe_fs::read_system(dir.join("cgroup.controllers"))?;
     let want: Vec<String> = ["cpu", "memory", "pids", "io", "cpuset"]
         .iter()
         .filter(|c| available.split_whitespace().any(|a| a == **c))
         .map(|c| format!("+{c}"))
         .collect();
-    crate::safe_fs::write_system(dir.join("cgroup.subtree_control"), want.join(" "))
+    crate::sys::safe_fs::write_system(dir.join("cgroup.subtree_control"), want.join(" "))
 }

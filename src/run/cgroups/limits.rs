@@ -90,7 +90,7 @@ impl CgroupPlan {
         }
         for (file, value) in writes {
             let f = dir.join(file);
-            crate::safe_fs::write_system(&f, &value).map_err(|source| CgroupError::Write { path: f, source })?;
+            crate::sys::safe_fs::write_system(&f, &value).map_err(|source| CgroupError::Write { path: f, source })?;
         }
         Ok(())
     }

@@ -104,7 +104,7 @@ pub fn detect() -> Version {
 /// drun's own cgroup path for `controller` (v1) or the unified hierarchy (v2), from /proc/self/cgroup.
 fn own_cgroup(version: &Version) -> Result<String, CgroupError> {
     let path = PathBuf::from("/proc/self/cgroup");
-    let text = crate::safe_fs::read_system(&path).map_err(|source| CgroupError::Read { path, source })?;
+    let text = crate::sys::safe_fs::read_system(&path).map_err(|source| CgroupError::Read { path, source })?;
     for line in text.lines() {
         let mut parts = line.splitn(3, ':');
         let (_, ctrls, p) = (parts.next(), parts.next().unwrap_or(""), parts.next().unwrap_or("/"));
@@ -205,7 +205,7 @@ impl CgroupPlan {
         }
         match delegate::delegate(&version, parent) {
             Ok(supervisor) => {
-                let controllers = crate::safe_fs::read_system(dir.join("cgroup.subtree_control"))
+                let controllers = crate::sys::safe_fs::read_system(dir.join("cgroup.subtree_control"))
                     .unwrap_or_default()
                     .split_whitespace()
                     .map(String::from)
@@ -273,7 +273,7 @@ impl CgroupPlan {
     /// Creates the cgroup directories before libcontainer runs, so the read-only bind mounts have a source.
     pub fn create_dirs(&self, limits: &ResourceLimits) -> Result<(), CgroupError> {
         for (dir, _) in self.host_dirs() {
-            crate::safe_fs::create_dir_all_mode(&dir, 0o755).map_err(|source| CgroupError::Write {
+            crate::sys::safe_fs::create_dir_all_mode(&dir, 0o755).map_err(|source| CgroupError::Write {
                 path: dir.clone(),
                 source,
             })?;
@@ -282,7 +282,8 @@ impl CgroupPlan {
             if self.version == Version::V2 && limits.memory.is_some() {
                 let f = dir.join("memory.swap.max");
                 if f.exists() {
-                    crate::safe_fs::write_system(&f, "0").map_err(|source| CgroupError::Write { path: f, source })?;
+                    crate::sys::safe_fs::write_system(&f, "0")
+                        .map_err(|source| CgroupError::Write { path: f, source })?;
                 }
             }
         }

@@ -61,7 +61,7 @@ impl CgroupPlan {
             for dir in &dirs {
                 if has_processes(dir) {
                     busy = true;
-                    if crate::safe_fs::write_system(dir.join("cgroup.kill"), "1").is_err() {
+                    if crate::sys::safe_fs::write_system(dir.join("cgroup.kill"), "1").is_err() {
                         kill_all(dir);
                     }
                 }
@@ -79,8 +79,8 @@ impl CgroupPlan {
 
 /// Whether a cgroup directory or one below it has a process (exited ones leave `cgroup.procs` at once).
 fn has_processes(dir: &Path) -> bool {
-    let own =
-        crate::safe_fs::read_system(dir.join("cgroup.procs")).is_ok_and(|p| p.lines().any(|l| !l.trim().is_empty()));
+    let own = crate::sys::safe_fs::read_system(dir.join("cgroup.procs"))
+        .is_ok_and(|p| p.lines().any(|l| !l.trim().is_empty()));
     own || std::fs::read_dir(dir).is_ok_and(|rd| {
         rd.flatten()
             .any(|e| e.file_type().is_ok_and(|t| t.is_dir()) && has_processes(&e.path()))
@@ -108,7 +108,7 @@ fn kill_all(dir: &Path) {
             }
         }
     }
-    if let Ok(procs) = crate::safe_fs::read_system(dir.join("cgroup.procs")) {
+    if let Ok(procs) = crate::sys::safe_fs::read_system(dir.join("cgroup.procs")) {
         for pid in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
             let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
         }

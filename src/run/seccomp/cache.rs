@@ -42,8 +42,8 @@ impl BpfCache {
         data.extend_from_slice(CACHE_MAGIC);
         data.extend_from_slice(program);
         data.extend_from_slice(&Sha256::digest(program));
-        crate::safe_fs::create_dir_all_mode(&self.dir, 0o700)?;
-        crate::safe_fs::write_replace(&self.path(key), &data, 0o600)
+        crate::sys::safe_fs::create_dir_all_mode(&self.dir, 0o700)?;
+        crate::sys::safe_fs::write_replace(&self.path(key), &data, 0o600)
     }
 }
 
@@ -71,7 +71,7 @@ pub fn cache_key(profile: &serde_json::Value) -> String {
 /// A cache file's program, if the file is whole: the magic, the program, and the program's sha256.
 pub(super) fn read_cached(path: &Path, flags: libc::c_ulong) -> Option<Precompiled> {
     // In drun's private store.
-    let data = crate::safe_fs::read_bounded(path, CACHE_FILE_CAP).ok()?;
+    let data = crate::sys::safe_fs::read_bounded(path, CACHE_FILE_CAP).ok()?;
     let body = data.strip_prefix(CACHE_MAGIC.as_slice())?;
     let (program, sum) = body.split_at_checked(body.len().checked_sub(32)?)?;
     if Sha256::digest(program).as_slice() != sum {

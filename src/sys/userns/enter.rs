@@ -185,7 +185,7 @@ fn write_single_id_maps(ns: &Rootless) -> Result<(), UsernsError> {
         advice: unshare_advice(errno),
     })?;
     let write = |path: &'static str, text: String| {
-        crate::safe_fs::write_system(path, text).map_err(|source| UsernsError::WriteMap { path, source })
+        crate::sys::safe_fs::write_system(path, text).map_err(|source| UsernsError::WriteMap { path, source })
     };
     // Without CAP_SETGID in the parent namespace, setgroups must be denied before gid_map is written.
     write("/proc/self/setgroups", "deny".to_string())?;

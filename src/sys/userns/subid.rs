@@ -5,7 +5,7 @@ use std::path::Path;
 
 /// Ranges `(start, count)` for `user`/`uid` in a subid file (`name:start:count` or `uid:start:count` lines).
 pub fn subordinate_ranges(file: &Path, user: Option<&str>, uid: u32) -> Vec<(u32, u32)> {
-    let Ok(text) = crate::safe_fs::read_system(file) else {
+    let Ok(text) = crate::sys::safe_fs::read_system(file) else {
         return Vec::new();
     };
     let uid_text = uid.to_string();
