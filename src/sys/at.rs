@@ -7,17 +7,18 @@
 //! reaches a file outside the anchor, whatever the tree holds, and none follows a symlink it did not resolve
 //! itself inside the anchor:
 //!
-//! - A path below an anchor is resolved by [`open_in_root`] with `RESOLVE_IN_ROOT`: symlinks and `..` are resolved
+//! - A path below an anchor is resolved by `open_in_root` with `RESOLVE_IN_ROOT`: symlinks and `..` are resolved
 //!   as if the anchor were `/` (an absolute symlink target means the anchor), magic links (`/proc/self/fd/…`) are
 //!   refused and no mount point is crossed. This needs Linux 5.6.
 //! - A `name` argument is one path component (no `/`; not `.` or `..`; callers split and check names first, as
 //!   the unpacker's entry names are): its final component is never followed (`O_NOFOLLOW`,
-//!   `AT_SYMLINK_NOFOLLOW`), and what is created is new (`O_EXCL`), never a file someone placed under that name.
+//!   `AT_SYMLINK_NOFOLLOW`), and a file created is new (`O_EXCL`), never one someone placed under that name (a
+//!   directory that is already there is used as it is, opened inside the anchor like any path).
 //! - Every descriptor opened here is `O_CLOEXEC`: none leaks into a container's process or a helper program.
 //! - A directory the tree renames or replaces while drun works cannot redirect a call: calls go through the
 //!   descriptor of the directory, never through its path again.
 //!
-//! The one `unsafe` call ([`set_xattr`]) passes the kernel a descriptor borrowed for the call, a NUL-terminated
+//! The one `unsafe` call (`set_xattr`) passes the kernel a descriptor borrowed for the call, a NUL-terminated
 //! name and a buffer whose pointer and length come from one slice.
 
 use std::ffi::{CString, OsStr};
@@ -34,7 +35,7 @@ use nix::sys::stat::{fchmod, fstatat, futimens, mkdirat, Mode, SFlag};
 use nix::sys::time::TimeSpec;
 use nix::unistd::{fchownat, unlinkat, Gid, Uid, UnlinkatFlags};
 
-/// An `O_PATH` descriptor of a directory, the anchor for `*at` calls and [`open_in_root`]. The path is drun's
+/// An `O_PATH` descriptor of a directory, the anchor for `*at` calls and `open_in_root`. The path is drun's
 /// own (a layer's staging directory, a container's root): it is followed like any path.
 pub(crate) fn open_dir(path: &Path) -> io::Result<OwnedFd> {
     nix::fcntl::open(
@@ -53,7 +54,7 @@ pub(crate) fn open_in_root(root: BorrowedFd<'_>, path: &Path, flags: OFlag) -> R
     openat2(root, path, how)
 }
 
-/// The relative path of `components` below an anchor (`.` for none), as [`open_in_root`] takes it.
+/// The relative path of `components` below an anchor (`.` for none), as `open_in_root` takes it.
 pub(crate) fn relative_path(components: &[&OsStr]) -> PathBuf {
     if components.is_empty() {
         return PathBuf::from(".");
