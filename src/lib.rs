@@ -1,9 +1,21 @@
 //! drun: a daemonless container runtime for HPC and GPU hosts.
 //!
-//! The library does all the work; `main.rs` only parses the command line and maps errors to exit codes.
-//! Data flows one way: a reference is resolved against a registry or a local source (`image::source`,
-//! `image::registry`), its blobs are verified and unpacked into a content-addressed store (`image::store`,
-//! `image::unpack`), and later issues turn the stored image into a running container.
+//! The library does all the work; `main.rs` parses the command line, enters a rootless caller's user namespace,
+//! dispatches to a command and maps the result to an exit status ([`exit`]).
+//!
+//! Data flows one way — reference → store → root file system → spec → runtime — and no module imports one above
+//! it:
+//!
+//! | layer | modules |
+//! |---|---|
+//! | front ends: flags and workflow files become a [`plan::RunPlan`] | [`cli`], [`commands`], [`workflow`] |
+//! | the contract and its pure parsers | [`plan`] (`plan::parse`, then one host-path step) |
+//! | the run path, one phase per file | [`run`] (`run::run` lists the phases) |
+//! | images: registry, pull, verify, unpack, store | [`image`] (`image::ready` is what the run path asks) |
+//! | NVIDIA GPUs and CDI | [`gpu`] |
+//! | OS primitives: fork, at-relative files, no-follow files, user namespaces | [`sys`] |
+//!
+//! The map with "where is …" answers is docs/architecture.md.
 
 pub mod cli;
 pub mod commands;

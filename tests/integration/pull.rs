@@ -138,7 +138,7 @@ fn pull_by_digest_and_reference_normalisation() {
     // A wrong digest is refused by the registry or by drun, never stored.
     let wrong = format!("{}/drun-test/busybox@sha256:{}", registry(), "0".repeat(64));
     sb.drun(&["pull", &wrong])
-        .fails_with(125, &["error: failed to pull", "not found"]);
+        .fails_with(125, &["error: cannot pull", "not found"]);
 }
 
 #[test]
@@ -147,7 +147,7 @@ fn unknown_image_names_the_reference_and_the_registry_answer() {
     let missing = test_image("no-such-image:latest");
     let out = sb
         .drun(&["pull", &missing])
-        .fails_with(125, &["error: failed to pull", &missing, "Caused by:"]);
+        .fails_with(125, &["error: cannot pull", &missing, "Caused by:"]);
     assert!(
         out.stderr.contains("NameUnknown") || out.stderr.contains("ManifestUnknown"),
         "{}",
@@ -354,7 +354,7 @@ fn tampered_local_blob_is_rejected_and_nothing_is_stored() {
     }
     let out = sb.drun(&["pull", &format!("oci:{}:latest", layout.display())]);
     assert_eq!(out.code(), Some(125), "{}", out.stderr);
-    assert!(out.stderr.contains("error: failed to pull"), "{}", out.stderr);
+    assert!(out.stderr.contains("error: cannot pull"), "{}", out.stderr);
     assert!(sb.entries("layers/host").is_empty());
     assert!(sb.entries("tmp").is_empty(), "{:?}", sb.entries("tmp"));
     assert!(sb.entries("images").is_empty());

@@ -65,7 +65,7 @@ fn exit_status_is_the_containers() {
     sb.drun(&["run", "--pull", "never", &debian(), "true"])
         .fails_with(125, &["--pull=never"]);
     sb.drun(&["run", &test_image("nope:latest"), "true"])
-        .fails_with(125, &["error: failed to pull"]);
+        .fails_with(125, &["error: cannot pull"]);
     assert!(leftovers(&sb).is_empty(), "{:?}", leftovers(&sb));
 }
 

@@ -199,7 +199,7 @@ fn full_disk_fails_cleanly() {
     let _guard = Unmount(small.clone());
     let mut c = sb.cmd(&["pull", &debian()]);
     c.env("DRUN_ROOT", &small);
-    let out = run(c, Duration::from_secs(120)).fails_with(125, &["error: failed to pull", "No space left on device"]);
+    let out = run(c, Duration::from_secs(120)).fails_with(125, &["error: cannot pull", "No space left on device"]);
     let _ = out;
     // Nothing half-written: no staging debris and no image record (complete layers may remain for the next try).
     let tmp: Vec<_> = std::fs::read_dir(small.join("tmp")).unwrap().flatten().collect();

@@ -35,31 +35,31 @@ use crate::progress::Progress;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PullError {
-    #[error("failed to pull {name:?}")]
+    #[error("cannot pull {name:?}")]
     Registry { name: String, source: Box<RegistryError> },
-    #[error("failed to pull {name:?}")]
+    #[error("cannot pull {name:?}")]
     Local { name: String, source: Box<LocalError> },
-    #[error("failed to pull {name:?}")]
+    #[error("cannot pull {name:?}")]
     Store { name: String, source: StoreError },
-    #[error("failed to pull {name:?}")]
+    #[error("cannot pull {name:?}")]
     Manifest { name: String, source: Box<ManifestError> },
-    #[error("failed to pull {name:?}")]
+    #[error("cannot pull {name:?}")]
     NoPlatform { name: String, source: Box<NoPlatform> },
-    #[error("failed to pull {name:?}: the index names manifest {expected}, which hashes to {actual}")]
+    #[error("cannot pull {name:?}: the index names manifest {expected}, which hashes to {actual}")]
     ManifestDigest {
         name: String,
         expected: Digest,
         actual: Digest,
     },
-    #[error("failed to pull {name:?}: layer {digest}")]
+    #[error("cannot pull {name:?}: layer {digest}")]
     Layer {
         name: String,
         digest: Digest,
         source: Box<LayerError>,
     },
-    #[error("failed to pull {name:?}: cannot start the async runtime")]
+    #[error("cannot pull {name:?}: cannot start the async runtime")]
     Runtime { name: String, source: io::Error },
-    #[error("failed to pull {name:?}: a layer task stopped")]
+    #[error("cannot pull {name:?}: a layer task stopped")]
     Task {
         name: String,
         source: tokio::task::JoinError,
