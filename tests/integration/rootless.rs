@@ -386,22 +386,30 @@ fn state_falls_back_to_tmp_when_xdg_runtime_dir_is_unusable() {
 }
 
 /// `c` (a command of [`common::as_user`]: a clean environment) in a mount namespace of its own whose /tmp is `tmp`;
-/// `keep` (a directory below /tmp, such as the sandbox `tmp` is in) stays reachable at its own path.
+/// `keep` (a directory below /tmp, such as the sandbox `tmp` is in) and the drun binary's directory (below /tmp
+/// too when the checkout is) stay reachable at their own paths.
 fn with_tmp_at(c: Command, tmp: &Path, keep: &Path) -> Command {
     let script = r#"set -e
-tmp=$1 keep=$2
-shift 2
-case $keep in /tmp/*)
-    mkdir -p "$tmp/${keep#/tmp/}"
-    mount --bind "$keep" "$tmp/${keep#/tmp/}" ;;
-esac
+tmp=$1
+shift
+while [ "$1" != -- ]; do
+    case $1 in /tmp/*)
+        mkdir -p "$tmp/${1#/tmp/}"
+        mount --bind "$1" "$tmp/${1#/tmp/}" ;;
+    esac
+    shift
+done
+shift
 mount --rbind "$tmp" /tmp
 exec "$@"
 "#;
+    let drun_dir = Path::new(env!("CARGO_BIN_EXE_drun")).parent().unwrap();
     let mut w = Command::new("unshare");
     w.args(["--mount", "--propagation", "private", "--", "sh", "-c", script, "sh"])
         .arg(tmp)
         .arg(keep)
+        .arg(drun_dir)
+        .arg("--")
         .arg(c.get_program())
         .args(c.get_args())
         .env_clear()

@@ -18,7 +18,7 @@ const LDCONFIG_TIMEOUT: Duration = Duration::from_secs(60);
 /// gigabytes in one line would otherwise be read into memory whole.
 const LDCONFIG_MAX_ADDRESS_SPACE: u64 = 4 << 30;
 /// The child's status when it could not exec ldconfig (as a shell's "command not found").
-const CANNOT_EXEC: i32 = 127;
+const CANNOT_EXEC: i32 = crate::exit::NOT_FOUND;
 
 /// Runs the host's ldconfig (`exe`) chrooted in `root`, within [`LDCONFIG_TIMEOUT`].
 pub(super) fn run_ldconfig(root: BorrowedFd<'_>, exe: BorrowedFd<'_>) -> Result<(), LdCacheError> {

@@ -1,5 +1,6 @@
-//! What `rmi` and `prune` free: blobs and layers no image record (or running container) references, and
-//! everything in `tmp/`, under the exclusive store lock; and removing trees that images made read-only.
+//! What `rmi` and `prune` free: blobs and layers no image record (or running container) references, everything
+//! in `tmp/`, and the temporary files of cache writers that died, under the exclusive store lock; and removing
+//! trees that images made read-only.
 
 use std::collections::HashSet;
 use std::fs;
@@ -56,6 +57,34 @@ impl Store {
             freed += tree_size(&e.path());
             remove_tree(&e.path())?;
         }
+        freed += self.remove_dead_cache_writes()?;
+        Ok(freed)
+    }
+
+    /// A derived file in `cache/<kind>/` is replaced through `.NAME.tmp-PID` beside it
+    /// ([`crate::sys::safe_fs::write_replace`]); one whose writer no longer lives was left by a crash.
+    fn remove_dead_cache_writes(&self) -> Result<u64, StoreError> {
+        let mut freed = 0;
+        let Ok(kinds) = fs::read_dir(self.root.join("cache")) else {
+            return Ok(0);
+        };
+        for kind in kinds.flatten() {
+            let Ok(entries) = fs::read_dir(kind.path()) else {
+                continue;
+            };
+            for e in entries.flatten() {
+                let name = e.file_name();
+                let writer = name
+                    .to_str()
+                    .filter(|n| n.starts_with('.'))
+                    .and_then(|n| n.rsplit_once(".tmp-"))
+                    .and_then(|(_, pid)| pid.parse::<u32>().ok());
+                if writer.is_some_and(|pid| !Path::new("/proc").join(pid.to_string()).exists()) {
+                    freed += tree_size(&e.path());
+                    remove_tree(&e.path())?;
+                }
+            }
+        }
         Ok(freed)
     }
 }
@@ -109,4 +138,33 @@ pub fn tree_size(path: &Path) -> u64 {
         }
     }
     walk(path, &mut HashSet::new())
+}
+
+#[cfg(test)]
+mod tests {
+    #[allow(clippy::disallowed_methods)] // test files in the test's own temp dir
+    #[test]
+    fn prune_removes_cache_writes_whose_writer_died_and_nothing_else() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = super::Store::open(dir.path()).unwrap();
+        let cache = dir.path().join("cache/seccomp");
+        std::fs::create_dir_all(&cache).unwrap();
+        let kept = [
+            "abc.bpf",
+            format!(".abc.bpf.tmp-{}", std::process::id()).as_str(),
+            ".hidden",
+        ]
+        .map(String::from);
+        // No process has a pid above the kernel's limit (at most 2^22).
+        let dead = ".abc.bpf.tmp-99999999";
+        for name in kept.iter().map(String::as_str).chain([dead]) {
+            std::fs::write(cache.join(name), b"12345").unwrap();
+        }
+        let lock = store.lock_exclusive().unwrap();
+        assert_eq!(store.collect_garbage(&lock, &[]).unwrap(), 5);
+        assert!(!cache.join(dead).exists());
+        for name in &kept {
+            assert!(cache.join(name).exists(), "{name} was removed");
+        }
+    }
 }
