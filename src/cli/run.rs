@@ -41,6 +41,10 @@ pub struct ContainerArgs {
     /// Allocate a terminal for the container
     #[arg(short, long)]
     pub tty: bool,
+    /// Remove the container when it exits, as Docker's --rm: what every drun run does (accepted so that Docker
+    /// command lines work unchanged)
+    #[arg(long)]
+    pub rm: bool,
     /// Bind mount a volume: SRC:DST[:ro|rw]
     #[arg(short, long = "volume", value_name = "SRC:DST[:ro]")]
     pub volume: Vec<String>,

@@ -110,6 +110,29 @@ impl Specs {
     }
 
     /// Applies the edits of `names` (all resolvable, or nothing is edited) to the spec JSON.
+    /// The files the edits of `names` (and their specs) mount: (container path, host path). Unknown names give
+    /// nothing here; [`Self::inject`] reports them.
+    pub fn mounted_files(&mut self, names: &[String]) -> Vec<(String, String)> {
+        let mut out: Vec<(String, String)> = Vec::new();
+        for n in names {
+            let Some(dev) = self.cache.get_device(n) else { continue };
+            let mut edits = vec![serde_json::to_value(&dev.edits().container_edits).unwrap_or_default()];
+            if let Some(e) = dev.get_spec().edits() {
+                edits.push(serde_json::to_value(&e.container_edits).unwrap_or_default());
+            }
+            for e in edits {
+                for m in e["mounts"].as_array().into_iter().flatten() {
+                    if let (Some(c), Some(h)) = (m["containerPath"].as_str(), m["hostPath"].as_str()) {
+                        if !out.iter().any(|(have, _)| have == c) {
+                            out.push((c.to_string(), h.to_string()));
+                        }
+                    }
+                }
+            }
+        }
+        out
+    }
+
     pub fn inject(&mut self, spec: &mut Value, names: &[String]) -> Result<(), CdiError> {
         let unknown: Vec<&str> = names
             .iter()
@@ -190,8 +213,8 @@ pub fn generate(driver: &Driver, caps: &[String]) -> Value {
     let mounts: Vec<Value> = driver
         .mounts(caps)
         .iter()
-        .map(|p| {
-            json!({"hostPath": host_path(root, p), "containerPath": p,
+        .map(|(host, container)| {
+            json!({"hostPath": host_path(root, host), "containerPath": container,
                    "options": ["ro", "nosuid", "nodev", "rbind", "rprivate"]})
         })
         .collect();

@@ -1,6 +1,12 @@
 //! Discovering the NVIDIA driver on a host (under [`super::driver_root`], so tests can point it at a simulated
-//! driver tree): the GPUs in `/proc/driver/nvidia`, the versioned libraries (found through libcuda, also via the
-//! host's ld cache), utilities, firmware, control nodes and IPC endpoints. Reads only; never mounts or writes.
+//! driver tree): the GPUs in `/proc/driver/nvidia`, the versioned libraries, utilities, firmware, control nodes
+//! and IPC endpoints. Reads only; never mounts or writes.
+//!
+//! Where the driver lives is what the host says, not a list of known places: libcuda is looked for through the
+//! ld cache first, then `LD_LIBRARY_PATH`, then the distributions' library directories. The driver's install
+//! prefix (the parent of the directory holding libcuda, e.g. `/usr/local/nvidia` for `/usr/local/nvidia/lib64`)
+//! is searched for its `bin/` utilities and `firmware/` before `PATH` and the usual directories, so a driver
+//! installed under a prefix of its own (as on the GPU machine of hack/gpu-hardware.sh) is found whole.
 
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
@@ -9,14 +15,7 @@ use super::capabilities::BINARIES;
 use super::driver::{host_path, Driver, Gpu};
 use super::{host_ld_cache, GpuError};
 
-const BIN_DIRS: &[&str] = &[
-    "/usr/bin",
-    "/usr/sbin",
-    "/bin",
-    "/sbin",
-    "/usr/local/bin",
-    "/usr/local/nvidia/bin",
-];
+const BIN_DIRS: &[&str] = &["/usr/bin", "/usr/sbin", "/bin", "/sbin", "/usr/local/bin"];
 
 const LIB_DIRS: &[&str] = &[
     "/usr/lib64",
@@ -28,8 +27,34 @@ const LIB_DIRS: &[&str] = &[
     "/lib/x86_64-linux-gnu",
     "/lib/aarch64-linux-gnu",
     "/usr/lib",
-    "/usr/local/nvidia/lib64",
 ];
+
+/// Where the host's programs and libraries are looked for besides the fixed places: the caller's `PATH` and
+/// `LD_LIBRARY_PATH` (directories as seen from the driver root).
+#[derive(Clone, Debug, Default)]
+pub struct HostSearch {
+    pub path: Vec<String>,
+    pub library_path: Vec<String>,
+}
+
+impl HostSearch {
+    /// From drun's own environment. (Under `sudo` both are usually reset: the ld cache is what counts then.)
+    pub fn from_env() -> HostSearch {
+        let dirs = |var: &str| -> Vec<String> {
+            std::env::var(var)
+                .unwrap_or_default()
+                .split(':')
+                .filter(|d| d.starts_with('/'))
+                .map(|d| d.trim_end_matches('/').to_string())
+                .filter(|d| !d.is_empty())
+                .collect()
+        };
+        HostSearch {
+            path: dirs("PATH"),
+            library_path: dirs("LD_LIBRARY_PATH"),
+        }
+    }
+}
 
 /// IPC endpoints (optional) and the capability that needs them.
 const IPC: &[(&str, &str)] = &[
@@ -54,6 +79,11 @@ fn field<'a>(text: &'a str, key: &str) -> Option<&'a str> {
 
 /// Reads the driver under `root`; `None` when no NVIDIA driver is loaded there.
 pub fn discover(root: &Path) -> Result<Option<Driver>, GpuError> {
+    discover_with(root, &HostSearch::from_env())
+}
+
+/// [`discover`], with the search directories given.
+pub fn discover_with(root: &Path, search: &HostSearch) -> Result<Option<Driver>, GpuError> {
     let Some(gpus) = gpus(root)? else {
         return Ok(None);
     };
@@ -65,7 +95,13 @@ pub fn discover(root: &Path) -> Result<Option<Driver>, GpuError> {
     driver.version = crate::sys::safe_fs::read_system(host_path(root, "/sys/module/nvidia/version"))
         .map(|v| v.trim().to_string())
         .unwrap_or_default();
-    let lib_dirs = library_dirs(root, &mut driver.version);
+    let lib_dirs = library_dirs(root, &search.library_path, &mut driver.version);
+    // The driver's install prefixes: where libcuda's directory is (…/lib64 → …).
+    let prefixes: Vec<String> = lib_dirs
+        .iter()
+        .filter_map(|d| Path::new(d).parent().and_then(Path::to_str).map(str::to_string))
+        .filter(|p| p != "/" && p != "/usr" && p != "/usr/lib" && p != "/lib")
+        .collect();
     if !driver.version.is_empty() {
         let suffix = format!(".so.{}", driver.version);
         for dir in &lib_dirs {
@@ -82,13 +118,19 @@ pub fn discover(root: &Path) -> Result<Option<Driver>, GpuError> {
                 .libraries
                 .extend(names.into_iter().map(|n| format!("{}/{n}", dir.trim_end_matches('/'))));
         }
-        let fw = format!("/lib/firmware/nvidia/{}", driver.version);
-        if host_path(root, &fw).is_dir() {
-            driver.firmware = Some(fw);
-        }
+        driver.firmware = firmware_dirs(root, &prefixes)
+            .into_iter()
+            .map(|d| format!("{d}/nvidia/{}", driver.version))
+            .find(|fw| host_path(root, fw).is_dir());
     }
+    let bin_dirs: Vec<String> = prefixes
+        .iter()
+        .map(|p| format!("{p}/bin"))
+        .chain(search.path.iter().cloned())
+        .chain(BIN_DIRS.iter().map(|d| (*d).to_string()))
+        .collect();
     for (bin, cap) in BINARIES {
-        if let Some(d) = BIN_DIRS
+        if let Some(d) = bin_dirs
             .iter()
             .find(|d| host_path(root, &format!("{d}/{bin}")).is_file())
         {
@@ -153,10 +195,24 @@ fn gpus(root: &Path) -> Result<Option<Vec<Gpu>>, GpuError> {
     Ok(Some(gpus))
 }
 
-/// The directories (container paths) that hold `libcuda.so.<version>`: the usual ones and those the host's ld
-/// cache names. `version` is the loaded module's, if known (it wins over whatever libcuda a directory holds, stale
-/// after upgrades); else it is set from the first libcuda found.
-fn library_dirs(root: &Path, version: &mut String) -> Vec<String> {
+/// Where the kernel loads firmware from (firmware_class's `path` parameter, then its fixed directories), then
+/// the driver's install prefixes' `firmware/`.
+fn firmware_dirs(root: &Path, prefixes: &[String]) -> Vec<String> {
+    let custom = crate::sys::safe_fs::read_system(host_path(root, "/sys/module/firmware_class/parameters/path"))
+        .map(|p| p.trim().trim_end_matches('/').to_string())
+        .unwrap_or_default();
+    [custom]
+        .into_iter()
+        .filter(|p| p.starts_with('/'))
+        .chain(["/lib/firmware/updates", "/lib/firmware"].map(String::from))
+        .chain(prefixes.iter().map(|p| format!("{p}/firmware")))
+        .collect()
+}
+
+/// The directories (container paths) that hold `libcuda.so.<version>`: those the host's ld cache names, then
+/// `library_path` (`LD_LIBRARY_PATH`), then the usual ones. `version` is the loaded module's, if known (it wins
+/// over whatever libcuda a directory holds, stale after upgrades); else it is set from the first libcuda found.
+fn library_dirs(root: &Path, library_path: &[String], version: &mut String) -> Vec<String> {
     let mut lib_dirs: Vec<String> = Vec::new();
     let mut consider = |dir: &str| {
         let Ok(rd) = std::fs::read_dir(host_path(root, dir)) else {
@@ -177,15 +233,18 @@ fn library_dirs(root: &Path, version: &mut String) -> Vec<String> {
             }
         }
     };
-    for d in LIB_DIRS {
-        consider(d);
-    }
     for (name, path) in host_ld_cache::read(root) {
         if name.starts_with("libcuda.so") {
             if let Some(dir) = path.parent().and_then(Path::to_str) {
                 consider(dir);
             }
         }
+    }
+    for d in library_path {
+        consider(d);
+    }
+    for d in LIB_DIRS {
+        consider(d);
     }
     lib_dirs
 }
@@ -262,6 +321,47 @@ mod tests {
         assert_eq!(field(t, "Model"), Some("Tesla K80"));
         assert_eq!(field(t, "GPU UUID"), Some("GPU-1234"));
         assert_eq!(field(t, "Device Minor"), Some("3"));
+    }
+
+    /// A driver under a prefix of its own (the GPU machine's /usr/local/nvidia), named only by LD_LIBRARY_PATH:
+    /// libraries from there, utilities and firmware from beside them; PATH finds utilities elsewhere.
+    #[test]
+    fn a_driver_prefix_is_followed_from_ld_library_path() {
+        let t = tempfile::tempdir().unwrap();
+        let r = t.path();
+        let mk = |p: &str, text: &str| {
+            let p = r.join(p);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(p, text).unwrap();
+        };
+        mk(
+            "proc/driver/nvidia/gpus/0000:00:06.0/information",
+            "Model: H\nGPU UUID: GPU-1\nDevice Minor: 0\n",
+        );
+        mk("sys/module/nvidia/version", "580.1.2\n");
+        mk("opt/nv/lib64/libcuda.so.580.1.2", "");
+        mk("opt/nv/lib64/libnvidia-ml.so.580.1.2", "");
+        mk("opt/nv/bin/nvidia-smi", "");
+        mk("opt/nv/firmware/nvidia/580.1.2/gsp.bin", "");
+        mk("opt/tools/nvidia-debugdump", "");
+        let none = discover_with(r, &HostSearch::default()).unwrap().unwrap();
+        assert!(none.libraries.is_empty(), "{:?}", none.libraries);
+        let search = HostSearch {
+            path: vec!["/opt/tools".into()],
+            library_path: vec!["/opt/nv/lib64".into()],
+        };
+        let d = discover_with(r, &search).unwrap().unwrap();
+        assert_eq!(
+            d.libraries,
+            [
+                "/opt/nv/lib64/libcuda.so.580.1.2",
+                "/opt/nv/lib64/libnvidia-ml.so.580.1.2"
+            ]
+        );
+        let bins: Vec<&str> = d.binaries.iter().map(|(b, _)| b.as_str()).collect();
+        assert!(bins.contains(&"/opt/nv/bin/nvidia-smi"), "{bins:?}");
+        assert!(bins.contains(&"/opt/tools/nvidia-debugdump"), "{bins:?}");
+        assert_eq!(d.firmware.as_deref(), Some("/opt/nv/firmware/nvidia/580.1.2"));
     }
 
     #[test]

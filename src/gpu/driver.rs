@@ -52,7 +52,7 @@ pub struct Driver {
     pub control_nodes: Vec<String>,
     /// Versioned driver libraries (container paths).
     pub libraries: Vec<String>,
-    /// (container path, capability)
+    /// (host path, capability); mounted at `/usr/bin/<name>`
     pub binaries: Vec<(String, &'static str)>,
     /// GSP firmware directory, if any.
     pub firmware: Option<String>,
@@ -61,9 +61,12 @@ pub struct Driver {
 }
 
 impl Driver {
-    /// Host paths of everything to mount for `caps`: libraries, binaries, firmware and IPC endpoints.
-    pub fn mounts(&self, caps: &[String]) -> Vec<String> {
-        let mut out: Vec<String> = self
+    /// What to mount for `caps`, as (host path without the driver root, container path): libraries, firmware and
+    /// IPC endpoints at their host paths; utilities in `/usr/bin`, where every image's PATH finds them (as the
+    /// NVIDIA Container Toolkit puts them), wherever the host keeps them (`/usr/local/nvidia/bin`, say).
+    pub fn mounts(&self, caps: &[String]) -> Vec<(String, String)> {
+        let same = |p: &String| (p.clone(), p.clone());
+        let mut out: Vec<(String, String)> = self
             .libraries
             .iter()
             .filter(|l| {
@@ -73,16 +76,14 @@ impl Driver {
                     None => wants(caps, "all"),
                 }
             })
-            .cloned()
+            .map(same)
             .collect();
-        out.extend(
-            self.binaries
-                .iter()
-                .filter(|(_, c)| wants(caps, c))
-                .map(|(p, _)| p.clone()),
-        );
-        out.extend(self.firmware.iter().cloned());
-        out.extend(self.ipc.iter().filter(|(_, c)| wants(caps, c)).map(|(p, _)| p.clone()));
+        out.extend(self.binaries.iter().filter(|(_, c)| wants(caps, c)).map(|(p, _)| {
+            let name = p.rsplit('/').next().unwrap_or(p);
+            (p.clone(), format!("/usr/bin/{name}"))
+        }));
+        out.extend(self.firmware.iter().map(same));
+        out.extend(self.ipc.iter().filter(|(_, c)| wants(caps, c)).map(|(p, _)| same(p)));
         out
     }
 }

@@ -19,6 +19,16 @@ pub struct Injection {
 }
 
 impl Injection {
+    /// The files the injection mounts into the container: (container path, host path). The run path looks a
+    /// command up among them too (`drun run --gpus all IMAGE nvidia-smi` in an image without nvidia-smi).
+    pub fn mounted_files(&mut self) -> Vec<(String, String)> {
+        [self.host.as_mut(), self.generated.as_mut()]
+            .into_iter()
+            .flatten()
+            .flat_map(|(specs, names)| specs.mounted_files(names))
+            .collect()
+    }
+
     /// Applies the edits to the spec, sets the NVIDIA variables and refreshes the ld cache in `rootfs`.
     pub fn apply(mut self, spec: &mut serde_json::Value, rootfs: &Path) -> Result<(), GpuError> {
         let before: Vec<serde_json::Value> = spec["mounts"].as_array().cloned().unwrap_or_default();

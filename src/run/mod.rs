@@ -53,7 +53,7 @@ use std::path::Path;
 use crate::image::ready::{self, ImageRequest};
 use crate::image::registry::config::Config;
 use crate::image::store::Store;
-use crate::plan::RunPlan;
+use crate::plan::{MountSpec, RunPlan};
 use cgroups::{CgroupPlan, ResourceLimits};
 use cleanup::Cleanup;
 use context::RunContext;
@@ -107,7 +107,25 @@ pub fn run(
 
     // The process: what runs, as whom, where; checked before anything starts.
     let mut process = process::resolve(plan, &image.config, &root, &ctx.short_id)?;
-    executable::check(&root, &mounts.list, &process.args, &process.env, &process.cwd)?;
+    // GPUs chosen first: the command may be one of the driver's utilities that they bring.
+    let mut gpus = crate::gpu::prepare(
+        plan.gpus.as_ref(),
+        &plan.devices,
+        &plan.cdi_spec_dirs,
+        &process.env,
+        &ctx.dir.join("cdi"),
+    )?;
+    let mut visible = mounts.list.to_vec();
+    visible.extend(
+        gpus.iter_mut()
+            .flat_map(|g| g.mounted_files())
+            .map(|(container, host)| MountSpec::Bind {
+                source: host.into(),
+                destination: container,
+                read_only: true,
+            }),
+    );
+    executable::check(&root, &visible, &process.args, &process.env, &process.cwd)?;
     hooks.call_before_start(&StartView {
         root: &root,
         mounts: &mounts.list,
@@ -121,13 +139,6 @@ pub fn run(
     // What it sees of the host: network, /etc files, devices and GPUs, its cgroup.
     let netns = network::prepare(plan, &ctx.dir)?;
     let etc_files = etc_files::write(&ctx.dir, &process.hostname)?;
-    let gpus = crate::gpu::prepare(
-        plan.gpus.as_ref(),
-        &plan.devices,
-        &plan.cdi_spec_dirs,
-        &process.env,
-        &ctx.dir.join("cdi"),
-    )?;
     cleanup.cgroup_created()?;
     cgroup.hide_host_hierarchy()?;
 

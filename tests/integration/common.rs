@@ -108,6 +108,12 @@ impl Output {
     }
 }
 
+/// The drun under test: cargo's build of it, or `DRUN_TEST_BIN` where the test binary was carried to another
+/// machine without its build tree (hack/gpu-hardware.sh).
+pub fn drun_exe() -> std::ffi::OsString {
+    std::env::var_os("DRUN_TEST_BIN").unwrap_or_else(|| env!("CARGO_BIN_EXE_drun").into())
+}
+
 impl Sandbox {
     pub fn new() -> Sandbox {
         let dir = tempfile::Builder::new().prefix("drun-it-").tempdir().expect("tempdir");
@@ -141,7 +147,7 @@ impl Sandbox {
 
     /// A drun command isolated from the caller's store, configuration, credentials and job environment.
     pub fn cmd(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_drun"));
+        let mut c = Command::new(drun_exe());
         without_callers_settings(&mut c);
         c.args(args)
             .env("DRUN_ROOT", self.store())
@@ -205,6 +211,8 @@ pub fn without_callers_settings(c: &mut Command) {
             c.env_remove(&key);
         }
     }
+    // drun's GPU discovery follows it.
+    c.env_remove("LD_LIBRARY_PATH");
 }
 
 /// Gives `to` the environment changes `from` makes (set and removed variables): for a drun command line that a
@@ -526,7 +534,7 @@ impl Sandbox {
     pub fn at_terminal(&self, args: &str) -> Command {
         let mut c = Command::new("script");
         without_callers_settings(&mut c);
-        c.args(["-qec", &format!("{} {args}", env!("CARGO_BIN_EXE_drun")), "/dev/null"])
+        c.args(["-qec", &format!("{} {args}", drun_exe().to_string_lossy()), "/dev/null"])
             .env("DRUN_ROOT", self.store())
             .env("DRUN_STATE", self.state())
             .env("DRUN_CONFIG", self.config())

@@ -17,16 +17,21 @@ struct Gpu {
 }
 
 fn setup(libdir: Option<&str>) -> Gpu {
+    match libdir {
+        Some(l) => setup_with(&["--libdir", l]),
+        None => setup_with(&[]),
+    }
+}
+
+/// A simulated driver made by `fake-driver.sh ROOT ARGS…`.
+fn setup_with(fake_driver_args: &[&str]) -> Gpu {
     assert!(is_root(), "GPU tests need root (mknod)");
     let sb = Sandbox::new();
     sb.drun(&["pull", "-q", &test_image("busybox:latest")]).ok();
     sb.drun(&["pull", "-q", &test_image("debian:bookworm")]).ok();
     let root = sb.path().join("driver");
     let mut cmd = std::process::Command::new("bash");
-    cmd.arg(fixture("fake-driver.sh")).arg(&root);
-    if let Some(l) = libdir {
-        cmd.args(["--libdir", l]);
-    }
+    cmd.arg(fixture("fake-driver.sh")).arg(&root).args(fake_driver_args);
     assert!(cmd.status().unwrap().success(), "fake-driver.sh failed");
     let cdi = sb.path().join("cdi");
     std::fs::create_dir_all(&cdi).unwrap();
@@ -52,6 +57,48 @@ impl Gpu {
         args.extend_from_slice(&[&img, "sh", "-c", script]);
         self.drun(&args)
     }
+}
+
+/// A driver installed under a prefix of its own, as on the real GPU machine of hack/gpu-hardware.sh
+/// (/usr/local/nvidia), that only `LD_LIBRARY_PATH` points at: found whole (libraries, utilities beside them,
+/// firmware), and its nvidia-smi runs in an image that has none (drun once looked the command up before injecting
+/// the GPUs, and exited 127).
+#[test]
+fn a_driver_under_its_own_prefix_is_found_through_ld_library_path() {
+    let g = setup_with(&["--prefix", "/opt/vendor/nvidia"]);
+    let with_path = |args: &[&str]| {
+        g.sb.drun_with(
+            args,
+            &[
+                ("DRUN_DRIVER_ROOT", g.root.as_os_str()),
+                ("DRUN_CDI_SPEC_DIRS", g.cdi.as_os_str()),
+                ("LD_LIBRARY_PATH", std::ffi::OsStr::new("/opt/vendor/nvidia/lib64")),
+            ],
+        )
+    };
+    let spec = g.sb.path().join("nvidia.yaml");
+    g.drun(&["cdi", "generate", "-o", spec.to_str().unwrap()]).ok();
+    let text = std::fs::read_to_string(&spec).unwrap();
+    assert!(
+        !text.contains("libcuda.so"),
+        "nothing names the prefix, yet libcuda was found:\n{text}"
+    );
+    with_path(&["cdi", "generate", "-o", spec.to_str().unwrap()]).ok();
+    let text = std::fs::read_to_string(&spec).unwrap();
+    for want in [
+        "/opt/vendor/nvidia/lib64/libcuda.so.550.54.15",
+        "/opt/vendor/nvidia/lib64/libnvidia-ml.so.550.54.15",
+        "/opt/vendor/nvidia/bin/nvidia-smi",
+        "/opt/vendor/nvidia/firmware/nvidia/550.54.15",
+    ] {
+        assert!(text.contains(want), "{want} missing from the generated spec:\n{text}");
+    }
+    let out = with_path(&["run", "--gpus", "all", &test_image("busybox:latest"), "nvidia-smi"]).ok();
+    assert!(
+        out.stdout.contains("fake nvidia-smi, driver 550.54.15: visible GPU-"),
+        "{}",
+        out.stdout
+    );
 }
 
 /// `ls -l` lines of /dev/nvidia* → "name major, minor" set.
@@ -614,63 +661,73 @@ fn the_dstack_example_with_a_simulated_k80() {
     );
 }
 
-/// On a host with a real NVIDIA GPU and driver: `make test-gpu`.
+/// On a host with a real NVIDIA GPU and driver: `make test-gpu` (and step 4 of `hack/gpu-hardware.sh check`).
+/// The image is the CUDA check image of hack/gpu-hardware.sh (glibc + tests/fixtures/cuda_check.c, an OCI layout),
+/// given as `DRUN_GPU_IMAGE=oci:DIR:TAG` or built here; no registry is needed, as GPU machines may have no network.
 #[test]
 #[ignore = "needs an NVIDIA GPU (run with `make test-gpu` on a GPU host)"]
 fn real_gpu_hardware() {
     assert!(is_root());
     let sb = Sandbox::new();
-    let debian = test_image("debian:bookworm");
-    sb.drun(&["pull", "-q", &debian]).ok();
-    let host = std::process::Command::new("nvidia-smi")
-        .arg("-L")
-        .output()
-        .expect("nvidia-smi on the host");
-    let host = String::from_utf8_lossy(&host.stdout).to_string();
-    let first = host.lines().next().expect("at least one GPU").to_string();
-    // A CUDA device query through the driver API (libcuda, dlopened: no CUDA toolkit needed).
-    let src = sb.path().join("query.c");
-    std::fs::write(
-        &src,
-        "#include <dlfcn.h>\n#include <stdio.h>\nint main(void){void*h=dlopen(\"libcuda.so.1\",RTLD_NOW);if(!h){puts(dlerror());return 2;}\
-int(*init)(unsigned)=dlsym(h,\"cuInit\");int(*count)(int*)=dlsym(h,\"cuDeviceGetCount\");int n=-1;\
-int r=init(0);if(r){printf(\"cuInit %d\\n\",r);return 3;}count(&n);printf(\"cuda devices: %d\\n\",n);return 0;}\n",
-    )
-    .unwrap();
-    let bin = sb.path().join("query");
-    assert!(std::process::Command::new("gcc")
-        .arg(&src)
-        .arg("-o")
-        .arg(&bin)
-        .arg("-ldl")
-        .status()
-        .unwrap()
-        .success());
-    let vol = format!("{}:/query:ro", bin.display());
-    let out = sb
-        .drun(&[
-            "run",
-            "--gpus",
-            "1",
-            "-v",
-            &vol,
-            &debian,
-            "sh",
-            "-c",
-            "nvidia-smi -L; /query",
-        ])
-        .ok();
+    let image = match std::env::var("DRUN_GPU_IMAGE") {
+        Ok(image) => image,
+        Err(_) => {
+            let layout = sb.path().join("layout");
+            let script = concat!(env!("CARGO_MANIFEST_DIR"), "/hack/gpu-hardware.sh");
+            let built = std::process::Command::new("bash")
+                .args([script, "image", layout.to_str().unwrap()])
+                .status()
+                .expect("bash");
+            assert!(built.success(), "hack/gpu-hardware.sh image failed");
+            format!("oci:{}:gpu-check", layout.display())
+        }
+    };
+    sb.drun(&["pull", "-q", &image]).ok();
+    let smi = |args: &[&str]| {
+        let out = std::process::Command::new("nvidia-smi")
+            .args(args)
+            .output()
+            .expect("nvidia-smi on the host");
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    let host_list = smi(&["-L"]);
+    let gpus = host_list.lines().filter(|l| l.starts_with("GPU ")).count();
+    assert!(gpus >= 1, "nvidia-smi -L on the host: {host_list}");
+    let uuid = smi(&["--query-gpu=uuid", "--format=csv,noheader"]);
+    let uuid = uuid.lines().next().unwrap().trim().to_string();
+    let name = smi(&["--query-gpu=name", "--format=csv,noheader"]);
+    let name = name.lines().next().unwrap().trim().to_string();
+
+    // Every GPU, as the host lists them.
+    let out = sb.drun(&["run", "--gpus", "all", &image, "nvidia-smi", "-L"]).ok();
     assert_eq!(
-        out.stdout.lines().filter(|l| l.starts_with("GPU ")).count(),
-        1,
-        "{}",
-        out.stdout
+        out.stdout.trim(),
+        host_list,
+        "nvidia-smi -L in the container vs the host"
     );
+
+    // CUDA through the driver API: 1 GiB allocated, set, copied back and checked on one GPU.
+    let out = sb.drun(&["run", "--gpus", "1", &image, "cuda_check", "1024"]).ok();
+    assert!(out.stdout.contains("cuda devices: 1\n"), "{}", out.stdout);
+    assert!(out.stdout.contains(&format!("device 0: {name},")), "{}", out.stdout);
+    assert!(out.stdout.contains("checked: ok"), "{}", out.stdout);
+
+    // By UUID: the container's only device is that GPU.
+    let by_uuid = format!("device={uuid}");
+    let out = sb.drun(&["run", "--gpus", &by_uuid, &image, "cuda_check", "64"]).ok();
     assert!(
-        out.stdout
-            .contains(first.split(" (").next().unwrap().trim_start_matches("GPU 0: ")),
+        out.stdout.contains(&format!(", {}\n", uuid.to_lowercase())),
         "{}",
         out.stdout
     );
-    assert!(out.stdout.contains("cuda devices: 1"), "{}", out.stdout);
+
+    // More GPUs than the host has: drun's own error, naming what it found.
+    let too_many = (gpus + 1).to_string();
+    let out = sb.drun(&["run", "--gpus", &too_many, &image, "true"]);
+    assert_eq!(out.status.code(), Some(125), "{}", out.stderr);
+    assert!(out.stderr.contains("GPU"), "{}", out.stderr);
+
+    // Without --gpus the container has no driver.
+    let out = sb.drun(&["run", &image, "cuda_check", "16"]);
+    assert_eq!(out.status.code(), Some(2), "{}\n{}", out.stdout, out.stderr);
 }

@@ -47,6 +47,24 @@ fn cgroup_dirs(id: &str) -> Vec<String> {
     String::from_utf8_lossy(&out.stdout).lines().map(String::from).collect()
 }
 
+/// Docker's `--rm` is accepted (every foreground run is removed when it exits); it once failed as "invalid image
+/// reference \"--rm\"".
+#[test]
+fn dockers_rm_flag_is_accepted() {
+    let sb = ready();
+    let out = sb.drun(&["run", "--rm", &busybox(), "echo", "removed"]).ok();
+    assert_eq!(out.stdout, "removed\n");
+    assert!(leftovers(&sb).is_empty(), "{:?}", leftovers(&sb));
+    // An option drun does not know is named as such.
+    let out = sb.drun(&["run", "--no-such-option", &busybox(), "true"]);
+    assert_eq!(out.status.code(), Some(125));
+    assert!(
+        out.stderr.contains("unknown option \"--no-such-option\""),
+        "{}",
+        out.stderr
+    );
+}
+
 #[test]
 fn exit_status_is_the_containers() {
     let sb = ready();

@@ -68,6 +68,31 @@ check "the given GPU's node passes the eBPF filter ($(echo "$out" | sed -n 1p))"
 check "another GPU's node does not ($(echo "$out" | sed -n 2p))" \
     sh -c 'echo "$1" | sed -n 2p | grep -q "not permitted"' _ "$out"
 check "NVIDIA_VISIBLE_DEVICES is the given GPU" [ "$(echo "$out" | sed -n 3p)" = GPU-a100 ]
+# A cgroup drun shares with other processes (a CI job container, a batch script's shell in a Slurm task, an ssh
+# scope; the GPU machine of hack/gpu-hardware.sh runs everything so): v2 lets a cgroup with processes delegate no
+# controller. The container still gets a cgroup of its own (device filter, clean-up), limits are reported as not
+# enforced, and --require-limits refuses. (drun once failed every run there: "cannot prepare the cgroup …
+# cgroup.subtree_control: Device or resource busy".)
+mkdir /sys/fs/cgroup/shared-job
+in_shared() { sh -c 'echo $$ >/sys/fs/cgroup/shared-job/cgroup.procs; sleep 60 & s=$!; sleep 0.2; "$@"; rc=$?; kill $s; exit $rc' _ "$@"; }
+out=$(in_shared drun run "$IMG" sh -c 'cat /proc/self/cgroup; head -c1 /dev/zero | wc -c' 2>&1)
+check "a shared cgroup: the container runs ($(echo $out | head -c 80))" \
+    sh -c 'echo "$1" | grep -qx 1' _ "$out"
+out=$(in_shared drun run --memory 64m "$IMG" echo ran 2>&1)
+check "a shared cgroup: --memory runs with a warning naming the cause" \
+    sh -c 'echo "$1" | grep -q "^ran$" && echo "$1" | grep -q "NOT enforced: --memory.*other processes share"' _ "$out"
+out=$(in_shared drun run --require-limits --memory 64m "$IMG" echo ran 2>&1)
+rc=$?
+check "a shared cgroup: --require-limits refuses (exit $rc)" \
+    sh -c '[ "$1" = 125 ] && echo "$2" | grep -q "systemd-run --scope"' _ "$rc" "$out"
+out=$(in_shared env DRUN_DRIVER_ROOT=$F DRUN_CDI_SPEC_DIRS=/tmp/no-cdi drun run --gpus device=1 --cap-add MKNOD "$IMG" sh -c \
+    'mknod /tmp/other c 195 0 && head -c1 /tmp/other 2>&1' 2>/dev/null)
+check "a shared cgroup: the eBPF device filter still applies ($out)" sh -c 'echo "$1" | grep -q "not permitted"' _ "$out"
+sleep 0.5
+rmdir /sys/fs/cgroup/shared-job/drun.supervisor-* 2>/dev/null
+check "a shared cgroup: no container cgroup left" [ -z "$(find /sys/fs/cgroup/shared-job -name 'drun-*' -type d)" ]
+rmdir /sys/fs/cgroup/shared-job
+
 umount "$F"
 
 drun run "$IMG" sh -c 'exit 5'

@@ -11,6 +11,11 @@ use crate::plan::parse::{env_file_lines, env_item};
 
 /// Runs a container or a workflow file; returns drun's exit status.
 pub fn execute(global: &GlobalArgs, args: RunArgs) -> Result<i32> {
+    // The image argument takes hyphen values (for `drun run IMAGE -c …`), so an option clap does not know lands
+    // here: say so rather than "invalid image reference".
+    if let Some(option) = args.image_and_command.first().filter(|a| a.starts_with('-')) {
+        anyhow::bail!("unknown option {option:?} for `drun run` (options go before the image; see `drun run --help`)");
+    }
     if is_workflow_file(&args.image_and_command[0]) {
         workflow::execute(global, args)
     } else {

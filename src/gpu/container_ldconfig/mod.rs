@@ -39,7 +39,10 @@ use crate::sys::fork::ForkError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LdCacheError {
-    #[error("cannot find ldconfig on this host (looked for /sbin/ldconfig and /usr/sbin/ldconfig)")]
+    #[error(
+        "cannot find ldconfig on this host (looked for an ELF program at /sbin/ldconfig.real, /sbin/ldconfig and \
+         their /usr/sbin twins)"
+    )]
     NoLdconfig,
     #[error("cannot open the host's ldconfig {path:?}")]
     OpenLdconfig {
@@ -89,11 +92,28 @@ pub enum LdCacheError {
     Timeout(Duration),
 }
 
-fn find_ldconfig() -> Option<PathBuf> {
-    ["/sbin/ldconfig", "/usr/sbin/ldconfig"]
-        .iter()
-        .map(PathBuf::from)
-        .find(|p| p.is_file())
+/// The host's ldconfig program below `root` (`/` but in tests). It must be an ELF executable, not a script: it is
+/// executed from a close-on-exec descriptor, and the kernel cannot give a script's interpreter such a file
+/// (fexecve(2): ENOENT). Ubuntu's `/sbin/ldconfig` is such a script, wrapping `/sbin/ldconfig.real`.
+fn find_ldconfig(root: &Path) -> Option<PathBuf> {
+    [
+        "/sbin/ldconfig.real",
+        "/usr/sbin/ldconfig.real",
+        "/sbin/ldconfig",
+        "/usr/sbin/ldconfig",
+    ]
+    .iter()
+    .map(|p| root.join(p.trim_start_matches('/')))
+    .find(|p| is_elf(p))
+}
+
+fn is_elf(path: &Path) -> bool {
+    use std::io::Read;
+    let Ok(mut file) = crate::sys::safe_fs::open_regular(path, true) else {
+        return false;
+    };
+    let mut magic = [0u8; 4];
+    file.read_exact(&mut magic).is_ok() && &magic == b"\x7fELF"
 }
 
 /// The non-empty components of a container path, without `.` and `..` (which resolve inside the root anyway).
@@ -109,7 +129,7 @@ pub fn refresh(rootfs: &Path, libs: &[(PathBuf, String)]) -> Result<(), LdCacheE
     if libs.is_empty() {
         return Ok(());
     }
-    let ldconfig = find_ldconfig().ok_or(LdCacheError::NoLdconfig)?;
+    let ldconfig = find_ldconfig(Path::new("/")).ok_or(LdCacheError::NoLdconfig)?;
     let exe = nix::fcntl::open(&ldconfig, OFlag::O_RDONLY | OFlag::O_CLOEXEC, Mode::empty())
         .map_err(|source| LdCacheError::OpenLdconfig { path: ldconfig, source })?;
     std::thread::scope(|scope| {
@@ -183,4 +203,35 @@ fn refresh_in_root(rootfs: &Path, libs: &[(PathBuf, String)], exe: BorrowedFd<'_
         conf::add_dev_link(root, ctr);
     }
     Ok(())
+}
+
+#[cfg(test)]
+#[allow(clippy::disallowed_methods)] // fixtures in the tests' own temporary directories
+mod find_tests {
+    use super::*;
+
+    /// Ubuntu's /sbin/ldconfig is a shell script around /sbin/ldconfig.real: the ELF program is the one chosen
+    /// (found on the GPU machine of hack/gpu-hardware.sh, where executing the script gave ENOENT).
+    #[test]
+    fn ldconfig_is_the_elf_program_not_a_wrapper_script() {
+        let t = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(t.path().join("sbin")).unwrap();
+        std::fs::write(
+            t.path().join("sbin/ldconfig"),
+            "#!/bin/sh\nexec /sbin/ldconfig.real \"$@\"\n",
+        )
+        .unwrap();
+        assert_eq!(
+            find_ldconfig(t.path()),
+            None,
+            "a script is not an ldconfig drun can execute"
+        );
+        std::fs::copy("/proc/self/exe", t.path().join("sbin/ldconfig.real")).unwrap();
+        assert_eq!(find_ldconfig(t.path()), Some(t.path().join("sbin/ldconfig.real")));
+        // Debian: ldconfig itself is the program.
+        let d = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(d.path().join("usr/sbin")).unwrap();
+        std::fs::copy("/proc/self/exe", d.path().join("usr/sbin/ldconfig")).unwrap();
+        assert_eq!(find_ldconfig(d.path()), Some(d.path().join("usr/sbin/ldconfig")));
+    }
 }

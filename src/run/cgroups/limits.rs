@@ -56,6 +56,9 @@ impl CgroupPlan {
             .into_iter()
             .filter_map(|(ctrl, flag)| {
                 let flag = flag?;
+                if let Some(reason) = &self.blocked {
+                    return Some((flag, reason.clone()));
+                }
                 match &self.control {
                     Control::Root => None,
                     Control::Delegated { controllers } if controllers.iter().any(|c| c == ctrl) => None,
@@ -102,6 +105,11 @@ impl CgroupPlan {
 
     fn root_resources(&self, limits: &ResourceLimits) -> Value {
         let mut r = json!({"devices": device_rules()});
+        if self.blocked.is_some() {
+            // No controller reaches the cgroup: libcontainer could not write a limit (the device rules are an
+            // eBPF program, which needs none).
+            return r;
+        }
         if let Some(m) = limits.memory {
             let mut mem = json!({"limit": m.0});
             // "No extra swap": the memory+swap total equals the memory limit.

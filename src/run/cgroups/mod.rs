@@ -83,6 +83,9 @@ pub struct CgroupPlan {
     pub path: String,
     /// A supervisor leaf drun moved itself into (v2 only), removed by a later drun once empty.
     pub supervisor: Option<String>,
+    /// Why no controller reaches the container's cgroup (v2, drun's cgroup shared with other processes): limits
+    /// are then reported as not enforced, as rootless without a cgroup.
+    pub blocked: Option<String>,
     /// `cgroupsPath` for libcontainer: `path`, or without a cgroup of its own, a child of drun's cgroup that
     /// it cannot create (on v1 hosts in drun's private cgroup2 view, see `hide_host_hierarchy`), so libcgroups'
     /// rootless mode leaves the container where drun is and its clean-up finds nothing to remove.
@@ -157,13 +160,14 @@ impl CgroupPlan {
         let version = detect();
         let parent = own_cgroup(&version)?;
         let path = join(&parent, &leaf);
-        let supervisor = delegate::delegate(&version, &parent)?;
+        let delegation = delegate::delegate(&version, &parent)?;
         Ok(CgroupPlan {
             control: Control::Root,
             version,
             spec_path: path.clone(),
             path,
-            supervisor,
+            supervisor: delegation.supervisor,
+            blocked: delegation.blocked,
         })
     }
 
@@ -175,6 +179,7 @@ impl CgroupPlan {
             spec_path: path.clone(),
             path,
             supervisor: None,
+            blocked: None,
         }
     }
 
@@ -185,6 +190,7 @@ impl CgroupPlan {
             version: version.clone(),
             path: String::new(),
             supervisor: None,
+            blocked: None,
             spec_path: if version == Version::V2 {
                 join(parent, &leaf)
             } else {
@@ -204,7 +210,7 @@ impl CgroupPlan {
             ));
         }
         match delegate::delegate(&version, parent) {
-            Ok(supervisor) => {
+            Ok(delegation) => {
                 let controllers = crate::sys::safe_fs::read_system(dir.join("cgroup.subtree_control"))
                     .unwrap_or_default()
                     .split_whitespace()
@@ -215,7 +221,8 @@ impl CgroupPlan {
                     version,
                     spec_path: path.clone(),
                     path,
-                    supervisor,
+                    supervisor: delegation.supervisor,
+                    blocked: delegation.blocked,
                 }
             }
             Err(e) => none(format!("cannot use the delegated cgroup {}: {e}", dir.display())),
