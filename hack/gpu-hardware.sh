@@ -174,6 +174,26 @@ check() {
     step "environment and mounts in the container" pass 60 "$D" run --gpus all "$IMG" sh -c \
         'env | grep -E "NVIDIA|CUDA|LD_" ; ls -la /dev/nvidia*; cat /proc/self/mountinfo | grep -iE "nvidia|cuda" | head -30'
 
+    # The main job: a workflow file asking for a GPU by model and memory, its artifacts copied out.
+    mkdir -p "$WORK/wf"
+    cat >"$WORK/wf/workflow.yaml" <<EOF
+workflows:
+  - name: gpu
+    image: $IMG
+    commands:
+      - mkdir -p output
+      - nvidia-smi -L > output/gpus.txt
+      - cuda_check 256 > output/cuda.txt
+    resources:
+      gpu:
+        name: H200
+        memory: 100GB
+    artifacts:
+      - output
+EOF
+    step "a workflow file with resources.gpu {name, memory} and artifacts" pass 120 sh -c \
+        "$D run $WORK/wf/workflow.yaml && cat $WORK/wf/artifacts/gpu/output/gpus.txt $WORK/wf/artifacts/gpu/output/cuda.txt"
+
     # Rootless: a user of this script's making, with drun's fallback single-id mapping when the machine has no
     # newuidmap (what an ordinary user on a node without subordinate ids gets).
     local user=drungpu$$
