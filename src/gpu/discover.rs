@@ -214,8 +214,17 @@ fn firmware_dirs(root: &Path, prefixes: &[String]) -> Vec<String> {
 /// over whatever libcuda a directory holds, stale after upgrades); else it is set from the first libcuda found.
 fn library_dirs(root: &Path, library_path: &[String], version: &mut String) -> Vec<String> {
     let mut lib_dirs: Vec<String> = Vec::new();
+    // One directory reached by two names (`/usr/local/nvidia/lib -> lib64`, both in the ld cache and
+    // LD_LIBRARY_PATH) is taken once, under the first name seen.
+    let mut seen: Vec<std::path::PathBuf> = Vec::new();
     let mut consider = |dir: &str| {
-        let Ok(rd) = std::fs::read_dir(host_path(root, dir)) else {
+        let Ok(real) = std::fs::canonicalize(host_path(root, dir)) else {
+            return;
+        };
+        if seen.contains(&real) {
+            return;
+        }
+        let Ok(rd) = std::fs::read_dir(&real) else {
             return;
         };
         for e in rd.flatten() {
@@ -229,6 +238,7 @@ fn library_dirs(root: &Path, library_path: &[String], version: &mut String) -> V
                 }
                 if !lib_dirs.iter().any(|d| d == dir) {
                     lib_dirs.push(dir.to_string());
+                    seen.push(real.clone());
                 }
             }
         }
@@ -346,9 +356,11 @@ mod tests {
         mk("opt/tools/nvidia-debugdump", "");
         let none = discover_with(r, &HostSearch::default()).unwrap().unwrap();
         assert!(none.libraries.is_empty(), "{:?}", none.libraries);
+        // As on the H200 machine: lib -> lib64, and both on the search path.
+        std::os::unix::fs::symlink("lib64", r.join("opt/nv/lib")).unwrap();
         let search = HostSearch {
             path: vec!["/opt/tools".into()],
-            library_path: vec!["/opt/nv/lib64".into()],
+            library_path: vec!["/opt/nv/lib64".into(), "/opt/nv/lib".into()],
         };
         let d = discover_with(r, &search).unwrap().unwrap();
         assert_eq!(
