@@ -70,8 +70,9 @@ integration: build images users test-deps
 test: lint build images users test-deps
 	$(CARGO) test --release --locked -- --test-threads=2
 
-# On a host with an NVIDIA GPU and driver: the real-hardware test (ignored by `make test`).
-test-gpu: build images test-deps
+# On a host with an NVIDIA GPU and driver: the real-hardware test (ignored by `make test`). It builds its own image
+# (hack/gpu-hardware.sh image: glibc + tests/fixtures/cuda_check.c), so a GPU machine needs no registry.
+test-gpu: build test-deps
 	$(CARGO) test --release --locked --test integration -- --ignored --test-threads=1 real_gpu_hardware
 
 # Benchmarks (BENCHMARKS.md): `make bench-run OLD=/path/to/old/drun` also times that binary against NEW

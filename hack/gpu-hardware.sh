@@ -95,7 +95,7 @@ step() { # step NAME EXPECT(pass|fail) TIMEOUT CMD...: run, log, and count a che
     {
         echo
         echo "### $name"
-        echo '```'
+        echo '```text'
         echo "\$ $*"
     } >>"$REPORT"
     timeout -k 5 "$limit" "$@" >"$WORK/step.out" 2>&1
@@ -169,6 +169,8 @@ check() {
         done; done' "$D" "$IMG"
     step "--memory in a cgroup shared with other processes: a warning, not a failure" pass 60 "$D" run \
         --memory 256m "$IMG" true
+    step "each driver library is mounted once" pass 60 "$D" run --gpus all "$IMG" sh -c \
+        'n=$(grep -c "libcuda.so" /proc/self/mountinfo); echo "libcuda mounts: $n"; [ "$n" = 1 ]'
     step "--gpus 2 on a one-GPU machine fails clearly" fail 60 "$D" run --gpus 2 "$IMG" true
     step "--gpus device=7 fails clearly" fail 60 "$D" run --gpus device=7 "$IMG" true
     step "environment and mounts in the container" pass 60 "$D" run --gpus all "$IMG" sh -c \
@@ -223,7 +225,7 @@ EOF
     {
         echo
         echo "## Summary ($FAILED failed)"
-        echo '```'
+        echo '```text'
         cat "$SUMMARY"
         echo '```'
     } >>"$REPORT"
