@@ -113,8 +113,9 @@ pub struct ContainerArgs {
     /// GPUs: all, a count, device=0,2 or device=GPU-<uuid>
     #[arg(long, value_name = "GPUS")]
     pub gpus: Option<String>,
-    /// Add a CDI device by fully-qualified name, e.g. nvidia.com/gpu=0 or vendor.com/class=name
-    #[arg(long, value_name = "CDI-NAME")]
+    /// Add a host device, /dev/HOST[:/dev/CONTAINER][:rwm], or a CDI device by fully-qualified name,
+    /// e.g. nvidia.com/gpu=0
+    #[arg(long, value_name = "DEVICE")]
     pub device: Vec<String>,
 }
 

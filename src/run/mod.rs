@@ -10,7 +10,7 @@
 //! | the effective mounts (the copy-on-write mount prepared) | `mounts.rs` |
 //! | process: args, env, user, cwd | `process.rs`, `user.rs`; executable check `executable.rs`; `--init` `init.rs` |
 //! | network namespace (`--network none`); /etc/hosts, hostname, resolv.conf | `network.rs`; `etc_files.rs` |
-//! | devices and GPUs | `gpu::prepare` |
+//! | devices and GPUs | `devices.rs` (host device nodes), `gpu::prepare` |
 //! | OCI spec, /dev/shm size, bundle | `spec.rs`, `shm.rs` |
 //! | seccomp: default profile, compile, cache, load | `seccomp/` |
 //! | create and start the container (libcontainer) | `start.rs` |
@@ -26,6 +26,7 @@
 pub mod cgroups;
 mod cleanup;
 mod context;
+mod devices;
 mod error;
 mod etc_files;
 mod executable;

@@ -21,6 +21,8 @@ pub enum SpecError {
     SeccompParse { path: PathBuf, source: serde_json::Error },
     #[error("unknown ulimit {0:?} (expected e.g. nofile, nproc, memlock, stack, core)")]
     Ulimit(String),
+    #[error(transparent)]
+    ReservedDevicePath(#[from] crate::run::devices::ReservedPath),
     #[error("invalid runtime spec: {0}")]
     Invalid(serde_json::Error),
     #[error("cannot write the bundle {path:?}")]
@@ -263,6 +265,10 @@ pub fn build(inp: &SpecInputs<'_>) -> Result<Value, SpecError> {
         });
     }
 
+    let rootless = crate::sys::userns::is_rootless();
+    let (device_mounts, device_rules) = crate::run::devices::edits(&plan.host_devices, rootless)?;
+    mounts.extend(device_mounts);
+
     let mut namespaces = vec![json!({"type": "mount"}), json!({"type": "uts"})];
     if plan.pid_mode() == Sharing::Private {
         namespaces.push(json!({"type": "pid"}));
@@ -297,6 +303,11 @@ pub fn build(inp: &SpecInputs<'_>) -> Result<Value, SpecError> {
             linux["resources"]["devices"] = json!([{"allow": true, "access": "rwm"}]);
         }
     } else {
+        // Rootless specs have no resources (the user namespace stands in for the device cgroup): `get_mut`, since
+        // indexing would make the null an object, and libcgroups would then load a device filter rootless.
+        if let Some(rules) = linux.pointer_mut("/resources/devices").and_then(Value::as_array_mut) {
+            rules.extend(device_rules);
+        }
         linux["maskedPaths"] = json!(MASKED_PATHS);
         linux["readonlyPaths"] = json!(READONLY_PATHS);
         linux["devices"] = STANDARD_DEVICES

@@ -72,6 +72,9 @@ pub struct Workflow {
     pub mem_limit: Option<Spanned<Scalar>>,
     #[serde(default)]
     pub labels: Option<Labels>,
+    /// docker-py's `devices`: `/dev/HOST[:/dev/CONTAINER][:rwm]` items (or CDI names, as `--device` takes).
+    #[serde(default)]
+    pub devices: Vec<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
