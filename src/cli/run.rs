@@ -117,6 +117,9 @@ pub struct ContainerArgs {
     /// e.g. nvidia.com/gpu=0
     #[arg(long, value_name = "DEVICE")]
     pub device: Vec<String>,
+    /// RDMA/InfiniBand: the host's /dev/infiniband verbs, rdma_cm and umad devices, and RLIMIT_MEMLOCK unlimited
+    #[arg(long)]
+    pub rdma: bool,
 }
 
 /// Flags for a container and for every workflow of a workflow file alike.

@@ -200,6 +200,8 @@ pub struct RunPlan {
     pub devices: Vec<String>,
     /// Host device nodes (`--device /dev/zero:/dev/myzero:r`, a workflow's `devices`).
     pub host_devices: Vec<HostDevice>,
+    /// The host's RDMA devices and RLIMIT_MEMLOCK raised (`--rdma`, `resources.rdma`).
+    pub rdma: bool,
     /// CDI spec directories (empty: DRUN_CDI_SPEC_DIRS, else /etc/cdi and /var/run/cdi).
     pub cdi_spec_dirs: Vec<PathBuf>,
     /// Fail rather than warn when limits cannot be enforced (rootless without a delegated cgroup).
@@ -270,6 +272,7 @@ impl RunPlan {
             gpus: None,
             devices: Vec::new(),
             host_devices: Vec::new(),
+            rdma: false,
             cdi_spec_dirs: Vec::new(),
             require_limits: false,
         }

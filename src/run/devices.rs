@@ -8,7 +8,7 @@
 
 use serde_json::{json, Value};
 
-use crate::plan::HostDevice;
+use crate::plan::{DeviceAccess, DeviceKind, HostDevice, RunPlan};
 
 /// Container paths a device may not take: the nodes and mounts every container's `/dev` already has.
 const RESERVED: &[&str] = &[
@@ -38,6 +38,27 @@ const RESERVED: &[&str] = &[
     "invalid container path {0:?} for a device: every container has it already; choose another, such as /dev/my-device"
 )]
 pub struct ReservedPath(pub String);
+
+/// The plan's host devices, then with `--rdma` the host's RDMA devices (read and write: libibverbs opens them
+/// read-write) that `--device` did not already give.
+pub fn with_rdma(plan: &RunPlan) -> Result<Vec<HostDevice>, crate::rdma::RdmaError> {
+    let mut devices = plan.host_devices.clone();
+    if plan.rdma {
+        for node in crate::rdma::discover()? {
+            if !devices.iter().any(|d| d.container == node.container) {
+                devices.push(HostDevice {
+                    host: node.host,
+                    container: node.container,
+                    kind: DeviceKind::Char,
+                    major: node.major,
+                    minor: node.minor,
+                    access: DeviceAccess::parse("rw").expect("valid letters"),
+                });
+            }
+        }
+    }
+    Ok(devices)
+}
 
 /// `/dev` itself, or one of [`RESERVED`] or below it.
 fn reserved(path: &str) -> bool {
@@ -81,7 +102,6 @@ pub fn edits(devices: &[HostDevice], rootless: bool) -> Result<(Vec<Value>, Vec<
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::plan::{DeviceAccess, DeviceKind};
 
     fn device(container: &str, access: &str) -> HostDevice {
         HostDevice {

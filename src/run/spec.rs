@@ -57,6 +57,8 @@ pub struct SpecInputs<'a> {
     pub netns: Option<PathBuf>,
     /// Host path of the init binary bind-mounted at /dev/init (for `--init`).
     pub init: Option<PathBuf>,
+    /// The plan's host devices, and the RDMA devices with `--rdma` (`devices::with_rdma`).
+    pub host_devices: &'a [crate::plan::HostDevice],
 }
 
 const MASKED_PATHS: &[&str] = &[
@@ -266,7 +268,7 @@ pub fn build(inp: &SpecInputs<'_>) -> Result<Value, SpecError> {
     }
 
     let rootless = crate::sys::userns::is_rootless();
-    let (device_mounts, device_rules) = crate::run::devices::edits(&plan.host_devices, rootless)?;
+    let (device_mounts, device_rules) = crate::run::devices::edits(inp.host_devices, rootless)?;
     mounts.extend(device_mounts);
 
     let mut namespaces = vec![json!({"type": "mount"}), json!({"type": "uts"})];
@@ -291,6 +293,11 @@ pub fn build(inp: &SpecInputs<'_>) -> Result<Value, SpecError> {
     }
     for u in &plan.ulimits {
         rlimits.push(json!({"type": rlimit_type(&u.name)?, "soft": u.soft, "hard": u.hard}));
+    }
+    // RDMA registers (pins) memory: unlimited where it can be, unless --ulimit memlock said otherwise.
+    if plan.rdma && !plan.ulimits.iter().any(|u| u.name == "memlock") {
+        let (soft, hard) = crate::rdma::memlock();
+        rlimits.push(json!({"type": "RLIMIT_MEMLOCK", "soft": soft, "hard": hard}));
     }
 
     let mut linux = json!({

@@ -124,6 +124,12 @@ fn write_plan(
     for d in &plan.devices {
         writeln!(out, "  device:      {d} (CDI)")?;
     }
+    if plan.rdma {
+        writeln!(
+            out,
+            "  rdma:        the host's /dev/infiniband devices, RLIMIT_MEMLOCK raised"
+        )?;
+    }
     for a in &job.artifacts {
         writeln!(
             out,

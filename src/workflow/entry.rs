@@ -105,6 +105,7 @@ pub(super) fn job(w: &schema::Workflow, inputs: &EntryInputs<'_>) -> Result<Work
         gpus: settings.gpus,
         devices: settings.cdi_devices,
         host_devices: host.devices,
+        rdma: w.resources.as_ref().is_some_and(|r| r.rdma),
         cdi_spec_dirs: options.cdi_spec_dirs.clone(),
         require_limits: options.require_limits,
         ..RunPlan::new(w.image.value.trim())

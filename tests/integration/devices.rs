@@ -170,3 +170,104 @@ fn a_workflow_gives_devices_as_docker_py_writes_them() {
         )],
     );
 }
+
+/// A simulated RDMA host under `root` (read by drun through `DRUN_RDMA_ROOT`): `/dev/infiniband` nodes made with
+/// mknod, with Linux's numbers (verbs and MAD devices are major 231; rdma_cm a misc device), plus a subnet-manager
+/// node and a file a container does not need.
+fn fake_rdma(root: &std::path::Path) {
+    use nix::sys::stat::{makedev, mknod, Mode, SFlag};
+    let dir = root.join("dev/infiniband");
+    std::fs::create_dir_all(&dir).unwrap();
+    for (name, major, minor) in [
+        ("uverbs0", 231, 192),
+        ("umad0", 231, 0),
+        ("issm0", 231, 64),
+        ("rdma_cm", 10, 58),
+    ] {
+        mknod(
+            &dir.join(name),
+            SFlag::S_IFCHR,
+            Mode::from_bits_truncate(0o666),
+            makedev(major, minor),
+        )
+        .unwrap();
+    }
+    std::fs::write(dir.join("README"), "not a device").unwrap();
+}
+
+#[test]
+fn rdma_gives_the_verbs_devices_and_raises_memlock() {
+    let sb = ready();
+    let root = sb.path().join("rdma");
+    fake_rdma(&root);
+    let env = [("DRUN_RDMA_ROOT", root.as_os_str())];
+    let image = busybox();
+    // No driver has major 231 on the test host: opening uverbs0 gets past the device cgroup (which would say
+    // EPERM) to the kernel's "no such device".
+    let script = "ls /dev/infiniband; stat -c '%t:%T' /dev/infiniband/uverbs0; ulimit -l; \
+                  (exec 3<>/dev/infiniband/uverbs0) 2>&1; true";
+    let out = sb
+        .drun_with(&["run", "-q", "--rdma", &image, "sh", "-c", script], &env)
+        .ok();
+    // What drun can raise RLIMIT_MEMLOCK to: unlimited with CAP_SYS_RESOURCE (or an unlimited hard limit), else the
+    // hard limit it was given, which it then warns about.
+    let (_, hard) = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_MEMLOCK).unwrap();
+    let cap_eff = std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("CapEff:")
+                .map(|v| u64::from_str_radix(v.trim(), 16).unwrap())
+        })
+        .unwrap();
+    let memlock = if hard == nix::sys::resource::RLIM_INFINITY || cap_eff & (1 << 24) != 0 {
+        "unlimited".to_string()
+    } else {
+        assert!(
+            out.stderr
+                .contains("RLIMIT_MEMLOCK for --rdma is capped at the hard limit"),
+            "{}",
+            out.stderr
+        );
+        (hard / 1024).to_string()
+    };
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    assert_eq!(
+        lines[..5],
+        ["rdma_cm", "umad0", "uverbs0", "e7:c0", memlock.as_str()],
+        "{}",
+        out.stdout
+    );
+    assert!(lines[5].contains("No such device or address"), "{}", out.stdout);
+
+    // --ulimit memlock wins; without --rdma nothing is given.
+    let out = sb
+        .drun_with(
+            &[
+                "run",
+                "-q",
+                "--rdma",
+                "--ulimit",
+                "memlock=1024:1024",
+                &image,
+                "sh",
+                "-c",
+                "ulimit -l",
+            ],
+            &env,
+        )
+        .ok();
+    assert_eq!(out.stdout, "1\n");
+    let out = sb.drun_with(&["run", "-q", &image, "ls", "/dev/infiniband"], &env);
+    assert_ne!(out.code(), Some(0), "{}", out.stdout);
+
+    // A host without verbs devices: refused, with what to check.
+    let empty = sb.path().join("no-rdma");
+    std::fs::create_dir_all(&empty).unwrap();
+    sb.drun_with(
+        &["run", "-q", "--rdma", &image, "true"],
+        &[("DRUN_RDMA_ROOT", empty.as_os_str())],
+    )
+    .fails_with(125, &["cannot use RDMA: no verbs device (uverbs*) in", "mlx5_ib"]);
+    assert!(leftovers(&sb).is_empty(), "{:?}", leftovers(&sb));
+}

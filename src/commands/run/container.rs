@@ -140,6 +140,7 @@ fn plan_from_args(args: &RunArgs) -> Result<RunPlan> {
         gpus,
         devices,
         host_devices: host.devices,
+        rdma: a.rdma,
         cdi_spec_dirs: common.cdi_spec_dir.clone(),
         require_limits: common.require_limits,
         ..RunPlan::new(image.clone())
