@@ -12,7 +12,7 @@
 //! | the contract and its pure parsers | [`plan`] (`plan::parse`, then one host-path step) |
 //! | the run path, one phase per file | [`run`] (`run::run` lists the phases) |
 //! | images: registry, pull, verify, unpack, store | [`image`] (`image::ready` is what the run path asks) |
-//! | NVIDIA GPUs and CDI | [`gpu`] |
+//! | NVIDIA GPUs and CDI; RDMA devices | [`gpu`]; [`rdma`] |
 //! | OS primitives: fork, at-relative files, no-follow files, user namespaces | [`sys`] |
 //!
 //! The map with "where is …" answers is docs/architecture.md.
@@ -26,6 +26,7 @@ pub mod gpu;
 pub mod image;
 pub mod plan;
 pub mod progress;
+pub mod rdma;
 pub mod run;
 pub mod sys;
 pub mod units;

@@ -117,9 +117,13 @@ pub struct ContainerArgs {
     /// GPUs: all, a count, device=0,2 or device=GPU-<uuid>
     #[arg(long, value_name = "GPUS")]
     pub gpus: Option<String>,
-    /// Add a CDI device by fully-qualified name, e.g. nvidia.com/gpu=0 or vendor.com/class=name
-    #[arg(long, value_name = "CDI-NAME")]
+    /// Add a host device, /dev/HOST[:/dev/CONTAINER][:rwm], or a CDI device by fully-qualified name,
+    /// e.g. nvidia.com/gpu=0
+    #[arg(long, value_name = "DEVICE")]
     pub device: Vec<String>,
+    /// RDMA/InfiniBand: the host's /dev/infiniband verbs, rdma_cm and umad devices, and RLIMIT_MEMLOCK unlimited
+    #[arg(long)]
+    pub rdma: bool,
 }
 
 /// Flags for a container and for every workflow of a workflow file alike.

@@ -1,12 +1,14 @@
 //! The one step of building a plan that looks at the host: bind sources are made canonical (and so must exist),
-//! env files are read (bounded), required files are checked. Both front ends call [`resolve_host_paths`] once,
-//! after every value has been parsed; the parsers themselves never touch the disk.
+//! env files are read (bounded), required files are checked, device nodes are looked at (type and numbers). Both
+//! front ends call [`resolve_host_paths`] once, after every value has been parsed; the parsers themselves never
+//! touch the disk.
 
 use std::io;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
-use super::parse::MountRequest;
-use super::MountSpec;
+use super::parse::{HostDeviceRequest, MountRequest};
+use super::{DeviceKind, HostDevice, MountSpec};
 
 /// An env file larger than this is refused (it is read whole).
 const ENV_FILE_LIMIT: u64 = 16 << 20;
@@ -28,6 +30,15 @@ pub enum HostPathError {
     /// A file that must exist does not (or is not a regular file).
     #[error("cannot find the file {path:?}")]
     MissingFile { path: PathBuf },
+    #[error("cannot find the device {path:?}")]
+    DeviceMissing {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    /// `path` as given; `found` says what it (or what its symlinks lead to) is instead.
+    #[error("invalid device {path:?}: expected a character or block device node, not {found}")]
+    NotADevice { path: PathBuf, found: &'static str },
 }
 
 /// What a front end names on the host, as written, each item with where it was written (`L`: a flag, a place in
@@ -40,6 +51,8 @@ pub struct HostInputs<L> {
     pub env_files: Vec<(PathBuf, L)>,
     /// Regular files that must exist (a workflow's `requirements`).
     pub files: Vec<(PathBuf, L)>,
+    /// Host device nodes (`--device /dev/…`, a workflow's `devices`).
+    pub devices: Vec<(HostDeviceRequest, L)>,
 }
 
 impl<L> Default for HostInputs<L> {
@@ -49,6 +62,7 @@ impl<L> Default for HostInputs<L> {
             mounts: Vec::new(),
             env_files: Vec::new(),
             files: Vec::new(),
+            devices: Vec::new(),
         }
     }
 }
@@ -62,6 +76,8 @@ pub struct HostPaths {
     pub env_files: Vec<String>,
     /// The required files, relative ones joined to the base.
     pub files: Vec<PathBuf>,
+    /// The device nodes, with their type and numbers.
+    pub devices: Vec<HostDevice>,
 }
 
 /// A failed lookup and where its input was written.
@@ -79,6 +95,7 @@ pub fn resolve_host_paths<L>(inputs: HostInputs<L>) -> Result<HostPaths, HostPat
         mounts: Vec::with_capacity(inputs.mounts.len()),
         env_files: Vec::with_capacity(inputs.env_files.len()),
         files: Vec::with_capacity(inputs.files.len()),
+        devices: Vec::with_capacity(inputs.devices.len()),
     };
     for (request, at) in inputs.mounts {
         out.mounts.push(resolve_mount(request, &base).map_err(|e| fail(at, e))?);
@@ -95,7 +112,53 @@ pub fn resolve_host_paths<L>(inputs: HostInputs<L>) -> Result<HostPaths, HostPat
         }
         out.files.push(path);
     }
+    for (request, at) in inputs.devices {
+        out.devices.push(resolve_device(request).map_err(|e| fail(at, e))?);
+    }
     Ok(out)
+}
+
+/// The node `request` names, symlinks followed (as Docker does: `/dev/disk/by-id/…` works). Looked at once, here:
+/// the run bind-mounts the canonical path, and as root the device cgroup allows only these numbers, so a node
+/// swapped in afterwards stays unusable.
+fn resolve_device(request: HostDeviceRequest) -> Result<HostDevice, HostPathError> {
+    let missing = |source| HostPathError::DeviceMissing {
+        path: request.host.clone(),
+        source,
+    };
+    let host = std::fs::canonicalize(&request.host).map_err(missing)?;
+    let meta = std::fs::metadata(&host).map_err(missing)?;
+    let kind = meta.file_type();
+    let kind = if kind.is_char_device() {
+        DeviceKind::Char
+    } else if kind.is_block_device() {
+        DeviceKind::Block
+    } else {
+        let found = if kind.is_dir() {
+            "a directory"
+        } else if kind.is_file() {
+            "a regular file"
+        } else if kind.is_fifo() {
+            "a FIFO"
+        } else if kind.is_socket() {
+            "a socket"
+        } else {
+            "another kind of file"
+        };
+        return Err(HostPathError::NotADevice {
+            path: request.host,
+            found,
+        });
+    };
+    let rdev = meta.rdev();
+    Ok(HostDevice {
+        host,
+        container: request.container,
+        kind,
+        major: nix::sys::stat::major(rdev),
+        minor: nix::sys::stat::minor(rdev),
+        access: request.access,
+    })
 }
 
 fn resolve_mount(request: MountRequest, base: &Path) -> Result<MountSpec, HostPathError> {
@@ -137,6 +200,7 @@ mod tests {
             mounts: vec![(bind("./data/"), 1)],
             env_files: vec![("env".into(), 2)],
             files: vec![("req.txt".into(), 3)],
+            devices: Vec::new(),
         })
         .unwrap();
         assert_eq!(
@@ -171,5 +235,50 @@ mod tests {
             ..Default::default()
         });
         assert!(matches!(f.error, HostPathError::MissingFile { .. }) && f.at == 9);
+    }
+
+    #[test]
+    fn devices_are_nodes_found_through_symlinks() {
+        let t = tempfile::tempdir().unwrap();
+        std::os::unix::fs::symlink("/dev/null", t.path().join("null")).unwrap();
+        std::fs::write(t.path().join("file"), "x").unwrap();
+        let request = |host: &Path| HostDeviceRequest {
+            host: host.to_path_buf(),
+            container: "/dev/c".into(),
+            access: crate::plan::DeviceAccess::parse("rw").unwrap(),
+        };
+        let resolve = |host: &Path| {
+            resolve_host_paths(HostInputs {
+                devices: vec![(request(host), 5)],
+                ..Default::default()
+            })
+        };
+        let paths = resolve(&t.path().join("null")).unwrap();
+        assert_eq!(
+            paths.devices,
+            vec![HostDevice {
+                host: "/dev/null".into(),
+                container: "/dev/c".into(),
+                kind: DeviceKind::Char,
+                major: 1,
+                minor: 3,
+                access: crate::plan::DeviceAccess::parse("rw").unwrap(),
+            }]
+        );
+        let error = |host: &Path| {
+            let f = resolve(host).unwrap_err();
+            assert_eq!(f.at, 5);
+            f.error.to_string()
+        };
+        let file = t.path().join("file");
+        assert_eq!(
+            error(&file),
+            format!("invalid device {file:?}: expected a character or block device node, not a regular file")
+        );
+        assert!(error(t.path()).ends_with("not a directory"));
+        assert_eq!(
+            error(&t.path().join("nope")),
+            format!("cannot find the device {:?}", t.path().join("nope"))
+        );
     }
 }

@@ -3,7 +3,7 @@
 //! has no `Default` that could leave one out, and the run path only ever reads it.
 //!
 //! [`parse`] holds the pure parsers both front ends share; [`host_paths`] is the one later step that looks at the
-//! host's disk (bind sources, env files, required files).
+//! host's disk (bind sources, env files, required files, device nodes).
 
 pub mod host_paths;
 pub mod parse;
@@ -69,6 +69,82 @@ pub enum MountSpec {
     Overlay { source: PathBuf, destination: String },
 }
 
+/// What a container may do with a host device (`--device …:rwm`): the device cgroup's access letters.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DeviceAccess {
+    pub read: bool,
+    pub write: bool,
+    pub mknod: bool,
+}
+
+impl DeviceAccess {
+    /// `rwm`, Docker's default.
+    pub const ALL: DeviceAccess = DeviceAccess {
+        read: true,
+        write: true,
+        mknod: true,
+    };
+
+    /// One or more of `r`, `w` and `m`, in any order, each at most once; None for anything else.
+    pub fn parse(text: &str) -> Option<DeviceAccess> {
+        let mut access = DeviceAccess {
+            read: false,
+            write: false,
+            mknod: false,
+        };
+        for c in text.chars() {
+            let flag = match c {
+                'r' => &mut access.read,
+                'w' => &mut access.write,
+                'm' => &mut access.mknod,
+                _ => return None,
+            };
+            if std::mem::replace(flag, true) {
+                return None;
+            }
+        }
+        (!text.is_empty()).then_some(access)
+    }
+
+    /// The letters, in `rwm` order (the device cgroup's `access`).
+    pub fn letters(&self) -> String {
+        [(self.read, 'r'), (self.write, 'w'), (self.mknod, 'm')]
+            .iter()
+            .filter(|(on, _)| *on)
+            .map(|(_, c)| c)
+            .collect()
+    }
+}
+
+/// A character or a block device.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeviceKind {
+    Char,
+    Block,
+}
+
+impl DeviceKind {
+    /// The OCI spec's and the device cgroup's letter.
+    pub fn letter(self) -> &'static str {
+        match self {
+            DeviceKind::Char => "c",
+            DeviceKind::Block => "b",
+        }
+    }
+}
+
+/// A host device node given to the container (`--device /dev/HOST[:/dev/CONTAINER][:rwm]`), as
+/// [`host_paths`] found it: `host` is canonical (symlinks followed), the numbers are the node's.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HostDevice {
+    pub host: PathBuf,
+    pub container: String,
+    pub kind: DeviceKind,
+    pub major: u64,
+    pub minor: u64,
+    pub access: DeviceAccess,
+}
+
 /// One resource limit (`--ulimit`, a workflow's `ulimits`); `u64::MAX` is unlimited.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Ulimit {
@@ -122,6 +198,10 @@ pub struct RunPlan {
     pub gpus: Option<crate::gpu::select::GpuRequest>,
     /// CDI devices to inject by fully-qualified name (`--device nvidia.com/gpu=0`).
     pub devices: Vec<String>,
+    /// Host device nodes (`--device /dev/zero:/dev/myzero:r`, a workflow's `devices`).
+    pub host_devices: Vec<HostDevice>,
+    /// The host's RDMA devices and RLIMIT_MEMLOCK raised (`--rdma`, `resources.rdma`).
+    pub rdma: bool,
     /// CDI spec directories (empty: DRUN_CDI_SPEC_DIRS, else /etc/cdi and /var/run/cdi).
     pub cdi_spec_dirs: Vec<PathBuf>,
     /// Fail rather than warn when limits cannot be enforced (rootless without a delegated cgroup).
@@ -191,6 +271,8 @@ impl RunPlan {
             labels: Vec::new(),
             gpus: None,
             devices: Vec::new(),
+            host_devices: Vec::new(),
+            rdma: false,
             cdi_spec_dirs: Vec::new(),
             require_limits: false,
         }
@@ -230,5 +312,15 @@ mod tests {
         assert!(plan.cap_add.is_empty() && plan.cap_drop.is_empty());
         assert_eq!(plan.network, NetworkMode::Host);
         assert_eq!(plan.pull, PullPolicy::Missing);
+    }
+
+    #[test]
+    fn device_access_letters() {
+        assert_eq!(DeviceAccess::parse("rwm"), Some(DeviceAccess::ALL));
+        assert_eq!(DeviceAccess::parse("mr").unwrap().letters(), "rm");
+        assert_eq!(DeviceAccess::parse("w").unwrap().letters(), "w");
+        for bad in ["", "rr", "rwx", "R", "rw m"] {
+            assert_eq!(DeviceAccess::parse(bad), None, "{bad:?}");
+        }
     }
 }

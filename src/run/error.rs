@@ -35,6 +35,8 @@ pub enum RunError {
     #[error(transparent)]
     Gpu(#[from] crate::gpu::GpuError),
     #[error(transparent)]
+    Rdma(#[from] crate::rdma::RdmaError),
+    #[error(transparent)]
     Seccomp(#[from] seccomp::FilterError),
     #[error("a run has at most one copy-on-write (overlay) mount")]
     TwoOverlays,

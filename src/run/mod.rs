@@ -10,7 +10,7 @@
 //! | the effective mounts (the copy-on-write mount prepared) | `mounts.rs` |
 //! | process: args, env, user, cwd | `process.rs`, `user.rs`; executable check `executable.rs`; `--init` `init.rs` |
 //! | network namespace (`--network none`); /etc/hosts, hostname, resolv.conf | `network.rs`; `etc_files.rs` |
-//! | devices and GPUs | `gpu::prepare` |
+//! | devices and GPUs | `devices.rs` (host device nodes, RDMA's through `rdma`), `gpu::prepare` |
 //! | OCI spec, /dev/shm size, bundle | `spec.rs`, `shm.rs` |
 //! | seccomp: default profile, compile, cache, load | `seccomp/` |
 //! | create and start the container (libcontainer) | `start.rs` |
@@ -26,6 +26,7 @@
 pub mod cgroups;
 mod cleanup;
 mod context;
+mod devices;
 mod error;
 mod etc_files;
 mod executable;
@@ -139,6 +140,7 @@ pub fn run(
     // What it sees of the host: network, /etc files, devices and GPUs, its cgroup.
     let netns = network::prepare(plan, &ctx.dir)?;
     let etc_files = etc_files::write(&ctx.dir, &process.hostname)?;
+    let host_devices = devices::with_rdma(plan)?;
     cleanup.cgroup_created()?;
     cgroup.hide_host_hierarchy()?;
 
@@ -157,6 +159,7 @@ pub fn run(
         etc_files,
         netns,
         init,
+        host_devices: &host_devices,
     })?;
     if let Some(g) = gpus {
         g.apply(&mut spec, &root)?;

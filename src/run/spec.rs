@@ -21,6 +21,8 @@ pub enum SpecError {
     SeccompParse { path: PathBuf, source: serde_json::Error },
     #[error("unknown ulimit {0:?} (expected e.g. nofile, nproc, memlock, stack, core)")]
     Ulimit(String),
+    #[error(transparent)]
+    ReservedDevicePath(#[from] crate::run::devices::ReservedPath),
     #[error("invalid runtime spec: {0}")]
     Invalid(serde_json::Error),
     #[error("cannot write the bundle {path:?}")]
@@ -55,6 +57,8 @@ pub struct SpecInputs<'a> {
     pub netns: Option<PathBuf>,
     /// Host path of the init binary bind-mounted at /dev/init (for `--init`).
     pub init: Option<PathBuf>,
+    /// The plan's host devices, and the RDMA devices with `--rdma` (`devices::with_rdma`).
+    pub host_devices: &'a [crate::plan::HostDevice],
 }
 
 const MASKED_PATHS: &[&str] = &[
@@ -263,6 +267,10 @@ pub fn build(inp: &SpecInputs<'_>) -> Result<Value, SpecError> {
         });
     }
 
+    let rootless = crate::sys::userns::is_rootless();
+    let (device_mounts, device_rules) = crate::run::devices::edits(inp.host_devices, rootless)?;
+    mounts.extend(device_mounts);
+
     let mut namespaces = vec![json!({"type": "mount"}), json!({"type": "uts"})];
     if plan.pid_mode() == Sharing::Private {
         namespaces.push(json!({"type": "pid"}));
@@ -286,6 +294,11 @@ pub fn build(inp: &SpecInputs<'_>) -> Result<Value, SpecError> {
     for u in &plan.ulimits {
         rlimits.push(json!({"type": rlimit_type(&u.name)?, "soft": u.soft, "hard": u.hard}));
     }
+    // RDMA registers (pins) memory: unlimited where it can be, unless --ulimit memlock said otherwise.
+    if plan.rdma && !plan.ulimits.iter().any(|u| u.name == "memlock") {
+        let (soft, hard) = crate::rdma::memlock();
+        rlimits.push(json!({"type": "RLIMIT_MEMLOCK", "soft": soft, "hard": hard}));
+    }
 
     let mut linux = json!({
         "namespaces": namespaces,
@@ -297,6 +310,11 @@ pub fn build(inp: &SpecInputs<'_>) -> Result<Value, SpecError> {
             linux["resources"]["devices"] = json!([{"allow": true, "access": "rwm"}]);
         }
     } else {
+        // Rootless specs have no resources (the user namespace stands in for the device cgroup): `get_mut`, since
+        // indexing would make the null an object, and libcgroups would then load a device filter rootless.
+        if let Some(rules) = linux.pointer_mut("/resources/devices").and_then(Value::as_array_mut) {
+            rules.extend(device_rules);
+        }
         linux["maskedPaths"] = json!(MASKED_PATHS);
         linux["readonlyPaths"] = json!(READONLY_PATHS);
         linux["devices"] = STANDARD_DEVICES

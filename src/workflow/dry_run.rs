@@ -112,6 +112,24 @@ fn write_plan(
             g.memory_mib.map(|m| format!(" memory>={m}MiB")).unwrap_or_default()
         )?;
     }
+    for d in &plan.host_devices {
+        writeln!(
+            out,
+            "  device:      {} -> {} ({})",
+            d.host.display(),
+            d.container,
+            d.access.letters()
+        )?;
+    }
+    for d in &plan.devices {
+        writeln!(out, "  device:      {d} (CDI)")?;
+    }
+    if plan.rdma {
+        writeln!(
+            out,
+            "  rdma:        the host's /dev/infiniband devices, RLIMIT_MEMLOCK raised"
+        )?;
+    }
     for a in &job.artifacts {
         writeln!(
             out,

@@ -62,12 +62,14 @@ pub(super) fn job(w: &schema::Workflow, inputs: &EntryInputs<'_>) -> Result<Work
             .iter()
             .map(|r| (r.value.clone().into(), r.referenced))
             .collect(),
+        devices: settings.host_devices,
     })
     .map_err(|HostPathFailure { at: loc, error }| {
         let message = match &error {
             HostPathError::BindSource { source, .. } => format!("{error} (relative to the workflow file): {source}"),
             HostPathError::MissingFile { path } => format!("requirements file {} does not exist", path.display()),
-            HostPathError::EnvFile { .. } => with_causes(&error),
+            HostPathError::EnvFile { .. } | HostPathError::DeviceMissing { .. } => with_causes(&error),
+            HostPathError::NotADevice { .. } => error.to_string(),
         };
         at(&loc, message)
     })?;
@@ -101,6 +103,9 @@ pub(super) fn job(w: &schema::Workflow, inputs: &EntryInputs<'_>) -> Result<Work
         init_signals_group: init,
         labels: settings.labels,
         gpus: settings.gpus,
+        devices: settings.cdi_devices,
+        host_devices: host.devices,
+        rdma: w.resources.as_ref().is_some_and(|r| r.rdma),
         cdi_spec_dirs: options.cdi_spec_dirs.clone(),
         require_limits: options.require_limits,
         ..RunPlan::new(w.image.value.trim())

@@ -8,7 +8,7 @@ use super::error::WorkflowError;
 use super::interpolate::interpolate;
 use super::schema::{self, Environment, Gpu, Labels, Scalar, Tmpfs, UlimitEntry, Volumes};
 use crate::gpu::select::{GpuRequest, Selector};
-use crate::plan::parse::{self, MountRequest, ParseError};
+use crate::plan::parse::{self, DeviceRequest, HostDeviceRequest, MountRequest, ParseError};
 use crate::plan::{NetworkMode, Ulimit};
 use crate::units::ByteSize;
 
@@ -24,6 +24,10 @@ pub(super) struct ContainerSettings {
     pub ulimits: Vec<Ulimit>,
     pub network: NetworkMode,
     pub labels: Vec<(String, String)>,
+    /// CDI device names from `devices`.
+    pub cdi_devices: Vec<String>,
+    /// Host devices from `devices`, each with its place (for a node that is missing or not a device).
+    pub host_devices: Vec<(HostDeviceRequest, Location)>,
     /// Keys a local run accepts but ignores.
     pub notes: Vec<String>,
 }
@@ -103,6 +107,13 @@ pub(super) fn container_settings(
         None => NetworkMode::Host,
         Some(n) => parse::network(&n.value).map_err(|e| inputs.invalid(&n.referenced, "network_mode", e))?,
     };
+    let (mut cdi_devices, mut host_devices) = (Vec::new(), Vec::new());
+    for d in &w.devices {
+        match parse::device(&d.value).map_err(|e| inputs.invalid(&d.referenced, "device", e))? {
+            DeviceRequest::Cdi(name) => cdi_devices.push(name),
+            DeviceRequest::Host(request) => host_devices.push((request, d.referenced)),
+        }
+    }
     Ok(ContainerSettings {
         env: environment(w, inputs)?,
         cpus,
@@ -113,6 +124,8 @@ pub(super) fn container_settings(
         ulimits: ulimits(w, inputs)?,
         network,
         labels: labels(w),
+        cdi_devices,
+        host_devices,
         notes,
     })
 }

@@ -6,6 +6,7 @@
 // What a test measures (peak memory, time) goes to stderr, which the test harness shows for a failing test.
 #![allow(clippy::print_stderr)]
 mod common;
+mod devices;
 mod gpu;
 mod pull;
 mod rootless;

@@ -252,6 +252,44 @@ fn keep_id_runs_as_the_caller_with_a_passwd_entry() {
     }
 }
 
+/// Issue 16: rootless, a host device is bind-mounted (no mknod in a user namespace, no device cgroup to write);
+/// permissions narrower than `rw` cannot be enforced there, and drun says so.
+#[test]
+fn host_devices_are_bind_mounted_rootless() {
+    let ub = UserBox::new(SUB);
+    let out = ub
+        .sh(
+            &[
+                "--device",
+                "/dev/zero:/dev/myzero",
+                "--device",
+                "/dev/null:/dev/ronull:r",
+            ],
+            &common::busybox(),
+            "stat -c '%t:%T' /dev/myzero; head -c 3 /dev/myzero | wc -c; echo x > /dev/myzero && echo w=ok",
+        )
+        .ok();
+    assert_eq!(out.stdout, "1:5\n3\nw=ok\n");
+    assert!(
+        out.stderr
+            .contains("device permissions NOT enforced rootless: \"/dev/null\" is given as \"/dev/ronull\""),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        !out.stderr.contains("/dev/zero"),
+        "rwm needs no warning: {}",
+        out.stderr
+    );
+    // Refused before anything starts, as for root.
+    ub.drun(&["run", "-q", "--device", "/etc/passwd", &common::busybox(), "true"])
+        .fails_with(
+            125,
+            &["invalid device \"/etc/passwd\": expected a character or block device node"],
+        );
+    assert!(ub.leftovers().is_empty(), "{:?}", ub.leftovers());
+}
+
 #[test]
 fn limits_are_warned_about_or_required() {
     for user in [SUB, NOSUB] {

@@ -6,7 +6,7 @@ use anyhow::{bail, Context, Result};
 use crate::cli::{GlobalArgs, RunArgs};
 use crate::image::registry::config::Config;
 use crate::plan::host_paths::{resolve_host_paths, HostInputs};
-use crate::plan::parse::{self, SecurityOpt};
+use crate::plan::parse::{self, DeviceRequest, SecurityOpt};
 use crate::plan::{RunPlan, SeccompMode};
 
 pub(super) fn execute(global: &GlobalArgs, args: RunArgs) -> Result<i32> {
@@ -93,11 +93,13 @@ fn plan_from_args(args: &RunArgs) -> Result<RunPlan> {
         .map(parse::gpus)
         .transpose()
         .map_err(|e| e.named("--gpus"))?;
-    let devices = a
-        .device
-        .iter()
-        .map(|d| parse::cdi_device(d).map_err(|e| e.named("--device")))
-        .collect::<Result<_, _>>()?;
+    let mut devices = Vec::new();
+    for d in &a.device {
+        match parse::device(d).map_err(|e| e.named("--device"))? {
+            DeviceRequest::Cdi(name) => devices.push(name),
+            DeviceRequest::Host(request) => host.devices.push((request, ())),
+        }
+    }
     let platform = common.platform.as_deref().map(str::parse).transpose()?;
 
     // Every value parsed: now the one look at the host.
@@ -137,6 +139,8 @@ fn plan_from_args(args: &RunArgs) -> Result<RunPlan> {
         cidfile: a.cidfile.clone(),
         gpus,
         devices,
+        host_devices: host.devices,
+        rdma: a.rdma,
         cdi_spec_dirs: common.cdi_spec_dir.clone(),
         require_limits: common.require_limits,
         ..RunPlan::new(image.clone())
@@ -226,6 +230,8 @@ mod tests {
             "2",
             "--device",
             "nvidia.com/gpu=0",
+            "--device",
+            "/dev/null:/dev/mynull:r",
             "--entrypoint",
             "",
             "-u",
@@ -282,6 +288,17 @@ mod tests {
             }]
         );
         assert!(p.gpus.is_some() && p.devices == ["nvidia.com/gpu=0"]);
+        assert_eq!(
+            p.host_devices,
+            vec![crate::plan::HostDevice {
+                host: "/dev/null".into(),
+                container: "/dev/mynull".into(),
+                kind: crate::plan::DeviceKind::Char,
+                major: 1,
+                minor: 3,
+                access: crate::plan::DeviceAccess::parse("r").unwrap(),
+            }]
+        );
         assert_eq!(p.entrypoint, Some(vec![]));
         assert_eq!(p.command, Some(vec!["sh".into(), "-c".into(), "true".into()]));
         assert_eq!((p.user.as_deref(), p.workdir.as_deref()), (Some("1:2"), Some("/w")));
@@ -298,7 +315,12 @@ mod tests {
         assert!(error(&["--ulimit", "nofile=2:1", "img"]).contains("soft limit above hard limit"));
         assert!(error(&["-e", "=x", "img"]).starts_with("invalid --env \"=x\""));
         assert!(error(&["--security-opt", "apparmor=x", "img"]).starts_with("invalid --security-opt"));
-        assert!(error(&["--device", "/dev/fuse", "img"]).starts_with("invalid --device \"/dev/fuse\""));
+        assert!(error(&["--device", "dev/fuse", "img"]).starts_with("invalid --device \"dev/fuse\": expected a host"));
+        assert!(error(&["--device", "/dev/null:/n:x", "img"]).starts_with("invalid --device \"/dev/null:/n:x\""));
+        assert_eq!(
+            error(&["--device", "/etc/passwd", "img"]),
+            "invalid device \"/etc/passwd\": expected a character or block device node, not a regular file"
+        );
         // The host is looked at only once every value parsed.
         let e = error(&["-v", "/no/such/dir:/x", "img"]);
         assert!(e.starts_with("cannot find the bind source \"/no/such/dir\": "), "{e}");

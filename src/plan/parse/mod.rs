@@ -3,10 +3,12 @@
 //! touches the disk (bind sources and env files are looked at later, by [`super::host_paths`]) and never names the
 //! flag or key it was given through; the caller adds `--flag` ([`ParseError::named`]) or `file:line:col`.
 
+mod devices;
 mod env;
 mod limits;
 mod mounts;
 
+pub use devices::{cdi_device, device, DeviceRequest, HostDeviceRequest};
 pub use env::{env_file_lines, env_item, env_name};
 pub use limits::{cpus, size, ulimit, ulimit_values};
 pub use mounts::{bind, mount, tmpfs, tmpfs_at, volume, MountRequest};
@@ -91,6 +93,15 @@ pub enum Problem {
     GpuIds,
     #[error("expected a CDI device name VENDOR/CLASS=NAME, e.g. nvidia.com/gpu=0")]
     CdiDevice,
+    #[error(
+        "expected a host device /dev/HOST[:/dev/CONTAINER][:rwm] or a CDI device name VENDOR/CLASS=NAME, e.g. \
+         nvidia.com/gpu=0"
+    )]
+    DeviceShape,
+    #[error("permissions {0:?}: expected one or more of r (read), w (write) and m (mknod), each once")]
+    DeviceAccess(String),
+    #[error("the container path {0:?} must name a file below / without `..`")]
+    DevicePath(String),
 }
 
 /// The network: `host` or `none` (the spellings of `--network`).
@@ -144,22 +155,6 @@ pub fn gpus(text: &str) -> Result<GpuRequest, ParseError> {
         name: None,
         memory_mib: None,
     })
-}
-
-/// A fully-qualified CDI device name, `VENDOR/CLASS=NAME` (`nvidia.com/gpu=0`); whether a spec on this host
-/// defines it is known only when the container is set up.
-pub fn cdi_device(text: &str) -> Result<String, ParseError> {
-    let well_formed = text.split_once('=').is_some_and(|(kind, name)| {
-        !name.is_empty()
-            && kind
-                .split_once('/')
-                .is_some_and(|(vendor, class)| !vendor.is_empty() && !class.is_empty())
-    });
-    if well_formed {
-        Ok(text.to_string())
-    } else {
-        Err(ParseError::new(text, Problem::CdiDevice))
-    }
 }
 
 #[cfg(test)]
@@ -225,22 +220,5 @@ mod tests {
         let e = gpus("lots").unwrap_err();
         assert_eq!(e.problem, Problem::Gpus);
         assert!(e.named("--gpus").to_string().starts_with("invalid --gpus \"lots\""));
-    }
-
-    #[test]
-    fn cdi_device_names() {
-        for ok in ["nvidia.com/gpu=0", "example.com/widget=w0", "nvidia.com/gpu=all"] {
-            assert_eq!(cdi_device(ok).as_deref(), Ok(ok));
-        }
-        for bad in [
-            "/dev/sda",
-            "nvidia.com/gpu",
-            "nvidia.com/gpu=",
-            "gpu=0",
-            "/gpu=0",
-            "nvidia.com/=0",
-        ] {
-            assert_eq!(cdi_device(bad).unwrap_err().problem, Problem::CdiDevice, "{bad}");
-        }
     }
 }

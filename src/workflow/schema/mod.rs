@@ -72,6 +72,9 @@ pub struct Workflow {
     pub mem_limit: Option<Spanned<Scalar>>,
     #[serde(default)]
     pub labels: Option<Labels>,
+    /// docker-py's `devices`: `/dev/HOST[:/dev/CONTAINER][:rwm]` items (or CDI names, as `--device` takes).
+    #[serde(default)]
+    pub devices: Vec<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -89,6 +92,9 @@ pub struct Resources {
     pub interruptible: Option<Spanned<bool>>,
     #[serde(default)]
     pub local: Option<Spanned<bool>>,
+    /// `--rdma`.
+    #[serde(default)]
+    pub rdma: bool,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -289,6 +295,16 @@ mod tests {
             matches!(entry("    resources:\n      gpu: K80\n").resources.unwrap().gpu.unwrap().value,
             Gpu::Spec(g) if g.name.as_deref() == Some("K80") && g.count.is_none())
         );
+    }
+
+    #[test]
+    fn devices_and_rdma() {
+        let w = entry("    devices: [\"/dev/zero:/dev/z:r\", nvidia.com/gpu=0]\n    resources:\n      rdma: true\n");
+        let devices: Vec<&str> = w.devices.iter().map(|d| d.value.as_str()).collect();
+        assert_eq!(devices, ["/dev/zero:/dev/z:r", "nvidia.com/gpu=0"]);
+        assert_eq!(w.devices[0].referenced.line(), 4);
+        assert!(w.resources.unwrap().rdma);
+        assert!(!entry("").resources.is_some_and(|r| r.rdma));
     }
 
     #[test]
