@@ -10,7 +10,8 @@
 //!   does not pick a component the server lacks. With munge security the munge socket's directory is bound too.
 //!
 //! The server checks that a client has the job's uid, so a rootless drun in a PMIx step runs the container with
-//! the caller's own id by default ([`default_userns`]). Reads only drun's environment and slurm.conf's `TmpFS`
+//! the caller's own id by default ([`default_userns`]); rootless, UCX shares memory through named files
+//! (`UCX_POSIX_USE_PROC_LINK=n`), since ranks in different user namespaces cannot open each other's /proc/PID/fd. Reads only drun's environment and slurm.conf's `TmpFS`
 //! (bounded); binds only directories whose names are the step's own.
 
 use std::collections::BTreeMap;
@@ -48,6 +49,12 @@ pub fn detect(plan: &RunPlan) -> Rendezvous {
         ..Rendezvous::default()
     };
     r.env.extend(pmix_mca(&vars));
+    // Each rootless drun has a user namespace of its own, so ranks of one node cannot open each other's
+    // /proc/PID/fd (UCX's default way to share its POSIX shared memory: MPICH's and Open MPI's UCX transports
+    // then fail with "Shared memory error"); named files in the host's /dev/shm (--ipc host) work.
+    if crate::sys::userns::current().is_some() && std::env::var_os("UCX_POSIX_USE_PROC_LINK").is_none() {
+        r.env.push(("UCX_POSIX_USE_PROC_LINK".into(), "n".into()));
+    }
     if let Some(fd) = vars.get("PMI_FD") {
         match fd.parse::<RawFd>().ok().filter(|&fd| fd > 2 && is_open_socket(fd)) {
             Some(fd) => {

@@ -7,6 +7,7 @@
 #![allow(clippy::print_stderr)]
 mod common;
 mod gpu;
+mod mpi;
 mod pull;
 mod rootless;
 mod run;
