@@ -1004,6 +1004,49 @@ fn seccomp_blocks_io_uring_as_docker_does() {
     }
 }
 
+/// Issue 16: MPI's single-copy shared memory (Open MPI's CMA) reads and writes a peer rank's memory with
+/// process_vm_readv/process_vm_writev, which Docker's default profile allows and drun's refused (EPERM).
+#[test]
+fn seccomp_allows_cross_process_memory_access_as_docker_does() {
+    let sb = ready();
+    let cma = busybox_probe(
+        &sb,
+        "cma",
+        "#define _GNU_SOURCE\n#include <errno.h>\n#include <stdio.h>\n#include <string.h>\n#include <unistd.h>\n\
+         #include <sys/uio.h>\n#include <sys/wait.h>\n\
+         static char buf[16] = \"parent\";\n\
+         int main(void) {\n\
+           int up[2], down[2];\n\
+           char c, got[16] = {0}, w[16] = \"written\";\n\
+           if (pipe(up) || pipe(down)) return 2;\n\
+           pid_t pid = fork();\n\
+           if (pid == 0) {\n\
+             strcpy(buf, \"child\");\n\
+             if (write(up[1], \"x\", 1) != 1 || read(down[0], &c, 1) != 1) return 2;\n\
+             return strcmp(buf, \"written\") == 0 ? 0 : 1;\n\
+           }\n\
+           if (read(up[0], &c, 1) != 1) return 2;\n\
+           struct iovec local = {got, sizeof buf}, remote = {buf, sizeof buf}, mine = {w, sizeof w};\n\
+           if (process_vm_readv(pid, &local, 1, &remote, 1, 0) < 0) printf(\"readv=%d\\n\", errno);\n\
+           else printf(\"readv=0 %s\\n\", got);\n\
+           printf(\"writev=%d\\n\", process_vm_writev(pid, &mine, 1, &remote, 1, 0) < 0 ? errno : 0);\n\
+           if (write(down[1], \"x\", 1) != 1) return 2;\n\
+           int st;\n\
+           waitpid(pid, &st, 0);\n\
+           printf(\"child=%d\\n\", WEXITSTATUS(st));\n\
+           return 0;\n\
+         }\n",
+    );
+    let want = "readv=0 child\nwritev=0\nchild=0\n";
+    assert_eq!(
+        cma(&[]).ok().stdout,
+        want,
+        "allowed by the default profile, as by Docker's"
+    );
+    // As another user than root in the container too: the kernel's own check (same user) is what remains.
+    assert_eq!(cma(&["-u", "1000:1000"]).ok().stdout, want);
+}
+
 #[test]
 fn the_primary_group_is_a_supplementary_group_as_in_docker() {
     let sb = ready();

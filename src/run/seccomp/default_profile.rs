@@ -2,9 +2,11 @@
 //! Left out on purpose: mounting and namespaces (`mount`, `umount2`, `pivot_root`, `unshare`, `setns`), the kernel
 //! keyring (`add_key`, `keyctl`, `request_key`), module and kexec loading, `bpf`, `perf_event_open`,
 //! `userfaultfd`, clock and swap administration, `reboot`, `acct`, `quotactl`, file-handle syscalls
-//! (`open_by_handle_at`), `ptrace`-like cross-process memory access, `clone` with namespace flags, and io_uring
+//! (`open_by_handle_at`), `ptrace` itself, `clone` with namespace flags, and io_uring
 //! (`io_uring_setup`, `io_uring_enter`, `io_uring_register`: its requests bypass seccomp altogether, and Docker's
 //! default profile has left it out since moby 25, so programs fall back to ordinary system calls on EPERM).
+//! `process_vm_readv`/`process_vm_writev` are allowed, as in Docker's profile: the kernel allows them only where
+//! `ptrace` access would be allowed, and MPI's single-copy shared memory (Open MPI's CMA) is built on them.
 //! `--privileged` or `--security-opt seccomp=unconfined` run without it; `seccomp=FILE.json` uses another.
 //!
 //! A data table (the allow-list) and the JSON around it; compiling and loading are elsewhere in `seccomp/`.
@@ -183,6 +185,10 @@ const ALLOWED: &[&str] = &[
     "preadv2",
     "prlimit64",
     "process_mrelease",
+    // Reading and writing another process's memory, as Docker's profile allows: the kernel checks ptrace access
+    // (same user, dumpable, Yama), and MPI's single-copy shared-memory path (CMA) needs them.
+    "process_vm_readv",
+    "process_vm_writev",
     "pselect6",
     "pwrite64",
     "pwritev",
@@ -369,6 +375,8 @@ mod tests {
                 "{forbidden} must not be allowed"
             );
         }
-        assert!(names.iter().any(|n| *n == "execve"));
+        for allowed in ["execve", "process_vm_readv", "process_vm_writev"] {
+            assert!(names.iter().any(|n| *n == allowed), "{allowed} must be allowed");
+        }
     }
 }
