@@ -10,9 +10,11 @@
 //!   does not pick a component the server lacks. With munge security the munge socket's directory is bound too.
 //!
 //! The server checks that a client has the job's uid, so a rootless drun in a PMIx step runs the container with
-//! the caller's own id by default ([`default_userns`]); rootless, UCX shares memory through named files
-//! (`UCX_POSIX_USE_PROC_LINK=n`), since ranks in different user namespaces cannot open each other's /proc/PID/fd. Reads only drun's environment and slurm.conf's `TmpFS`
-//! (bounded); binds only directories whose names are the step's own.
+//! the caller's own id by default ([`default_userns`]); rootless, UCX shares memory through named files and
+//! without cross-memory attach (`UCX_POSIX_USE_PROC_LINK=n`, `UCX_TLS=^cma`), since ranks in different user
+//! namespaces cannot reach each other's /proc/PID/fd or memory. The step's variables themselves reach the container through the plan (`plan::host_env`).
+//! Reads only drun's environment and slurm.conf's `TmpFS` (bounded); binds only directories whose names are
+//! the step's own.
 
 use std::collections::BTreeMap;
 use std::os::fd::RawFd;
@@ -42,18 +44,25 @@ pub fn detect(plan: &RunPlan) -> Rendezvous {
     }
     let vars: BTreeMap<String, String> = std::env::vars_os()
         .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
-        .filter(|(k, _)| is_pmi_var(k) || k.starts_with("SLURM"))
+        .filter(|(k, _)| crate::plan::host_env::is_slurm_variable(k) || k == "SLURMD_NODENAME")
         .collect();
+    // The step's SLURM_*, PMI_* and PMIX_* reach the container through the plan (`plan::host_env`); here only
+    // what they need besides.
     let mut r = Rendezvous {
-        env: passthrough(&vars),
+        env: pmix_mca(&vars),
         ..Rendezvous::default()
     };
-    r.env.extend(pmix_mca(&vars));
-    // Each rootless drun has a user namespace of its own, so ranks of one node cannot open each other's
-    // /proc/PID/fd (UCX's default way to share its POSIX shared memory: MPICH's and Open MPI's UCX transports
-    // then fail with "Shared memory error"); named files in the host's /dev/shm (--ipc host) work.
-    if crate::sys::userns::current().is_some() && std::env::var_os("UCX_POSIX_USE_PROC_LINK").is_none() {
-        r.env.push(("UCX_POSIX_USE_PROC_LINK".into(), "n".into()));
+    // Each rootless drun has a user namespace of its own, and the kernel refuses a process access to the memory
+    // and /proc/PID/fd of one in another namespace: UCX (MPICH's transport, and Open MPI's when chosen) would
+    // share its POSIX shared memory through /proc/PID/fd ("Shared memory error" at start) and copy with
+    // process_vm_readv (EPERM, fatal in mid-run). Named files in the host's /dev/shm (--ipc host) and no
+    // cross-memory attach work. (Open MPI's own shared memory sees the namespaces differ and copies twice.)
+    if crate::sys::userns::current().is_some() {
+        for (k, v) in [("UCX_POSIX_USE_PROC_LINK", "n"), ("UCX_TLS", "^cma")] {
+            if std::env::var_os(k).is_none() {
+                r.env.push((k.into(), v.into()));
+            }
+        }
     }
     if let Some(fd) = vars.get("PMI_FD") {
         match fd.parse::<RawFd>().ok().filter(|&fd| fd > 2 && is_open_socket(fd)) {
@@ -105,20 +114,6 @@ pub fn apply(r: &Rendezvous, plan: &RunPlan, mounts: &mut Vec<MountSpec>, env: &
             None => env.push(kv),
         }
     }
-}
-
-fn is_pmi_var(k: &str) -> bool {
-    k.starts_with("PMI_") || k.starts_with("PMIX_")
-}
-
-// MINIMAL PASSTHROUGH (i16-mpi, until the environment policy of i16-env lands: dedupe at merge). The PMI
-// variables, and Slurm's: Open MPI's direct launch needs the step's SLURM_* too (without them it takes the
-// PMIx client for a launch it does not know and aborts in MPI_Init).
-fn passthrough(vars: &BTreeMap<String, String>) -> Vec<(String, String)> {
-    vars.iter()
-        .filter(|(k, _)| is_pmi_var(k) || k.starts_with("SLURM_"))
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect()
 }
 
 /// `PMIX_MCA_*` from the server's own choices, unless the caller set them.
@@ -270,18 +265,6 @@ mod tests {
             ("PMIX_MCA_gds", "hash"),
         ]);
         assert_eq!(pmix_mca(&v), [("PMIX_MCA_psec".to_string(), "native".to_string())]);
-    }
-
-    #[test]
-    fn only_pmi_and_slurm_variables_pass() {
-        let v = vars(&[
-            ("PMI_RANK", "1"),
-            ("PMIX_RANK", "1"),
-            ("PMIXNOT", "x"),
-            ("SLURM_JOB_ID", "3"),
-        ]);
-        let names: Vec<String> = passthrough(&v).into_iter().map(|(k, _)| k).collect();
-        assert_eq!(names, ["PMIX_RANK", "PMI_RANK", "SLURM_JOB_ID"]);
     }
 
     #[test]
