@@ -114,6 +114,9 @@ SlurmctldLogFile=$D/ctld/slurmctld.log
 SlurmdSpoolDir=$D/%n/spool
 SlurmdPidFile=$D/%n/slurmd.pid
 SlurmdLogFile=$D/%n/slurmd.log
+# Per node too: the PMIx plugin makes TmpFS/spmix_appdir_UID_JOB.STEP, which both nodes' step daemons would
+# otherwise both try to create on this one host (EEXIST, and the step fails to launch)
+TmpFS=$D/%n/tmp
 MpiDefault=none
 MailProg=/bin/true
 SelectType=select/cons_tres
@@ -192,7 +195,8 @@ start_dbd() {
 }
 
 up() {
-    need_pkgs munge slurmctld slurmd slurm-client
+    # libpmix-dev: Slurm's mpi/pmix plugin dlopens pmix2/lib/libpmix.so, the unversioned name only -dev ships
+    need_pkgs munge slurmctld slurmd slurm-client libpmix-dev
     [ -z "$SACCT" ] || need_pkgs slurmdbd mariadb-server
     local n c t0=$SECONDS states
     pid_is_ours "$D/n1/slurmd.pid" "$CONF_PAT" || for c in $(node_cgroups); do
@@ -201,7 +205,7 @@ up() {
     mkdir -p "$D"/{munge/key,ctld,dbd}
     chmod 755 "$D" "$D/munge"
     chmod 700 "$D/munge/key" "$D/ctld" "$D/dbd" # private: key, state, database
-    for n in "${NODES[@]}"; do mkdir -p "$D/$n/spool"; done
+    for n in "${NODES[@]}"; do mkdir -p "$D/$n/spool" "$D/$n/tmp"; chmod 1777 "$D/$n/tmp"; done
     make_devices
     [ -f "$D/slurm.conf" ] || write_conf "$(free_port_base 5)"
     export SLURM_CONF=$D/slurm.conf

@@ -84,7 +84,7 @@ impl Command {
     pub fn userns(&self) -> Option<crate::sys::userns::UsernsMode> {
         match self {
             Command::Gpus(_) | Command::Cdi(_) => None,
-            Command::Run(a) => Some(a.common.userns.unwrap_or_default()),
+            Command::Run(a) => Some(a.common.userns.unwrap_or_else(crate::run::pmi::default_userns)),
             _ => Some(crate::sys::userns::UsernsMode::Auto),
         }
     }

@@ -9,6 +9,7 @@
 //! | root file system: the image's layers as an overlay | `rootfs.rs` |
 //! | the effective mounts (the copy-on-write mount prepared) | `mounts.rs` |
 //! | process: args, env, user, cwd | `process.rs`, `user.rs`; executable check `executable.rs`; `--init` `init.rs` |
+//! | MPI under `srun`: the PMI-2 fd, PMIx directories and settings | `pmi.rs` |
 //! | network namespace (`--network none`); /etc/hosts, hostname, resolv.conf | `network.rs`; `etc_files.rs` |
 //! | devices and GPUs | `devices.rs` (host device nodes, RDMA's through `rdma`), `gpu::prepare` |
 //! | OCI spec, /dev/shm size, bundle | `spec.rs`, `shm.rs` |
@@ -35,6 +36,7 @@ mod init;
 mod mounts;
 mod network;
 mod output;
+pub mod pmi;
 mod process;
 pub mod reap;
 pub mod rootfs;
@@ -104,11 +106,14 @@ pub fn run(
         cleanup.start_warmup(&cgroup, limits);
         rootfs::prepare(&ctx.dir, &layers)?.0
     };
-    let mounts = mounts::effective(&plan.mounts, &ctx.dir)?;
+    let mut mounts = mounts::effective(&plan.mounts, &ctx.dir)?;
 
     // The process: what runs, as whom, where; checked before anything starts.
     let mut process = process::resolve(plan, &image.config, &root, &ctx.short_id)?;
-    // GPUs chosen first: the command may be one of the driver's utilities that they bring.
+    // Inside `srun --mpi=…`: the step's PMI server, reachable from the container.
+    let pmi = pmi::detect(plan);
+    pmi::apply(&pmi, plan, mounts.list.to_mut(), &mut process.env);
+    // GPUs chosen before the command is looked up: it may be one of the driver's utilities that they bring.
     let mut gpus = crate::gpu::prepare(
         plan.gpus.as_ref(),
         &plan.devices,
@@ -169,7 +174,7 @@ pub fn run(
     let bundle = spec::write_bundle(&ctx.dir, &spec)?;
 
     // Start, supervise until the init exits, end what is left, clean up.
-    let mut started = start::start(&ctx, &bundle, filter, hooks.log.is_some(), &mut cleanup, info)?;
+    let mut started = start::start(&ctx, &bundle, filter, pmi.fd, hooks.log.is_some(), &mut cleanup, info)?;
     let terminal = match &started.console {
         Some(console) => Some(tty::Terminal::attach(console).map_err(io_error("receive the container's terminal"))?),
         None => None,

@@ -14,6 +14,7 @@ use nix::unistd::Pid;
 use crate::plan::Sharing;
 use crate::run::cleanup::Cleanup;
 use crate::run::context::RunContext;
+use crate::run::pmi::PassFd;
 use crate::run::reap::Inherited;
 use crate::run::seccomp::{Executor, Precompiled};
 use crate::run::signals::{DefaultSignals, Forwarding};
@@ -36,12 +37,15 @@ pub struct Started {
     pub signals: Forwarding,
 }
 
-/// Creates the container from `bundle` (with `filter` loaded by drun's executor) and starts it; `logged` gives
-/// its stdout and stderr one pipe. `info` is recorded again with the init's pid.
+/// Creates the container from `bundle` (with `filter` loaded by drun's executor, and `pmi_fd` given the
+/// container as fd 3) and starts it; `logged` gives its stdout and stderr one pipe. `info` is recorded again with
+/// the init's pid.
+#[allow(clippy::too_many_arguments)]
 pub fn start(
     ctx: &RunContext,
     bundle: &Path,
     filter: Option<Precompiled>,
+    pmi_fd: Option<std::os::fd::RawFd>,
     logged: bool,
     cleanup: &mut Cleanup,
     mut info: RunInfo,
@@ -55,7 +59,10 @@ pub fn start(
         .map_err(libcontainer_error("use its state directory"))?
         .validate_id()
         .map_err(libcontainer_error("accept the container id"))?
-        .with_executor(Executor { filter });
+        .with_executor(PassFd {
+            inner: Executor { filter },
+            fd: pmi_fd,
+        });
     if !plan.interactive {
         #[allow(clippy::disallowed_methods)] // the kernel's device
         let null = File::open("/dev/null").map_err(io_error("open /dev/null"))?;

@@ -8,6 +8,7 @@
 mod common;
 mod devices;
 mod gpu;
+mod mpi;
 mod pull;
 mod rootless;
 mod run;

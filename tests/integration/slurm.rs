@@ -12,15 +12,20 @@ use std::time::{Duration, Instant};
 
 use crate::common::{self, Output};
 
-struct Cluster {
+pub(crate) struct Cluster {
     dir: tempfile::TempDir,
+    /// One cluster at a time in this test binary: both would be nodes n1 and n2 of this host.
+    _alone: std::sync::MutexGuard<'static, ()>,
 }
 
+static ONE_CLUSTER: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 impl Cluster {
-    fn up() -> Cluster {
+    pub(crate) fn up() -> Cluster {
+        let alone = ONE_CLUSTER.lock().unwrap_or_else(|e| e.into_inner());
         let dir = tempfile::Builder::new().prefix("drun-slurm-").tempdir().unwrap();
         let script = concat!(env!("CARGO_MANIFEST_DIR"), "/hack/slurm.sh");
-        let cluster = Cluster { dir };
+        let cluster = Cluster { dir, _alone: alone };
         let out = common::run(
             {
                 let mut c = Command::new("bash");
@@ -46,7 +51,7 @@ impl Cluster {
         cluster
     }
 
-    fn path(&self) -> &Path {
+    pub(crate) fn path(&self) -> &Path {
         self.dir.path()
     }
 
@@ -72,18 +77,18 @@ impl Drop for Cluster {
 }
 
 /// Who submits: root with a sandbox store, or a test user (rootless drun) with its own home.
-struct Submitter {
+pub(crate) struct Submitter {
     uid: u32,
     gid: u32,
     home: PathBuf,
-    work: PathBuf,
+    pub(crate) work: PathBuf,
     /// The user's XDG_RUNTIME_DIR (drun's state): without one drun would use the fixed /tmp/drun-<uid>.
     runtime: PathBuf,
     _dir: tempfile::TempDir,
 }
 
 impl Submitter {
-    fn new(user: Option<&str>) -> Submitter {
+    pub(crate) fn new(user: Option<&str>) -> Submitter {
         let (uid, gid) = match user {
             Some(u) => {
                 let u = nix::unistd::User::from_name(u)
@@ -112,7 +117,7 @@ impl Submitter {
     }
 
     /// A Slurm client command (srun, sbatch, sacct) as this submitter, in its work directory.
-    fn cmd(&self, cluster: &Cluster, prog: &str, args: &[&str]) -> Command {
+    pub(crate) fn cmd(&self, cluster: &Cluster, prog: &str, args: &[&str]) -> Command {
         let mut c = common::as_user(self.uid, self.gid, &self.home, prog);
         c.args(args)
             .env("SLURM_CONF", cluster.conf())
@@ -129,18 +134,18 @@ impl Submitter {
         c
     }
 
-    fn run(&self, cluster: &Cluster, prog: &str, args: &[&str]) -> Output {
+    pub(crate) fn run(&self, cluster: &Cluster, prog: &str, args: &[&str]) -> Output {
         common::run(self.cmd(cluster, prog, args), Duration::from_secs(300))
     }
 }
 
-fn drun() -> &'static str {
+pub(crate) fn drun() -> &'static str {
     env!("CARGO_BIN_EXE_drun")
 }
 
 /// `sacct` rows `JobID|JobName|State|ExitCode` of the job named `name` (polled: records arrive just after
 /// the job ends).
-fn sacct(sub: &Submitter, cluster: &Cluster, name: &str, want_rows: usize) -> Vec<Vec<String>> {
+pub(crate) fn sacct(sub: &Submitter, cluster: &Cluster, name: &str, want_rows: usize) -> Vec<Vec<String>> {
     let start = Instant::now();
     loop {
         let out = sub.run(
