@@ -715,11 +715,7 @@ fn real_gpu_hardware() {
     // By UUID: the container's only device is that GPU.
     let by_uuid = format!("device={uuid}");
     let out = sb.drun(&["run", "--gpus", &by_uuid, &image, "cuda_check", "64"]).ok();
-    assert!(
-        out.stdout.contains(&format!(", {uuid}\n")),
-        "{}",
-        out.stdout
-    );
+    assert!(out.stdout.contains(&format!(", {uuid}\n")), "{}", out.stdout);
 
     // More GPUs than the host has: drun's own error, naming what it found.
     let too_many = (gpus + 1).to_string();
