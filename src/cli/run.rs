@@ -148,6 +148,14 @@ pub struct CommonRunArgs {
     /// delegated cgroup)
     #[arg(long)]
     pub require_limits: bool,
+    /// Pass every host environment variable (but DRUN_*, LD_*, HOME, HOSTNAME, PATH, PWD); the image's Env and
+    /// -e override them
+    #[arg(long)]
+    pub env_host: bool,
+    /// In a Slurm step, do not set MASTER_ADDR, MASTER_PORT, WORLD_SIZE, RANK, LOCAL_RANK, LOCAL_WORLD_SIZE and
+    /// NODE_RANK (SLURM_*, PMI_* and PMIX_* still pass)
+    #[arg(long)]
+    pub no_training_env: bool,
 }
 
 /// Flags for a workflow file only.

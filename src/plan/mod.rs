@@ -3,10 +3,13 @@
 //! has no `Default` that could leave one out, and the run path only ever reads it.
 //!
 //! [`parse`] holds the pure parsers both front ends share; [`host_paths`] is the one later step that looks at the
-//! host's disk (bind sources, env files, required files).
+//! host's disk (bind sources, env files, required files); [`host_env`] decides which host variables reach the
+//! container, with the training variables of a Slurm step from [`slurm_env`].
 
+pub mod host_env;
 pub mod host_paths;
 pub mod parse;
+pub mod slurm_env;
 
 use std::path::PathBuf;
 
@@ -90,8 +93,10 @@ pub struct RunPlan {
     pub entrypoint: Option<Vec<String>>,
     /// Replaces the image's Cmd.
     pub command: Option<Vec<String>>,
-    /// `KEY=VALUE` settings in order; later ones win.
+    /// `KEY=VALUE` settings in order; later ones win. Above every other layer.
     pub env: Vec<(String, String)>,
+    /// The host's variables that reach the container (`--env-host`, a Slurm job's): see [`host_env`].
+    pub host_env: host_env::HostEnv,
     pub mounts: Vec<MountSpec>,
     pub workdir: Option<String>,
     pub user: Option<String>,
@@ -164,6 +169,7 @@ impl RunPlan {
             entrypoint: None,
             command: None,
             env: Vec::new(),
+            host_env: host_env::HostEnv::default(),
             mounts: Vec::new(),
             workdir: None,
             user: None,

@@ -75,7 +75,9 @@ pub fn resolve_args(
     Ok(args)
 }
 
-/// Environment: PATH and HOSTNAME defaults, the image's Env, HOME from the user, then the plan's settings.
+/// Environment, later layers winning: PATH and HOSTNAME defaults, `--env-host`'s host variables, the image's Env,
+/// HOME from the user (and TERM with a terminal) when unset, a Slurm job's variables, then the plan's settings
+/// (`--env-file`, `-e`). The policy: `plan::host_env`.
 pub fn resolve_env(plan: &RunPlan, image_env: &[String], hostname: &str, home: &str) -> Vec<String> {
     let mut env: Vec<(String, String)> = vec![
         ("PATH".into(), DEFAULT_PATH.into()),
@@ -85,6 +87,9 @@ pub fn resolve_env(plan: &RunPlan, image_env: &[String], hostname: &str, home: &
         Some(e) => e.1 = v.to_string(),
         None => env.push((k.to_string(), v.to_string())),
     };
+    for (k, v) in &plan.host_env.inherited {
+        set(k, v, &mut env);
+    }
     for kv in image_env {
         let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
         set(k, v, &mut env);
@@ -95,7 +100,7 @@ pub fn resolve_env(plan: &RunPlan, image_env: &[String], hostname: &str, home: &
     if plan.tty && !env.iter().any(|(k, _)| k == "TERM") {
         set("TERM", "xterm", &mut env);
     }
-    for (k, v) in &plan.env {
+    for (k, v) in plan.host_env.job.iter().chain(&plan.env) {
         set(k, v, &mut env);
     }
     env.into_iter().map(|(k, v)| format!("{k}={v}")).collect()
@@ -155,6 +160,29 @@ mod tests {
         assert_eq!(
             env,
             s(&["PATH=/img/bin", "HOSTNAME=h", "FOO=cli", "HOME=/root", "NEW=1"])
+        );
+    }
+
+    #[test]
+    fn host_variables_sit_between_the_layers() {
+        let pair = |k: &str, v: &str| (k.to_string(), v.to_string());
+        let mut p = RunPlan::new("");
+        // --env-host: under the image's Env; a Slurm job's: over it; -e: over everything.
+        p.host_env.inherited = vec![pair("A", "host"), pair("B", "host"), pair("PATH", "/host/bin")];
+        p.host_env.job = vec![pair("C", "job"), pair("D", "job")];
+        p.env = vec![pair("D", "cli")];
+        let env = resolve_env(&p, &s(&["B=image", "C=image"]), "h", "/root");
+        assert_eq!(
+            env,
+            s(&[
+                "PATH=/host/bin",
+                "HOSTNAME=h",
+                "A=host",
+                "B=image",
+                "C=job",
+                "HOME=/root",
+                "D=cli"
+            ])
         );
     }
 }

@@ -47,6 +47,7 @@
 //! ([`read::read_regular_at`]).
 
 pub mod at;
+pub mod command;
 pub mod fork;
 pub mod read;
 pub mod safe_fs;

@@ -84,6 +84,7 @@ pub(super) fn job(w: &schema::Workflow, inputs: &EntryInputs<'_>) -> Result<Work
         entrypoint,
         command,
         env,
+        host_env: options.host_env.clone(),
         mounts: host.mounts,
         workdir: Some(working_dir.clone()),
         user: w.user.as_ref().map(|u| u.value.0.clone()),

@@ -44,6 +44,8 @@ pub struct RunWideOptions {
     pub platform: Option<Platform>,
     /// `-e`/`--env-file` settings, applied on top of each workflow's environment.
     pub env: Vec<(String, String)>,
+    /// The host's variables that reach every job (`--env-host`, a Slurm job's): see `plan::host_env`.
+    pub host_env: crate::plan::host_env::HostEnv,
     pub cdi_spec_dirs: Vec<PathBuf>,
     pub require_limits: bool,
 }

@@ -103,6 +103,7 @@ fn plan_from_args(args: &RunArgs) -> Result<RunPlan> {
     // Every value parsed: now the one look at the host.
     let host = resolve_host_paths(host).map_err(|failure| failure.error)?;
     let env = super::environment(common, &host.env_files)?;
+    let host_env = super::host_variables(common, &env);
     Ok(RunPlan {
         pull: common.pull,
         platform,
@@ -112,6 +113,7 @@ fn plan_from_args(args: &RunArgs) -> Result<RunPlan> {
             .map(|e| if e.is_empty() { vec![] } else { vec![e.clone()] }),
         command: (!command.is_empty()).then_some(command),
         env,
+        host_env,
         mounts: host.mounts,
         workdir: a.workdir.clone(),
         user: a.user.clone(),

@@ -7,6 +7,7 @@ mod workflow;
 use anyhow::Result;
 
 use crate::cli::{CommonRunArgs, GlobalArgs, RunArgs};
+use crate::plan::host_env::{self, HostEnv, HostEnvOptions};
 use crate::plan::parse::{env_file_lines, env_item};
 
 /// Runs a container or a workflow file; returns drun's exit status.
@@ -41,4 +42,23 @@ fn environment(common: &CommonRunArgs, env_file_texts: &[String]) -> Result<Vec<
         env.extend(env_item(item, &host_env).map_err(|e| e.named("--env"))?);
     }
     Ok(env)
+}
+
+/// The host variables that reach the container (`--env-host`, a Slurm job's; `explicit` are the `-e` and
+/// `--env-file` settings); what could not be derived is printed as a warning.
+fn host_variables(common: &CommonRunArgs, explicit: &[(String, String)]) -> HostEnv {
+    let options = HostEnvOptions {
+        env_host: common.env_host,
+        no_training_env: common.no_training_env,
+    };
+    let (env, warnings) = host_env::host_env(
+        &host_env::process_env(),
+        explicit,
+        options,
+        &crate::plan::slurm_env::node_addr,
+    );
+    for w in warnings {
+        eprintln!("warning: {w}");
+    }
+    env
 }

@@ -27,10 +27,12 @@ pub(super) fn execute(global: &GlobalArgs, args: RunArgs) -> Result<i32> {
         ..HostInputs::default()
     })
     .map_err(|failure| failure.error)?;
+    let env = super::environment(common, &host.env_files)?;
     let options = RunWideOptions {
         pull: common.pull,
         platform: common.platform.as_deref().map(str::parse).transpose()?,
-        env: super::environment(common, &host.env_files)?,
+        host_env: super::host_variables(common, &env),
+        env,
         cdi_spec_dirs: common.cdi_spec_dir.clone(),
         require_limits: common.require_limits,
     };
