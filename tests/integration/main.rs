@@ -6,6 +6,8 @@
 // What a test measures (peak memory, time) goes to stderr, which the test harness shows for a failing test.
 #![allow(clippy::print_stderr)]
 mod common;
+mod doctor;
+mod environment;
 mod gpu;
 mod pull;
 mod rootless;
