@@ -13,6 +13,7 @@
 //! | the run path, one phase per file | [`run`] (`run::run` lists the phases) |
 //! | images: registry, pull, verify, unpack, store | [`image`] (`image::ready` is what the run path asks) |
 //! | NVIDIA GPUs and CDI; RDMA devices | [`gpu`]; [`rdma`] |
+//! | `drun doctor`'s look at the host | [`doctor`] |
 //! | OS primitives: fork, at-relative files, no-follow files, user namespaces | [`sys`] |
 //!
 //! The map with "where is …" answers is docs/architecture.md.
@@ -20,6 +21,7 @@
 pub mod cli;
 pub mod commands;
 pub mod digest;
+pub mod doctor;
 pub mod exit;
 pub mod failpoint;
 pub mod gpu;

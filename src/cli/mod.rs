@@ -76,6 +76,8 @@ pub enum Command {
     Gpus(GpusArgs),
     /// CDI specs: `drun cdi generate [-o FILE]` writes one for this host's NVIDIA GPUs
     Cdi(CdiArgs),
+    /// Check this host for drun: kernel features, ids, GPUs, RDMA, Slurm, storage; each problem with its fix
+    Doctor(DoctorArgs),
 }
 
 impl Command {
@@ -83,7 +85,8 @@ impl Command {
     /// store or containers), and with which mode.
     pub fn userns(&self) -> Option<crate::sys::userns::UsernsMode> {
         match self {
-            Command::Gpus(_) | Command::Cdi(_) => None,
+            // doctor looks at the caller as the host sees them.
+            Command::Gpus(_) | Command::Cdi(_) | Command::Doctor(_) => None,
             Command::Run(a) => Some(a.common.userns.unwrap_or_else(crate::run::pmi::default_userns)),
             _ => Some(crate::sys::userns::UsernsMode::Auto),
         }
@@ -98,6 +101,13 @@ pub struct GpusArgs {
     /// Directory of CDI specs (repeatable; default: DRUN_CDI_SPEC_DIRS, else /etc/cdi and /var/run/cdi)
     #[arg(long, value_name = "DIR")]
     pub cdi_spec_dir: Vec<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub struct DoctorArgs {
+    /// Print JSON
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Args, Debug)]

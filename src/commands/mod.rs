@@ -7,6 +7,7 @@
 )]
 
 pub mod cdi;
+pub mod doctor;
 pub mod gpus;
 pub mod images;
 pub mod inspect;
@@ -42,6 +43,7 @@ pub fn dispatch(global: &GlobalArgs, command: Command) -> Result<i32> {
         Command::Kill(a) => kill::execute(global, a),
         Command::Gpus(a) => gpus::execute(a),
         Command::Cdi(a) => cdi::execute(a),
+        Command::Doctor(a) => doctor::execute(global, a),
     }
 }
 

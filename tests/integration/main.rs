@@ -7,6 +7,8 @@
 #![allow(clippy::print_stderr)]
 mod common;
 mod devices;
+mod doctor;
+mod environment;
 mod gpu;
 mod mpi;
 mod pull;

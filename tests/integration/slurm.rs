@@ -317,3 +317,97 @@ fn srun_and_sbatch_run_containers_as_root_and_as_a_user() {
     scenario(&cluster, Some("drun-sub"));
     scenario(&cluster, Some("drun-nosub"));
 }
+
+/// `srun -N2 -n4 drun run …`: each task's container gets MASTER_ADDR (the first node's Slurm NodeAddr, 127.0.0.1
+/// here, where the node names n1 and n2 do not resolve), one MASTER_PORT, WORLD_SIZE, RANK, LOCAL_RANK,
+/// LOCAL_WORLD_SIZE and NODE_RANK, and the step's SLURM_* variables; `--no-training-env` leaves the training
+/// ones out; `drun doctor` in a step shows them.
+fn training_env(cluster: &Cluster, user: Option<&str>) {
+    let who = user.unwrap_or("root");
+    let sub = Submitter::new(user);
+    let out = sub.run(cluster, "srun", &["-N1", drun(), "pull", "-q", &common::busybox()]);
+    assert!(out.status.success(), "{who}: pull: {}", out.stderr);
+    let script =
+        "echo $SLURM_PROCID $RANK $WORLD_SIZE $LOCAL_RANK $LOCAL_WORLD_SIZE $NODE_RANK $MASTER_ADDR $MASTER_PORT";
+    let out = sub.run(
+        cluster,
+        "srun",
+        &[
+            "-N2",
+            "-n4",
+            drun(),
+            "run",
+            "-q",
+            &common::busybox(),
+            "sh",
+            "-c",
+            script,
+        ],
+    );
+    assert!(out.status.success(), "{who}: {}", out.stderr);
+    let mut lines: Vec<Vec<String>> = out
+        .stdout
+        .lines()
+        .map(|l| l.split_whitespace().map(String::from).collect())
+        .collect();
+    lines.sort();
+    assert_eq!(lines.len(), 4, "{who}: {}", out.stdout);
+    let port = lines[0][7].clone();
+    let port_number: u16 = port.parse().unwrap();
+    assert!((10_000..30_000).contains(&port_number), "{who}: {port}");
+    for (rank, fields) in lines.iter().enumerate() {
+        // Block distribution: tasks 0 and 1 on n1, 2 and 3 on n2.
+        let want = [
+            rank.to_string(),
+            rank.to_string(),
+            "4".into(),
+            (rank % 2).to_string(),
+            "2".into(),
+            (rank / 2).to_string(),
+            "127.0.0.1".into(),
+            port.clone(),
+        ];
+        assert_eq!(fields, &want, "{who}: task {rank}: {}", out.stdout);
+    }
+
+    let out = sub.run(
+        cluster,
+        "srun",
+        &[
+            "-N1",
+            "-n2",
+            drun(),
+            "run",
+            "-q",
+            "--no-training-env",
+            &common::busybox(),
+            "sh",
+            "-c",
+            "echo ${RANK-unset} ${MASTER_ADDR-unset} $SLURM_PROCID",
+        ],
+    );
+    assert!(out.status.success(), "{who}: {}", out.stderr);
+    let mut lines: Vec<&str> = out.stdout.lines().collect();
+    lines.sort_unstable();
+    assert_eq!(lines, ["unset unset 0", "unset unset 1"], "{who}");
+
+    let out = sub.run(cluster, "srun", &["-N1", "-n1", drun(), "doctor"]);
+    assert!(out.status.success(), "{who}: {}\n{}", out.stdout, out.stderr);
+    let line = out
+        .stdout
+        .lines()
+        .find(|l| l.contains("training env"))
+        .unwrap_or_else(|| panic!("{who}: {}", out.stdout));
+    assert!(
+        line.contains("ok") && line.contains("MASTER_ADDR=127.0.0.1") && line.contains("WORLD_SIZE=1 RANK=0"),
+        "{who}: {line}"
+    );
+}
+
+#[test]
+fn srun_tasks_get_the_distributed_training_environment() {
+    assert!(common::is_root(), "the Slurm daemons run as root");
+    let cluster = Cluster::up();
+    training_env(&cluster, None);
+    training_env(&cluster, Some("drun-sub"));
+}

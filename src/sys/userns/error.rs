@@ -46,7 +46,7 @@ pub enum UsernsError {
 pub struct InvalidUsernsMode(pub String);
 
 /// Why the kernel refused a user namespace, and what to change.
-pub(super) fn unshare_advice(errno: Errno) -> &'static str {
+pub fn unshare_advice(errno: Errno) -> &'static str {
     let read = |p: &str| crate::sys::safe_fs::read_system(p).ok().map(|s| s.trim().to_string());
     if read("/proc/sys/user/max_user_namespaces").as_deref() == Some("0") {
         "user namespaces are disabled on this host (user.max_user_namespaces = 0): an administrator can enable them \

@@ -25,7 +25,7 @@ use std::path::PathBuf;
 use std::sync::OnceLock;
 
 pub use enter::enter;
-pub use error::{InvalidUsernsMode, UsernsError};
+pub use error::{unshare_advice, InvalidUsernsMode, UsernsError};
 pub use idmap::IdMap;
 
 use idmap::{inside_id, is_mapped, squash_id};
