@@ -48,10 +48,12 @@ pub fn rdma_root() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("/"))
 }
 
-/// The node names a container needs: verbs (`uverbs0`), the connection manager (`rdma_cm`) and management
-/// datagrams (`umad0`, used by `ibstat` and UCX's topology probes). Not `issm*`: the subnet manager's.
+/// The node names a container needs: verbs (`uverbs0`) and the connection manager (`rdma_cm`), all that verbs,
+/// rdma_cm, UCX and NCCL use. Not the management-datagram nodes (`umad*`: raw MADs can reconfigure an unprotected
+/// subnet for every tenant; hosts keep them root-only, and `--device /dev/infiniband/umad0` gives one on
+/// purpose) nor `issm*`, the subnet manager's.
 fn wanted(name: &str) -> bool {
-    name.starts_with("uverbs") || name == "rdma_cm" || name.starts_with("umad")
+    name.starts_with("uverbs") || name == "rdma_cm"
 }
 
 /// The RDMA device nodes under [`rdma_root`], sorted by name; at least one verbs device, or an error.
@@ -148,10 +150,10 @@ mod tests {
 
     #[test]
     fn only_the_nodes_a_container_needs() {
-        for name in ["uverbs0", "uverbs12", "rdma_cm", "umad1"] {
+        for name in ["uverbs0", "uverbs12", "rdma_cm"] {
             assert!(wanted(name), "{name}");
         }
-        for name in ["issm0", "rdma_cm2", "README"] {
+        for name in ["umad1", "issm0", "rdma_cm2", "README"] {
             assert!(!wanted(name), "{name}");
         }
     }

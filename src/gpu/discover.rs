@@ -56,6 +56,46 @@ impl HostSearch {
     }
 }
 
+impl HostSearch {
+    /// As root, only the directories nobody but root can change: drun mounts what it finds there into every GPU
+    /// container (and `drun cdi generate` writes it into a spec), so a `PATH` or `LD_LIBRARY_PATH` inherited by
+    /// a root drun (a CI runner, a service, an admin's `module load`) that names a directory another user can
+    /// write must not let that user plant an `nvidia-smi` or a library there.
+    fn trusted_by_root(&self, root: &Path) -> HostSearch {
+        let keep = |dirs: &[String]| -> Vec<String> {
+            dirs.iter()
+                .filter(|d| {
+                    let ok = changeable_by_root_only(&host_path(root, d));
+                    if !ok {
+                        tracing::warn!(dir = %d, "not searching for driver files in a directory others can change");
+                    }
+                    ok
+                })
+                .cloned()
+                .collect()
+        };
+        HostSearch {
+            path: keep(&self.path),
+            library_path: keep(&self.library_path),
+        }
+    }
+}
+
+/// Whether `dir` (resolved) and every directory above it are root's and writable by nobody else (a sticky
+/// ancestor such as /tmp is fine: others cannot rename root's entries in it).
+fn changeable_by_root_only(dir: &Path) -> bool {
+    let Ok(real) = std::fs::canonicalize(dir) else {
+        return false;
+    };
+    real.ancestors().enumerate().all(|(depth, p)| {
+        std::fs::metadata(p).is_ok_and(|m| {
+            let others_write = m.mode() & 0o022 != 0;
+            let sticky = m.mode() & 0o1000 != 0;
+            m.is_dir() && m.uid() == 0 && (!others_write || (depth > 0 && sticky))
+        })
+    })
+}
+
 /// IPC endpoints (optional) and the capability that needs them.
 const IPC: &[(&str, &str)] = &[
     ("/run/nvidia-persistenced/socket", "utility"),
@@ -84,6 +124,13 @@ pub fn discover(root: &Path) -> Result<Option<Driver>, GpuError> {
 
 /// [`discover`], with the search directories given.
 pub fn discover_with(root: &Path, search: &HostSearch) -> Result<Option<Driver>, GpuError> {
+    let trusted;
+    let search = if nix::unistd::geteuid().is_root() {
+        trusted = search.trusted_by_root(root);
+        &trusted
+    } else {
+        search
+    };
     let Some(gpus) = gpus(root)? else {
         return Ok(None);
     };
@@ -374,6 +421,33 @@ mod tests {
         assert!(bins.contains(&"/opt/nv/bin/nvidia-smi"), "{bins:?}");
         assert!(bins.contains(&"/opt/tools/nvidia-debugdump"), "{bins:?}");
         assert_eq!(d.firmware.as_deref(), Some("/opt/nv/firmware/nvidia/580.1.2"));
+    }
+
+    /// As root, a PATH or LD_LIBRARY_PATH directory another user can write is not searched.
+    #[test]
+    fn as_root_only_directories_nobody_else_can_change_are_searched() {
+        use std::os::unix::fs::PermissionsExt;
+        if !nix::unistd::geteuid().is_root() {
+            return;
+        }
+        let t = tempfile::tempdir().unwrap();
+        let r = t.path();
+        for d in ["opt/ok/lib64", "opt/open/lib64", "opt/theirs/lib64"] {
+            std::fs::create_dir_all(r.join(d)).unwrap();
+        }
+        std::fs::set_permissions(r.join("opt/open"), std::fs::Permissions::from_mode(0o777)).unwrap();
+        std::os::unix::fs::chown(r.join("opt/theirs/lib64"), Some(54321), None).unwrap();
+        let search = HostSearch {
+            path: vec!["/opt/open/lib64".into()],
+            library_path: vec![
+                "/opt/ok/lib64".into(),
+                "/opt/open/lib64".into(),
+                "/opt/theirs/lib64".into(),
+            ],
+        };
+        let kept = search.trusted_by_root(r);
+        assert_eq!(kept.library_path, ["/opt/ok/lib64"]);
+        assert!(kept.path.is_empty());
     }
 
     #[test]

@@ -120,7 +120,10 @@ pub fn first_host(list: &str) -> Option<String> {
             }
         }
     }
-    let ok = !host.is_empty() && host.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+    // It becomes an argument of `scontrol`: never an option.
+    let ok = !host.is_empty()
+        && !host.starts_with('-')
+        && host.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
     ok.then_some(host)
 }
 
@@ -198,6 +201,7 @@ mod tests {
     fn first_hosts_of_host_lists() {
         for (list, want) in [
             ("n1", Some("n1")),
+            ("-oneliner", None),
             ("n[1-2]", Some("n1")),
             ("n[2,5-7]", Some("n2")),
             ("gpu[007-010,3],cpu1", Some("gpu007")),

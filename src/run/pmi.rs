@@ -93,13 +93,18 @@ pub fn default_userns() -> UsernsMode {
     }
 }
 
+/// munge's socket directory, bound (read-only) when the PMIx server uses munge security.
+const MUNGE_DIR: &str = "/run/munge";
+
 /// Adds the rendezvous to a run: its binds after the plan's mounts, its variables where the plan (the caller's
 /// `-e`) set none.
 pub fn apply(r: &Rendezvous, plan: &RunPlan, mounts: &mut Vec<MountSpec>, env: &mut Vec<String>) {
     mounts.extend(r.binds.iter().map(|p| MountSpec::Bind {
         source: p.clone(),
         destination: p.to_string_lossy().into_owned(),
-        read_only: false,
+        // Connecting to munge's socket needs no write access; a writable /run/munge would let a root container
+        // replace the node's munge socket with its own and answer every credential check.
+        read_only: p == Path::new(MUNGE_DIR),
     }));
     for (k, v) in &r.env {
         if plan.env.iter().any(|(pk, _)| pk == k) {
@@ -170,7 +175,7 @@ fn pmix_dirs(vars: &BTreeMap<String, String>) -> Vec<PathBuf> {
         .get("PMIX_SECURITY_MODE")
         .is_some_and(|m| m.split(',').any(|c| c == "munge"))
     {
-        dirs.push((PathBuf::from("/run/munge"), "munge".into()));
+        dirs.push((PathBuf::from(MUNGE_DIR), "munge".into()));
     }
     dirs.into_iter()
         .filter_map(|(path, want)| {
