@@ -67,7 +67,9 @@ impl HostSearch {
                 .filter(|d| {
                     let ok = changeable_by_root_only(&host_path(root, d));
                     if !ok {
-                        tracing::warn!(dir = %d, "not searching for driver files in a directory others can change");
+                        // Debug, not a warning: a skipped directory is the safe outcome, and an inherited PATH with
+                        // such a directory (/usr/local/bin is group-writable on some hosts) would warn on every run.
+                        tracing::debug!(dir = %d, "not searching for driver files in a directory others can change");
                     }
                     ok
                 })
@@ -125,7 +127,9 @@ pub fn discover(root: &Path) -> Result<Option<Driver>, GpuError> {
 /// [`discover`], with the search directories given.
 pub fn discover_with(root: &Path, search: &HostSearch) -> Result<Option<Driver>, GpuError> {
     let trusted;
-    let search = if nix::unistd::geteuid().is_root() {
+    // Real root only: rootless, drun runs as uid 0 of its own user namespace, where root's directories belong to
+    // nobody, and what it mounts is only the caller's to lose.
+    let search = if !crate::sys::userns::is_rootless() {
         trusted = search.trusted_by_root(root);
         &trusted
     } else {
