@@ -6,13 +6,7 @@
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 
 use crate::common::*;
-
-fn ready() -> Sandbox {
-    assert!(is_root(), "container tests need root (make test runs them as root)");
-    let sb = Sandbox::new();
-    sb.drun(&["pull", "-q", &busybox()]).ok();
-    sb
-}
+use crate::run::ready;
 
 /// `drun run [flags] busybox sh -c SCRIPT`.
 fn sh(sb: &Sandbox, flags: &[&str], script: &str) -> Output {

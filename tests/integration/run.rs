@@ -7,7 +7,8 @@ use std::time::{Duration, Instant};
 use crate::common::*;
 
 /// A sandbox with busybox pulled, so tests time the run, not the pull.
-fn ready() -> Sandbox {
+/// A sandbox with busybox pulled (container tests need root).
+pub(crate) fn ready() -> Sandbox {
     assert!(is_root(), "container tests need root (make test runs them as root)");
     let sb = Sandbox::new();
     sb.drun(&["pull", "-q", &busybox()]).ok();
