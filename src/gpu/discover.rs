@@ -91,9 +91,7 @@ fn changeable_by_root_only(dir: &Path) -> bool {
     };
     real.ancestors().enumerate().all(|(depth, p)| {
         std::fs::metadata(p).is_ok_and(|m| {
-            let others_write = m.mode() & 0o022 != 0;
-            let sticky = m.mode() & 0o1000 != 0;
-            m.is_dir() && m.uid() == 0 && (!others_write || (depth > 0 && sticky))
+            m.is_dir() && crate::sys::safe_fs::open_to_others(&m, |owner| owner == 0, depth > 0).is_none()
         })
     })
 }
@@ -287,7 +285,7 @@ fn library_dirs(root: &Path, library_path: &[String], version: &mut String) -> V
                 if version.is_empty() {
                     *version = v.to_string();
                 }
-                if !lib_dirs.iter().any(|d| d == dir) {
+                if !seen.contains(&real) {
                     lib_dirs.push(dir.to_string());
                     seen.push(real.clone());
                 }

@@ -86,19 +86,13 @@ pub fn ensure_private(dir: &Path) -> std::io::Result<()> {
     let rootless = crate::sys::userns::is_rootless();
     for a in real.ancestors().skip(1) {
         let m = fs::metadata(a)?;
-        let sticky = m.mode() & 0o1000 != 0;
-        let foreign = !rootless && m.uid() != 0 && m.uid() != uid;
-        if foreign || (m.mode() & 0o022 != 0 && !sticky) {
+        let trusted = |owner: u32| rootless || owner == 0 || owner == uid;
+        if let Some(why) = crate::sys::safe_fs::open_to_others(&m, trusted, true) {
             return Err(std::io::Error::other(format!(
-                "the state directory {} is inside {}, which {}: another user could replace it; choose another \
+                "the state directory {} is inside {}, which {why}: another user could replace it; choose another \
                  with --state",
                 dir.display(),
                 a.display(),
-                if foreign {
-                    "belongs to someone else"
-                } else {
-                    "others may write to"
-                }
             )));
         }
     }

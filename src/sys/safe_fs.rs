@@ -74,6 +74,22 @@ pub fn create_dir_all_mode(path: &Path, mode: u32) -> io::Result<()> {
     create_dir_mode(path, mode).map(drop)
 }
 
+/// What lets someone whose uid `trusted_owner` does not accept change the entries of a directory with metadata
+/// `m` (rename or replace them): another owner, or write access for group or others. A sticky directory (/tmp) is
+/// fine when `sticky_ok`: only an entry's owner may rename it there. None when nothing does.
+pub fn open_to_others(
+    m: &std::fs::Metadata,
+    trusted_owner: impl Fn(u32) -> bool,
+    sticky_ok: bool,
+) -> Option<&'static str> {
+    use std::os::unix::fs::MetadataExt;
+    if !trusted_owner(m.uid()) {
+        return Some("belongs to someone else");
+    }
+    let sticky = m.mode() & 0o1000 != 0;
+    (m.mode() & 0o022 != 0 && !(sticky_ok && sticky)).then_some("others may write to")
+}
+
 /// Opens a directory, refusing a symlink in its place.
 pub fn open_dir_nofollow(path: &Path) -> io::Result<File> {
     OpenOptions::new()
