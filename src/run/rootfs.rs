@@ -8,8 +8,6 @@ use std::io;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
-use nix::mount::{mount, MsFlags};
-
 use crate::image::unpack::{OVERLAY_OPAQUE_XATTR, OVERLAY_USER_OPAQUE_XATTR};
 use crate::sys::read::{file_kind, read_regular_at, xattr_present};
 
@@ -56,7 +54,7 @@ pub fn prepare(run_dir: &Path, layers: &[PathBuf]) -> Result<(PathBuf, RootfsKin
         .collect::<Result<_, _>>()?;
     let marked = markers.iter().any(Option::is_some);
     let mounted = if marked {
-        Err(nix::errno::Errno::ENOTSUP)
+        Err(io::Error::from_raw_os_error(libc::ENOTSUP))
     } else {
         mount_overlay(&merged, &lowers, &upper, &work)
     };
@@ -136,45 +134,49 @@ fn apply_markers(m: &crate::image::unpack::Markers, dest: &Path) -> io::Result<(
     Ok(())
 }
 
-/// Mounts an overlay at `merged` (`lowers` top first). DRUN_ROOTFS=flatten makes it fail, forcing the callers'
-/// copy fallbacks (for tests, and for file systems where overlay misbehaves).
-fn mount_overlay(merged: &Path, lowers: &[&Path], upper: &Path, work: &Path) -> nix::Result<()> {
-    if std::env::var_os("DRUN_ROOTFS").is_some_and(|v| v == "flatten") {
-        return Err(nix::errno::Errno::ENOTSUP);
+/// Mounts an overlay at `merged` (`lowers` top first), whatever their number (see [`crate::sys::overlay`]).
+/// DRUN_ROOTFS=flatten makes it fail, forcing the callers' copy fallbacks (for tests, and for file systems where
+/// overlay misbehaves); DRUN_ROOTFS=no-lowerdir-plus skips the new mount API's `lowerdir+`, so that the form older
+/// kernels get is tested on newer ones too.
+fn mount_overlay(merged: &Path, lowers: &[&Path], upper: &Path, work: &Path) -> io::Result<()> {
+    use crate::sys::overlay::{mount_overlay, NewApi, Overlay};
+    let knob = std::env::var_os("DRUN_ROOTFS");
+    if knob.as_ref().is_some_and(|v| v == "flatten") {
+        return Err(io::Error::from_raw_os_error(libc::ENOTSUP));
     }
-    // overlayfs splits its options at `,` and lower directories at `:`, both escapable with a backslash.
-    let escape = |p: &Path| {
-        p.display()
-            .to_string()
-            .replace('\\', "\\\\")
-            .replace(':', "\\:")
-            .replace(',', "\\,")
+    let new_api = if knob.is_some_and(|v| v == "no-lowerdir-plus") {
+        NewApi::Skipped
+    } else {
+        NewApi::Allowed
     };
-    let lower = lowers.iter().map(|p| escape(p)).collect::<Vec<_>>().join(":");
-    let mut data = format!("lowerdir={lower},upperdir={},workdir={}", escape(upper), escape(work));
-    // In a user namespace overlayfs keeps its own attributes in `user.overlay.*` (Linux ≥ 5.11), as the layers
-    // unpacked there are marked.
-    if crate::sys::userns::current().is_some() {
-        data.push_str(",userxattr");
-    }
-    let overlay = |data: &str| mount(Some("overlay"), merged, Some("overlay"), MsFlags::empty(), Some(data));
-    // The upper directory is discarded with the run, so overlayfs need not sync it: without `volatile` (Linux
-    // ≥ 5.10) unmounting an overlay syncs the whole file system its upper directory is on, tens of milliseconds
-    // when other programs left dirty data there. Older kernels reject the option (EINVAL): asked once.
-    static VOLATILE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
-    if VOLATILE.load(std::sync::atomic::Ordering::Relaxed) {
-        match overlay(&format!("{data},volatile")) {
-            Err(nix::errno::Errno::EINVAL) => {}
-            other => return other,
-        }
-        let plain = overlay(&data);
-        if plain.is_ok() {
+    let mut o = Overlay {
+        lowers,
+        upper,
+        work,
+        // In a user namespace overlayfs keeps its own attributes in `user.overlay.*` (Linux ≥ 5.11), as the
+        // layers unpacked there are marked.
+        userxattr: crate::sys::userns::current().is_some(),
+        // The upper directory is discarded with the run, so overlayfs need not sync it: without `volatile`
+        // (Linux ≥ 5.10) unmounting an overlay syncs the whole file system its upper directory is on, tens of
+        // milliseconds when other programs left dirty data there. Older kernels reject the option (EINVAL):
+        // asked once.
+        volatile: VOLATILE.load(std::sync::atomic::Ordering::Relaxed),
+    };
+    let first = mount_overlay(merged, &o, new_api);
+    let form = match first {
+        Err(e) if o.volatile && e.raw_os_error() == Some(libc::EINVAL) => {
+            o.volatile = false;
+            let plain = mount_overlay(merged, &o, new_api)?;
             VOLATILE.store(false, std::sync::atomic::Ordering::Relaxed);
+            plain
         }
-        return plain;
-    }
-    overlay(&data)
+        other => other?,
+    };
+    tracing::debug!(layers = lowers.len(), ?form, "overlay mounted");
+    Ok(())
 }
+
+static VOLATILE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
 
 /// Files already copied, by source (device, inode): a hardlinked source file is linked, not copied again, so
 /// the flattened tree keeps the image's hardlinks (within a layer and to files of lower layers).

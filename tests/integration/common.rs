@@ -542,3 +542,74 @@ impl Sandbox {
         c
     }
 }
+
+/// An OCI layout of `layers` uncompressed layers (made with tests/fixtures/mkimage.py, readable by the test users):
+/// busybox, then layers 1.. each adding `/layers/N` and replacing `/top` with "N"; every tenth deletes the previous
+/// layer's file (a whiteout) and layer 50 makes `/opq` opaque over layer 20's `/opq/old`. What a container sees is
+/// [`many_layer_view`]: any layer applied out of order or dropped changes it.
+pub fn many_layer_layout(dir: &Path, layers: usize) -> PathBuf {
+    assert!(layers > 50, "the opaque directory is made by layer 50");
+    let layer = |n: usize, build: &dyn Fn(&mut tar::Builder<std::fs::File>)| {
+        let p = dir.join(format!("layer-{n}.tar"));
+        let mut b = tar::Builder::new(std::fs::File::create(&p).unwrap());
+        build(&mut b);
+        b.finish().unwrap();
+        p
+    };
+    let file = |b: &mut tar::Builder<std::fs::File>, path: &str, data: &[u8]| {
+        let mut h = tar_header(tar::EntryType::Regular, 0o644, data.len() as u64);
+        b.append_data(&mut h, path, data).unwrap();
+    };
+    let busybox = std::fs::read("/bin/busybox").unwrap();
+    let mut tars = vec![layer(0, &|b| {
+        let mut h = tar_header(tar::EntryType::Regular, 0o755, busybox.len() as u64);
+        b.append_data(&mut h, "bin/busybox", busybox.as_slice()).unwrap();
+    })];
+    for n in 1..layers {
+        tars.push(layer(n, &|b| {
+            file(b, &format!("layers/{n}"), b"");
+            file(b, "top", n.to_string().as_bytes());
+            if n % 10 == 0 {
+                file(b, &format!("layers/.wh.{}", n - 1), b"");
+            }
+            if n == 20 {
+                file(b, "opq/old", b"");
+            }
+            if n == 50 {
+                file(b, "opq/.wh..wh..opq", b"");
+                file(b, "opq/new", b"");
+            }
+        }));
+    }
+    let layout = dir.join("layout");
+    let spec = serde_json::json!({
+        "layout": layout, "tag": "latest", "created": "2024-01-01T00:00:00Z",
+        "images": [{"os": "linux", "architecture": "amd64", "config": {"Cmd": ["/bin/busybox", "true"]},
+                    "layers": tars.iter().enumerate().map(|(n, t)| serde_json::json!(
+                        {"tar": t, "compression": "none", "created_by": format!("layer {n}")})).collect::<Vec<_>>()}]
+    });
+    let spec_file = dir.join("spec.json");
+    std::fs::write(&spec_file, spec.to_string()).unwrap();
+    mkimage_build(&spec_file);
+    for t in tars {
+        std::fs::remove_file(t).unwrap();
+    }
+    let st = Command::new("chmod")
+        .args(["-R", "a+rX"])
+        .arg(&layout)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    layout
+}
+
+/// The script a container of [`many_layer_layout`] runs: the top file, how many layer files are left, the opaque
+/// directory's entries and the file-system type of `/` (overlay, not a flattened copy).
+pub const MANY_LAYER_SCRIPT: &str = "cat /top; echo; ls /layers | wc -l; ls /opq; \
+     while read -r dev mnt fs rest; do [ \"$mnt\" = / ] && r=$fs; done < /proc/mounts; echo $r";
+
+/// What [`MANY_LAYER_SCRIPT`] prints for an image of `layers` layers seen through overlay.
+pub fn many_layer_view(layers: usize) -> String {
+    let files = (layers - 1) - (layers - 1) / 10;
+    format!("{}\n{files}\nnew\noverlay\n", layers - 1)
+}

@@ -749,3 +749,27 @@ fn a_rootless_host_pid_run_leaves_no_process_behind() {
     }
     assert!(left.is_empty(), "processes of the container outlived it: {left:?}");
 }
+
+#[test]
+fn rootless_images_of_128_layers_run_through_overlay_without_a_copy() {
+    // As images_of_128_layers_run_through_overlay_without_a_copy in run.rs, in drun's user namespace.
+    let ub = UserBox::new(SUB);
+    let layout = common::many_layer_layout(ub.path(), 128);
+    let image = format!("oci:{}:latest", layout.display());
+    ub.drun(&["pull", "-q", &image]).ok();
+    for knob in ["", "no-lowerdir-plus"] {
+        let mut c = ub.cmd(&[
+            "run",
+            "-q",
+            &image,
+            "/bin/busybox",
+            "sh",
+            "-c",
+            common::MANY_LAYER_SCRIPT,
+        ]);
+        c.env("DRUN_ROOTFS", knob);
+        let out = common::run(c, Duration::from_secs(300)).ok();
+        assert_eq!(out.stdout, common::many_layer_view(128), "DRUN_ROOTFS={knob:?}");
+    }
+    assert!(ub.leftovers().is_empty(), "{:?}", ub.leftovers());
+}

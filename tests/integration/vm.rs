@@ -9,6 +9,13 @@ use crate::common::*;
 fn limits_devices_shm_and_cleanup_on_a_pure_cgroup_v2_kernel() {
     assert!(is_root(), "the VM harness needs root (make test runs it as root)");
     let repo = env!("CARGO_MANIFEST_DIR");
+    let many = tempfile::Builder::new().prefix("drun-vm-many-").tempdir().unwrap();
+    let layout = many_layer_layout(many.path(), 128);
+    let check = many.path().join("check");
+    std::fs::create_dir(&check).unwrap();
+    std::fs::write(check.join("script"), MANY_LAYER_SCRIPT).unwrap();
+    // Without the trailing newline, as the guest's `$(…)` reads it.
+    std::fs::write(check.join("view"), many_layer_view(128).trim_end()).unwrap();
     let mut c = Command::new("bash");
     c.arg(format!("{repo}/hack/vm-test.sh"))
         .args([
@@ -22,6 +29,10 @@ fn limits_devices_shm_and_cleanup_on_a_pure_cgroup_v2_kernel() {
         .args([
             "--add",
             &format!("{}:/images/busybox", cache().join("layouts/busybox").display()),
+            "--add",
+            &format!("{}:/images/many", layout.display()),
+            "--add",
+            &format!("{}:/images/many-check", check.display()),
         ])
         .arg(format!("{repo}/tests/vm/cgroup-v2.sh"));
     let out = run(c, Duration::from_secs(1000));
@@ -31,5 +42,10 @@ fn limits_devices_shm_and_cleanup_on_a_pure_cgroup_v2_kernel() {
         out.status,
         out.stdout,
         out.stderr
+    );
+    assert!(
+        out.stdout.contains("ok: 128 layers named by descriptor paths"),
+        "{}",
+        out.stdout
     );
 }
