@@ -56,7 +56,7 @@ pub struct GlobalArgs {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
-    /// Pull an image from a registry, an OCI layout (oci:DIR[:TAG]) or a docker save archive (docker-archive:FILE)
+    /// Pull an image from a registry, an OCI layout (oci:DIR[:TAG]), an OCI archive (oci-archive:FILE[:TAG]) or a docker save archive (docker-archive:FILE)
     Pull(PullArgs),
     /// List stored images
     Images(ImagesArgs),
@@ -151,7 +151,7 @@ pub struct KillArgs {
 
 #[derive(Args, Debug)]
 pub struct PullArgs {
-    /// Image reference, e.g. busybox, registry:5000/repo:tag, repo@sha256:…, oci:DIR:TAG, docker-archive:FILE
+    /// Image reference, e.g. busybox, registry:5000/repo:tag, repo@sha256:…, oci:DIR:TAG, oci-archive:FILE:TAG, docker-archive:FILE
     pub image: String,
     /// Platform to choose from a multi-arch image (default: this host's)
     #[arg(long, value_name = "OS/ARCH[/VARIANT]")]

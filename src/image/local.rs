@@ -1,5 +1,6 @@
-//! Local image sources for hosts without registry access: OCI image layouts (`oci:DIR[:TAG]`) and `docker save`
-//! archives (`docker-archive:FILE`). Their blobs go through the same verification and store as a registry's.
+//! Local image sources for hosts without registry access: OCI image layouts (`oci:DIR[:TAG]`), the same in a
+//! tarball (`oci-archive:FILE[:TAG]`) and `docker save` archives (`docker-archive:FILE`). Their blobs go through
+//! the same verification and store as a registry's; archives are read in place, never extracted.
 //!
 //! A layout or an archive may come from anyone: its files are opened only when they are regular files (without
 //! blocking on a FIFO), and what is read into memory — `index.json`, `manifest.json`, manifests and configs —
@@ -54,6 +55,8 @@ pub enum LocalError {
     EmptyArchive { path: PathBuf },
     #[error("invalid docker archive {path:?}: it has no member {member:?}")]
     MissingMember { path: PathBuf, member: String },
+    #[error("invalid OCI archive {path:?}: it has no member {member:?} (expected an OCI image layout in a tarball)")]
+    MissingLayoutMember { path: PathBuf, member: String },
     #[error("invalid RepoTags entry in {path:?}")]
     RepoTag { path: PathBuf, source: SourceError },
 }
@@ -88,20 +91,98 @@ fn bad_document<'a>(path: &'a Path, what: &'static str) -> impl FnOnce(ManifestE
     }
 }
 
-fn blob_path(dir: &Path, d: &Digest) -> PathBuf {
-    dir.join("blobs/sha256").join(d.hex())
+/// Where the files of an OCI image layout are: a directory, or the members of a tarball (offset and size of each
+/// member's data, by name).
+enum LayoutFiles<'a> {
+    Dir(&'a Path),
+    Archive {
+        file: &'a Path,
+        members: HashMap<String, (u64, u64)>,
+    },
 }
 
-fn read_verified(dir: &Path, d: &Digest, cap: u64, what: &'static str) -> Result<Vec<u8>, LocalError> {
-    let path = blob_path(dir, d);
-    let data = read(&path, cap, what)?;
-    if Digest::of(&data) != *d {
-        return Err(LocalError::DigestMismatch {
-            path,
-            digest: d.clone(),
-        });
+impl LayoutFiles<'_> {
+    /// How errors name `rel`: the file, or `ARCHIVE/MEMBER`.
+    fn path(&self, rel: &str) -> PathBuf {
+        match self {
+            LayoutFiles::Dir(dir) => dir.join(rel),
+            LayoutFiles::Archive { file, .. } => file.join(rel),
+        }
     }
-    Ok(data)
+
+    fn read(&self, rel: &str, cap: u64, what: &'static str) -> Result<Vec<u8>, LocalError> {
+        match self {
+            LayoutFiles::Dir(dir) => read(&dir.join(rel), cap, what),
+            LayoutFiles::Archive { file, .. } => {
+                let (offset, size) = self.member(rel)?;
+                read_range(file, offset, size, cap, what)
+            }
+        }
+    }
+
+    fn member(&self, rel: &str) -> Result<(u64, u64), LocalError> {
+        match self {
+            LayoutFiles::Dir(_) => unreachable!("only archives have members"),
+            LayoutFiles::Archive { file, members } => {
+                members
+                    .get(rel)
+                    .copied()
+                    .ok_or_else(|| LocalError::MissingLayoutMember {
+                        path: file.to_path_buf(),
+                        member: rel.to_string(),
+                    })
+            }
+        }
+    }
+
+    fn read_verified(&self, d: &Digest, cap: u64, what: &'static str) -> Result<Vec<u8>, LocalError> {
+        let rel = blob_name(d);
+        let data = self.read(&rel, cap, what)?;
+        if Digest::of(&data) != *d {
+            return Err(LocalError::DigestMismatch {
+                path: self.path(&rel),
+                digest: d.clone(),
+            });
+        }
+        Ok(data)
+    }
+
+    /// Where a layer blob is read from when it is unpacked.
+    fn fetch(&self, d: &Digest) -> Result<LayerFetch, LocalError> {
+        Ok(match self {
+            LayoutFiles::Dir(dir) => LayerFetch::File {
+                path: dir.join(blob_name(d)),
+                offset: 0,
+            },
+            LayoutFiles::Archive { file, .. } => LayerFetch::File {
+                path: file.to_path_buf(),
+                offset: self.member(&blob_name(d))?.0,
+            },
+        })
+    }
+}
+
+fn blob_name(d: &Digest) -> String {
+    format!("blobs/sha256/{}", d.hex())
+}
+
+/// The members of a tarball, by name (`./` stripped): where each one's data starts and its size.
+fn archive_members(file: &Path) -> Result<HashMap<String, (u64, u64)>, LocalError> {
+    let rd = |source| LocalError::Read {
+        path: file.to_path_buf(),
+        source,
+    };
+    let f = crate::sys::safe_fs::open_regular(file, true).map_err(rd)?;
+    let mut archive = tar::Archive::new(f);
+    let mut members = HashMap::new();
+    for entry in archive.entries_with_seek().map_err(rd)? {
+        let entry = entry.map_err(rd)?;
+        let path = String::from_utf8_lossy(&entry.path_bytes())
+            .trim_start_matches("./")
+            .to_string();
+        members.insert(path, (entry.raw_file_position(), entry.size()));
+    }
+    Ok(members)
 }
 
 /// Resolves an OCI image layout: the entry of `index.json` tagged `tag` (or its only entry), then the platform.
@@ -111,8 +192,28 @@ pub fn resolve_oci_layout(
     platform: &Platform,
     name: &str,
 ) -> Result<Resolved, LocalError> {
-    let index_path = dir.join("index.json");
-    let data = read(&index_path, MAX_MANIFEST, "the image index")?;
+    resolve_layout(&LayoutFiles::Dir(dir), tag, platform, name)
+}
+
+/// Resolves an OCI image layout in a tarball, as [`resolve_oci_layout`]; layers are read in place.
+pub fn resolve_oci_archive(
+    file: &Path,
+    tag: Option<&str>,
+    platform: &Platform,
+    name: &str,
+) -> Result<Resolved, LocalError> {
+    let members = archive_members(file)?;
+    resolve_layout(&LayoutFiles::Archive { file, members }, tag, platform, name)
+}
+
+fn resolve_layout(
+    files: &LayoutFiles,
+    tag: Option<&str>,
+    platform: &Platform,
+    name: &str,
+) -> Result<Resolved, LocalError> {
+    let index_path = files.path("index.json");
+    let data = files.read("index.json", MAX_MANIFEST, "the image index")?;
     let ParsedManifest::Index(entries) = parse_manifest(&data).map_err(bad_document(&index_path, "image index"))?
     else {
         return Err(LocalError::NotAnIndex { path: index_path });
@@ -144,29 +245,31 @@ pub fn resolve_oci_layout(
     };
     let mut index = None;
     let mut digest = entry.digest.clone();
-    let mut manifest = read_verified(dir, &digest, MAX_MANIFEST, "the manifest")?;
-    let manifest_path = blob_path(dir, &digest);
+    let mut manifest = files.read_verified(&digest, MAX_MANIFEST, "the manifest")?;
+    let manifest_path = files.path(&blob_name(&digest));
     if let ParsedManifest::Index(list) = parse_manifest(&manifest).map_err(bad_document(&manifest_path, "manifest"))? {
         let chosen = select_platform(&list, platform).map_err(|source| LocalError::NoPlatform {
-            path: dir.to_path_buf(),
+            path: files.path(""),
             source,
         })?;
         index = Some((manifest, digest));
         digest = chosen.digest.clone();
-        manifest = read_verified(dir, &digest, MAX_MANIFEST, "the manifest")?;
+        manifest = files.read_verified(&digest, MAX_MANIFEST, "the manifest")?;
     }
-    let mpath = blob_path(dir, &digest);
+    let mpath = files.path(&blob_name(&digest));
     let ParsedManifest::Image { config, layers } =
         parse_manifest(&manifest).map_err(bad_document(&mpath, "manifest"))?
     else {
         return Err(bad_document(&mpath, "manifest")(ManifestError::NestedIndex));
     };
-    let config_bytes = read_verified(dir, &config.digest, MAX_CONFIG, "the image config")?;
-    let (layers, plat) = pending_layers(&config_bytes, &layers, |d| LayerFetch::File {
-        path: blob_path(dir, &d.digest),
-        offset: 0,
-    })
-    .map_err(bad_document(&mpath, "manifest"))?;
+    let config_bytes = files.read_verified(&config.digest, MAX_CONFIG, "the image config")?;
+    // Every layer must be there before anything is unpacked.
+    let fetches = layers
+        .iter()
+        .map(|d| Ok((d.digest.clone(), files.fetch(&d.digest)?)))
+        .collect::<Result<HashMap<_, _>, LocalError>>()?;
+    let (layers, plat) = pending_layers(&config_bytes, &layers, |d| fetches[&d.digest].clone())
+        .map_err(bad_document(&mpath, "manifest"))?;
     Ok(Resolved {
         names: vec![name.to_string()],
         index,
@@ -188,31 +291,11 @@ struct ArchiveEntry {
 
 /// Resolves a `docker save` archive (its first image). Layers are read in place from the tarball.
 pub fn resolve_docker_archive(file: &Path, name: &str) -> Result<Resolved, LocalError> {
-    let rd = |source| LocalError::Read {
-        path: file.to_path_buf(),
-        source,
-    };
-    let f = crate::sys::safe_fs::open_regular(file, true).map_err(rd)?;
-    let mut archive = tar::Archive::new(f);
-    // Member name → (offset of its data, size).
-    let mut members: HashMap<String, (u64, u64)> = HashMap::new();
-    let mut manifest_json = None;
-    for entry in archive.entries_with_seek().map_err(rd)? {
-        let mut entry = entry.map_err(rd)?;
-        let path = String::from_utf8_lossy(&entry.path_bytes())
-            .trim_start_matches("./")
-            .to_string();
-        let size = entry.size();
-        members.insert(path.clone(), (entry.raw_file_position(), size));
-        if path == "manifest.json" {
-            let too_large = |e| LocalError::from_read(file, "its manifest.json", e);
-            limits::check_declared(size, MAX_MANIFEST).map_err(|e| too_large(e.into()))?;
-            manifest_json = Some(limits::read_to_end_capped(&mut entry, MAX_MANIFEST).map_err(too_large)?);
-        }
-    }
-    let manifest_json = manifest_json.ok_or_else(|| LocalError::NotAnArchive {
+    let members = archive_members(file)?;
+    let &(offset, size) = members.get("manifest.json").ok_or_else(|| LocalError::NotAnArchive {
         path: file.to_path_buf(),
     })?;
+    let manifest_json = read_range(file, offset, size, MAX_MANIFEST, "its manifest.json")?;
     let entries: Vec<ArchiveEntry> =
         serde_json::from_slice(&manifest_json).map_err(|source| LocalError::ArchiveManifest {
             path: file.to_path_buf(),

@@ -1,7 +1,9 @@
 //! What the user typed as an image, resolved to where it comes from.
 //!
 //! `busybox` → `docker.io/library/busybox:latest` (Docker's normalisation, done by `oci_client::Reference`);
-//! `oci:DIR[:TAG]` → an OCI image layout on disk; `docker-archive:FILE` → a `docker save` tarball;
+//! `oci:DIR[:TAG]` → an OCI image layout on disk; `oci-archive:FILE[:TAG]` → such a layout in a tarball (what
+//! `podman save --format oci-archive` and `skopeo copy … oci-archive:` write); `docker-archive:FILE` → a
+//! `docker save` tarball;
 //! `docker://REF` → explicitly a registry reference.
 
 use std::path::{Path, PathBuf};
@@ -12,6 +14,7 @@ use oci_client::Reference;
 pub enum ImageSource {
     Registry(Reference),
     OciLayout { dir: PathBuf, tag: Option<String> },
+    OciArchive { file: PathBuf, tag: Option<String> },
     DockerArchive { file: PathBuf },
 }
 
@@ -37,23 +40,34 @@ fn absolute(p: &str) -> PathBuf {
     }
 }
 
+/// `PATH[:TAG]`: the tag is what follows the last ':' when that part has no '/' (a path may contain ':').
+fn path_and_tag(rest: &str) -> (PathBuf, Option<String>) {
+    match rest.rsplit_once(':') {
+        Some((p, t)) if !t.contains('/') && !p.is_empty() => (absolute(p), Some(t.to_string())),
+        _ => (absolute(rest), None),
+    }
+}
+
 impl ImageSource {
     pub fn parse(input: &str) -> Result<ImageSource, SourceError> {
-        if let Some(rest) = input.strip_prefix("oci:") {
+        for (prefix, expected) in [
+            ("oci:", "expected oci:DIR[:TAG]"),
+            ("oci-archive:", "expected oci-archive:FILE[:TAG]"),
+        ] {
+            let Some(rest) = input.strip_prefix(prefix) else {
+                continue;
+            };
             if rest.is_empty() {
                 return Err(SourceError::Local {
                     input: input.into(),
-                    reason: "expected oci:DIR[:TAG]",
+                    reason: expected,
                 });
             }
-            // The tag is what follows the last ':' when that part has no '/' (a directory may contain ':').
-            let (dir, tag) = match rest.rsplit_once(':') {
-                Some((d, t)) if !t.contains('/') && !d.is_empty() => (d, Some(t.to_string())),
-                _ => (rest, None),
-            };
-            return Ok(ImageSource::OciLayout {
-                dir: absolute(dir),
-                tag,
+            let (path, tag) = path_and_tag(rest);
+            return Ok(if prefix == "oci:" {
+                ImageSource::OciLayout { dir: path, tag }
+            } else {
+                ImageSource::OciArchive { file: path, tag }
             });
         }
         if let Some(rest) = input.strip_prefix("docker-archive:") {
@@ -80,6 +94,10 @@ impl ImageSource {
             ImageSource::OciLayout { dir, tag } => match tag {
                 Some(t) => format!("oci:{}:{t}", dir.display()),
                 None => format!("oci:{}", dir.display()),
+            },
+            ImageSource::OciArchive { file, tag } => match tag {
+                Some(t) => format!("oci-archive:{}:{t}", file.display()),
+                None => format!("oci-archive:{}", file.display()),
             },
             ImageSource::DockerArchive { file } => format!("docker-archive:{}", file.display()),
         }
@@ -131,5 +149,17 @@ mod tests {
             ImageSource::DockerArchive { .. }
         ));
         assert!(ImageSource::parse("oci:").is_err());
+        match ImageSource::parse("oci-archive:/x/image.tar:v2").unwrap() {
+            ImageSource::OciArchive { file, tag } => {
+                assert_eq!(file, PathBuf::from("/x/image.tar"));
+                assert_eq!(tag.as_deref(), Some("v2"));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            ImageSource::parse("oci-archive:/x/image.tar").unwrap(),
+            ImageSource::OciArchive { tag: None, .. }
+        ));
+        assert!(ImageSource::parse("oci-archive:").is_err());
     }
 }

@@ -333,6 +333,47 @@ fn oci_layout_and_docker_archive_sources() {
 }
 
 #[test]
+fn oci_archives_as_skopeo_writes_them() {
+    // `oci-archive:FILE[:TAG]` (what `podman save --format oci-archive` and `skopeo copy … oci-archive:` write) is
+    // read in place: the debian image's three gzip layers with whiteouts and an opaque directory, run from it.
+    let sb = Sandbox::new();
+    let archive = sb.path().join("debian.tar");
+    let layout = cache().join("layouts/debian-bookworm");
+    let st = std::process::Command::new("skopeo")
+        .args(["copy", "-q", &format!("oci:{}:bookworm", layout.display())])
+        .arg(format!("oci-archive:{}:bookworm", archive.display()))
+        .status()
+        .unwrap();
+    assert!(st.success(), "skopeo copy to an oci-archive");
+    let src = format!("oci-archive:{}:bookworm", archive.display());
+    sb.drun(&["pull", "-q", &src]).ok();
+    let out = sb
+        .drun(&[
+            "run",
+            "-q",
+            &src,
+            "sh",
+            "-c",
+            "test -e /opt/keep/gone && echo GONE-VISIBLE; test -e /opt/replaced/old && echo OPAQUE-BROKEN; \
+             cat /opt/keep/changed /opt/replaced/new",
+        ])
+        .ok();
+    assert_eq!(out.stdout, "v2\nnew\n");
+    // The same layers as the registry's image: nothing new unpacked.
+    let layers = sb.entries("layers/host").len();
+    sb.drun(&["pull", "-q", &debian()]).ok();
+    assert_eq!(sb.entries("layers/host").len(), layers);
+    // Errors name the archive and what is wrong with it.
+    sb.drun(&["pull", &format!("oci-archive:{}:nope", archive.display())])
+        .fails_with(125, &["no image tagged \"nope\" in", "debian.tar/index.json"]);
+    let docker = cache().join("archives/busybox.tar");
+    sb.drun(&["pull", &format!("oci-archive:{}", docker.display())])
+        .fails_with(125, &["invalid OCI archive", "no member \"index.json\""]);
+    sb.drun(&["pull", "oci-archive:"])
+        .fails_with(125, &["expected oci-archive:FILE[:TAG]"]);
+}
+
+#[test]
 fn tampered_local_blob_is_rejected_and_nothing_is_stored() {
     let sb = Sandbox::new();
     let layout = sb.path().join("layout");

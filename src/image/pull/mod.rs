@@ -149,6 +149,9 @@ pub fn pull(store: &Store, cfg: &Config, source: &ImageSource, opts: &PullOption
             ImageSource::OciLayout { dir, tag } => {
                 local::resolve_oci_layout(dir, tag.as_deref(), &platform, &name).map_err(local_err)?
             }
+            ImageSource::OciArchive { file, tag } => {
+                local::resolve_oci_archive(file, tag.as_deref(), &platform, &name).map_err(local_err)?
+            }
             ImageSource::DockerArchive { file } => local::resolve_docker_archive(file, &name).map_err(local_err)?,
         };
         let Resolved {
