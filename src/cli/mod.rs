@@ -62,6 +62,8 @@ pub enum Command {
     Images(ImagesArgs),
     /// Show an image's manifest and config as JSON
     Inspect(InspectArgs),
+    /// Write an image as one squashfs image file (FILE.sqsh), which `drun run FILE.sqsh` runs without unpacking
+    Export(ExportArgs),
     /// Remove images (and the layers no other image uses)
     Rmi(RmiArgs),
     /// Remove unreferenced layers, blobs and leftovers of interrupted pulls and runs
@@ -159,6 +161,18 @@ pub struct PullArgs {
     /// Print nothing but errors
     #[arg(short, long)]
     pub quiet: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct ExportArgs {
+    /// Image reference (pulled first if the store does not have it)
+    pub image: String,
+    /// The file to write, e.g. app.sqsh (replaced atomically if it exists)
+    #[arg(short, long, value_name = "FILE.sqsh")]
+    pub output: std::path::PathBuf,
+    /// Bound mksquashfs's memory for its caches (its `-mem`, e.g. 256M), for small nodes or Slurm jobs
+    #[arg(long, value_name = "SIZE")]
+    pub mem: Option<String>,
 }
 
 #[derive(Args, Debug)]

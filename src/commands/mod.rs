@@ -8,6 +8,7 @@
 
 pub mod cdi;
 pub mod doctor;
+pub mod export;
 pub mod gpus;
 pub mod images;
 pub mod inspect;
@@ -36,6 +37,7 @@ pub fn dispatch(global: &GlobalArgs, command: Command) -> Result<i32> {
         Command::Pull(a) => pull::execute(global, a),
         Command::Images(a) => images::execute(global, a),
         Command::Inspect(a) => inspect::execute(global, a),
+        Command::Export(a) => export::execute(global, a),
         Command::Rmi(a) => rmi::execute(global, a),
         Command::Prune(a) => prune::execute(global, a),
         Command::Run(a) => run::execute(global, *a),

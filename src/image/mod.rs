@@ -16,6 +16,7 @@ pub mod pull;
 pub mod ready;
 pub mod registry;
 pub mod source;
+pub mod squash;
 pub mod store;
 pub mod unpack;
 pub mod xdg;

@@ -48,6 +48,8 @@ pub enum ReadyError {
     LayerMissing { image: String, path: PathBuf },
     #[error("cannot read the config of image {image:?}: its blob is missing from the store")]
     ConfigMissing { image: String },
+    #[error(transparent)]
+    Squash(#[from] crate::image::squash::SquashError),
     #[error("invalid config in image {image:?}")]
     ConfigInvalid {
         image: String,
@@ -62,6 +64,9 @@ pub struct ReadyImage {
     pub record: ImageRecord,
     /// The image config's `config` (Entrypoint, Cmd, Env, User, WorkingDir); empty when the image has none.
     pub config: oci_spec::image::Config,
+    /// A squashfs image file (`drun run FILE.sqsh`): mounted for the run instead of the store's layers (the
+    /// record then has none).
+    pub squash: Option<crate::image::squash::SquashImage>,
 }
 
 impl ReadyImage {
@@ -86,6 +91,9 @@ impl ReadyImage {
 
 /// [`ensure_image`], then the image's config read from the store.
 pub fn ready_image(store: &Store, cfg: &Config, req: &ImageRequest) -> Result<ReadyImage, ReadyError> {
+    if let Some(file) = crate::image::squash::is_squash_path(req.reference) {
+        return squash_image(&file);
+    }
     let record = ensure_image(store, cfg, req)?;
     let bytes = store
         .read_blob(&record.config_digest)?
@@ -98,7 +106,33 @@ pub fn ready_image(store: &Store, cfg: &Config, req: &ImageRequest) -> Result<Re
             source,
         })?;
     let config = image_config.config().clone().unwrap_or_default();
-    Ok(ReadyImage { record, config })
+    Ok(ReadyImage {
+        record,
+        config,
+        squash: None,
+    })
+}
+
+/// A squashfs image file: its trailer read (the data is checked when it is mounted), a record made up for it.
+fn squash_image(file: &std::path::Path) -> Result<ReadyImage, ReadyError> {
+    let file = std::path::absolute(file).unwrap_or_else(|_| file.to_path_buf());
+    let image = crate::image::squash::SquashImage::open(&file)?;
+    let config = image.config()?;
+    let record = ImageRecord {
+        name: format!("sqsh:{}", file.display()),
+        manifest_digest: image.meta.manifest_digest.clone(),
+        index_digest: None,
+        config_digest: image.meta.config_digest.clone(),
+        platform: String::new(),
+        layers: vec![],
+        size: image.meta.squashfs_size,
+        pulled_at: time::OffsetDateTime::now_utc(),
+    };
+    Ok(ReadyImage {
+        record,
+        config,
+        squash: Some(image),
+    })
 }
 
 /// Makes sure the image is in the store per the pull policy and returns its record, with its layers unpacked

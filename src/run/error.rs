@@ -17,6 +17,8 @@ pub enum RunError {
     #[error(transparent)]
     Rootfs(#[from] rootfs::RootfsError),
     #[error(transparent)]
+    Squash(#[from] crate::run::squash_mount::SquashMountError),
+    #[error(transparent)]
     User(#[from] user::UserError),
     #[error(transparent)]
     Spec(#[from] spec::SpecError),

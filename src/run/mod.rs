@@ -44,6 +44,7 @@ pub mod seccomp;
 mod shm;
 mod signals;
 pub mod spec;
+pub mod squash_mount;
 mod start;
 pub mod state;
 mod supervise;
@@ -99,12 +100,26 @@ pub fn run(
     let mut info = ctx.run_info(&image, &cgroup);
 
     // Registered under the store's shared lock: garbage collection either ran before or sees this run's layers.
-    let root = {
+    // A squashfs image file is mounted (after the record: a crash leaves the mount to the next `reap_stale`) and
+    // is the overlay's only lower layer; `_squash` ends its squashfuse, if any, once the run is cleaned up.
+    let (root, _squash) = {
         let _shared = store.lock_shared()?;
-        let layers = image.layer_dirs(store)?;
+        let layers = match image.squash {
+            Some(_) => vec![],
+            None => image.layer_dirs(store)?,
+        };
         cleanup.record(info.clone())?;
         cleanup.start_warmup(&cgroup, limits);
-        rootfs::prepare(&ctx.dir, &layers)?.0
+        match &image.squash {
+            Some(sq) => {
+                let mounted = squash_mount::mount_image(sq, store, &ctx.dir)?;
+                (
+                    rootfs::prepare(&ctx.dir, std::slice::from_ref(&mounted.dir))?.0,
+                    Some(mounted),
+                )
+            }
+            None => (rootfs::prepare(&ctx.dir, &layers)?.0, None),
+        }
     };
     let mut mounts = mounts::effective(&plan.mounts, &ctx.dir)?;
 

@@ -292,7 +292,7 @@ fn remove_processes_and_cgroup(state: &Path, info: &RunInfo) {
 }
 
 fn remove_mounts_and_dir(dir: &Path) {
-    for m in ["rootfs", "netns", "project/merged"] {
+    for m in ["rootfs", "squash", "netns", "project/merged"] {
         let _ = nix::mount::umount2(
             &dir.join(m),
             nix::mount::MntFlags::MNT_DETACH | nix::mount::MntFlags::UMOUNT_NOFOLLOW,

@@ -16,6 +16,7 @@ mod rootless;
 mod run;
 mod security;
 mod slurm;
+mod squash;
 mod store;
 mod unpack;
 mod vm;

@@ -773,3 +773,23 @@ fn rootless_images_of_128_layers_run_through_overlay_without_a_copy() {
     }
     assert!(ub.leftovers().is_empty(), "{:?}", ub.leftovers());
 }
+
+#[test]
+fn rootless_export_and_run_of_a_squashfs_image_file() {
+    // An ordinary user cannot mount squashfs in a user namespace: drun mounts the file with squashfuse inside its
+    // own, `allow_other` so that the container's other users (subordinate ids) read it too.
+    let ub = UserBox::new(SUB);
+    let file = ub.work().join("debian.sqsh");
+    ub.drun(&["export", &common::debian(), "-o", &file.display().to_string()])
+        .ok();
+    let mut c = ub.cmd(&["--log-level", "drun=debug", "run", "-q", "-u", "1234"]);
+    c.arg(&file).args([
+        "sh",
+        "-c",
+        "id -u; cat /opt/perm/owned /opt/keep/changed; test -e /opt/keep/gone || echo gone",
+    ]);
+    let out = common::run(c, Duration::from_secs(120)).ok();
+    assert!(out.stderr.contains("mounted with squashfuse"), "{}", out.stderr);
+    assert_eq!(out.stdout, "1234\nowned\nv2\ngone\n");
+    assert!(ub.leftovers().is_empty(), "{:?}", ub.leftovers());
+}

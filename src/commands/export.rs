@@ -1,0 +1,64 @@
+//! `drun export IMAGE -o FILE.sqsh`: the image's merged root file system as a squashfs image file
+//! (`image/squash/`), made from the run path's own overlay of its layers.
+
+use anyhow::{bail, Context, Result};
+
+use crate::cli::{ExportArgs, GlobalArgs};
+use crate::image::ready::{ready_image, ImageRequest, PullPolicy};
+use crate::image::registry::config::Config;
+use crate::image::squash::export::{write_image_file, ImageIds};
+
+pub fn execute(global: &GlobalArgs, args: ExportArgs) -> Result<i32> {
+    let out = args.output.to_string_lossy();
+    if !(out.ends_with(".sqsh") || out.ends_with(".squashfs")) {
+        bail!(
+            "invalid output file {out:?}: expected FILE.sqsh or FILE.squashfs (drun export writes squashfs image files)"
+        );
+    }
+    let store = super::open_store(global)?;
+    let cfg = Config::load()?;
+    let image = ready_image(
+        &store,
+        &cfg,
+        &ImageRequest {
+            reference: &args.image,
+            pull: PullPolicy::Missing,
+            platform: None,
+            quiet: true,
+        },
+    )?;
+    if image.squash.is_some() {
+        bail!("{:?} is already a squashfs image file", args.image);
+    }
+    let record = &image.record;
+    let config_bytes = store
+        .read_blob(&record.config_digest)?
+        .with_context(|| format!("the config of image {:?} is missing from the store", record.name))?;
+    let config: serde_json::Value = serde_json::from_slice(&config_bytes)?;
+    let work = crate::image::squash::export::work_dir(&store)?;
+    let _shared = store.lock_shared()?;
+    let layers = image.layer_dirs(&store)?;
+    let ids = ImageIds {
+        name: &record.name,
+        manifest_digest: &record.manifest_digest,
+        config_digest: &record.config_digest,
+        config,
+    };
+    let started = std::time::Instant::now();
+    let made = crate::image::squash::export::in_private_mounts(|| {
+        let (merged, _) = crate::run::rootfs::prepare(&work.0, &layers)?;
+        Ok(write_image_file(&merged, ids, &args.output, args.mem.as_deref())?)
+    });
+    drop(work);
+    let meta = made.with_context(|| format!("cannot export {:?} to {:?}", record.name, args.output))?;
+    crate::image::squash::export::record_published(&store, &meta);
+    eprintln!(
+        "{}: exported to {} ({} in {:.1}s)",
+        record.name,
+        args.output.display(),
+        crate::units::ByteSize(meta.squashfs_size),
+        started.elapsed().as_secs_f64()
+    );
+    println!("{}", meta.squashfs_digest);
+    Ok(0)
+}

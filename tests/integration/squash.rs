@@ -1,0 +1,152 @@
+//! Single-file images: `drun export IMAGE -o FILE.sqsh` and `drun run FILE.sqsh`, kernel-mounted for files drun
+//! published itself and through squashfuse otherwise (rootless: tests/integration/rootless.rs).
+
+use std::path::Path;
+
+use crate::common::*;
+
+/// Every path of the root (but the run's own /etc files and the kernel's file systems) with owner, group, mode,
+/// and for all but directories link count, type, size and symlink target (overlayfs counts a merged directory's
+/// links as 1, and sizes directories as its upper file system does).
+const TREE: &str = "find / -xdev \\( -path /proc -o -path /sys -o -path /dev \\) -prune -o \
+    -type d -printf '%p %U %G %m d\\n' -o -printf '%p %U %G %m %n %y %s %l\\n' | grep -v -e '^/etc/hosts ' -e '^/etc/hostname ' -e '^/etc/resolv.conf ' \
+    | sort";
+
+fn export(sb: &Sandbox, image: &str, out: &Path) -> Output {
+    sb.drun(&["export", image, "-o", &out.display().to_string()]).ok()
+}
+
+/// Mounts of this sandbox left in the host's mount table, and loop devices backed by its files.
+fn leftovers(sb: &Sandbox) -> Vec<String> {
+    let dir = sb.path().display().to_string();
+    let mut left: Vec<String> = std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .filter(|l| l.contains(&dir))
+        .map(str::to_string)
+        .collect();
+    for e in std::fs::read_dir("/sys/block").unwrap().flatten() {
+        if let Ok(b) = std::fs::read_to_string(e.path().join("loop/backing_file")) {
+            if b.contains(&dir) {
+                left.push(format!("{}: {b}", e.path().display()));
+            }
+        }
+    }
+    left
+}
+
+#[test]
+fn an_exported_image_file_is_the_overlay_view_and_runs_without_unpacking() {
+    let sb = Sandbox::new();
+    let image = debian();
+    let file = sb.path().join("debian.sqsh");
+    // Not pulled yet: export pulls it.
+    let out = export(&sb, &image, &file);
+    assert!(out.stdout.trim().starts_with("sha256:"), "{}", out.stdout);
+    assert!(out.stderr.contains("exported to"), "{}", out.stderr);
+    let view = sb.drun(&["run", "-q", &image, "sh", "-c", TREE]).ok().stdout;
+    let run_file = |extra: &[(&str, &str)], file: &Path| {
+        let mut c = sb.cmd(&["--log-level", "drun=debug", "run", "-q"]);
+        c.arg(file).args(["sh", "-c", TREE]);
+        for (k, v) in extra {
+            c.env(k, v);
+        }
+        run(c, std::time::Duration::from_secs(120)).ok()
+    };
+    // As root, a file drun published: the kernel mounts it.
+    let kernel = run_file(&[], &file);
+    assert!(
+        kernel.stderr.contains("squashfs image mounted by the kernel"),
+        "{}",
+        kernel.stderr
+    );
+    assert_eq!(
+        kernel.stdout, view,
+        "the file's tree differs from the image's overlay view"
+    );
+    assert!(view.contains("/opt/perm/owned 1234 5678 640 1 f 6"), "{view}");
+    assert!(
+        view.contains("/opt/links/hard-a 0 0 644 2 f 17"),
+        "hardlinks kept: {view}"
+    );
+    assert!(
+        !view.contains("/opt/keep/gone") && !view.contains("/opt/replaced/old"),
+        "deleted paths absent"
+    );
+    // squashfuse reads it the same way.
+    let fuse = run_file(&[("DRUN_SQUASH", "fuse")], &file);
+    assert!(
+        fuse.stderr.contains("squashfs image mounted with squashfuse"),
+        "{}",
+        fuse.stderr
+    );
+    assert_eq!(fuse.stdout, view);
+    // Extended attributes are in the file (read back with unsquashfs, outside drun).
+    let x = sb.path().join("x");
+    let st = std::process::Command::new("unsquashfs")
+        .args(["-q", "-n", "-d"])
+        .arg(&x)
+        .arg(&file)
+        .arg("opt/xattr/file")
+        .status()
+        .unwrap();
+    assert!(st.success());
+    assert_eq!(
+        xattr(&x.join("opt/xattr/file"), "user.drun").as_deref(),
+        Some(&b"drun-xattr-value"[..])
+    );
+    assert!(leftovers(&sb).is_empty(), "{:?}", leftovers(&sb));
+}
+
+fn xattr(p: &Path, name: &str) -> Option<Vec<u8>> {
+    let out = std::process::Command::new("python3")
+        .args([
+            "-c",
+            "import os,sys; sys.stdout.buffer.write(os.getxattr(sys.argv[1], sys.argv[2]))",
+        ])
+        .arg(p)
+        .arg(name)
+        .output()
+        .ok()?;
+    out.status.success().then_some(out.stdout)
+}
+
+#[test]
+fn the_kernel_mounts_only_files_drun_published_and_checks_them() {
+    let sb = Sandbox::new();
+    let file = sb.path().join("busybox.sqsh");
+    export(&sb, &busybox(), &file);
+    let mounted_by = |f: &Path| {
+        let mut c = sb.cmd(&["--log-level", "drun=debug", "run", "-q"]);
+        c.arg(f).args(["cat", "/etc/drun-arch"]);
+        run(c, std::time::Duration::from_secs(120))
+    };
+    // A file another user owns (they could change it under the kernel): squashfuse, even for root.
+    let theirs = sb.path().join("theirs.sqsh");
+    std::fs::copy(&file, &theirs).unwrap();
+    std::os::unix::fs::chown(&theirs, Some(65534), None).unwrap();
+    let out = mounted_by(&theirs).ok();
+    assert!(out.stderr.contains("mounted with squashfuse"), "{}", out.stderr);
+    assert_eq!(out.stdout, "amd64");
+    // A file drun never published (another store's): squashfuse too.
+    let other = Sandbox::new();
+    let out = {
+        let mut c = other.cmd(&["--log-level", "drun=debug", "run", "-q"]);
+        c.arg(&file).args(["cat", "/etc/drun-arch"]);
+        run(c, std::time::Duration::from_secs(120)).ok()
+    };
+    assert!(out.stderr.contains("mounted with squashfuse"), "{}", out.stderr);
+    // Published, but damaged after the fact: the digest check refuses it before the kernel sees it.
+    let damaged = sb.path().join("damaged.sqsh");
+    let mut bytes = std::fs::read(&file).unwrap();
+    bytes[200] ^= 0xff;
+    std::fs::write(&damaged, &bytes).unwrap();
+    mounted_by(&damaged).fails_with(125, &["is damaged", "damaged.sqsh"]);
+    // Not an image file at all.
+    let plain = sb.path().join("plain.sqsh");
+    std::fs::write(&plain, b"not squashfs").unwrap();
+    mounted_by(&plain).fails_with(125, &["is not a drun squashfs image"]);
+    sb.drun(&["export", &busybox(), "-o", "/tmp/x.tar"])
+        .fails_with(125, &["expected FILE.sqsh"]);
+    assert!(leftovers(&sb).is_empty(), "{:?}", leftovers(&sb));
+}
