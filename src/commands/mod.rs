@@ -8,6 +8,7 @@
 
 pub mod cdi;
 pub mod doctor;
+pub mod exec;
 pub mod gpus;
 pub mod images;
 pub mod inspect;
@@ -41,6 +42,7 @@ pub fn dispatch(global: &GlobalArgs, command: Command) -> Result<i32> {
         Command::Run(a) => run::execute(global, *a),
         Command::Ps(a) => ps::execute(global, a),
         Command::Kill(a) => kill::execute(global, a),
+        Command::Exec(a) => exec::execute(global, a),
         Command::Gpus(a) => gpus::execute(a),
         Command::Cdi(a) => cdi::execute(a),
         Command::Doctor(a) => doctor::execute(global, a),

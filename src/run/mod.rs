@@ -30,6 +30,7 @@ mod context;
 mod devices;
 mod error;
 mod etc_files;
+pub mod exec;
 mod executable;
 mod hooks;
 mod init;
@@ -171,6 +172,7 @@ pub fn run(
     }
     let poststop_hooks = spec::has_poststop_hooks(&spec);
     let filter = seccomp::take_precompiled(&mut spec, &seccomp::BpfCache::new(store.cache_dir(seccomp::CACHE_KIND)))?;
+    seccomp::save_for_exec(&ctx.dir, filter.as_ref())?;
     let bundle = spec::write_bundle(&ctx.dir, &spec)?;
 
     // Start, supervise until the init exits, end what is left, clean up.

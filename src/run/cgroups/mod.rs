@@ -122,6 +122,28 @@ fn own_cgroup(version: &Version) -> Result<String, CgroupError> {
     Ok("/".to_string())
 }
 
+/// [`CgroupPlan::hide_host_hierarchy`] for a process with no cgroup of its own to go to (a rootless run, or
+/// `drun exec` into one) on a `version` hierarchy: done once, in drun's own user and mount namespace only.
+pub fn hide_host_hierarchy_rootless(version: &Version) -> Result<(), CgroupError> {
+    // On pure v2 libcgroups takes its rootless path by itself: the cgroup it cannot create is skipped.
+    if crate::sys::userns::current().is_none() || *version == Version::V2 {
+        return Ok(());
+    }
+    static DONE: std::sync::OnceLock<Result<(), nix::errno::Errno>> = std::sync::OnceLock::new();
+    let res = DONE.get_or_init(|| {
+        use nix::mount::{mount, MsFlags};
+        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWCGROUP)?;
+        mount(
+            Some("cgroup2"),
+            CGROUP_ROOT,
+            Some("cgroup2"),
+            MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+            None::<&str>,
+        )
+    });
+    (*res).map_err(CgroupError::PrivateView)
+}
+
 /// drun's own cgroup's `cgroup.procs` (the v2 hierarchy's, or on v1 the memory hierarchy's, as `own_cgroup`
 /// reads it), if it is there.
 pub fn own_procs_file() -> Option<PathBuf> {
@@ -233,26 +255,10 @@ impl CgroupPlan {
     /// into a cgroup it cannot write. In drun's own mount namespace, a cgroup namespace and a fresh cgroup2 mount
     /// at /sys/fs/cgroup make it take its rootless v2 path, which leaves the container in drun's cgroup.
     pub fn hide_host_hierarchy(&self) -> Result<(), CgroupError> {
-        // On pure v2 libcgroups takes its rootless path by itself: the cgroup it cannot create is skipped.
-        if !matches!(self.control, Control::None { .. })
-            || crate::sys::userns::current().is_none()
-            || self.version == Version::V2
-        {
+        if !matches!(self.control, Control::None { .. }) {
             return Ok(());
         }
-        static DONE: std::sync::OnceLock<Result<(), nix::errno::Errno>> = std::sync::OnceLock::new();
-        let res = DONE.get_or_init(|| {
-            use nix::mount::{mount, MsFlags};
-            nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWCGROUP)?;
-            mount(
-                Some("cgroup2"),
-                CGROUP_ROOT,
-                Some("cgroup2"),
-                MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
-                None::<&str>,
-            )
-        });
-        (*res).map_err(CgroupError::PrivateView)
+        hide_host_hierarchy_rootless(&self.version)
     }
 
     /// `cgroupsPath` for the spec.
