@@ -56,6 +56,6 @@ pub fn state_dir(global: &GlobalArgs) -> Result<std::path::PathBuf> {
         .state
         .clone()
         .unwrap_or_else(crate::run::state::default_state_dir);
-    crate::run::state::ensure_private(&dir)?;
+    crate::run::state::ensure_private(&dir).with_context(|| format!("cannot use the state directory {dir:?}"))?;
     Ok(dir)
 }

@@ -152,8 +152,10 @@ pub fn run_in(state_dir: &Path, info: &RunInfo, spec: &ExecSpec) -> Result<ExecO
     }
     let filter = seccomp::saved_for_exec(&run_dir)?;
     if info.cgroup_path.is_empty() {
-        // As for the container itself (rootless, no cgroup of its own), so that libcgroups leaves it be.
-        crate::run::cgroups::hide_host_hierarchy_rootless(&crate::run::cgroups::detect()).map_err(RunError::from)?;
+        // As for the container itself (rootless, no cgroup of its own), so that libcgroups leaves it be, in the
+        // container's cgroup namespace (which its spec does not list: the tenant would not join it).
+        crate::run::cgroups::hide_host_hierarchy_rootless(&crate::run::cgroups::detect(), Some(pid))
+            .map_err(RunError::from)?;
     }
     let template = config
         .process()

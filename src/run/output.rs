@@ -84,3 +84,23 @@ fn copy_available(src: &mut File, mut log: Option<&mut File>, mut capture: Optio
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn captured_output_keeps_the_first_bytes_up_to_its_cap() {
+        let (r, w) = nix::unistd::pipe().unwrap();
+        let mut out = Output::captured(r, 10);
+        let mut w = File::from(w);
+        w.write_all(b"hello ").unwrap();
+        out.pump();
+        w.write_all(b"world, and more").unwrap();
+        drop(w);
+        out.pump();
+        assert_eq!(out.capture.as_deref(), Some(&b"hello worl"[..]));
+        // Everything was read (the writer never blocks on a full pipe), and the closed pipe dropped.
+        assert!(out.pipe.is_none());
+    }
+}

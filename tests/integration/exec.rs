@@ -299,6 +299,15 @@ fn exec_processes_end_with_the_container_and_nothing_is_left() {
     assert_eq!(wait(exec_child, Duration::from_secs(60)).code(), Some(137));
     assert!(processes_running("sleep 6131").is_empty());
     assert!(leftovers(&sb).is_empty(), "{:?}", leftovers(&sb));
+    // With the host's pid namespace the container's cgroup is what ends it.
+    let (run, _) = start(&sb, "hostpids", &["--pid", "host"]);
+    let mut c = sb.cmd(&["exec", "hostpids", "sleep", "6133"]);
+    c.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let exec_child = c.spawn().unwrap();
+    crate::common::wait_until("the exec'd sleep", || processes_running("sleep 6133").len() == 1);
+    stop(&sb, "hostpids", run);
+    assert_eq!(wait(exec_child, Duration::from_secs(60)).code(), Some(137));
+    assert!(processes_running("sleep 6133").is_empty());
     // Many execs leave nothing in the container's state while it runs either.
     let (run, _) = start(&sb, "many", &[]);
     for i in 0..5 {

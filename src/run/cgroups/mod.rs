@@ -122,9 +122,10 @@ fn own_cgroup(version: &Version) -> Result<String, CgroupError> {
     Ok("/".to_string())
 }
 
-/// [`CgroupPlan::hide_host_hierarchy`] for a process with no cgroup of its own to go to (a rootless run, or
-/// `drun exec` into one) on a `version` hierarchy: done once, in drun's own user and mount namespace only.
-pub fn hide_host_hierarchy_rootless(version: &Version) -> Result<(), CgroupError> {
+/// [`CgroupPlan::hide_host_hierarchy`] for a rootless run with no cgroup of its own on a `version` hierarchy, done
+/// once, in drun's own user and mount namespace; `drun exec` into such a run passes the container's process as
+/// `join`, to see the hierarchy through the cgroup namespace the run made rather than one of its own.
+pub fn hide_host_hierarchy_rootless(version: &Version, join: Option<i32>) -> Result<(), CgroupError> {
     // On pure v2 libcgroups takes its rootless path by itself: the cgroup it cannot create is skipped.
     if crate::sys::userns::current().is_none() || *version == Version::V2 {
         return Ok(());
@@ -132,7 +133,16 @@ pub fn hide_host_hierarchy_rootless(version: &Version) -> Result<(), CgroupError
     static DONE: std::sync::OnceLock<Result<(), nix::errno::Errno>> = std::sync::OnceLock::new();
     let res = DONE.get_or_init(|| {
         use nix::mount::{mount, MsFlags};
-        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWCGROUP)?;
+        use nix::sched::CloneFlags;
+        match join {
+            Some(pid) => {
+                #[allow(clippy::disallowed_methods)] // the kernel's namespace file
+                let ns = std::fs::File::open(format!("/proc/{pid}/ns/cgroup"))
+                    .map_err(|e| nix::errno::Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)))?;
+                nix::sched::setns(ns, CloneFlags::CLONE_NEWCGROUP)?;
+            }
+            None => nix::sched::unshare(CloneFlags::CLONE_NEWCGROUP)?,
+        }
         mount(
             Some("cgroup2"),
             CGROUP_ROOT,
@@ -258,7 +268,7 @@ impl CgroupPlan {
         if !matches!(self.control, Control::None { .. }) {
             return Ok(());
         }
-        hide_host_hierarchy_rootless(&self.version)
+        hide_host_hierarchy_rootless(&self.version, None)
     }
 
     /// `cgroupsPath` for the spec.
