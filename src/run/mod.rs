@@ -18,6 +18,8 @@
 //! | supervise: signals, output, terminal | `supervise.rs`, `signals.rs`, `output.rs`, `tty.rs` |
 //! | end what is left, clean up | `cleanup.rs`, `reap.rs`, `state.rs` |
 //!
+//! `exec.rs` runs another process in a running container (`drun exec`), through the same executor.
+//!
 //! libcontainer creates the container with raw clone3 and runs Rust code in the child, so nothing may be inside
 //! the allocator on another thread then: the pull (tokio, writer threads) finishes and drops its threads before
 //! anything here starts, and the cgroup warm-up thread allocates nothing once its cgroup is created (waited for

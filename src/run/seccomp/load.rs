@@ -49,6 +49,7 @@ impl Precompiled {
     /// little-endian), then the instructions.
     pub fn to_saved(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(8 + self.program.len() * 8);
+        #[allow(clippy::useless_conversion)] // c_ulong is u32 on 32-bit targets
         out.extend_from_slice(&u64::from(self.flags).to_le_bytes());
         for i in &self.program {
             out.extend_from_slice(&i.code.to_ne_bytes());
