@@ -152,6 +152,24 @@ fn exec_shares_the_containers_namespaces_cgroup_capabilities_and_seccomp_filter(
         .stdout;
     assert!(out.contains("rc=1") && out.contains("Operation not permitted"), "{out}");
     stop(&sb, "conf", run);
+    // A profile libcontainer loads itself (here: no-new-privileges off) would not reach an exec'd process: refused.
+    let (run, _) = start(&sb, "nnp", &["--security-opt", "no-new-privileges=false"]);
+    exec(&sb, &["nnp", "true"]).fails_with(125, &["seccomp profile", "would not apply to the new process"]);
+    // Without a filter at all, exec works, unconfined as the container.
+    stop(&sb, "nnp", run);
+    let (run, pid) = start(&sb, "unconfined", &["--security-opt", "seccomp=unconfined"]);
+    let out = exec(&sb, &["unconfined", "grep", "^Seccomp:", "/proc/self/status"])
+        .ok()
+        .stdout;
+    assert_eq!(out, "Seccomp:\t0\n");
+    let report = exec(&sb, &["unconfined", "sh", "-c", SELF_REPORT]).ok().stdout;
+    let parts: Vec<&str> = report.split("==\n").collect();
+    let init = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    assert_eq!(
+        status_lines(parts[0], SECURITY_KEYS),
+        status_lines(&init, SECURITY_KEYS)
+    );
+    stop(&sb, "unconfined", run);
 }
 
 #[test]
