@@ -155,7 +155,7 @@ pub struct KillArgs {
 
 #[derive(Args, Debug)]
 pub struct ExecArgs {
-    /// Keep stdin open: the process reads drun's
+    /// Pass drun's stdin to the command (else it reads /dev/null)
     #[arg(short, long)]
     pub interactive: bool,
     /// Allocate a terminal
