@@ -20,7 +20,7 @@ NEW ?= $(DRUN)
 OLD ?=
 BENCH_BINARIES = --new "$(NEW)" $(if $(OLD),--old "$(OLD)")
 
-.PHONY: all deps fixture-deps test-deps build registry images users demo test test-gpu lint unit integration bench-pull bench-run registry-down clean
+.PHONY: all deps fixture-deps test-deps build registry images users demo test test-gpu lint unit integration bench-pull bench-run bench-exec registry-down clean
 
 all: build
 
@@ -82,6 +82,9 @@ bench-pull: build images
 
 bench-run: build images
 	bash hack/bench-run $(BENCH_BINARIES)
+
+bench-exec: build images
+	bash hack/bench-exec $(BENCH_BINARIES)
 
 clean:
 	$(CARGO) clean

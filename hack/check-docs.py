@@ -33,7 +33,7 @@ REPO = Path(__file__).resolve().parent.parent
 EMPTY_CONFIG = None  # set in main(): a temporary, empty drun configuration file for the dry runs
 # Subcommands whose first positional argument ends drun's own options: the rest of the line is the container's
 # command (clap's `trailing_var_arg`). `--help` goes before that argument, or it would be the container's.
-TRAILING = {("run",)}
+TRAILING = {("run",), ("exec",)}
 SHELL_LANGS = {"", "sh", "bash", "shell", "console"}
 # Words that may stand before `drun` on a command line (`sudo drun …`, `srun -N2 drun …`).
 WRAPPERS = {"sudo", "srun", "env", "exec", "time", "nohup", "timeout"}

@@ -74,6 +74,8 @@ pub enum Command {
     Ps(PsArgs),
     /// Send a signal to a running container
     Kill(KillArgs),
+    /// Run a command in a running container
+    Exec(ExecArgs),
     /// List the NVIDIA GPUs drun finds (CDI specs and driver discovery)
     Gpus(GpusArgs),
     /// CDI specs: `drun cdi generate [-o FILE]` writes one for this host's NVIDIA GPUs
@@ -89,6 +91,8 @@ impl Command {
         match self {
             // doctor looks at the caller as the host sees them.
             Command::Gpus(_) | Command::Cdi(_) | Command::Doctor(_) => None,
+            // exec joins the container's own namespace instead (`commands::exec`).
+            Command::Exec(_) => None,
             Command::Run(a) => Some(a.common.userns.unwrap_or_else(crate::run::pmi::default_userns)),
             _ => Some(crate::sys::userns::UsernsMode::Auto),
         }
@@ -149,6 +153,30 @@ pub struct KillArgs {
     /// Container ids (or unique prefixes) or names
     #[arg(required = true)]
     pub containers: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct ExecArgs {
+    /// Pass drun's stdin to the command (else it reads /dev/null)
+    #[arg(short, long)]
+    pub interactive: bool,
+    /// Allocate a terminal
+    #[arg(short, long)]
+    pub tty: bool,
+    /// Set a variable (repeatable), over the container's environment
+    #[arg(short, long = "env", value_name = "KEY=VALUE")]
+    pub env: Vec<String>,
+    /// User (name or uid, from the container's /etc/passwd) and optional group
+    #[arg(short, long, value_name = "USER[:GROUP]")]
+    pub user: Option<String>,
+    /// Working directory in the container (absolute)
+    #[arg(short, long, value_name = "DIR")]
+    pub workdir: Option<String>,
+    /// Container id (or a unique prefix) or name
+    pub container: String,
+    /// The command and its arguments
+    #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
+    pub command: Vec<String>,
 }
 
 #[derive(Args, Debug)]

@@ -8,6 +8,7 @@
 
 pub mod cdi;
 pub mod doctor;
+pub mod exec;
 pub mod export;
 pub mod gpus;
 pub mod images;
@@ -43,6 +44,7 @@ pub fn dispatch(global: &GlobalArgs, command: Command) -> Result<i32> {
         Command::Run(a) => run::execute(global, *a),
         Command::Ps(a) => ps::execute(global, a),
         Command::Kill(a) => kill::execute(global, a),
+        Command::Exec(a) => exec::execute(global, a),
         Command::Gpus(a) => gpus::execute(a),
         Command::Cdi(a) => cdi::execute(a),
         Command::Doctor(a) => doctor::execute(global, a),
@@ -56,6 +58,6 @@ pub fn state_dir(global: &GlobalArgs) -> Result<std::path::PathBuf> {
         .state
         .clone()
         .unwrap_or_else(crate::run::state::default_state_dir);
-    crate::run::state::ensure_private(&dir)?;
+    crate::run::state::ensure_private(&dir).with_context(|| format!("cannot use the state directory {dir:?}"))?;
     Ok(dir)
 }

@@ -18,6 +18,8 @@
 //! | supervise: signals, output, terminal | `supervise.rs`, `signals.rs`, `output.rs`, `tty.rs` |
 //! | end what is left, clean up | `cleanup.rs`, `reap.rs`, `state.rs` |
 //!
+//! `exec.rs` runs another process in a running container (`drun exec`), through the same executor.
+//!
 //! libcontainer creates the container with raw clone3 and runs Rust code in the child, so nothing may be inside
 //! the allocator on another thread then: the pull (tokio, writer threads) finishes and drops its threads before
 //! anything here starts, and the cgroup warm-up thread allocates nothing once its cgroup is created (waited for
@@ -30,6 +32,7 @@ mod context;
 mod devices;
 mod error;
 mod etc_files;
+pub mod exec;
 mod executable;
 mod hooks;
 mod init;
@@ -186,6 +189,7 @@ pub fn run(
     }
     let poststop_hooks = spec::has_poststop_hooks(&spec);
     let filter = seccomp::take_precompiled(&mut spec, &seccomp::BpfCache::new(store.cache_dir(seccomp::CACHE_KIND)))?;
+    seccomp::save_for_exec(&ctx.dir, filter.as_ref())?;
     let bundle = spec::write_bundle(&ctx.dir, &spec)?;
 
     // Start, supervise until the init exits, end what is left, clean up.

@@ -9,6 +9,10 @@ use std::os::fd::{AsFd, OwnedFd};
 pub struct Output<'a> {
     pub pipe: Option<File>,
     pub log: Option<&'a mut File>,
+    /// Kept here instead of going to drun's stdout (`drun exec`'s library callers): at most `capture_cap` bytes,
+    /// the first ones; the rest is read and dropped.
+    pub capture: Option<Vec<u8>>,
+    pub capture_cap: usize,
 }
 
 impl<'a> Output<'a> {
@@ -17,13 +21,26 @@ impl<'a> Output<'a> {
         Output {
             pipe: pipe.map(File::from),
             log,
+            capture: None,
+            capture_cap: 0,
+        }
+    }
+
+    /// Keeps what the pipe carries (at most `cap` bytes) instead of passing it to drun's stdout.
+    pub fn captured(pipe: OwnedFd, cap: usize) -> Output<'a> {
+        Output {
+            pipe: Some(File::from(pipe)),
+            log: None,
+            capture: Some(Vec::new()),
+            capture_cap: cap,
         }
     }
 
     /// Copies what is available now; the pipe is dropped once it is closed.
     pub fn pump(&mut self) {
         let Some(p) = self.pipe.as_mut() else { return };
-        if !copy_available(p, self.log.as_deref_mut()) {
+        let sink = self.capture.as_mut().map(|c| (c, self.capture_cap));
+        if !copy_available(p, self.log.as_deref_mut(), sink) {
             self.pipe = None;
         }
     }
@@ -33,13 +50,13 @@ impl<'a> Output<'a> {
 pub fn drain(master: Option<&OwnedFd>, open: bool) {
     let Some(m) = master.filter(|_| open) else { return };
     if let Ok(dup) = m.try_clone() {
-        copy_available(&mut File::from(dup), None);
+        copy_available(&mut File::from(dup), None, None);
     }
 }
 
-/// Copies what `src` holds now to drun's stdout (and `log`), without waiting. Returns false once `src` is closed
-/// (EOF, or EIO from a terminal whose other side closed).
-fn copy_available(src: &mut File, mut log: Option<&mut File>) -> bool {
+/// Copies what `src` holds now to drun's stdout (and `log`), or to `capture` (up to its cap), without waiting.
+/// Returns false once `src` is closed (EOF, or EIO from a terminal whose other side closed).
+fn copy_available(src: &mut File, mut log: Option<&mut File>, mut capture: Option<(&mut Vec<u8>, usize)>) -> bool {
     let _ = nix::fcntl::fcntl(
         src.as_fd(),
         nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
@@ -49,6 +66,11 @@ fn copy_available(src: &mut File, mut log: Option<&mut File>) -> bool {
         match src.read(&mut buf) {
             Ok(0) => return false,
             Ok(n) => {
+                if let Some((c, cap)) = capture.as_mut() {
+                    let room = cap.saturating_sub(c.len());
+                    c.extend_from_slice(&buf[..n.min(room)]);
+                    continue;
+                }
                 let mut out = std::io::stdout().lock();
                 let _ = out.write_all(&buf[..n]);
                 let _ = out.flush();
@@ -60,5 +82,25 @@ fn copy_available(src: &mut File, mut log: Option<&mut File>) -> bool {
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return true,
             Err(_) => return false,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn captured_output_keeps_the_first_bytes_up_to_its_cap() {
+        let (r, w) = nix::unistd::pipe().unwrap();
+        let mut out = Output::captured(r, 10);
+        let mut w = File::from(w);
+        w.write_all(b"hello ").unwrap();
+        out.pump();
+        w.write_all(b"world, and more").unwrap();
+        drop(w);
+        out.pump();
+        assert_eq!(out.capture.as_deref(), Some(&b"hello worl"[..]));
+        // Everything was read (the writer never blocks on a full pipe), and the closed pipe dropped.
+        assert!(out.pipe.is_none());
     }
 }

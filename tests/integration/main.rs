@@ -9,6 +9,7 @@ mod common;
 mod devices;
 mod doctor;
 mod environment;
+mod exec;
 mod gpu;
 mod mpi;
 mod pull;

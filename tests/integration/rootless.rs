@@ -793,3 +793,74 @@ fn rootless_export_and_run_of_a_squashfs_image_file() {
     assert_eq!(out.stdout, "1234\nowned\nv2\ngone\n");
     assert!(ub.leftovers().is_empty(), "{:?}", ub.leftovers());
 }
+
+#[test]
+fn exec_as_a_rootless_user_joins_the_container_and_others_are_refused() {
+    use crate::exec::{assert_same_confinement, processes_running, start_named, SELF_REPORT};
+    let ub = UserBox::new(SUB);
+    ub.drun(&["pull", "-q", &common::busybox()]).ok();
+    let image = common::busybox();
+    let (run, pid) = start_named(
+        ub.cmd(&[
+            "run",
+            "--name",
+            "svc",
+            "--cap-add",
+            "SYS_PTRACE",
+            &image,
+            "sleep",
+            "600",
+        ]),
+        &|| ub.drun(&["ps", "--json"]).ok().stdout,
+        "svc",
+    );
+    // In the container's user namespace (the subordinate mapping: two lines), as its root, confined as it is.
+    let out = ub
+        .drun(&["exec", "svc", "sh", "-c", "id -u; wc -l < /proc/self/uid_map"])
+        .ok();
+    assert_eq!(lines(&out.stdout), ["0", "2"]);
+    let report = ub.drun(&["exec", "svc", "sh", "-c", SELF_REPORT]).ok().stdout;
+    let init_cgroup = ub.drun(&["exec", "svc", "cat", "/proc/1/cgroup"]).ok().stdout;
+    assert_same_confinement(&report, pid, &init_cgroup);
+    // Another user in the container's namespace, and the statuses as for root.
+    let out = ub.drun(&["exec", "-u", "nobody", "svc", "id", "-u"]).ok();
+    assert_eq!(out.stdout, "65534\n");
+    assert_eq!(ub.drun(&["exec", "svc", "sh", "-c", "exit 3"]).code(), Some(3));
+    ub.drun(&["exec", "svc", "no-such-cmd"])
+        .fails_with(127, &["no-such-cmd"]);
+
+    // Another user sees no such container, and cannot use the owner's state directory.
+    let other = UserBox::new(NOSUB);
+    other
+        .drun(&["exec", "svc", "true"])
+        .fails_with(125, &["no running container \"svc\""]);
+    let state = ub.path().join("xdg/drun");
+    other
+        .drun(&["--state", state.to_str().unwrap(), "exec", "svc", "true"])
+        .fails_with(125, &["cannot use the state directory", "Permission denied"]);
+
+    // An exec'd process ends with the container; nothing is left.
+    let mut c = ub.cmd(&["exec", "svc", "sleep", "6132"]);
+    c.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let exec_child = c.spawn().unwrap();
+    common::wait_until("the exec'd sleep", || processes_running("sleep 6132").len() == 1);
+    ub.drun(&["kill", "svc"]).ok();
+    assert_eq!(common::wait(run, Duration::from_secs(60)).code(), Some(137));
+    assert_eq!(common::wait(exec_child, Duration::from_secs(60)).code(), Some(137));
+    assert!(processes_running("sleep 6132").is_empty());
+    assert!(ub.leftovers().is_empty(), "{:?}", ub.leftovers());
+    ub.drun(&["exec", "svc", "true"])
+        .fails_with(125, &["no running container \"svc\""]);
+    // Without a cgroup (no delegation here) and with the host's pid namespace, nothing would end an exec'd
+    // process with the container: refused.
+    let (run, _) = start_named(
+        ub.cmd(&["run", "--name", "hp", "--pid", "host", &image, "sleep", "600"]),
+        &|| ub.drun(&["ps", "--json"]).ok().stdout,
+        "hp",
+    );
+    ub.drun(&["exec", "hp", "true"])
+        .fails_with(125, &["shares the host's pid namespace and has no cgroup"]);
+    ub.drun(&["kill", "hp"]).ok();
+    assert_eq!(common::wait(run, Duration::from_secs(60)).code(), Some(137));
+    assert!(ub.leftovers().is_empty(), "{:?}", ub.leftovers());
+}

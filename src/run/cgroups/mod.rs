@@ -122,6 +122,38 @@ fn own_cgroup(version: &Version) -> Result<String, CgroupError> {
     Ok("/".to_string())
 }
 
+/// [`CgroupPlan::hide_host_hierarchy`] for a rootless run with no cgroup of its own on a `version` hierarchy, done
+/// once, in drun's own user and mount namespace; `drun exec` into such a run passes the container's process as
+/// `join`, to see the hierarchy through the cgroup namespace the run made rather than one of its own.
+pub fn hide_host_hierarchy_rootless(version: &Version, join: Option<i32>) -> Result<(), CgroupError> {
+    // On pure v2 libcgroups takes its rootless path by itself: the cgroup it cannot create is skipped.
+    if crate::sys::userns::current().is_none() || *version == Version::V2 {
+        return Ok(());
+    }
+    static DONE: std::sync::OnceLock<Result<(), nix::errno::Errno>> = std::sync::OnceLock::new();
+    let res = DONE.get_or_init(|| {
+        use nix::mount::{mount, MsFlags};
+        use nix::sched::CloneFlags;
+        match join {
+            Some(pid) => {
+                #[allow(clippy::disallowed_methods)] // the kernel's namespace file
+                let ns = std::fs::File::open(format!("/proc/{pid}/ns/cgroup"))
+                    .map_err(|e| nix::errno::Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)))?;
+                nix::sched::setns(ns, CloneFlags::CLONE_NEWCGROUP)?;
+            }
+            None => nix::sched::unshare(CloneFlags::CLONE_NEWCGROUP)?,
+        }
+        mount(
+            Some("cgroup2"),
+            CGROUP_ROOT,
+            Some("cgroup2"),
+            MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+            None::<&str>,
+        )
+    });
+    (*res).map_err(CgroupError::PrivateView)
+}
+
 /// drun's own cgroup's `cgroup.procs` (the v2 hierarchy's, or on v1 the memory hierarchy's, as `own_cgroup`
 /// reads it), if it is there.
 pub fn own_procs_file() -> Option<PathBuf> {
@@ -233,26 +265,10 @@ impl CgroupPlan {
     /// into a cgroup it cannot write. In drun's own mount namespace, a cgroup namespace and a fresh cgroup2 mount
     /// at /sys/fs/cgroup make it take its rootless v2 path, which leaves the container in drun's cgroup.
     pub fn hide_host_hierarchy(&self) -> Result<(), CgroupError> {
-        // On pure v2 libcgroups takes its rootless path by itself: the cgroup it cannot create is skipped.
-        if !matches!(self.control, Control::None { .. })
-            || crate::sys::userns::current().is_none()
-            || self.version == Version::V2
-        {
+        if !matches!(self.control, Control::None { .. }) {
             return Ok(());
         }
-        static DONE: std::sync::OnceLock<Result<(), nix::errno::Errno>> = std::sync::OnceLock::new();
-        let res = DONE.get_or_init(|| {
-            use nix::mount::{mount, MsFlags};
-            nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWCGROUP)?;
-            mount(
-                Some("cgroup2"),
-                CGROUP_ROOT,
-                Some("cgroup2"),
-                MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
-                None::<&str>,
-            )
-        });
-        (*res).map_err(CgroupError::PrivateView)
+        hide_host_hierarchy_rootless(&self.version, None)
     }
 
     /// `cgroupsPath` for the spec.

@@ -45,6 +45,27 @@ impl Precompiled {
         Some(Precompiled { program, flags })
     }
 
+    /// The program and its flags as [`Precompiled::from_saved`] reads them back: the flags (8 bytes,
+    /// little-endian), then the instructions.
+    pub fn to_saved(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(8 + self.program.len() * 8);
+        #[allow(clippy::useless_conversion)] // c_ulong is u32 on 32-bit targets
+        out.extend_from_slice(&u64::from(self.flags).to_le_bytes());
+        for i in &self.program {
+            out.extend_from_slice(&i.code.to_ne_bytes());
+            out.extend_from_slice(&[i.jt, i.jf]);
+            out.extend_from_slice(&i.k.to_ne_bytes());
+        }
+        out
+    }
+
+    /// What [`Precompiled::to_saved`] wrote, if it is that.
+    pub fn from_saved(bytes: &[u8]) -> Option<Precompiled> {
+        let (flags, program) = bytes.split_at_checked(8)?;
+        let flags = libc::c_ulong::try_from(u64::from_le_bytes(flags.try_into().ok()?)).ok()?;
+        Precompiled::from_bytes(program, flags)
+    }
+
     /// Installs the filter on the calling thread (the container's init, which has no_new_privs set).
     pub fn load(&self) -> std::io::Result<()> {
         let len = u16::try_from(self.program.len())

@@ -83,6 +83,37 @@ pub fn take_precompiled(spec: &mut Value, cache: &BpfCache) -> Result<Option<Pre
     Ok(Some(filter))
 }
 
+/// The file in a run directory that holds the container's precompiled filter for `drun exec`, whose processes
+/// must get the same one: empty when drun loads none (no filter, or a profile left in the spec).
+const SAVED_FOR_EXEC: &str = "seccomp.bpf";
+/// The most [`saved_for_exec`] reads: a BPF program has at most `u16::MAX` instructions.
+const SAVED_CAP: u64 = 8 + 8 * u16::MAX as u64;
+
+/// Keeps the container's filter in its run directory `run_dir` for `drun exec` (see [`saved_for_exec`]).
+pub fn save_for_exec(run_dir: &std::path::Path, filter: Option<&Precompiled>) -> Result<(), FilterError> {
+    let bytes = filter.map(Precompiled::to_saved).unwrap_or_default();
+    crate::sys::safe_fs::write_replace(&run_dir.join(SAVED_FOR_EXEC), &bytes, 0o600).map_err(|source| FilterError::Io {
+        what: "keep the filter for exec",
+        source,
+    })
+}
+
+/// The filter [`save_for_exec`] kept in `run_dir`: `None` when the container's process has none loaded by drun.
+pub fn saved_for_exec(run_dir: &std::path::Path) -> Result<Option<Precompiled>, FilterError> {
+    let bytes = crate::sys::safe_fs::read_bounded(&run_dir.join(SAVED_FOR_EXEC), SAVED_CAP).map_err(|source| {
+        FilterError::Io {
+            what: "read the container's filter",
+            source,
+        }
+    })?;
+    if bytes.is_empty() {
+        return Ok(None);
+    }
+    Precompiled::from_saved(&bytes)
+        .map(Some)
+        .ok_or_else(|| FilterError::Invalid(format!("the run directory's {SAVED_FOR_EXEC} is not a BPF program")))
+}
+
 #[cfg(test)]
 #[allow(clippy::disallowed_methods)] // fixtures in the tests' own temporary directories
 mod tests {
@@ -107,6 +138,20 @@ mod tests {
         std::fs::read_dir(dir.path().join("cache").join(CACHE_KIND))
             .map(|rd| rd.flatten().map(|e| e.path()).collect())
             .unwrap_or_default()
+    }
+
+    #[test]
+    fn the_filter_kept_for_exec_reads_back_the_same() {
+        let (_dir, cache) = store();
+        let f = take_precompiled(&mut spec(true), &cache).unwrap().expect("precompiled");
+        let run = tempfile::tempdir().unwrap();
+        save_for_exec(run.path(), Some(&f)).unwrap();
+        let back = saved_for_exec(run.path()).unwrap().expect("a filter");
+        assert_eq!(back.to_saved(), f.to_saved());
+        save_for_exec(run.path(), None).unwrap();
+        assert!(saved_for_exec(run.path()).unwrap().is_none());
+        std::fs::write(run.path().join(SAVED_FOR_EXEC), b"short").unwrap();
+        assert!(saved_for_exec(run.path()).is_err());
     }
 
     #[test]

@@ -178,6 +178,19 @@ pub fn enter(mode: UsernsMode) -> Result<&'static Rootless, UsernsError> {
     Ok(CURRENT.get_or_init(|| ns))
 }
 
+/// A mount namespace of drun's own, in the user namespace it is in, whose mounts propagate nowhere.
+fn private_mounts() -> Result<(), UsernsError> {
+    unshare(CloneFlags::CLONE_NEWNS).map_err(UsernsError::MountNamespace)?;
+    nix::mount::mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        nix::mount::MsFlags::MS_REC | nix::mount::MsFlags::MS_PRIVATE,
+        None::<&str>,
+    )
+    .map_err(UsernsError::PrivateMounts)
+}
+
 /// Unshares the user namespace and maps the caller's own ids, which needs no privilege.
 fn write_single_id_maps(ns: &Rootless) -> Result<(), UsernsError> {
     unshare(CloneFlags::CLONE_NEWUSER).map_err(|errno| UsernsError::Unshare {
@@ -258,4 +271,63 @@ fn told_to_go(go: std::os::fd::BorrowedFd<'_>) -> bool {
             Err(_) => return false,
         }
     }
+}
+
+/// Joins the user namespace of process `pid` (a rootless container's, which is the namespace the drun running it
+/// entered with [`enter`]) instead of creating one, and a private mount namespace there: `drun exec` works where the container's own drun does. The
+/// caller must own that namespace (the kernel checks: only then does setns give drun its capabilities there). Must
+/// be called while the process has a single thread (it checks). The mapping is read from the process.
+pub fn join(pid: i32) -> Result<&'static Rootless, UsernsError> {
+    use std::os::fd::AsFd;
+    if !is_single_threaded() {
+        return Err(UsernsError::Threaded);
+    }
+    let failed = |source: std::io::Error| UsernsError::Join { pid, source };
+    let proc = PathBuf::from(format!("/proc/{pid}"));
+    #[allow(clippy::disallowed_methods)] // the kernel's namespace file
+    let ns = std::fs::File::open(proc.join("ns/user")).map_err(failed)?;
+    let read_map = |file: &str| -> Result<Vec<IdMap>, UsernsError> {
+        let text = crate::sys::safe_fs::read_system(proc.join(file)).map_err(failed)?;
+        let maps: Vec<IdMap> = text
+            .lines()
+            .filter_map(|l| {
+                let mut n = l.split_whitespace().map(|w| w.parse::<u32>().ok());
+                Some(IdMap {
+                    inside: n.next()??,
+                    outside: n.next()??,
+                    count: n.next()??,
+                })
+            })
+            .collect();
+        Ok(maps)
+    };
+    let (uids, gids) = (read_map("uid_map")?, read_map("gid_map")?);
+    let uid = nix::unistd::getuid().as_raw();
+    let gid = nix::unistd::getgid().as_raw();
+    let user = host_user(uid);
+    nix::sched::setns(ns.as_fd(), CloneFlags::CLONE_NEWUSER).map_err(|e| failed(e.into()))?;
+    private_mounts()?;
+    let kind = if uids.len() > 1 {
+        MappingKind::Subordinate
+    } else {
+        MappingKind::SingleId
+    };
+    let mode = match super::idmap::inside_id(&uids, uid) {
+        Some(inside) if inside != 0 => UsernsMode::KeepId,
+        _ => UsernsMode::Auto,
+    };
+    let joined = Rootless {
+        uid,
+        gid,
+        user: user.name,
+        home: user.home,
+        shell: user.shell,
+        gecos: user.gecos,
+        uids,
+        gids,
+        kind,
+        mode,
+    };
+    tracing::debug!(pid, mapping = %joined.describe(), "joined a container's user namespace");
+    Ok(CURRENT.get_or_init(|| joined))
 }

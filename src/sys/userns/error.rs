@@ -38,6 +38,12 @@ pub enum UsernsError {
     MountNamespace(#[source] Errno),
     #[error("cannot make the mount namespace private")]
     PrivateMounts(#[source] Errno),
+    #[error("cannot join the user namespace of process {pid}")]
+    Join {
+        pid: i32,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// `--userns` was given something other than `auto` or `keep-id`.
