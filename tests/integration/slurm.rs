@@ -402,6 +402,44 @@ fn training_env(cluster: &Cluster, user: Option<&str>) {
         line.contains("ok") && line.contains("MASTER_ADDR=127.0.0.1") && line.contains("WORLD_SIZE=1 RANK=0"),
         "{who}: {line}"
     );
+
+    // Inside a step the container has the node's hostname (NCCL and MPI find the ranks of one node by it), in
+    // /etc/hostname too: here the Slurm node names, as both slurmd share this host's; --hostname still wins.
+    let out = sub.run(
+        cluster,
+        "srun",
+        &[
+            "-N2",
+            "-n2",
+            drun(),
+            "run",
+            "-q",
+            &common::busybox(),
+            "sh",
+            "-c",
+            "echo $(hostname) $(cat /etc/hostname)",
+        ],
+    );
+    assert!(out.status.success(), "{who}: {}", out.stderr);
+    let mut lines: Vec<&str> = out.stdout.lines().collect();
+    lines.sort_unstable();
+    assert_eq!(lines, ["n1 n1", "n2 n2"], "{who}");
+    let out = sub.run(
+        cluster,
+        "srun",
+        &[
+            "-N1",
+            drun(),
+            "run",
+            "-q",
+            "--hostname",
+            "box",
+            &common::busybox(),
+            "hostname",
+        ],
+    );
+    assert!(out.status.success(), "{who}: {}", out.stderr);
+    assert_eq!(out.stdout.trim(), "box", "{who}");
 }
 
 #[test]
