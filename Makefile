@@ -20,7 +20,7 @@ NEW ?= $(DRUN)
 OLD ?=
 BENCH_BINARIES = --new "$(NEW)" $(if $(OLD),--old "$(OLD)")
 
-.PHONY: all deps fixture-deps test-deps build registry images users demo test test-gpu lint unit integration bench-pull bench-run registry-down clean
+.PHONY: all deps fixture-deps test-deps build registry images users demo test test-gpu lint unit integration bench-pull bench-run bench-srun registry-down clean
 
 all: build
 
@@ -82,6 +82,10 @@ bench-pull: build images
 
 bench-run: build images
 	bash hack/bench-run $(BENCH_BINARIES)
+
+# srun launch overhead (hack/slurm.sh's two-node cluster; nothing else may run one meanwhile)
+bench-srun: build images
+	bash hack/bench-srun
 
 clean:
 	$(CARGO) clean
