@@ -20,7 +20,7 @@ NEW ?= $(DRUN)
 OLD ?=
 BENCH_BINARIES = --new "$(NEW)" $(if $(OLD),--old "$(OLD)")
 
-.PHONY: all deps fixture-deps test-deps build registry images users demo test test-gpu lint unit integration bench-pull bench-run bench-srun registry-down clean
+.PHONY: all deps fixture-deps test-deps build registry images users demo test test-gpu lint unit integration bench-pull bench-run bench-srun bench-mpi registry-down clean
 
 all: build
 
@@ -86,6 +86,10 @@ bench-run: build images
 # srun launch overhead (hack/slurm.sh's two-node cluster; nothing else may run one meanwhile)
 bench-srun: build images
 	bash hack/bench-srun
+
+# MPI ping-pong between two ranks of one node, host vs containers (the same cluster)
+bench-mpi: build images
+	bash hack/bench-mpi
 
 clean:
 	$(CARGO) clean
