@@ -20,7 +20,7 @@ NEW ?= $(DRUN)
 OLD ?=
 BENCH_BINARIES = --new "$(NEW)" $(if $(OLD),--old "$(OLD)")
 
-.PHONY: all deps fixture-deps test-deps build registry images users demo test test-gpu lint unit integration bench-pull bench-run bench-exec registry-down clean
+.PHONY: all deps fixture-deps test-deps build registry images users demo test test-gpu lint unit integration bench-pull bench-run bench-exec bench-srun bench-mpi registry-down clean
 
 all: build
 
@@ -85,6 +85,14 @@ bench-run: build images
 
 bench-exec: build images
 	bash hack/bench-exec $(BENCH_BINARIES)
+
+# srun launch overhead (hack/slurm.sh's two-node cluster; nothing else may run one meanwhile)
+bench-srun: build images
+	bash hack/bench-srun
+
+# MPI ping-pong between two ranks of one node, host vs containers (the same cluster)
+bench-mpi: build images
+	bash hack/bench-mpi
 
 clean:
 	$(CARGO) clean

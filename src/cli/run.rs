@@ -84,7 +84,7 @@ pub struct ContainerArgs {
     /// PID namespace: private, or host (default inside a Slurm job)
     #[arg(long, value_enum, hide_possible_values = true, value_name = "MODE")]
     pub pid: Option<Sharing>,
-    /// Container host name (default: the short container id)
+    /// Container host name (default: the short container id; the host's inside a Slurm job)
     #[arg(long, short = 'H', value_name = "NAME")]
     pub hostname: Option<String>,
     /// Mount the root file system read-only

@@ -36,6 +36,13 @@ pub enum HostPathError {
         #[source]
         source: io::Error,
     },
+    /// Root only: someone else could swap the node between drun's check and the bind mount.
+    #[error("cannot use the device {path:?}: it is reached through {dir:?}, which {why}: another user could swap the node after drun checked it; use a path only root controls")]
+    DeviceReplaceable {
+        path: PathBuf,
+        dir: PathBuf,
+        why: &'static str,
+    },
     /// `path` as given; `found` says what it (or what its symlinks lead to) is instead.
     #[error("invalid device {path:?}: expected a character or block device node, not {found}")]
     NotADevice { path: PathBuf, found: &'static str },
@@ -127,6 +134,18 @@ fn resolve_device(request: HostDeviceRequest) -> Result<HostDevice, HostPathErro
         source,
     };
     let host = std::fs::canonicalize(&request.host).map_err(missing)?;
+    // As root, the node is then bound by this name (libcontainer opens it by path): no one else may be able to
+    // put another file there meanwhile. Rootless, the container gets no more than the caller has anyway (and the
+    // owners seen in drun's user namespace are not the host's).
+    if !crate::sys::userns::is_rootless() {
+        if let Some((dir, why)) = crate::sys::safe_fs::replaceable_by_others(&host, 0) {
+            return Err(HostPathError::DeviceReplaceable {
+                path: request.host,
+                dir,
+                why,
+            });
+        }
+    }
     let meta = std::fs::metadata(&host).map_err(missing)?;
     let kind = meta.file_type();
     let kind = if kind.is_char_device() {

@@ -160,6 +160,51 @@ pub fn parse_node_addr(scontrol_output: &str) -> Option<String> {
     ok.then(|| addr.to_string())
 }
 
+/// Where Slurm's clients are installed: distribution packages, then the usual prefixes of a site build.
+const SCONTROL_DIRS: &[&str] = &[
+    "/usr/bin",
+    "/usr/local/bin",
+    "/bin",
+    "/opt/slurm/bin",
+    "/usr/local/slurm/bin",
+];
+
+/// The `scontrol` to run. As root, not a PATH lookup: root's PATH inside a job is the submitter's environment
+/// (`srun` passes it along), so a directory an ordinary user controls could come first and that user's
+/// `scontrol` would run as root. Root takes the first of [`SCONTROL_DIRS`] whose program, and every directory
+/// above it, is root's and writable by no one else. Rootless, PATH is the caller's own to choose.
+fn scontrol() -> Result<std::path::PathBuf, String> {
+    if crate::sys::userns::is_rootless() {
+        return Ok("scontrol".into());
+    }
+    static FOUND: std::sync::OnceLock<Option<std::path::PathBuf>> = std::sync::OnceLock::new();
+    FOUND
+        .get_or_init(|| {
+            SCONTROL_DIRS
+                .iter()
+                .map(|d| std::path::Path::new(d).join("scontrol"))
+                .find(|p| trusted_by_root(p))
+        })
+        .clone()
+        .ok_or_else(|| format!("no scontrol that only root can change in {}", SCONTROL_DIRS.join(", ")))
+}
+
+/// `path` (symlinks followed, each step checked) is an executable regular file that only root can replace: it
+/// and every directory that leads to it belong to root and are not writable by group or others.
+fn trusted_by_root(path: &std::path::Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    let Ok(real) = std::fs::canonicalize(path) else {
+        return false;
+    };
+    let ok = |p: &std::path::Path| {
+        std::fs::metadata(p).is_ok_and(|m| crate::sys::safe_fs::open_to_others(&m, |uid| uid == 0, false).is_none())
+    };
+    let file_ok = std::fs::metadata(&real).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0);
+    // The link itself and the directories on the way to it (/usr/bin → /bin on merged-/usr systems) as well as
+    // those of its target.
+    file_ok && real.ancestors().all(ok) && path.parent().is_some_and(|d| d.ancestors().all(ok))
+}
+
 /// How long [`node_addr`] waits for `scontrol`.
 const SCONTROL_TIMEOUT: Duration = Duration::from_secs(3);
 
@@ -173,8 +218,49 @@ const SCONTROL_TIMEOUT: Duration = Duration::from_secs(3);
 /// It is asked on the host, by drun, so the image needs no Slurm client. slurm.conf could be read instead, but
 /// its node lines may come from `Include` files, host-list ranges or `scontrol update` (cloud and dynamic
 /// nodes), which only slurmctld knows for sure; the question costs one RPC, about 10 ms.
+///
+/// The answer is kept for the job in drun's state directory ([`cache_file`]): the other tasks and later steps of
+/// the job on this node read it instead of asking slurmctld again (forking `scontrol` and its RPC were about a
+/// third of `drun run`'s time in a step).
 pub fn node_addr(node: &str) -> Result<String, String> {
-    let mut cmd = std::process::Command::new("scontrol");
+    let job = std::env::var("SLURM_JOB_ID").unwrap_or_default();
+    let key = format!("{job} {node}");
+    let cache = cache_file();
+    if let Some(addr) = cache.as_deref().and_then(|f| cached(f, &key)) {
+        return Ok(addr);
+    }
+    let addr = ask_node_addr(node)?;
+    if let Some(f) = cache {
+        // A cache: a failed write only costs the next task the question.
+        let _ = crate::sys::safe_fs::write_replace(&f, format!("{key}\n{addr}\n").as_bytes(), 0o600);
+    }
+    Ok(addr)
+}
+
+/// Where [`node_addr`] keeps its last answer: in drun's state directory (`DRUN_STATE`, else the default), when
+/// that exists and is private to this user (it is not created here).
+fn cache_file() -> Option<std::path::PathBuf> {
+    use std::os::unix::fs::MetadataExt;
+    let dir = std::env::var_os("DRUN_STATE")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(crate::run::state::default_state_dir);
+    let m = std::fs::symlink_metadata(&dir).ok()?;
+    let private = m.is_dir() && m.uid() == nix::unistd::geteuid().as_raw() && m.mode() & 0o077 == 0;
+    private.then(|| dir.join("slurm-node-addr"))
+}
+
+/// The cached address for `key` (`JOB NODE`), if that is what `file` holds and it is an address.
+fn cached(file: &std::path::Path, key: &str) -> Option<String> {
+    let bytes = crate::sys::safe_fs::read_bounded(file, 4096).ok()?;
+    let text = String::from_utf8(bytes).ok()?;
+    let mut lines = text.lines();
+    (lines.next()? == key).then_some(())?;
+    let addr = lines.next()?;
+    addr.parse::<std::net::IpAddr>().is_ok().then(|| addr.to_string())
+}
+
+fn ask_node_addr(node: &str) -> Result<String, String> {
+    let mut cmd = std::process::Command::new(scontrol()?);
     cmd.args(["show", "node", "-o", node]);
     let out = crate::sys::command::output_within(cmd, SCONTROL_TIMEOUT, 64 << 10)
         .map_err(|e| format!("`scontrol show node -o {node}` failed: {e}"))?;
@@ -196,6 +282,18 @@ pub fn node_addr(node: &str) -> Result<String, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_cached_node_address_is_used_only_for_its_job_and_node() {
+        let t = tempfile::tempdir().unwrap();
+        let f = t.path().join("slurm-node-addr");
+        crate::sys::safe_fs::write_replace(&f, b"12 n1\n10.0.0.1\n", 0o600).unwrap();
+        assert_eq!(cached(&f, "12 n1").as_deref(), Some("10.0.0.1"));
+        assert_eq!(cached(&f, "13 n1"), None);
+        assert_eq!(cached(&f, "12 n2"), None);
+        crate::sys::safe_fs::write_replace(&f, b"12 n1\n--option\n", 0o600).unwrap();
+        assert_eq!(cached(&f, "12 n1"), None, "only an address is believed");
+    }
 
     #[test]
     fn first_hosts_of_host_lists() {

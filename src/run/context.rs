@@ -57,6 +57,7 @@ impl<'a> RunContext<'a> {
             cgroup_path: cgroup.path.clone(),
             pid_start: None,
             cgroup_v2: cgroup.version == Version::V2,
+            cgroup_dirs: cgroup.dirs_to_record(),
             layers: image.record.layers.iter().map(|l| l.key()).collect(),
             labels: self.plan.labels.clone(),
         }

@@ -193,7 +193,16 @@ pub fn run(
     let bundle = spec::write_bundle(&ctx.dir, &spec)?;
 
     // Start, supervise until the init exits, end what is left, clean up.
-    let mut started = start::start(&ctx, &bundle, filter, pmi.fd, hooks.log.is_some(), &mut cleanup, info)?;
+    let mut started = start::start(
+        &ctx,
+        &bundle,
+        filter,
+        pmi.fd,
+        &cgroup,
+        hooks.log.is_some(),
+        &mut cleanup,
+        info,
+    )?;
     let terminal = match &started.console {
         Some(console) => Some(tty::Terminal::attach(console).map_err(io_error("receive the container's terminal"))?),
         None => None,

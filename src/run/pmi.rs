@@ -184,8 +184,18 @@ fn pmix_dirs(vars: &BTreeMap<String, String>) -> Vec<PathBuf> {
                 && std::fs::symlink_metadata(&path).is_ok_and(|m| m.is_dir());
             if !ok {
                 tracing::debug!(?path, "PMIx directory not bound: missing, or not the step's");
+                return None;
             }
-            ok.then_some(path)
+            // Bound by name later (libcontainer opens a bind mount's source by path): as root, only a directory
+            // that no one but root and the step's user could swap for another meanwhile (a symlink to / would
+            // give the container the host's root file system).
+            if !crate::sys::userns::is_rootless() {
+                if let Some((dir, why)) = crate::sys::safe_fs::replaceable_by_others(&path, uid) {
+                    tracing::warn!("PMIx directory {path:?} not bound: it is reached through {dir:?}, which {why}: another user could swap it");
+                    return None;
+                }
+            }
+            Some(path)
         })
         .collect()
 }

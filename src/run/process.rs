@@ -16,15 +16,43 @@ pub struct Process {
     pub hostname: String,
 }
 
+/// The hostname of a run without `--hostname`: the container's short id, as Docker's; inside a Slurm job the
+/// host's, as with the host's network there: NCCL, Open MPI and MPICH tell which ranks share a node by their
+/// hostname (NCCL's host hash, Open MPI's shared-memory segment names), and each container having its own would
+/// make ranks on one node look remote. Where Slurm runs several slurmd on one host (`slurmd -N`, drun's test
+/// cluster) they share one kernel hostname, so a `SLURMD_NODENAME` whose first label differs from it is taken
+/// instead: each Slurm node keeps a name of its own.
+fn default_hostname(short_id: &str) -> String {
+    if !crate::plan::in_slurm_job() {
+        return short_id.to_string();
+    }
+    // The UTS namespace's name, which is what gethostname(2) returns; bounded read of a kernel file.
+    let host = crate::sys::safe_fs::read_system("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_default();
+    let first = |n: &str| n.split('.').next().unwrap_or("").to_string();
+    let valid = |n: &str| {
+        !n.is_empty()
+            && n.len() <= 64
+            && !n.starts_with('-')
+            && n.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+    };
+    match std::env::var("SLURMD_NODENAME") {
+        Ok(node) if valid(&node) && first(&node) != first(&host) => node,
+        _ if valid(&host) => host,
+        _ => short_id.to_string(),
+    }
+}
+
 /// The process of `plan` in an image with `config`, whose root file system is `root` (where a keep-id passwd
-/// entry is added); `short_id` is the default hostname.
+/// entry is added); `short_id` is the default hostname, the host's inside a Slurm job (see [`default_hostname`]).
 pub fn resolve(
     plan: &RunPlan,
     config: &oci_spec::image::Config,
     root: &Path,
     short_id: &str,
 ) -> Result<Process, RunError> {
-    let hostname = plan.hostname.clone().unwrap_or_else(|| short_id.to_string());
+    let hostname = plan.hostname.clone().unwrap_or_else(|| default_hostname(short_id));
     let entry = config.entrypoint().clone().unwrap_or_default();
     let cmd = config.cmd().clone().unwrap_or_default();
     let args = resolve_args(plan, &entry, &cmd)?;

@@ -12,6 +12,7 @@ use libcontainer::syscall::syscall::SyscallType;
 use nix::unistd::Pid;
 
 use crate::plan::Sharing;
+use crate::run::cgroups::CgroupPlan;
 use crate::run::cleanup::Cleanup;
 use crate::run::context::RunContext;
 use crate::run::pmi::PassFd;
@@ -38,14 +39,15 @@ pub struct Started {
 }
 
 /// Creates the container from `bundle` (with `filter` loaded by drun's executor, and `pmi_fd` given the
-/// container as fd 3) and starts it; `logged` gives its stdout and stderr one pipe. `info` is recorded again with
-/// the init's pid.
+/// container as fd 3), moves it into its `cgroup` where libcontainer could not put it (v1), and starts it;
+/// `logged` gives its stdout and stderr one pipe. `info` is recorded again with the init's pid.
 #[allow(clippy::too_many_arguments)]
 pub fn start(
     ctx: &RunContext,
     bundle: &Path,
     filter: Option<Precompiled>,
     pmi_fd: Option<std::os::fd::RawFd>,
+    cgroup: &CgroupPlan,
     logged: bool,
     cleanup: &mut Cleanup,
     mut info: RunInfo,
@@ -127,6 +129,8 @@ pub fn start(
         what: "learn the container's pid".into(),
         source: std::io::Error::other("libcontainer reported none"),
     })?;
+    // Its init is the container's only process until the start: on v1, into its cgroup of each hierarchy.
+    cgroup.settle(pid.as_raw())?;
     // Signals are blocked only now: the container's process already exists with the default mask.
     let signals = Forwarding::block()?;
     cleanup

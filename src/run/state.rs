@@ -26,6 +26,10 @@ pub struct RunInfo {
     /// Empty when the container has no cgroup of its own (rootless without delegation).
     pub cgroup_path: String,
     pub cgroup_v2: bool,
+    /// cgroup v1: the container's cgroups not at `cgroup_path` (below drun's own cgroup of another hierarchy),
+    /// relative to /sys/fs/cgroup.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cgroup_dirs: Vec<String>,
     /// Start time (clock ticks after boot) of `pid`: a container without a cgroup is killed by pid, and only
     /// if the pid still names the same process.
     #[serde(default)]
@@ -178,8 +182,13 @@ fn read_info(dir: &Path) -> Option<RunInfo> {
             .cgroup_path
             .ends_with(&format!("/drun-{}", &info.id[..12.min(info.id.len())]))
             && !info.cgroup_path.split('/').any(|c| c == ".." || c == "."));
+    let dirs_ok = info.cgroup_dirs.iter().all(|d| {
+        !d.starts_with('/')
+            && d.ends_with(&format!("/drun-{}", &info.id[..12.min(info.id.len())]))
+            && !d.split('/').any(|c| c == ".." || c == "." || c.is_empty())
+    });
     let named = dir.file_name().is_some_and(|n| n == info.id.as_str());
-    if id_ok && cgroup_ok && named {
+    if id_ok && cgroup_ok && dirs_ok && named {
         Some(info)
     } else {
         tracing::warn!(dir = %dir.display(), "ignoring a run record drun did not write");
@@ -280,7 +289,7 @@ fn remove_processes_and_cgroup(state: &Path, info: &RunInfo) {
     } else {
         Version::V1 { memsw: false }
     };
-    CgroupPlan::existing(version, info.cgroup_path.clone()).remove();
+    CgroupPlan::existing(version, info.cgroup_path.clone(), info.cgroup_dirs.clone()).remove();
     if let (true, Some(pid), Some(start)) = (info.cgroup_path.is_empty(), info.pid, info.pid_start) {
         // The container's init is PID 1 of its namespace (or the whole container with --pid host and no
         // cgroup: then only that process): killing it ends the namespace.

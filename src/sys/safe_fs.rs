@@ -90,6 +90,30 @@ pub fn open_to_others(
     (m.mode() & 0o022 != 0 && !(sticky_ok && sticky)).then_some("others may write to")
 }
 
+/// Whether someone but root and `caller` could replace what the canonical `path` (no symlinks) names, by owning it
+/// or a directory on the way to it, or by writing to such a directory (a sticky one is fine: its entries below are
+/// checked for their owner): the first such component, and why. For a path that is checked, then handed on by name
+/// (libcontainer canonicalizes a bind mount's source and mounts it by path, so a descriptor cannot be handed on),
+/// this is what keeps the name meaning what was checked.
+pub fn replaceable_by_others(path: &Path, caller: u32) -> Option<(std::path::PathBuf, &'static str)> {
+    use std::os::unix::fs::MetadataExt;
+    let trusted = |uid: u32| uid == 0 || uid == caller;
+    for p in path.ancestors() {
+        let Ok(m) = std::fs::symlink_metadata(p) else {
+            return Some((p.to_path_buf(), "cannot be examined"));
+        };
+        let why = if p == path && !m.is_dir() {
+            (!trusted(m.uid())).then_some("belongs to someone else")
+        } else {
+            open_to_others(&m, trusted, true)
+        };
+        if let Some(why) = why {
+            return Some((p.to_path_buf(), why));
+        }
+    }
+    None
+}
+
 /// Opens a directory, refusing a symlink in its place.
 pub fn open_dir_nofollow(path: &Path) -> io::Result<File> {
     OpenOptions::new()
@@ -295,6 +319,34 @@ pub fn write_system(path: impl AsRef<Path>, bytes: impl AsRef<[u8]>) -> io::Resu
 mod tests {
     use super::*;
     use std::os::unix::fs::MetadataExt;
+
+    #[test]
+    fn a_name_in_a_directory_others_may_write_to_is_replaceable() {
+        let t = tempfile::tempdir().unwrap();
+        let dir = t.path().join("d");
+        std::fs::create_dir(&dir).unwrap();
+        let file = dir.join("node");
+        std::fs::write(&file, "").unwrap();
+        let me = nix::unistd::geteuid().as_raw();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        assert_eq!(replaceable_by_others(&file, me), None);
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+        assert_eq!(
+            replaceable_by_others(&file, me),
+            Some((dir.clone(), "others may write to"))
+        );
+        // Sticky (as /tmp): only the entry's owner may replace it, and that is the caller.
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o1777)).unwrap();
+        assert_eq!(replaceable_by_others(&file, me), None);
+        // Someone else's file there could be swapped by them.
+        if me == 0 {
+            std::os::unix::fs::chown(&file, Some(4242), None).unwrap();
+            assert_eq!(
+                replaceable_by_others(&file, 0),
+                Some((file.clone(), "belongs to someone else"))
+            );
+        }
+    }
 
     #[test]
     fn modes_are_exact_and_names_are_never_followed() {

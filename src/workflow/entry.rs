@@ -69,7 +69,7 @@ pub(super) fn job(w: &schema::Workflow, inputs: &EntryInputs<'_>) -> Result<Work
             HostPathError::BindSource { source, .. } => format!("{error} (relative to the workflow file): {source}"),
             HostPathError::MissingFile { path } => format!("requirements file {} does not exist", path.display()),
             HostPathError::EnvFile { .. } | HostPathError::DeviceMissing { .. } => with_causes(&error),
-            HostPathError::NotADevice { .. } => error.to_string(),
+            HostPathError::NotADevice { .. } | HostPathError::DeviceReplaceable { .. } => error.to_string(),
         };
         at(&loc, message)
     })?;

@@ -402,6 +402,44 @@ fn training_env(cluster: &Cluster, user: Option<&str>) {
         line.contains("ok") && line.contains("MASTER_ADDR=127.0.0.1") && line.contains("WORLD_SIZE=1 RANK=0"),
         "{who}: {line}"
     );
+
+    // Inside a step the container has the node's hostname (NCCL and MPI find the ranks of one node by it), in
+    // /etc/hostname too: here the Slurm node names, as both slurmd share this host's; --hostname still wins.
+    let out = sub.run(
+        cluster,
+        "srun",
+        &[
+            "-N2",
+            "-n2",
+            drun(),
+            "run",
+            "-q",
+            &common::busybox(),
+            "sh",
+            "-c",
+            "echo $(hostname) $(cat /etc/hostname)",
+        ],
+    );
+    assert!(out.status.success(), "{who}: {}", out.stderr);
+    let mut lines: Vec<&str> = out.stdout.lines().collect();
+    lines.sort_unstable();
+    assert_eq!(lines, ["n1 n1", "n2 n2"], "{who}");
+    let out = sub.run(
+        cluster,
+        "srun",
+        &[
+            "-N1",
+            drun(),
+            "run",
+            "-q",
+            "--hostname",
+            "box",
+            &common::busybox(),
+            "hostname",
+        ],
+    );
+    assert!(out.status.success(), "{who}: {}", out.stderr);
+    assert_eq!(out.stdout.trim(), "box", "{who}");
 }
 
 #[test]
@@ -410,4 +448,83 @@ fn srun_tasks_get_the_distributed_training_environment() {
     let cluster = Cluster::up();
     training_env(&cluster, None);
     training_env(&cluster, Some("drun-sub"));
+}
+
+/// The start time (clock ticks after boot) of process `pid`, while it exists.
+fn start_time(pid: i32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(')')?.1.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// `scancel` ends a step's container, even one that ignores SIGTERM: on cgroup v1 the container stays in the
+/// step's freezer cgroup, where Slurm's proctrack/cgroup finds what to SIGKILL (it was in a cgroup of its own
+/// below drun's memory cgroup, and survived its step, the job left completing). With the host's pid namespace
+/// (Slurm's default) the container's `$$` is its host pid.
+#[test]
+fn scancel_ends_the_containers_of_a_step() {
+    assert!(common::is_root(), "the Slurm daemons run as root");
+    let cluster = Cluster::up();
+    let sub = Submitter::new(None);
+    let out = sub.run(&cluster, "srun", &["-N1", drun(), "pull", "-q", &common::busybox()]);
+    assert!(out.status.success(), "pull: {}", out.stderr);
+    let name = format!("cancel-{}", std::process::id());
+    let wrap = format!(
+        "srun -n2 {} run -q {} sh -c 'trap \"\" TERM; echo pid=$$; while :; do sleep 1; done'",
+        drun(),
+        common::busybox()
+    );
+    let out = sub.run(
+        &cluster,
+        "sbatch",
+        &["-J", &name, "-N1", "-n2", "-o", "cancel.log", "--wrap", &wrap],
+    );
+    assert!(out.status.success(), "sbatch: {}", out.stderr);
+    let log = sub.work.join("cancel.log");
+    let read_pids = || -> Vec<i32> {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.strip_prefix("pid=")?.trim().parse().ok())
+            .collect()
+    };
+    let start = Instant::now();
+    while read_pids().len() < 2 && start.elapsed() < Duration::from_secs(120) {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let pids: Vec<(i32, u64)> = read_pids()
+        .into_iter()
+        .filter_map(|p| Some((p, start_time(p)?)))
+        .collect();
+    assert_eq!(
+        pids.len(),
+        2,
+        "two running containers: {}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+
+    let out = sub.run(&cluster, "scancel", &["-n", &name]);
+    assert!(out.status.success(), "scancel: {}", out.stderr);
+    let alive = || -> Vec<i32> {
+        pids.iter()
+            .filter(|(p, t)| start_time(*p) == Some(*t))
+            .map(|(p, _)| *p)
+            .collect()
+    };
+    // Slurm sends SIGTERM, then SIGKILL after KillWait (2 s).
+    let start = Instant::now();
+    while !alive().is_empty() && start.elapsed() < Duration::from_secs(60) {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let left = alive();
+    for &p in &left {
+        // Ours (same start time): end them so that the cluster can go down.
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(p), nix::sys::signal::Signal::SIGKILL);
+    }
+    assert!(left.is_empty(), "processes of the cancelled step still run: {left:?}");
+    let start = Instant::now();
+    let queued = || sub.run(&cluster, "squeue", &["-h", "-n", &name]).stdout;
+    while !queued().trim().is_empty() && start.elapsed() < Duration::from_secs(60) {
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    assert_eq!(queued().trim(), "", "the job is gone");
 }

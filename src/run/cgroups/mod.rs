@@ -21,6 +21,7 @@
 mod delegate;
 mod limits;
 mod remove;
+mod v1;
 
 use std::path::{Path, PathBuf};
 
@@ -90,6 +91,10 @@ pub struct CgroupPlan {
     /// it cannot create (on v1 hosts in drun's private cgroup2 view, see `hide_host_hierarchy`), so libcgroups'
     /// rootless mode leaves the container where drun is and its clean-up finds nothing to remove.
     spec_path: String,
+    /// v1 as root: the hierarchies where the container's cgroup is not `path` (see `v1`).
+    v1_places: Vec<v1::Place>,
+    /// Container cgroups of a run recorded earlier that are not at `path` (relative to /sys/fs/cgroup).
+    recorded_dirs: Vec<String>,
 }
 
 pub fn detect() -> Version {
@@ -193,6 +198,10 @@ impl CgroupPlan {
         let parent = own_cgroup(&version)?;
         let path = join(&parent, &leaf);
         let delegation = delegate::delegate(&version, &parent)?;
+        let v1_places = match version {
+            Version::V1 { .. } => v1::places(&path, &leaf)?,
+            Version::V2 => Vec::new(),
+        };
         Ok(CgroupPlan {
             control: Control::Root,
             version,
@@ -200,11 +209,14 @@ impl CgroupPlan {
             path,
             supervisor: delegation.supervisor,
             blocked: delegation.blocked,
+            v1_places,
+            recorded_dirs: Vec::new(),
         })
     }
 
-    /// The cgroup of a run recorded earlier, for clean-up.
-    pub fn existing(version: Version, path: String) -> CgroupPlan {
+    /// The cgroup of a run recorded earlier, for clean-up: `path`, and `dirs` (see [`dirs_to_record`]
+    /// (Self::dirs_to_record)).
+    pub fn existing(version: Version, path: String, dirs: Vec<String>) -> CgroupPlan {
         CgroupPlan {
             control: Control::Root,
             version,
@@ -212,7 +224,32 @@ impl CgroupPlan {
             path,
             supervisor: None,
             blocked: None,
+            v1_places: Vec::new(),
+            recorded_dirs: dirs,
         }
+    }
+
+    /// The container's cgroups that are not at `path` (v1: below drun's own cgroup of another hierarchy), relative
+    /// to /sys/fs/cgroup, for the run's record.
+    pub fn dirs_to_record(&self) -> Vec<String> {
+        self.v1_places
+            .iter()
+            .filter(|p| !p.stays)
+            .filter_map(|p| {
+                let dir = p.dir();
+                let rel = dir.strip_prefix(CGROUP_ROOT).ok()?;
+                Some(rel.to_string_lossy().into_owned())
+            })
+            .collect()
+    }
+
+    /// v1 as root, once libcontainer has created the container and before it starts: moves its init `pid` into
+    /// its cgroup of each hierarchy where that is not `path` (see `v1`).
+    pub fn settle(&self, pid: i32) -> Result<(), CgroupError> {
+        if self.control != Control::Root || self.v1_places.is_empty() {
+            return Ok(());
+        }
+        v1::settle(&self.path, &self.v1_places, pid)
     }
 
     fn rootless(version: Version, parent: &str, leaf: String) -> CgroupPlan {
@@ -223,6 +260,8 @@ impl CgroupPlan {
             path: String::new(),
             supervisor: None,
             blocked: None,
+            v1_places: Vec::new(),
+            recorded_dirs: Vec::new(),
             spec_path: if version == Version::V2 {
                 join(parent, &leaf)
             } else {
@@ -255,6 +294,8 @@ impl CgroupPlan {
                     path,
                     supervisor: delegation.supervisor,
                     blocked: delegation.blocked,
+                    v1_places: Vec::new(),
+                    recorded_dirs: Vec::new(),
                 }
             }
             Err(e) => none(format!("cannot use the delegated cgroup {}: {e}", dir.display())),
@@ -288,7 +329,14 @@ impl CgroupPlan {
                 .iter()
                 // Real mounts only: "cpu" and "cpuacct" are often symlinks to "cpu,cpuacct".
                 .filter(|c| std::fs::symlink_metadata(Path::new(CGROUP_ROOT).join(c)).is_ok_and(|m| m.is_dir()))
-                .map(|c| (Path::new(CGROUP_ROOT).join(c).join(rel), format!("{CGROUP_ROOT}/{c}")))
+                .map(|c| {
+                    let mount = Path::new(CGROUP_ROOT).join(c);
+                    let dir = match self.v1_places.iter().find(|p| p.mount == mount) {
+                        Some(place) => place.dir(),
+                        None => mount.join(rel),
+                    };
+                    (dir, format!("{CGROUP_ROOT}/{c}"))
+                })
                 .collect(),
         }
     }

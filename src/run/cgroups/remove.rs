@@ -32,19 +32,29 @@ impl CgroupPlan {
     }
 
     /// The container's cgroup in every hierarchy: libcontainer creates it in each v1 hierarchy, not only the ones
-    /// the container sees.
+    /// the container sees; on v1 also those below drun's own cgroup of another hierarchy (never drun's own).
     fn all_dirs(&self) -> Vec<PathBuf> {
         let rel = self.path.trim_start_matches('/');
         match self.version {
             Version::V2 => vec![Path::new(CGROUP_ROOT).join(rel)],
-            Version::V1 { .. } => std::fs::read_dir(CGROUP_ROOT)
-                .map(|rd| {
-                    rd.flatten()
-                        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
-                        .map(|e| e.path().join(rel))
-                        .collect()
-                })
-                .unwrap_or_default(),
+            Version::V1 { .. } => {
+                let mut dirs: Vec<PathBuf> = std::fs::read_dir(CGROUP_ROOT)
+                    .map(|rd| {
+                        rd.flatten()
+                            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                            .map(|e| e.path().join(rel))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                let others = self
+                    .dirs_to_record()
+                    .into_iter()
+                    .chain(self.recorded_dirs.iter().cloned());
+                dirs.extend(others.map(|d| Path::new(CGROUP_ROOT).join(d)));
+                dirs.sort();
+                dirs.dedup();
+                dirs
+            }
         }
     }
 
