@@ -19,7 +19,11 @@ pub struct Mounts<'a> {
 
 /// Prepares the plan's copy-on-write mount (at most one), in the run directory, and returns the effective list.
 /// Without one, the list is the plan's own.
-pub fn effective<'a>(planned: &'a [MountSpec], run_dir: &Path) -> Result<Mounts<'a>, RunError> {
+pub fn effective<'a>(
+    planned: &'a [MountSpec],
+    run_dir: &Path,
+    scratch: &mut rootfs::Scratch,
+) -> Result<Mounts<'a>, RunError> {
     let mut overlays = planned.iter().filter_map(|m| match m {
         MountSpec::Overlay { source, destination } => Some((source, destination)),
         _ => None,
@@ -35,7 +39,7 @@ pub fn effective<'a>(planned: &'a [MountSpec], run_dir: &Path) -> Result<Mounts<
     }
     // Its own overlay with the host directory as the lower layer, bind-mounted before every other mount, so
     // volumes and artifact mounts below it land on top.
-    let view = rootfs::prepare_project(run_dir, source)?;
+    let view = rootfs::prepare_project(scratch, run_dir, source)?;
     let list = std::iter::once(MountSpec::Bind {
         source: view.clone(),
         destination: destination.clone(),

@@ -116,10 +116,44 @@ fn own_cgroup(version: &Version) -> Result<String, CgroupError> {
             Version::V1 { .. } => ctrls.split(',').any(|c| c == "memory"),
         };
         if hit {
-            return Ok(p.to_string());
+            return Ok(below_mount_root(p, mount_root(version).as_deref()));
         }
     }
     Ok("/".to_string())
+}
+
+/// The cgroup the hierarchy drun sees is mounted from, when not its root: in a CI job container without a cgroup
+/// namespace (a privileged job on a cgroup v1 host), `/proc/self/cgroup` names the host's path
+/// (`/libpod_parent/libpod-…`) while `/sys/fs/cgroup/memory` shows only the container's own subtree.
+fn mount_root(version: &Version) -> Option<String> {
+    let info = crate::sys::safe_fs::read_system(Path::new("/proc/self/mountinfo")).ok()?;
+    info.lines().find_map(|line| {
+        let (mount, fs) = line.split_once(" - ")?;
+        let fields: Vec<&str> = mount.split(' ').collect();
+        let (root, point) = (fields.get(3)?, fields.get(4)?);
+        let mut fs = fs.split(' ');
+        let (kind, _source, options) = (fs.next()?, fs.next()?, fs.next().unwrap_or(""));
+        let ours = match version {
+            Version::V2 => kind == "cgroup2" && *point == CGROUP_ROOT,
+            Version::V1 { .. } => {
+                kind == "cgroup" && point.starts_with(CGROUP_ROOT) && options.split(',').any(|o| o == "memory")
+            }
+        };
+        ours.then(|| root.to_string())
+    })
+}
+
+/// `path` (from /proc/self/cgroup) relative to the hierarchy's mount root `root`.
+fn below_mount_root(path: &str, root: Option<&str>) -> String {
+    match root.map(|r| r.trim_end_matches('/')).filter(|r| !r.is_empty()) {
+        Some(r) if path == r => "/".to_string(),
+        Some(r) => path
+            .strip_prefix(r)
+            .filter(|rest| rest.starts_with('/'))
+            .unwrap_or(path)
+            .to_string(),
+        None => path.to_string(),
+    }
 }
 
 /// drun's own cgroup's `cgroup.procs` (the v2 hierarchy's, or on v1 the memory hierarchy's, as `own_cgroup`
@@ -310,5 +344,23 @@ impl CgroupPlan {
             out.push(json!({"destination": dst, "type": "bind", "source": src, "options": ["bind", "ro", "nosuid", "noexec", "nodev"]}));
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cgroup_mounted_from_a_subtree_is_named_below_it() {
+        let job = "/libpod_parent/libpod-0189";
+        assert_eq!(below_mount_root(job, Some(job)), "/");
+        assert_eq!(below_mount_root(&format!("{job}/step"), Some(job)), "/step");
+        assert_eq!(below_mount_root("/user.slice/x", Some("/")), "/user.slice/x");
+        assert_eq!(
+            below_mount_root("/libpod_parentx", Some("/libpod_parent")),
+            "/libpod_parentx"
+        );
+        assert_eq!(below_mount_root("/a", None), "/a");
     }
 }
