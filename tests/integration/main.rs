@@ -11,6 +11,7 @@ mod doctor;
 mod environment;
 mod gpu;
 mod mpi;
+mod nested;
 mod pull;
 mod rootless;
 mod run;
