@@ -19,8 +19,10 @@ pub struct Scratch {
     size: ByteSize,
     /// The tmpfs, once mounted.
     memory: Option<PathBuf>,
-    /// Mounting it was tried and failed: the run's directory is all there is.
-    memory_failed: bool,
+    /// Why the tmpfs could not be used, once tried: the run's directory is all there is.
+    memory_failed: Option<String>,
+    /// The run directory is on a file system known to refuse an upper directory.
+    unfit: bool,
     /// Why the writable layers are in memory, until the user was told (once, when an overlay used it).
     untold: Option<String>,
 }
@@ -32,8 +34,9 @@ impl Scratch {
             run_dir: run_dir.to_path_buf(),
             size: size.unwrap_or_else(|| ByteSize(crate::run::shm::half_of_ram())),
             memory: None,
-            memory_failed: false,
+            memory_failed: None,
             untold: None,
+            unfit: false,
         }
     }
 
@@ -46,11 +49,19 @@ impl Scratch {
         self.memory.is_some()
     }
 
+    /// Why the writable layers could not be moved to memory, when the run directory's file system is known not
+    /// to hold them (elsewhere, a kernel without overlayfs for the caller fails the same way on every run: not
+    /// news).
+    pub fn memory_refused(&self) -> Option<&str> {
+        self.memory_failed.as_deref().filter(|_| self.unfit)
+    }
+
     /// Moves the writable layers made from now on to the run's tmpfs when the run directory's file system is known
     /// not to hold an overlay's upper directory.
     pub fn check_file_system(&mut self) {
-        if self.memory.is_none() && !self.memory_failed {
+        if self.memory.is_none() && self.memory_failed.is_none() {
             if let Some(fs) = crate::sys::fs_type::refuses_overlay_upper(&self.run_dir) {
+                self.unfit = true;
                 self.use_memory(&format!(
                     "{:?} is on {fs}, which cannot hold an overlay's upper directory",
                     self.run_dir.parent().unwrap_or(&self.run_dir)
@@ -72,7 +83,7 @@ impl Scratch {
     /// Moves the writable layers made from now on to the run's tmpfs (`why`: the reason, for the warning).
     /// False when that cannot be (it was tried before, or the tmpfs cannot be mounted).
     pub fn use_memory(&mut self, why: &str) -> bool {
-        if self.memory.is_some() || self.memory_failed {
+        if self.memory.is_some() || self.memory_failed.is_some() {
             return false;
         }
         let dir = self.run_dir.join(MEMORY_DIR);
@@ -89,6 +100,20 @@ impl Scratch {
                 )
                 .map_err(|e| e.to_string())
             });
+        // In a user namespace the overlay keeps its attributes in `user.overlay.*`, which tmpfs stores only from
+        // Linux 6.6 on; before, overlayfs would mount without them and fail later, when the container replaces a
+        // directory: never use such a tmpfs.
+        let mounted = mounted.and_then(|()| {
+            if crate::sys::userns::current().is_none() {
+                return Ok(());
+            }
+            let probe = crate::sys::safe_fs::open_dir_nofollow(&dir)
+                .and_then(|d| crate::sys::at::set_xattr(std::os::fd::AsFd::as_fd(&d), "user.drun.probe", b"1"));
+            probe.map_err(|e| {
+                let _ = nix::mount::umount2(&dir, nix::mount::MntFlags::MNT_DETACH);
+                format!("tmpfs keeps no user xattrs here (Linux 6.6 or later does): {e}")
+            })
+        });
         match mounted {
             Ok(()) => {
                 self.memory = Some(dir);
@@ -96,8 +121,8 @@ impl Scratch {
                 true
             }
             Err(e) => {
-                tracing::debug!(error = %e, "cannot mount a tmpfs for the writable layer");
-                self.memory_failed = true;
+                tracing::debug!(error = %e, "cannot keep the writable layer on a tmpfs");
+                self.memory_failed = Some(e);
                 false
             }
         }

@@ -79,13 +79,11 @@ pub fn prepare(
         }
         let e = last.expect("tried at least once");
         if scratch.in_memory() {
-            let hint = if crate::sys::userns::current().is_some() {
-                " (an overlay in a user namespace needs user xattrs on tmpfs: Linux 6.6 or later)"
-            } else {
-                ""
-            };
             tracing::warn!(error = %e, "overlayfs cannot be mounted here, even with its writable layer in memory: \
-                copying the image into a private directory instead{hint}");
+                copying the image into a private directory instead");
+        } else if let Some(why) = scratch.memory_refused() {
+            tracing::warn!(error = %e, "overlayfs cannot be mounted here, and its writable layer cannot be kept in \
+                memory ({why}): copying the image into a private directory instead");
         } else {
             tracing::debug!(error = %e, "overlayfs cannot be used here; flattening the image into a private copy");
         }
