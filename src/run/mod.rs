@@ -28,7 +28,7 @@ pub mod cgroups;
 mod cleanup;
 mod context;
 mod devices;
-mod error;
+pub(crate) mod error;
 mod etc_files;
 mod executable;
 mod hooks;
@@ -77,6 +77,7 @@ pub fn run(
     quiet: bool,
     hooks: &mut RunHooks,
 ) -> Result<Outcome, RunError> {
+    error::check_privileged()?;
     // The image, pulled first if the plan's policy says so.
     let image = ready::ready_image(
         store,

@@ -1,7 +1,8 @@
 //! drun in a CI runner: inside a privileged podman job container (podman with its own root, run root and temp
 //! directory under the test's), built from the Debian test image's layout, with this drun bind-mounted in and its
 //! store and state on the job container's overlay root. `tests/nested/ci-job.sh` checks from inside; this test
-//! checks that nothing is left on the host: the job container, its mounts, its cgroup, podman's storage.
+//! checks that nothing is left on the host: the job container, its mounts, its cgroup, podman's storage; and that
+//! in a job container that is not privileged drun names the runner setting to change.
 
 use std::path::Path;
 use std::process::Command;
@@ -118,6 +119,29 @@ fn a_privileged_ci_job_container_runs_drun_through_overlay_and_leaves_nothing() 
             .join("libpod_parent")
             .join(format!("libpod-{cid}"));
         assert!(!cg.exists(), "{} left", cg.display());
+    }
+
+    // A job container that is not privileged: drun names the runner setting to change, whether it lacks
+    // CAP_SYS_ADMIN or only a writable /sys/fs/cgroup.
+    for caps in [&[][..], &["--cap-add=SYS_ADMIN"][..]] {
+        let out = run(
+            {
+                let mut c = podman(dir);
+                c.args(["run", "--rm", "--network", "host"])
+                    .args(caps)
+                    .arg(format!("--ulimit=nofile={nofile}:{nofile}"))
+                    .arg(format!("--ulimit=nproc={nproc}:{nproc}"))
+                    .arg(format!(
+                        "--volume={}:/usr/local/bin/drun:ro",
+                        env!("CARGO_BIN_EXE_drun")
+                    ))
+                    .args([&image, "drun", "run", "-q", &busybox(), "true"]);
+                c
+            },
+            Duration::from_secs(120),
+        );
+        assert_eq!(out.code(), Some(125), "{caps:?}: {}", out.stderr);
+        assert!(out.stderr.contains("privileged = true"), "{caps:?}: {}", out.stderr);
     }
     run(
         {

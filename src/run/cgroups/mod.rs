@@ -48,6 +48,12 @@ pub enum CgroupError {
     Read { path: PathBuf, source: std::io::Error },
     #[error("cannot prepare the cgroup {path:?}")]
     Write { path: PathBuf, source: std::io::Error },
+    #[error(
+        "cannot create the cgroup {path:?}: {CGROUP_ROOT} is read-only, as in a job container that is not \
+         privileged; {}",
+        crate::run::error::PRIVILEGED_HINT
+    )]
+    ReadOnly { path: PathBuf },
     #[error("cannot mount a private cgroup2 view at {CGROUP_ROOT}")]
     PrivateView(#[source] nix::errno::Errno),
     #[error("--require-limits: cannot enforce {limits}: {reason}")]
@@ -314,9 +320,15 @@ impl CgroupPlan {
     /// Creates the cgroup directories before libcontainer runs, so the read-only bind mounts have a source.
     pub fn create_dirs(&self, limits: &ResourceLimits) -> Result<(), CgroupError> {
         for (dir, _) in self.host_dirs() {
-            crate::sys::safe_fs::create_dir_all_mode(&dir, 0o755).map_err(|source| CgroupError::Write {
-                path: dir.clone(),
-                source,
+            crate::sys::safe_fs::create_dir_all_mode(&dir, 0o755).map_err(|source| {
+                if source.raw_os_error() == Some(libc::EROFS) {
+                    CgroupError::ReadOnly { path: dir.clone() }
+                } else {
+                    CgroupError::Write {
+                        path: dir.clone(),
+                        source,
+                    }
+                }
             })?;
             // libcgroups (0.7) never writes a v2 `memory.swap.max` of 0 (it treats 0 as "unset"), so "no extra
             // swap" is set here; libcontainer leaves it alone afterwards.
