@@ -13,7 +13,10 @@ BB=$REGISTRY/drun-test/busybox:latest
 E=$(mktemp -d)
 
 # The job container as CI runners make it: an overlay root, /run on it (no tmpfs), no CA certificates, no
-# systemd. (/dev/fuse and a writable /proc/sys come with --privileged; drun needs neither.)
+# systemd; and as some make it: no /dev/fuse, /proc/sys read-only (--privileged gives both; drun needs neither).
+rm -f /dev/fuse
+mount --bind /proc/sys /proc/sys && mount -o remount,bind,ro /proc/sys
+check "no /dev/fuse, /proc/sys read-only" eval '[ ! -e /dev/fuse ] && ! : 2>/dev/null >/proc/sys/kernel/domainname'
 check "the store and the state are on overlayfs" [ "$(stat -f -c %T /var/lib /run | sort -u)" = overlayfs ]
 check "no CA certificates, no systemd" eval '[ ! -e /etc/ssl/certs ] && [ ! -d /run/systemd/system ]'
 
