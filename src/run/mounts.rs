@@ -88,7 +88,12 @@ mod tests {
     #[test]
     fn without_an_overlay_the_list_is_the_plans() {
         let planned = vec![bind("/a", "/data"), bind("/b", "/data/sub")];
-        let m = effective(&planned, Path::new("/nonexistent")).unwrap();
+        let m = effective(
+            &planned,
+            Path::new("/nonexistent"),
+            &mut rootfs::Scratch::new(Path::new("/nonexistent"), None),
+        )
+        .unwrap();
         assert!(matches!(m.list, Cow::Borrowed(_)));
         assert!(m.overlay_view.is_none());
         assert_eq!(covering(&m.list, "/data/sub/x"), Some((&planned[1], "x")));
@@ -104,7 +109,11 @@ mod tests {
         };
         let planned = vec![overlay("/a"), overlay("/b")];
         assert!(matches!(
-            effective(&planned, Path::new("/nonexistent")),
+            effective(
+                &planned,
+                Path::new("/nonexistent"),
+                &mut rootfs::Scratch::new(Path::new("/nonexistent"), None)
+            ),
             Err(RunError::TwoOverlays)
         ));
     }

@@ -63,8 +63,6 @@ fn apply_markers(m: &Markers, dest: &Path) -> io::Result<()> {
     Ok(())
 }
 
-/// Mounts an overlay at `merged` (`lowers` top first). DRUN_ROOTFS=flatten makes it fail, forcing the callers'
-
 /// Files already copied, by source (device, inode): a hardlinked source file is linked, not copied again, so
 /// the flattened tree keeps the image's hardlinks (within a layer and to files of lower layers).
 pub(super) type Links = std::collections::HashMap<(u64, u64), (PathBuf, u64)>;
