@@ -40,6 +40,8 @@ grep -v DEBUG "$E/err" | head -5
 drun run --rm -m 32m "$DEB" sh -c 'cat /sys/fs/cgroup/memory/memory.limit_in_bytes; tail /dev/zero' >"$E/oom" 2>&1
 rc=$?
 check "the memory limit holds: OOM kill is 137" eval '[ $rc = 137 ] && grep -qx 33554432 "$E/oom"'
+check "--tmp-size bounds the writable layer" eval 'drun run --rm --tmp-size 8m "$BB" \
+    dd if=/dev/zero of=/big bs=1M count=16 2>&1 | grep -q "No space left"'
 check "/dev/shm has its size" [ "$(drun run --rm --shm-size 40m "$BB" df -k /dev/shm 2>/dev/null | awk 'NR==2 {print $2}')" = 40960 ]
 
 # A workflow with an artifact: its project directory is copy-on-write through overlay as well.
