@@ -10,10 +10,11 @@ export DRUN_TEST_CACHE ?= /var/cache/drun-test
 BUILD_PACKAGES := build-essential pkg-config libseccomp-dev libelf-dev zlib1g-dev ca-certificates
 # What the test fixtures (tests/fixtures/*.py) run on.
 FIXTURE_PACKAGES := python3
-# What the tests run on the host besides: catatonit (`--init`), util-linux (setpriv, unshare). The fixture and
+# What the tests run on the host besides: catatonit (`--init`), util-linux (setpriv, unshare), podman (the CI job
+# container of tests/integration/nested.rs). The fixture and
 # harness scripts install their own tools when they run: registry.sh the registry, images.sh debootstrap, skopeo
 # and umoci, test-users.sh uidmap, hack/vm-test.sh qemu, hack/slurm.sh Slurm, the benchmarks podman and hyperfine.
-TEST_PACKAGES := catatonit util-linux squashfs-tools squashfuse
+TEST_PACKAGES := catatonit util-linux squashfs-tools squashfuse podman
 # The drun binaries `make bench-run` and `make bench-pull` measure: NEW, and OLD interleaved with it when given
 # (`make bench-run OLD=/path/to/old/drun`).
 NEW ?= $(DRUN)

@@ -160,6 +160,10 @@ pub struct CommonRunArgs {
     /// -e override them
     #[arg(long)]
     pub env_host: bool,
+    /// Most the container's writable layer may hold where it is kept in memory (a state directory on overlayfs
+    /// or NFS, as in a CI job container; default: the config file's tmp_size, else half of RAM)
+    #[arg(long, value_name = "SIZE")]
+    pub tmp_size: Option<String>,
     /// In a Slurm step, do not set MASTER_ADDR, MASTER_PORT, WORLD_SIZE, RANK, LOCAL_RANK, LOCAL_WORLD_SIZE and
     /// NODE_RANK (SLURM_*, PMI_* and PMIX_* still pass)
     #[arg(long)]

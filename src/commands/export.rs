@@ -46,7 +46,10 @@ pub fn execute(global: &GlobalArgs, args: ExportArgs) -> Result<i32> {
     };
     let started = std::time::Instant::now();
     let made = crate::image::squash::export::in_private_mounts(|| {
-        let (merged, _) = crate::run::rootfs::prepare(&work.0, &layers)?;
+        // (Its upper directory, on a tmpfs where the store's file system cannot hold one, goes with the private
+        // mount namespace.)
+        let mut scratch = crate::run::rootfs::Scratch::new(&work.0, None);
+        let (merged, _) = crate::run::rootfs::prepare(&mut scratch, &work.0, &layers)?;
         Ok(write_image_file(&merged, ids, &args.output, args.mem.as_deref())?)
     });
     drop(work);

@@ -180,6 +180,9 @@ pub struct RunPlan {
     pub cpus: Option<f64>,
     pub pids_limit: Option<i64>,
     pub shm_size: Option<ByteSize>,
+    /// The most the container's writable layer may hold where it is kept in memory (see `run/rootfs/memory.rs`);
+    /// None: the config file's `tmp_size`, else half of RAM.
+    pub tmp_size: Option<ByteSize>,
     pub network: NetworkMode,
     pub ipc: Option<Sharing>,
     pub pid: Option<Sharing>,
@@ -257,6 +260,7 @@ impl RunPlan {
             cpus: None,
             pids_limit: None,
             shm_size: None,
+            tmp_size: None,
             network: NetworkMode::Host,
             ipc: None,
             pid: None,

@@ -42,6 +42,35 @@ pub enum RunError {
     Seccomp(#[from] seccomp::FilterError),
     #[error("a run has at most one copy-on-write (overlay) mount")]
     TwoOverlays,
+    #[error(
+        "cannot run a container: drun runs as root without CAP_SYS_ADMIN, as in a job container that is not \
+             privileged; {PRIVILEGED_HINT}"
+    )]
+    NotPrivileged,
+}
+
+/// What a CI runner must change for drun to run containers in its job container: one sentence, ending every error
+/// that an unprivileged job container causes (see docs/ci-runners.md).
+pub(crate) const PRIVILEGED_HINT: &str = "run the job container privileged: `privileged = true` under \
+    [runners.docker] in GitLab Runner's config.toml, `options: --privileged` under the job's `container:` in \
+    GitHub Actions, `--privileged` with docker or podman run (docs/ci-runners.md)";
+
+/// Real root without CAP_SYS_ADMIN (an unprivileged job container) can neither mount nor create namespaces:
+/// said before anything is prepared, rather than as the first mount's EPERM.
+pub(crate) fn check_privileged() -> Result<(), RunError> {
+    if crate::sys::userns::is_rootless() || !nix::unistd::geteuid().is_root() {
+        return Ok(());
+    }
+    const CAP_SYS_ADMIN: u32 = 21;
+    let status = crate::sys::safe_fs::read_system("/proc/self/status").unwrap_or_default();
+    let effective = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok());
+    match effective {
+        Some(caps) if caps & (1 << CAP_SYS_ADMIN) == 0 => Err(RunError::NotPrivileged),
+        _ => Ok(()),
+    }
 }
 
 impl RunError {

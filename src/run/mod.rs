@@ -30,7 +30,7 @@ pub mod cgroups;
 mod cleanup;
 mod context;
 mod devices;
-mod error;
+pub(crate) mod error;
 mod etc_files;
 pub mod exec;
 mod executable;
@@ -80,6 +80,7 @@ pub fn run(
     quiet: bool,
     hooks: &mut RunHooks,
 ) -> Result<Outcome, RunError> {
+    error::check_privileged()?;
     // The image, pulled first if the plan's policy says so.
     let image = ready::ready_image(
         store,
@@ -102,6 +103,8 @@ pub fn run(
     shm::warn_if_unsized(plan);
     let mut info = ctx.run_info(&image, &cgroup);
 
+    // Where its writable layers go: beside the run, or in memory where that file system cannot hold them.
+    let mut scratch = rootfs::Scratch::new(&ctx.dir, plan.tmp_size.or(cfg.tmp_size));
     // Registered under the store's shared lock: garbage collection either ran before or sees this run's layers.
     // A squashfs image file is mounted (after the record: a crash leaves the mount to the next `reap_stale`) and
     // is the overlay's only lower layer; `_squash` ends its squashfuse, if any, once the run is cleaned up.
@@ -117,14 +120,14 @@ pub fn run(
             Some(sq) => {
                 let mounted = squash_mount::mount_image(sq, store, &ctx.dir)?;
                 (
-                    rootfs::prepare(&ctx.dir, std::slice::from_ref(&mounted.dir))?.0,
+                    rootfs::prepare(&mut scratch, &ctx.dir, std::slice::from_ref(&mounted.dir))?.0,
                     Some(mounted),
                 )
             }
-            None => (rootfs::prepare(&ctx.dir, &layers)?.0, None),
+            None => (rootfs::prepare(&mut scratch, &ctx.dir, &layers)?.0, None),
         }
     };
-    let mut mounts = mounts::effective(&plan.mounts, &ctx.dir)?;
+    let mut mounts = mounts::effective(&plan.mounts, &ctx.dir, &mut scratch)?;
 
     // The process: what runs, as whom, where; checked before anything starts.
     let mut process = process::resolve(plan, &image.config, &root, &ctx.short_id)?;

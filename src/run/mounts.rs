@@ -19,7 +19,11 @@ pub struct Mounts<'a> {
 
 /// Prepares the plan's copy-on-write mount (at most one), in the run directory, and returns the effective list.
 /// Without one, the list is the plan's own.
-pub fn effective<'a>(planned: &'a [MountSpec], run_dir: &Path) -> Result<Mounts<'a>, RunError> {
+pub fn effective<'a>(
+    planned: &'a [MountSpec],
+    run_dir: &Path,
+    scratch: &mut rootfs::Scratch,
+) -> Result<Mounts<'a>, RunError> {
     let mut overlays = planned.iter().filter_map(|m| match m {
         MountSpec::Overlay { source, destination } => Some((source, destination)),
         _ => None,
@@ -35,7 +39,7 @@ pub fn effective<'a>(planned: &'a [MountSpec], run_dir: &Path) -> Result<Mounts<
     }
     // Its own overlay with the host directory as the lower layer, bind-mounted before every other mount, so
     // volumes and artifact mounts below it land on top.
-    let view = rootfs::prepare_project(run_dir, source)?;
+    let view = rootfs::prepare_project(scratch, run_dir, source)?;
     let list = std::iter::once(MountSpec::Bind {
         source: view.clone(),
         destination: destination.clone(),
@@ -84,7 +88,12 @@ mod tests {
     #[test]
     fn without_an_overlay_the_list_is_the_plans() {
         let planned = vec![bind("/a", "/data"), bind("/b", "/data/sub")];
-        let m = effective(&planned, Path::new("/nonexistent")).unwrap();
+        let m = effective(
+            &planned,
+            Path::new("/nonexistent"),
+            &mut rootfs::Scratch::new(Path::new("/nonexistent"), None),
+        )
+        .unwrap();
         assert!(matches!(m.list, Cow::Borrowed(_)));
         assert!(m.overlay_view.is_none());
         assert_eq!(covering(&m.list, "/data/sub/x"), Some((&planned[1], "x")));
@@ -100,7 +109,11 @@ mod tests {
         };
         let planned = vec![overlay("/a"), overlay("/b")];
         assert!(matches!(
-            effective(&planned, Path::new("/nonexistent")),
+            effective(
+                &planned,
+                Path::new("/nonexistent"),
+                &mut rootfs::Scratch::new(Path::new("/nonexistent"), None)
+            ),
             Err(RunError::TwoOverlays)
         ));
     }

@@ -11,6 +11,11 @@ pub fn shm_bytes(plan: &RunPlan) -> u64 {
     if let Some(m) = plan.memory {
         return m.0;
     }
+    half_of_ram()
+}
+
+/// Half of the host's memory: what a tmpfs gets by default (`/dev/shm`, a writable layer kept in memory).
+pub fn half_of_ram() -> u64 {
     let total_kib = crate::sys::safe_fs::read_system("/proc/meminfo")
         .ok()
         .and_then(|t| {

@@ -301,7 +301,14 @@ fn remove_processes_and_cgroup(state: &Path, info: &RunInfo) {
 }
 
 fn remove_mounts_and_dir(dir: &Path) {
-    for m in ["rootfs", "squash", "netns", "project/merged"] {
+    // The tmpfs of writable layers kept in memory last: the overlays above use it.
+    for m in [
+        "rootfs",
+        "squash",
+        "netns",
+        "project/merged",
+        crate::run::rootfs::MEMORY_DIR,
+    ] {
         let _ = nix::mount::umount2(
             &dir.join(m),
             nix::mount::MntFlags::MNT_DETACH | nix::mount::MntFlags::UMOUNT_NOFOLLOW,

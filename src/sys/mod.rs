@@ -49,6 +49,7 @@
 pub mod at;
 pub mod command;
 pub mod fork;
+pub mod fs_type;
 pub mod overlay;
 pub mod read;
 pub mod safe_fs;

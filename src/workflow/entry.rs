@@ -109,6 +109,7 @@ pub(super) fn job(w: &schema::Workflow, inputs: &EntryInputs<'_>) -> Result<Work
         rdma: w.resources.as_ref().is_some_and(|r| r.rdma),
         cdi_spec_dirs: options.cdi_spec_dirs.clone(),
         require_limits: options.require_limits,
+        tmp_size: options.tmp_size,
         ..RunPlan::new(w.image.value.trim())
     };
     Ok(WorkflowJob {

@@ -48,6 +48,8 @@ pub struct RunWideOptions {
     pub host_env: crate::plan::host_env::HostEnv,
     pub cdi_spec_dirs: Vec<PathBuf>,
     pub require_limits: bool,
+    /// `--tmp-size`: see [`RunPlan::tmp_size`].
+    pub tmp_size: Option<crate::units::ByteSize>,
 }
 
 /// One artifact: a path relative to the working directory (normalised, never escaping it).

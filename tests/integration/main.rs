@@ -12,6 +12,7 @@ mod environment;
 mod exec;
 mod gpu;
 mod mpi;
+mod nested;
 mod pull;
 mod rootless;
 mod run;

@@ -160,5 +160,20 @@ out=$(drun --log-level drun=debug run oci:/images/many:latest /bin/busybox sh -c
 check "128 layers through overlay ($(echo $out))" [ "$out" = "$(cat /images/many-check/view)" ]
 check "128 layers named by descriptor paths" grep -q 'layers=128 form=DescriptorPaths' /tmp/many-err
 
+# A rootless state directory on overlayfs (a CI job container's root, issue 17): the writable layer would go on a
+# tmpfs, which keeps user xattrs only from Linux 6.6 on; on this 6.1 kernel drun says so and copies the image.
+mkdir -p /tmp/ovl-l /tmp/ovl-u /tmp/ovl-w /tmp/ovl
+mount -t overlay overlay -o lowerdir=/tmp/ovl-l,upperdir=/tmp/ovl-u,workdir=/tmp/ovl-w /tmp/ovl
+mkdir /tmp/ovl/state && chown 1000:1000 /tmp/ovl/state
+out=$(as_rl drun --state /tmp/ovl/state run "$IMG" echo ran 2>&1)
+case $(uname -r) in
+[1-5].* | 6.[0-5].*) want="Linux 6.6" ;;
+*) want="kept in memory" ;;
+esac
+check "rootless, state on overlayfs: runs, and says why ($want)" \
+    sh -c 'echo "$1" | grep -q "^ran$" && echo "$1" | grep -q "$2"' _ "$out" "$want"
+[ -z "$(ls /tmp/ovl/state/containers)" ] || echo "$out"
+check "rootless, state on overlayfs: no run directories left" [ -z "$(ls /tmp/ovl/state/containers)" ]
+
 echo "$pass passed, $fail failed"
 [ "$fail" = 0 ]

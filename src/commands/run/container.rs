@@ -123,6 +123,7 @@ fn plan_from_args(args: &RunArgs) -> Result<RunPlan> {
         cpus,
         pids_limit: a.pids_limit,
         shm_size,
+        tmp_size: super::tmp_size(common)?,
         network: a.network,
         ipc: a.ipc,
         pid: a.pid,

@@ -67,3 +67,18 @@ fn host_variables(common: &CommonRunArgs, explicit: &[(String, String)]) -> Host
     }
     env
 }
+
+/// `--tmp-size`, parsed.
+fn tmp_size(common: &CommonRunArgs) -> Result<Option<crate::units::ByteSize>> {
+    let size = common
+        .tmp_size
+        .as_deref()
+        .map(crate::plan::parse::size)
+        .transpose()
+        .map_err(|e| e.named("--tmp-size"))?;
+    // A tmpfs of size 0 has no limit at all.
+    if size.is_some_and(|s| s.0 == 0) {
+        anyhow::bail!("invalid --tmp-size \"0\": expected a size above zero");
+    }
+    Ok(size)
+}

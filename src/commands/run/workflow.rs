@@ -35,6 +35,7 @@ pub(super) fn execute(global: &GlobalArgs, args: RunArgs) -> Result<i32> {
         env,
         cdi_spec_dirs: common.cdi_spec_dir.clone(),
         require_limits: common.require_limits,
+        tmp_size: super::tmp_size(common)?,
     };
     let file = PathBuf::from(&args.image_and_command[0]);
     let set = crate::workflow::load(&file, &super::host_env, &options)?;

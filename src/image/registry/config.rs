@@ -5,6 +5,10 @@
 //! `$XDG_CONFIG_HOME/drun/config.toml` (default `~/.config/drun/config.toml`); `DRUN_CONFIG=FILE` replaces both.
 //!
 //! ```toml
+//! # the most a container's writable layer may hold where it is kept in memory (a state directory on overlayfs
+//! # or NFS); default: half of RAM. `--tmp-size` overrides it.
+//! tmp_size = "8g"
+//!
 //! # extra CA certificates trusted for every registry (PEM files)
 //! ca_files = ["/etc/drun/certs/site-ca.pem"]
 //!
@@ -34,6 +38,22 @@ pub struct Config {
     pub ca_files: Vec<PathBuf>,
     #[serde(default)]
     pub registries: BTreeMap<String, RegistryConfig>,
+    /// The default of `--tmp-size` (see `run/rootfs/memory.rs`).
+    #[serde(default, deserialize_with = "size")]
+    pub tmp_size: Option<crate::units::ByteSize>,
+}
+
+fn size<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<crate::units::ByteSize>, D::Error> {
+    let text = String::deserialize(d)?;
+    text.parse()
+        .ok()
+        .filter(|s: &crate::units::ByteSize| s.0 > 0)
+        .map(Some)
+        .ok_or_else(|| {
+            serde::de::Error::custom(format!(
+                "invalid size {text:?}: expected a number of bytes above zero, with an optional unit (k, m, g)"
+            ))
+        })
 }
 
 /// The settings of one registry (`[registries."host[:port]"]`).
@@ -80,6 +100,7 @@ impl Config {
             })?;
             cfg.ca_files.extend(more.ca_files);
             cfg.registries.extend(more.registries);
+            cfg.tmp_size = more.tmp_size.or(cfg.tmp_size);
         }
         Ok(cfg)
     }

@@ -91,7 +91,7 @@ struct EntryMeta {
 pub(super) struct Extraction<'r> {
     pub root: BorrowedFd<'r>,
     pub opts: UnpackOptions,
-    /// `DRUN_WHITEOUTS=markers` (see [`markers_forced`]), for an unprivileged unpacker.
+    /// `DRUN_WHITEOUTS=markers` (see [`markers_forced`]).
     pub force_markers: bool,
     pub stats: UnpackStats,
     pub lower_links: Vec<LowerLink>,
@@ -115,7 +115,7 @@ pub fn unpack_layer<R: Read>(src: R, dest: &Path, opts: UnpackOptions) -> Result
     let mut layer = Extraction {
         root: root_fd.as_fd(),
         opts,
-        force_markers: opts.unprivileged && markers_forced(),
+        force_markers: markers_forced(),
         stats: UnpackStats::default(),
         lower_links: Vec::new(),
         markers: Markers::default(),
@@ -402,7 +402,7 @@ impl Extraction<'_> {
             tracing::debug!(
                 whiteouts = self.markers.whiteouts.len(),
                 opaque = self.markers.opaque.len(),
-                "whiteouts kept as markers: root file systems with this layer are flattened"
+                "whiteouts kept as markers: root file systems with this layer get them as a layer of their own"
             );
         }
         Ok(Unpacked {

@@ -27,8 +27,9 @@ pub const OVERLAY_USER_OPAQUE_XATTR: &str = "user.overlay.opaque";
 
 /// Whiteouts and opaque directories the file system could not represent the overlay way (an ordinary user on a
 /// kernel before 5.8 cannot make 0:0 character devices; a file system without user xattrs cannot mark opaque
-/// directories). Kept beside the layer tree in [`MARKERS_FILE`]; a root file system with such layers is
-/// flattened, applying them.
+/// directories; overlayfs, a store on a CI job container's root, refuses 0:0 devices even to root). Kept beside
+/// the layer tree in [`MARKERS_FILE`]; a root file system with such layers gets them as a small overlay-format
+/// layer of its own below the marked one (`run/rootfs/markers.rs`), or is flattened where that cannot be made.
 #[derive(Debug, Default, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Markers {
     /// Paths (relative to the layer root) the layer deletes.
@@ -82,7 +83,9 @@ impl Extraction<'_> {
         };
         match set {
             Ok(()) => {}
-            Err(e) if self.opts.unprivileged && matches!(e.raw_os_error(), Some(libc::EOPNOTSUPP | libc::EPERM)) => {
+            // Also as root: overlayfs (a store inside a CI job container) refuses `trusted.overlay.*` before
+            // Linux 6.7.
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EOPNOTSUPP | libc::EPERM)) => {
                 let path = relative_path(parent_comps).into_os_string().into_vec();
                 self.tracked.add(path.len())?;
                 self.markers.opaque.push(path);
@@ -115,8 +118,9 @@ impl Extraction<'_> {
         };
         match made {
             Ok(()) => {}
-            // EPERM before Linux 5.8; some file systems (FUSE, parallel ones) refuse 0:0 devices otherwise.
-            Err(Errno::EPERM | Errno::EOPNOTSUPP | Errno::EINVAL) if self.opts.unprivileged => {
+            // EPERM unprivileged before Linux 5.8; some file systems (FUSE, parallel ones) refuse 0:0 devices
+            // otherwise, and overlayfs (a store inside a CI job container) refuses them even to root.
+            Err(Errno::EPERM | Errno::EOPNOTSUPP | Errno::EINVAL) => {
                 let mut path = relative_path(parent_comps);
                 path.push(target);
                 let path = path.into_os_string().into_vec();

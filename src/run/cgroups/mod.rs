@@ -49,6 +49,12 @@ pub enum CgroupError {
     Read { path: PathBuf, source: std::io::Error },
     #[error("cannot prepare the cgroup {path:?}")]
     Write { path: PathBuf, source: std::io::Error },
+    #[error(
+        "cannot create the cgroup {path:?}: {CGROUP_ROOT} is read-only, as in a job container that is not \
+         privileged; {}",
+        crate::run::error::PRIVILEGED_HINT
+    )]
+    ReadOnly { path: PathBuf },
     #[error("cannot mount a private cgroup2 view at {CGROUP_ROOT}")]
     PrivateView(#[source] nix::errno::Errno),
     #[error("--require-limits: cannot enforce {limits}: {reason}")]
@@ -121,7 +127,7 @@ fn own_cgroup(version: &Version) -> Result<String, CgroupError> {
             Version::V1 { .. } => ctrls.split(',').any(|c| c == "memory"),
         };
         if hit {
-            return Ok(p.to_string());
+            return Ok(below_mount_root(p, mount_root(version).as_deref()));
         }
     }
     Ok("/".to_string())
@@ -157,6 +163,40 @@ pub fn hide_host_hierarchy_rootless(version: &Version, join: Option<i32>) -> Res
         )
     });
     (*res).map_err(CgroupError::PrivateView)
+}
+
+/// The cgroup the hierarchy drun sees is mounted from, when not its root: in a CI job container without a cgroup
+/// namespace (a privileged job on a cgroup v1 host), `/proc/self/cgroup` names the host's path
+/// (`/libpod_parent/libpod-…`) while `/sys/fs/cgroup/memory` shows only the container's own subtree.
+fn mount_root(version: &Version) -> Option<String> {
+    let info = crate::sys::safe_fs::read_system(Path::new("/proc/self/mountinfo")).ok()?;
+    info.lines().find_map(|line| {
+        let (mount, fs) = line.split_once(" - ")?;
+        let fields: Vec<&str> = mount.split(' ').collect();
+        let (root, point) = (fields.get(3)?, fields.get(4)?);
+        let mut fs = fs.split(' ');
+        let (kind, _source, options) = (fs.next()?, fs.next()?, fs.next().unwrap_or(""));
+        let ours = match version {
+            Version::V2 => kind == "cgroup2" && *point == CGROUP_ROOT,
+            Version::V1 { .. } => {
+                kind == "cgroup" && point.starts_with(CGROUP_ROOT) && options.split(',').any(|o| o == "memory")
+            }
+        };
+        ours.then(|| root.to_string())
+    })
+}
+
+/// `path` (from /proc/self/cgroup) relative to the hierarchy's mount root `root`.
+fn below_mount_root(path: &str, root: Option<&str>) -> String {
+    match root.map(|r| r.trim_end_matches('/')).filter(|r| !r.is_empty()) {
+        Some(r) if path == r => "/".to_string(),
+        Some(r) => path
+            .strip_prefix(r)
+            .filter(|rest| rest.starts_with('/'))
+            .unwrap_or(path)
+            .to_string(),
+        None => path.to_string(),
+    }
 }
 
 /// drun's own cgroup's `cgroup.procs` (the v2 hierarchy's, or on v1 the memory hierarchy's, as `own_cgroup`
@@ -344,9 +384,15 @@ impl CgroupPlan {
     /// Creates the cgroup directories before libcontainer runs, so the read-only bind mounts have a source.
     pub fn create_dirs(&self, limits: &ResourceLimits) -> Result<(), CgroupError> {
         for (dir, _) in self.host_dirs() {
-            crate::sys::safe_fs::create_dir_all_mode(&dir, 0o755).map_err(|source| CgroupError::Write {
-                path: dir.clone(),
-                source,
+            crate::sys::safe_fs::create_dir_all_mode(&dir, 0o755).map_err(|source| {
+                if source.raw_os_error() == Some(libc::EROFS) {
+                    CgroupError::ReadOnly { path: dir.clone() }
+                } else {
+                    CgroupError::Write {
+                        path: dir.clone(),
+                        source,
+                    }
+                }
             })?;
             // libcgroups (0.7) never writes a v2 `memory.swap.max` of 0 (it treats 0 as "unset"), so "no extra
             // swap" is set here; libcontainer leaves it alone afterwards.
@@ -374,5 +420,23 @@ impl CgroupPlan {
             out.push(json!({"destination": dst, "type": "bind", "source": src, "options": ["bind", "ro", "nosuid", "noexec", "nodev"]}));
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cgroup_mounted_from_a_subtree_is_named_below_it() {
+        let job = "/libpod_parent/libpod-0189";
+        assert_eq!(below_mount_root(job, Some(job)), "/");
+        assert_eq!(below_mount_root(&format!("{job}/step"), Some(job)), "/step");
+        assert_eq!(below_mount_root("/user.slice/x", Some("/")), "/user.slice/x");
+        assert_eq!(
+            below_mount_root("/libpod_parentx", Some("/libpod_parent")),
+            "/libpod_parentx"
+        );
+        assert_eq!(below_mount_root("/a", None), "/a");
     }
 }
