@@ -187,7 +187,7 @@ fn mount_root(version: &Version) -> Option<String> {
 }
 
 /// `path` (from /proc/self/cgroup) relative to the hierarchy's mount root `root`.
-fn below_mount_root(path: &str, root: Option<&str>) -> String {
+pub(super) fn below_mount_root(path: &str, root: Option<&str>) -> String {
     match root.map(|r| r.trim_end_matches('/')).filter(|r| !r.is_empty()) {
         Some(r) if path == r => "/".to_string(),
         Some(r) => path

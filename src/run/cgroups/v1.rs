@@ -59,6 +59,10 @@ pub(super) fn places(path: &str, leaf: &str) -> Result<Vec<Place>, CgroupError> 
         if !mount.is_dir() {
             continue;
         }
+        // In a job container without a cgroup namespace, /proc/self/cgroup names the host's path while the
+        // hierarchy is mounted from the container's own subtree.
+        let own = super::below_mount_root(own, mount_root(&mount).as_deref());
+        let own = own.as_str();
         let managed = ctrls.split(',').any(|c| MANAGED.contains(&c));
         if managed && own == parent {
             continue;
@@ -83,6 +87,17 @@ pub(super) fn places(path: &str, leaf: &str) -> Result<Vec<Place>, CgroupError> 
         });
     }
     Ok(out)
+}
+
+/// The cgroup a v1 hierarchy mounted at `mount` is mounted from (its root in /proc/self/mountinfo).
+fn mount_root(mount: &Path) -> Option<String> {
+    let info = crate::sys::safe_fs::read_system(Path::new("/proc/self/mountinfo")).ok()?;
+    info.lines().find_map(|line| {
+        let (fields, fs) = line.split_once(" - ")?;
+        let fields: Vec<&str> = fields.split(' ').collect();
+        (fs.starts_with("cgroup ") && Path::new(fields.get(4)?) == mount)
+            .then(|| fields.get(3).map(|r| r.to_string()))?
+    })
 }
 
 /// Moves the container's init `pid` from libcontainer's cgroups (`path` in each hierarchy) to its `places`.
