@@ -72,6 +72,63 @@ pub struct ContainerArgs {
     /// Maximum number of processes
     #[arg(long, value_name = "N")]
     pub pids_limit: Option<i64>,
+    /// CPU shares: a relative weight (default 1024)
+    #[arg(short = 'c', long, value_name = "N")]
+    pub cpu_shares: Option<String>,
+    /// CFS period in microseconds (with --cpu-quota, instead of --cpus)
+    #[arg(long, value_name = "US")]
+    pub cpu_period: Option<String>,
+    /// CFS quota in microseconds per period
+    #[arg(long, value_name = "US", allow_hyphen_values = true)]
+    pub cpu_quota: Option<String>,
+    /// CPUs to run on, e.g. 0-3 or 0,2
+    #[arg(long, value_name = "LIST")]
+    pub cpuset_cpus: Option<String>,
+    /// NUMA memory nodes to allocate from, e.g. 0 or 0-1
+    #[arg(long, value_name = "LIST")]
+    pub cpuset_mems: Option<String>,
+    /// Memory soft limit, e.g. 128m
+    #[arg(long, value_name = "SIZE")]
+    pub memory_reservation: Option<String>,
+    /// Memory plus swap, e.g. 1g (-1: unlimited swap; default: no extra swap)
+    #[arg(long, value_name = "SIZE", allow_hyphen_values = true)]
+    pub memory_swap: Option<String>,
+    /// Swappiness, 0 to 100 (cgroup v1; ignored with a warning on v2)
+    #[arg(long, value_name = "N")]
+    pub memory_swappiness: Option<String>,
+    /// Kernel memory limit: accepted and ignored with a warning, as Docker does
+    #[arg(long, value_name = "SIZE", hide = true)]
+    pub kernel_memory: Option<String>,
+    /// Disable the OOM killer (cgroup v1; ignored with a warning on v2)
+    #[arg(long)]
+    pub oom_kill_disable: bool,
+    /// OOM score adjustment, -1000 to 1000
+    #[arg(long, value_name = "N", allow_hyphen_values = true)]
+    pub oom_score_adj: Option<String>,
+    /// Block I/O weight, 10 to 1000 (needs the BFQ scheduler; ignored with a warning without)
+    #[arg(long, value_name = "N")]
+    pub blkio_weight: Option<String>,
+    /// Block I/O weight of a device: DEVICE:WEIGHT
+    #[arg(long, value_name = "DEVICE:WEIGHT")]
+    pub blkio_weight_device: Vec<String>,
+    /// Read rate limit of a device: DEVICE:RATE, e.g. /dev/sda:1mb
+    #[arg(long, value_name = "DEVICE:RATE")]
+    pub device_read_bps: Vec<String>,
+    /// Write rate limit of a device: DEVICE:RATE
+    #[arg(long, value_name = "DEVICE:RATE")]
+    pub device_write_bps: Vec<String>,
+    /// Read operations per second limit of a device: DEVICE:IOPS
+    #[arg(long, value_name = "DEVICE:IOPS")]
+    pub device_read_iops: Vec<String>,
+    /// Write operations per second limit of a device: DEVICE:IOPS
+    #[arg(long, value_name = "DEVICE:IOPS")]
+    pub device_write_iops: Vec<String>,
+    /// Add a device cgroup rule: 'TYPE MAJOR:MINOR ACCESS', e.g. 'c 1:3 rwm'
+    #[arg(long, value_name = "RULE")]
+    pub device_cgroup_rule: Vec<String>,
+    /// Storage driver options: refused (drun's root file system is an overlay without size options)
+    #[arg(long, value_name = "OPT", hide = true)]
+    pub storage_opt: Vec<String>,
     /// Size of /dev/shm (default: the memory limit, else half of RAM)
     #[arg(long, value_name = "SIZE")]
     pub shm_size: Option<String>,
@@ -84,9 +141,39 @@ pub struct ContainerArgs {
     /// PID namespace: private, or host (default inside a Slurm job)
     #[arg(long, value_enum, hide_possible_values = true, value_name = "MODE")]
     pub pid: Option<Sharing>,
+    /// UTS namespace: private (default) or host
+    #[arg(long, value_enum, hide_possible_values = true, value_name = "MODE")]
+    pub uts: Option<Sharing>,
     /// Container host name (default: the short container id; the host's inside a Slurm job)
     #[arg(long, short = 'H', value_name = "NAME")]
     pub hostname: Option<String>,
+    /// Container NIS domain name
+    #[arg(long, value_name = "NAME")]
+    pub domainname: Option<String>,
+    /// Name server for /etc/resolv.conf (repeatable; replaces the host's)
+    #[arg(long, value_name = "IP")]
+    pub dns: Vec<String>,
+    /// DNS search domain (repeatable; replaces the host's)
+    #[arg(long, value_name = "DOMAIN")]
+    pub dns_search: Vec<String>,
+    /// resolv.conf option, e.g. ndots:2 (repeatable; replaces the host's)
+    #[arg(long, alias = "dns-opt", value_name = "OPT")]
+    pub dns_option: Vec<String>,
+    /// Add a line to /etc/hosts: HOST:IP
+    #[arg(long, value_name = "HOST:IP")]
+    pub add_host: Vec<String>,
+    /// Supplementary group: a name from the image's /etc/group, or a gid (repeatable)
+    #[arg(long, value_name = "GROUP")]
+    pub group_add: Vec<String>,
+    /// Namespaced kernel parameter: NAME=VALUE (IPC ones; net.* with --network none)
+    #[arg(long, value_name = "NAME=VALUE")]
+    pub sysctl: Vec<String>,
+    /// Signal sent to the container when drun gets SIGTERM, e.g. SIGINT (default SIGTERM)
+    #[arg(long, value_name = "SIGNAL")]
+    pub stop_signal: Option<String>,
+    /// Restart policy: no (default) or on-failure:N (run again after a failure, at most N times)
+    #[arg(long, value_name = "POLICY")]
+    pub restart: Option<String>,
     /// Mount the root file system read-only
     #[arg(long)]
     pub read_only: bool,

@@ -7,8 +7,8 @@ use std::io;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
-use super::parse::{HostDeviceRequest, MountRequest};
-use super::{DeviceKind, HostDevice, MountSpec};
+use super::parse::{BlkioKind, BlkioRequest, HostDeviceRequest, MountRequest};
+use super::{BlockDevice, DeviceKind, DeviceValue, HostDevice, MountSpec};
 
 /// An env file larger than this is refused (it is read whole).
 const ENV_FILE_LIMIT: u64 = 16 << 20;
@@ -46,6 +46,9 @@ pub enum HostPathError {
     /// `path` as given; `found` says what it (or what its symlinks lead to) is instead.
     #[error("invalid device {path:?}: expected a character or block device node, not {found}")]
     NotADevice { path: PathBuf, found: &'static str },
+    /// A block I/O setting's device that is not a block device.
+    #[error("invalid block device {path:?}: expected a block device node, not {found}")]
+    NotABlockDevice { path: PathBuf, found: &'static str },
 }
 
 /// What a front end names on the host, as written, each item with where it was written (`L`: a flag, a place in
@@ -60,6 +63,8 @@ pub struct HostInputs<L> {
     pub files: Vec<(PathBuf, L)>,
     /// Host device nodes (`--device /dev/…`, a workflow's `devices`).
     pub devices: Vec<(HostDeviceRequest, L)>,
+    /// Block devices of per-device block I/O settings (`--device-read-bps /dev/sda:1mb` …).
+    pub blkio: Vec<(BlkioRequest, L)>,
 }
 
 impl<L> Default for HostInputs<L> {
@@ -70,6 +75,7 @@ impl<L> Default for HostInputs<L> {
             env_files: Vec::new(),
             files: Vec::new(),
             devices: Vec::new(),
+            blkio: Vec::new(),
         }
     }
 }
@@ -85,6 +91,8 @@ pub struct HostPaths {
     pub files: Vec<PathBuf>,
     /// The device nodes, with their type and numbers.
     pub devices: Vec<HostDevice>,
+    /// The block I/O settings, each with its device's numbers.
+    pub blkio: Vec<(BlkioKind, DeviceValue)>,
 }
 
 /// A failed lookup and where its input was written.
@@ -103,6 +111,7 @@ pub fn resolve_host_paths<L>(inputs: HostInputs<L>) -> Result<HostPaths, HostPat
         env_files: Vec::with_capacity(inputs.env_files.len()),
         files: Vec::with_capacity(inputs.files.len()),
         devices: Vec::with_capacity(inputs.devices.len()),
+        blkio: Vec::with_capacity(inputs.blkio.len()),
     };
     for (request, at) in inputs.mounts {
         out.mounts.push(resolve_mount(request, &base).map_err(|e| fail(at, e))?);
@@ -121,6 +130,35 @@ pub fn resolve_host_paths<L>(inputs: HostInputs<L>) -> Result<HostPaths, HostPat
     }
     for (request, at) in inputs.devices {
         out.devices.push(resolve_device(request).map_err(|e| fail(at, e))?);
+    }
+    for (request, at) in inputs.blkio {
+        let device = resolve_device(HostDeviceRequest {
+            host: request.path.clone(),
+            container: String::new(),
+            access: super::DeviceAccess::ALL,
+        })
+        .and_then(|d| match d.kind {
+            DeviceKind::Block => Ok(BlockDevice {
+                major: d.major,
+                minor: d.minor,
+            }),
+            DeviceKind::Char => Err(HostPathError::NotABlockDevice {
+                path: request.path.clone(),
+                found: "a character device",
+            }),
+        })
+        .map_err(|e| match e {
+            HostPathError::NotADevice { path, found } => HostPathError::NotABlockDevice { path, found },
+            e => e,
+        })
+        .map_err(|e| fail(at, e))?;
+        out.blkio.push((
+            request.kind,
+            DeviceValue {
+                device,
+                value: request.value,
+            },
+        ));
     }
     Ok(out)
 }
@@ -219,7 +257,7 @@ mod tests {
             mounts: vec![(bind("./data/"), 1)],
             env_files: vec![("env".into(), 2)],
             files: vec![("req.txt".into(), 3)],
-            devices: Vec::new(),
+            ..Default::default()
         })
         .unwrap();
         assert_eq!(

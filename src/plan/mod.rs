@@ -6,6 +6,7 @@
 //! host's disk (bind sources, env files, required files, device nodes); [`host_env`] decides which host variables
 //! reach the container, with the training variables of a Slurm step from [`slurm_env`].
 
+pub mod check;
 pub mod host_env;
 pub mod host_paths;
 pub mod parse;
@@ -148,6 +149,105 @@ pub struct HostDevice {
     pub access: DeviceAccess,
 }
 
+/// A block device's numbers, as [`host_paths`] found them for a path (`--device-read-bps /dev/sda:1mb`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BlockDevice {
+    pub major: u64,
+    pub minor: u64,
+}
+
+/// One per-device block I/O setting: a weight (`--blkio-weight-device`) or a throttle rate.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DeviceValue {
+    pub device: BlockDevice,
+    pub value: u64,
+}
+
+/// Cgroup settings beyond `--memory`, `--cpus` and `--pids-limit`, under docker-py's names. All unset by default;
+/// the run path writes them where the host's cgroup version has them (see `run::cgroups::limits`).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct CgroupTuning {
+    /// Relative CPU weight (v1 `cpu.shares`; v2 `cpu.weight`, converted).
+    pub cpu_shares: Option<u64>,
+    /// CFS period and quota in microseconds (`--cpu-period`, `--cpu-quota`), an alternative to `--cpus`.
+    pub cpu_period: Option<u64>,
+    pub cpu_quota: Option<i64>,
+    /// CPUs and memory nodes to run on, as the kernel's list syntax (`0-3,8`).
+    pub cpuset_cpus: Option<String>,
+    pub cpuset_mems: Option<String>,
+    /// Memory soft limit (v1 `memory.soft_limit_in_bytes`, v2 `memory.low`).
+    pub mem_reservation: Option<ByteSize>,
+    /// Memory plus swap in bytes; -1 is unlimited swap. Needs a memory limit.
+    pub memswap_limit: Option<i64>,
+    /// 0–100; cgroup v1 only (v2 has none: ignored with a warning, as Docker does).
+    pub mem_swappiness: Option<u64>,
+    /// cgroup v1 only (ignored with a warning on v2, as Docker does).
+    pub oom_kill_disable: bool,
+    /// Block I/O weight, 10–1000 (needs the BFQ scheduler, or CFQ on old kernels: ignored with a warning without).
+    pub blkio_weight: Option<u16>,
+    pub blkio_weight_device: Vec<DeviceValue>,
+    pub device_read_bps: Vec<DeviceValue>,
+    pub device_write_bps: Vec<DeviceValue>,
+    pub device_read_iops: Vec<DeviceValue>,
+    pub device_write_iops: Vec<DeviceValue>,
+    /// Extra device cgroup rules (`--device-cgroup-rule 'c 1:3 rwm'`).
+    pub device_cgroup_rules: Vec<DeviceRule>,
+}
+
+impl CgroupTuning {
+    /// Adds a per-device block I/O setting, as [`host_paths`] resolved it.
+    pub fn push_blkio(&mut self, kind: parse::BlkioKind, value: DeviceValue) {
+        use parse::BlkioKind::*;
+        match kind {
+            Weight => self.blkio_weight_device.push(value),
+            ReadBps => self.device_read_bps.push(value),
+            WriteBps => self.device_write_bps.push(value),
+            ReadIops => self.device_read_iops.push(value),
+            WriteIops => self.device_write_iops.push(value),
+        }
+    }
+
+    /// Whether any block I/O setting is given.
+    pub fn has_blkio(&self) -> bool {
+        self.blkio_weight.is_some()
+            || !self.blkio_weight_device.is_empty()
+            || !self.device_read_bps.is_empty()
+            || !self.device_write_bps.is_empty()
+            || !self.device_read_iops.is_empty()
+            || !self.device_write_iops.is_empty()
+    }
+}
+
+/// A device cgroup rule: `TYPE MAJOR:MINOR ACCESS`, `*` (None) for any number; `kind` None is `a` (all).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DeviceRule {
+    pub kind: Option<DeviceKind>,
+    pub major: Option<u64>,
+    pub minor: Option<u64>,
+    pub access: DeviceAccess,
+}
+
+/// `/etc/resolv.conf` and `/etc/hosts` settings (`--dns`, `--dns-search`, `--dns-option`, `--add-host`): each list
+/// given replaces the host's lines of its kind; hosts are added.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NameResolution {
+    pub servers: Vec<std::net::IpAddr>,
+    pub search: Vec<String>,
+    pub options: Vec<String>,
+    /// `(host name, address)` lines added to /etc/hosts.
+    pub extra_hosts: Vec<(String, std::net::IpAddr)>,
+}
+
+/// What to do when the container exits (`--restart`, docker-py's `restart_policy`). Without a daemon only
+/// on-failure has a meaning: the run is started again, in the foreground.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum RestartPolicy {
+    #[default]
+    No,
+    /// Start again after a non-zero exit, at most this many more times.
+    OnFailure(u32),
+}
+
 /// One resource limit (`--ulimit`, a workflow's `ulimits`); `u64::MAX` is unlimited.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Ulimit {
@@ -179,6 +279,10 @@ pub struct RunPlan {
     pub memory: Option<ByteSize>,
     pub cpus: Option<f64>,
     pub pids_limit: Option<i64>,
+    /// Every other cgroup setting (CPU shares and sets, memory reservation and swap, block I/O …).
+    pub tuning: CgroupTuning,
+    /// The process's `/proc/self/oom_score_adj`, -1000–1000.
+    pub oom_score_adj: Option<i32>,
     pub shm_size: Option<ByteSize>,
     /// The most the container's writable layer may hold where it is kept in memory (see `run/rootfs/memory.rs`);
     /// None: the config file's `tmp_size`, else half of RAM.
@@ -186,7 +290,19 @@ pub struct RunPlan {
     pub network: NetworkMode,
     pub ipc: Option<Sharing>,
     pub pid: Option<Sharing>,
+    /// The UTS namespace: the container's own (None, the default) or the host's (`--uts host`).
+    pub uts: Option<Sharing>,
     pub hostname: Option<String>,
+    /// The NIS domain name (`--domainname`): needs the container's own UTS namespace.
+    pub domainname: Option<String>,
+    pub dns: NameResolution,
+    /// Supplementary groups (`--group-add`): names resolved in the image's /etc/group, or numbers.
+    pub group_add: Vec<String>,
+    /// Namespaced kernel parameters (`--sysctl`), checked by [`parse::sysctl`].
+    pub sysctls: Vec<(String, String)>,
+    /// The signal SIGTERM to drun becomes for the container (`--stop-signal`; Docker's `docker stop` signal).
+    pub stop_signal: Option<nix::sys::signal::Signal>,
+    pub restart: RestartPolicy,
     pub read_only: bool,
     pub cap_add: Vec<String>,
     pub cap_drop: Vec<String>,
@@ -259,12 +375,21 @@ impl RunPlan {
             memory: None,
             cpus: None,
             pids_limit: None,
+            tuning: CgroupTuning::default(),
+            oom_score_adj: None,
             shm_size: None,
             tmp_size: None,
             network: NetworkMode::Host,
             ipc: None,
             pid: None,
+            uts: None,
             hostname: None,
+            domainname: None,
+            dns: NameResolution::default(),
+            group_add: Vec::new(),
+            sysctls: Vec::new(),
+            stop_signal: None,
+            restart: RestartPolicy::No,
             read_only: false,
             cap_add: Vec::new(),
             cap_drop: Vec::new(),

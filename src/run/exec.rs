@@ -381,7 +381,7 @@ fn start(
             });
         }
     };
-    let signals = Forwarding::block()?;
+    let signals = Forwarding::block(None)?;
     Ok(Started {
         pid,
         console,

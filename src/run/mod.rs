@@ -165,7 +165,7 @@ pub fn run(
 
     // What it sees of the host: network, /etc files, devices and GPUs, its cgroup.
     let netns = network::prepare(plan, &ctx.dir)?;
-    let etc_files = etc_files::write(&ctx.dir, &process.hostname)?;
+    let etc_files = etc_files::write(&ctx.dir, &process.hostname, &plan.dns)?;
     let host_devices = devices::with_rdma(plan)?;
     cleanup.cgroup_created()?;
     cgroup.hide_host_hierarchy()?;
@@ -196,6 +196,7 @@ pub fn run(
     let bundle = spec::write_bundle(&ctx.dir, &spec)?;
 
     // Start, supervise until the init exits, end what is left, clean up.
+    let oom_control = cgroup.oom_control_file(plan.tuning.oom_kill_disable);
     let mut started = start::start(
         &ctx,
         &bundle,
@@ -203,6 +204,7 @@ pub fn run(
         pmi.fd,
         &cgroup,
         hooks.log.is_some(),
+        oom_control.as_deref(),
         &mut cleanup,
         info,
     )?;

@@ -52,7 +52,13 @@ pub fn resolve(
     root: &Path,
     short_id: &str,
 ) -> Result<Process, RunError> {
-    let hostname = plan.hostname.clone().unwrap_or_else(|| default_hostname(short_id));
+    let hostname = match plan.uts {
+        // The host's UTS namespace: its name is the host's.
+        Some(crate::plan::Sharing::Host) => crate::sys::safe_fs::read_system("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_string())
+            .unwrap_or_default(),
+        _ => plan.hostname.clone().unwrap_or_else(|| default_hostname(short_id)),
+    };
     let entry = config.entrypoint().clone().unwrap_or_default();
     let cmd = config.cmd().clone().unwrap_or_default();
     let args = resolve_args(plan, &entry, &cmd)?;
@@ -69,6 +75,7 @@ pub fn resolve(
         (None, None) => config.user().clone(),
     };
     let mut user = user::resolve(root, user_spec.as_deref())?;
+    user::add_groups(root, &mut user, &plan.group_add)?;
     if let Some(ns) = crate::sys::userns::current() {
         user::check_mapped(&mut user, user_spec.as_deref().unwrap_or("root"), ns)?;
     }

@@ -34,12 +34,14 @@ pub struct Forwarding {
     fd: SignalFd,
     last_interrupt: Option<Instant>,
     interrupted: bool,
+    /// What SIGTERM becomes (`--stop-signal`): drun's SIGTERM is the "stop" a daemon's `docker stop` would send.
+    stop_signal: Signal,
 }
 
 impl Forwarding {
     /// Blocks the forwarded signals (only once the container's process exists, with the default mask) and opens
     /// the signalfd they are read from.
-    pub fn block() -> Result<Forwarding, RunError> {
+    pub fn block(stop_signal: Option<Signal>) -> Result<Forwarding, RunError> {
         let set = forwarded_signals();
         set.thread_block().map_err(|e| RunError::Io {
             what: "block signals".into(),
@@ -55,6 +57,7 @@ impl Forwarding {
             fd,
             last_interrupt: None,
             interrupted: false,
+            stop_signal: stop_signal.unwrap_or(Signal::SIGTERM),
         })
     }
 
@@ -83,7 +86,11 @@ impl Forwarding {
                 self.last_interrupt = Some(now);
             }
             self.interrupted |= matches!(sig, Signal::SIGINT | Signal::SIGTERM);
-            let send = if forced { Signal::SIGKILL } else { sig };
+            let send = match sig {
+                _ if forced => Signal::SIGKILL,
+                Signal::SIGTERM => self.stop_signal,
+                _ => sig,
+            };
             tracing::debug!(signal = %sig, forwarded = %send, "forwarding a signal to the container");
             let _ = kill(pid, send);
         }

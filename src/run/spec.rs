@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use serde_json::{json, Value};
 
 use crate::plan::{MountSpec, NetworkMode, RunPlan, SeccompMode, Sharing, DEFAULT_CAPS};
-use crate::run::cgroups::{CgroupPlan, ResourceLimits};
+use crate::run::cgroups::{device_cgroup_rules, tuned, CgroupPlan, ResourceLimits};
 use crate::run::seccomp::default_profile;
 
 #[derive(Debug, thiserror::Error)]
@@ -271,7 +271,10 @@ pub fn build(inp: &SpecInputs<'_>) -> Result<Value, SpecError> {
     let (device_mounts, device_rules) = crate::run::devices::edits(inp.host_devices, rootless)?;
     mounts.extend(device_mounts);
 
-    let mut namespaces = vec![json!({"type": "mount"}), json!({"type": "uts"})];
+    let mut namespaces = vec![json!({"type": "mount"})];
+    if plan.uts != Some(Sharing::Host) {
+        namespaces.push(json!({"type": "uts"}));
+    }
     if plan.pid_mode() == Sharing::Private {
         namespaces.push(json!({"type": "pid"}));
     }
@@ -300,11 +303,22 @@ pub fn build(inp: &SpecInputs<'_>) -> Result<Value, SpecError> {
         rlimits.push(json!({"type": "RLIMIT_MEMLOCK", "soft": soft, "hard": hard}));
     }
 
+    let mut resources = inp.cgroup.resources(&ResourceLimits::of(plan));
+    if let (Some(r), None) = (resources.as_mut(), &inp.cgroup.blocked) {
+        let weights = plan.tuning.blkio_weight.is_some() || !plan.tuning.blkio_weight_device.is_empty();
+        let weight_files = weights && inp.cgroup.has_io_weight();
+        for warning in tuned(r, &inp.cgroup.version, weight_files, plan.memory, &plan.tuning) {
+            tracing::warn!("{warning}");
+        }
+    }
     let mut linux = json!({
         "namespaces": namespaces,
         "cgroupsPath": inp.cgroup.spec_path(),
-        "resources": inp.cgroup.resources(&ResourceLimits::of(plan)),
+        "resources": resources,
     });
+    if !plan.sysctls.is_empty() {
+        linux["sysctl"] = plan.sysctls.iter().map(|(k, v)| (k.clone(), json!(v))).collect();
+    }
     if plan.privileged {
         if linux["resources"].is_object() {
             linux["resources"]["devices"] = json!([{"allow": true, "access": "rwm"}]);
@@ -314,6 +328,7 @@ pub fn build(inp: &SpecInputs<'_>) -> Result<Value, SpecError> {
         // indexing would make the null an object, and libcgroups would then load a device filter rootless.
         if let Some(rules) = linux.pointer_mut("/resources/devices").and_then(Value::as_array_mut) {
             rules.extend(device_rules);
+            rules.extend(device_cgroup_rules(&plan.tuning));
         }
         linux["maskedPaths"] = json!(MASKED_PATHS);
         linux["readonlyPaths"] = json!(READONLY_PATHS);
@@ -345,7 +360,6 @@ pub fn build(inp: &SpecInputs<'_>) -> Result<Value, SpecError> {
     let mut spec = json!({
         "ociVersion": "1.0.2",
         "root": {"path": inp.rootfs, "readonly": plan.read_only},
-        "hostname": inp.hostname,
         "mounts": mounts,
         "process": {
             "terminal": plan.tty,
@@ -359,6 +373,16 @@ pub fn build(inp: &SpecInputs<'_>) -> Result<Value, SpecError> {
         },
         "linux": linux,
     });
+    // Without a UTS namespace of its own the container has the host's names, which it must not set.
+    if plan.uts != Some(Sharing::Host) {
+        spec["hostname"] = json!(inp.hostname);
+        if let Some(d) = &plan.domainname {
+            spec["domainname"] = json!(d);
+        }
+    }
+    if let Some(adj) = plan.oom_score_adj {
+        spec["process"]["oomScoreAdj"] = json!(adj);
+    }
     // Left out rather than false: libcontainer (0.7) takes any value as "no_new_privs is set" and then loads the
     // seccomp filter after dropping capabilities, which without no_new_privs the kernel refuses (EACCES).
     if plan.no_new_privileges && !plan.privileged {

@@ -49,6 +49,7 @@ pub fn start(
     pmi_fd: Option<std::os::fd::RawFd>,
     cgroup: &CgroupPlan,
     logged: bool,
+    oom_control: Option<&Path>,
     cleanup: &mut Cleanup,
     mut info: RunInfo,
 ) -> Result<Started, RunError> {
@@ -114,6 +115,11 @@ pub fn start(
     });
     drop(ignored);
     let container = built.map_err(libcontainer_error("create the container"))?;
+    // libcgroups (0.7) writes memory.oom_control from a setting libcontainer never fills in (always "enabled"):
+    // `--oom-kill-disable` is written here, between its cgroup set-up and the start.
+    if let Some(f) = oom_control {
+        crate::sys::safe_fs::write_system(f, "1").map_err(|e| io_error(format!("write {f:?}"))(e))?;
+    }
     // libcontainer links another nix version: carry the pid across as a plain integer.
     let pid = container.pid().map(|p| Pid::from_raw(p.as_raw()));
     cleanup.container = Some(container);
@@ -132,7 +138,7 @@ pub fn start(
     // Its init is the container's only process until the start: on v1, into its cgroup of each hierarchy.
     cgroup.settle(pid.as_raw())?;
     // Signals are blocked only now: the container's process already exists with the default mask.
-    let signals = Forwarding::block()?;
+    let signals = Forwarding::block(plan.stop_signal)?;
     cleanup
         .container
         .as_mut()

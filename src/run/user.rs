@@ -247,6 +247,42 @@ pub fn resolve(root: &Path, spec: Option<&str>) -> Result<ResolvedUser, UserErro
     })
 }
 
+/// `--group-add`: each group, a name looked up in the image's /etc/group or a gid, added to `user`'s
+/// supplementary groups (Docker's rule: a name must exist; a number need not).
+pub fn add_groups(root: &Path, user: &mut ResolvedUser, names: &[String]) -> Result<(), UserError> {
+    if names.is_empty() {
+        return Ok(());
+    }
+    let needs_file = names.iter().any(|n| n.parse::<u32>().is_err());
+    let text = match etc_file(root, "/etc/group") {
+        Ok(t) => t,
+        Err(source) if needs_file => {
+            return Err(UserError::Unreadable {
+                what: "group",
+                name: names
+                    .iter()
+                    .find(|n| n.parse::<u32>().is_err())
+                    .cloned()
+                    .unwrap_or_default(),
+                file: "/etc/group",
+                source,
+            })
+        }
+        Err(_) => String::new(),
+    };
+    let gr = groups(&text);
+    for n in names {
+        let gid = match gr.iter().find(|(name, _, _)| name == n) {
+            Some((_, id, _)) => *id,
+            None => n.parse().map_err(|_| UserError::NoGroup(n.clone()))?,
+        };
+        user.additional_gids.push(gid);
+    }
+    user.additional_gids.sort_unstable();
+    user.additional_gids.dedup();
+    Ok(())
+}
+
 #[cfg(test)]
 #[allow(clippy::disallowed_methods)] // fixtures in the tests' own temporary directories
 mod tests {

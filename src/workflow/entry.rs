@@ -6,6 +6,7 @@ use std::path::{Component, Path};
 
 use serde_saphyr::Location;
 
+use super::docker_options::docker_options;
 use super::error::{with_causes, Locator, WorkflowError};
 use super::settings::container_settings;
 use super::{schema, ArtifactSpec, RunWideOptions, WorkflowJob, DEFAULT_WORKING_DIR, REQUIREMENTS_PATH};
@@ -51,11 +52,25 @@ pub(super) fn job(w: &schema::Workflow, inputs: &EntryInputs<'_>) -> Result<Work
     let artifacts = artifacts(w, inputs.locator, &working_dir)?;
     let mut settings = container_settings(w, inputs)?;
     notes.append(&mut settings.notes);
+    let mut docker = docker_options(w, inputs)?;
+    notes.append(&mut docker.notes);
+    let both = |loc: &Location, a: &str, b: &str| at(loc, format!("{a} and {b} are both set: use one"));
+    if let (Some(_), Some(n)) = (settings.cpus, &w.nano_cpus) {
+        return Err(both(&n.referenced, "nano_cpus", "resources.cpu"));
+    }
+    if let (Some(_), Some(d)) = (&settings.gpus, w.device_requests.first()) {
+        return Err(both(&d.referenced, "device_requests", "resources.gpu"));
+    }
+    if let (Some(_), Some(n)) = (&w.network_mode, w.network.as_ref()) {
+        return Err(both(&n.referenced, "network", "network_mode"));
+    }
+    let mut mounts = settings.mounts;
+    mounts.append(&mut docker.mounts);
 
     // The one look at the host: bind sources and the requirements file, relative to the project.
     let host = resolve_host_paths(HostInputs {
         base: inputs.dir.to_path_buf(),
-        mounts: settings.mounts,
+        mounts,
         env_files: Vec::new(),
         files: w
             .requirements
@@ -63,13 +78,16 @@ pub(super) fn job(w: &schema::Workflow, inputs: &EntryInputs<'_>) -> Result<Work
             .map(|r| (r.value.clone().into(), r.referenced))
             .collect(),
         devices: settings.host_devices,
+        blkio: docker.blkio,
     })
     .map_err(|HostPathFailure { at: loc, error }| {
         let message = match &error {
             HostPathError::BindSource { source, .. } => format!("{error} (relative to the workflow file): {source}"),
             HostPathError::MissingFile { path } => format!("requirements file {} does not exist", path.display()),
             HostPathError::EnvFile { .. } | HostPathError::DeviceMissing { .. } => with_causes(&error),
-            HostPathError::NotADevice { .. } | HostPathError::DeviceReplaceable { .. } => error.to_string(),
+            HostPathError::NotADevice { .. }
+            | HostPathError::NotABlockDevice { .. }
+            | HostPathError::DeviceReplaceable { .. } => error.to_string(),
         };
         at(&loc, message)
     })?;
@@ -77,12 +95,32 @@ pub(super) fn job(w: &schema::Workflow, inputs: &EntryInputs<'_>) -> Result<Work
 
     let mut env = settings.env;
     env.extend(inputs.options.env.iter().cloned());
-    // An init that passes Ctrl-C to the whole script (a shell as PID 1 would ignore it).
-    let init = crate::run::init_available();
+    // An init that passes Ctrl-C to the whole script (a shell as PID 1 would ignore it), unless `init: false`.
+    let init = docker.init.unwrap_or_else(crate::run::init_available);
     let options = inputs.options;
+    let mut tuning = docker.tuning;
+    for (kind, value) in host.blkio {
+        tuning.push_blkio(kind, value);
+    }
     let entry_plan = RunPlan {
+        tuning,
+        pids_limit: docker.pids_limit,
+        oom_score_adj: docker.oom_score_adj,
+        ipc: docker.ipc,
+        pid: docker.pid,
+        uts: docker.uts,
+        domainname: docker.domainname,
+        dns: docker.dns,
+        group_add: docker.group_add,
+        sysctls: docker.sysctls,
+        stop_signal: docker.stop_signal,
+        restart: docker.restart,
+        interactive: docker.interactive,
+        tty: docker.tty,
+        seccomp: docker.seccomp.unwrap_or_default(),
+        no_new_privileges: docker.no_new_privileges.unwrap_or(true),
         pull: options.pull,
-        platform: options.platform.clone(),
+        platform: docker.platform.or_else(|| options.platform.clone()),
         entrypoint,
         command,
         env,
@@ -91,9 +129,9 @@ pub(super) fn job(w: &schema::Workflow, inputs: &EntryInputs<'_>) -> Result<Work
         workdir: Some(working_dir.clone()),
         user: w.user.as_ref().map(|u| u.value.0.clone()),
         memory: settings.memory,
-        cpus: settings.cpus,
+        cpus: settings.cpus.or(docker.cpus),
         shm_size: settings.shm_size,
-        network: settings.network,
+        network: docker.network.unwrap_or(settings.network),
         hostname: w.hostname.as_ref().map(|h| h.value.clone()),
         read_only: w.read_only,
         cap_add: w.cap_add.iter().map(|c| c.value.clone()).collect(),
@@ -112,6 +150,7 @@ pub(super) fn job(w: &schema::Workflow, inputs: &EntryInputs<'_>) -> Result<Work
         tmp_size: options.tmp_size,
         ..RunPlan::new(w.image.value.trim())
     };
+    crate::plan::check::check(&entry_plan).map_err(|e| at(&w.name.referenced, e.to_string()))?;
     Ok(WorkflowJob {
         name: w.name.value.clone(),
         entry_plan,

@@ -9,6 +9,8 @@
 //! prints, and nothing here knows the command line.
 
 pub mod copy_out;
+mod docker_options;
+pub mod docker_py;
 pub mod dry_run;
 mod entry;
 pub mod error;

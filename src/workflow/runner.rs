@@ -146,7 +146,19 @@ pub fn run_jobs(
                 ),
             );
         }
-        let end = runner.run_job(job, &plan)?;
+        let mut end = runner.run_job(job, &plan)?;
+        // restart_policy on-failure: the job's container again, as a new one, after a failure.
+        if let crate::plan::RestartPolicy::OnFailure(max) = plan.restart {
+            let mut restarts = 0;
+            while let (JobEnd::Failed(code), true) = (end, restarts < max) {
+                restarts += 1;
+                reporter.warning(
+                    &job.name,
+                    &format!("exited with {code}; restarting it ({restarts} of {max}, restart_policy on-failure)"),
+                );
+                end = runner.run_job(job, &plan)?;
+            }
+        }
         reporter.job_ended(&job.name, end);
         match end {
             JobEnd::Succeeded => {}

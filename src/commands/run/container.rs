@@ -7,7 +7,7 @@ use crate::cli::{GlobalArgs, RunArgs};
 use crate::image::registry::config::Config;
 use crate::plan::host_paths::{resolve_host_paths, HostInputs};
 use crate::plan::parse::{self, DeviceRequest, SecurityOpt};
-use crate::plan::{RunPlan, SeccompMode};
+use crate::plan::{CgroupTuning, RunPlan, SeccompMode};
 
 pub(super) fn execute(global: &GlobalArgs, args: RunArgs) -> Result<i32> {
     if !args.given.workflow.is_empty() {
@@ -19,21 +19,38 @@ pub(super) fn execute(global: &GlobalArgs, args: RunArgs) -> Result<i32> {
     let plan = plan_from_args(&args)?;
     let cfg = Config::load()?;
     let store = super::super::open_store(global)?;
-    match crate::run::run(
-        &store,
-        &cfg,
-        &plan,
-        &super::super::state_dir(global)?,
-        args.common.quiet,
-        &mut crate::run::RunHooks::default(),
-    ) {
-        Ok(outcome) => Ok(outcome.code),
-        Err(e @ crate::run::RunError::Exec { .. }) => {
-            let code = e.exit_code();
-            eprintln!("error: {e}");
-            Ok(code)
+    let state_dir = super::super::state_dir(global)?;
+    let mut restarts = 0;
+    loop {
+        let outcome = match crate::run::run(
+            &store,
+            &cfg,
+            &plan,
+            &state_dir,
+            args.common.quiet,
+            &mut crate::run::RunHooks::default(),
+        ) {
+            Ok(outcome) => outcome,
+            Err(e @ crate::run::RunError::Exec { .. }) => {
+                let code = e.exit_code();
+                eprintln!("error: {e}");
+                return Ok(code);
+            }
+            Err(e) => return Err(e.into()),
+        };
+        // --restart on-failure:N: the same plan again, as a new container, after a failure it was not told to end.
+        match plan.restart {
+            crate::plan::RestartPolicy::OnFailure(max)
+                if outcome.code != 0 && !outcome.interrupted && restarts < max =>
+            {
+                restarts += 1;
+                eprintln!(
+                    "drun: the container exited with {}; restarting it ({restarts} of {max}, --restart on-failure)",
+                    outcome.code
+                );
+            }
+            _ => return Ok(outcome.code),
         }
-        Err(e) => Err(e.into()),
     }
 }
 
@@ -101,12 +118,52 @@ fn plan_from_args(args: &RunArgs) -> Result<RunPlan> {
         }
     }
     let platform = common.platform.as_deref().map(str::parse).transpose()?;
+    let (tuning, blkio) = tuning_from_args(a)?;
+    host.blkio = blkio;
+    let oom_score_adj = named(&a.oom_score_adj, "--oom-score-adj", parse::oom_score_adj)?;
+    let mut dns = crate::plan::NameResolution::default();
+    for d in &a.dns {
+        dns.servers.push(parse::dns_server(d).map_err(|e| e.named("--dns"))?);
+    }
+    for d in &a.dns_search {
+        dns.search
+            .push(parse::dns_search(d).map_err(|e| e.named("--dns-search"))?);
+    }
+    for d in &a.dns_option {
+        dns.options
+            .push(parse::dns_option(d).map_err(|e| e.named("--dns-option"))?);
+    }
+    for h in &a.add_host {
+        dns.extra_hosts
+            .push(parse::extra_host(h).map_err(|e| e.named("--add-host"))?);
+    }
+    let mut sysctls = Vec::new();
+    for s in &a.sysctl {
+        let (name, value, _) = parse::sysctl_text(s).map_err(|e| e.named("--sysctl"))?;
+        sysctls.push((name, value));
+    }
+    let domainname = named(&a.domainname, "--domainname", parse::domainname)?;
+    let stop_signal = named(&a.stop_signal, "--stop-signal", parse::signal)?;
+    let restart = named(&a.restart, "--restart", parse::restart)?.unwrap_or_default();
 
     // Every value parsed: now the one look at the host.
     let host = resolve_host_paths(host).map_err(|failure| failure.error)?;
+    let mut tuning = tuning;
+    for (kind, value) in host.blkio {
+        tuning.push_blkio(kind, value);
+    }
     let env = super::environment(common, &host.env_files)?;
     let host_env = super::host_variables(common, &env);
-    Ok(RunPlan {
+    let plan = RunPlan {
+        tuning,
+        oom_score_adj,
+        uts: a.uts,
+        domainname,
+        dns,
+        group_add: a.group_add.clone(),
+        sysctls,
+        stop_signal,
+        restart,
         pull: common.pull,
         platform,
         entrypoint: a
@@ -147,7 +204,67 @@ fn plan_from_args(args: &RunArgs) -> Result<RunPlan> {
         cdi_spec_dirs: common.cdi_spec_dir.clone(),
         require_limits: common.require_limits,
         ..RunPlan::new(image.clone())
-    })
+    };
+    crate::plan::check::check(&plan)?;
+    Ok(plan)
+}
+
+/// An optional flag's value through its parser, an error naming the flag.
+fn named<T>(
+    value: &Option<String>,
+    flag: &str,
+    parser: impl Fn(&str) -> Result<T, parse::ParseError>,
+) -> Result<Option<T>> {
+    Ok(value.as_deref().map(parser).transpose().map_err(|e| e.named(flag))?)
+}
+
+/// The cgroup flags beyond --memory, --cpus and --pids-limit; block devices are named by path, looked up later.
+fn tuning_from_args(a: &crate::cli::ContainerArgs) -> Result<(CgroupTuning, Vec<(parse::BlkioRequest, ())>)> {
+    if let Some(o) = a.storage_opt.first() {
+        bail!(
+            "--storage-opt {o:?} is not supported: {}",
+            crate::workflow::docker_py::STORAGE_OPT_REASON
+        );
+    }
+    let tuning = CgroupTuning {
+        cpu_shares: named(&a.cpu_shares, "--cpu-shares", parse::cpu_shares)?,
+        cpu_period: named(&a.cpu_period, "--cpu-period", parse::cpu_period)?,
+        cpu_quota: named(&a.cpu_quota, "--cpu-quota", parse::cpu_quota)?,
+        cpuset_cpus: named(&a.cpuset_cpus, "--cpuset-cpus", parse::cpuset)?,
+        cpuset_mems: named(&a.cpuset_mems, "--cpuset-mems", parse::cpuset)?,
+        mem_reservation: named(&a.memory_reservation, "--memory-reservation", parse::size)?,
+        memswap_limit: named(&a.memory_swap, "--memory-swap", parse::memswap)?,
+        mem_swappiness: named(&a.memory_swappiness, "--memory-swappiness", parse::swappiness)?,
+        oom_kill_disable: a.oom_kill_disable,
+        blkio_weight: named(&a.blkio_weight, "--blkio-weight", parse::blkio_weight)?,
+        device_cgroup_rules: a
+            .device_cgroup_rule
+            .iter()
+            .map(|r| parse::device_cgroup_rule(r).map_err(|e| e.named("--device-cgroup-rule")))
+            .collect::<Result<_, _>>()?,
+        ..CgroupTuning::default()
+    };
+    if let Some(k) = &a.kernel_memory {
+        parse::size(k).map_err(|e| e.named("--kernel-memory"))?;
+        eprintln!("warning: {}", crate::workflow::docker_py::KERNEL_MEMORY_NOTE);
+    }
+    let mut blkio = Vec::new();
+    for (flag, kind, values) in [
+        (
+            "--blkio-weight-device",
+            parse::BlkioKind::Weight,
+            &a.blkio_weight_device,
+        ),
+        ("--device-read-bps", parse::BlkioKind::ReadBps, &a.device_read_bps),
+        ("--device-write-bps", parse::BlkioKind::WriteBps, &a.device_write_bps),
+        ("--device-read-iops", parse::BlkioKind::ReadIops, &a.device_read_iops),
+        ("--device-write-iops", parse::BlkioKind::WriteIops, &a.device_write_iops),
+    ] {
+        for v in values {
+            blkio.push((parse::blkio_text(kind, v).map_err(|e| e.named(flag))?, ()));
+        }
+    }
+    Ok((tuning, blkio))
 }
 
 #[cfg(test)]

@@ -7,11 +7,21 @@ mod devices;
 mod env;
 mod limits;
 mod mounts;
+mod resources;
+mod system;
 
 pub use devices::{cdi_device, device, DeviceRequest, HostDeviceRequest};
 pub use env::{env_file_lines, env_item, env_name};
 pub use limits::{cpus, size, ulimit, ulimit_values};
 pub use mounts::{bind, mount, tmpfs, tmpfs_at, volume, MountRequest};
+pub use resources::{
+    blkio_device, blkio_text, blkio_value, blkio_weight, cpu_period, cpu_quota, cpu_shares, cpuset, device_cgroup_rule,
+    memswap, nano_cpus, oom_score_adj, swappiness, BlkioKind, BlkioRequest,
+};
+pub use system::{
+    dns_option, dns_search, dns_server, domainname, extra_host, extra_host_pair, restart, restart_policy, sharing,
+    signal, sysctl, sysctl_allowed, sysctl_text, SysctlNamespace,
+};
 
 use std::path::PathBuf;
 
@@ -102,6 +112,68 @@ pub enum Problem {
     DeviceAccess(String),
     #[error("the container path {0:?} must name a file below / without `..`")]
     DevicePath(String),
+    #[error("expected a list of numbers and ranges, e.g. 0-3 or 0,2")]
+    Cpuset,
+    #[error("expected a relative weight from 2 to 262144 (the default is 1024)")]
+    CpuShares,
+    #[error("expected a period in microseconds from 1000 to 1000000")]
+    CpuPeriod,
+    #[error("expected a quota in microseconds of at least 1000, or -1 for none")]
+    CpuQuota,
+    #[error("expected a positive number of 10^-9 CPUs, e.g. 1500000000 for 1.5 CPUs")]
+    NanoCpus,
+    #[error("expected a size such as \"1g\", or -1 for unlimited swap")]
+    Memswap,
+    #[error("expected a number from 0 to 100")]
+    Swappiness,
+    #[error("expected a number from -1000 to 1000")]
+    OomScoreAdj,
+    #[error("expected a weight from 10 to 1000")]
+    BlkioWeight,
+    #[error("expected a rate in bytes per second, such as 1mb or 1048576")]
+    Rate,
+    #[error("expected a positive number of I/O operations per second")]
+    Iops,
+    #[error("expected DEVICE:VALUE, e.g. /dev/sda:1mb")]
+    BlkioShape,
+    #[error("expected the absolute path of a block device, e.g. /dev/sda")]
+    BlkioPath,
+    #[error("expected TYPE MAJOR:MINOR ACCESS, e.g. 'c 1:3 rwm' (TYPE a, b or c; * for any number)")]
+    DeviceRule,
+    #[error("expected an IPv4 or IPv6 address")]
+    DnsServer,
+    #[error("expected a domain name (letters, digits, `-`, `_` and dots)")]
+    DomainName,
+    #[error("expected a resolv.conf option, one word such as ndots:2")]
+    DnsOption,
+    #[error("expected HOST:IP, e.g. db:10.0.0.5")]
+    ExtraHost,
+    #[error("host-gateway is the address of a bridge network's host; with the host network the host is 127.0.0.1")]
+    HostGateway,
+    #[error("{0:?} is not in a namespace of the container's own: only the IPC namespace's (kernel.msg*, kernel.sem, kernel.shm*, fs.mqueue.*) and the network namespace's (net.*) can be set, as Docker allows")]
+    SysctlNotNamespaced(String),
+    #[error("expected NAME=VALUE, e.g. kernel.shmmax=1000000")]
+    SysctlShape,
+    #[error("a value must be one line")]
+    SysctlValue,
+    #[error(
+        "the network namespace is the host's: net.* parameters would change the host's network; they need network none"
+    )]
+    SysctlHostNetwork,
+    #[error("the IPC namespace is the host's (ipc host): its parameters would change the host's")]
+    SysctlHostIpc,
+    #[error("expected a signal name such as SIGINT or a number")]
+    Signal,
+    #[error("expected no or on-failure:N")]
+    Restart,
+    #[error("on-failure needs a maximum number of restarts, e.g. on-failure:3")]
+    RestartCount,
+    #[error("always and unless-stopped restart a container after drun has exited, which needs a daemon: drun runs in the foreground; use on-failure:N, or a service manager (a systemd unit with Restart=) around drun")]
+    RestartDaemon,
+    #[error("expected host or private")]
+    Sharing,
+    #[error("another container's namespace needs a daemon that runs both containers: expected host or private")]
+    SharingContainer,
 }
 
 /// The network: `host` or `none` (the spellings of `--network`).

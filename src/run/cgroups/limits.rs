@@ -1,12 +1,15 @@
 //! A container's resource limits (`--memory`, `--cpus`, `--pids-limit`): which of them its cgroup can enforce,
-//! written by drun itself in a delegated subtree, or handed to libcontainer as `linux.resources` as root.
+//! written by drun itself in a delegated subtree, or handed to libcontainer as `linux.resources` as root. The
+//! other cgroup settings (`--cpu-shares`, `--cpuset-cpus`, `--memory-swap`, block I/O … [`CgroupTuning`]) are
+//! added to `linux.resources` as root by [`tuned`], which leaves out, with Docker's warnings, what the host's
+//! cgroups ignore.
 
 use std::path::Path;
 
 use serde_json::{json, Value};
 
 use super::{CgroupError, CgroupPlan, Control, Version, CGROUP_ROOT};
-use crate::plan::RunPlan;
+use crate::plan::{CgroupTuning, DeviceValue, RunPlan};
 use crate::units::ByteSize;
 
 /// The limits of a run, all a cgroup needs of its plan (the warm-up thread carries its own copy).
@@ -15,6 +18,10 @@ pub struct ResourceLimits {
     pub memory: Option<ByteSize>,
     pub cpus: Option<f64>,
     pub pids: Option<i64>,
+    /// `--memory-swap`: when given, drun does not set "no extra swap" itself.
+    pub memswap: Option<i64>,
+    /// Whether any other cgroup setting ([`CgroupTuning`]) is asked for.
+    pub tuned: bool,
 }
 
 impl ResourceLimits {
@@ -23,6 +30,8 @@ impl ResourceLimits {
             memory: plan.memory,
             cpus: plan.cpus,
             pids: plan.pids_limit,
+            memswap: plan.tuning.memswap_limit,
+            tuned: plan.tuning != CgroupTuning::default(),
         }
     }
 }
@@ -51,6 +60,12 @@ impl CgroupPlan {
             ("memory", limits.memory.map(|m| format!("--memory {m}"))),
             ("cpu", limits.cpus.map(|c| format!("--cpus {c}"))),
             ("pids", limits.pids.map(|p| format!("--pids-limit {p}"))),
+            (
+                "tuning",
+                limits
+                    .tuned
+                    .then(|| "the cgroup settings beyond those (--cpu-shares, --cpuset-cpus …)".to_string()),
+            ),
         ];
         wanted
             .into_iter()
@@ -61,6 +76,10 @@ impl CgroupPlan {
                 }
                 match &self.control {
                     Control::Root => None,
+                    Control::Delegated { .. } if ctrl == "tuning" => Some((
+                        flag,
+                        "drun writes only --memory, --cpus and --pids-limit into a delegated cgroup".to_string(),
+                    )),
                     Control::Delegated { controllers } if controllers.iter().any(|c| c == ctrl) => None,
                     Control::Delegated { .. } => Some((
                         flag,
@@ -127,6 +146,150 @@ impl CgroupPlan {
         }
         r
     }
+}
+
+/// Adds `t` to the root `resources` of a cgroup of `version` (`memory`: the memory limit; `weight_files`: whether
+/// the container's cgroup has a block I/O weight file, which needs the BFQ scheduler, or CFQ on old kernels), and
+/// returns warnings for what is left out because the host ignores it, as Docker warns: swappiness and the OOM
+/// killer switch on cgroup v2, weights without a weight file, a swap limit without swap accounting.
+pub fn tuned(
+    resources: &mut Value,
+    version: &Version,
+    weight_files: bool,
+    memory: Option<ByteSize>,
+    t: &CgroupTuning,
+) -> Vec<String> {
+    let mut warnings = Vec::new();
+    let v2 = *version == Version::V2;
+    let object = |r: &mut Value, key: &str| {
+        if !r[key].is_object() {
+            r[key] = json!({});
+        }
+    };
+    let mut cpu = serde_json::Map::new();
+    if let Some(s) = t.cpu_shares {
+        cpu.insert("shares".into(), json!(s));
+    }
+    if let Some(p) = t.cpu_period {
+        cpu.insert("period".into(), json!(p));
+    }
+    if let Some(q) = t.cpu_quota {
+        cpu.insert("quota".into(), json!(q));
+    }
+    if let Some(c) = &t.cpuset_cpus {
+        cpu.insert("cpus".into(), json!(c));
+    }
+    if let Some(m) = &t.cpuset_mems {
+        cpu.insert("mems".into(), json!(m));
+    }
+    if !cpu.is_empty() {
+        object(resources, "cpu");
+        for (k, v) in cpu {
+            resources["cpu"][k] = v;
+        }
+    }
+    let mut mem = serde_json::Map::new();
+    if let Some(r) = t.mem_reservation {
+        mem.insert("reservation".into(), json!(r.0));
+    }
+    if let Some(swap) = t.memswap_limit {
+        if matches!(version, Version::V1 { memsw: false }) {
+            warnings.push(
+                "this host's kernel has no swap accounting (memory.memsw): --memory-swap (memswap_limit) is ignored                  and the memory is limited without swap"
+                    .to_string(),
+            );
+        } else {
+            mem.insert("swap".into(), json!(swap));
+        }
+    }
+    if let Some(s) = t.mem_swappiness {
+        if v2 {
+            warnings.push(
+                "cgroup v2 has no per-cgroup swappiness: --memory-swappiness (mem_swappiness) is ignored".to_string(),
+            );
+        } else {
+            mem.insert("swappiness".into(), json!(s));
+        }
+    }
+    if t.oom_kill_disable {
+        if v2 {
+            warnings.push(
+                "cgroup v2 cannot disable the OOM killer: --oom-kill-disable (oom_kill_disable) is ignored".to_string(),
+            );
+        } else {
+            if memory.is_none() {
+                warnings.push(
+                    "the OOM killer is disabled without a memory limit: the container can run the host out of memory"
+                        .to_string(),
+                );
+            }
+            mem.insert("disableOOMKiller".into(), json!(true));
+        }
+    }
+    if !mem.is_empty() {
+        object(resources, "memory");
+        for (k, v) in mem {
+            resources["memory"][k] = v;
+        }
+    }
+    let mut io = serde_json::Map::new();
+    if t.blkio_weight.is_some() || !t.blkio_weight_device.is_empty() {
+        if weight_files {
+            if let Some(w) = t.blkio_weight {
+                io.insert("weight".into(), json!(w));
+            }
+            if !t.blkio_weight_device.is_empty() {
+                let list: Vec<Value> = t
+                    .blkio_weight_device
+                    .iter()
+                    .map(|d| json!({"major": d.device.major, "minor": d.device.minor, "weight": d.value}))
+                    .collect();
+                io.insert("weightDevice".into(), json!(list));
+            }
+        } else {
+            warnings.push(
+                "this host's block I/O scheduler has no weights (they need BFQ): --blkio-weight and                  --blkio-weight-device (blkio_weight, blkio_weight_device) are ignored"
+                    .to_string(),
+            );
+        }
+    }
+    let rates = |list: &[DeviceValue]| -> Value {
+        list.iter()
+            .map(|d| json!({"major": d.device.major, "minor": d.device.minor, "rate": d.value}))
+            .collect()
+    };
+    for (key, list) in [
+        ("throttleReadBpsDevice", &t.device_read_bps),
+        ("throttleWriteBpsDevice", &t.device_write_bps),
+        ("throttleReadIOPSDevice", &t.device_read_iops),
+        ("throttleWriteIOPSDevice", &t.device_write_iops),
+    ] {
+        if !list.is_empty() {
+            io.insert(key.into(), rates(list));
+        }
+    }
+    if !io.is_empty() {
+        resources["blockIO"] = Value::Object(io);
+    }
+    warnings
+}
+
+/// `--device-cgroup-rule`s as `linux.resources.devices` entries.
+pub fn device_cgroup_rules(t: &CgroupTuning) -> Vec<Value> {
+    t.device_cgroup_rules
+        .iter()
+        .map(|r| {
+            let mut rule = json!({"allow": true, "access": r.access.letters()});
+            rule["type"] = json!(r.kind.map_or("a", |k| k.letter()));
+            if let Some(m) = r.major {
+                rule["major"] = json!(m);
+            }
+            if let Some(m) = r.minor {
+                rule["minor"] = json!(m);
+            }
+            rule
+        })
+        .collect()
 }
 
 /// `--cpus` as a CFS quota over a 100 ms period: (quota, period) in microseconds.

@@ -27,7 +27,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{json, Value};
 
-pub use limits::{check_enforced, ResourceLimits};
+pub use limits::{check_enforced, device_cgroup_rules, tuned, ResourceLimits};
 
 const CGROUP_ROOT: &str = "/sys/fs/cgroup";
 /// v1 hierarchies a container sees (the combined "cpu,cpuacct" mount on most hosts, separate ones on others).
@@ -396,7 +396,7 @@ impl CgroupPlan {
             })?;
             // libcgroups (0.7) never writes a v2 `memory.swap.max` of 0 (it treats 0 as "unset"), so "no extra
             // swap" is set here; libcontainer leaves it alone afterwards.
-            if self.version == Version::V2 && limits.memory.is_some() {
+            if self.version == Version::V2 && limits.memory.is_some() && limits.memswap.is_none() {
                 let f = dir.join("memory.swap.max");
                 if f.exists() {
                     crate::sys::safe_fs::write_system(&f, "0")
@@ -405,6 +405,31 @@ impl CgroupPlan {
             }
         }
         Ok(())
+    }
+
+    /// Whether the container's cgroup has a block I/O weight file (`blkio.weight`/`io.weight`, or BFQ's): block
+    /// I/O weights need one. Looked at once its directories exist.
+    pub fn has_io_weight(&self) -> bool {
+        let files: &[&str] = match self.version {
+            Version::V2 => &["io.weight", "io.bfq.weight"],
+            Version::V1 { .. } => &["blkio.weight", "blkio.bfq.weight"],
+        };
+        self.host_dirs()
+            .iter()
+            .filter(|(_, inside)| self.version == Version::V2 || inside.ends_with("/blkio"))
+            .any(|(dir, _)| files.iter().any(|f| dir.join(f).exists()))
+    }
+
+    /// With `disable` (`--oom-kill-disable`), the v1 `memory.oom_control` file of the container's cgroup, when drun
+    /// manages it as root (v2 has no such switch).
+    pub fn oom_control_file(&self, disable: bool) -> Option<PathBuf> {
+        if !disable || self.control != Control::Root || self.blocked.is_some() || self.version == Version::V2 {
+            return None;
+        }
+        self.host_dirs()
+            .into_iter()
+            .find(|(_, inside)| inside.ends_with("/memory"))
+            .map(|(dir, _)| dir.join("memory.oom_control"))
     }
 
     /// The spec mounts that show the container its own cgroup, read-only.

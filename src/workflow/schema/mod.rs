@@ -75,6 +75,235 @@ pub struct Workflow {
     /// docker-py's `devices`: `/dev/HOST[:/dev/CONTAINER][:rwm]` items (or CDI names, as `--device` takes).
     #[serde(default)]
     pub devices: Vec<Spanned<String>>,
+    // The rest of docker-py's `containers.run` arguments (docs/docker-py.md), read by `workflow::docker_options`;
+    // refused ones are [`Refused`], with their reasons in `workflow::docker_py`.
+    #[serde(default)]
+    pub auto_remove: Option<Spanned<bool>>,
+    #[serde(default)]
+    pub remove: Option<Spanned<bool>>,
+    #[serde(default)]
+    pub blkio_weight: Option<Spanned<Scalar>>,
+    #[serde(default)]
+    pub blkio_weight_device: Vec<Spanned<BlkioEntry>>,
+    #[serde(default)]
+    pub device_read_bps: Vec<Spanned<BlkioEntry>>,
+    #[serde(default)]
+    pub device_write_bps: Vec<Spanned<BlkioEntry>>,
+    #[serde(default)]
+    pub device_read_iops: Vec<Spanned<BlkioEntry>>,
+    #[serde(default)]
+    pub device_write_iops: Vec<Spanned<BlkioEntry>>,
+    #[serde(default)]
+    pub cpu_shares: Option<Spanned<Scalar>>,
+    #[serde(default)]
+    pub cpu_period: Option<Spanned<Scalar>>,
+    #[serde(default)]
+    pub cpu_quota: Option<Spanned<Scalar>>,
+    #[serde(default)]
+    pub cpuset_cpus: Option<Spanned<Scalar>>,
+    #[serde(default)]
+    pub cpuset_mems: Option<Spanned<Scalar>>,
+    #[serde(default)]
+    pub nano_cpus: Option<Spanned<Scalar>>,
+    #[serde(default)]
+    pub mem_reservation: Option<Spanned<Scalar>>,
+    #[serde(default)]
+    pub memswap_limit: Option<Spanned<Scalar>>,
+    #[serde(default)]
+    pub mem_swappiness: Option<Spanned<Scalar>>,
+    #[serde(default)]
+    pub kernel_memory: Option<Spanned<Scalar>>,
+    #[serde(default)]
+    pub oom_kill_disable: Option<Spanned<bool>>,
+    #[serde(default)]
+    pub oom_score_adj: Option<Spanned<Scalar>>,
+    #[serde(default)]
+    pub pids_limit: Option<Spanned<Scalar>>,
+    #[serde(default)]
+    pub device_cgroup_rules: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub device_requests: Vec<Spanned<DeviceRequestMap>>,
+    #[serde(default)]
+    pub dns: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub dns_opt: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub dns_search: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub domainname: Option<Spanned<String>>,
+    #[serde(default)]
+    pub extra_hosts: Option<Spanned<ExtraHosts>>,
+    #[serde(default)]
+    pub group_add: Vec<Spanned<Scalar>>,
+    #[serde(default)]
+    pub init: Option<Spanned<bool>>,
+    #[serde(default)]
+    pub ipc_mode: Option<Spanned<String>>,
+    #[serde(default)]
+    pub pid_mode: Option<Spanned<String>>,
+    #[serde(default)]
+    pub uts_mode: Option<Spanned<String>>,
+    #[serde(default)]
+    pub userns_mode: Option<Spanned<String>>,
+    #[serde(default)]
+    pub network: Option<Spanned<String>>,
+    #[serde(default)]
+    pub network_disabled: Option<Spanned<bool>>,
+    #[serde(default)]
+    pub mounts: Vec<Spanned<MountEntry>>,
+    #[serde(default)]
+    pub platform: Option<Spanned<String>>,
+    #[serde(default)]
+    pub restart_policy: Option<Spanned<RestartEntry>>,
+    #[serde(default)]
+    pub security_opt: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub stdin_open: Option<Spanned<bool>>,
+    #[serde(default)]
+    pub tty: Option<Spanned<bool>>,
+    #[serde(default)]
+    pub stdout: Option<Spanned<bool>>,
+    #[serde(default)]
+    pub stderr: Option<Spanned<bool>>,
+    #[serde(default)]
+    pub stream: Option<Spanned<bool>>,
+    #[serde(default)]
+    pub stop_signal: Option<Spanned<Scalar>>,
+    #[serde(default)]
+    pub sysctls: Option<Spanned<KeyValues>>,
+    // Refused, each with its reason (`workflow::docker_py::REFUSED`).
+    #[serde(default)]
+    pub cgroup_parent: Option<Spanned<Refused>>,
+    #[serde(default)]
+    pub cpu_count: Option<Spanned<Refused>>,
+    #[serde(default)]
+    pub cpu_percent: Option<Spanned<Refused>>,
+    #[serde(default)]
+    pub cpu_rt_period: Option<Spanned<Refused>>,
+    #[serde(default)]
+    pub cpu_rt_runtime: Option<Spanned<Refused>>,
+    #[serde(default)]
+    pub detach: Option<Spanned<Refused>>,
+    #[serde(default)]
+    pub healthcheck: Option<Spanned<Refused>>,
+    #[serde(default)]
+    pub init_path: Option<Spanned<Refused>>,
+    #[serde(default)]
+    pub isolation: Option<Spanned<Refused>>,
+    #[serde(default)]
+    pub links: Option<Spanned<Refused>>,
+    #[serde(default)]
+    pub log_config: Option<Spanned<Refused>>,
+    #[serde(default)]
+    pub lxc_conf: Option<Spanned<Refused>>,
+    #[serde(default)]
+    pub mac_address: Option<Spanned<Refused>>,
+    #[serde(default)]
+    pub ports: Option<Spanned<Refused>>,
+    #[serde(default)]
+    pub publish_all_ports: Option<Spanned<Refused>>,
+    #[serde(default)]
+    pub runtime: Option<Spanned<Refused>>,
+    #[serde(default)]
+    pub storage_opt: Option<Spanned<Refused>>,
+    #[serde(default)]
+    pub use_config_proxy: Option<Spanned<Refused>>,
+    #[serde(default)]
+    pub volume_driver: Option<Spanned<Refused>>,
+    #[serde(default)]
+    pub volumes_from: Option<Spanned<Refused>>,
+}
+
+/// A refused key's value, whatever its shape: only its place is kept, for the error.
+#[derive(Debug)]
+pub struct Refused;
+
+impl<'de> Deserialize<'de> for Refused {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        serde::de::IgnoredAny::deserialize(d).map(|_| Refused)
+    }
+}
+
+/// A per-device block I/O item: the flags' `PATH:VALUE`, or docker-py's `{Path, Rate}` / `{Path, Weight}`.
+#[derive(Debug)]
+pub enum BlkioEntry {
+    Text(String),
+    Map(BlkioMap),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BlkioMap {
+    #[serde(rename = "Path", alias = "path")]
+    pub path: String,
+    #[serde(rename = "Rate", alias = "rate", alias = "Weight", alias = "weight")]
+    pub value: Scalar,
+}
+
+/// docker-py's `DeviceRequest`, in its constructor's spelling or the API's.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeviceRequestMap {
+    #[serde(default, alias = "Driver")]
+    pub driver: Option<String>,
+    #[serde(default, alias = "Count")]
+    pub count: Option<i64>,
+    #[serde(default, alias = "DeviceIDs")]
+    pub device_ids: Option<Vec<Scalar>>,
+    #[serde(default, alias = "Capabilities")]
+    pub capabilities: Option<Vec<Vec<String>>>,
+    #[serde(default, alias = "Options")]
+    pub options: Option<Labels>,
+}
+
+/// `extra_hosts`: docker-py's map of host name to address, or a list of `HOST:IP`.
+#[derive(Debug)]
+pub enum ExtraHosts {
+    Map(Vec<(String, Scalar)>),
+    List(Vec<String>),
+}
+
+/// A map of names to values, or a list of `NAME=VALUE` (`sysctls`).
+#[derive(Debug)]
+pub enum KeyValues {
+    Map(Vec<(String, Scalar)>),
+    List(Vec<String>),
+}
+
+/// `mounts` items: `--mount`'s `type=bind,source=…,target=…` or a map with docker-py's `Mount` fields.
+#[derive(Debug)]
+pub enum MountEntry {
+    Text(String),
+    Map(MountMap),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MountMap {
+    #[serde(alias = "Target")]
+    pub target: String,
+    #[serde(default, alias = "Source")]
+    pub source: Option<String>,
+    #[serde(default, rename = "type", alias = "Type")]
+    pub kind: Option<String>,
+    #[serde(default, alias = "ReadOnly")]
+    pub read_only: bool,
+}
+
+/// `restart_policy`: docker-py's `{Name, MaximumRetryCount}`, or `--restart`'s text.
+#[derive(Debug)]
+pub enum RestartEntry {
+    Text(String),
+    Map(RestartMap),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RestartMap {
+    #[serde(rename = "Name", alias = "name")]
+    pub name: String,
+    #[serde(default, rename = "MaximumRetryCount", alias = "maximum_retry_count")]
+    pub maximum_retry_count: Option<Scalar>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -9,8 +9,8 @@ use serde::Deserialize;
 use serde_saphyr::Spanned;
 
 use super::{
-    Artifact, ArtifactMap, Environment, Gpu, GpuMap, Labels, Scalar, StringOrList, Tmpfs, UlimitEntry, UlimitMap,
-    VolumeBind, Volumes,
+    Artifact, ArtifactMap, BlkioEntry, BlkioMap, Environment, ExtraHosts, Gpu, GpuMap, KeyValues, Labels, MountEntry,
+    MountMap, RestartEntry, RestartMap, Scalar, StringOrList, Tmpfs, UlimitEntry, UlimitMap, VolumeBind, Volumes,
 };
 
 /// What one YAML node kind turns into (or `None`: that kind is not accepted here).
@@ -222,6 +222,66 @@ impl<'de> Deserialize<'de> for Labels {
             None,
             Some(Labels::List),
             Some(|m| Labels::Map(m.0)),
+        )
+    }
+}
+
+impl<'de> Deserialize<'de> for BlkioEntry {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        by_shape::<_, _, NotAccepted, BlkioMap>(
+            d,
+            "PATH:VALUE or a map with Path and Rate (or Weight)",
+            Some(BlkioEntry::Text),
+            None,
+            Some(BlkioEntry::Map),
+        )
+    }
+}
+
+impl<'de> Deserialize<'de> for ExtraHosts {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        by_shape::<_, _, Vec<String>, OrderedMap<Scalar>>(
+            d,
+            "a map of host names to addresses or a list of HOST:IP",
+            None,
+            Some(ExtraHosts::List),
+            Some(|m| ExtraHosts::Map(m.0)),
+        )
+    }
+}
+
+impl<'de> Deserialize<'de> for KeyValues {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        by_shape::<_, _, Vec<String>, OrderedMap<Scalar>>(
+            d,
+            "a map of names to values or a list of NAME=VALUE",
+            None,
+            Some(KeyValues::List),
+            Some(|m| KeyValues::Map(m.0)),
+        )
+    }
+}
+
+impl<'de> Deserialize<'de> for MountEntry {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        by_shape::<_, _, NotAccepted, MountMap>(
+            d,
+            "type=bind,source=…,target=… or a map with type, source, target and read_only",
+            Some(MountEntry::Text),
+            None,
+            Some(MountEntry::Map),
+        )
+    }
+}
+
+impl<'de> Deserialize<'de> for RestartEntry {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        by_shape::<_, _, NotAccepted, RestartMap>(
+            d,
+            "no, on-failure:N or a map with Name and MaximumRetryCount",
+            Some(RestartEntry::Text),
+            None,
+            Some(RestartEntry::Map),
         )
     }
 }
