@@ -196,7 +196,7 @@ pub fn run(
     let bundle = spec::write_bundle(&ctx.dir, &spec)?;
 
     // Start, supervise until the init exits, end what is left, clean up.
-    let oom_control = cgroup.oom_control_file(plan.tuning.oom_kill_disable);
+    let cgroup_writes = cgroup.v1_writes(&plan.tuning);
     let mut started = start::start(
         &ctx,
         &bundle,
@@ -204,7 +204,7 @@ pub fn run(
         pmi.fd,
         &cgroup,
         hooks.log.is_some(),
-        oom_control.as_deref(),
+        &cgroup_writes,
         &mut cleanup,
         info,
     )?;

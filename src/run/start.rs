@@ -5,7 +5,7 @@
 use std::fs::File;
 use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixListener;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use libcontainer::container::builder::ContainerBuilder;
 use libcontainer::syscall::syscall::SyscallType;
@@ -49,7 +49,7 @@ pub fn start(
     pmi_fd: Option<std::os::fd::RawFd>,
     cgroup: &CgroupPlan,
     logged: bool,
-    oom_control: Option<&Path>,
+    cgroup_writes: &[(PathBuf, String)],
     cleanup: &mut Cleanup,
     mut info: RunInfo,
 ) -> Result<Started, RunError> {
@@ -115,10 +115,9 @@ pub fn start(
     });
     drop(ignored);
     let container = built.map_err(libcontainer_error("create the container"))?;
-    // libcgroups (0.7) writes memory.oom_control from a setting libcontainer never fills in (always "enabled"):
-    // `--oom-kill-disable` is written here, between its cgroup set-up and the start.
-    if let Some(f) = oom_control {
-        crate::sys::safe_fs::write_system(f, "1").map_err(|e| io_error(format!("write {f:?}"))(e))?;
+    // What libcgroups leaves undone (`CgroupPlan::v1_writes`), between its cgroup set-up and the start.
+    for (f, value) in cgroup_writes {
+        crate::sys::safe_fs::write_system(f, value).map_err(|e| io_error(format!("write {f:?}"))(e))?;
     }
     // libcontainer links another nix version: carry the pid across as a plain integer.
     let pid = container.pid().map(|p| Pid::from_raw(p.as_raw()));

@@ -141,7 +141,7 @@ pub(super) fn job(w: &schema::Workflow, inputs: &EntryInputs<'_>) -> Result<Work
         init,
         init_signals_group: init,
         labels: settings.labels,
-        gpus: settings.gpus,
+        gpus: settings.gpus.or(docker.gpus),
         devices: settings.cdi_devices,
         host_devices: host.devices,
         rdma: w.resources.as_ref().is_some_and(|r| r.rdma),

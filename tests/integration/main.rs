@@ -7,6 +7,7 @@
 #![allow(clippy::print_stderr)]
 mod common;
 mod devices;
+mod docker_py;
 mod doctor;
 mod environment;
 mod exec;

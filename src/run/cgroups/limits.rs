@@ -195,7 +195,8 @@ pub fn tuned(
     if let Some(swap) = t.memswap_limit {
         if matches!(version, Version::V1 { memsw: false }) {
             warnings.push(
-                "this host's kernel has no swap accounting (memory.memsw): --memory-swap (memswap_limit) is ignored                  and the memory is limited without swap"
+                "this host's kernel has no swap accounting (memory.memsw): --memory-swap (memswap_limit) is ignored \
+                 and the memory is limited without swap"
                     .to_string(),
             );
         } else {
@@ -248,7 +249,8 @@ pub fn tuned(
             }
         } else {
             warnings.push(
-                "this host's block I/O scheduler has no weights (they need BFQ): --blkio-weight and                  --blkio-weight-device (blkio_weight, blkio_weight_device) are ignored"
+                "this host's block I/O scheduler has no weights (they need BFQ): --blkio-weight and \
+                 --blkio-weight-device (blkio_weight, blkio_weight_device) are ignored"
                     .to_string(),
             );
         }

@@ -212,6 +212,12 @@ pub fn own_procs_file() -> Option<PathBuf> {
     procs.exists().then_some(procs)
 }
 
+/// Whether the block device `major:minor` uses the BFQ I/O scheduler (`[bfq]` in its queue's scheduler file).
+fn bfq_schedules(major: u64, minor: u64) -> bool {
+    crate::sys::safe_fs::read_system(format!("/sys/dev/block/{major}:{minor}/queue/scheduler"))
+        .is_ok_and(|s| s.contains("[bfq]"))
+}
+
 fn join(parent: &str, child: &str) -> String {
     format!("{}/{child}", parent.trim_end_matches('/'))
 }
@@ -420,16 +426,46 @@ impl CgroupPlan {
             .any(|(dir, _)| files.iter().any(|f| dir.join(f).exists()))
     }
 
-    /// With `disable` (`--oom-kill-disable`), the v1 `memory.oom_control` file of the container's cgroup, when drun
-    /// manages it as root (v2 has no such switch).
-    pub fn oom_control_file(&self, disable: bool) -> Option<PathBuf> {
-        if !disable || self.control != Control::Root || self.blocked.is_some() || self.version == Version::V2 {
-            return None;
+    /// What libcgroups (0.7) leaves undone on v1, as root, for drun to write into the container's cgroup once it is
+    /// set up and before the container starts: `memory.oom_control` for `--oom-kill-disable` (libcgroups writes it
+    /// from a setting libcontainer never fills in, always "enabled") and the per-device weights of
+    /// `--blkio-weight-device` (which its v1 controller never writes).
+    pub fn v1_writes(&self, tuning: &crate::plan::CgroupTuning) -> Vec<(PathBuf, String)> {
+        if self.control != Control::Root || self.blocked.is_some() || self.version == Version::V2 {
+            return Vec::new();
         }
-        self.host_dirs()
-            .into_iter()
-            .find(|(_, inside)| inside.ends_with("/memory"))
-            .map(|(dir, _)| dir.join("memory.oom_control"))
+        let dir = |controller: &str| {
+            self.host_dirs()
+                .into_iter()
+                .find(|(_, inside)| inside.ends_with(&format!("/{controller}")))
+                .map(|(dir, _)| dir)
+        };
+        let mut writes = Vec::new();
+        if let (true, Some(d)) = (tuning.oom_kill_disable, dir("memory")) {
+            writes.push((d.join("memory.oom_control"), "1".to_string()));
+        }
+        if let (false, Some(d)) = (tuning.blkio_weight_device.is_empty(), dir("blkio")) {
+            let file = ["blkio.weight_device", "blkio.bfq.weight_device"]
+                .iter()
+                .map(|f| d.join(f))
+                .find(|f| f.exists());
+            // Without a weight file, `limits::tuned` has warned that weights are ignored.
+            if let Some(f) = file {
+                for w in &tuning.blkio_weight_device {
+                    let (major, minor) = (w.device.major, w.device.minor);
+                    // BFQ's file takes weights only for devices it schedules (the kernel answers EOPNOTSUPP).
+                    if f.ends_with("blkio.bfq.weight_device") && !bfq_schedules(major, minor) {
+                        tracing::warn!(
+                            "the block device {major}:{minor} is not scheduled by BFQ: its weight \
+                             (--blkio-weight-device, blkio_weight_device) is ignored"
+                        );
+                        continue;
+                    }
+                    writes.push((f.clone(), format!("{major}:{minor} {}", w.value)));
+                }
+            }
+        }
+        writes
     }
 
     /// The spec mounts that show the container its own cgroup, read-only.
