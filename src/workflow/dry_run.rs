@@ -99,6 +99,9 @@ fn write_plan(
     if let Some(s) = plan.shm_size {
         writeln!(out, "  shm_size:    {} ({} bytes)", s, s.0)?;
     }
+    for line in docker_lines(plan) {
+        writeln!(out, "  {line}")?;
+    }
     if let Some(g) = &plan.gpus {
         writeln!(
             out,
@@ -145,4 +148,71 @@ fn write_plan(
         "  log:         {}",
         artifacts_root.join(format!("{}.log", job.name)).display()
     )
+}
+
+/// The docker-py settings of a plan that are set, one `key: value` line each (docker-py's names).
+fn docker_lines(plan: &crate::plan::RunPlan) -> Vec<String> {
+    let t = &plan.tuning;
+    let mut lines = Vec::new();
+    let mut add = |key: &str, value: Option<String>| {
+        if let Some(v) = value {
+            let key = format!("{key}:");
+            lines.push(format!("{key:<12} {v}"));
+        }
+    };
+    add("cpu_shares", t.cpu_shares.map(|v| v.to_string()));
+    add("cpu_period", t.cpu_period.map(|v| v.to_string()));
+    add("cpu_quota", t.cpu_quota.map(|v| v.to_string()));
+    add("cpuset_cpus", t.cpuset_cpus.clone());
+    add("cpuset_mems", t.cpuset_mems.clone());
+    add("mem_reservation", t.mem_reservation.map(|v| v.0.to_string()));
+    add("memswap_limit", t.memswap_limit.map(|v| v.to_string()));
+    add("mem_swappiness", t.mem_swappiness.map(|v| v.to_string()));
+    add("oom_kill_disable", t.oom_kill_disable.then(|| "true".into()));
+    add("blkio_weight", t.blkio_weight.map(|v| v.to_string()));
+    for (key, list) in [
+        ("blkio_weight_device", &t.blkio_weight_device),
+        ("device_read_bps", &t.device_read_bps),
+        ("device_write_bps", &t.device_write_bps),
+        ("device_read_iops", &t.device_read_iops),
+        ("device_write_iops", &t.device_write_iops),
+    ] {
+        for d in list {
+            add(key, Some(format!("{}:{} {}", d.device.major, d.device.minor, d.value)));
+        }
+    }
+    for r in &t.device_cgroup_rules {
+        let n = |v: Option<u64>| v.map_or("*".to_string(), |v| v.to_string());
+        let kind = r.kind.map_or("a", |k| k.letter());
+        add(
+            "device_cgroup_rule",
+            Some(format!("{kind} {}:{} {}", n(r.major), n(r.minor), r.access.letters())),
+        );
+    }
+    add("pids_limit", plan.pids_limit.map(|v| v.to_string()));
+    add("oom_score_adj", plan.oom_score_adj.map(|v| v.to_string()));
+    add("domainname", plan.domainname.clone());
+    for d in &plan.dns.servers {
+        add("dns", Some(d.to_string()));
+    }
+    for d in &plan.dns.search {
+        add("dns_search", Some(d.clone()));
+    }
+    for d in &plan.dns.options {
+        add("dns_opt", Some(d.clone()));
+    }
+    for (name, ip) in &plan.dns.extra_hosts {
+        add("extra_host", Some(format!("{name} {ip}")));
+    }
+    for g in &plan.group_add {
+        add("group_add", Some(g.clone()));
+    }
+    for (k, v) in &plan.sysctls {
+        add("sysctl", Some(format!("{k}={v}")));
+    }
+    add("stop_signal", plan.stop_signal.map(|s| s.as_str().to_string()));
+    if let crate::plan::RestartPolicy::OnFailure(n) = plan.restart {
+        add("restart", Some(format!("on-failure:{n}")));
+    }
+    lines
 }

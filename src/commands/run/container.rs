@@ -448,6 +448,74 @@ mod tests {
     }
 
     #[test]
+    fn dockers_tuning_and_system_flags_land_in_the_plan() {
+        let p = plan(&[
+            "-c",
+            "512",
+            "--cpuset-cpus",
+            "0-1",
+            "--cpu-period",
+            "50000",
+            "--cpu-quota",
+            "25000",
+            "-m",
+            "64m",
+            "--memory-swap",
+            "-1",
+            "--memory-reservation",
+            "32m",
+            "--oom-kill-disable",
+            "--oom-score-adj",
+            "-500",
+            "--device-cgroup-rule",
+            "c 10:200 rwm",
+            "--dns",
+            "10.0.0.2",
+            "--add-host",
+            "db:10.0.0.5",
+            "--group-add",
+            "video",
+            "--network",
+            "none",
+            "--sysctl",
+            "net.ipv4.ip_forward=1",
+            "--uts",
+            "host",
+            "--stop-signal",
+            "INT",
+            "--restart",
+            "on-failure:3",
+            "busybox",
+        ])
+        .unwrap();
+        let t = &p.tuning;
+        assert_eq!((t.cpu_shares, t.cpuset_cpus.as_deref()), (Some(512), Some("0-1")));
+        assert_eq!(
+            (t.cpu_period, t.cpu_quota, t.memswap_limit),
+            (Some(50_000), Some(25_000), Some(-1))
+        );
+        assert_eq!(t.mem_reservation, Some(ByteSize(32 << 20)));
+        assert!(t.oom_kill_disable && t.device_cgroup_rules.len() == 1);
+        assert_eq!(p.oom_score_adj, Some(-500));
+        assert_eq!(p.dns.servers, vec!["10.0.0.2".parse::<std::net::IpAddr>().unwrap()]);
+        assert_eq!(p.dns.extra_hosts[0].0, "db");
+        assert_eq!(p.group_add, ["video"]);
+        assert_eq!(p.sysctls, vec![("net.ipv4.ip_forward".to_string(), "1".to_string())]);
+        assert_eq!(
+            (p.uts, p.stop_signal),
+            (Some(Sharing::Host), Some(nix::sys::signal::Signal::SIGINT))
+        );
+        assert_eq!(p.restart, crate::plan::RestartPolicy::OnFailure(3));
+        assert!(error(&["--cpuset-cpus", "3-1", "img"]).starts_with("invalid --cpuset-cpus \"3-1\""));
+        assert!(error(&["--restart", "always", "img"]).contains("which needs a daemon"));
+        assert!(error(&["--sysctl", "kernel.panic=1", "img"]).contains("not in a namespace of the container's own"));
+        assert!(error(&["--sysctl", "net.core.somaxconn=1", "img"]).contains("need network none"));
+        assert!(error(&["--storage-opt", "size=1g", "img"]).starts_with("--storage-opt \"size=1g\" is not supported"));
+        assert!(error(&["--device-read-bps", "/dev/null:1mb", "img"])
+            .starts_with("invalid block device \"/dev/null\": expected a block device node, not a character device"));
+    }
+
+    #[test]
     fn workflow_flags_are_refused_for_an_image() {
         let e = execute(&global(), args(&["--dry-run", "img"]));
         assert_eq!(

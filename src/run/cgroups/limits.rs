@@ -328,6 +328,80 @@ fn device_rules() -> Value {
 mod tests {
     use super::*;
 
+    fn device(major: u64, minor: u64, value: u64) -> DeviceValue {
+        DeviceValue {
+            device: crate::plan::BlockDevice { major, minor },
+            value,
+        }
+    }
+
+    fn every_setting() -> CgroupTuning {
+        CgroupTuning {
+            cpu_shares: Some(512),
+            cpu_period: Some(50_000),
+            cpu_quota: Some(25_000),
+            cpuset_cpus: Some("0-1".into()),
+            cpuset_mems: Some("0".into()),
+            mem_reservation: Some(ByteSize(32 << 20)),
+            memswap_limit: Some(128 << 20),
+            mem_swappiness: Some(10),
+            oom_kill_disable: true,
+            blkio_weight: Some(300),
+            blkio_weight_device: vec![device(8, 0, 400)],
+            device_read_bps: vec![device(8, 0, 1 << 20)],
+            device_write_bps: vec![device(8, 0, 2 << 20)],
+            device_read_iops: vec![device(8, 0, 100)],
+            device_write_iops: vec![device(8, 0, 200)],
+            device_cgroup_rules: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn on_cgroup_v2_swappiness_and_the_oom_killer_switch_are_ignored_with_warnings() {
+        let mut r = json!({"memory": {"limit": 64 << 20, "swap": 64 << 20}});
+        let warnings = tuned(&mut r, &Version::V2, true, Some(ByteSize(64 << 20)), &every_setting());
+        assert_eq!(warnings.len(), 2, "{warnings:?}");
+        assert!(warnings[0].contains("--memory-swappiness (mem_swappiness) is ignored"));
+        assert!(warnings[1].contains("--oom-kill-disable (oom_kill_disable) is ignored"));
+        // What libcgroups' v2 manager turns into cpu.weight, cpu.max, cpuset.*, memory.low, memory.swap.max (the
+        // difference), io.bfq.weight/io.weight and io.max lines.
+        assert_eq!(
+            r,
+            json!({
+                "cpu": {"shares": 512, "period": 50_000, "quota": 25_000, "cpus": "0-1", "mems": "0"},
+                "memory": {"limit": 64 << 20, "swap": 128 << 20, "reservation": 32 << 20},
+                "blockIO": {
+                    "weight": 300,
+                    "weightDevice": [{"major": 8, "minor": 0, "weight": 400}],
+                    "throttleReadBpsDevice": [{"major": 8, "minor": 0, "rate": 1 << 20}],
+                    "throttleWriteBpsDevice": [{"major": 8, "minor": 0, "rate": 2 << 20}],
+                    "throttleReadIOPSDevice": [{"major": 8, "minor": 0, "rate": 100}],
+                    "throttleWriteIOPSDevice": [{"major": 8, "minor": 0, "rate": 200}],
+                },
+            })
+        );
+        serde_json::from_value::<oci_spec::runtime::LinuxResources>(r).expect("a valid linux.resources");
+    }
+
+    #[test]
+    fn on_cgroup_v1_everything_applies_and_weights_need_a_weight_file() {
+        let mut r = json!({});
+        let warnings = tuned(&mut r, &Version::V1 { memsw: true }, false, None, &every_setting());
+        assert_eq!(r["memory"]["swappiness"], json!(10));
+        assert_eq!(r["memory"]["disableOOMKiller"], json!(true));
+        assert!(r["blockIO"].get("weight").is_none() && r["blockIO"].get("weightDevice").is_none());
+        assert!(warnings
+            .iter()
+            .any(|w| w.contains("the OOM killer is disabled without a memory limit")));
+        assert!(warnings
+            .iter()
+            .any(|w| w.contains("block I/O scheduler has no weights")));
+        let mut r = json!({});
+        let warnings = tuned(&mut r, &Version::V1 { memsw: false }, true, None, &every_setting());
+        assert!(r["memory"].get("swap").is_none());
+        assert!(warnings.iter().any(|w| w.contains("no swap accounting")));
+    }
+
     #[test]
     fn cpus_become_a_quota_over_100_ms() {
         assert_eq!(cpu_quota(0.5), (50_000, 100_000));

@@ -537,6 +537,33 @@ mod tests {
     }
 
     #[test]
+    fn docker_py_arguments_take_their_shapes() {
+        let w = entry(concat!(
+            "    device_read_bps: [{Path: /dev/sda, Rate: 1048576}, \"/dev/sdb:1mb\"]\n",
+            "    device_requests: [{Driver: nvidia, Count: -1, Capabilities: [[gpu]]}]\n",
+            "    extra_hosts: {db: 10.0.0.5}\n",
+            "    sysctls: [kernel.shmmax=1000]\n",
+            "    restart_policy: {Name: on-failure, MaximumRetryCount: 2}\n",
+            "    mounts: [\"type=tmpfs,target=/t\", {type: bind, source: ./d, target: /d, read_only: true}]\n",
+            "    cpuset_cpus: 0\n",
+            "    ports: {\"80/tcp\": 8080}\n",
+        ));
+        assert!(
+            matches!(&w.device_read_bps[0].value, BlkioEntry::Map(m) if m.path == "/dev/sda" && m.value.0 == "1048576")
+        );
+        assert!(matches!(&w.device_read_bps[1].value, BlkioEntry::Text(t) if t == "/dev/sdb:1mb"));
+        assert_eq!(w.device_requests[0].value.count, Some(-1));
+        assert!(matches!(w.extra_hosts.unwrap().value, ExtraHosts::Map(m) if m[0].0 == "db"));
+        assert!(matches!(w.sysctls.unwrap().value, KeyValues::List(l) if l == ["kernel.shmmax=1000"]));
+        assert!(
+            matches!(w.restart_policy.unwrap().value, RestartEntry::Map(m) if m.name == "on-failure" && m.maximum_retry_count == Some(Scalar("2".into())))
+        );
+        assert!(matches!(&w.mounts[1].value, MountEntry::Map(m) if m.read_only && m.target == "/d"));
+        assert_eq!(w.cpuset_cpus.unwrap().value, Scalar("0".into()));
+        assert_eq!(w.ports.unwrap().referenced.line(), 11);
+    }
+
+    #[test]
     fn a_wrong_shape_names_the_shapes_accepted() {
         assert!(error("    environment: 3\n").contains("expected a map of variables or a list of KEY=VALUE"));
         assert!(error("    volumes: ./a:/a\n").contains("a list of SRC:DST[:ro] or a map of SRC: {bind, mode}"));
