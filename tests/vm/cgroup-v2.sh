@@ -23,6 +23,18 @@ check "no extra swap" [ "$(echo "$out" | sed -n 2p)" = 0 ]
 check "cpu.max is 0.5 CPU" [ "$(echo "$out" | sed -n 3p)" = "50000 100000" ]
 check "pids.max is 20" [ "$(echo "$out" | sed -n 4p)" = 20 ]
 
+# docker-py's cgroup arguments on v2 (docs/docker-py.md): converted by libcgroups, or ignored with Docker's warning.
+out=$(drun run --memory 64m --memory-swap 96m --memory-reservation 32m --cpu-shares 512 --cpuset-cpus 0 \
+    --memory-swappiness 10 --oom-kill-disable "$IMG" \
+    cat /sys/fs/cgroup/memory.swap.max /sys/fs/cgroup/memory.low /sys/fs/cgroup/cpu.weight /sys/fs/cgroup/cpuset.cpus \
+    2>/tmp/tuning.err)
+check "memory.swap.max is --memory-swap minus --memory" [ "$(echo "$out" | sed -n 1p)" = 33554432 ]
+check "memory.low is --memory-reservation" [ "$(echo "$out" | sed -n 2p)" = 33554432 ]
+check "cpu.weight is converted from --cpu-shares 512 ($(echo "$out" | sed -n 3p))" [ "$(echo "$out" | sed -n 3p)" -lt 100 ]
+check "cpuset.cpus is --cpuset-cpus" [ "$(echo "$out" | sed -n 4p)" = 0 ]
+check "--memory-swappiness is ignored with a warning" grep -q "memory-swappiness (mem_swappiness) is ignored" /tmp/tuning.err
+check "--oom-kill-disable is ignored with a warning" grep -q "oom-kill-disable (oom_kill_disable) is ignored" /tmp/tuning.err
+
 out=$(drun run --memory 64m "$IMG" sh -c 'echo max > /sys/fs/cgroup/memory.max 2>/dev/null && echo RAISED; cat /sys/fs/cgroup/memory.max')
 check "container root cannot raise its limit ($out)" [ "$out" = 67108864 ]
 out=$(drun run "$IMG" sh -c 'cat /proc/self/cgroup; ls /sys/fs/cgroup | grep -c drun-')
