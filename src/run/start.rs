@@ -62,7 +62,10 @@ pub fn start(
         .validate_id()
         .map_err(libcontainer_error("accept the container id"))?
         .with_executor(PassFd {
-            inner: Executor { filter },
+            inner: Executor {
+                filter,
+                join_cgroups: vec![],
+            },
             fd: pmi_fd,
         });
     if !plan.interactive {
