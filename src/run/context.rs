@@ -23,13 +23,20 @@ pub struct RunContext<'a> {
 }
 
 impl<'a> RunContext<'a> {
-    /// Cleans up after drun processes that died, refuses a name a live container has, and creates the run's
-    /// directory (locked for as long as the returned [`RunDir`] lives).
+    /// Cleans up after drun processes that died, refuses a name a listed container has (running, or ended and
+    /// kept), and creates the run's directory (locked for as long as the returned [`RunDir`] lives).
     pub fn create(plan: &'a RunPlan, state_dir: &'a Path) -> Result<(RunContext<'a>, RunDir), RunError> {
         state::reap_stale(state_dir);
         if let Some(n) = &plan.name {
-            if state::list(state_dir).iter().any(|i| i.name.as_deref() == Some(n)) {
-                return Err(RunError::NameInUse(n.clone()));
+            let listed = crate::run::finished::list_all(state_dir);
+            if let Some(other) = listed.iter().find(|r| r.info.name.as_deref() == Some(n)) {
+                return Err(match other.running {
+                    true => RunError::NameInUse(n.clone()),
+                    false => RunError::NameKept {
+                        name: n.clone(),
+                        id: other.short_id().to_string(),
+                    },
+                });
             }
         }
         let id = random_id();
@@ -60,6 +67,10 @@ impl<'a> RunContext<'a> {
             cgroup_dirs: cgroup.dirs_to_record(),
             layers: image.record.layers.iter().map(|l| l.key()).collect(),
             labels: self.plan.labels.clone(),
+            detached: false,
+            auto_remove: false,
+            stop_signal: None,
+            exit: None,
         }
     }
 }
