@@ -39,8 +39,13 @@ pub fn launch() -> io::Result<Launch> {
     let (read, write) = nix::unistd::pipe2(OFlag::O_CLOEXEC)?;
     // The write end goes to the monitor: inherited across exec.
     fcntl(&write, FcntlArg::F_SETFD(FdFlag::empty()))?;
+    // The running binary, whatever its path now; named as the user called it, for `ps` and the like.
     let mut cmd = Command::new("/proc/self/exe");
-    cmd.args(std::env::args_os().skip(1))
+    let mut args = std::env::args_os();
+    if let Some(arg0) = args.next() {
+        cmd.arg0(arg0);
+    }
+    cmd.args(args)
         .env(MONITOR_FD_ENV, write.as_raw_fd().to_string())
         .stdin(Stdio::null())
         .stdout(Stdio::null());
@@ -67,6 +72,23 @@ pub fn launch() -> io::Result<Launch> {
     }
     let status = child.wait()?;
     Ok(Launch::Failed(status.code().unwrap_or(crate::exit::DRUN_ERROR)))
+}
+
+/// The write end of the stdin pipe of a `-d -i` container, held open for as long as the monitor lives.
+static HELD_STDIN: std::sync::OnceLock<OwnedFd> = std::sync::OnceLock::new();
+
+/// `-d -i`: the monitor's stdin, which the container inherits, becomes a pipe that the monitor holds open and
+/// never writes to, so a command that reads its input (`sh`, `cat`) waits for more instead of ending at once, as
+/// with `docker run -di`.
+pub fn hold_stdin_open() -> io::Result<()> {
+    let (read, write) = nix::unistd::pipe2(OFlag::O_CLOEXEC)?;
+    // SAFETY: dup2(2) onto stdin, which this process owns; `read` stays open for the call. The copy at fd 0 has
+    // no close-on-exec flag (dup2 clears it), so the container's process inherits it.
+    if unsafe { libc::dup2(read.as_raw_fd(), libc::STDIN_FILENO) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let _ = HELD_STDIN.set(write);
+    Ok(())
 }
 
 /// The monitor's line back to the drun that started it.

@@ -204,6 +204,32 @@ fn rm_refuses_a_running_container_and_names_stay_unique_until_rm() {
 }
 
 #[test]
+fn detached_runs_keep_stdin_open_with_i_and_log_their_terminal_with_t() {
+    let sb = ready();
+    let image = busybox();
+    let cat = detach(&sb, &["-i", &image, "cat"]);
+    let no_input = detach(&sb, &[&image, "cat"]);
+    let shell = detach(&sb, &["-it", "--name", "box", &image, "sh"]);
+    let tty = detach(&sb, &["-t", &image, "sh", "-c", "tty; echo on-the-terminal"]);
+    assert_eq!(sb.drun(&["wait", &no_input, &tty]).ok().stdout, "0\n0\n");
+    assert_eq!(
+        sb.drun(&["logs", &tty]).ok().stdout,
+        "/dev/pts/0\r\non-the-terminal\r\n"
+    );
+    wait_until("the shell's prompt in its log", || {
+        sb.drun(&["logs", "box"]).stdout.contains("/ # ")
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    for id in [&cat, &shell] {
+        assert!(status(&sb, id).starts_with("Up "), "{}", status(&sb, id));
+    }
+    sb.drun(&["rm", "-f", &cat, &shell, &no_input, &tty]).ok();
+    for id in [&cat, &shell, &no_input, &tty] {
+        assert!(all_leftovers(&sb, id).is_empty(), "{:?}", all_leftovers(&sb, id));
+    }
+}
+
+#[test]
 fn a_detached_rm_run_leaves_nothing_and_still_reports_its_exit_code() {
     let sb = ready();
     let id = detach(&sb, &["--rm", &busybox(), "sh", "-c", "echo bye; sleep 1; exit 5"]);

@@ -24,14 +24,14 @@ pub(super) fn execute(global: &GlobalArgs, args: RunArgs) -> Result<i32> {
     let mut report: Option<Report>;
     let mut on_started;
     if args.container.detach {
-        if args.container.tty || args.container.interactive {
-            bail!(
-                "-d cannot be combined with -i or -t: a detached container has no terminal or input (use `drun logs`)"
-            );
-        }
         let log = LogOptions::parse(&args.container.log_opt)?;
         report = Some(match Report::take() {
-            Some(r) => r,
+            Some(r) => {
+                if args.container.interactive && !args.container.tty {
+                    detach::hold_stdin_open().context("cannot keep the container's stdin open")?;
+                }
+                r
+            }
             None => {
                 return match detach::launch().context("cannot start the container's monitor")? {
                     Launch::Started(id) => {
