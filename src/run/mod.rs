@@ -96,7 +96,7 @@ pub fn run(
         },
     )?;
     // The run's id and directory (and its clean-up, whatever happens from here on).
-    let (ctx, run_dir) = RunContext::create(plan, state_dir)?;
+    let (ctx, run_dir, names_lock) = RunContext::create(plan, state_dir)?;
     let mut cleanup = Cleanup::new(&ctx, run_dir);
 
     // Its cgroup, and the limits that cgroup can enforce.
@@ -123,6 +123,7 @@ pub fn run(
             None => image.layer_dirs(store)?,
         };
         cleanup.record(info.clone())?;
+        drop(names_lock);
         cleanup.start_warmup(&cgroup, limits);
         match &image.squash {
             Some(sq) => {

@@ -187,6 +187,20 @@ pub fn libcontainer_dir(state: &Path) -> PathBuf {
     state.join("libcontainer")
 }
 
+/// The state directory's lock on container names, held from a named run's check that its name is free until its
+/// record holds the name.
+pub struct NamesLock(#[allow(dead_code, reason = "held, never read")] Flock<File>);
+
+impl NamesLock {
+    pub fn take(state: &Path) -> std::io::Result<NamesLock> {
+        ensure_private(state)?;
+        let f = crate::sys::safe_fs::open_or_create(&state.join("names.lock"), 0o600)?;
+        Flock::lock(f, FlockArg::LockExclusive)
+            .map(NamesLock)
+            .map_err(|(_, e)| e.into())
+    }
+}
+
 /// A live run's directory and lock.
 pub struct RunDir {
     pub path: PathBuf,
