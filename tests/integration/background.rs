@@ -83,6 +83,11 @@ fn a_detached_http_service_serves_a_client_logs_stops_and_is_removed() {
     let logs = sb.drun(&["logs", &id[..12]]).ok().stdout;
     assert!(logs.starts_with(&format!("serving on {port}\nto-stderr\n")), "{logs}");
     assert_eq!(sb.drun(&["logs", "--tail", "1", "web"]).ok().stdout.lines().count(), 1);
+    // A second process in the service's container sees its files.
+    assert_eq!(
+        sb.drun(&["exec", "web", "cat", "/www/index.html"]).ok().stdout,
+        "hello-from-the-service\n"
+    );
 
     // httpd as PID 1 has no SIGTERM handler: stop sends SIGKILL once the timeout has passed.
     let started = std::time::Instant::now();
@@ -402,6 +407,11 @@ fn detached_runs_work_rootless() {
         ub.drun(&["logs", "mine"]).stdout == "rootless-hello\n0\n"
     });
     assert!(ub.drun(&["ps"]).ok().stdout.contains("mine"));
+    // `drun exec` joins the namespaces the monitor made.
+    assert_eq!(
+        ub.drun(&["exec", "mine", "cat", "/proc/1/cmdline"]).ok().stdout,
+        "sleep\0600\0"
+    );
     // Another user reaches neither it nor its state directory.
     let other = UserBox::new(NOSUB);
     let state = format!("--state={}", ub.path().join("xdg/drun").display());
