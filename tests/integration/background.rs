@@ -410,7 +410,7 @@ fn detached_runs_work_rootless() {
     // `drun exec` joins the namespaces the monitor made.
     assert_eq!(
         ub.drun(&["exec", "mine", "cat", "/proc/1/cmdline"]).ok().stdout,
-        "sleep\0600\0"
+        ["sleep", "600", ""].join("\0")
     );
     // Another user reaches neither it nor its state directory.
     let other = UserBox::new(NOSUB);
