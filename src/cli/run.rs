@@ -41,10 +41,20 @@ pub struct ContainerArgs {
     /// Allocate a terminal for the container
     #[arg(short, long)]
     pub tty: bool,
-    /// Remove the container when it exits, as Docker's --rm: what every drun run does (accepted so that Docker
-    /// command lines work unchanged)
+    /// Run in the background: print the container's id and leave it running under a monitor process; its output
+    /// goes to a log (`drun logs`), and it stays listed after it ends (`drun ps -a`) until `drun rm`
+    #[arg(short, long)]
+    pub detach: bool,
+    /// Remove the container when it exits, as Docker's --rm: what every foreground run does; with -d, nothing of
+    /// it stays once it ended
     #[arg(long)]
     pub rm: bool,
+    /// Signal `drun stop` sends first (default: the image's StopSignal, else TERM)
+    #[arg(long, value_name = "SIGNAL")]
+    pub stop_signal: Option<String>,
+    /// With -d, how large the log may grow: max-size=SIZE (per file, default 10m), max-file=N (default 2)
+    #[arg(long, value_name = "OPT=VALUE")]
+    pub log_opt: Vec<String>,
     /// Bind mount a volume: SRC:DST[:ro|rw]
     #[arg(short, long = "volume", value_name = "SRC:DST[:ro]")]
     pub volume: Vec<String>,

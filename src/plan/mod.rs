@@ -214,6 +214,8 @@ pub struct RunPlan {
     pub cdi_spec_dirs: Vec<PathBuf>,
     /// Fail rather than warn when limits cannot be enforced (rootless without a delegated cgroup).
     pub require_limits: bool,
+    /// The signal `drun stop` sends first (`--stop-signal`; else the image's StopSignal, else SIGTERM).
+    pub stop_signal: Option<i32>,
 }
 
 /// Default PATH when an image sets none (Docker's).
@@ -285,6 +287,7 @@ impl RunPlan {
             rdma: false,
             cdi_spec_dirs: Vec::new(),
             require_limits: false,
+            stop_signal: None,
         }
     }
 

@@ -6,6 +6,7 @@ use std::path::Path;
 
 use crate::plan::MountSpec;
 use crate::run::executable;
+use crate::run::logfile::LogOptions;
 use crate::run::RunError;
 
 /// A check of the container before it is created (see [`RunHooks::before_start`]).
@@ -23,6 +24,18 @@ pub struct RunHooks<'a> {
     /// Called once the container has exited (whatever its status, also after an interrupt), before anything is
     /// unmounted, with the host path of the copy-on-write mount as the container left it.
     pub after_exit: Option<&'a mut dyn FnMut(&ExitView)>,
+    /// Set by the monitor of a detached run (`drun run -d`, see `crate::run::detach`).
+    pub detach: Option<Detach<'a>>,
+}
+
+/// What a detached run does besides supervising its container: its output goes to a rotating log in the run
+/// directory, and the run directory keeps that log and the run's record (with how it ended) until `drun rm`.
+pub struct Detach<'a> {
+    pub log: LogOptions,
+    /// `--rm`: nothing of the run stays once its container ended.
+    pub auto_remove: bool,
+    /// Called once the container's command runs, with the container's id and run directory.
+    pub started: &'a mut dyn FnMut(&str, &Path),
 }
 
 impl RunHooks<'_> {

@@ -67,7 +67,7 @@ pub fn supervise(
             output.pump();
         }
         if tty_ready {
-            master_open = crate::run::tty::pump(term.as_mut().expect("master is open"), &mut std::io::stdout());
+            master_open = crate::run::tty::pump(term.as_mut().expect("master is open"), &mut output.sink);
         }
         if stdin_ready {
             if let Some(w) = term.as_mut() {
@@ -84,7 +84,7 @@ pub fn supervise(
             }
             Err(e) => return Err(wait_error(e.into())),
         };
-        drain(master, master_open);
+        drain(master, master_open, &mut output.sink);
         output.pump();
         return Ok(Outcome {
             code,

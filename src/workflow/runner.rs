@@ -263,6 +263,7 @@ impl Runner<'_> {
                 log: Some(&mut log),
                 before_start: Some(&mut require_pip),
                 after_exit: Some(&mut save_artifacts),
+                detach: None,
             },
         );
         // Without a hook call the container never started: nothing of it can have written there.

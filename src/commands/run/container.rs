@@ -8,6 +8,8 @@ use crate::image::registry::config::Config;
 use crate::plan::host_paths::{resolve_host_paths, HostInputs};
 use crate::plan::parse::{self, DeviceRequest, SecurityOpt};
 use crate::plan::{RunPlan, SeccompMode};
+use crate::run::detach::{self, Launch, Report};
+use crate::run::logfile::LogOptions;
 
 pub(super) fn execute(global: &GlobalArgs, args: RunArgs) -> Result<i32> {
     if !args.given.workflow.is_empty() {
@@ -17,6 +19,42 @@ pub(super) fn execute(global: &GlobalArgs, args: RunArgs) -> Result<i32> {
         );
     }
     let plan = plan_from_args(&args)?;
+    let mut hooks = crate::run::RunHooks::default();
+    // `drun run -d`: this drun starts the monitor and reports; the monitor (the same command again) runs it.
+    let mut report: Option<Report>;
+    let mut on_started;
+    if args.container.detach {
+        let log = LogOptions::parse(&args.container.log_opt)?;
+        report = Some(match Report::take() {
+            Some(r) => {
+                if args.container.interactive && !args.container.tty {
+                    detach::hold_stdin_open().context("cannot keep the container's stdin open")?;
+                }
+                r
+            }
+            None => {
+                return match detach::launch().context("cannot start the container's monitor")? {
+                    Launch::Started(id) => {
+                        println!("{id}");
+                        Ok(0)
+                    }
+                    Launch::Failed(code) => Ok(code),
+                }
+            }
+        });
+        on_started = |id: &str, dir: &std::path::Path| {
+            if let Some(r) = report.take() {
+                r.started(id, dir);
+            }
+        };
+        hooks.detach = Some(crate::run::Detach {
+            log,
+            auto_remove: args.container.rm,
+            started: &mut on_started,
+        });
+    } else if !args.container.log_opt.is_empty() {
+        bail!("--log-opt is for detached runs (-d): a foreground run's output goes to drun's own");
+    }
     let cfg = Config::load()?;
     let store = super::super::open_store(global)?;
     match crate::run::run(
@@ -25,7 +63,7 @@ pub(super) fn execute(global: &GlobalArgs, args: RunArgs) -> Result<i32> {
         &plan,
         &super::super::state_dir(global)?,
         args.common.quiet,
-        &mut crate::run::RunHooks::default(),
+        &mut hooks,
     ) {
         Ok(outcome) => Ok(outcome.code),
         Err(e @ crate::run::RunError::Exec { .. }) => {
@@ -101,6 +139,12 @@ fn plan_from_args(args: &RunArgs) -> Result<RunPlan> {
         }
     }
     let platform = common.platform.as_deref().map(str::parse).transpose()?;
+    let stop_signal = a
+        .stop_signal
+        .as_deref()
+        .map(parse::signal)
+        .transpose()
+        .map_err(|e| e.named("--stop-signal"))?;
 
     // Every value parsed: now the one look at the host.
     let host = resolve_host_paths(host).map_err(|failure| failure.error)?;
@@ -146,6 +190,7 @@ fn plan_from_args(args: &RunArgs) -> Result<RunPlan> {
         rdma: a.rdma,
         cdi_spec_dirs: common.cdi_spec_dir.clone(),
         require_limits: common.require_limits,
+        stop_signal,
         ..RunPlan::new(image.clone())
     })
 }

@@ -102,6 +102,20 @@ pub enum Problem {
     DeviceAccess(String),
     #[error("the container path {0:?} must name a file below / without `..`")]
     DevicePath(String),
+    #[error("expected a signal name or number, e.g. TERM, SIGQUIT or 9")]
+    Signal,
+}
+
+/// A signal by name (`TERM`, `SIGTERM`, `term`) or number (`15`), as `docker kill -s` and `--stop-signal` take it.
+pub fn signal(text: &str) -> Result<i32, ParseError> {
+    use nix::sys::signal::Signal;
+    let bad = || ParseError::new(text, Problem::Signal);
+    if let Ok(n) = text.parse::<i32>() {
+        return Signal::try_from(n).map(|s| s as i32).map_err(|_| bad());
+    }
+    let up = text.to_ascii_uppercase();
+    let name = if up.starts_with("SIG") { up } else { format!("SIG{up}") };
+    name.parse::<Signal>().map(|s| s as i32).map_err(|_| bad())
 }
 
 /// The network: `host` or `none` (the spellings of `--network`).
@@ -160,6 +174,16 @@ pub fn gpus(text: &str) -> Result<GpuRequest, ParseError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn signals_by_name_or_number() {
+        for (text, n) in [("TERM", 15), ("sigquit", 3), ("9", 9), ("SIGKILL", 9), ("usr1", 10)] {
+            assert_eq!(signal(text), Ok(n), "{text}");
+        }
+        for bad in ["", "0", "99", "SIGNOPE", "-1"] {
+            assert_eq!(signal(bad).unwrap_err().problem, Problem::Signal, "{bad}");
+        }
+    }
 
     #[test]
     fn a_named_error_says_which_flag_or_key() {
