@@ -211,7 +211,11 @@ pub fn run(
         None => None,
     };
     let master = terminal.as_ref().map(|t| &t.master);
-    let mut output = output::Output::new(started.output.take(), hooks.log.as_deref_mut());
+    let mut output = output::Output::new(
+        started.output.take(),
+        hooks.log.as_deref_mut(),
+        hooks.stdout.as_mut().map(|c| &mut **c as &mut dyn std::io::Write),
+    );
     let status = supervise::supervise(started.pid, &mut started.signals, master, plan.interactive, &mut output);
 
     let ended = cleanup.end_container(status.is_ok(), poststop_hooks, &started, &cgroup);

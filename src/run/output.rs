@@ -1,14 +1,54 @@
-//! The container's output on its way to drun's stdout: from the shared stdout/stderr pipe of a logged run (a
-//! workflow's), copied to the log file as well, and what a terminal still holds when the container exits.
+//! The container's output on its way to drun's stdout and stderr: from the stdout and stderr pipes of a logged
+//! run (a workflow's), copied to the log file as well, stdout alone also to the caller's copy (a workflow's
+//! output); and what a terminal still holds when the container exits.
+//!
+//! Why two pipes, and how the log keeps their order: a dependent workflow uses its dependency's stdout alone, so
+//! stdout and stderr cannot share one pipe (which kept their order for free, and still would: a pty or a single
+//! socket cannot tell the two streams apart). Each stream has its own pipe; supervision polls both along with its
+//! other descriptors and, each time poll returns, copies only the pipes it reported readable, each to drun's own
+//! stream of the same name and to the log, then polls again. So the log and the terminal get the container's
+//! writes in the order drun sees them arrive: the order they were written whenever writes to the two streams are
+//! further apart than drun's wake-up (a program printing line by line), and writes to both within that instant
+//! come out stdout first. Programs that buffer stdio reorder far more than that themselves.
 
 use std::fs::File;
 use std::io::{Read, Write};
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
-/// The container's output pipe (workflows) and where it goes besides drun's stdout.
+/// The read ends of a logged run's stdout and stderr pipes.
+pub struct Pipes {
+    pub stdout: OwnedFd,
+    pub stderr: OwnedFd,
+}
+
+/// The pipes for a logged run: the read ends, and the write ends the container gets as stdout and stderr.
+pub fn pipes() -> std::io::Result<(Pipes, OwnedFd, OwnedFd)> {
+    let (out_r, out_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+    let (err_r, err_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+    Ok((
+        Pipes {
+            stdout: out_r,
+            stderr: err_r,
+        },
+        out_w,
+        err_w,
+    ))
+}
+
+/// Which of drun's streams a pipe is copied to.
+#[derive(Clone, Copy)]
+enum Stream {
+    Stdout,
+    Stderr,
+}
+
+/// The container's output pipes (workflows) and where they go besides drun's stdout and stderr.
 pub struct Output<'a> {
-    pub pipe: Option<File>,
-    pub log: Option<&'a mut File>,
+    stdout: Option<File>,
+    stderr: Option<File>,
+    log: Option<&'a mut File>,
+    /// Gets the container's stdout alone.
+    copy: Option<&'a mut dyn Write>,
     /// Kept here instead of going to drun's stdout (`drun exec`'s library callers): at most `capture_cap` bytes,
     /// the first ones; the rest is read and dropped.
     pub capture: Option<Vec<u8>>,
@@ -16,33 +56,66 @@ pub struct Output<'a> {
 }
 
 impl<'a> Output<'a> {
-    /// The read end of the output pipe, if the run has one, and the log it is copied to.
-    pub fn new(pipe: Option<OwnedFd>, log: Option<&'a mut File>) -> Output<'a> {
+    /// The read ends of the output pipes, if the run has them, the log they are copied to, and the copy of stdout.
+    pub fn new(pipes: Option<Pipes>, log: Option<&'a mut File>, copy: Option<&'a mut dyn Write>) -> Output<'a> {
+        let (stdout, stderr) = match pipes {
+            Some(p) => (Some(File::from(p.stdout)), Some(File::from(p.stderr))),
+            None => (None, None),
+        };
         Output {
-            pipe: pipe.map(File::from),
+            stdout,
+            stderr,
             log,
+            copy,
             capture: None,
             capture_cap: 0,
         }
     }
 
-    /// Keeps what the pipe carries (at most `cap` bytes) instead of passing it to drun's stdout.
+    /// Keeps what the pipe carries (at most `cap` bytes) instead of passing it to drun's stdout: one pipe, which
+    /// `drun exec` gives both its stdout and stderr.
     pub fn captured(pipe: OwnedFd, cap: usize) -> Output<'a> {
         Output {
-            pipe: Some(File::from(pipe)),
+            stdout: Some(File::from(pipe)),
+            stderr: None,
             log: None,
+            copy: None,
             capture: Some(Vec::new()),
             capture_cap: cap,
         }
     }
 
-    /// Copies what is available now; the pipe is dropped once it is closed.
-    pub fn pump(&mut self) {
-        let Some(p) = self.pipe.as_mut() else { return };
-        let sink = self.capture.as_mut().map(|c| (c, self.capture_cap));
-        if !copy_available(p, self.log.as_deref_mut(), sink) {
-            self.pipe = None;
+    /// The pipes still open, to poll for reading: stdout's, then stderr's.
+    pub fn fds(&self) -> [Option<BorrowedFd<'_>>; 2] {
+        [
+            self.stdout.as_ref().map(|f| f.as_fd()),
+            self.stderr.as_ref().map(|f| f.as_fd()),
+        ]
+    }
+
+    /// Copies what is available now from the pipes `ready` says (stdout's, stderr's); a closed pipe is dropped.
+    pub fn pump_ready(&mut self, ready: [bool; 2]) {
+        if ready[0] {
+            if let Some(p) = self.stdout.as_mut() {
+                let copy = self.copy.as_mut().map(|c| &mut **c as &mut dyn Write);
+                let sink = self.capture.as_mut().map(|c| (c, self.capture_cap));
+                if !copy_available(p, Stream::Stdout, self.log.as_deref_mut(), copy, sink) {
+                    self.stdout = None;
+                }
+            }
         }
+        if ready[1] {
+            if let Some(p) = self.stderr.as_mut() {
+                if !copy_available(p, Stream::Stderr, self.log.as_deref_mut(), None, None) {
+                    self.stderr = None;
+                }
+            }
+        }
+    }
+
+    /// Copies what is available now from both pipes.
+    pub fn pump(&mut self) {
+        self.pump_ready([true, true]);
     }
 }
 
@@ -50,13 +123,19 @@ impl<'a> Output<'a> {
 pub fn drain(master: Option<&OwnedFd>, open: bool) {
     let Some(m) = master.filter(|_| open) else { return };
     if let Ok(dup) = m.try_clone() {
-        copy_available(&mut File::from(dup), None, None);
+        copy_available(&mut File::from(dup), Stream::Stdout, None, None, None);
     }
 }
 
-/// Copies what `src` holds now to drun's stdout (and `log`), or to `capture` (up to its cap), without waiting.
-/// Returns false once `src` is closed (EOF, or EIO from a terminal whose other side closed).
-fn copy_available(src: &mut File, mut log: Option<&mut File>, mut capture: Option<(&mut Vec<u8>, usize)>) -> bool {
+/// Copies what `src` holds now to drun's `to` stream (and `log`, and `copy`), or to `capture` (up to its cap),
+/// without waiting. Returns false once `src` is closed (EOF, or EIO from a terminal whose other side closed).
+fn copy_available(
+    src: &mut File,
+    to: Stream,
+    mut log: Option<&mut File>,
+    mut copy: Option<&mut dyn Write>,
+    mut capture: Option<(&mut Vec<u8>, usize)>,
+) -> bool {
     let _ = nix::fcntl::fcntl(
         src.as_fd(),
         nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
@@ -71,11 +150,18 @@ fn copy_available(src: &mut File, mut log: Option<&mut File>, mut capture: Optio
                     c.extend_from_slice(&buf[..n.min(room)]);
                     continue;
                 }
-                let mut out = std::io::stdout().lock();
-                let _ = out.write_all(&buf[..n]);
-                let _ = out.flush();
+                let _ = match to {
+                    Stream::Stdout => {
+                        let mut out = std::io::stdout().lock();
+                        out.write_all(&buf[..n]).and_then(|()| out.flush())
+                    }
+                    Stream::Stderr => std::io::stderr().lock().write_all(&buf[..n]),
+                };
                 if let Some(l) = log.as_mut() {
                     let _ = l.write_all(&buf[..n]);
+                }
+                if let Some(c) = copy.as_mut() {
+                    let _ = c.write_all(&buf[..n]);
                 }
             }
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
@@ -101,6 +187,6 @@ mod tests {
         out.pump();
         assert_eq!(out.capture.as_deref(), Some(&b"hello worl"[..]));
         // Everything was read (the writer never blocks on a full pipe), and the closed pipe dropped.
-        assert!(out.pipe.is_none());
+        assert!(out.fds().iter().all(Option::is_none));
     }
 }

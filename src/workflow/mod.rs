@@ -16,11 +16,14 @@ mod interpolate;
 mod load;
 pub mod mounts;
 pub mod order;
+pub mod outputs;
 pub mod runner;
 pub mod sanitize;
 pub mod schema;
 mod settings;
+mod substitute;
 mod suggest;
+pub mod vars;
 
 use std::path::{Path, PathBuf};
 
@@ -50,6 +53,8 @@ pub struct RunWideOptions {
     pub require_limits: bool,
     /// `--tmp-size`: see [`RunPlan::tmp_size`].
     pub tmp_size: Option<crate::units::ByteSize>,
+    /// `--var` and `--var-file`: what `${var.NAME}` references in the file stand for.
+    pub vars: vars::Variables,
 }
 
 /// One artifact: a path relative to the working directory (normalised, never escaping it).
@@ -77,6 +82,8 @@ pub struct WorkflowJob {
     pub requirements: Option<PathBuf>,
     /// Notes for keys a local run accepts but ignores.
     pub notes: Vec<String>,
+    /// Where its command and environment use dependencies' outputs (`${deps.NAME.stdout}`).
+    pub outputs: outputs::OutputUses,
 }
 
 /// A loaded workflow file.
