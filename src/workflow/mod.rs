@@ -6,7 +6,8 @@
 //! workflows have (the project directory, artifacts, dependencies, requirements), which becomes mounts in one
 //! place ([`mounts`]). [`order`] sorts jobs by their dependencies; [`runner`] runs them and reports through the
 //! caller's [`runner::Reporter`]; [`copy_out`] saves artifacts and [`sanitize`] makes mounted ones safe; [`dry_run`] describes the plans. Nothing here
-//! prints, and nothing here knows the command line.
+//! prints, and nothing here knows the command line. `${var.NAME}` ([`vars`]) is filled in while the file is parsed
+//! ([`substitute`]); a workflow's stdout is its output, used by dependents as `${deps.NAME.stdout}` ([`outputs`]).
 
 pub mod copy_out;
 pub mod dry_run;
@@ -24,6 +25,8 @@ mod settings;
 mod substitute;
 mod suggest;
 pub mod vars;
+#[cfg(test)]
+mod vars_tests;
 
 use std::path::{Path, PathBuf};
 
