@@ -1011,6 +1011,6 @@ fn the_runflow_example_writes_hello_world_to_the_host() {
             artifacts.to_str().unwrap(),
             example.to_str().unwrap(),
         ])
-        .fails_with(125, &["workflow.yaml:15:7: variable \"out\" is not set"]);
+        .fails_with(125, &["runflow/workflow.yaml:16:7: variable \"out\" is not set"]);
     assert!(!out.stderr.contains("is started"), "{}", out.stderr);
 }
