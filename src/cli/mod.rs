@@ -16,7 +16,29 @@ where
     I: IntoIterator<Item = T>,
     T: Into<OsString> + Clone,
 {
-    let matches = Cli::command().try_get_matches_from(args)?;
+    let args: Vec<OsString> = args.into_iter().map(Into::into).collect();
+    let mut matches = Cli::command().try_get_matches_from(&args)?;
+    // After an image, everything is the container's command; after a workflow file, flags are still drun's, as in
+    // runflow's `run FILE --var NAME=VALUE`: parsed again without the trailing-arguments rule.
+    if let Some(("run", run)) = matches.subcommand() {
+        let positional: Vec<&String> = run
+            .get_many::<String>("image_and_command")
+            .into_iter()
+            .flatten()
+            .collect();
+        if positional
+            .first()
+            .is_some_and(|f| f.ends_with(".yaml") || f.ends_with(".yml"))
+            && positional[1..].iter().any(|a| a.starts_with('-'))
+        {
+            let command = Cli::command().mut_subcommand("run", |c| {
+                c.trailing_var_arg(false).mut_arg("image_and_command", |a| {
+                    a.trailing_var_arg(false).allow_hyphen_values(false)
+                })
+            });
+            matches = command.try_get_matches_from(&args)?;
+        }
+    }
     let mut cli = Cli::from_arg_matches(&matches)?;
     if let (Command::Run(run), Some(("run", run_matches))) = (&mut cli.command, matches.subcommand()) {
         run.given = GivenFlags::from_matches(run_matches);

@@ -193,6 +193,25 @@ pub struct WorkflowArgs {
     /// After a failure, still run the workflows that do not depend on it
     #[arg(long)]
     pub keep_going: bool,
+    /// Set a variable of the workflow file, used there as ${var.NAME} (repeatable; a later one wins)
+    #[arg(long = "var", value_name = "NAME=VALUE")]
+    pub vars: Vec<String>,
+    /// Read variables from a YAML file of NAME: VALUE lines (repeatable; --var wins over a file)
+    #[arg(long, value_name = "FILE")]
+    pub var_file: Vec<PathBuf>,
+    /// Status lines as text, or as json: one JSON object per line per event
+    #[arg(long, value_enum, value_name = "FORMAT", default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+/// `--log-format`: how a workflow run reports each workflow's events on stderr.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// `[2026-01-02 10:00:00] Workflow "NAME" is started.`
+    #[default]
+    Text,
+    /// `{"workflow":"NAME","event":"started","time":"2026-01-02T10:00:00.123Z"}`
+    Json,
 }
 
 /// Flags given on the command line, as `-m/--memory`, by group.

@@ -209,7 +209,7 @@ pub fn run_in(state_dir: &Path, info: &RunInfo, spec: &ExecSpec) -> Result<ExecO
     let master = terminal.as_ref().map(|t| &t.master);
     let mut out = match started.output.take() {
         Some(pipe) => output::Output::captured(pipe, spec.capture.unwrap_or(0)),
-        None => output::Output::new(None, None),
+        None => output::Output::new(None, None, None),
     };
     let status = supervise::supervise(started.pid, &mut started.signals, master, spec.interactive, &mut out);
     drop(terminal);

@@ -15,9 +15,11 @@ pub type BeforeStart<'a> = dyn FnMut(&StartView) -> Result<(), RunError> + 'a;
 /// What a caller (the workflow runner) hooks into a run.
 #[derive(Default)]
 pub struct RunHooks<'a> {
-    /// When set, the container's stdout and stderr share one pipe (so their order is kept); drun copies it to its
-    /// own stdout and to this file.
+    /// When set, the container's stdout and stderr are pipes that drun copies to its own stdout and stderr and, in
+    /// the order their writes arrive, to this file (see `run::output`).
     pub log: Option<&'a mut File>,
+    /// With `log`: also gets the container's stdout alone (a workflow's output).
+    pub stdout: Option<&'a mut dyn std::io::Write>,
     /// Called once the image's root file system, the command's environment and working directory are known,
     /// before the container is created; an error ends the run (e.g. a program the caller needs is missing).
     pub before_start: Option<&'a mut BeforeStart<'a>>,

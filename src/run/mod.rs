@@ -223,7 +223,11 @@ pub fn run(
         None => None,
     };
     let master = terminal.as_ref().map(|t| &t.master);
-    let mut output = output::Output::to_sink(started.output.take(), sink);
+    let mut output = output::Output::to_sink(
+        started.output.take(),
+        sink,
+        hooks.stdout.as_mut().map(|c| &mut **c as &mut dyn std::io::Write),
+    );
     let status = supervise::supervise(started.pid, &mut started.signals, master, plan.interactive, &mut output);
     cleanup.finished(status.as_ref().ok().map(|o| o.code));
 
