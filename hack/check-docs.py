@@ -12,8 +12,9 @@
    `--dry-run` (which validates the whole file and the names, and runs nothing).
 3. Every ```yaml block that is a workflow file (a top-level `workflows:` key) is written to a temporary directory
    and loaded with `drun run --dry-run FILE`, as are examples/*/workflow.yaml. An HTML comment on the line
-   before the block can prepare it: `<!-- check-docs: file:requirements.txt dir:data env:NAME=VALUE -->`, or
-   say that the block shows a file drun must refuse: `<!-- check-docs: fails -->`.
+   before the block can prepare it: `<!-- check-docs: file:requirements.txt dir:data env:NAME=VALUE
+   var:NAME=VALUE -->`, or say that the block shows a file drun must refuse: `<!-- check-docs: fails -->`. An
+   example's workflow.yaml takes the same directives from a `# check-docs: …` comment line.
 4. Every relative link (`[text](docs/x.md#anchor)`) names a file that exists, and an anchor that its headings
    make.
 
@@ -256,7 +257,7 @@ def clean_env(extra=()):
 def check_workflow(cli, file, where, note, problems, scratch, doc_line=None):
     """Loads a workflow file with `drun run --dry-run`; `note` holds the block's check-docs directives. For a
     block of a document, `doc_line(n)` turns line n of the block into the document's `FILE:LINE`."""
-    env = {}
+    env, variables = {}, []
     for d in note:
         kind, _, value = d.partition(":")
         if kind == "file":
@@ -267,10 +268,13 @@ def check_workflow(cli, file, where, note, problems, scratch, doc_line=None):
         elif kind == "env":
             k, _, v = value.partition("=")
             env[k] = v
+        elif kind == "var":
+            variables += ["--var", value]
         elif d != "fails":
-            problems.add(where, f"unknown check-docs directive {d!r} (file:, dir:, env:, fails)")
+            problems.add(where, f"unknown check-docs directive {d!r} (file:, dir:, env:, var:, fails)")
             return
-    argv = ["--root", str(scratch / "root"), "--state", str(scratch / "state"), "run", "--dry-run", str(file)]
+    argv = ["--root", str(scratch / "root"), "--state", str(scratch / "state"), "run", "--dry-run", *variables,
+            str(file)]
     out = cli.call(argv, env=clean_env(env), cwd=file.parent)
     if "fails" in note:
         if out.returncode == 0:
@@ -371,7 +375,9 @@ def main():
         if not opts.files:
             for example in sorted((REPO / "examples").glob("*/workflow.yaml")):
                 counts["workflows"] += 1
-                check_workflow(cli, example, str(example.relative_to(REPO)), [], problems, scratch)
+                note = [d for line in example.read_text().splitlines()
+                        if (m := re.fullmatch(r"#\s*check-docs:(.*)", line.strip())) for d in m.group(1).split()]
+                check_workflow(cli, example, str(example.relative_to(REPO)), note, problems, scratch)
     if counts["commands"] == 0:
         problems.add("check-docs", "found no `drun …` command in any shell block: is the parsing broken?")
     for p in problems.items:

@@ -24,5 +24,11 @@ OUT=$(mktemp -d /tmp/drun-demo-artifacts.XXXXXX)
 step "$DRUN" run --dry-run --artifacts "$OUT" "$ROOT/examples/pipeline/workflow.yaml" report
 step "$DRUN" run --artifacts "$OUT" "$ROOT/examples/pipeline/workflow.yaml"
 step find "$OUT" -type f
+
+# runflow's "hello world" (examples/runflow): a variable from the command line, one workflow's stdout used by the next.
+HELLO=$(mktemp /tmp/drun-demo-out.XXXXXX)
+step "$DRUN" run --artifacts "$OUT/runflow" "$ROOT/examples/runflow/workflow.yaml" --var "out=$HELLO"
+step cat "$HELLO"
+rm -f "$HELLO"
 printf '\nArtifacts and logs are in %s; the store is %s (override with --root or DRUN_ROOT).\n' \
     "$OUT" "${DRUN_ROOT:-/var/lib/drun}"

@@ -3,12 +3,16 @@
 # with a pure cgroup v2 hierarchy (this host is v1-hybrid, production is v2).
 # qemu runs under TCG only (KVM hangs on the dev VM), with no network device.
 #
-#   hack/vm-test.sh [--timeout SECONDS] [--mem MiB] [--console]
+#   hack/vm-test.sh [--timeout SECONDS] [--mem MiB] [--smp N] [--console]
 #                   [--add HOSTPATH[:GUESTPATH]]... [--bin HOSTBIN[:GUESTPATH]]...
 #                   SCRIPT
 #
 #   --timeout S   kill qemu after S seconds (default 600); exit status 124
 #   --mem MiB     guest RAM (default 2048)
+#   --smp N       guest CPUs (default 1).  More than one lets a guest CPU spin
+#                 in the kernel waiting for an IPI that a starved TCG vCPU
+#                 thread never services (seen on a loaded 2-core CI host:
+#                 "soft lockup - CPU#0 stuck" until the timeout)
 #   --add H:G     copy file or directory tree H to G in the guest (regular
 #                 files, symlinks, modes; no xattrs: cpio cannot carry them)
 #   --bin H:G     copy ELF binary H to G plus every library `ldd` lists (at the
@@ -41,12 +45,13 @@ umask 022  # modes in the cpio archives become the guest's modes
 
 usage() { sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "$0"; exit "${1:-0}"; }
 
-TIMEOUT=600 MEM=2048 CONSOLE=0 SCRIPT=
+TIMEOUT=600 MEM=2048 SMP=1 CONSOLE=0 SCRIPT=
 ADDS=() BINS=()
 while [ $# -gt 0 ]; do
     case $1 in
         --timeout) [ $# -ge 2 ] || usage 2; TIMEOUT=$2; shift 2 ;;
         --mem) [ $# -ge 2 ] || usage 2; MEM=$2; shift 2 ;;
+        --smp) [ $# -ge 2 ] || usage 2; SMP=$2; shift 2 ;;
         --add) [ $# -ge 2 ] || usage 2; ADDS+=("$2"); shift 2 ;;
         --bin) [ $# -ge 2 ] || usage 2; BINS+=("$2"); shift 2 ;;
         --console) CONSOLE=1; shift ;;
@@ -61,6 +66,7 @@ SCRIPT=$1
 [ -f "$SCRIPT" ] || die "no such script: $SCRIPT"
 [[ "$TIMEOUT" =~ ^[1-9][0-9]*$ ]] || die "--timeout wants whole seconds"
 [[ "$MEM" =~ ^[1-9][0-9]*$ ]] || die "--mem wants MiB"
+[[ "$SMP" =~ ^[1-9][0-9]*$ ]] || die "--smp wants a CPU count"
 
 MODULES=${DRUN_VM_MODULES:-overlay}
 VMCACHE=$DRUN_TEST_CACHE/vm
@@ -388,7 +394,7 @@ rm -rf "$ST" "$T/run.cpio"
 : >"$T/console.log"
 APPEND="console=ttyS0 quiet panic=-1 systemd.unified_cgroup_hierarchy=1 cgroup_no_v1=all"
 T1=$(date +%s.%N)
-qemu-system-x86_64 -accel tcg -cpu max -m "$MEM" -smp 2 -nographic -no-reboot -nic none \
+qemu-system-x86_64 -accel tcg -cpu max -m "$MEM" -smp "$SMP" -nographic -no-reboot -nic none \
     -kernel "$KDIR/vmlinuz" -initrd "$T/initrd" -append "$APPEND" \
     </dev/null >"$T/console.log" 2>&1 &
 QPID=$!
@@ -420,6 +426,13 @@ while :; do
         break
     fi
     [ "$alive" = 1 ] || break
+    # a guest CPU stuck in the kernel for minutes does not come back under
+    # TCG: stop now rather than burn the rest of the timeout
+    if grep -aqE 'soft lockup - CPU#[0-9]+ stuck for ([2-9][0-9]{2}|1[2-9][0-9])s' "$T/console.log"; then
+        log "the guest kernel reports a CPU stuck for over 2 minutes (soft lockup)"
+        RC=timeout
+        break
+    fi
     if [ "$(date +%s)" -ge "$deadline" ]; then
         RC=timeout
         break

@@ -16,7 +16,29 @@ where
     I: IntoIterator<Item = T>,
     T: Into<OsString> + Clone,
 {
-    let matches = Cli::command().try_get_matches_from(args)?;
+    let args: Vec<OsString> = args.into_iter().map(Into::into).collect();
+    let mut matches = Cli::command().try_get_matches_from(&args)?;
+    // After an image, everything is the container's command; after a workflow file, flags are still drun's, as in
+    // runflow's `run FILE --var NAME=VALUE`: parsed again without the trailing-arguments rule.
+    if let Some(("run", run)) = matches.subcommand() {
+        let positional: Vec<&String> = run
+            .get_many::<String>("image_and_command")
+            .into_iter()
+            .flatten()
+            .collect();
+        if positional
+            .first()
+            .is_some_and(|f| f.ends_with(".yaml") || f.ends_with(".yml"))
+            && positional[1..].iter().any(|a| a.starts_with('-'))
+        {
+            let command = Cli::command().mut_subcommand("run", |c| {
+                c.trailing_var_arg(false).mut_arg("image_and_command", |a| {
+                    a.trailing_var_arg(false).allow_hyphen_values(false)
+                })
+            });
+            matches = command.try_get_matches_from(&args)?;
+        }
+    }
     let mut cli = Cli::from_arg_matches(&matches)?;
     if let (Command::Run(run), Some(("run", run_matches))) = (&mut cli.command, matches.subcommand()) {
         run.given = GivenFlags::from_matches(run_matches);
@@ -70,12 +92,20 @@ pub enum Command {
     Prune(PruneArgs),
     /// Run a command in a new container (pulls the image if missing), or the workflows of a workflow.yaml
     Run(Box<RunArgs>),
-    /// List running containers
+    /// List running containers (-a: also those that ended, until `drun rm`)
     Ps(PsArgs),
     /// Send a signal to a running container
     Kill(KillArgs),
     /// Run a command in a running container
     Exec(ExecArgs),
+    /// Print a detached container's output (-f: follow it until the container ends)
+    Logs(LogsArgs),
+    /// Wait until containers end and print their exit codes
+    Wait(WaitArgs),
+    /// Stop containers: their stop signal, then SIGKILL after a timeout
+    Stop(StopArgs),
+    /// Remove containers that ended (-f: also running ones, killed first)
+    Rm(RmArgs),
     /// List the NVIDIA GPUs drun finds (CDI specs and driver discovery)
     Gpus(GpusArgs),
     /// CDI specs: `drun cdi generate [-o FILE]` writes one for this host's NVIDIA GPUs
@@ -93,6 +123,8 @@ impl Command {
             Command::Gpus(_) | Command::Cdi(_) | Command::Doctor(_) => None,
             // exec joins the container's own namespace instead (`commands::exec`).
             Command::Exec(_) => None,
+            // `drun run -d` only starts the monitor, which enters its namespace itself (see `run::detach`).
+            Command::Run(a) if a.container.detach && !crate::run::detach::is_monitor() => None,
             Command::Run(a) => Some(a.common.userns.unwrap_or_else(crate::run::pmi::default_userns)),
             _ => Some(crate::sys::userns::UsernsMode::Auto),
         }
@@ -137,12 +169,60 @@ pub enum CdiCommand {
 
 #[derive(Args, Debug)]
 pub struct PsArgs {
+    /// Also list detached containers that ended (kept until `drun rm`)
+    #[arg(short, long)]
+    pub all: bool,
     /// Print JSON
     #[arg(long)]
     pub json: bool,
     /// Print ids only
     #[arg(short, long)]
     pub quiet: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct LogsArgs {
+    /// Follow the output until the container ends
+    #[arg(short, long)]
+    pub follow: bool,
+    /// Only the last N lines
+    #[arg(short = 'n', long, value_name = "N")]
+    pub tail: Option<u64>,
+    /// Container id (or a unique prefix) or name
+    pub container: String,
+}
+
+#[derive(Args, Debug)]
+pub struct WaitArgs {
+    /// Container ids (or unique prefixes) or names
+    #[arg(required = true)]
+    pub containers: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct StopArgs {
+    /// Seconds to wait after the stop signal before SIGKILL
+    #[arg(
+        short = 't',
+        long = "time",
+        visible_alias = "timeout",
+        default_value_t = 10,
+        value_name = "SECONDS"
+    )]
+    pub time: u64,
+    /// Container ids (or unique prefixes) or names
+    #[arg(required = true)]
+    pub containers: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct RmArgs {
+    /// Kill and remove a running container
+    #[arg(short, long)]
+    pub force: bool,
+    /// Container ids (or unique prefixes) or names
+    #[arg(required = true)]
+    pub containers: Vec<String>,
 }
 
 #[derive(Args, Debug)]

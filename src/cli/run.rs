@@ -41,10 +41,17 @@ pub struct ContainerArgs {
     /// Allocate a terminal for the container
     #[arg(short, long)]
     pub tty: bool,
-    /// Remove the container when it exits, as Docker's --rm: what every drun run does (accepted so that Docker
-    /// command lines work unchanged)
+    /// Run in the background: print the container's id and leave it running under a monitor process; its output
+    /// goes to a log (`drun logs`), and it stays listed after it ends (`drun ps -a`) until `drun rm`
+    #[arg(short, long)]
+    pub detach: bool,
+    /// Remove the container when it exits, as Docker's --rm: what every foreground run does; with -d, nothing of
+    /// it stays once it ended
     #[arg(long)]
     pub rm: bool,
+    /// With -d, how large the log may grow: max-size=SIZE (per file, default 10m), max-file=N (default 2)
+    #[arg(long, value_name = "OPT=VALUE")]
+    pub log_opt: Vec<String>,
     /// Bind mount a volume: SRC:DST[:ro|rw]
     #[arg(short, long = "volume", value_name = "SRC:DST[:ro]")]
     pub volume: Vec<String>,
@@ -168,7 +175,8 @@ pub struct ContainerArgs {
     /// Namespaced kernel parameter: NAME=VALUE (IPC ones; net.* with --network none)
     #[arg(long, value_name = "NAME=VALUE")]
     pub sysctl: Vec<String>,
-    /// Signal sent to the container when drun gets SIGTERM, e.g. SIGINT (default SIGTERM)
+    /// Signal that stops the container: what `drun stop` sends first and what drun's own SIGTERM becomes
+    /// (default: the image's StopSignal for `drun stop`, else TERM)
     #[arg(long, value_name = "SIGNAL")]
     pub stop_signal: Option<String>,
     /// Restart policy: no (default) or on-failure:N (run again after a failure, at most N times)
@@ -270,6 +278,25 @@ pub struct WorkflowArgs {
     /// After a failure, still run the workflows that do not depend on it
     #[arg(long)]
     pub keep_going: bool,
+    /// Set a variable of the workflow file, used there as ${var.NAME} (repeatable; a later one wins)
+    #[arg(long = "var", value_name = "NAME=VALUE")]
+    pub vars: Vec<String>,
+    /// Read variables from a YAML file of NAME: VALUE lines (repeatable; --var wins over a file)
+    #[arg(long, value_name = "FILE")]
+    pub var_file: Vec<PathBuf>,
+    /// Status lines as text, or as json: one JSON object per line per event
+    #[arg(long, value_enum, value_name = "FORMAT", default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+/// `--log-format`: how a workflow run reports each workflow's events on stderr.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// `[2026-01-02 10:00:00] Workflow "NAME" is started.`
+    #[default]
+    Text,
+    /// `{"workflow":"NAME","event":"started","time":"2026-01-02T10:00:00.123Z"}`
+    Json,
 }
 
 /// Flags given on the command line, as `-m/--memory`, by group.

@@ -8,13 +8,8 @@ use crate::cli::{GlobalArgs, KillArgs};
 use crate::run::state;
 
 fn parse_signal(s: &str) -> Result<Signal> {
-    if let Ok(n) = s.parse::<i32>() {
-        return Signal::try_from(n).with_context(|| format!("invalid signal {s:?}: expected a signal name or number"));
-    }
-    let up = s.to_ascii_uppercase();
-    let name = if up.starts_with("SIG") { up } else { format!("SIG{up}") };
-    name.parse::<Signal>()
-        .with_context(|| format!("invalid signal {s:?}: expected a signal name or number"))
+    let n = crate::plan::parse::signal(s).map_err(|e| e.named("signal"))? as i32;
+    Ok(Signal::try_from(n)?)
 }
 
 pub fn execute(global: &GlobalArgs, args: KillArgs) -> Result<i32> {

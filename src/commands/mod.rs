@@ -14,11 +14,15 @@ pub mod gpus;
 pub mod images;
 pub mod inspect;
 pub mod kill;
+pub mod logs;
 pub mod prune;
 pub mod ps;
 pub mod pull;
+pub mod rm;
 pub mod rmi;
 pub mod run;
+pub mod stop;
+pub mod wait;
 
 use anyhow::{Context, Result};
 
@@ -45,6 +49,10 @@ pub fn dispatch(global: &GlobalArgs, command: Command) -> Result<i32> {
         Command::Ps(a) => ps::execute(global, a),
         Command::Kill(a) => kill::execute(global, a),
         Command::Exec(a) => exec::execute(global, a),
+        Command::Logs(a) => logs::execute(global, a),
+        Command::Wait(a) => wait::execute(global, a),
+        Command::Stop(a) => stop::execute(global, a),
+        Command::Rm(a) => rm::execute(global, a),
         Command::Gpus(a) => gpus::execute(a),
         Command::Cdi(a) => cdi::execute(a),
         Command::Doctor(a) => doctor::execute(global, a),

@@ -300,7 +300,8 @@ pub struct RunPlan {
     pub group_add: Vec<String>,
     /// Namespaced kernel parameters (`--sysctl`), checked by [`parse::sysctl`].
     pub sysctls: Vec<(String, String)>,
-    /// The signal SIGTERM to drun becomes for the container (`--stop-signal`; Docker's `docker stop` signal).
+    /// The signal that stops the container (`--stop-signal`, else the image's StopSignal, else SIGTERM): what
+    /// `drun stop` sends first, and what a SIGTERM to a foreground drun becomes.
     pub stop_signal: Option<nix::sys::signal::Signal>,
     pub restart: RestartPolicy,
     pub read_only: bool,

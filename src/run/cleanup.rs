@@ -24,6 +24,8 @@ pub struct Cleanup {
     pub warmup: Option<Warmup>,
     /// The container's init was reaped and nothing of it can run any more.
     exited: bool,
+    /// How the container ended, once supervision is over.
+    exit: Option<state::ExitRecord>,
 }
 
 impl Cleanup {
@@ -36,7 +38,14 @@ impl Cleanup {
             console_socket: None,
             warmup: None,
             exited: false,
+            exit: None,
         }
+    }
+
+    /// Notes how the container ended (`code`: `None` when supervising it failed), for `drun wait` and a detached
+    /// run's record.
+    pub fn finished(&mut self, code: Option<i32>) {
+        self.exit = Some(state::ExitRecord::now(code));
     }
 
     /// Writes the run's record (what `drun ps` shows, and what a later clean-up after a crash reads).
@@ -102,10 +111,29 @@ impl Drop for Cleanup {
         if let Some(p) = &self.console_socket {
             let _ = std::fs::remove_file(p);
         }
-        // Unmounts the root file system and network namespace, removes cgroups and the run directory.
-        match &self.info {
-            Some(info) if self.exited => state::cleanup_exited(&self.state_dir, self.dir(), info),
-            info => state::cleanup(&self.state_dir, self.dir(), info.as_ref()),
+        // Read by `drun wait` once the lock is free, even when the directory is gone.
+        if let Some(exit) = &self.exit {
+            if let Err(e) = self.run_dir.write_exit(exit) {
+                tracing::warn!(error = %e, "cannot record how the container ended");
+            }
+        }
+        // Unmounts the root file system and network namespace, removes cgroups and the run directory (a
+        // detached run's keeps its record and log until `drun rm`).
+        match (&self.info, &self.exit) {
+            (Some(info), Some(exit)) if info.kept() => {
+                state::cleanup_keeping_record(&self.state_dir, self.dir(), info);
+                let ended = state::RunInfo {
+                    exit: Some(exit.clone()),
+                    pid: None,
+                    pid_start: None,
+                    ..info.clone()
+                };
+                if let Err(e) = self.run_dir.write_info(&ended) {
+                    tracing::warn!(error = %e, "cannot record how the container ended");
+                }
+            }
+            (Some(info), _) if self.exited => state::cleanup_exited(&self.state_dir, self.dir(), info),
+            (info, _) => state::cleanup(&self.state_dir, self.dir(), info.as_ref()),
         }
     }
 }

@@ -23,13 +23,29 @@ pub struct RunContext<'a> {
 }
 
 impl<'a> RunContext<'a> {
-    /// Cleans up after drun processes that died, refuses a name a live container has, and creates the run's
-    /// directory (locked for as long as the returned [`RunDir`] lives).
-    pub fn create(plan: &'a RunPlan, state_dir: &'a Path) -> Result<(RunContext<'a>, RunDir), RunError> {
+    /// Cleans up after drun processes that died, refuses a name a listed container has (running, or ended and
+    /// kept), and creates the run's directory (locked for as long as the returned [`RunDir`] lives). A named
+    /// run also gets the state directory's names lock: held until its record (with the name) is written, so that
+    /// two runs never both take one name.
+    pub fn create(
+        plan: &'a RunPlan,
+        state_dir: &'a Path,
+    ) -> Result<(RunContext<'a>, RunDir, Option<state::NamesLock>), RunError> {
         state::reap_stale(state_dir);
+        let names_lock = match plan.name {
+            Some(_) => Some(state::NamesLock::take(state_dir).map_err(io_error("lock the container names"))?),
+            None => None,
+        };
         if let Some(n) = &plan.name {
-            if state::list(state_dir).iter().any(|i| i.name.as_deref() == Some(n)) {
-                return Err(RunError::NameInUse(n.clone()));
+            let listed = crate::run::finished::list_all(state_dir);
+            if let Some(other) = listed.iter().find(|r| r.info.name.as_deref() == Some(n)) {
+                return Err(match other.running {
+                    true => RunError::NameInUse(n.clone()),
+                    false => RunError::NameKept {
+                        name: n.clone(),
+                        id: other.short_id().to_string(),
+                    },
+                });
             }
         }
         let id = random_id();
@@ -42,7 +58,7 @@ impl<'a> RunContext<'a> {
             short_id,
             dir: run_dir.path.clone(),
         };
-        Ok((context, run_dir))
+        Ok((context, run_dir, names_lock))
     }
 
     /// The run's record as first written (no command or pid yet).
@@ -60,6 +76,10 @@ impl<'a> RunContext<'a> {
             cgroup_dirs: cgroup.dirs_to_record(),
             layers: image.record.layers.iter().map(|l| l.key()).collect(),
             labels: self.plan.labels.clone(),
+            detached: false,
+            auto_remove: false,
+            stop_signal: None,
+            exit: None,
         }
     }
 }

@@ -12,6 +12,11 @@ pub enum RunError {
     NoCommand,
     #[error("a container named {0:?} is already running")]
     NameInUse(String),
+    #[error(
+        "the name {name:?} is already in use by container {id}, which has ended: remove it with `drun rm {id}`, or \
+         choose another name"
+    )]
+    NameKept { name: String, id: String },
     #[error("cannot {what}")]
     Io { what: String, source: std::io::Error },
     #[error(transparent)]

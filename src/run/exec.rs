@@ -12,7 +12,7 @@
 //! [`run_in`] is the library entry (a health-check probe calls it with captured output); `commands::exec` finds
 //! the container and, rootless, joins its user namespace first.
 
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 
@@ -174,7 +174,27 @@ pub fn run_in(state_dir: &Path, info: &RunInfo, spec: &ExecSpec) -> Result<ExecO
     let process_file = run_dir.join(format!("exec-{}.json", std::process::id()));
     let json = serde_json::to_vec(&process).expect("a process serialises");
     crate::sys::safe_fs::write_replace(&process_file, &json, 0o600).map_err(io_error("write the exec's process"))?;
-    let started = start(state_dir, info, &process_file, filter, spec);
+    let v1 = !info.cgroup_path.is_empty()
+        && matches!(crate::run::cgroups::detect(), crate::run::cgroups::Version::V1 { .. });
+    let absent = if v1 {
+        absent_v1_dirs(&info.cgroup_path)
+    } else {
+        Vec::new()
+    };
+    // On v1 the process moves itself into the init's cgroups before its command runs.
+    let join = if v1 { init_cgroup_files(pid)? } else { vec![] };
+    let started = start(
+        state_dir,
+        info,
+        &process_file,
+        filter,
+        join.iter().map(AsRawFd::as_raw_fd).collect(),
+        spec,
+    );
+    drop(join);
+    for d in &absent {
+        let _ = std::fs::remove_dir(d);
+    }
     let _ = std::fs::remove_file(&process_file);
     for s in tenant_sockets(&lc_dir).difference(&before) {
         let _ = std::fs::remove_file(lc_dir.join(s));
@@ -189,7 +209,7 @@ pub fn run_in(state_dir: &Path, info: &RunInfo, spec: &ExecSpec) -> Result<ExecO
     let master = terminal.as_ref().map(|t| &t.master);
     let mut out = match started.output.take() {
         Some(pipe) => output::Output::captured(pipe, spec.capture.unwrap_or(0)),
-        None => output::Output::new(None, None),
+        None => output::Output::new(None, None, None),
     };
     let status = supervise::supervise(started.pid, &mut started.signals, master, spec.interactive, &mut out);
     drop(terminal);
@@ -203,6 +223,57 @@ pub fn run_in(state_dir: &Path, info: &RunInfo, spec: &ExecSpec) -> Result<ExecO
         code: outcome.code,
         output: out.capture,
     })
+}
+
+/// cgroup v1: the directories of the container's libcontainer cgroup `path` (with its parents), in every
+/// hierarchy, that do not exist now. libcontainer's tenant goes to `path` in every hierarchy, re-creating those
+/// that `CgroupPlan::settle` removed after moving the init elsewhere; they are removed again once empty.
+fn absent_v1_dirs(path: &str) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let Ok(mounts) = std::fs::read_dir("/sys/fs/cgroup") else {
+        return out;
+    };
+    for m in mounts.flatten() {
+        let mount = m.path();
+        if !std::fs::symlink_metadata(&mount).is_ok_and(|t| t.is_dir()) {
+            continue;
+        }
+        let mut dir = mount.join(path.trim_start_matches('/'));
+        while dir != mount && !dir.exists() {
+            out.push(dir.clone());
+            dir.pop();
+        }
+    }
+    out
+}
+
+/// cgroup v1: the `cgroup.procs` files of the container's init `init` in each hierarchy, opened for writing; the
+/// exec'd process writes itself into them before its command runs (drun's executor). `CgroupPlan::settle` put the
+/// init below drun's own cgroup of each hierarchy, which libcontainer's tenant builder does not know of: it puts
+/// the process at its one recorded path, re-creating cgroups there (`absent`, removed again afterwards).
+fn init_cgroup_files(init: i32) -> Result<Vec<OwnedFd>, ExecError> {
+    let text = crate::sys::safe_fs::read_system(format!("/proc/{init}/cgroup"))
+        .map_err(io_error("read the container's cgroups"))?;
+    let mut out = Vec::new();
+    for line in text.lines() {
+        let mut parts = line.splitn(3, ':');
+        let (_, ctrls, rel) = (parts.next(), parts.next().unwrap_or(""), parts.next().unwrap_or("/"));
+        if ctrls.is_empty() || ctrls.starts_with("name=") || rel.split('/').any(|c| c == "..") {
+            continue;
+        }
+        let procs = Path::new("/sys/fs/cgroup")
+            .join(ctrls)
+            .join(rel.trim_start_matches('/'))
+            .join("cgroup.procs");
+        let fd = nix::fcntl::open(
+            &procs,
+            nix::fcntl::OFlag::O_WRONLY | nix::fcntl::OFlag::O_CLOEXEC | nix::fcntl::OFlag::O_NOFOLLOW,
+            nix::sys::stat::Mode::empty(),
+        )
+        .map_err(|e| io_error("open the container's cgroup")(e.into()))?;
+        out.push(fd);
+    }
+    Ok(out)
 }
 
 /// The container's configuration (`bundle/config.json` of its run directory, written by drun).
@@ -329,6 +400,7 @@ fn start(
     info: &RunInfo,
     process_file: &Path,
     filter: Option<seccomp::Precompiled>,
+    join_cgroups: Vec<std::os::fd::RawFd>,
     spec: &ExecSpec,
 ) -> Result<Started, ExecError> {
     let short = &info.id[..12];
@@ -336,7 +408,7 @@ fn start(
     let mut builder = ContainerBuilder::new(info.id.clone(), SyscallType::default())
         .with_root_path(state::libcontainer_dir(state_dir))
         .map_err(libcontainer_error("use its state directory"))?
-        .with_executor(Executor { filter });
+        .with_executor(Executor { filter, join_cgroups });
     if !spec.interactive {
         #[allow(clippy::disallowed_methods)] // the kernel's device
         let null = std::fs::File::open("/dev/null").map_err(io_error("open /dev/null"))?;

@@ -6,6 +6,7 @@ use std::path::Path;
 
 use crate::plan::MountSpec;
 use crate::run::executable;
+use crate::run::logfile::LogOptions;
 use crate::run::RunError;
 
 /// A check of the container before it is created (see [`RunHooks::before_start`]).
@@ -14,15 +15,29 @@ pub type BeforeStart<'a> = dyn FnMut(&StartView) -> Result<(), RunError> + 'a;
 /// What a caller (the workflow runner) hooks into a run.
 #[derive(Default)]
 pub struct RunHooks<'a> {
-    /// When set, the container's stdout and stderr share one pipe (so their order is kept); drun copies it to its
-    /// own stdout and to this file.
+    /// When set, the container's stdout and stderr are pipes that drun copies to its own stdout and stderr and, in
+    /// the order their writes arrive, to this file (see `run::output`).
     pub log: Option<&'a mut File>,
+    /// With `log`: also gets the container's stdout alone (a workflow's output).
+    pub stdout: Option<&'a mut dyn std::io::Write>,
     /// Called once the image's root file system, the command's environment and working directory are known,
     /// before the container is created; an error ends the run (e.g. a program the caller needs is missing).
     pub before_start: Option<&'a mut BeforeStart<'a>>,
     /// Called once the container has exited (whatever its status, also after an interrupt), before anything is
     /// unmounted, with the host path of the copy-on-write mount as the container left it.
     pub after_exit: Option<&'a mut dyn FnMut(&ExitView)>,
+    /// Set by the monitor of a detached run (`drun run -d`, see `crate::run::detach`).
+    pub detach: Option<Detach<'a>>,
+}
+
+/// What a detached run does besides supervising its container: its output goes to a rotating log in the run
+/// directory, and the run directory keeps that log and the run's record (with how it ended) until `drun rm`.
+pub struct Detach<'a> {
+    pub log: LogOptions,
+    /// `--rm`: nothing of the run stays once its container ended.
+    pub auto_remove: bool,
+    /// Called once the container's command runs, with the container's id and run directory.
+    pub started: &'a mut dyn FnMut(&str, &Path),
 }
 
 impl RunHooks<'_> {

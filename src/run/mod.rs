@@ -29,13 +29,16 @@
 pub mod cgroups;
 mod cleanup;
 mod context;
+pub mod detach;
 mod devices;
 pub(crate) mod error;
 mod etc_files;
 pub mod exec;
 mod executable;
+pub mod finished;
 mod hooks;
 mod init;
+pub mod logfile;
 mod mounts;
 mod network;
 mod output;
@@ -68,7 +71,7 @@ use spec::SpecInputs;
 
 pub(crate) use error::io_error;
 pub use error::RunError;
-pub use hooks::{BeforeStart, ExitView, Outcome, RunHooks, StartView};
+pub use hooks::{BeforeStart, Detach, ExitView, Outcome, RunHooks, StartView};
 pub use init::init_available;
 
 /// Runs `plan` in the foreground (state under `state_dir`) and returns how the container ended.
@@ -93,7 +96,7 @@ pub fn run(
         },
     )?;
     // The run's id and directory (and its clean-up, whatever happens from here on).
-    let (ctx, run_dir) = RunContext::create(plan, state_dir)?;
+    let (ctx, run_dir, names_lock) = RunContext::create(plan, state_dir)?;
     let mut cleanup = Cleanup::new(&ctx, run_dir);
 
     // Its cgroup, and the limits that cgroup can enforce.
@@ -102,6 +105,14 @@ pub fn run(
     cgroups::check_enforced(&cgroup, &limits, plan.require_limits)?;
     shm::warn_if_unsized(plan);
     let mut info = ctx.run_info(&image, &cgroup);
+    if let Some(d) = &hooks.detach {
+        info.detached = true;
+        info.auto_remove = d.auto_remove;
+    }
+    info.stop_signal = plan
+        .stop_signal
+        .map(|s| s as i32)
+        .or_else(|| image_stop_signal(&image.config));
 
     // Where its writable layers go: beside the run, or in memory where that file system cannot hold them.
     let mut scratch = rootfs::Scratch::new(&ctx.dir, plan.tmp_size.or(cfg.tmp_size));
@@ -115,6 +126,7 @@ pub fn run(
             None => image.layer_dirs(store)?,
         };
         cleanup.record(info.clone())?;
+        drop(names_lock);
         cleanup.start_warmup(&cgroup, limits);
         match &image.squash {
             Some(sq) => {
@@ -195,6 +207,15 @@ pub fn run(
     seccomp::save_for_exec(&ctx.dir, filter.as_ref())?;
     let bundle = spec::write_bundle(&ctx.dir, &spec)?;
 
+    // A detached run's output goes to its log, created before anything starts.
+    let logged = hooks.detach.is_some() || hooks.log.is_some();
+    let sink = match &hooks.detach {
+        Some(d) => output::Sink::Log(
+            logfile::RotatingLog::create(&ctx.dir, d.log).map_err(io_error("create the container's log"))?,
+        ),
+        None => output::Sink::Stdout(hooks.log.as_deref_mut()),
+    };
+
     // Start, supervise until the init exits, end what is left, clean up.
     let cgroup_writes = cgroup.v1_writes(&plan.tuning);
     let mut started = start::start(
@@ -203,18 +224,26 @@ pub fn run(
         filter,
         pmi.fd,
         &cgroup,
-        hooks.log.is_some(),
+        logged,
         &cgroup_writes,
         &mut cleanup,
         info,
     )?;
+    if let Some(d) = hooks.detach.as_mut() {
+        (d.started)(&ctx.id, &ctx.dir);
+    }
     let terminal = match &started.console {
         Some(console) => Some(tty::Terminal::attach(console).map_err(io_error("receive the container's terminal"))?),
         None => None,
     };
     let master = terminal.as_ref().map(|t| &t.master);
-    let mut output = output::Output::new(started.output.take(), hooks.log.as_deref_mut());
+    let mut output = output::Output::to_sink(
+        started.output.take(),
+        sink,
+        hooks.stdout.as_mut().map(|c| &mut **c as &mut dyn std::io::Write),
+    );
     let status = supervise::supervise(started.pid, &mut started.signals, master, plan.interactive, &mut output);
+    cleanup.finished(status.as_ref().ok().map(|o| o.code));
 
     let ended = cleanup.end_container(status.is_ok(), poststop_hooks, &started, &cgroup);
     hooks::call_after_exit(&mut hooks.after_exit, ended, mounts.overlay_view.as_deref());
@@ -225,4 +254,13 @@ pub fn run(
         o.interrupted |= late_interrupt;
         o
     })
+}
+
+/// The image config's StopSignal (a name or number), if it names a signal.
+fn image_stop_signal(config: &oci_spec::image::Config) -> Option<i32> {
+    let text = config.stop_signal().as_deref()?;
+    crate::plan::parse::signal(text)
+        .map(|s| s as i32)
+        .inspect_err(|e| tracing::warn!("ignoring the image's StopSignal: {e}"))
+        .ok()
 }

@@ -3,7 +3,6 @@
 //! cidfile. Ends once the container's command is running.
 
 use std::fs::File;
-use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 
@@ -32,15 +31,15 @@ pub struct Started {
     pub inherited: Option<Inherited>,
     /// The console socket the container's terminal arrives on (`-t`).
     pub console: Option<UnixListener>,
-    /// The read end of the container's shared stdout/stderr pipe (a logged run).
-    pub output: Option<OwnedFd>,
+    /// The read ends of the container's stdout and stderr pipes (a logged run).
+    pub output: Option<crate::run::output::Pipes>,
     /// The signals drun forwards to it, blocked since just before the start.
     pub signals: Forwarding,
 }
 
 /// Creates the container from `bundle` (with `filter` loaded by drun's executor, and `pmi_fd` given the
 /// container as fd 3), moves it into its `cgroup` where libcontainer could not put it (v1), and starts it;
-/// `logged` gives its stdout and stderr one pipe. `info` is recorded again with the init's pid.
+/// `logged` gives its stdout and stderr a pipe each. `info` is recorded again with the init's pid.
 #[allow(clippy::too_many_arguments)]
 pub fn start(
     ctx: &RunContext,
@@ -63,7 +62,10 @@ pub fn start(
         .validate_id()
         .map_err(libcontainer_error("accept the container id"))?
         .with_executor(PassFd {
-            inner: Executor { filter },
+            inner: Executor {
+                filter,
+                join_cgroups: vec![],
+            },
             fd: pmi_fd,
         });
     if !plan.interactive {
@@ -71,13 +73,11 @@ pub fn start(
         let null = File::open("/dev/null").map_err(io_error("open /dev/null"))?;
         builder = builder.with_stdin(null);
     }
-    // One pipe for stdout and stderr: the order of what the container writes is kept, for the log.
+    // A pipe each for stdout and stderr, read in arrival order (see `output`): stdout alone is a workflow's output.
     let output = if logged {
-        let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
-            .map_err(|e| io_error("create the output pipe")(e.into()))?;
-        let w2 = w.try_clone().map_err(io_error("duplicate the output pipe"))?;
-        builder = builder.with_stdout(w).with_stderr(w2);
-        Some(r)
+        let (pipes, out_w, err_w) = crate::run::output::pipes().map_err(io_error("create the output pipes"))?;
+        builder = builder.with_stdout(out_w).with_stderr(err_w);
+        Some(pipes)
     } else {
         None
     };

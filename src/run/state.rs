@@ -1,9 +1,11 @@
 //! Run directories: one per container under `<state>/containers/<id>/`, locked (flock) by the drun process that
 //! runs it. A directory whose lock is free belongs to a drun that died (e.g. SIGKILLed); the next drun, or
-//! `drun prune`, cleans up what it left: processes, cgroups, mounts, libcontainer state, files.
+//! `drun prune`, cleans up what it left: processes, cgroups, mounts, libcontainer state, files. A detached run
+//! (`drun run -d`) keeps its directory after it ended, its record (with how it ended) and its log only, until
+//! `drun rm` (see [`crate::run::finished`]).
 
 use std::fs::{self, File, OpenOptions};
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use nix::fcntl::{Flock, FlockArg};
@@ -39,6 +41,47 @@ pub struct RunInfo {
     pub layers: Vec<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub labels: Vec<(String, String)>,
+    /// Started with `-d`: supervised by a monitor process, its output kept in a log file in the run directory.
+    #[serde(default)]
+    pub detached: bool,
+    /// With `-d --rm`: the run directory goes when the container ends (otherwise it stays until `drun rm`).
+    #[serde(default)]
+    pub auto_remove: bool,
+    /// The signal `drun stop` sends first (`--stop-signal`, the image's StopSignal; SIGTERM when `None`).
+    #[serde(default)]
+    pub stop_signal: Option<i32>,
+    /// How it ended: set once a detached run's container has ended and everything but its record and log is gone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit: Option<ExitRecord>,
+}
+
+/// How a run ended.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ExitRecord {
+    /// The container's status (128+N for signal N); `None` when nobody saw it end.
+    pub code: Option<i32>,
+    #[serde(with = "time::serde::rfc3339")]
+    pub finished: time::OffsetDateTime,
+    /// Its monitor died (e.g. SIGKILLed) and a later drun ended and cleaned up the container.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub monitor_killed: bool,
+}
+
+impl ExitRecord {
+    pub fn now(code: Option<i32>) -> ExitRecord {
+        ExitRecord {
+            code,
+            finished: time::OffsetDateTime::now_utc(),
+            monitor_killed: false,
+        }
+    }
+}
+
+impl RunInfo {
+    /// The record stays after the container ended, until `drun rm`.
+    pub fn kept(&self) -> bool {
+        self.detached && !self.auto_remove
+    }
 }
 
 /// The default state directory: `/run/drun` for root. Rootless: `$XDG_RUNTIME_DIR/drun` when that directory
@@ -144,6 +187,20 @@ pub fn libcontainer_dir(state: &Path) -> PathBuf {
     state.join("libcontainer")
 }
 
+/// The state directory's lock on container names, held from a named run's check that its name is free until its
+/// record holds the name.
+pub struct NamesLock(#[allow(dead_code, reason = "held, never read")] Flock<File>);
+
+impl NamesLock {
+    pub fn take(state: &Path) -> std::io::Result<NamesLock> {
+        ensure_private(state)?;
+        let f = crate::sys::safe_fs::open_or_create(&state.join("names.lock"), 0o600)?;
+        Flock::lock(f, FlockArg::LockExclusive)
+            .map(NamesLock)
+            .map_err(|(_, e)| e.into())
+    }
+}
+
 /// A live run's directory and lock.
 pub struct RunDir {
     pub path: PathBuf,
@@ -166,14 +223,37 @@ impl RunDir {
     }
 
     pub fn write_info(&self, info: &RunInfo) -> std::io::Result<()> {
-        let bytes = serde_json::to_vec_pretty(info).expect("run info serialises");
-        crate::sys::safe_fs::write_replace(&self.path.join("info.json"), &bytes, 0o600)
+        write_info(&self.path, info)
     }
+
+    /// Writes how the run ended into its lock file, where `drun wait` reads it once the lock is free: also when
+    /// the directory is gone by then (a foreground or `--rm` run).
+    pub fn write_exit(&self, exit: &ExitRecord) -> std::io::Result<()> {
+        write_exit(&self._lock, exit)
+    }
+}
+
+pub(crate) fn write_info(dir: &Path, info: &RunInfo) -> std::io::Result<()> {
+    let bytes = serde_json::to_vec_pretty(info).expect("run info serialises");
+    crate::sys::safe_fs::write_replace(&dir.join("info.json"), &bytes, 0o600)
+}
+
+fn write_exit(lock: &File, exit: &ExitRecord) -> std::io::Result<()> {
+    let bytes = serde_json::to_vec(exit).expect("exit record serialises");
+    lock.set_len(0)?;
+    lock.write_all_at(&bytes, 0)
+}
+
+/// How a run ended, as written into its lock file (`lock`: an open descriptor of it); `None` when nothing was.
+pub(crate) fn read_exit(lock: &File) -> Option<ExitRecord> {
+    let mut buf = vec![0u8; 4096];
+    let n = lock.read_at(&mut buf, 0).ok()?;
+    serde_json::from_slice(&buf[..n]).ok()
 }
 
 /// A run's record, if it is one drun could have written: a 64-hex-digit id, and a cgroup (if any) that is the
 /// container's own `…/drun-<short id>`. Clean-up deletes and kills by what it says, so nothing else is believed.
-fn read_info(dir: &Path) -> Option<RunInfo> {
+pub(crate) fn read_info(dir: &Path) -> Option<RunInfo> {
     let bytes = crate::sys::safe_fs::read_bounded(&dir.join("info.json"), 1 << 20).ok()?;
     let info: RunInfo = serde_json::from_slice(&bytes).ok()?;
     let id_ok = info.id.len() == 64 && info.id.bytes().all(|b| b.is_ascii_hexdigit());
@@ -197,7 +277,7 @@ fn read_info(dir: &Path) -> Option<RunInfo> {
 }
 
 /// Run directories: real directories only (a symlink planted there leads nowhere).
-fn run_dirs(state: &Path) -> Vec<fs::DirEntry> {
+pub(crate) fn run_dirs(state: &Path) -> Vec<fs::DirEntry> {
     fs::read_dir(containers_dir(state))
         .map(|rd| {
             rd.flatten()
@@ -207,16 +287,17 @@ fn run_dirs(state: &Path) -> Vec<fs::DirEntry> {
         .unwrap_or_default()
 }
 
-/// Whether the run directory's lock is held by a live drun.
-fn is_live(dir: &Path) -> bool {
+/// Whether the run directory's lock is held by a live drun. The probe is a shared lock: probes do not get in
+/// each other's way, and a reaper's exclusive attempt fails only for the moment one lasts.
+pub(crate) fn is_live(dir: &Path) -> bool {
     let Ok(f) = OpenOptions::new()
-        .write(true)
+        .read(true)
         .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
         .open(dir.join("lock"))
     else {
         return false;
     };
-    Flock::lock(f, FlockArg::LockExclusiveNonblock).is_err()
+    Flock::lock(f, FlockArg::LockSharedNonblock).is_err()
 }
 
 /// Live containers, oldest first.
@@ -226,6 +307,7 @@ pub fn list(state: &Path) -> Vec<RunInfo> {
         .map(|e| e.path())
         .filter(|p| is_live(p))
         .filter_map(|p| read_info(&p))
+        .filter(|i| i.exit.is_none())
         .collect();
     out.sort_by_key(|i| i.started);
     out
@@ -255,11 +337,32 @@ pub fn reap_stale(state: &Path) -> usize {
         let Ok(f) = crate::sys::safe_fs::open_or_create(&dir.join("lock"), 0o600) else {
             continue;
         };
-        let Ok(_lock) = Flock::lock(f, FlockArg::LockExclusiveNonblock) else {
+        let Ok(lock) = Flock::lock(f, FlockArg::LockExclusiveNonblock) else {
             continue;
         };
-        tracing::debug!(dir = %dir.display(), "cleaning up after a drun that died");
-        cleanup(state, &dir, read_info(&dir).as_ref());
+        let info = read_info(&dir);
+        match info {
+            // A detached run that ended: its record and log stay until `drun rm`.
+            Some(i) if i.exit.is_some() => continue,
+            Some(mut i) if i.kept() => {
+                tracing::debug!(dir = %dir.display(), "cleaning up after a monitor that died");
+                let exit = ExitRecord {
+                    monitor_killed: true,
+                    ..ExitRecord::now(None)
+                };
+                cleanup_keeping_record(state, &dir, &i);
+                i.exit = Some(exit.clone());
+                i.pid = None;
+                let _ = write_exit(&lock, &exit);
+                if let Err(e) = write_info(&dir, &i) {
+                    tracing::warn!(dir = %dir.display(), error = %e, "cannot record how a container ended");
+                }
+            }
+            info => {
+                tracing::debug!(dir = %dir.display(), "cleaning up after a drun that died");
+                cleanup(state, &dir, info.as_ref());
+            }
+        }
         n += 1;
     }
     n
@@ -300,7 +403,29 @@ fn remove_processes_and_cgroup(state: &Path, info: &RunInfo) {
     let _ = fs::remove_dir_all(libcontainer_dir(state).join(&info.id));
 }
 
-fn remove_mounts_and_dir(dir: &Path) {
+/// What a detached run's directory keeps once its container ended: the lock, the record, the container's log
+/// (`crate::run::logfile`) and the monitor's own messages.
+fn kept_file(name: &str) -> bool {
+    matches!(name, "lock" | "info.json" | crate::run::logfile::MONITOR_LOG) || crate::run::logfile::is_log_file(name)
+}
+
+/// [`cleanup`] of a run whose record and log stay (`RunInfo::kept`): everything else of the run goes.
+pub fn cleanup_keeping_record(state: &Path, dir: &Path, info: &RunInfo) {
+    remove_processes_and_cgroup(state, info);
+    unmount(dir);
+    let Ok(rd) = fs::read_dir(dir) else { return };
+    for e in rd.flatten() {
+        if e.file_name().to_str().is_some_and(kept_file) {
+            continue;
+        }
+        let path = e.path();
+        if let Err(e) = crate::image::store::remove_tree(&path) {
+            tracing::warn!(path = %path.display(), error = %e, "cannot remove what a run left");
+        }
+    }
+}
+
+fn unmount(dir: &Path) {
     // The tmpfs of writable layers kept in memory last: the overlays above use it.
     for m in [
         "rootfs",
@@ -314,6 +439,10 @@ fn remove_mounts_and_dir(dir: &Path) {
             nix::mount::MntFlags::MNT_DETACH | nix::mount::MntFlags::UMOUNT_NOFOLLOW,
         );
     }
+}
+
+fn remove_mounts_and_dir(dir: &Path) {
+    unmount(dir);
     if let Err(e) = crate::image::store::remove_tree(dir) {
         tracing::warn!(dir = %dir.display(), error = %e, "cannot remove a run directory");
     }

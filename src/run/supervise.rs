@@ -44,10 +44,14 @@ pub fn supervise(
         if stdin_open {
             fds.push(PollFd::new(stdin.as_fd(), PollFlags::POLLIN));
         }
-        let out_at = fds.len();
-        let out_fd = output.pipe.as_ref().map(|p| p.as_fd());
-        if let Some(fd) = out_fd {
-            fds.push(PollFd::new(fd, PollFlags::POLLIN));
+        // The output pipes, stdout's then stderr's: each copied only when poll says so (arrival order, `output`).
+        let out_fds = output.fds();
+        let mut out_at = [None, None];
+        for (slot, fd) in out_at.iter_mut().zip(out_fds) {
+            if let Some(fd) = fd {
+                *slot = Some(fds.len());
+                fds.push(PollFd::new(fd, PollFlags::POLLIN));
+            }
         }
         // Without a pidfd (Linux < 5.3) nothing wakes the poll when the init exits: it looks every 100 ms.
         let timeout = if pidfd.is_some() {
@@ -61,13 +65,11 @@ pub fn supervise(
         }
         let ready = |i: usize| fds.get(i).and_then(|f| f.revents()).is_some_and(|r| !r.is_empty());
         let (tty_ready, stdin_ready) = (master_open && ready(tty_at), stdin_open && ready(stdin_at));
-        let out_ready = out_fd.is_some() && ready(out_at);
+        let out_ready = out_at.map(|at| at.is_some_and(ready));
         drop(fds);
-        if out_ready {
-            output.pump();
-        }
+        output.pump_ready(out_ready);
         if tty_ready {
-            master_open = crate::run::tty::pump(term.as_mut().expect("master is open"), &mut std::io::stdout());
+            master_open = crate::run::tty::pump(term.as_mut().expect("master is open"), &mut output.sink);
         }
         if stdin_ready {
             if let Some(w) = term.as_mut() {
@@ -84,7 +86,7 @@ pub fn supervise(
             }
             Err(e) => return Err(wait_error(e.into())),
         };
-        drain(master, master_open);
+        drain(master, master_open, &mut output.sink);
         output.pump();
         return Ok(Outcome {
             code,

@@ -8,6 +8,7 @@ use serde_saphyr::Location;
 
 use super::docker_options::docker_options;
 use super::error::{with_causes, Locator, WorkflowError};
+use super::outputs::{OutputUses, Template};
 use super::settings::container_settings;
 use super::{schema, ArtifactSpec, RunWideOptions, WorkflowJob, DEFAULT_WORKING_DIR, REQUIREMENTS_PATH};
 use crate::plan::host_paths::{resolve_host_paths, HostInputs, HostPathError, HostPathFailure};
@@ -48,7 +49,8 @@ pub(super) fn job(w: &schema::Workflow, inputs: &EntryInputs<'_>) -> Result<Work
         ));
     }
     let (working_dir, project_mount) = working_dir(w, inputs.locator)?;
-    let Argv { entrypoint, command } = argv(w, inputs.locator)?;
+    let mut uses = Vec::new();
+    let Argv { entrypoint, command } = argv(w, inputs.locator, &mut uses)?;
     let artifacts = artifacts(w, inputs.locator, &working_dir)?;
     let mut settings = container_settings(w, inputs)?;
     notes.append(&mut settings.notes);
@@ -93,8 +95,35 @@ pub(super) fn job(w: &schema::Workflow, inputs: &EntryInputs<'_>) -> Result<Work
     })?;
     let requirements = host.files.into_iter().next();
 
-    let mut env = settings.env;
+    let mut outputs = OutputUses::default();
+    let mut env = Vec::new();
+    for (i, (name, value, loc)) in settings.env.into_iter().enumerate() {
+        if value.outputs().next().is_some() {
+            uses.extend(value.outputs().map(|o| (o.to_string(), loc)));
+            outputs.env.push((i, value.clone()));
+        }
+        env.push((name, value.written()));
+    }
     env.extend(inputs.options.env.iter().cloned());
+    if command
+        .as_ref()
+        .is_some_and(|c| c.iter().any(|t| t.outputs().next().is_some()))
+    {
+        outputs.command = command.clone();
+    }
+    let command = command.map(|c| c.iter().map(Template::written).collect());
+    // An output is there only once its workflow has run: it must be a declared dependency.
+    for (name, loc) in &uses {
+        if !w.deps.iter().any(|d| &d.value == name) {
+            return Err(at(
+                loc,
+                format!(
+                    "`${{deps.{name}.stdout}}` uses the output of {name:?}, which is not a dependency of this \
+                     workflow: list it in `deps`"
+                ),
+            ));
+        }
+    }
     // An init that passes Ctrl-C to the whole script (a shell as PID 1 would ignore it), unless `init: false`.
     let init = docker.init.unwrap_or_else(crate::run::init_available);
     let options = inputs.options;
@@ -160,6 +189,7 @@ pub(super) fn job(w: &schema::Workflow, inputs: &EntryInputs<'_>) -> Result<Work
         deps: w.deps.iter().map(|d| d.value.clone()).collect(),
         requirements,
         notes,
+        outputs,
     })
 }
 
@@ -191,15 +221,21 @@ fn working_dir(w: &schema::Workflow, locator: &Locator<'_>) -> Result<(String, S
     })
 }
 
-/// What replaces the image's Entrypoint and Cmd (as in [`RunPlan`]: `None` keeps the image's).
+/// What replaces the image's Entrypoint and Cmd (as in [`RunPlan`]: `None` keeps the image's); the command may
+/// use dependencies' outputs.
 struct Argv {
     entrypoint: Option<Vec<String>>,
-    command: Option<Vec<String>>,
+    command: Option<Vec<Template>>,
 }
 
 /// The container's entrypoint and command: a script (`before_run`, the `pip install` of `requirements`,
 /// `commands`) run by `/bin/sh -c` (or the entry's `entrypoint`), or the entry's `command` as the image's Cmd.
-fn argv(w: &schema::Workflow, locator: &Locator<'_>) -> Result<Argv, WorkflowError> {
+/// Each output used is added to `uses` with its place.
+fn argv(
+    w: &schema::Workflow,
+    locator: &Locator<'_>,
+    uses: &mut Vec<(String, Location)>,
+) -> Result<Argv, WorkflowError> {
     if let (Some(_), Some(c)) = (&w.commands, &w.command) {
         return Err(locator.at(
             &c.referenced,
@@ -212,25 +248,42 @@ fn argv(w: &schema::Workflow, locator: &Locator<'_>) -> Result<Argv, WorkflowErr
             shlex::split(s).ok_or_else(|| locator.at(&v.referenced, format!("{what} {s:?} has unbalanced quotes")))
         }
     };
+    let mut template = |s: &str, loc: &Location| -> Result<Template, WorkflowError> {
+        let t = Template::parse_command(s).map_err(|e| locator.at(loc, e.to_string()))?;
+        uses.extend(t.outputs().map(|o| (o.to_string(), *loc)));
+        Ok(t)
+    };
     let entrypoint = w.entrypoint.as_ref().map(|e| words("entrypoint", e)).transpose()?;
     let has_script = w.commands.is_some() || w.before_run.is_some() || w.requirements.is_some();
     if !has_script {
-        let command = w.command.as_ref().map(|c| words("command", c)).transpose()?;
+        let command = match &w.command {
+            None => None,
+            Some(c) => Some(
+                words("command", c)?
+                    .iter()
+                    .map(|word| template(word, &c.referenced))
+                    .collect::<Result<Vec<_>, _>>()?,
+            ),
+        };
         return Ok(Argv { entrypoint, command });
     }
-    let mut script: Vec<String> = Vec::new();
-    script.extend(w.before_run.iter().flatten().cloned());
-    if w.requirements.is_some() {
-        script.push(format!(
-            "if command -v pip >/dev/null 2>&1; then pip install -r {REQUIREMENTS_PATH}; else pip3 install -r {REQUIREMENTS_PATH}; fi"
-        ));
+    let mut script: Vec<Template> = vec![Template::text("set -e")];
+    for line in w.before_run.iter().flatten() {
+        script.push(template(&line.value, &line.referenced)?);
     }
-    script.extend(w.commands.iter().flatten().cloned());
-    let text = format!("set -e\n{}\n", script.join("\n"));
+    if w.requirements.is_some() {
+        script.push(Template::text(&format!(
+            "if command -v pip >/dev/null 2>&1; then pip install -r {REQUIREMENTS_PATH}; else pip3 install -r {REQUIREMENTS_PATH}; fi"
+        )));
+    }
+    for line in w.commands.iter().flatten() {
+        script.push(template(&line.value, &line.referenced)?);
+    }
+    script.push(Template::default());
     let entrypoint = entrypoint.unwrap_or_else(|| vec!["/bin/sh".into(), "-c".into()]);
     Ok(Argv {
         entrypoint: Some(entrypoint),
-        command: Some(vec![text]),
+        command: Some(vec![Template::join(&script, "\n")]),
     })
 }
 

@@ -1,5 +1,8 @@
 //! `${VAR}` references in a workflow's environment values, expanded from the host's environment the way Docker
-//! Compose does: `${VAR}`, `${VAR:-default}`, `$$` for a literal `$`.
+//! Compose does: `${VAR}`, `${VAR:-default}`, `$$` for a literal `$`. `${deps.NAME.stdout}` (a dependency's
+//! output) is kept in the [`Template`], filled in when the job starts.
+
+use super::outputs::{self, ReferenceError, Template};
 
 /// Why a value could not be expanded.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -10,17 +13,23 @@ pub enum InterpolateError {
     BadReference(String),
     #[error("environment variable {0} is not set on the host (use ${{{0}:-default}} for a default)")]
     Unset(String),
+    #[error(transparent)]
+    Output(#[from] ReferenceError),
 }
 
 /// Expands `${VAR}` and `${VAR:-default}` (and `$$` → `$`) from `lookup`; a `$` before anything else stays.
-pub fn interpolate(s: &str, lookup: &dyn Fn(&str) -> Option<String>) -> Result<String, InterpolateError> {
-    let mut out = String::new();
+pub fn interpolate(s: &str, lookup: &dyn Fn(&str) -> Option<String>) -> Result<Template, InterpolateError> {
+    let mut out = Template::default();
     let mut rest = s;
     while let Some(i) = rest.find('$') {
-        out.push_str(&rest[..i]);
+        out.push_text(&rest[..i]);
         let after = &rest[i + 1..];
         if let Some(r) = after.strip_prefix('$') {
-            out.push('$');
+            out.push_text("$");
+            rest = r;
+        } else if let Some(body) = after.strip_prefix("{deps.") {
+            let (name, r) = outputs::reference(body, s)?;
+            out.push_output(name);
             rest = r;
         } else if let Some(body) = after.strip_prefix('{') {
             let end = body
@@ -35,17 +44,17 @@ pub fn interpolate(s: &str, lookup: &dyn Fn(&str) -> Option<String>) -> Result<S
                 return Err(InterpolateError::BadReference(expr.to_string()));
             }
             match (lookup(name).filter(|v| !(v.is_empty() && default.is_some())), default) {
-                (Some(v), _) => out.push_str(&v),
-                (None, Some(d)) => out.push_str(d),
+                (Some(v), _) => out.push_text(&v),
+                (None, Some(d)) => out.push_text(d),
                 (None, None) => return Err(InterpolateError::Unset(name.to_string())),
             }
             rest = &body[end + 1..];
         } else {
-            out.push('$');
+            out.push_text("$");
             rest = after;
         }
     }
-    out.push_str(rest);
+    out.push_text(rest);
     Ok(out)
 }
 
@@ -59,6 +68,21 @@ mod tests {
             "EMPTY" => Some(String::new()),
             _ => None,
         }
+    }
+
+    fn interpolate(s: &str, lookup: &dyn Fn(&str) -> Option<String>) -> Result<String, InterpolateError> {
+        super::interpolate(s, lookup).map(|t| t.written())
+    }
+
+    #[test]
+    fn outputs_are_kept_for_later() {
+        let t = super::interpolate("${HOME_DIR}:${deps.a.stdout}:$${deps.b.stdout}", &env).unwrap();
+        assert_eq!(t.outputs().collect::<Vec<_>>(), ["a"]);
+        assert_eq!(t.written(), "/home/me:${deps.a.stdout}:${deps.b.stdout}");
+        assert_eq!(
+            interpolate("${deps.a}", &env),
+            Err(InterpolateError::Output(ReferenceError::Invalid("a".into())))
+        );
     }
 
     #[test]

@@ -36,7 +36,9 @@ pub fn load(
         file: path,
         text: &text,
     };
-    let file: schema::WorkflowFile = serde_saphyr::from_str(&text).map_err(|e| locator.yaml_error(&e))?;
+    // `${var.NAME}` is filled in the parsed values, before anything else reads them.
+    let file: schema::WorkflowFile =
+        super::substitute::from_str(&text, &options.vars).map_err(|e| locator.yaml_error(&e))?;
     if file.workflows.is_empty() {
         return Err(locator.whole_file(
             "the file defines no workflows (expected a `workflows:` list with at least one entry)".into(),

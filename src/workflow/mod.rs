@@ -6,7 +6,8 @@
 //! workflows have (the project directory, artifacts, dependencies, requirements), which becomes mounts in one
 //! place ([`mounts`]). [`order`] sorts jobs by their dependencies; [`runner`] runs them and reports through the
 //! caller's [`runner::Reporter`]; [`copy_out`] saves artifacts and [`sanitize`] makes mounted ones safe; [`dry_run`] describes the plans. Nothing here
-//! prints, and nothing here knows the command line.
+//! prints, and nothing here knows the command line. `${var.NAME}` ([`vars`]) is filled in while the file is parsed
+//! ([`substitute`]); a workflow's stdout is its output, used by dependents as `${deps.NAME.stdout}` ([`outputs`]).
 
 pub mod copy_out;
 mod docker_options;
@@ -18,11 +19,16 @@ mod interpolate;
 mod load;
 pub mod mounts;
 pub mod order;
+pub mod outputs;
 pub mod runner;
 pub mod sanitize;
 pub mod schema;
 mod settings;
+mod substitute;
 mod suggest;
+pub mod vars;
+#[cfg(test)]
+mod vars_tests;
 
 use std::path::{Path, PathBuf};
 
@@ -52,6 +58,8 @@ pub struct RunWideOptions {
     pub require_limits: bool,
     /// `--tmp-size`: see [`RunPlan::tmp_size`].
     pub tmp_size: Option<crate::units::ByteSize>,
+    /// `--var` and `--var-file`: what `${var.NAME}` references in the file stand for.
+    pub vars: vars::Variables,
 }
 
 /// One artifact: a path relative to the working directory (normalised, never escaping it).
@@ -79,6 +87,8 @@ pub struct WorkflowJob {
     pub requirements: Option<PathBuf>,
     /// Notes for keys a local run accepts but ignores.
     pub notes: Vec<String>,
+    /// Where its command and environment use dependencies' outputs (`${deps.NAME.stdout}`).
+    pub outputs: outputs::OutputUses,
 }
 
 /// A loaded workflow file.

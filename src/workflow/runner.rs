@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use super::copy_out::copy_artifact;
 use super::error::with_causes;
 use super::mounts::Stage;
+use super::outputs::{Capture, Captured, Outputs};
 use super::sanitize::sanitize_tree;
 use super::{WorkflowJob, WorkflowSet};
 use crate::image::ready::{ensure_image, ImageRequest, ReadyError};
@@ -122,6 +123,9 @@ pub fn run_jobs(
         owner: crate::sys::userns::invoking_owner(),
     };
     runner.make_dirs(artifacts_root)?;
+    // Outputs are kept in memory only for the workflows some job uses them from.
+    let used: Vec<&str> = jobs.iter().flat_map(|j| j.outputs.workflows()).collect();
+    let mut outputs = Outputs::default();
     let mut first_failure: Option<i32> = None;
     let mut failed: Vec<&str> = Vec::new();
     for job in jobs {
@@ -146,9 +150,11 @@ pub fn run_jobs(
                 ),
             );
         }
-        let mut end = runner.run_job(job, &plan)?;
+        let keep = used.contains(&job.name.as_str());
+        let restart = plan.restart;
+        let (mut end, mut captured) = runner.run_job(job, plan.clone(), &outputs, keep)?;
         // restart_policy on-failure: the job's container again, as a new one, after a failure.
-        if let crate::plan::RestartPolicy::OnFailure(max) = plan.restart {
+        if let crate::plan::RestartPolicy::OnFailure(max) = restart {
             let mut restarts = 0;
             while let (JobEnd::Failed(code), true) = (end, restarts < max) {
                 restarts += 1;
@@ -156,8 +162,11 @@ pub fn run_jobs(
                     &job.name,
                     &format!("exited with {code}; restarting it ({restarts} of {max}, restart_policy on-failure)"),
                 );
-                end = runner.run_job(job, &plan)?;
+                (end, captured) = runner.run_job(job, plan.clone(), &outputs, keep)?;
             }
+        }
+        if let Some(c) = captured {
+            outputs.insert(&job.name, c);
         }
         reporter.job_ended(&job.name, end);
         match end {
@@ -200,7 +209,31 @@ impl Runner<'_> {
         }
     }
 
-    fn run_job(&self, job: &WorkflowJob, plan: &RunPlan) -> Result<JobEnd, RunnerError> {
+    /// A new file in the artifacts directory for the caller, never through a name planted there (a symlink
+    /// would have root write wherever it points).
+    fn new_file(&self, path: &Path) -> Result<std::fs::File, RunnerError> {
+        let _ = std::fs::remove_file(path);
+        let file = crate::sys::safe_fs::create_new(path, crate::sys::safe_fs::for_caller(0o666)).map_err(|source| {
+            RunnerError::CreateLog {
+                path: path.to_path_buf(),
+                source,
+            }
+        })?;
+        if let Some((u, g)) = self.owner {
+            let _ = std::os::unix::fs::fchown(&file, Some(u), Some(g));
+        }
+        Ok(file)
+    }
+
+    /// Runs `job` with `plan`, its dependencies' `outputs` filled in; returns how it ended and, when `keep_output`
+    /// (a later job uses it), what it wrote to its stdout.
+    fn run_job(
+        &self,
+        job: &WorkflowJob,
+        mut plan: RunPlan,
+        outputs: &Outputs,
+        keep_output: bool,
+    ) -> Result<(JobEnd, Option<Captured>), RunnerError> {
         let (reporter, owner) = (self.reporter, self.owner);
         let job_dir = self.options.artifacts_root.join(&job.name);
         self.make_dirs(&job_dir)?;
@@ -214,21 +247,18 @@ impl Runner<'_> {
                 .and_then(|d| d.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o700)))
                 .map_err(|source| RunnerError::PrepareArtifact { path: dir, source })?;
         }
-        let log_path = self.options.artifacts_root.join(format!("{}.log", job.name));
-        // A new file, never through a name planted there (a symlink would have root write wherever it points).
-        let _ = std::fs::remove_file(&log_path);
-        let mut log =
-            crate::sys::safe_fs::create_new(&log_path, crate::sys::safe_fs::for_caller(0o666)).map_err(|source| {
-                RunnerError::CreateLog {
-                    path: log_path.clone(),
-                    source,
-                }
-            })?;
-        if let Some((u, g)) = owner {
-            let _ = std::os::unix::fs::fchown(&log, Some(u), Some(g));
-        }
+        let mut log = self.new_file(&self.options.artifacts_root.join(format!("{}.log", job.name)))?;
+        // Its stdout alone: its output, whole (what dependents use of it is bounded).
+        let stdout_path = self.options.artifacts_root.join(format!("{}.stdout", job.name));
+        let mut capture = Capture::new(self.new_file(&stdout_path)?, keep_output);
 
         reporter.job_started(&job.name);
+        if let Err(e) = job.outputs.fill(&mut plan, outputs) {
+            let message = e.to_string();
+            reporter.error(&job.name, &message);
+            let _ = writeln!(log, "drun: {message}");
+            return Ok((JobEnd::Failed(crate::exit::DRUN_ERROR), None));
+        }
         // Container paths of the working directory, relative to the project mount (where its host view starts).
         let rel_wd = job
             .working_dir
@@ -268,15 +298,21 @@ impl Runner<'_> {
         let result = crate::run::run(
             self.store,
             self.cfg,
-            plan,
+            &plan,
             self.state_dir,
             self.options.quiet,
             &mut RunHooks {
                 log: Some(&mut log),
+                stdout: Some(&mut capture),
                 before_start: Some(&mut require_pip),
                 after_exit: Some(&mut save_artifacts),
+                detach: None,
             },
         );
+        if let Some(e) = capture.file_error.take() {
+            reporter.warning(&job.name, &format!("cannot write {stdout_path:?}: {e}"));
+        }
+        let captured = Some(capture.into_captured()).filter(|_| keep_output);
         // Without a hook call the container never started: nothing of it can have written there.
         if hook_ended.get() != Some(false) {
             for a in job.artifacts.iter().filter(|a| a.mount) {
@@ -290,7 +326,7 @@ impl Runner<'_> {
                 "processes of the container survived: its mounted artifacts stay private to root",
             );
         }
-        Ok(match result {
+        let end = match result {
             Ok(o) if o.interrupted => JobEnd::Interrupted(o.code),
             Ok(o) if o.code == 0 => JobEnd::Succeeded,
             Ok(o) => JobEnd::Failed(o.code),
@@ -304,6 +340,7 @@ impl Runner<'_> {
                 let _ = writeln!(log, "drun: {message}");
                 JobEnd::Failed(code)
             }
-        })
+        };
+        Ok((end, captured))
     }
 }

@@ -6,6 +6,7 @@ use serde_saphyr::{Location, Spanned};
 use super::entry::EntryInputs;
 use super::error::WorkflowError;
 use super::interpolate::interpolate;
+use super::outputs::Template;
 use super::schema::{self, Environment, Gpu, Labels, Scalar, Tmpfs, UlimitEntry, Volumes};
 use crate::gpu::select::{GpuRequest, Selector};
 use crate::plan::parse::{self, DeviceRequest, HostDeviceRequest, MountRequest, ParseError};
@@ -14,7 +15,8 @@ use crate::units::ByteSize;
 
 /// What an entry sets for its container, parsed; bind sources are not looked up yet.
 pub(super) struct ContainerSettings {
-    pub env: Vec<(String, String)>,
+    /// Values may use dependencies' outputs, each with its place.
+    pub env: Vec<(String, Template, Location)>,
     pub cpus: Option<f64>,
     pub memory: Option<ByteSize>,
     pub shm_size: Option<ByteSize>,
@@ -130,12 +132,20 @@ pub(super) fn container_settings(
     })
 }
 
-/// `environment`, values expanded from the host's environment.
-fn environment(w: &schema::Workflow, inputs: &EntryInputs<'_>) -> Result<Vec<(String, String)>, WorkflowError> {
-    let setting = |name: &str, raw: &str, loc: &Location| -> Result<(String, String), WorkflowError> {
+/// `environment`, values expanded from the host's environment (dependencies' outputs kept for later).
+type EnvSetting = (String, Template, Location);
+
+fn environment(w: &schema::Workflow, inputs: &EntryInputs<'_>) -> Result<Vec<EnvSetting>, WorkflowError> {
+    let setting = |name: &str, raw: &str, loc: &Location| -> Result<EnvSetting, WorkflowError> {
         parse::env_name(name).map_err(|e| inputs.invalid(loc, "environment variable name", e))?;
+        if name.contains(super::vars::DEPS_PREFIX) {
+            return Err(inputs.locator.at(
+                loc,
+                format!("a dependency's output cannot name an environment variable (got {name:?})"),
+            ));
+        }
         let value = interpolate(raw, inputs.lookup).map_err(|e| inputs.locator.at(loc, e.to_string()))?;
-        Ok((name.to_string(), value))
+        Ok((name.to_string(), value, *loc))
     };
     let mut env = Vec::new();
     match &w.environment {
@@ -152,7 +162,7 @@ fn environment(w: &schema::Workflow, inputs: &EntryInputs<'_>) -> Result<Vec<(St
                     // `- KEY` passes the host's value, as `docker run -e KEY` does.
                     None => {
                         if let Some(v) = (inputs.lookup)(&item.value) {
-                            env.push((item.value.clone(), v));
+                            env.push((item.value.clone(), Template::text(&v), item.referenced));
                         }
                     }
                 }

@@ -5,6 +5,7 @@
 #![allow(clippy::disallowed_methods)]
 // What a test measures (peak memory, time) goes to stderr, which the test harness shows for a failing test.
 #![allow(clippy::print_stderr)]
+mod background;
 mod common;
 mod devices;
 mod docker_py;

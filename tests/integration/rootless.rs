@@ -9,14 +9,14 @@ use std::time::Duration;
 
 use crate::common::{self, Output, Proxy};
 
-const SUB: &str = "drun-sub";
-const NOSUB: &str = "drun-nosub";
+pub(crate) const SUB: &str = "drun-sub";
+pub(crate) const NOSUB: &str = "drun-nosub";
 
 /// A test user's sandbox: a home of its own (store and config below it by default), and a runtime dir.
-struct UserBox {
+pub(crate) struct UserBox {
     user: &'static str,
-    uid: u32,
-    gid: u32,
+    pub(crate) uid: u32,
+    pub(crate) gid: u32,
     dir: tempfile::TempDir,
 }
 
@@ -28,7 +28,7 @@ fn ids(user: &str) -> (u32, u32) {
 }
 
 impl UserBox {
-    fn new(user: &'static str) -> UserBox {
+    pub(crate) fn new(user: &'static str) -> UserBox {
         assert!(
             common::is_root(),
             "rootless tests are started as root, which makes the users' sandboxes"
@@ -50,15 +50,15 @@ impl UserBox {
         UserBox { user, uid, gid, dir }
     }
 
-    fn path(&self) -> &Path {
+    pub(crate) fn path(&self) -> &Path {
         self.dir.path()
     }
 
-    fn home(&self) -> PathBuf {
+    pub(crate) fn home(&self) -> PathBuf {
         self.path().join("home")
     }
 
-    fn work(&self) -> PathBuf {
+    pub(crate) fn work(&self) -> PathBuf {
         self.path().join("work")
     }
 
@@ -67,7 +67,7 @@ impl UserBox {
         self.home().join(".local/share/drun")
     }
 
-    fn cmd(&self, args: &[&str]) -> Command {
+    pub(crate) fn cmd(&self, args: &[&str]) -> Command {
         let mut c = common::as_user(self.uid, self.gid, &self.home(), env!("CARGO_BIN_EXE_drun"));
         c.args(args)
             .env("USER", self.user)
@@ -77,7 +77,7 @@ impl UserBox {
         c
     }
 
-    fn drun(&self, args: &[&str]) -> Output {
+    pub(crate) fn drun(&self, args: &[&str]) -> Output {
         common::run(self.cmd(args), Duration::from_secs(300))
     }
 
@@ -89,7 +89,7 @@ impl UserBox {
     }
 
     /// Run directories and libcontainer state left in the user's state dir.
-    fn leftovers(&self) -> Vec<String> {
+    pub(crate) fn leftovers(&self) -> Vec<String> {
         let state = self.path().join("xdg/drun");
         ["containers", "libcontainer"]
             .iter()

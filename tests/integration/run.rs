@@ -39,7 +39,7 @@ fn busybox_probe<'a>(sb: &'a Sandbox, name: &str, source: &str) -> impl Fn(&[&st
 }
 
 /// The container cgroup directories of a run id (from --cidfile), on any hierarchy.
-fn cgroup_dirs(id: &str) -> Vec<String> {
+pub(crate) fn cgroup_dirs(id: &str) -> Vec<String> {
     let name = format!("drun-{}", &id[..12]);
     let out = std::process::Command::new("find")
         .args(["/sys/fs/cgroup", "-maxdepth", "6", "-type", "d", "-name", &name])

@@ -219,6 +219,8 @@ fn artifacts_are_data_and_the_log_is_never_written_through_a_link() {
     std::fs::write(&victim, "precious\n").unwrap();
     std::fs::create_dir_all(project.join("artifacts")).unwrap();
     std::os::unix::fs::symlink(&victim, project.join("artifacts/job.log")).unwrap();
+    // And the output's (issue 18).
+    std::os::unix::fs::symlink(&victim, project.join("artifacts/job.stdout")).unwrap();
     let wf = write_workflow(
         &project,
         r#"workflows:
@@ -242,6 +244,9 @@ fn artifacts_are_data_and_the_log_is_never_written_through_a_link() {
     let log = project.join("artifacts/job.log");
     assert!(std::fs::symlink_metadata(&log).unwrap().is_file());
     assert_eq!(std::fs::read_to_string(&log).unwrap(), "logged\n");
+    let stdout = project.join("artifacts/job.stdout");
+    assert!(std::fs::symlink_metadata(&stdout).unwrap().is_file());
+    assert_eq!(std::fs::read_to_string(&stdout).unwrap(), "logged\n");
     // Setuid and setgid bits are dropped (artifacts are data), the rest of the mode kept.
     let tool = std::fs::metadata(project.join("artifacts/job/out/tool")).unwrap();
     assert_eq!(tool.mode() & 0o7777, 0o755);

@@ -20,7 +20,7 @@ fn limits_devices_shm_and_cleanup_on_a_pure_cgroup_v2_kernel() {
     c.arg(format!("{repo}/hack/vm-test.sh"))
         .args([
             "--timeout",
-            "900",
+            "420",
             "--bin",
             &format!("{}:/usr/bin/drun", env!("CARGO_BIN_EXE_drun")),
             "--bin",
@@ -35,7 +35,7 @@ fn limits_devices_shm_and_cleanup_on_a_pure_cgroup_v2_kernel() {
             &format!("{}:/images/many-check", check.display()),
         ])
         .arg(format!("{repo}/tests/vm/cgroup-v2.sh"));
-    let out = run(c, Duration::from_secs(1000));
+    let out = run(c, Duration::from_secs(480));
     assert!(
         out.status.success() && out.stdout.contains(" 0 failed"),
         "VM run failed ({}):\n{}\n{}",

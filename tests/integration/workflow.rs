@@ -55,7 +55,6 @@ fn the_dstack_example_runs_and_saves_its_artifact() {
       - mkdir -p output
       - echo 'Hello, world!' > output/hello.txt
       - cat input.txt
-      - echo to-stderr >&2
       - pwd
     artifacts:
       - path: ./output
@@ -66,16 +65,8 @@ fn the_dstack_example_runs_and_saves_its_artifact() {
         read(project.join("artifacts/train/output/hello.txt")),
         "Hello, world!\n"
     );
-    // The log keeps stdout and stderr in the order they were written.
-    assert_eq!(
-        read(project.join("artifacts/train.log")),
-        "project file\nto-stderr\n/workflow\n"
-    );
-    assert!(
-        out.stdout.contains("project file\nto-stderr\n/workflow\n"),
-        "{}",
-        out.stdout
-    );
+    assert_eq!(read(project.join("artifacts/train.log")), "project file\n/workflow\n");
+    assert!(out.stdout.contains("project file\n/workflow\n"), "{}", out.stdout);
     assert!(out.stderr.contains("Workflow \"train\" is started."), "{}", out.stderr);
     assert!(
         out.stderr.contains("Workflow \"train\" is successful."),
@@ -774,4 +765,252 @@ fn the_examples_run() {
     // Nothing was written into the repository.
     assert!(!examples.join("pipeline/artifacts").exists());
     assert!(!examples.join("hello/artifacts").exists());
+}
+
+/// Issue 18: stdout and stderr have a pipe each (stdout alone is the workflow's output); drun passes each to its
+/// own stream of the same name, and the log keeps them in the order they arrived.
+#[test]
+fn stdout_and_stderr_are_split_and_the_log_keeps_their_order() {
+    let (sb, project) = ready();
+    // Writes half a second apart: far more than drun needs to wake up, even on a loaded machine.
+    let wf = write(
+        &project,
+        "wf.yaml",
+        r#"workflows:
+  - name: talk
+    image: {busybox}
+    commands:
+      - echo out1
+      - sleep 0.5
+      - echo err1 >&2
+      - sleep 0.5
+      - echo out2
+      - sleep 0.5
+      - echo err2 >&2
+"#,
+    );
+    let out = sb.drun(&["run", wf.to_str().unwrap()]).ok();
+    assert_eq!(out.stdout, "out1\nout2\n");
+    assert!(
+        out.stderr.contains("err1\n") && out.stderr.contains("err2\n"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(read(project.join("artifacts/talk.log")), "out1\nerr1\nout2\nerr2\n");
+    assert_eq!(read(project.join("artifacts/talk.stdout")), "out1\nout2\n");
+}
+
+/// Issue 18: a workflow's stdout is its output, used by declared dependents in their commands and environment
+/// (trailing newlines trimmed), never its stderr; one larger than 1 MiB is refused with a clear error.
+#[test]
+fn dependents_use_a_workflows_stdout_in_commands_and_environment() {
+    let (sb, project) = ready();
+    let wf = write(
+        &project,
+        "wf.yaml",
+        r#"workflows:
+  - name: produce
+    image: {busybox}
+    commands:
+      - printf 'two words\nsecond line\n\n'
+      - echo noise >&2
+  - name: consume
+    image: {busybox}
+    deps: [produce]
+    environment:
+      FROM_DEP: "<${deps.produce.stdout}>"
+    command: [sh, -c, 'printf "env=%s\n" "$FROM_DEP"; printf "arg=%s\n" "$0"', "${deps.produce.stdout}"]
+  - name: script
+    image: {busybox}
+    deps: [produce]
+    commands:
+      - echo "script=${deps.produce.stdout}" > script.txt
+    artifacts: [script.txt]
+  - name: big
+    image: {busybox}
+    commands:
+      - head -c 1100000 /dev/zero | tr '\0' x
+  - name: too-big
+    image: {busybox}
+    deps: [big]
+    commands:
+      - echo "${deps.big.stdout}" | wc -c
+"#,
+    );
+    let path = wf.to_str().unwrap();
+    let out = sb.drun(&["run", path, "consume", "script"]).ok();
+    let value = "two words\nsecond line";
+    assert!(out.stdout.contains(&format!("env=<{value}>\n")), "{}", out.stdout);
+    assert!(out.stdout.contains(&format!("arg={value}\n")), "{}", out.stdout);
+    assert_eq!(
+        read(project.join("artifacts/script/script.txt")),
+        format!("script={value}\n")
+    );
+    assert_eq!(
+        read(project.join("artifacts/produce.stdout")),
+        "two words\nsecond line\n\n"
+    );
+    assert!(read(project.join("artifacts/produce.log")).contains("noise"));
+
+    let out = sb.drun(&["run", path, "too-big"]).fails_with(
+        125,
+        &[
+            "cannot use the output of workflow \"big\": its stdout is larger than 1 MiB",
+            "Workflow \"too-big\" is failed (exit code 125).",
+        ],
+    );
+    assert!(out.stderr.contains("Workflow \"big\" is successful."), "{}", out.stderr);
+    assert_eq!(
+        std::fs::metadata(project.join("artifacts/big.stdout")).unwrap().len(),
+        1_100_000
+    );
+    assert!(!out.stdout.contains("1100001"), "{}", out.stdout);
+}
+
+/// Issue 18: `--log-format json` gives one JSON object per event; the text status lines keep their format.
+#[test]
+fn status_lines_as_text_or_json() {
+    let (sb, project) = ready();
+    let wf = write(
+        &project,
+        "wf.yaml",
+        r#"workflows:
+  - name: ok
+    image: {busybox}
+    commands: [sleep 0.2]
+  - name: fails
+    image: {busybox}
+    deps: [ok]
+    commands: [exit 3]
+  - name: after
+    image: {busybox}
+    deps: [fails]
+    commands: [true]
+"#,
+    );
+    let path = wf.to_str().unwrap();
+    let out = sb.drun(&["run", "--keep-going", path]).fails_with(3, &[]);
+    let status: Vec<&str> = out.stderr.lines().filter(|l| l.starts_with('[')).collect();
+    let expected = [
+        "Workflow \"ok\" is started.",
+        "Workflow \"ok\" is successful.",
+        "Workflow \"fails\" is started.",
+        "Workflow \"fails\" is failed (exit code 3).",
+        "Workflow \"after\" is skipped: its dependency \"fails\" failed.",
+    ];
+    assert_eq!(status.len(), expected.len(), "{}", out.stderr);
+    for (line, message) in status.iter().zip(expected) {
+        // `[YYYY-MM-DD HH:MM:SS] message`
+        let (stamp, rest) = line.split_at(22);
+        assert_eq!(rest, format!("{message}"), "{line}");
+        let digits: String = stamp.chars().filter(char::is_ascii_digit).collect();
+        assert_eq!((digits.len(), &stamp[..1], &stamp[20..]), (14, "[", "] "), "{line}");
+    }
+
+    let out = sb
+        .drun(&["run", "--keep-going", "--log-format", "json", path])
+        .fails_with(3, &[]);
+    let events: Vec<serde_json::Value> = out
+        .stderr
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l:?}: {e}")))
+        .collect();
+    let brief: Vec<(String, String, Option<i64>)> = events
+        .iter()
+        .map(|e| {
+            (
+                e["workflow"].as_str().unwrap().to_string(),
+                e["event"].as_str().unwrap().to_string(),
+                e["exit_code"].as_i64(),
+            )
+        })
+        .collect();
+    let expected = [
+        ("ok", "started", None),
+        ("ok", "successful", Some(0)),
+        ("fails", "started", None),
+        ("fails", "failed", Some(3)),
+        ("after", "skipped", None),
+    ]
+    .map(|(w, e, c)| (w.to_string(), e.to_string(), c));
+    assert_eq!(brief, expected, "{}", out.stderr);
+    for e in &events {
+        let time = e["time"].as_str().unwrap();
+        assert!(
+            time::OffsetDateTime::parse(time, &time::format_description::well_known::Rfc3339).is_ok(),
+            "{time}"
+        );
+    }
+    let duration = events[1]["duration"].as_f64().unwrap();
+    assert!((0.2..120.0).contains(&duration), "{duration}");
+    assert_eq!(events[4]["dependency"], "fails");
+}
+
+/// Issue 18: runflow's "hello world" (its docker_run documentation's first example) as examples/runflow: one
+/// workflow echoes, the next writes that output to the host file `--var out=…` names, through a volume.
+#[test]
+fn the_runflow_example_writes_hello_world_to_the_host() {
+    let (sb, _) = ready();
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/runflow/workflow.yaml");
+    let artifacts = sb.path().join("artifacts");
+    let out_file = sb.path().join("out.txt");
+    std::fs::write(&out_file, "").unwrap();
+    let var = format!("out={}", out_file.display());
+    // As runflow takes it: the flag after the file.
+    let out = sb
+        .drun(&[
+            "run",
+            "--artifacts",
+            artifacts.to_str().unwrap(),
+            example.to_str().unwrap(),
+            "--var",
+            &var,
+        ])
+        .ok();
+    assert_eq!(read(&out_file), "hello world\n");
+    assert_eq!(read(artifacts.join("echo.stdout")), "hello world\n");
+    assert!(
+        out.stderr.contains("Workflow \"save\" is successful."),
+        "{}",
+        out.stderr
+    );
+    // The same from a var-file, which --var overrides.
+    let other = sb.path().join("other.txt");
+    std::fs::write(&other, "").unwrap();
+    let vars = sb.path().join("vars.yaml");
+    std::fs::write(&vars, format!("out: {}\n", other.display())).unwrap();
+    std::fs::write(&out_file, "").unwrap();
+    sb.drun(&[
+        "run",
+        "--artifacts",
+        artifacts.to_str().unwrap(),
+        "--var-file",
+        vars.to_str().unwrap(),
+        example.to_str().unwrap(),
+    ])
+    .ok();
+    assert_eq!(read(&other), "hello world\n");
+    assert_eq!(read(&out_file), "");
+    sb.drun(&[
+        "run",
+        "--artifacts",
+        artifacts.to_str().unwrap(),
+        "--var-file",
+        vars.to_str().unwrap(),
+        "--var",
+        &var,
+        example.to_str().unwrap(),
+    ])
+    .ok();
+    assert_eq!(read(&out_file), "hello world\n");
+    // Without the variable: a located error, and nothing runs.
+    let out = sb
+        .drun(&[
+            "run",
+            "--artifacts",
+            artifacts.to_str().unwrap(),
+            example.to_str().unwrap(),
+        ])
+        .fails_with(125, &["runflow/workflow.yaml:16:7: variable \"out\" is not set"]);
+    assert!(!out.stderr.contains("is started"), "{}", out.stderr);
 }

@@ -8,6 +8,8 @@ use crate::image::registry::config::Config;
 use crate::plan::host_paths::{resolve_host_paths, HostInputs};
 use crate::plan::parse::{self, DeviceRequest, SecurityOpt};
 use crate::plan::{CgroupTuning, RunPlan, SeccompMode};
+use crate::run::detach::{self, Launch, Report};
+use crate::run::logfile::LogOptions;
 
 pub(super) fn execute(global: &GlobalArgs, args: RunArgs) -> Result<i32> {
     if !args.given.workflow.is_empty() {
@@ -17,19 +19,55 @@ pub(super) fn execute(global: &GlobalArgs, args: RunArgs) -> Result<i32> {
         );
     }
     let plan = plan_from_args(&args)?;
+    let mut hooks = crate::run::RunHooks::default();
+    // `drun run -d`: this drun starts the monitor and reports; the monitor (the same command again) runs it.
+    let mut report: Option<Report>;
+    let mut on_started;
+    if args.container.detach {
+        if plan.restart != crate::plan::RestartPolicy::No {
+            bail!(
+                "--restart with -d: drun's monitor does not restart a detached container (a restarted one would be a \
+                 new container with its own ID and log); run drun in the foreground under a service manager with \
+                 Restart=on-failure, or use --restart on a foreground run"
+            );
+        }
+        let log = LogOptions::parse(&args.container.log_opt)?;
+        report = Some(match Report::take() {
+            Some(r) => {
+                if args.container.interactive && !args.container.tty {
+                    detach::hold_stdin_open().context("cannot keep the container's stdin open")?;
+                }
+                r
+            }
+            None => {
+                return match detach::launch().context("cannot start the container's monitor")? {
+                    Launch::Started(id) => {
+                        println!("{id}");
+                        Ok(0)
+                    }
+                    Launch::Failed(code) => Ok(code),
+                }
+            }
+        });
+        on_started = |id: &str, dir: &std::path::Path| {
+            if let Some(r) = report.take() {
+                r.started(id, dir);
+            }
+        };
+        hooks.detach = Some(crate::run::Detach {
+            log,
+            auto_remove: args.container.rm,
+            started: &mut on_started,
+        });
+    } else if !args.container.log_opt.is_empty() {
+        bail!("--log-opt is for detached runs (-d): a foreground run's output goes to drun's own");
+    }
     let cfg = Config::load()?;
     let store = super::super::open_store(global)?;
     let state_dir = super::super::state_dir(global)?;
     let mut restarts = 0;
     loop {
-        let outcome = match crate::run::run(
-            &store,
-            &cfg,
-            &plan,
-            &state_dir,
-            args.common.quiet,
-            &mut crate::run::RunHooks::default(),
-        ) {
+        let outcome = match crate::run::run(&store, &cfg, &plan, &state_dir, args.common.quiet, &mut hooks) {
             Ok(outcome) => outcome,
             Err(e @ crate::run::RunError::Exec { .. }) => {
                 let code = e.exit_code();
@@ -520,7 +558,7 @@ mod tests {
         let e = execute(&global(), args(&["--dry-run", "img"]));
         assert_eq!(
             e.unwrap_err().to_string(),
-            "--artifacts, --dry-run and --keep-going are for workflow files (WORKFLOW.yaml)"
+            "--artifacts, --dry-run, --keep-going, --var, --var-file and --log-format are for workflow files (WORKFLOW.yaml)"
         );
     }
 

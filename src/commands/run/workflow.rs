@@ -1,15 +1,20 @@
 //! `drun run WORKFLOW.yaml [NAME…]`: the run-wide flags, the file loaded and checked, then a dry run's plans
 //! printed or the jobs run, with progress on stderr (the [`Reporter`] here).
 
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::path::PathBuf;
+use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 
+use crate::cli::run::LogFormat;
 use crate::cli::{GlobalArgs, RunArgs};
 use crate::image::registry::config::Config;
 use crate::plan::host_paths::{resolve_host_paths, HostInputs};
 use crate::workflow::mounts::Stage;
 use crate::workflow::runner::{JobEnd, Reporter, RunnerOptions};
+use crate::workflow::vars::Variables;
 use crate::workflow::RunWideOptions;
 
 pub(super) fn execute(global: &GlobalArgs, args: RunArgs) -> Result<i32> {
@@ -28,6 +33,14 @@ pub(super) fn execute(global: &GlobalArgs, args: RunArgs) -> Result<i32> {
     })
     .map_err(|failure| failure.error)?;
     let env = super::environment(common, &host.env_files)?;
+    // Files first, then `--var`: the command line wins.
+    let mut vars = Variables::default();
+    for f in &args.workflow.var_file {
+        vars.add_file(f)?;
+    }
+    for v in &args.workflow.vars {
+        vars.add_arg(v)?;
+    }
     let options = RunWideOptions {
         pull: common.pull,
         platform: common.platform.as_deref().map(str::parse).transpose()?,
@@ -36,6 +49,7 @@ pub(super) fn execute(global: &GlobalArgs, args: RunArgs) -> Result<i32> {
         cdi_spec_dirs: common.cdi_spec_dir.clone(),
         require_limits: common.require_limits,
         tmp_size: super::tmp_size(common)?,
+        vars,
     };
     let file = PathBuf::from(&args.image_and_command[0]);
     let set = crate::workflow::load(&file, &super::host_env, &options)?;
@@ -61,14 +75,13 @@ pub(super) fn execute(global: &GlobalArgs, args: RunArgs) -> Result<i32> {
         keep_going: args.workflow.keep_going,
         quiet: common.quiet,
     };
+    let json = JsonReporter::default();
+    let reporter: &dyn Reporter = match args.workflow.log_format {
+        LogFormat::Text => &StderrReporter,
+        LogFormat::Json => &json,
+    };
     Ok(crate::workflow::runner::run_jobs(
-        &store,
-        &cfg,
-        &state_dir,
-        &set,
-        &jobs,
-        &options,
-        &StderrReporter,
+        &store, &cfg, &state_dir, &set, &jobs, &options, reporter,
     )?)
 }
 
@@ -117,6 +130,68 @@ impl Reporter for StderrReporter {
 
     fn error(&self, job: &str, message: &str) {
         eprintln!("error: workflow {job:?}: {message}");
+    }
+}
+
+/// `--log-format json`: one JSON object per line on stderr for each event: the workflow, the event, its time
+/// (RFC 3339, UTC), and for an end its exit code and duration in seconds.
+#[derive(Default)]
+struct JsonReporter {
+    started: RefCell<HashMap<String, Instant>>,
+}
+
+impl JsonReporter {
+    fn event(&self, job: &str, event: &str, mut fields: serde_json::Map<String, serde_json::Value>) {
+        let time = time::OffsetDateTime::now_utc()
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap_or_default();
+        let mut object = serde_json::Map::new();
+        object.insert("workflow".into(), job.into());
+        object.insert("event".into(), event.into());
+        object.insert("time".into(), time.into());
+        object.append(&mut fields);
+        eprintln!("{}", serde_json::Value::Object(object));
+    }
+}
+
+impl Reporter for JsonReporter {
+    fn job_skipped(&self, job: &str, failed_dependency: &str) {
+        let mut fields = serde_json::Map::new();
+        fields.insert("dependency".into(), failed_dependency.into());
+        self.event(job, "skipped", fields);
+    }
+
+    fn job_started(&self, job: &str) {
+        self.started.borrow_mut().insert(job.to_string(), Instant::now());
+        self.event(job, "started", serde_json::Map::new());
+    }
+
+    fn job_ended(&self, job: &str, end: JobEnd) {
+        let (event, code) = match end {
+            JobEnd::Succeeded => ("successful", 0),
+            JobEnd::Failed(code) => ("failed", code),
+            JobEnd::Interrupted(code) => ("interrupted", code),
+        };
+        let mut fields = serde_json::Map::new();
+        fields.insert("exit_code".into(), code.into());
+        if let Some(start) = self.started.borrow().get(job) {
+            // Milliseconds are plenty for a workflow's duration.
+            let seconds = (start.elapsed().as_secs_f64() * 1000.0).round() / 1000.0;
+            fields.insert("duration".into(), seconds.into());
+        }
+        self.event(job, event, fields);
+    }
+
+    fn warning(&self, job: &str, message: &str) {
+        let mut fields = serde_json::Map::new();
+        fields.insert("message".into(), message.into());
+        self.event(job, "warning", fields);
+    }
+
+    fn error(&self, job: &str, message: &str) {
+        let mut fields = serde_json::Map::new();
+        fields.insert("message".into(), message.into());
+        self.event(job, "error", fields);
     }
 }
 

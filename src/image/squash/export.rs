@@ -161,16 +161,7 @@ pub fn work_dir(store: &crate::image::store::Store) -> io::Result<WorkDir> {
 pub fn in_private_mounts<T: Send>(f: impl FnOnce() -> anyhow::Result<T> + Send) -> anyhow::Result<T> {
     std::thread::scope(|s| {
         s.spawn(|| {
-            nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS)
-                .map_err(|e| anyhow::anyhow!("cannot create a private mount namespace: {e}"))?;
-            nix::mount::mount(
-                None::<&str>,
-                "/",
-                None::<&str>,
-                nix::mount::MsFlags::MS_REC | nix::mount::MsFlags::MS_PRIVATE,
-                None::<&str>,
-            )
-            .map_err(|e| anyhow::anyhow!("cannot make the private mount namespace's mounts private: {e}"))?;
+            crate::sys::userns::private_mounts()?;
             f()
         })
         .join()

@@ -162,7 +162,7 @@ pub enum Problem {
     SysctlHostNetwork,
     #[error("the IPC namespace is the host's (ipc host): its parameters would change the host's")]
     SysctlHostIpc,
-    #[error("expected a signal name such as SIGINT or a number")]
+    #[error("expected a signal name or number, e.g. TERM, SIGQUIT or 9")]
     Signal,
     #[error("expected no or on-failure:N")]
     Restart,
@@ -232,6 +232,16 @@ pub fn gpus(text: &str) -> Result<GpuRequest, ParseError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn signals_by_name_or_number() {
+        for (text, n) in [("TERM", 15), ("sigquit", 3), ("9", 9), ("SIGKILL", 9), ("usr1", 10)] {
+            assert_eq!(signal(text).map(|s| s as i32), Ok(n), "{text}");
+        }
+        for bad in ["", "0", "99", "SIGNOPE", "-1"] {
+            assert_eq!(signal(bad).unwrap_err().problem, Problem::Signal, "{bad}");
+        }
+    }
 
     #[test]
     fn a_named_error_says_which_flag_or_key() {

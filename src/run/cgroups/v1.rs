@@ -129,11 +129,34 @@ fn copy_settings(from: &Path, to: &Path) -> Result<(), CgroupError> {
     let write = |f: PathBuf, value: &str| {
         crate::sys::safe_fs::write_system(&f, value.trim()).map_err(|source| CgroupError::Write { path: f, source })
     };
-    // A new cpuset cgroup has no CPUs or memory nodes, and takes no task until it has: its parent's.
+    // A new cpuset cgroup has no CPUs or memory nodes, and takes no task until it has: its parent's, then what
+    // libcontainer set (`--cpuset-cpus`/`--cpuset-mems`, or what it inherited).
     if let Some(parent) = to.parent() {
         for f in ["cpuset.cpus", "cpuset.mems"] {
             if to.join(f).exists() {
-                write(to.join(f), &read(parent.join(f))?)?;
+                let inherited = read(parent.join(f))?;
+                write(to.join(f), &inherited)?;
+                if from.join(f).exists() {
+                    let set = read(from.join(f))?;
+                    if !set.trim().is_empty() && set.trim() != inherited.trim() {
+                        write(to.join(f), &set)?;
+                    }
+                }
+            }
+        }
+    }
+    // Per-device block I/O settings: one "MAJ:MIN VALUE" line each.
+    for f in [
+        "blkio.weight_device",
+        "blkio.bfq.weight_device",
+        "blkio.throttle.read_bps_device",
+        "blkio.throttle.write_bps_device",
+        "blkio.throttle.read_iops_device",
+        "blkio.throttle.write_iops_device",
+    ] {
+        if from.join(f).exists() && to.join(f).exists() {
+            for line in read(from.join(f))?.lines().filter(|l| l.contains(':')) {
+                write(to.join(f), line)?;
             }
         }
     }
@@ -145,6 +168,10 @@ fn copy_settings(from: &Path, to: &Path) -> Result<(), CgroupError> {
         "cpu.cfs_quota_us",
         "cpu.shares",
         "pids.max",
+        "memory.soft_limit_in_bytes",
+        "memory.swappiness",
+        "blkio.weight",
+        "blkio.bfq.weight",
     ];
     for f in files {
         if from.join(f).exists() && to.join(f).exists() {

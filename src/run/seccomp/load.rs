@@ -96,10 +96,29 @@ impl Precompiled {
 #[derive(Clone)]
 pub struct Executor {
     pub filter: Option<Precompiled>,
+    /// `cgroup.procs` files (descriptors inherited across libcontainer's fork) the process moves itself into before
+    /// anything else: `drun exec` puts its process in the container's cgroups of each v1 hierarchy, which
+    /// libcontainer's tenant (one cgroup path for all hierarchies) does not know of.
+    pub join_cgroups: Vec<std::os::fd::RawFd>,
 }
 
 impl libcontainer::workload::Executor for Executor {
     fn exec(&self, spec: &oci_spec::runtime::Spec) -> Result<(), libcontainer::workload::ExecutorError> {
+        for &fd in &self.join_cgroups {
+            // SAFETY: writes two bytes from a static buffer to a descriptor drun opened for this; "0" is the writer.
+            let n = unsafe { libc::write(fd, b"0\n".as_ptr().cast(), 2) };
+            let err = std::io::Error::last_os_error();
+            // SAFETY: the descriptor is this process's and not used again.
+            unsafe { libc::close(fd) };
+            if n < 0 {
+                #[allow(clippy::print_stderr)]
+                {
+                    eprintln!("drun: cannot join the container's cgroup: {err}");
+                }
+                // SAFETY: ends this process before its command runs; nothing of drun's state needs destructors.
+                unsafe { libc::_exit(crate::exit::DRUN_ERROR) };
+            }
+        }
         if let Some(f) = &self.filter {
             if let Err(e) = f.load() {
                 // In the container's init, about to exec: its stderr is the container's, the one place to say it.

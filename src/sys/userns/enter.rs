@@ -165,21 +165,14 @@ pub fn enter(mode: UsernsMode) -> Result<&'static Rootless, UsernsError> {
             unshare_with_helpers(&helpers, &shown_user)?;
         }
     }
-    unshare(CloneFlags::CLONE_NEWNS).map_err(UsernsError::MountNamespace)?;
-    nix::mount::mount(
-        None::<&str>,
-        "/",
-        None::<&str>,
-        nix::mount::MsFlags::MS_REC | nix::mount::MsFlags::MS_PRIVATE,
-        None::<&str>,
-    )
-    .map_err(UsernsError::PrivateMounts)?;
+    private_mounts()?;
     tracing::debug!(mapping = %ns.describe(), "entered a user namespace");
     Ok(CURRENT.get_or_init(|| ns))
 }
 
-/// A mount namespace of drun's own, in the user namespace it is in, whose mounts propagate nowhere.
-fn private_mounts() -> Result<(), UsernsError> {
+/// A mount namespace of drun's own (of the calling thread, when other threads share the process), in the user
+/// namespace it is in, whose mounts propagate nowhere.
+pub fn private_mounts() -> Result<(), UsernsError> {
     unshare(CloneFlags::CLONE_NEWNS).map_err(UsernsError::MountNamespace)?;
     nix::mount::mount(
         None::<&str>,

@@ -26,11 +26,11 @@ pub struct Workflow {
     #[serde(default)]
     pub entrypoint: Option<Spanned<StringOrList>>,
     #[serde(default)]
-    pub commands: Option<Vec<String>>,
+    pub commands: Option<Vec<Spanned<String>>>,
     #[serde(default)]
     pub command: Option<Spanned<StringOrList>>,
     #[serde(default)]
-    pub before_run: Option<Vec<String>>,
+    pub before_run: Option<Vec<Spanned<String>>>,
     #[serde(default)]
     pub requirements: Option<Spanned<String>>,
     #[serde(default)]

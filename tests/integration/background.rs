@@ -1,0 +1,427 @@
+//! Background containers (`drun run -d`): a service from busybox `httpd` reached by a client container, `logs -f`,
+//! `stop`, `wait`, `rm`, `ps -a` after each step, `--rm -d`, a SIGKILLed monitor, log rotation, other users kept
+//! out, and rootless detached runs; each with leftover checks (mounts, cgroups, run directories).
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use crate::common::*;
+use crate::rootless::{UserBox, NOSUB, SUB};
+use crate::run::{cgroup_dirs, ready};
+
+/// `drun run -d ARGS…`: the container's full id, which is all it prints.
+fn detach(sb: &Sandbox, args: &[&str]) -> String {
+    let mut a = vec!["run", "-d", "-q"];
+    a.extend_from_slice(args);
+    let out = sb.drun(&a).ok();
+    let id = out.stdout.trim().to_string();
+    assert!(
+        id.len() == 64 && id.bytes().all(|b| b.is_ascii_hexdigit()),
+        "not an id: {:?}\n{}",
+        out.stdout,
+        out.stderr
+    );
+    id
+}
+
+/// The STATUS column of `drun ps -a` for container `id` ("" when it is not listed).
+fn status(sb: &Sandbox, id: &str) -> String {
+    let ps = sb.drun(&["ps", "-a"]).ok().stdout;
+    ps.lines()
+        .find(|l| l.starts_with(&id[..12]))
+        .map(|l| {
+            // After the COMMAND column: STATUS is the 5th column and may contain spaces, as Docker's does.
+            let head = ps.lines().next().unwrap();
+            let (from, to) = (head.find("STATUS").unwrap(), head.find("     PID").unwrap());
+            l.get(from..to.min(l.len())).unwrap_or("").trim().to_string()
+        })
+        .unwrap_or_default()
+}
+
+/// Everything a run may leave: mounts below the sandbox, run and libcontainer directories, its cgroups.
+fn all_leftovers(sb: &Sandbox, id: &str) -> Vec<String> {
+    let mut left = leftovers(sb);
+    left.extend(cgroup_dirs(id));
+    left
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[test]
+fn a_detached_http_service_serves_a_client_logs_stops_and_is_removed() {
+    let sb = ready();
+    let image = busybox();
+    let port = free_port();
+    let serve = format!(
+        "mkdir -p /www && echo hello-from-the-service > /www/index.html && echo serving on {port} && \
+         echo to-stderr >&2 && exec httpd -f -v -p 127.0.0.1:{port} -h /www"
+    );
+    let id = detach(&sb, &["--name", "web", "--network", "host", &image, "sh", "-c", &serve]);
+    assert!(status(&sb, &id).starts_with("Up "), "{}", status(&sb, &id));
+    let follow = sb
+        .cmd(&["logs", "-f", "web"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+
+    // A client container fetches from it (retried until the server listens).
+    let url = format!("http://127.0.0.1:{port}/");
+    let mut body = String::new();
+    wait_until("the service to answer", || {
+        let out = sb.drun(&["run", "-q", "--network", "host", &image, "wget", "-q", "-O", "-", &url]);
+        body = out.stdout;
+        out.status.success()
+    });
+    assert_eq!(body, "hello-from-the-service\n");
+    let logs = sb.drun(&["logs", &id[..12]]).ok().stdout;
+    assert!(logs.starts_with(&format!("serving on {port}\nto-stderr\n")), "{logs}");
+    assert_eq!(sb.drun(&["logs", "--tail", "1", "web"]).ok().stdout.lines().count(), 1);
+    // A second process in the service's container sees its files.
+    assert_eq!(
+        sb.drun(&["exec", "web", "cat", "/www/index.html"]).ok().stdout,
+        "hello-from-the-service\n"
+    );
+
+    // httpd as PID 1 has no SIGTERM handler: stop sends SIGKILL once the timeout has passed.
+    let started = std::time::Instant::now();
+    assert_eq!(sb.drun(&["stop", "-t", "1", "web"]).ok().stdout, "web\n");
+    assert!(started.elapsed() >= Duration::from_secs(1));
+    assert!(status(&sb, &id).starts_with("Exited (137) "), "{}", status(&sb, &id));
+    assert_eq!(sb.drun(&["wait", "web"]).ok().stdout, "137\n");
+    // Following ends once the container has ended, with everything it wrote.
+    let followed = wait(follow, Duration::from_secs(60));
+    assert!(followed.status.success(), "{}", followed.stderr);
+    assert!(followed.stdout.starts_with(&logs), "{}", followed.stdout);
+    // Nothing of it runs or is mounted; only its record and log stay until `drun rm`.
+    let kept: Vec<String> = std::fs::read_dir(sb.state().join("containers").join(&id))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    let mut kept_sorted = kept.clone();
+    kept_sorted.sort();
+    assert_eq!(
+        kept_sorted,
+        ["container.log", "info.json", "lock", "monitor.log"],
+        "{kept:?}"
+    );
+    assert!(cgroup_dirs(&id).is_empty(), "{:?}", cgroup_dirs(&id));
+    assert!(std::fs::read_dir(sb.state().join("libcontainer"))
+        .unwrap()
+        .next()
+        .is_none());
+    assert!(
+        !std::fs::read_to_string("/proc/self/mounts")
+            .unwrap()
+            .contains(sb.path().to_str().unwrap()),
+        "a mount is left"
+    );
+    assert_eq!(
+        sb.drun(&["logs", "web"]).ok().stdout,
+        logs,
+        "the log outlives the container"
+    );
+
+    assert_eq!(sb.drun(&["rm", "web"]).ok().stdout, "web\n");
+    assert_eq!(status(&sb, &id), "", "removed, not listed");
+    sb.drun(&["logs", "web"])
+        .fails_with(125, &["no such container \"web\""]);
+    assert!(all_leftovers(&sb, &id).is_empty(), "{:?}", all_leftovers(&sb, &id));
+}
+
+#[test]
+fn stop_sends_the_stop_signal_first_and_wait_reports_exit_codes() {
+    let sb = ready();
+    let image = busybox();
+    // A handler for the stop signal ends the container itself, before any SIGKILL.
+    let trap =
+        |sig: &str, code: u8| format!("trap 'echo caught-{sig}; exit {code}' {sig}; while :; do sleep 0.1; done");
+    let term = detach(&sb, &[&image, "sh", "-c", &trap("TERM", 42)]);
+    let usr1 = detach(&sb, &["--stop-signal", "USR1", &image, "sh", "-c", &trap("USR1", 43)]);
+    let exits = detach(&sb, &[&image, "sh", "-c", "exit 3"]);
+    let killed = detach(&sb, &["--init", &image, "sleep", "600"]);
+    let started = std::time::Instant::now();
+    sb.drun(&["stop", "-t", "120", &term[..12], &usr1[..12]]).ok();
+    assert!(started.elapsed() < Duration::from_secs(60), "stop waited for SIGKILL");
+    sb.drun(&["kill", "-s", "TERM", &killed]).ok();
+    let out = sb.drun(&["wait", &term, &usr1, &exits, &killed]).ok();
+    assert_eq!(out.stdout, "42\n43\n3\n143\n", "{}", out.stderr);
+    assert_eq!(sb.drun(&["logs", &term]).ok().stdout, "caught-TERM\n");
+    assert_eq!(sb.drun(&["logs", &usr1]).ok().stdout, "caught-USR1\n");
+    for (id, want) in [
+        (&term, "Exited (42) "),
+        (&exits, "Exited (3) "),
+        (&killed, "Exited (143) "),
+    ] {
+        assert!(status(&sb, id).starts_with(want), "{}", status(&sb, id));
+    }
+    // `ps` alone lists running containers only; -q and --json follow -a too.
+    assert!(!sb.drun(&["ps"]).ok().stdout.contains(&term[..12]));
+    assert_eq!(sb.drun(&["ps", "-a", "-q"]).ok().stdout.lines().count(), 4);
+    let json: serde_json::Value = serde_json::from_str(&sb.drun(&["ps", "-a", "--json"]).ok().stdout).unwrap();
+    let codes: Vec<i64> = json
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["exit"]["code"].as_i64().unwrap())
+        .collect();
+    assert_eq!(codes.len(), 4);
+    sb.drun(&["rm", &term, &usr1, &exits, &killed]).ok();
+    for id in [&term, &usr1, &exits, &killed] {
+        assert!(all_leftovers(&sb, id).is_empty(), "{:?}", all_leftovers(&sb, id));
+    }
+    sb.drun(&["wait", "nosuch"])
+        .fails_with(125, &["no such container \"nosuch\""]);
+}
+
+#[test]
+fn rm_refuses_a_running_container_and_names_stay_unique_until_rm() {
+    let sb = ready();
+    let image = busybox();
+    let id = detach(&sb, &["--name", "svc", &image, "sleep", "600"]);
+    sb.drun(&["run", "-d", "--name", "svc", &image, "true"])
+        .fails_with(125, &["already running"]);
+    sb.drun(&["rm", "svc"])
+        .fails_with(125, &["it is running", "drun rm -f"]);
+    assert!(status(&sb, &id).starts_with("Up "));
+    assert_eq!(sb.drun(&["rm", "-f", "svc"]).ok().stdout, "svc\n");
+    assert!(all_leftovers(&sb, &id).is_empty(), "{:?}", all_leftovers(&sb, &id));
+
+    // An ended container keeps its name until it is removed, for foreground runs too.
+    let ended = detach(&sb, &["--name", "svc", &image, "true"]);
+    assert_eq!(sb.drun(&["wait", "svc"]).ok().stdout, "0\n");
+    sb.drun(&["run", "--name", "svc", &image, "true"])
+        .fails_with(125, &["already in use by container", &ended[..12], "drun rm"]);
+    sb.drun(&["rm", "svc"]).ok();
+    sb.drun(&["run", "--name", "svc", &image, "true"]).ok();
+    assert!(
+        all_leftovers(&sb, &ended).is_empty(),
+        "{:?}",
+        all_leftovers(&sb, &ended)
+    );
+}
+
+#[test]
+fn detached_runs_keep_stdin_open_with_i_and_log_their_terminal_with_t() {
+    let sb = ready();
+    let image = busybox();
+    let cat = detach(&sb, &["-i", &image, "cat"]);
+    let no_input = detach(&sb, &[&image, "cat"]);
+    let shell = detach(&sb, &["-it", "--name", "box", &image, "sh"]);
+    let tty = detach(&sb, &["-t", &image, "sh", "-c", "tty; echo on-the-terminal"]);
+    assert_eq!(sb.drun(&["wait", &no_input, &tty]).ok().stdout, "0\n0\n");
+    assert_eq!(
+        sb.drun(&["logs", &tty]).ok().stdout,
+        "/dev/pts/0\r\non-the-terminal\r\n"
+    );
+    wait_until("the shell's prompt in its log", || {
+        sb.drun(&["logs", "box"]).stdout.contains("/ # ")
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    for id in [&cat, &shell] {
+        assert!(status(&sb, id).starts_with("Up "), "{}", status(&sb, id));
+    }
+    sb.drun(&["rm", "-f", &cat, &shell, &no_input, &tty]).ok();
+    for id in [&cat, &shell, &no_input, &tty] {
+        assert!(all_leftovers(&sb, id).is_empty(), "{:?}", all_leftovers(&sb, id));
+    }
+}
+
+#[test]
+fn a_detached_rm_run_leaves_nothing_and_still_reports_its_exit_code() {
+    let sb = ready();
+    let id = detach(&sb, &["--rm", &busybox(), "sh", "-c", "echo bye; sleep 1; exit 5"]);
+    assert!(status(&sb, &id).starts_with("Up "), "{}", status(&sb, &id));
+    assert_eq!(sb.drun(&["logs", "-f", &id]).ok().stdout, "bye\n");
+    // The directory may be gone already: the code comes from the lock file `wait` holds open.
+    let out = sb.drun(&["wait", &id]);
+    if out.code() == Some(0) {
+        assert_eq!(out.stdout, "5\n");
+    } else {
+        out.fails_with(125, &["no such container"]);
+    }
+    let id2 = detach(&sb, &["--rm", &busybox(), "sh", "-c", "sleep 2; exit 6"]);
+    assert_eq!(sb.drun(&["wait", &id2]).ok().stdout, "6\n");
+    wait_until("the --rm run to be removed", || status(&sb, &id2).is_empty());
+    assert_eq!(sb.drun(&["ps", "-a", "-q"]).ok().stdout, "");
+    for id in [&id, &id2] {
+        assert!(all_leftovers(&sb, id).is_empty(), "{:?}", all_leftovers(&sb, id));
+    }
+}
+
+#[test]
+fn a_sigkilled_monitor_is_cleaned_up_and_listed_as_unknown() {
+    let sb = ready();
+    let id = detach(&sb, &["--name", "orphan", &busybox(), "sleep", "600"]);
+    let json: serde_json::Value = serde_json::from_str(&sb.drun(&["ps", "--json"]).ok().stdout).unwrap();
+    let pid = i32::try_from(json[0]["pid"].as_i64().unwrap()).unwrap();
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let monitor: i32 = stat[stat.rfind(')').unwrap() + 2..]
+        .split(' ')
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    let cmdline = std::fs::read_to_string(format!("/proc/{monitor}/cmdline")).unwrap();
+    assert!(
+        cmdline.contains("drun") && cmdline.contains("-d"),
+        "the init's parent is the monitor: {cmdline:?}"
+    );
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(monitor), nix::sys::signal::Signal::SIGKILL).unwrap();
+    wait_until("the monitor to be gone", || {
+        std::fs::read_to_string(format!("/proc/{monitor}/stat")).map_or(true, |s| s.contains(") Z"))
+    });
+    assert!(
+        !cgroup_dirs(&id).is_empty(),
+        "the container outlives its monitor until a drun reaps it"
+    );
+    // The next drun ends the container and cleans up, but keeps the record: its end was not seen.
+    let st = status(&sb, &id);
+    assert!(st.starts_with("Unknown (monitor killed) "), "{st}");
+    wait_until("the container process to end", || {
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |s| s.contains(") Z"))
+    });
+    assert!(cgroup_dirs(&id).is_empty(), "{:?}", cgroup_dirs(&id));
+    sb.drun(&["wait", "orphan"]).fails_with(125, &["monitor was killed"]);
+    sb.drun(&["rm", "orphan"]).ok();
+    assert!(all_leftovers(&sb, &id).is_empty(), "{:?}", all_leftovers(&sb, &id));
+}
+
+#[test]
+fn a_detached_containers_log_is_rotated_within_its_bounds() {
+    let sb = ready();
+    // About 580 kB of output into at most 2 × 64 KiB.
+    let script = "i=0; while [ $i -lt 20000 ]; do echo \"line $i of the detached log test\"; i=$((i+1)); done";
+    let id = detach(
+        &sb,
+        &[
+            "--log-opt",
+            "max-size=64k",
+            "--log-opt",
+            "max-file=2",
+            &busybox(),
+            "sh",
+            "-c",
+            script,
+        ],
+    );
+    assert_eq!(sb.drun(&["wait", &id]).ok().stdout, "0\n");
+    let dir = sb.state().join("containers").join(&id);
+    let sizes: Vec<(String, u64)> = std::fs::read_dir(&dir)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("container.log"))
+        .map(|e| {
+            (
+                e.file_name().to_string_lossy().into_owned(),
+                e.metadata().unwrap().len(),
+            )
+        })
+        .collect();
+    assert_eq!(sizes.len(), 2, "{sizes:?}");
+    assert!(sizes.iter().all(|(_, n)| *n <= 64 << 10), "{sizes:?}");
+    let logs = sb.drun(&["logs", &id]).ok().stdout;
+    assert!(
+        logs.len() as u64 <= 128 << 10 && logs.len() > 64 << 10,
+        "{}",
+        logs.len()
+    );
+    assert!(logs.ends_with("line 19999 of the detached log test\n"));
+    assert_eq!(
+        sb.drun(&["logs", "--tail", "2", &id]).ok().stdout,
+        "line 19998 of the detached log test\nline 19999 of the detached log test\n"
+    );
+    // Foreground runs take no --log-opt, and a bad one is named.
+    sb.drun(&["run", "--log-opt", "max-size=1k", &busybox(), "true"])
+        .fails_with(125, &["--log-opt is for detached runs"]);
+    sb.drun(&["run", "-d", "--log-opt", "max-file=0", &busybox(), "true"])
+        .fails_with(125, &["invalid --log-opt \"max-file=0\""]);
+    sb.drun(&["rm", &id]).ok();
+    assert!(all_leftovers(&sb, &id).is_empty(), "{:?}", all_leftovers(&sb, &id));
+}
+
+#[test]
+fn other_users_can_neither_see_nor_touch_a_detached_container() {
+    let sb = ready();
+    // Others may traverse to the state directory itself (which stays private): the refusal is drun's, not a
+    // side effect of the sandbox's own mode.
+    std::fs::set_permissions(sb.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let id = detach(
+        &sb,
+        &["--name", "private", &busybox(), "sh", "-c", "echo secret; sleep 600"],
+    );
+    let state = format!("--state={}", sb.state().display());
+    for user in [SUB, NOSUB] {
+        let ub = UserBox::new(user);
+        for cmd in [
+            &["logs", "private"][..],
+            &["stop", "private"],
+            &["wait", "private"],
+            &["rm", "-f", "private"],
+        ] {
+            // Their own state directory does not have it.
+            ub.drun(cmd).fails_with(125, &["no such container \"private\""]);
+            let mut with_state = vec![state.as_str()];
+            with_state.extend_from_slice(cmd);
+            let out = ub.drun(&with_state);
+            assert_eq!(out.code(), Some(125), "{cmd:?} as {user}: {}{}", out.stdout, out.stderr);
+            assert!(!out.stdout.contains("secret"), "{}", out.stdout);
+        }
+        let mut with_id = vec![state.as_str(), "logs"];
+        with_id.push(&id);
+        assert!(!ub.drun(&with_id).stdout.contains("secret"));
+    }
+    assert!(status(&sb, &id).starts_with("Up "), "{}", status(&sb, &id));
+    assert_eq!(sb.drun(&["logs", "private"]).ok().stdout, "secret\n");
+    sb.drun(&["rm", "-f", "private"]).ok();
+    assert!(all_leftovers(&sb, &id).is_empty(), "{:?}", all_leftovers(&sb, &id));
+}
+
+#[test]
+fn detached_runs_work_rootless() {
+    let ub = UserBox::new(SUB);
+    ub.drun(&["pull", "-q", &busybox()]).ok();
+    let out = ub
+        .drun(&[
+            "run",
+            "-d",
+            "-q",
+            "--name",
+            "mine",
+            &busybox(),
+            "sh",
+            "-c",
+            "echo rootless-hello; id -u; sleep 600",
+        ])
+        .ok();
+    let id = out.stdout.trim().to_string();
+    assert_eq!(id.len(), 64, "{out:?}", out = out.stdout);
+    wait_until("the output", || {
+        ub.drun(&["logs", "mine"]).stdout == "rootless-hello\n0\n"
+    });
+    assert!(ub.drun(&["ps"]).ok().stdout.contains("mine"));
+    // `drun exec` joins the namespaces the monitor made.
+    assert_eq!(
+        ub.drun(&["exec", "mine", "cat", "/proc/1/cmdline"]).ok().stdout,
+        ["sleep", "600", ""].join("\0")
+    );
+    // Another user reaches neither it nor its state directory.
+    let other = UserBox::new(NOSUB);
+    let state = format!("--state={}", ub.path().join("xdg/drun").display());
+    other.drun(&[&state, "stop", "mine"]).fails_with(125, &[]);
+    other.drun(&["stop", "mine"]).fails_with(125, &["no such container"]);
+    ub.drun(&["stop", "-t", "1", "mine"]).ok();
+    assert_eq!(ub.drun(&["wait", "mine"]).ok().stdout, "137\n");
+    let ps = ub.drun(&["ps", "-a"]).ok().stdout;
+    assert!(ps.contains("Exited (137)"), "{ps}");
+    ub.drun(&["rm", "mine"]).ok();
+    assert!(ub.leftovers().is_empty(), "{:?}", ub.leftovers());
+    assert!(cgroup_dirs(&id).is_empty(), "{:?}", cgroup_dirs(&id));
+}
