@@ -284,6 +284,9 @@ pub struct WorkflowArgs {
     /// Read variables from a YAML file of NAME: VALUE lines (repeatable; --var wins over a file)
     #[arg(long, value_name = "FILE")]
     pub var_file: Vec<PathBuf>,
+    /// Build every workflow's setup (apt_packages, requirements, setup) again, replacing its cached layer
+    #[arg(long)]
+    pub no_cache: bool,
     /// Status lines as text, or as json: one JSON object per line per event
     #[arg(long, value_enum, value_name = "FORMAT", default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,

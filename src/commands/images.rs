@@ -31,6 +31,26 @@ pub fn execute(global: &GlobalArgs, args: ImagesArgs) -> Result<i32> {
                 r.pulled_at.format(&fmt).unwrap_or_default()
             );
         }
+        // Workflows' setups kept as layers (`drun run workflow.yaml`), on the images above.
+        let setups = store.setup_layers();
+        if !setups.is_empty() {
+            let width = setups.iter().map(|l| l.meta.image.len()).max().unwrap_or(0).max(10);
+            println!();
+            println!(
+                "{:<12}  {:<width$}  {:>10}  {:<19}  SOURCE",
+                "SETUP LAYER", "IMAGE", "SIZE", "CREATED"
+            );
+            for l in &setups {
+                println!(
+                    "{:<12}  {:<width$}  {:>10}  {:<19}  {}",
+                    &l.key[..12.min(l.key.len())],
+                    l.meta.image,
+                    ByteSize(l.meta.size).to_string(),
+                    l.meta.created.format(&fmt).unwrap_or_default(),
+                    l.meta.source
+                );
+            }
+        }
     }
     Ok(0)
 }

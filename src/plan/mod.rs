@@ -10,6 +10,7 @@ pub mod check;
 pub mod host_env;
 pub mod host_paths;
 pub mod parse;
+pub mod setup;
 pub mod slurm_env;
 
 use std::path::PathBuf;
@@ -287,6 +288,8 @@ pub struct RunPlan {
     /// The most the container's writable layer may hold where it is kept in memory (see `run/rootfs/memory.rs`);
     /// None: the config file's `tmp_size`, else half of RAM.
     pub tmp_size: Option<ByteSize>,
+    /// A workflow's setup, run once and kept as a layer above the image's (see [`setup`]).
+    pub setup: Option<setup::SetupPlan>,
     pub network: NetworkMode,
     pub ipc: Option<Sharing>,
     pub pid: Option<Sharing>,
@@ -380,6 +383,7 @@ impl RunPlan {
             oom_score_adj: None,
             shm_size: None,
             tmp_size: None,
+            setup: None,
             network: NetworkMode::Host,
             ipc: None,
             pid: None,

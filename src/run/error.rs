@@ -47,6 +47,9 @@ pub enum RunError {
     Seccomp(#[from] seccomp::FilterError),
     #[error("a run has at most one copy-on-write (overlay) mount")]
     TwoOverlays,
+    /// The workflow's setup ended with `code` (0: without its mark); nothing of it was kept.
+    #[error("the setup failed (exit code {code}): nothing of it was kept, the next run tries again")]
+    SetupFailed { code: i32 },
     #[error(
         "cannot run a container: drun runs as root without CAP_SYS_ADMIN, as in a job container that is not \
              privileged; {PRIVILEGED_HINT}"
@@ -83,6 +86,7 @@ impl RunError {
     pub fn exit_code(&self) -> i32 {
         match self {
             RunError::Exec { code, .. } => *code,
+            RunError::SetupFailed { code } if *code != 0 => *code,
             _ => crate::exit::DRUN_ERROR,
         }
     }

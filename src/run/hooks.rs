@@ -28,6 +28,8 @@ pub struct RunHooks<'a> {
     pub after_exit: Option<&'a mut dyn FnMut(&ExitView)>,
     /// Set by the monitor of a detached run (`drun run -d`, see `crate::run::detach`).
     pub detach: Option<Detach<'a>>,
+    /// A setup run (`run::setup_layer`): its writable layer goes in this directory of the store, to be kept.
+    pub setup_in: Option<&'a Path>,
 }
 
 /// What a detached run does besides supervising its container: its output goes to a rotating log in the run

@@ -6,6 +6,7 @@
 //! | resolve the image (found or pulled, per the plan's policy) | `image::ready` (the run path never pulls) |
 //! | the run's id and directory | `context.rs`, `state.rs` |
 //! | cgroup and limits | `cgroups/`, created on a thread by `warmup.rs` |
+//! | a workflow's setup: a kept layer above the image's, built by a run of its own first | `setup_layer.rs` |
 //! | root file system: the image's layers as an overlay | `rootfs.rs` |
 //! | the effective mounts (the copy-on-write mount prepared) | `mounts.rs` |
 //! | process: args, env, user, cwd | `process.rs`, `user.rs`; executable check `executable.rs`; `--init` `init.rs` |
@@ -47,6 +48,7 @@ mod process;
 pub mod reap;
 pub mod rootfs;
 pub mod seccomp;
+mod setup_layer;
 mod shm;
 mod signals;
 pub mod spec;
@@ -95,6 +97,8 @@ pub fn run(
             quiet,
         },
     )?;
+    // A workflow's setup: a layer of the store above the image's, built first if it is not there yet.
+    let setup = setup_layer::ensure(store, cfg, plan, &image, state_dir, quiet, hooks.log.as_deref_mut())?;
     // The run's id and directory (and its clean-up, whatever happens from here on).
     let (ctx, run_dir, names_lock) = RunContext::create(plan, state_dir)?;
     let mut cleanup = Cleanup::new(&ctx, run_dir);
@@ -116,25 +120,30 @@ pub fn run(
 
     // Where its writable layers go: beside the run, or in memory where that file system cannot hold them.
     let mut scratch = rootfs::Scratch::new(&ctx.dir, plan.tmp_size.or(cfg.tmp_size));
+    if let Some(dir) = hooks.setup_in {
+        scratch = scratch.kept_in(dir);
+    }
+    if let Some(s) = &setup {
+        info.layers.push(crate::image::store::Store::setup_lock_key(&s.key));
+    }
     // Registered under the store's shared lock: garbage collection either ran before or sees this run's layers.
     // A squashfs image file is mounted (after the record: a crash leaves the mount to the next `reap_stale`) and
     // is the overlay's only lower layer; `_squash` ends its squashfuse, if any, once the run is cleaned up.
     let (root, _squash) = {
         let _shared = store.lock_shared()?;
-        let layers = match image.squash {
+        let mut layers = match image.squash {
             Some(_) => vec![],
             None => image.layer_dirs(store)?,
         };
+        layers.extend(setup.as_ref().map(|s| s.root.clone()));
         cleanup.record(info.clone())?;
         drop(names_lock);
         cleanup.start_warmup(&cgroup, limits);
         match &image.squash {
             Some(sq) => {
                 let mounted = squash_mount::mount_image(sq, store, &ctx.dir)?;
-                (
-                    rootfs::prepare(&mut scratch, &ctx.dir, std::slice::from_ref(&mounted.dir))?.0,
-                    Some(mounted),
-                )
+                layers.insert(0, mounted.dir.clone());
+                (rootfs::prepare(&mut scratch, &ctx.dir, &layers)?.0, Some(mounted))
             }
             None => (rootfs::prepare(&mut scratch, &ctx.dir, &layers)?.0, None),
         }

@@ -31,6 +31,10 @@ pub struct Overlay<'a> {
     pub userxattr: bool,
     /// `volatile`: no sync of the upper directory's file system at unmount (Linux ≥ 5.10).
     pub volatile: bool,
+    /// `redirect_dir=off,metacopy=off`: the upper directory holds every change in full (a renamed directory is
+    /// copied up whole, a changed file's data too), so that it can serve as a layer of its own. With `userxattr`
+    /// the kernel refuses both options (EINVAL) and never creates either.
+    pub complete_upper: bool,
 }
 
 /// How the lower layers were given to the kernel.
@@ -112,6 +116,9 @@ fn options(o: &Overlay, lowers: impl Iterator<Item = String>) -> String {
     if o.volatile {
         data.push_str(",volatile");
     }
+    if o.complete_upper && !o.userxattr {
+        data.push_str(",redirect_dir=off,metacopy=off");
+    }
     data
 }
 
@@ -136,6 +143,10 @@ fn lowerdir_plus(target: &Path, o: &Overlay) -> io::Result<()> {
     }
     if o.volatile {
         fsconfig_set_flag(&fs, "volatile")?;
+    }
+    if o.complete_upper && !o.userxattr {
+        fsconfig_set_string(&fs, "redirect_dir", "off")?;
+        fsconfig_set_string(&fs, "metacopy", "off")?;
     }
     fsconfig_create(&fs)?;
     let mnt = fsmount(&fs, FsMountFlags::FSMOUNT_CLOEXEC, MountAttrFlags::empty())?;
@@ -163,6 +174,7 @@ mod tests {
             work: Path::new("/w"),
             userxattr: true,
             volatile: false,
+            complete_upper: false,
         };
         assert_eq!(
             options(&o, o.lowers.iter().map(|p| escape(p))),

@@ -12,6 +12,7 @@ use super::outputs::{OutputUses, Template};
 use super::settings::container_settings;
 use super::{schema, ArtifactSpec, RunWideOptions, WorkflowJob, DEFAULT_WORKING_DIR, REQUIREMENTS_PATH};
 use crate::plan::host_paths::{resolve_host_paths, HostInputs, HostPathError, HostPathFailure};
+use crate::plan::setup::{SetupPlan, SETUP_DONE};
 use crate::plan::RunPlan;
 use schema::StringOrList;
 
@@ -95,12 +96,14 @@ pub(super) fn job(w: &schema::Workflow, inputs: &EntryInputs<'_>) -> Result<Work
     })?;
     let requirements = host.files.into_iter().next();
 
+    let setup = setup(w, inputs, &requirements)?;
     let mut outputs = OutputUses::default();
-    let mut env = Vec::new();
-    for (i, (name, value, loc)) in settings.env.into_iter().enumerate() {
+    // The build-time environment first: the run's own wins over it.
+    let mut env = setup.as_ref().map(|s| s.env.clone()).unwrap_or_default();
+    for (name, value, loc) in settings.env {
         if value.outputs().next().is_some() {
             uses.extend(value.outputs().map(|o| (o.to_string(), loc)));
-            outputs.env.push((i, value.clone()));
+            outputs.env.push((env.len(), value.clone()));
         }
         env.push((name, value.written()));
     }
@@ -177,6 +180,7 @@ pub(super) fn job(w: &schema::Workflow, inputs: &EntryInputs<'_>) -> Result<Work
         cdi_spec_dirs: options.cdi_spec_dirs.clone(),
         require_limits: options.require_limits,
         tmp_size: options.tmp_size,
+        setup,
         ..RunPlan::new(w.image.value.trim())
     };
     crate::plan::check::check(&entry_plan).map_err(|e| at(&w.name.referenced, e.to_string()))?;
@@ -228,8 +232,7 @@ struct Argv {
     command: Option<Vec<Template>>,
 }
 
-/// The container's entrypoint and command: a script (`before_run`, the `pip install` of `requirements`,
-/// `commands`) run by `/bin/sh -c` (or the entry's `entrypoint`), or the entry's `command` as the image's Cmd.
+/// The container's entrypoint and command: a script (the setup, guarded, `before_run`, `commands`) run by `/bin/sh -c` (or the entry's `entrypoint`), or the entry's `command` as the image's Cmd.
 /// Each output used is added to `uses` with its place.
 fn argv(
     w: &schema::Workflow,
@@ -254,7 +257,7 @@ fn argv(
         Ok(t)
     };
     let entrypoint = w.entrypoint.as_ref().map(|e| words("entrypoint", e)).transpose()?;
-    let has_script = w.commands.is_some() || w.before_run.is_some() || w.requirements.is_some();
+    let has_script = w.commands.is_some() || w.before_run.is_some() || has_setup(w);
     if !has_script {
         let command = match &w.command {
             None => None,
@@ -268,13 +271,16 @@ fn argv(
         return Ok(Argv { entrypoint, command });
     }
     let mut script: Vec<Template> = vec![Template::text("set -e")];
+    // The setup is normally a layer below (its mark there skips this block); inline only where it could not be
+    // kept (see `run::setup_layer`).
+    if has_setup(w) {
+        script.push(Template::text(&format!(
+            "if [ ! -e {SETUP_DONE} ]; then\n{}\nfi",
+            setup_steps(w, locator)?.join("\n")
+        )));
+    }
     for line in w.before_run.iter().flatten() {
         script.push(template(&line.value, &line.referenced)?);
-    }
-    if w.requirements.is_some() {
-        script.push(Template::text(&format!(
-            "if command -v pip >/dev/null 2>&1; then pip install -r {REQUIREMENTS_PATH}; else pip3 install -r {REQUIREMENTS_PATH}; fi"
-        )));
     }
     for line in w.commands.iter().flatten() {
         script.push(template(&line.value, &line.referenced)?);
@@ -344,6 +350,164 @@ fn contained(rel: &str) -> Option<String> {
     Some(parts.join("/"))
 }
 
+/// Where the setup's script writes `apt_sources` for apt-get (removed once the packages are installed).
+const APT_SOURCES: &str = "/run/drun/apt-sources.list";
+
+/// Whether the entry has a setup (`apt_packages`, `requirements`, `setup`).
+fn has_setup(w: &schema::Workflow) -> bool {
+    !w.apt_packages.is_empty() || w.requirements.is_some() || w.setup.is_some()
+}
+
+/// The setup's shell lines, in order: apt sources and packages, then the requirements, then `setup`'s commands.
+fn setup_steps(w: &schema::Workflow, locator: &Locator<'_>) -> Result<Vec<String>, WorkflowError> {
+    let mut steps = Vec::new();
+    if !w.apt_sources.is_empty() && w.apt_packages.is_empty() {
+        return Err(locator.at(
+            &w.apt_sources[0].referenced,
+            "apt_sources are where apt_packages come from: list the packages in apt_packages".into(),
+        ));
+    }
+    // `apt_sources` replace the image's sources for the setup's apt-get (through apt's own options: the image's
+    // lists stay as they are).
+    let mut apt_options = String::new();
+    if !w.apt_sources.is_empty() {
+        let mut lines = Vec::new();
+        for l in &w.apt_sources {
+            if l.value.contains(['\n', '\r']) || l.value.trim().is_empty() {
+                return Err(locator.at(&l.referenced, "an apt source is one non-empty line".into()));
+            }
+            lines.push(quote(l.value.trim()));
+        }
+        steps.push("mkdir -p /run/drun".into());
+        steps.push(format!("printf '%s\\n' {} > {APT_SOURCES}", lines.join(" ")));
+        apt_options = format!(" -o Dir::Etc::SourceList={APT_SOURCES} -o Dir::Etc::SourceParts=/nonexistent");
+    }
+    if !w.apt_packages.is_empty() {
+        let mut names = Vec::new();
+        for p in &w.apt_packages {
+            if !apt_package_name(&p.value) {
+                return Err(locator.at(
+                    &p.referenced,
+                    format!(
+                        "{:?} is not a Debian package name (lowercase letters, digits and + - . , optionally \
+                         =VERSION or /RELEASE)",
+                        p.value
+                    ),
+                ));
+            }
+            names.push(p.value.clone());
+        }
+        steps.push("export DEBIAN_FRONTEND=noninteractive".into());
+        steps.push(format!("apt-get{apt_options} update"));
+        steps.push(format!(
+            "apt-get{apt_options} install -y --no-install-recommends {}",
+            names.join(" ")
+        ));
+        // The downloaded packages and lists are what the next `apt-get update` fetches again: not worth a layer.
+        steps.push("apt-get clean".into());
+        steps.push("rm -rf /var/lib/apt/lists/*".into());
+        if !apt_options.is_empty() {
+            steps.push(format!("rm -f {APT_SOURCES}"));
+        }
+    }
+    if w.requirements.is_some() {
+        steps.push(format!(
+            "if command -v pip >/dev/null 2>&1; then pip install -r {REQUIREMENTS_PATH}; else pip3 install -r \
+             {REQUIREMENTS_PATH}; fi"
+        ));
+    }
+    for line in w.setup.iter().flatten() {
+        steps.push(line.value.clone());
+    }
+    Ok(steps)
+}
+
+/// A Debian package name (policy 5.6.1), optionally pinned: `name`, `name=version`, `name/release`.
+fn apt_package_name(text: &str) -> bool {
+    let (name, pin) = match text.split_once(['=', '/']) {
+        Some((n, p)) => (n, Some(p)),
+        None => (text, None),
+    };
+    let name_ok = name.len() >= 2
+        && name.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "+-.".contains(c));
+    let pin_ok =
+        pin.is_none_or(|p| !p.is_empty() && p.chars().all(|c| c.is_ascii_alphanumeric() || "+-.~:_".contains(c)));
+    name_ok && pin_ok
+}
+
+fn quote(s: &str) -> String {
+    shlex::try_quote(s)
+        .map(|q| q.into_owned())
+        .unwrap_or_else(|_| "''".into())
+}
+
+/// The entry's setup as the run path takes it (`None` without one): the script, its environment, what the image
+/// needs for it.
+fn setup(
+    w: &schema::Workflow,
+    inputs: &EntryInputs<'_>,
+    requirements: &Option<std::path::PathBuf>,
+) -> Result<Option<SetupPlan>, WorkflowError> {
+    if !has_setup(w) {
+        if let Some(b) = w.build_environment.as_ref().and_then(first_location) {
+            return Err(inputs.locator.at(
+                &b,
+                "build_environment is the setup's environment, and this workflow has no setup (apt_packages, \
+                 requirements or setup): use environment"
+                    .into(),
+            ));
+        }
+        return Ok(None);
+    }
+    let mut env = Vec::new();
+    for (name, value, loc) in super::settings::environment(w.build_environment.as_ref(), inputs)? {
+        if value.outputs().next().is_some() {
+            return Err(inputs.locator.at(
+                &loc,
+                "a dependency's output cannot be in the setup's environment: the setup is kept for later runs; use \
+                 environment"
+                    .into(),
+            ));
+        }
+        env.push((name, value.written()));
+    }
+    let mut script = vec!["set -e".to_string()];
+    script.extend(setup_steps(w, inputs.locator)?);
+    script.push(format!("mkdir -p /run/drun && : > {SETUP_DONE}"));
+    let mut needs = Vec::new();
+    if !w.apt_packages.is_empty() {
+        needs.push(vec!["apt-get".to_string()]);
+    }
+    if w.requirements.is_some() {
+        needs.push(vec!["pip".to_string(), "pip3".to_string()]);
+    }
+    Ok(Some(SetupPlan {
+        script: script.join("\n") + "\n",
+        env,
+        requirements: requirements.clone(),
+        needs,
+        no_cache: inputs.options.no_cache,
+        source: format!(
+            "workflow {:?} in {}",
+            w.name.value,
+            std::path::absolute(inputs.locator.file)
+                .unwrap_or_else(|_| inputs.locator.file.to_path_buf())
+                .display()
+        ),
+    }))
+}
+
+/// Where an environment key is written (the first entry's place).
+fn first_location(e: &schema::Environment) -> Option<Location> {
+    match e {
+        schema::Environment::Map(m) => m.first().map(|(_, v)| v.referenced),
+        schema::Environment::List(l) => l.first().map(|v| v.referenced),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -355,5 +519,15 @@ mod tests {
         assert_eq!(contained("../x"), None);
         assert_eq!(contained("/etc"), None);
         assert_eq!(contained("a/../../x"), None);
+    }
+
+    #[test]
+    fn debian_package_names() {
+        for ok in ["curl", "libgomp1", "g++", "python3.11", "vim=2:9.0.1378-2", "git/bookworm-backports", "0ad"] {
+            assert!(apt_package_name(ok), "{ok}");
+        }
+        for bad in ["", "a", "Curl", "-x", "vim; rm -rf /", "a b", "x=", "x=$(id)", "x/`id`"] {
+            assert!(!apt_package_name(bad), "{bad}");
+        }
     }
 }

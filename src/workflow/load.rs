@@ -253,6 +253,21 @@ mod tests {
                 &["requirements.yaml:4:19: requirements file", "nope.txt does not exist"],
             ),
             (
+                "buildenv.yaml",
+                "workflows:\n  - name: a\n    image: x\n    build_environment: {A: b}\n",
+                &["buildenv.yaml:4:28: build_environment is the setup's environment, and this workflow has no setup"],
+            ),
+            (
+                "aptsources.yaml",
+                "workflows:\n  - name: a\n    image: x\n    apt_sources: [\"deb http://h/ ./\"]\n    setup: [true]\n",
+                &["aptsources.yaml:4:19: apt_sources are where apt_packages come from"],
+            ),
+            (
+                "aptname.yaml",
+                "workflows:\n  - name: a\n    image: x\n    apt_packages: [curl, \"Bad Name\"]\n",
+                &["aptname.yaml:4:26: \"Bad Name\" is not a Debian package name"],
+            ),
+            (
                 "volume.yaml",
                 "workflows:\n  - name: a\n    image: x\n    volumes: [\"./nope:/data\"]\n",
                 &["volume.yaml:4:15: cannot find the bind source \"./nope\" (relative to the workflow file): "],

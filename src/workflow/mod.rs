@@ -60,6 +60,8 @@ pub struct RunWideOptions {
     pub tmp_size: Option<crate::units::ByteSize>,
     /// `--var` and `--var-file`: what `${var.NAME}` references in the file stand for.
     pub vars: vars::Variables,
+    /// `--no-cache`: every setup is built again (see [`crate::plan::setup`]).
+    pub no_cache: bool,
 }
 
 /// One artifact: a path relative to the working directory (normalised, never escaping it).

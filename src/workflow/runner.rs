@@ -16,7 +16,7 @@ use crate::image::ready::{ensure_image, ImageRequest, ReadyError};
 use crate::image::registry::config::Config;
 use crate::image::store::Store;
 use crate::plan::RunPlan;
-use crate::run::{ExitView, RunError, RunHooks, StartView};
+use crate::run::{ExitView, RunError, RunHooks};
 
 /// Where a workflow run tells its user what happens. Messages are complete sentences without a trailing newline.
 pub trait Reporter {
@@ -282,19 +282,6 @@ impl Runner<'_> {
                 }
             }
         };
-        // `requirements` are installed with `pip install -r`: without pip the job fails before anything starts.
-        let mut require_pip = |view: &StartView| {
-            if job.requirements.is_none() || ["pip", "pip3"].iter().any(|p| view.has_program(p)) {
-                return Ok(());
-            }
-            Err(RunError::Exec {
-                path: "pip".into(),
-                message: "not found in the image (looked for pip and pip3 in its PATH); `requirements` are installed \
-                          with `pip install -r`, so the image needs pip"
-                    .into(),
-                code: crate::exit::NOT_FOUND,
-            })
-        };
         let result = crate::run::run(
             self.store,
             self.cfg,
@@ -304,9 +291,10 @@ impl Runner<'_> {
             &mut RunHooks {
                 log: Some(&mut log),
                 stdout: Some(&mut capture),
-                before_start: Some(&mut require_pip),
+                before_start: None,
                 after_exit: Some(&mut save_artifacts),
                 detach: None,
+                setup_in: None,
             },
         );
         if let Some(e) = capture.file_error.take() {

@@ -117,7 +117,7 @@ pub(super) fn container_settings(
         }
     }
     Ok(ContainerSettings {
-        env: environment(w, inputs)?,
+        env: environment(w.environment.as_ref(), inputs)?,
         cpus,
         memory,
         shm_size,
@@ -133,9 +133,13 @@ pub(super) fn container_settings(
 }
 
 /// `environment`, values expanded from the host's environment (dependencies' outputs kept for later).
-type EnvSetting = (String, Template, Location);
+pub(super) type EnvSetting = (String, Template, Location);
 
-fn environment(w: &schema::Workflow, inputs: &EntryInputs<'_>) -> Result<Vec<EnvSetting>, WorkflowError> {
+/// Also `build_environment`, the setup's (see `entry`).
+pub(super) fn environment(
+    given: Option<&Environment>,
+    inputs: &EntryInputs<'_>,
+) -> Result<Vec<EnvSetting>, WorkflowError> {
     let setting = |name: &str, raw: &str, loc: &Location| -> Result<EnvSetting, WorkflowError> {
         parse::env_name(name).map_err(|e| inputs.invalid(loc, "environment variable name", e))?;
         if name.contains(super::vars::DEPS_PREFIX) {
@@ -148,7 +152,7 @@ fn environment(w: &schema::Workflow, inputs: &EntryInputs<'_>) -> Result<Vec<Env
         Ok((name.to_string(), value, *loc))
     };
     let mut env = Vec::new();
-    match &w.environment {
+    match given {
         None => {}
         Some(Environment::Map(m)) => {
             for (name, v) in m {

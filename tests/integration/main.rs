@@ -19,6 +19,7 @@ mod pull;
 mod rootless;
 mod run;
 mod security;
+mod setup;
 mod slurm;
 mod squash;
 mod store;

@@ -866,3 +866,45 @@ fn exec_as_a_rootless_user_joins_the_container_and_others_are_refused() {
     assert_eq!(common::wait(run, Duration::from_secs(60)).code(), Some(137));
     assert!(ub.leftovers().is_empty(), "{:?}", ub.leftovers());
 }
+
+#[test]
+fn rootless_workflow_setups_are_kept_as_layers_of_the_users_store() {
+    for user in [SUB, NOSUB] {
+        let ub = UserBox::new(user);
+        std::fs::write(
+            ub.work().join("wf.yaml"),
+            format!(
+                "workflows:\n  - name: s\n    image: {}\n    setup:\n      - mkdir -p /opt/tool && echo tool-1 > /opt/tool/v\n      - rm -rf /etc/profile.d\n    commands:\n      - cat /opt/tool/v\n      - test ! -e /etc/profile.d && echo removed\n",
+                common::busybox()
+            ),
+        )
+        .unwrap();
+        let first = ub.drun(&["run", "wf.yaml"]).ok();
+        assert!(first.stderr.contains("running the setup"), "{user}: {}", first.stderr);
+        assert!(
+            first.stdout.contains("tool-1") && first.stdout.contains("removed"),
+            "{user}: {}",
+            first.stdout
+        );
+        let second = ub.drun(&["run", "wf.yaml"]).ok();
+        assert!(
+            !second.stderr.contains("running the setup"),
+            "{user}: {}",
+            second.stderr
+        );
+        // The deletion is kept too: a whiteout in the layer, in the user's ID mapping.
+        assert!(
+            second.stdout.contains("tool-1") && second.stdout.contains("removed"),
+            "{user}: {}",
+            second.stdout
+        );
+        let setup = ub.store().join("setup");
+        let maps: Vec<_> = std::fs::read_dir(&setup)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
+        assert_eq!(maps.len(), 1, "{user}: {maps:?}");
+        assert!(ub.leftovers().is_empty(), "{user}: {:?}", ub.leftovers());
+    }
+}

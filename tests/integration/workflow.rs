@@ -28,7 +28,7 @@ pub fn write(project: &Path, name: &str, text: &str) -> PathBuf {
     p
 }
 
-fn read(p: impl AsRef<Path>) -> String {
+pub fn read(p: impl AsRef<Path>) -> String {
     let p = p.as_ref();
     std::fs::read_to_string(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
 }
@@ -594,7 +594,7 @@ fn requirements_are_installed_with_pip_from_a_local_index() {
   - name: py
     image: {python}
     requirements: requirements.txt
-    environment:
+    build_environment:
       PIP_INDEX_URL: ${{PIP_INDEX_URL}}
       PIP_TRUSTED_HOST: 127.0.0.1
       PIP_DISABLE_PIP_VERSION_CHECK: 1

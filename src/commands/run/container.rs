@@ -558,7 +558,7 @@ mod tests {
         let e = execute(&global(), args(&["--dry-run", "img"]));
         assert_eq!(
             e.unwrap_err().to_string(),
-            "--artifacts, --dry-run, --keep-going, --var, --var-file and --log-format are for workflow files (WORKFLOW.yaml)"
+            "--artifacts, --dry-run, --keep-going, --var, --var-file, --no-cache and --log-format are for workflow files (WORKFLOW.yaml)"
         );
     }
 

@@ -50,6 +50,7 @@ pub(super) fn execute(global: &GlobalArgs, args: RunArgs) -> Result<i32> {
         require_limits: common.require_limits,
         tmp_size: super::tmp_size(common)?,
         vars,
+        no_cache: args.workflow.no_cache,
     };
     let file = PathBuf::from(&args.image_and_command[0]);
     let set = crate::workflow::load(&file, &super::host_env, &options)?;

@@ -51,6 +51,11 @@ impl Store {
                 }
             }
         }
+        let ids: Vec<&crate::digest::Digest> = images.iter().map(|r| r.id()).collect();
+        for dir in self.unused_setup_layers(&ids, in_use) {
+            freed += tree_size(&dir);
+            remove_tree(&dir)?;
+        }
         // Under the exclusive lock no pull is running, so everything in tmp/ is debris.
         let tmp = self.root.join("tmp");
         for e in fs::read_dir(&tmp).map_err(io_err("list", &tmp))?.flatten() {

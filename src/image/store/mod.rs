@@ -4,6 +4,7 @@
 //! <root>/blobs/sha256/<hex>          manifests, indexes and configs, verified against their digest
 //! <root>/layers/<idmap>/<key>/       an unpacked layer (overlay lower format) in `root/`, and `layer.json`
 //! <root>/images/<sha256(name)>.json  one record per image name: manifest digest, config, layers
+//! <root>/setup/<idmap>/<key>/       a workflow's setup kept as a layer (`root/`, `setup.json`): see setup_layers
 //! <root>/cache/<kind>/<key>          files derived from something else and kept for reuse (compiled seccomp
 //!                                    filters); checked by their reader, rebuilt when missing or damaged
 //! <root>/tmp/                        staging; an entry becomes visible only by rename(2) into place
@@ -53,6 +54,7 @@ mod keys;
 mod layers;
 mod locks;
 mod records;
+mod setup_layers;
 
 use std::fs::{self, OpenOptions};
 use std::io::{self, Write};
@@ -64,6 +66,7 @@ pub use keys::{chain_ids, layer_key};
 pub use layers::{LayerMeta, LAYER_META};
 pub use locks::StoreLock;
 pub use records::{ImageRecord, LayerRecord};
+pub use setup_layers::{SetupLayer, SetupMeta, SETUP_META};
 
 /// The ID mapping of an unpacked tree: files owned as in the image.
 pub const IDMAP_HOST: &str = "host";

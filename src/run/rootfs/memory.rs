@@ -16,6 +16,11 @@ pub const MEMORY_DIR: &str = "mem";
 /// The place for one run's writable layers.
 pub struct Scratch {
     run_dir: PathBuf,
+    /// Where the writable layers go on disk: the run directory, or a setup layer's staging directory.
+    disk: PathBuf,
+    /// The upper directory is kept as a layer (a workflow's setup): complete (no redirects, no metacopy), and
+    /// never in memory.
+    keep: bool,
     size: ByteSize,
     /// The tmpfs, once mounted.
     memory: Option<PathBuf>,
@@ -32,6 +37,8 @@ impl Scratch {
     pub fn new(run_dir: &Path, size: Option<ByteSize>) -> Scratch {
         Scratch {
             run_dir: run_dir.to_path_buf(),
+            disk: run_dir.to_path_buf(),
+            keep: false,
             size: size.unwrap_or_else(|| ByteSize(crate::run::shm::half_of_ram())),
             memory: None,
             memory_failed: None,
@@ -40,9 +47,23 @@ impl Scratch {
         }
     }
 
+    /// Writable layers in `dir` (a setup layer's staging directory, on the store's file system), kept after the
+    /// run: never moved to memory.
+    pub fn kept_in(mut self, dir: &Path) -> Scratch {
+        self.disk = dir.to_path_buf();
+        self.keep = true;
+        self.memory_failed = Some("the writable layer is kept as a layer of the store".into());
+        self
+    }
+
+    /// Whether the upper directory is kept (see [`Scratch::kept_in`]).
+    pub fn keeps_upper(&self) -> bool {
+        self.keep
+    }
+
     /// The directory under which the writable layers go now.
     pub fn base(&self) -> &Path {
-        self.memory.as_deref().unwrap_or(&self.run_dir)
+        self.memory.as_deref().unwrap_or(&self.disk)
     }
 
     pub fn in_memory(&self) -> bool {
@@ -60,11 +81,11 @@ impl Scratch {
     /// not to hold an overlay's upper directory.
     pub fn check_file_system(&mut self) {
         if self.memory.is_none() && self.memory_failed.is_none() {
-            if let Some(fs) = crate::sys::fs_type::refuses_overlay_upper(&self.run_dir) {
+            if let Some(fs) = crate::sys::fs_type::refuses_overlay_upper(&self.disk) {
                 self.unfit = true;
                 self.use_memory(&format!(
                     "{:?} is on {fs}, which cannot hold an overlay's upper directory",
-                    self.run_dir.parent().unwrap_or(&self.run_dir)
+                    self.disk.parent().unwrap_or(&self.disk)
                 ));
             }
         }

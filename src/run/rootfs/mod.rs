@@ -27,6 +27,9 @@ pub enum RootfsError {
     Flatten { path: PathBuf, source: io::Error },
     #[error("cannot read the whiteout markers of layer {path:?}")]
     Markers { path: PathBuf, source: io::Error },
+    /// A setup's writable layer must be an overlay's upper directory in the store, to be kept.
+    #[error("cannot mount an overlay with its upper directory in the store")]
+    NotKept { source: io::Error },
 }
 
 /// How the root file system was made.
@@ -61,7 +64,7 @@ pub fn prepare(
         scratch.check_file_system();
         let mut last;
         loop {
-            match overlay_root(scratch.base(), &merged, layers, &markers) {
+            match overlay_root(scratch.base(), &merged, layers, &markers, scratch.keeps_upper()) {
                 Ok(()) => {
                     scratch.announce();
                     return Ok((merged, RootfsKind::Overlay));
@@ -78,6 +81,9 @@ pub fn prepare(
             }
         }
         let e = last.expect("tried at least once");
+        if scratch.keeps_upper() {
+            return Err(RootfsError::NotKept { source: e });
+        }
         if scratch.in_memory() {
             tracing::warn!(error = %e, "overlayfs cannot be mounted here, even with its writable layer in memory: \
                 copying the image into a private directory instead");
@@ -87,6 +93,10 @@ pub fn prepare(
         } else {
             tracing::debug!(error = %e, "overlayfs cannot be used here; flattening the image into a private copy");
         }
+    } else if scratch.keeps_upper() {
+        return Err(RootfsError::NotKept {
+            source: io::Error::other("DRUN_ROOTFS=flatten"),
+        });
     } else {
         tracing::debug!("DRUN_ROOTFS=flatten: flattening the image into a private copy");
     }
@@ -98,7 +108,13 @@ pub fn prepare(
 }
 
 /// One try at the overlay root, its writable layer (and marker layers) under `base`.
-fn overlay_root(base: &Path, merged: &Path, layers: &[PathBuf], markers: &[Option<Markers>]) -> io::Result<()> {
+fn overlay_root(
+    base: &Path,
+    merged: &Path,
+    layers: &[PathBuf],
+    markers: &[Option<Markers>],
+    keep_upper: bool,
+) -> io::Result<()> {
     let (upper, work) = (base.join("upper"), base.join("work"));
     for (d, mode) in [(&upper, 0o755), (&work, 0o700)] {
         crate::sys::safe_fs::create_dir_mode(d, mode)?;
@@ -119,7 +135,7 @@ fn overlay_root(base: &Path, merged: &Path, layers: &[PathBuf], markers: &[Optio
         lowers.push(layer.clone());
     }
     let top_first: Vec<&Path> = lowers.iter().rev().map(PathBuf::as_path).collect();
-    mount_overlay(merged, &top_first, &upper, &work)
+    mount_overlay(merged, &top_first, &upper, &work, keep_upper)
 }
 
 fn create_dirs(dirs: &[(&PathBuf, u32)]) -> Result<(), RootfsError> {
@@ -156,7 +172,8 @@ fn markers_of(layer_root: &Path) -> io::Result<Option<crate::image::unpack::Mark
 /// Mounts an overlay at `merged` (`lowers` top first), whatever their number (see [`crate::sys::overlay`]).
 /// DRUN_ROOTFS=no-lowerdir-plus skips the new mount API's `lowerdir+`, so that the form older kernels get is
 /// tested on newer ones too (DRUN_ROOTFS=flatten: see [`flatten_forced`]).
-fn mount_overlay(merged: &Path, lowers: &[&Path], upper: &Path, work: &Path) -> io::Result<()> {
+/// `keep_upper`: the upper directory becomes a layer (see [`Scratch::kept_in`]): complete, and synced.
+fn mount_overlay(merged: &Path, lowers: &[&Path], upper: &Path, work: &Path, keep_upper: bool) -> io::Result<()> {
     use crate::sys::overlay::{mount_overlay, NewApi, Overlay};
     let new_api = if std::env::var_os("DRUN_ROOTFS").is_some_and(|v| v == "no-lowerdir-plus") {
         NewApi::Skipped
@@ -174,7 +191,8 @@ fn mount_overlay(merged: &Path, lowers: &[&Path], upper: &Path, work: &Path) -> 
         // (Linux ≥ 5.10) unmounting an overlay syncs the whole file system its upper directory is on, tens of
         // milliseconds when other programs left dirty data there. Older kernels reject the option (EINVAL):
         // asked once.
-        volatile: VOLATILE.load(std::sync::atomic::Ordering::Relaxed),
+        volatile: !keep_upper && VOLATILE.load(std::sync::atomic::Ordering::Relaxed),
+        complete_upper: keep_upper,
     };
     let first = mount_overlay(merged, &o, new_api);
     let form = match first {
@@ -233,5 +251,5 @@ fn project_overlay(base: &Path, merged: &Path, source: &Path) -> io::Result<()> 
     for (d, mode) in [(&base.join("project"), 0o700), (&upper, 0o755), (&work, 0o700)] {
         crate::sys::safe_fs::create_dir_mode(d, mode)?;
     }
-    mount_overlay(merged, &[source], &upper, &work)
+    mount_overlay(merged, &[source], &upper, &work, false)
 }

@@ -33,6 +33,20 @@ pub struct Workflow {
     pub before_run: Option<Vec<Spanned<String>>>,
     #[serde(default)]
     pub requirements: Option<Spanned<String>>,
+    // The setup, run once per image and content and kept as a layer (see `plan::setup`).
+    /// Debian/Ubuntu packages installed with `apt-get install`.
+    #[serde(default)]
+    pub apt_packages: Vec<Spanned<String>>,
+    /// Lines of an apt sources list (`deb [trusted=yes] http://… ./`) that `apt_packages` come from, instead of
+    /// the image's sources.
+    #[serde(default)]
+    pub apt_sources: Vec<Spanned<String>>,
+    /// Shell commands run after `apt_packages` and `requirements`.
+    #[serde(default)]
+    pub setup: Option<Vec<Spanned<String>>>,
+    /// The setup's environment (ZenML's build-time `environment`); the run gets it too, below `environment`.
+    #[serde(default)]
+    pub build_environment: Option<Environment>,
     #[serde(default)]
     pub version: Option<Spanned<Scalar>>,
     #[serde(default)]

@@ -1,0 +1,157 @@
+//! Setup layers in `setup/<idmap>/<key>/`: what a workflow's setup (`apt_packages`, `requirements`, `setup`) added
+//! to an image, kept as an overlay layer (`root/`, the setup run's upper directory) with [`SETUP_META`] written
+//! last, published by one rename like an unpacked layer. The key (hex of a SHA-256) covers the image, the script,
+//! its environment, the requirements file's content and the ID mapping (`run::setup_layer`).
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::{io_err, remove_tree, unique, Store, StoreError};
+use crate::digest::Digest;
+
+/// Metadata kept beside a setup layer's `root/`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SetupMeta {
+    /// The image it was made on: its ID (config digest) and the name it was run by.
+    pub image_id: Digest,
+    pub image: String,
+    /// Where the setup comes from (`workflow "NAME" in FILE`).
+    pub source: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created: time::OffsetDateTime,
+    /// Bytes in the layer's tree.
+    pub size: u64,
+}
+
+/// The file beside a setup layer's `root/` that holds its [`SetupMeta`].
+pub const SETUP_META: &str = "setup.json";
+const SETUP_META_MAX: u64 = 64 << 10;
+
+/// A published setup layer, as listed.
+#[derive(Clone, Debug)]
+pub struct SetupLayer {
+    pub idmap: String,
+    pub key: String,
+    pub meta: SetupMeta,
+}
+
+impl Store {
+    /// The lock name of the setup layer `key` (held while it is built: concurrent runs build it once).
+    pub fn setup_lock_key(key: &str) -> String {
+        format!("setup-{key}")
+    }
+
+    /// A fresh staging directory for the setup layer `key` (the caller holds its lock: anything there is debris).
+    /// The setup run's writable layer goes in it (`upper/`, `work/`), on the store's file system, so that it can
+    /// be published by renaming.
+    pub fn setup_staging(&self, idmap: &str, key: &str) -> Result<PathBuf, StoreError> {
+        let dir = self.root.join("tmp").join(format!("setup-{idmap}-{key}"));
+        remove_tree(&dir)?;
+        crate::sys::safe_fs::create_dir_all_mode(&dir, 0o700).map_err(io_err("create", &dir))?;
+        Ok(dir)
+    }
+
+    /// Publishes the upper directory `staging/upper` as the setup layer `key`, replacing one already there.
+    pub fn publish_setup(&self, idmap: &str, key: &str, staging: &Path, meta: &SetupMeta) -> Result<(), StoreError> {
+        // The work directory is overlayfs's; what it left there is not part of the layer.
+        remove_tree(&staging.join("work"))?;
+        let (upper, root) = (staging.join("upper"), staging.join("root"));
+        fs::rename(&upper, &root).map_err(io_err("rename", &upper))?;
+        let meta_path = staging.join(SETUP_META);
+        crate::sys::safe_fs::write_new(
+            &meta_path,
+            &serde_json::to_vec_pretty(meta).expect("setup metadata serialises"),
+            0o600,
+        )
+        .map_err(io_err("write", &meta_path))?;
+        // Durable before it is visible: a power cut must not leave a published layer with missing files.
+        sync_file_system(staging).map_err(io_err("sync", staging))?;
+        let parent = self.root.join("setup").join(idmap);
+        crate::sys::safe_fs::create_dir_all_mode(&parent, 0o700).map_err(io_err("create", &parent))?;
+        let dest = self.setup_dir(idmap, key);
+        if fs::symlink_metadata(&dest).is_ok() {
+            let old =
+                self.root
+                    .join("tmp")
+                    .join(format!("old-setup-{idmap}-{key}.{}.{}", std::process::id(), unique()));
+            fs::rename(&dest, &old).map_err(io_err("move aside", &dest))?;
+        }
+        fs::rename(staging, &dest).map_err(io_err("publish", &dest))?;
+        Ok(())
+    }
+
+    pub fn setup_dir(&self, idmap: &str, key: &str) -> PathBuf {
+        self.root.join("setup").join(idmap).join(key)
+    }
+
+    /// The tree of a published setup layer, if there is one.
+    pub fn setup_root(&self, idmap: &str, key: &str) -> Option<PathBuf> {
+        let dir = self.setup_dir(idmap, key);
+        dir.join(SETUP_META).is_file().then(|| dir.join("root"))
+    }
+
+    /// Every published setup layer, of every ID mapping.
+    pub fn setup_layers(&self) -> Vec<SetupLayer> {
+        let mut out = Vec::new();
+        let Ok(maps) = fs::read_dir(self.root.join("setup")) else {
+            return out;
+        };
+        for m in maps.flatten() {
+            let Ok(entries) = fs::read_dir(m.path()) else {
+                continue;
+            };
+            for e in entries.flatten() {
+                let data = crate::sys::safe_fs::read_bounded(&e.path().join(SETUP_META), SETUP_META_MAX);
+                if let Some(meta) = data.ok().and_then(|d| serde_json::from_slice(&d).ok()) {
+                    out.push(SetupLayer {
+                        idmap: m.file_name().to_string_lossy().into_owned(),
+                        key: e.file_name().to_string_lossy().into_owned(),
+                        meta,
+                    });
+                }
+            }
+        }
+        out.sort_by_key(|l| std::cmp::Reverse(l.meta.created));
+        out
+    }
+
+    /// Which setup layers garbage collection removes: those whose image is gone, those without metadata (an
+    /// interrupted publish cannot leave one, but a damaged store can), and those replaced by a newer one of the
+    /// same source on the same image name; never one in `in_use` (`setup-<key>`, as runs record it).
+    pub(super) fn unused_setup_layers(&self, image_ids: &[&Digest], in_use: &[String]) -> Vec<PathBuf> {
+        let layers = self.setup_layers();
+        let mut out = Vec::new();
+        let mut newest: Vec<(&str, &str, &str)> = Vec::new();
+        for l in &layers {
+            let used = in_use.contains(&Store::setup_lock_key(&l.key));
+            // Newest first: a later entry of the same source, image and ID mapping was replaced.
+            let same = (l.meta.source.as_str(), l.meta.image.as_str(), l.idmap.as_str());
+            let replaced = newest.contains(&same);
+            newest.push(same);
+            if !used && (replaced || !image_ids.contains(&&l.meta.image_id)) {
+                out.push(self.setup_dir(&l.idmap, &l.key));
+            }
+        }
+        let Ok(maps) = fs::read_dir(self.root.join("setup")) else {
+            return out;
+        };
+        for m in maps.flatten() {
+            for e in fs::read_dir(m.path()).into_iter().flatten().flatten() {
+                if !e.path().join(SETUP_META).is_file()
+                    && !in_use.contains(&Store::setup_lock_key(&e.file_name().to_string_lossy()))
+                {
+                    out.push(e.path());
+                }
+            }
+        }
+        out
+    }
+}
+
+/// syncfs(2) of the file system holding `dir`.
+fn sync_file_system(dir: &Path) -> std::io::Result<()> {
+    let d = crate::sys::safe_fs::open_dir_nofollow(dir)?;
+    rustix::fs::syncfs(&d).map_err(std::io::Error::from)
+}
