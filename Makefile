@@ -21,7 +21,7 @@ NEW ?= $(DRUN)
 OLD ?=
 BENCH_BINARIES = --new "$(NEW)" $(if $(OLD),--old "$(OLD)")
 
-.PHONY: all deps fixture-deps test-deps build registry images users demo test test-gpu lint unit integration bench-pull bench-run bench-exec bench-srun bench-mpi registry-down clean
+.PHONY: all deps fixture-deps test-deps build registry images users demo test test-gpu lint unit integration bench-pull bench-run bench-exec bench-srun bench-mpi bench-setup registry-down clean
 
 all: build
 
@@ -86,6 +86,10 @@ bench-run: build images
 
 bench-exec: build images
 	bash hack/bench-exec $(BENCH_BINARIES)
+
+# A workflow's setup built, kept as a layer and reused, against no setup and podman build + run
+bench-setup: build images
+	bash hack/bench-setup $(BENCH_BINARIES)
 
 # srun launch overhead (hack/slurm.sh's two-node cluster; nothing else may run one meanwhile)
 bench-srun: build images
