@@ -37,6 +37,23 @@ fn write_plan(
             plan.image
         )?,
     }
+    if let Some(setup) = &plan.setup {
+        // Whether it is kept already depends on the image's ID and the requirements' bytes: known at run time.
+        writeln!(
+            out,
+            "  setup:       {} (run once, kept as a layer{})",
+            serde_json::to_string(&setup.script).unwrap_or_default(),
+            if setup.no_cache {
+                "; built again: --no-cache"
+            } else {
+                ""
+            }
+        )?;
+        if !setup.env.is_empty() {
+            let env: Vec<String> = setup.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            writeln!(out, "  setup env:   {}", env.join(" "))?;
+        }
+    }
     if plan.entrypoint.is_none() && plan.command.is_none() {
         writeln!(out, "  argv:        (the image's Entrypoint and Cmd)")?;
     } else {

@@ -523,7 +523,15 @@ mod tests {
 
     #[test]
     fn debian_package_names() {
-        for ok in ["curl", "libgomp1", "g++", "python3.11", "vim=2:9.0.1378-2", "git/bookworm-backports", "0ad"] {
+        for ok in [
+            "curl",
+            "libgomp1",
+            "g++",
+            "python3.11",
+            "vim=2:9.0.1378-2",
+            "git/bookworm-backports",
+            "0ad",
+        ] {
             assert!(apt_package_name(ok), "{ok}");
         }
         for bad in ["", "a", "Curl", "-x", "vim; rm -rf /", "a b", "x=", "x=$(id)", "x/`id`"] {
