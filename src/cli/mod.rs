@@ -90,6 +90,8 @@ pub enum Command {
     Rmi(RmiArgs),
     /// Remove unreferenced layers, blobs and leftovers of interrupted pulls and runs
     Prune(PruneArgs),
+    /// Check the store and the runs' state for damage and leftovers (--repair: remove them)
+    Check(CheckArgs),
     /// Run a command in a new container (pulls the image if missing), or the workflows of a workflow.yaml
     Run(Box<RunArgs>),
     /// List running containers (-a: also those that ended, until `drun rm`)
@@ -304,6 +306,17 @@ pub struct RmiArgs {
     /// Image names or IDs
     #[arg(required = true)]
     pub images: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct CheckArgs {
+    /// Remove what is damaged (and the images that need it: pull them again) and every leftover; waits for
+    /// pulls and runs that are registering to finish
+    #[arg(long)]
+    pub repair: bool,
+    /// Also hash every stored blob and walk every layer's files (slower: reads the whole store)
+    #[arg(long)]
+    pub deep: bool,
 }
 
 #[derive(Args, Debug)]

@@ -7,6 +7,7 @@
 )]
 
 pub mod cdi;
+pub mod check;
 pub mod doctor;
 pub mod exec;
 pub mod export;
@@ -45,6 +46,7 @@ pub fn dispatch(global: &GlobalArgs, command: Command) -> Result<i32> {
         Command::Export(a) => export::execute(global, a),
         Command::Rmi(a) => rmi::execute(global, a),
         Command::Prune(a) => prune::execute(global, a),
+        Command::Check(a) => check::execute(global, a),
         Command::Run(a) => run::execute(global, *a),
         Command::Ps(a) => ps::execute(global, a),
         Command::Kill(a) => kill::execute(global, a),

@@ -368,6 +368,30 @@ pub fn reap_stale(state: &Path) -> usize {
     n
 }
 
+/// The run directories [`reap_stale`] would clean up (their drun died), untouched.
+pub fn stale_runs(state: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in run_dirs(state) {
+        let dir = e.path();
+        let hidden = e.file_name().to_string_lossy().starts_with('.');
+        let young = e
+            .metadata()
+            .ok()
+            .and_then(|m| m.modified().ok())
+            .and_then(|t| t.elapsed().ok())
+            .is_none_or(|a| a < std::time::Duration::from_secs(60));
+        if (hidden && young) || is_live(&dir) {
+            continue;
+        }
+        // A detached run that ended keeps its record and log until `drun rm`: not debris.
+        if read_info(&dir).is_some_and(|i| i.exit.is_some()) {
+            continue;
+        }
+        out.push(dir);
+    }
+    out
+}
+
 /// Removes everything of one run: processes and cgroup, mounts, libcontainer state, the directory.
 pub fn cleanup(state: &Path, dir: &Path, info: Option<&RunInfo>) {
     if let Some(info) = info {

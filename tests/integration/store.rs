@@ -273,3 +273,109 @@ fn a_layer_linking_into_its_lowers_is_never_shared_across_chains() {
     assert_eq!(sb.drun(&["run", "-q", &attacker]).ok().stdout, "attacker\n");
     assert_eq!(sb.drun(&["run", "-q", &victim]).ok().stdout, "victim\n");
 }
+
+/// `drun check` finds each kind of damage planted in a store and in the state directory, `--repair` removes it
+/// (with the images that needed it), and the next pull and run just work; `--deep` finds a truncated file.
+#[test]
+fn check_finds_each_kind_of_damage_and_repair_removes_it() {
+    use std::os::unix::fs::symlink;
+    let sb = Sandbox::new();
+    let (bb, deb) = (busybox(), debian());
+    sb.drun(&["pull", "-q", &bb]).ok();
+    sb.drun(&["pull", "-q", &deb]).ok();
+    let clean = sb.drun(&["check"]).ok();
+    assert!(clean.stdout.contains("no problems"), "{}", clean.stdout);
+
+    let images: serde_json::Value = serde_json::from_str(&sb.drun(&["images", "--json"]).ok().stdout).unwrap();
+    let config_of = |name: &str| -> String {
+        let r = images.as_array().unwrap().iter().find(|r| r["name"] == name).unwrap();
+        r["config_digest"]
+            .as_str()
+            .unwrap()
+            .trim_start_matches("sha256:")
+            .to_string()
+    };
+    let store = sb.store();
+    // An unreadable record; busybox's config changed under its digest; a debian layer never completed.
+    std::fs::write(store.join("images/0000.json"), "{").unwrap();
+    std::fs::write(store.join("blobs/sha256").join(config_of(&bb)), "not the config").unwrap();
+    let deb_layer = sb.layer_roots(&deb)[1].parent().unwrap().to_path_buf();
+    std::fs::remove_file(deb_layer.join("layer.json")).unwrap();
+    // Leftovers: staging of a dead pull, an alias naming nothing, a setup layer without its metadata, a cache
+    // file whose writer died, a lock that is a symlink, a run whose drun died.
+    std::fs::create_dir_all(store.join("tmp/layer-host-dead/root")).unwrap();
+    std::fs::create_dir_all(store.join("images/aliases")).unwrap();
+    std::fs::write(store.join("images/aliases/ffff"), "nothing:here").unwrap();
+    std::fs::create_dir_all(store.join("setup/host/abcd/root")).unwrap();
+    std::fs::create_dir_all(store.join("cache/seccomp")).unwrap();
+    std::fs::write(store.join("cache/seccomp/.x.bpf.tmp-999999999"), "x").unwrap();
+    symlink("/etc/passwd", store.join("locks/evil.lock")).unwrap();
+    let stale = sb.state().join("containers/0123456789ab");
+    std::fs::create_dir_all(&stale).unwrap();
+
+    let found = check_fails(
+        sb.drun(&["check"]),
+        &[
+            "damage: image record",
+            "0000.json: unreadable",
+            &format!("damage: image {bb}: its config sha256:"),
+            "does not match its digest",
+            "its layer.json is missing: it was never completely unpacked",
+            &format!("damage: image {deb}: its layer"),
+            "tmp/layer-host-dead: left by an interrupted pull",
+            "names no image record",
+            "setup layer abcd: its setup.json is missing",
+            ".x.bpf.tmp-999999999: a cache file whose writer died",
+            "evil.lock: not a regular file",
+            "stale run:",
+            "0123456789ab",
+            "`drun check --repair` removes them",
+        ],
+    );
+    assert!(!found.stdout.contains("no problems"), "{}", found.stdout);
+    let repaired = sb.drun(&["check", "--repair"]).ok();
+    for needle in [
+        format!("removed image {bb} (pull it again)"),
+        format!("removed image {deb} (pull it again)"),
+        "repaired:".to_string(),
+        "stale run(s) cleaned up".to_string(),
+    ] {
+        assert!(repaired.stdout.contains(&needle), "{needle}: {}", repaired.stdout);
+    }
+    assert!(std::fs::read_to_string("/etc/passwd").unwrap().contains("root:"));
+    let after = sb.drun(&["check"]).ok();
+    assert!(after.stdout.contains("no problems"), "{}", after.stdout);
+    assert!(!stale.exists());
+    // The next commands just work: the images come back.
+    sb.drun(&["run", "-q", &bb, "true"]).ok();
+    sb.drun(&["run", "-q", &deb, "true"]).ok();
+
+    // A file truncated in a layer: only the deep check reads that far.
+    let bin = sb.layer_roots(&bb)[0].join("bin/busybox");
+    let len = std::fs::metadata(&bin).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&bin)
+        .unwrap()
+        .set_len(len / 2)
+        .unwrap();
+    let shallow = sb.drun(&["check"]).ok();
+    assert!(shallow.stdout.contains("no problems"), "{}", shallow.stdout);
+    check_fails(
+        sb.drun(&["check", "--deep"]),
+        &["fewer than the", "its unpacking wrote"],
+    );
+    sb.drun(&["check", "--deep", "--repair"]).ok();
+    sb.drun(&["run", "-q", &bb, "true"]).ok();
+    let after = sb.drun(&["check", "--deep"]).ok();
+    assert!(after.stdout.contains("no problems"), "{}", after.stdout);
+}
+
+/// `drun check` found problems: exit status 1, each needle in what it printed (on stdout, as a report).
+fn check_fails(out: Output, needles: &[&str]) -> Output {
+    assert_eq!(out.code(), Some(1), "{}\n{}", out.stdout, out.stderr);
+    for n in needles {
+        assert!(out.stdout.contains(n), "stdout lacks {n:?}:\n{}", out.stdout);
+    }
+    out
+}

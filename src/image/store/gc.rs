@@ -70,8 +70,18 @@ impl Store {
     /// ([`crate::sys::safe_fs::write_replace`]); one whose writer no longer lives was left by a crash.
     fn remove_dead_cache_writes(&self) -> Result<u64, StoreError> {
         let mut freed = 0;
+        for p in self.dead_cache_writes() {
+            freed += tree_size(&p);
+            remove_tree(&p)?;
+        }
+        Ok(freed)
+    }
+
+    /// The files of `cache/<kind>/` being replaced by a process that no longer lives.
+    pub(super) fn dead_cache_writes(&self) -> Vec<std::path::PathBuf> {
+        let mut out = Vec::new();
         let Ok(kinds) = fs::read_dir(self.root.join("cache")) else {
-            return Ok(0);
+            return out;
         };
         for kind in kinds.flatten() {
             let Ok(entries) = fs::read_dir(kind.path()) else {
@@ -85,12 +95,11 @@ impl Store {
                     .and_then(|n| n.rsplit_once(".tmp-"))
                     .and_then(|(_, pid)| pid.parse::<u32>().ok());
                 if writer.is_some_and(|pid| !Path::new("/proc").join(pid.to_string()).exists()) {
-                    freed += tree_size(&e.path());
-                    remove_tree(&e.path())?;
+                    out.push(e.path());
                 }
             }
         }
-        Ok(freed)
+        out
     }
 }
 

@@ -36,6 +36,15 @@ impl Store {
         self.lock_file("store.lock", FlockArg::LockExclusive)
     }
 
+    /// The exclusive store lock if no other process holds the store lock now (`drun check` without `--repair`).
+    pub fn try_lock_exclusive(&self) -> Result<Option<StoreLock>, StoreError> {
+        match self.lock_file("store.lock", FlockArg::LockExclusiveNonblock) {
+            Ok(l) => Ok(Some(l)),
+            Err(StoreError::Io { source, .. }) if source.raw_os_error() == Some(libc::EWOULDBLOCK) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Exclusive lock for producing the layer `key` (see [`super::layer_key`]); `wait: false` returns `None` at
     /// once when another holds it.
     pub fn lock_layer(&self, idmap: &str, key: &str, wait: bool) -> Result<Option<StoreLock>, StoreError> {

@@ -44,10 +44,11 @@
 //! The files: `keys.rs` (layer keys, ChainIDs), `locks.rs`, `blobs.rs` (manifests, indexes, configs),
 //! `blob_cache.rs` (the shared `--blob-cache` directory), `derived_cache.rs` (`cache/`), `layers.rs` (staging and
 //! publishing unpacked layers), `records.rs` (image records and aliases: finding an image by name or ID), `gc.rs`
-//! (what `rmi` and `prune` free).
+//! (what `rmi` and `prune` free), `setup_layers.rs` (workflows' setups kept as layers), `check.rs` (`drun check`).
 
 mod blob_cache;
 mod blobs;
+mod check;
 mod derived_cache;
 mod gc;
 mod keys;
@@ -61,6 +62,7 @@ use std::io::{self, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
+pub use check::{CheckReport, Problem};
 pub use gc::{remove_tree, tree_size};
 pub use keys::{chain_ids, layer_key};
 pub use layers::{LayerMeta, LAYER_META};
