@@ -379,3 +379,65 @@ fn check_fails(out: Output, needles: &[&str]) -> Output {
     }
     out
 }
+
+/// A store written before the store recorded its layout format (tests/fixtures/store-format0.tar.gz, made by
+/// drun at c95ecf5 from a one-layer OCI layout) is upgraded in place and reads as before; a store of a newer
+/// format is refused by every command, with what to do.
+#[test]
+fn a_store_of_an_older_format_is_upgraded_and_a_newer_one_refused() {
+    let sb = Sandbox::new();
+    std::fs::create_dir_all(sb.store()).unwrap();
+    let status = std::process::Command::new("tar")
+        .arg("-xzf")
+        .arg(fixture("store-format0.tar.gz"))
+        .arg("-C")
+        .arg(sb.store())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    assert!(!sb.store().join("store.json").exists());
+    let images = sb.drun(&["images"]).ok();
+    assert!(images.stdout.contains("oci:/tmp/fx/layout:v1"), "{}", images.stdout);
+    assert_eq!(read_to_string(sb.store().join("store.json")), r#"{"format":1}"#);
+    let check = sb.drun(&["check", "--deep"]).ok();
+    assert!(
+        check.stdout.contains("1 images, 1 layers") && check.stdout.contains("no problems"),
+        "{}",
+        check.stdout
+    );
+    let inspect = sb.drun(&["inspect", "oci:/tmp/fx/layout:v1"]).ok();
+    assert!(
+        inspect.stdout.contains("format-fixture") || inspect.stdout.contains("\"Layers\""),
+        "{}",
+        inspect.stdout
+    );
+    let layer = std::fs::read_dir(sb.store().join("layers/host"))
+        .unwrap()
+        .flatten()
+        .next()
+        .unwrap()
+        .path();
+    assert_eq!(
+        read_to_string(layer.join("root/etc/format-fixture.txt")),
+        "a store written before the store had a format version\n"
+    );
+
+    std::fs::write(sb.store().join("store.json"), r#"{"format": 2}"#).unwrap();
+    for args in [
+        vec!["images"],
+        vec!["run", "-q", "--pull", "never", "oci:/tmp/fx/layout:v1"],
+        vec!["check"],
+    ] {
+        sb.drun(&args).fails_with(
+            125,
+            &[
+                "has layout format 2, newer than this drun's (1)",
+                "run that drun, or give this one another store",
+            ],
+        );
+    }
+}
+
+fn read_to_string(p: impl AsRef<std::path::Path>) -> String {
+    std::fs::read_to_string(p.as_ref()).unwrap_or_else(|e| panic!("{}: {e}", p.as_ref().display()))
+}

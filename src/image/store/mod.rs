@@ -1,6 +1,7 @@
 //! The content-addressed image store shared by every drun process of one user.
 //!
 //! ```text
+//! <root>/store.json                  the layout's format (`FORMAT`): older ones are upgraded, newer refused
 //! <root>/blobs/sha256/<hex>          manifests, indexes and configs, verified against their digest
 //! <root>/layers/<idmap>/<key>/       an unpacked layer (overlay lower format) in `root/`, and `layer.json`
 //! <root>/images/<sha256(name)>.json  one record per image name: manifest digest, config, layers
@@ -89,6 +90,24 @@ pub enum StoreError {
     UnknownImage(String),
     #[error("{name:?} matches several images: {candidates}")]
     Ambiguous { name: String, candidates: String },
+    #[error(
+        "the store at {root:?} has layout format {found}, newer than this drun's ({FORMAT}): a newer drun wrote it; \
+         run that drun, or give this one another store (--root)"
+    )]
+    TooNew { root: PathBuf, found: u32 },
+}
+
+/// The store's layout format, recorded in `<root>/store.json` ([`FORMAT_FILE`]). A store without that file was
+/// written before formats were recorded (format 0, the same layout as 1): it is upgraded by writing the file. A
+/// store of a higher format is refused, so an older drun never misreads a newer layout. A change of layout raises
+/// this, with an upgrade step in [`Store::open`] from each older format.
+pub const FORMAT: u32 = 1;
+/// The file holding the store's format: `{"format": N}`.
+pub const FORMAT_FILE: &str = "store.json";
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct FormatRecord {
+    format: u32,
 }
 
 /// The error for `action` on `path`, for `map_err`.
@@ -132,11 +151,43 @@ impl Store {
         if let Ok(dir) = OpenOptions::new().read(true).custom_flags(libc::O_DIRECTORY).open(root) {
             let _ = dir.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o700));
         }
-        Ok(Store {
+        let store = Store {
             root: root.to_path_buf(),
             idmap: crate::sys::userns::current().map_or_else(|| IDMAP_HOST.to_string(), |r| r.idmap_key()),
             blob_cache: None,
-        })
+        };
+        store.check_format()?;
+        Ok(store)
+    }
+
+    /// Refuses a store of a newer format; records the current one in a store of an older format (or a new store).
+    fn check_format(&self) -> Result<(), StoreError> {
+        let path = self.root.join(FORMAT_FILE);
+        let found = match crate::sys::safe_fs::read_bounded(&path, 4096) {
+            Ok(data) => {
+                serde_json::from_slice::<FormatRecord>(&data)
+                    .map_err(|source| StoreError::Unreadable {
+                        path: path.clone(),
+                        source,
+                    })?
+                    .format
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => 0,
+            Err(e) => return Err(io_err("read", &path)(e)),
+        };
+        if found > FORMAT {
+            return Err(StoreError::TooNew {
+                root: self.root.clone(),
+                found,
+            });
+        }
+        if found < FORMAT {
+            // Format 0 → 1: the layout is the same; only the record is new.
+            tracing::debug!(from = found, to = FORMAT, "upgrading the store's format");
+            let data = serde_json::to_vec(&FormatRecord { format: FORMAT }).expect("serialises");
+            self.write_atomic(&path, &data)?;
+        }
+        Ok(())
     }
 
     /// Uses `dir` as the shared blob cache: blobs found there are read instead of downloaded (and verified
