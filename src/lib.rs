@@ -28,6 +28,8 @@ pub mod gpu;
 pub mod image;
 pub mod plan;
 pub mod progress;
+#[cfg(test)]
+mod props;
 pub mod rdma;
 pub mod run;
 pub mod sys;

@@ -7,6 +7,8 @@ mod devices;
 mod env;
 mod limits;
 mod mounts;
+#[cfg(test)]
+mod props;
 mod resources;
 mod system;
 
