@@ -161,7 +161,11 @@ impl Run {
     /// What `drun ps` shows in its STATUS column, as Docker words it.
     pub fn status(&self, now: time::OffsetDateTime) -> String {
         if self.running {
-            return format!("Up {}", human(now - self.info.started));
+            let up = format!("Up {}", human(now - self.info.started));
+            return match crate::run::health::read(&self.dir) {
+                Some(h) => format!("{up} ({})", h.ps_label()),
+                None => up,
+            };
         }
         match &self.info.exit {
             Some(e) => {
