@@ -422,6 +422,20 @@ impl ProbeJob {
             // Its own process group: a Ctrl-C at the terminal of a foreground run is the container's, not the
             // probe's.
             .process_group(0);
+        // This thread blocks the signals the supervising drun forwards (read from its signalfd): the probe starts
+        // with none blocked, as from a shell, so that the SIGTERM of a timeout reaches it.
+        // SAFETY: the closure runs in the forked child before exec and only calls sigprocmask(2), which is
+        // async-signal-safe; the empty set lives on the child's stack for the call.
+        unsafe {
+            cmd.pre_exec(|| {
+                let mut none: libc::sigset_t = std::mem::zeroed();
+                libc::sigemptyset(&mut none);
+                if libc::sigprocmask(libc::SIG_SETMASK, &none, std::ptr::null_mut()) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            })
+        };
         let mut child = cmd.spawn()?;
         let mut pipe = std::fs::File::from(read);
         let mut output = Vec::new();

@@ -33,11 +33,6 @@ pub const REFUSED: &[(&str, &str)] = &[
          in workflow files yet: run drun itself in the background",
     ),
     (
-        "healthcheck",
-        "health checks belong to background containers, which workflow files do not support yet; check from a \
-         dependent workflow instead",
-    ),
-    (
         "init_path",
         "drun's init is catatonit, found where the catatonit package installs it; use init: true, or set an init \
          of the image as entrypoint",
