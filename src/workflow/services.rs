@@ -161,11 +161,10 @@ pub struct Running {
 pub enum ServiceError {
     #[error("service {name:?} could not be started: {why}")]
     Start { name: String, why: String },
-    #[error("service {name:?} is not ready: {source}")]
+    #[error("service {name:?} is not ready: {why}")]
     NotReady {
         name: String,
-        #[source]
-        source: crate::run::health::WaitError,
+        why: crate::run::health::WaitError,
     },
 }
 
@@ -230,7 +229,10 @@ fn launch_command(svc: &ServiceSpec, inputs: &StartInputs<'_>, container_name: &
     if let Some(c) = &svc.command {
         args.extend(c.iter().cloned());
     }
-    cmd.args(args).stdin(Stdio::null()).stdout(Stdio::piped());
+    cmd.args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
     // Started while drun holds SIGINT, SIGTERM and SIGHUP back ([`HeldSignals`]): the service (its monitor, and
     // the container that inherits its mask) must get them, `drun stop`'s SIGTERM first of all.
     // SAFETY: the closure runs in the forked child before exec and only calls sigprocmask(2), which is
@@ -259,11 +261,22 @@ pub fn start(svc: &ServiceSpec, inputs: &StartInputs<'_>) -> Result<Running, Ser
         .output()
         .map_err(|e| fail(format!("cannot run drun: {e}")))?;
     let id = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    // Its messages (a pull's warnings, why it failed), without drun's own "error: " prefix.
+    let said = String::from_utf8_lossy(&out.stderr);
+    let said: Vec<&str> = said
+        .lines()
+        .map(|l| l.strip_prefix("error: ").unwrap_or(l).trim())
+        .filter(|l| !l.is_empty())
+        .collect();
     if !out.status.success() || id.len() != 64 {
-        return Err(fail(match out.status.code() {
-            Some(code) => format!("`drun run -d` exited with {code} (its message is above)"),
-            None => "`drun run -d` was killed".into(),
+        return Err(fail(match (said.is_empty(), out.status.code()) {
+            (false, _) => said.join("; "),
+            (true, Some(code)) => format!("`drun run -d` exited with {code}"),
+            (true, None) => "`drun run -d` was killed".into(),
         }));
+    }
+    for line in said {
+        tracing::warn!(service = %svc.name, "{line}");
     }
     Ok(Running {
         name: svc.name.clone(),
@@ -298,9 +311,9 @@ impl Running {
     /// Blocks until it is healthy, when it has a health check; fails if it turns unhealthy or ends.
     /// `interrupted` ends the wait early (drun got a Ctrl-C meanwhile).
     pub fn wait_ready(&self, state_dir: &Path, interrupted: &dyn Fn() -> bool) -> Result<(), ServiceError> {
-        let not_ready = |source| ServiceError::NotReady {
+        let not_ready = |why| ServiceError::NotReady {
             name: self.name.clone(),
-            source,
+            why,
         };
         let Some(run) = self.run(state_dir) else {
             return Err(not_ready(crate::run::health::WaitError::Ended {
