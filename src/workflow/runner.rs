@@ -353,6 +353,9 @@ impl Runner<'_> {
         }
         // Its services, each running (and healthy, when it has a health check) before its container starts.
         let (services, failure) = self.start_services(job);
+        for r in &services {
+            let _ = writeln!(log, "drun: service {:?} runs as container {}", r.name, &r.id[..12]);
+        }
         if let Some((code, message)) = failure {
             if !message.is_empty() {
                 reporter.error(&job.name, &message);

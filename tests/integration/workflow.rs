@@ -1014,3 +1014,115 @@ fn the_runflow_example_writes_hello_world_to_the_host() {
         .fails_with(125, &["runflow/workflow.yaml:16:7: variable \"out\" is not set"]);
     assert!(!out.stderr.contains("is started"), "{}", out.stderr);
 }
+
+/// Every run directory, mount and libcontainer state of the sandbox, and processes naming its state directory.
+fn service_leftovers(sb: &Sandbox) -> Vec<String> {
+    let mut left = leftovers(sb);
+    let state = sb.state().display().to_string();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        if let Ok(c) = std::fs::read(e.path().join("cmdline")) {
+            let c = String::from_utf8_lossy(&c).replace('\0', " ");
+            if c.contains(&state) {
+                left.push(c);
+            }
+        }
+    }
+    left
+}
+
+#[test]
+fn a_workflow_talks_to_its_service_which_is_gone_afterwards() {
+    let (sb, project) = ready();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    // The service listens after a second (the job waits for its health check); its SIGTERM handler lets it
+    // stop at once.
+    let wf = write(
+        &project,
+        "workflow.yaml",
+        &r#"workflows:
+  - name: client
+    image: {busybox}
+    services:
+      - name: web
+        image: {busybox}
+        environment:
+          GREETING: hello-from-the-service
+        command: ["sh", "-c", "mkdir -p /www && echo $GREETING > /www/index.html && echo serving; sleep 1; trap 'echo stopping; exit 0' TERM; httpd -f -p 127.0.0.1:PORT -h /www & wait"]
+        healthcheck:
+          test: ["CMD", "wget", "-q", "-O-", "http://127.0.0.1:PORT/"]
+          interval: 200ms
+          retries: 100
+    commands:
+      - wget -q -O- http://127.0.0.1:PORT/
+  - name: broken
+    image: {busybox}
+    services:
+      - name: db
+        image: {busybox}
+        command: ["sh", "-c", "echo db-starting; trap 'exit 0' TERM; while :; do sleep 0.1; done"]
+        healthcheck:
+          test: echo not-ready; exit 1
+          interval: 100000000
+          retries: 2
+    commands:
+      - echo must-not-run
+  - name: after
+    image: {busybox}
+    deps: [broken]
+    commands:
+      - echo must-not-run
+"#
+        .replace("PORT", &port.to_string()),
+    );
+    let started = Instant::now();
+    let out = sb.drun(&["run", "--keep-going", wf.to_str().unwrap()]);
+    let took = started.elapsed();
+    assert_eq!(out.code(), Some(125), "{}{}", out.stdout, out.stderr);
+    assert_eq!(out.stdout, "hello-from-the-service\n", "{}", out.stderr);
+    assert!(read(project.join("artifacts/client.log")).ends_with("hello-from-the-service\n"));
+    assert!(
+        out.stderr.contains("Workflow \"client\" is successful."),
+        "{}",
+        out.stderr
+    );
+    // Its log beside the workflow's: everything it wrote, up to its stop.
+    let artifacts = project.join("artifacts");
+    assert_eq!(read(artifacts.join("client.services/web.log")), "serving\nstopping\n");
+    // A service that turns unhealthy fails its workflow, by name, before the commands; its dependents are skipped.
+    assert!(
+        out.stderr
+            .contains("workflow \"broken\": service \"db\" is not ready: container"),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr
+            .contains("is unhealthy: the last probe exited with 1: \"not-ready\""),
+        "{}",
+        out.stderr
+    );
+    assert!(!out.stdout.contains("must-not-run") && !out.stderr.contains("must-not-run"));
+    assert!(read(artifacts.join("broken.log")).contains("service \"db\" is not ready"));
+    assert_eq!(read(artifacts.join("broken.services/db.log")), "db-starting\n");
+    // Nothing of either is left: no container listed, no run directory, mount, cgroup or process.
+    assert_eq!(sb.drun(&["ps", "-a", "-q"]).ok().stdout, "");
+    assert!(service_leftovers(&sb).is_empty(), "{:?}", service_leftovers(&sb));
+    for log in ["client.log", "broken.log"] {
+        let text = read(artifacts.join(log));
+        let id = text
+            .split("runs as container ")
+            .nth(1)
+            .and_then(|t| t.get(..12))
+            .unwrap_or_else(|| panic!("{log}: {text}"));
+        assert!(
+            crate::run::cgroup_dirs(id).is_empty(),
+            "{:?}",
+            crate::run::cgroup_dirs(id)
+        );
+    }
+    assert!(took < Duration::from_secs(120), "{took:?}");
+}
