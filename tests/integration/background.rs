@@ -396,6 +396,10 @@ fn detached_runs_work_rootless() {
             "-q",
             "--name",
             "mine",
+            "--health-cmd",
+            "test \"$(id -u)\" = 0",
+            "--health-interval",
+            "200ms",
             &busybox(),
             "sh",
             "-c",
@@ -407,6 +411,10 @@ fn detached_runs_work_rootless() {
     wait_until("the output", || {
         ub.drun(&["logs", "mine"]).stdout == "rootless-hello\n0\n"
     });
+    // Its health probes run in the monitor's user namespace, rootless too.
+    ub.drun(&["wait", "--condition", "healthy", "--timeout", "120s", "mine"])
+        .ok();
+    assert!(ub.drun(&["ps"]).ok().stdout.contains(" (healthy) "));
     assert!(ub.drun(&["ps"]).ok().stdout.contains("mine"));
     // `drun exec` joins the namespaces the monitor made.
     assert_eq!(
