@@ -112,7 +112,10 @@ pub(super) fn healthcheck(
             Ok(ns) => Duration::from_nanos(ns),
             Err(_) => parse_duration(text).map_err(|e| at(format!("invalid healthcheck {key}: {e}")))?,
         };
-        if d < Duration::from_millis(10) {
+        if d.is_zero() {
+            return Ok(None);
+        }
+        if d < Duration::from_millis(10) && key != "start_period" {
             return Err(at(format!(
                 "invalid healthcheck {key} {text:?}: at least 10ms (a bare number is in nanoseconds, as docker-py \
                  has it; write 1s for a second)"
