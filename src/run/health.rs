@@ -112,7 +112,7 @@ mod millis {
     use std::time::Duration;
 
     pub fn serialize<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_u64(d.as_millis() as u64)
+        s.serialize_u64(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
     }
 
     pub fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
@@ -158,7 +158,7 @@ pub fn image_healthcheck(raw_config: &[u8]) -> Option<ImageHealthcheck> {
             .get("Retries")
             .and_then(serde_json::Value::as_u64)
             .filter(|n| *n > 0)
-            .map(|n| n.min(u32::MAX as u64) as u32),
+            .map(|n| u32::try_from(n).unwrap_or(u32::MAX)),
     })
 }
 
@@ -482,8 +482,10 @@ impl ProbeJob {
             if self.stopped() || Instant::now() >= deadline {
                 timed_out = !self.stopped();
                 // drun exec passes SIGTERM on to the probe; SIGKILL for both if that is not enough.
-                let pid = nix::unistd::Pid::from_raw(child.id() as i32);
-                let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+                if let Ok(pid) = i32::try_from(child.id()) {
+                    let pid = nix::unistd::Pid::from_raw(pid);
+                    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+                }
                 let grace = Instant::now() + Duration::from_secs(2);
                 while Instant::now() < grace && child.try_wait()?.is_none() {
                     std::thread::sleep(Duration::from_millis(20));

@@ -174,7 +174,10 @@ fn write_plan(
             if argv.is_empty() {
                 String::new()
             } else {
-                format!(" {}", shlex::try_join(argv.iter().map(String::as_str)).unwrap_or_default())
+                format!(
+                    " {}",
+                    shlex::try_join(argv.iter().map(String::as_str)).unwrap_or_default()
+                )
             }
         )?;
         for (k, v) in &svc.env {
