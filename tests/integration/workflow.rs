@@ -1063,7 +1063,7 @@ fn a_workflow_talks_to_its_service_which_is_gone_afterwards() {
     services:
       - name: db
         image: {busybox}
-        command: ["sh", "-c", "echo db-starting; trap 'exit 0' TERM; while :; do sleep 0.1; done"]
+        command: ["sh", "-c", "trap 'exit 0' TERM; echo db-starting; while :; do sleep 0.1; done"]
         healthcheck:
           test: echo not-ready; exit 1
           interval: 100000000
@@ -1125,4 +1125,83 @@ fn a_workflow_talks_to_its_service_which_is_gone_afterwards() {
         );
     }
     assert!(took < Duration::from_secs(120), "{took:?}");
+}
+
+#[test]
+fn a_ctrl_c_while_services_start_or_the_workflow_runs_still_removes_them() {
+    let (sb, project) = ready();
+    let wf = write(
+        &project,
+        "wf.yaml",
+        r#"workflows:
+  - name: waiting
+    image: {busybox}
+    services:
+      - name: slow
+        image: {busybox}
+        command: ["sh", "-c", "trap 'echo slow-stopping; exit 0' TERM; echo slow-up; while :; do sleep 0.1; done"]
+        healthcheck: {test: exit 1, interval: 100ms, retries: 100000}
+    commands: [echo must-not-run]
+  - name: running
+    image: {busybox}
+    services:
+      - name: quick
+        image: {busybox}
+        command: ["sh", "-c", "trap 'echo quick-stopping; exit 0' TERM; echo quick-up; while :; do sleep 0.1; done"]
+        healthcheck: {test: "true", interval: 100ms}
+    commands:
+      - echo ready
+      - sleep 120
+"#,
+    );
+    // While the workflow waits for its service to turn healthy.
+    let child = sb
+        .cmd(&["run", "-q", wf.to_str().unwrap(), "waiting"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Its handler for SIGTERM is set once it has written its first line.
+    wait_until("the service to run", || {
+        let ids = sb.drun(&["ps", "-q"]).ok().stdout;
+        ids.lines()
+            .next()
+            .is_some_and(|id| sb.drun(&["logs", id]).stdout.contains("slow-up"))
+    });
+    nix::sys::signal::kill(pid_of(&child), nix::sys::signal::SIGINT).unwrap();
+    let out = wait(child, Duration::from_secs(120));
+    assert_eq!(out.code(), Some(130), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("interrupted while its services started"),
+        "{}",
+        out.stderr
+    );
+    assert!(!out.stdout.contains("must-not-run"));
+    let log = project.join("artifacts/waiting.services/slow.log");
+    assert_eq!(read(&log), "slow-up\nslow-stopping\n");
+    assert_eq!(sb.drun(&["ps", "-a", "-q"]).ok().stdout, "");
+    assert!(service_leftovers(&sb).is_empty(), "{:?}", service_leftovers(&sb));
+
+    // While the workflow's own container runs.
+    let child = sb
+        .cmd(&["run", "-q", wf.to_str().unwrap(), "running"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for(&project.join("artifacts/running.log"), "ready");
+    nix::sys::signal::kill(pid_of(&child), nix::sys::signal::SIGINT).unwrap();
+    let out = wait(child, Duration::from_secs(120));
+    assert_eq!(out.code(), Some(130), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("Workflow \"running\" is interrupted"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(
+        read(project.join("artifacts/running.services/quick.log")),
+        "quick-up\nquick-stopping\n"
+    );
+    assert_eq!(sb.drun(&["ps", "-a", "-q"]).ok().stdout, "");
+    assert!(service_leftovers(&sb).is_empty(), "{:?}", service_leftovers(&sb));
 }
