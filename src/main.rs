@@ -36,7 +36,9 @@ fn main() {
         .init();
     // An ordinary user's drun works in a user namespace of its own, entered now: only a single-threaded process
     // can, and everything after this (pull threads, the container) runs inside it.
-    if let Some(mode) = cli.command.userns() {
+    // A drun that a rootless drun started in its namespace (a health probe, a workflow's service) is already there.
+    let adopted = nix::unistd::geteuid().is_root() && drun::sys::userns::adopt().is_some();
+    if let Some(mode) = cli.command.userns().filter(|_| !adopted) {
         if !nix::unistd::geteuid().is_root() {
             if let Err(e) = drun::sys::userns::enter(mode) {
                 eprintln!("error: {e}");

@@ -199,6 +199,22 @@ pub struct WaitArgs {
     /// Container ids (or unique prefixes) or names
     #[arg(required = true)]
     pub containers: Vec<String>,
+    /// What to wait for: stopped (the default: print the exit code), healthy (fails if the container turns
+    /// unhealthy or ends first) or unhealthy
+    #[arg(long, value_name = "CONDITION", default_value = "stopped")]
+    pub condition: WaitCondition,
+    /// With --condition healthy or unhealthy: give up (exit 125) after this long, e.g. 60s
+    #[arg(long, value_name = "DURATION")]
+    pub timeout: Option<String>,
+}
+
+/// `drun wait --condition`.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WaitCondition {
+    #[value(alias = "exited", alias = "not-running")]
+    Stopped,
+    Healthy,
+    Unhealthy,
 }
 
 #[derive(Args, Debug)]

@@ -179,6 +179,24 @@ pub struct ContainerArgs {
     /// (default: the image's StopSignal for `drun stop`, else TERM)
     #[arg(long, value_name = "SIGNAL")]
     pub stop_signal: Option<String>,
+    /// A health check: a command run in the container by /bin/sh -c (exit 0: healthy), as Docker's
+    #[arg(long, value_name = "COMMAND")]
+    pub health_cmd: Option<String>,
+    /// Time between health probes, e.g. 30s (default), 500ms, 1m30s
+    #[arg(long, value_name = "DURATION")]
+    pub health_interval: Option<String>,
+    /// How long one health probe may run before it counts as failed (default 30s)
+    #[arg(long, value_name = "DURATION")]
+    pub health_timeout: Option<String>,
+    /// Consecutive failed probes that make the container unhealthy (default 3)
+    #[arg(long, value_name = "N")]
+    pub health_retries: Option<u32>,
+    /// Time after the start during which failed probes do not count (default 0s)
+    #[arg(long, value_name = "DURATION")]
+    pub health_start_period: Option<String>,
+    /// Disable any health check, the image's HEALTHCHECK included
+    #[arg(long)]
+    pub no_healthcheck: bool,
     /// Restart policy: no (default) or on-failure:N (run again after a failure, at most N times)
     #[arg(long, value_name = "POLICY")]
     pub restart: Option<String>,

@@ -13,7 +13,15 @@ pub fn execute(global: &GlobalArgs, args: PsArgs) -> Result<i32> {
         .filter(|r| args.all || r.running)
         .collect();
     if args.json {
-        let infos: Vec<&state::RunInfo> = list.iter().map(|r| &r.info).collect();
+        // Each record, with its health (status and last probes) when it has a health check.
+        let mut infos = Vec::new();
+        for r in &list {
+            let mut v = serde_json::to_value(&r.info)?;
+            if let (Some(h), Some(map)) = (crate::run::health::read(&r.dir), v.as_object_mut()) {
+                map.insert("health".into(), serde_json::to_value(h)?);
+            }
+            infos.push(v);
+        }
         println!("{}", serde_json::to_string_pretty(&infos)?);
     } else if args.quiet {
         for c in &list {
@@ -21,7 +29,7 @@ pub fn execute(global: &GlobalArgs, args: PsArgs) -> Result<i32> {
         }
     } else {
         println!(
-            "{:<12}  {:<16}  {:<40}  {:<30}  {:<34}  {:>8}  STARTED",
+            "{:<12}  {:<16}  {:<40}  {:<30}  {:<42}  {:>8}  STARTED",
             "CONTAINER ID", "NAME", "IMAGE", "COMMAND", "STATUS", "PID"
         );
         let fmt = time::macros::format_description!("[year]-[month]-[day] [hour]:[minute]:[second]");
@@ -37,7 +45,7 @@ pub fn execute(global: &GlobalArgs, args: PsArgs) -> Result<i32> {
                 cmd.push_str("...");
             }
             println!(
-                "{:<12}  {:<16}  {:<40}  {:<30}  {:<34}  {:>8}  {}",
+                "{:<12}  {:<16}  {:<40}  {:<30}  {:<42}  {:>8}  {}",
                 c.short_id(),
                 c.info.name.as_deref().unwrap_or("-"),
                 c.info.image,

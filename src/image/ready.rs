@@ -67,6 +67,8 @@ pub struct ReadyImage {
     /// A squashfs image file (`drun run FILE.sqsh`): mounted for the run instead of the store's layers (the
     /// record then has none).
     pub squash: Option<crate::image::squash::SquashImage>,
+    /// The image config's `Healthcheck`, a Docker extension the typed config drops (read from the raw JSON).
+    pub healthcheck: Option<crate::run::health::ImageHealthcheck>,
 }
 
 impl ReadyImage {
@@ -110,6 +112,7 @@ pub fn ready_image(store: &Store, cfg: &Config, req: &ImageRequest) -> Result<Re
         record,
         config,
         squash: None,
+        healthcheck: crate::run::health::image_healthcheck(&bytes),
     })
 }
 
@@ -132,6 +135,7 @@ fn squash_image(file: &std::path::Path) -> Result<ReadyImage, ReadyError> {
         record,
         config,
         squash: Some(image),
+        healthcheck: None,
     })
 }
 

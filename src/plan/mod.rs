@@ -334,6 +334,8 @@ pub struct RunPlan {
     pub cdi_spec_dirs: Vec<PathBuf>,
     /// Fail rather than warn when limits cannot be enforced (rootless without a delegated cgroup).
     pub require_limits: bool,
+    /// Its health check (`--health-*`, a workflow's `healthcheck`), over the image's.
+    pub health: crate::run::health::HealthPlan,
 }
 
 /// Default PATH when an image sets none (Docker's).
@@ -415,6 +417,7 @@ impl RunPlan {
             rdma: false,
             cdi_spec_dirs: Vec::new(),
             require_limits: false,
+            health: crate::run::health::HealthPlan::default(),
         }
     }
 

@@ -88,6 +88,30 @@ impl Run {
         }
     }
 
+    /// Stops it (nothing to do when it has ended): its stop signal, SIGKILL after `grace` (at once when zero);
+    /// returns once it has ended.
+    pub fn stop(&self, grace: Duration) -> std::io::Result<()> {
+        // How long a SIGKILLed container may take to be reaped and cleaned up.
+        const AFTER_KILL: Duration = Duration::from_secs(60);
+        if !self.is_running() {
+            return Ok(());
+        }
+        if !grace.is_zero() {
+            self.signal(self.info.stop_signal.unwrap_or(libc::SIGTERM))?;
+            if self.wait_stopped(grace) {
+                return Ok(());
+            }
+        }
+        self.signal(libc::SIGKILL)?;
+        if !self.wait_stopped(AFTER_KILL) {
+            return Err(std::io::Error::other(format!(
+                "it still runs {}s after SIGKILL",
+                AFTER_KILL.as_secs()
+            )));
+        }
+        Ok(())
+    }
+
     /// Waits up to `limit` for it to end; true if it did.
     pub fn wait_stopped(&self, limit: Duration) -> bool {
         let deadline = Instant::now() + limit;
@@ -161,7 +185,11 @@ impl Run {
     /// What `drun ps` shows in its STATUS column, as Docker words it.
     pub fn status(&self, now: time::OffsetDateTime) -> String {
         if self.running {
-            return format!("Up {}", human(now - self.info.started));
+            let up = format!("Up {}", human(now - self.info.started));
+            return match crate::run::health::read(&self.dir) {
+                Some(h) => format!("{up} ({})", h.ps_label()),
+                None => up,
+            };
         }
         match &self.info.exit {
             Some(e) => {

@@ -37,6 +37,7 @@ mod etc_files;
 pub mod exec;
 mod executable;
 pub mod finished;
+pub mod health;
 mod hooks;
 mod init;
 pub mod logfile;
@@ -238,6 +239,9 @@ pub fn run(
         &mut cleanup,
         info,
     )?;
+    // Its health check, probed from a thread of this process until the container ends (`health`).
+    let prober = health::effective(&plan.health, image.healthcheck.as_ref())
+        .map(|config| health::Prober::start(state_dir, &ctx.dir, &ctx.id, config));
     if let Some(d) = hooks.detach.as_mut() {
         (d.started)(&ctx.id, &ctx.dir);
     }
@@ -252,6 +256,9 @@ pub fn run(
         hooks.stdout.as_mut().map(|c| &mut **c as &mut dyn std::io::Write),
     );
     let status = supervise::supervise(started.pid, &mut started.signals, master, plan.interactive, &mut output);
+    if let Some(p) = prober {
+        p.stop();
+    }
     cleanup.finished(status.as_ref().ok().map(|o| o.code));
 
     let ended = cleanup.end_container(status.is_ok(), poststop_hooks, &started, &cgroup);

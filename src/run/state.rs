@@ -430,7 +430,10 @@ fn remove_processes_and_cgroup(state: &Path, info: &RunInfo) {
 /// What a detached run's directory keeps once its container ended: the lock, the record, the container's log
 /// (`crate::run::logfile`) and the monitor's own messages.
 fn kept_file(name: &str) -> bool {
-    matches!(name, "lock" | "info.json" | crate::run::logfile::MONITOR_LOG) || crate::run::logfile::is_log_file(name)
+    matches!(
+        name,
+        "lock" | "info.json" | crate::run::logfile::MONITOR_LOG | crate::run::health::HEALTH_FILE
+    ) || crate::run::logfile::is_log_file(name)
 }
 
 /// [`cleanup`] of a run whose record and log stay (`RunInfo::kept`): everything else of the run goes.

@@ -209,7 +209,6 @@ fn refuse(w: &schema::Workflow, inputs: &EntryInputs<'_>) -> Result<(), Workflow
         ("cpu_rt_period", &w.cpu_rt_period),
         ("cpu_rt_runtime", &w.cpu_rt_runtime),
         ("detach", &w.detach),
-        ("healthcheck", &w.healthcheck),
         ("init_path", &w.init_path),
         ("isolation", &w.isolation),
         ("links", &w.links),

@@ -29,13 +29,8 @@ pub const REFUSED: &[(&str, &str)] = &[
     ),
     (
         "detach",
-        "a workflow runs in the foreground and its dependents wait for it; background containers are not supported \
-         in workflow files yet: run drun itself in the background",
-    ),
-    (
-        "healthcheck",
-        "health checks belong to background containers, which workflow files do not support yet; check from a \
-         dependent workflow instead",
+        "a workflow runs in the foreground and its dependents wait for it; for a background container next to a \
+         workflow (a database, a server), declare it under the workflow's services",
     ),
     (
         "init_path",

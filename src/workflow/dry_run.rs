@@ -160,10 +160,59 @@ fn write_plan(
             if a.mount { " (mounted)" } else { "" }
         )?;
     }
+    if let Some(h) = crate::run::health::effective(&plan.health, None) {
+        writeln!(out, "  health:      {}", health_line(&h))?;
+    }
+    for svc in &job.services {
+        let mut argv = svc.entrypoint.clone().unwrap_or_default();
+        argv.extend(svc.command.iter().flatten().cloned());
+        writeln!(
+            out,
+            "  service:     {} ({}){}",
+            svc.name,
+            svc.image,
+            if argv.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    " {}",
+                    shlex::try_join(argv.iter().map(String::as_str)).unwrap_or_default()
+                )
+            }
+        )?;
+        for (k, v) in &svc.env {
+            writeln!(out, "    env:       {k}={v}")?;
+        }
+        if let Some(h) = crate::run::health::effective(&svc.health, None) {
+            writeln!(out, "    health:    {}", health_line(&h))?;
+        }
+        writeln!(
+            out,
+            "    log:       {}",
+            super::services::log_path(artifacts_root, &job.name, &svc.name).display()
+        )?;
+    }
     writeln!(
         out,
         "  log:         {}",
         artifacts_root.join(format!("{}.log", job.name)).display()
+    )
+}
+
+/// A health check in one line: its test, then its timing.
+fn health_line(h: &crate::run::health::HealthConfig) -> String {
+    use crate::run::health::{human_duration, HealthTest};
+    let test = match &h.test {
+        HealthTest::Cmd(argv) => shlex::try_join(argv.iter().map(String::as_str)).unwrap_or_default(),
+        HealthTest::Shell(c) => format!("/bin/sh -c {c:?}"),
+        HealthTest::None => "none".into(),
+    };
+    format!(
+        "{test} every {}, timeout {}, {} retries, start period {}",
+        human_duration(h.interval),
+        human_duration(h.timeout),
+        h.retries,
+        human_duration(h.start_period)
     )
 }
 

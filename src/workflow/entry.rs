@@ -67,6 +67,13 @@ pub(super) fn job(w: &schema::Workflow, inputs: &EntryInputs<'_>) -> Result<Work
     if let (Some(_), Some(n)) = (&w.network_mode, w.network.as_ref()) {
         return Err(both(&n.referenced, "network", "network_mode"));
     }
+    let services = super::services::services(w, inputs)?;
+    let health = w
+        .healthcheck
+        .as_ref()
+        .map(|h| super::services::healthcheck(h, inputs))
+        .transpose()?
+        .unwrap_or_default();
     let mut mounts = settings.mounts;
     mounts.append(&mut docker.mounts);
 
@@ -181,6 +188,7 @@ pub(super) fn job(w: &schema::Workflow, inputs: &EntryInputs<'_>) -> Result<Work
         require_limits: options.require_limits,
         tmp_size: options.tmp_size,
         setup,
+        health,
         ..RunPlan::new(w.image.value.trim())
     };
     crate::plan::check::check(&entry_plan).map_err(|e| at(&w.name.referenced, e.to_string()))?;
@@ -194,6 +202,7 @@ pub(super) fn job(w: &schema::Workflow, inputs: &EntryInputs<'_>) -> Result<Work
         requirements,
         notes,
         outputs,
+        services,
     })
 }
 

@@ -23,6 +23,7 @@ pub mod outputs;
 pub mod runner;
 pub mod sanitize;
 pub mod schema;
+pub mod services;
 mod settings;
 mod substitute;
 mod suggest;
@@ -91,6 +92,8 @@ pub struct WorkflowJob {
     pub notes: Vec<String>,
     /// Where its command and environment use dependencies' outputs (`${deps.NAME.stdout}`).
     pub outputs: outputs::OutputUses,
+    /// Background containers started before it and removed after it (`services`).
+    pub services: Vec<services::ServiceSpec>,
 }
 
 /// A loaded workflow file.

@@ -11,6 +11,7 @@ use super::error::with_causes;
 use super::mounts::Stage;
 use super::outputs::{Capture, Captured, Outputs};
 use super::sanitize::sanitize_tree;
+use super::services;
 use super::{WorkflowJob, WorkflowSet};
 use crate::image::ready::{ensure_image, ImageRequest, ReadyError};
 use crate::image::registry::config::Config;
@@ -112,6 +113,18 @@ pub fn run_jobs(
             };
             ensure_image(store, cfg, &request).map_err(|e| RunnerError::Image(Box::new(e)))?;
             seen.push(&job.entry_plan.image);
+        }
+        for svc in &job.services {
+            if !seen.contains(&svc.image.as_str()) {
+                let request = ImageRequest {
+                    reference: &svc.image,
+                    pull: plan.pull,
+                    platform: None,
+                    quiet: options.quiet,
+                };
+                ensure_image(store, cfg, &request).map_err(|e| RunnerError::Image(Box::new(e)))?;
+                seen.push(&svc.image);
+            }
         }
     }
     let runner = Runner {
@@ -225,6 +238,85 @@ impl Runner<'_> {
         Ok(file)
     }
 
+    /// Starts `job`'s services in order and waits until each with a health check is healthy. Returns those that
+    /// run and, when one could not be made ready or drun was interrupted meanwhile, the job's exit status and why.
+    fn start_services(&self, job: &WorkflowJob) -> (Vec<services::Running>, Option<(i32, String)>) {
+        let mut running = Vec::new();
+        if job.services.is_empty() {
+            return (running, None);
+        }
+        let held = services::HeldSignals::hold();
+        let inputs = services::StartInputs {
+            store_root: self.store.root(),
+            state_dir: self.state_dir,
+            job: &job.name,
+        };
+        let mut failure = None;
+        for svc in &job.services {
+            if held.pending().is_some() {
+                break;
+            }
+            match services::start(svc, &inputs) {
+                Ok(r) => running.push(r),
+                Err(e) => {
+                    failure = Some((crate::exit::DRUN_ERROR, e.to_string()));
+                    break;
+                }
+            }
+        }
+        if failure.is_none() {
+            for r in &running {
+                if held.pending().is_some() {
+                    break;
+                }
+                if let Err(e) = r.wait_ready(self.state_dir, &|| held.pending().is_some()) {
+                    if held.pending().is_none() {
+                        failure = Some((crate::exit::DRUN_ERROR, with_causes(&e)));
+                    }
+                    break;
+                }
+            }
+        }
+        if let Some(sig) = held.release() {
+            self.reporter
+                .warning(&job.name, "interrupted while its services started: stopping them");
+            failure = Some((crate::exit::from_signal(sig), String::new()));
+        }
+        (running, failure)
+    }
+
+    /// Stops and removes `job`'s services (in reverse order), their logs saved beside the job's.
+    fn stop_services(&self, job: &WorkflowJob, running: Vec<services::Running>) {
+        if running.is_empty() {
+            return;
+        }
+        let held = services::HeldSignals::hold();
+        let dir = services::log_path(&self.options.artifacts_root, &job.name, "x");
+        let dir = dir.parent().expect("a log path has a directory");
+        let have_dir = self.make_dirs(dir);
+        for r in running.iter().rev() {
+            let path = services::log_path(&self.options.artifacts_root, &job.name, &r.name);
+            let file = match have_dir.as_ref().map(|_| self.new_file(&path)) {
+                Ok(Ok(f)) => Some(f),
+                Ok(Err(e)) => {
+                    self.reporter
+                        .warning(&job.name, &format!("service {:?}: {}", r.name, with_causes(&e)));
+                    None
+                }
+                Err(e) => {
+                    self.reporter
+                        .warning(&job.name, &format!("service {:?}: {}", r.name, with_causes(e)));
+                    None
+                }
+            };
+            if let Err(e) = r.stop_and_remove(self.state_dir, file) {
+                self.reporter.warning(&job.name, &format!("service {:?}: {e}", r.name));
+            }
+        }
+        // A Ctrl-C meanwhile has nothing left to stop: the job's end was already decided.
+        let _ = held.release();
+    }
+
     /// Runs `job` with `plan`, its dependencies' `outputs` filled in; returns how it ended and, when `keep_output`
     /// (a later job uses it), what it wrote to its stdout.
     fn run_job(
@@ -258,6 +350,23 @@ impl Runner<'_> {
             reporter.error(&job.name, &message);
             let _ = writeln!(log, "drun: {message}");
             return Ok((JobEnd::Failed(crate::exit::DRUN_ERROR), None));
+        }
+        // Its services, each running (and healthy, when it has a health check) before its container starts.
+        let (services, failure) = self.start_services(job);
+        for r in &services {
+            let _ = writeln!(log, "drun: service {:?} runs as container {}", r.name, &r.id[..12]);
+        }
+        if let Some((code, message)) = failure {
+            if !message.is_empty() {
+                reporter.error(&job.name, &message);
+                let _ = writeln!(log, "drun: {message}");
+            }
+            self.stop_services(job, services);
+            let end = match code {
+                c if c > 128 && c != crate::exit::DRUN_ERROR => JobEnd::Interrupted(c),
+                c => JobEnd::Failed(c),
+            };
+            return Ok((end, None));
         }
         // Container paths of the working directory, relative to the project mount (where its host view starts).
         let rel_wd = job
@@ -297,6 +406,7 @@ impl Runner<'_> {
                 setup_in: None,
             },
         );
+        self.stop_services(job, services);
         if let Some(e) = capture.file_error.take() {
             reporter.warning(&job.name, &format!("cannot write {stdout_path:?}: {e}"));
         }

@@ -2,6 +2,7 @@
 //! `stop`, `wait`, `rm`, `ps -a` after each step, `--rm -d`, a SIGKILLed monitor, log rotation, other users kept
 //! out, and rootless detached runs; each with leftover checks (mounts, cgroups, run directories).
 
+use std::os::unix::fs::PermissionsExt;
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -395,6 +396,10 @@ fn detached_runs_work_rootless() {
             "-q",
             "--name",
             "mine",
+            "--health-cmd",
+            "test \"$(id -u)\" = 0",
+            "--health-interval",
+            "200ms",
             &busybox(),
             "sh",
             "-c",
@@ -406,6 +411,10 @@ fn detached_runs_work_rootless() {
     wait_until("the output", || {
         ub.drun(&["logs", "mine"]).stdout == "rootless-hello\n0\n"
     });
+    // Its health probes run in the monitor's user namespace, rootless too.
+    ub.drun(&["wait", "--condition", "healthy", "--timeout", "120s", "mine"])
+        .ok();
+    assert!(ub.drun(&["ps"]).ok().stdout.contains(" (healthy) "));
     assert!(ub.drun(&["ps"]).ok().stdout.contains("mine"));
     // `drun exec` joins the namespaces the monitor made.
     assert_eq!(
@@ -424,4 +433,227 @@ fn detached_runs_work_rootless() {
     ub.drun(&["rm", "mine"]).ok();
     assert!(ub.leftovers().is_empty(), "{:?}", ub.leftovers());
     assert!(cgroup_dirs(&id).is_empty(), "{:?}", cgroup_dirs(&id));
+}
+
+/// Processes whose command line names `needle` (a container id): a monitor, a probe's `drun exec`.
+fn processes_naming(needle: &str) -> Vec<String> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().bytes().all(|b| b.is_ascii_digit()))
+        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+        .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+        .filter(|c| c.contains(needle))
+        .collect()
+}
+
+/// The `health` record `drun ps --json` shows for container `id`.
+fn health_json(sb: &Sandbox, id: &str) -> serde_json::Value {
+    let ps: serde_json::Value = serde_json::from_str(&sb.drun(&["ps", "-a", "--json"]).ok().stdout).unwrap();
+    ps.as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["id"] == id)
+        .map(|c| c["health"].clone())
+        .unwrap_or_default()
+}
+
+#[test]
+fn a_health_check_turns_a_service_healthy_and_a_failing_one_unhealthy() {
+    let sb = ready();
+    let image = busybox();
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}/");
+    // The server listens only after a second: the first probes fail, without counting against it.
+    let serve = format!(
+        "mkdir -p /www && echo healthy-service > /www/index.html && sleep 1 && exec httpd -f -p 127.0.0.1:{port} -h /www"
+    );
+    let check = format!("wget -q -O- {url}");
+    let id = detach(
+        &sb,
+        &[
+            "--name",
+            "web",
+            "--health-cmd",
+            &check,
+            "--health-interval",
+            "200ms",
+            "--health-timeout",
+            "5s",
+            "--health-retries",
+            "100",
+            &image,
+            "sh",
+            "-c",
+            &serve,
+        ],
+    );
+    let st = status(&sb, &id);
+    assert!(st.starts_with("Up ") && st.ends_with(')'), "{st}");
+    sb.drun(&["wait", "--condition", "healthy", "--timeout", "120s", "web"])
+        .ok();
+    let st = status(&sb, &id);
+    assert!(st.starts_with("Up ") && st.ends_with(" (healthy)"), "{st}");
+    // The probes ran in the container (its files, its network), their results kept, privately.
+    let health = health_json(&sb, &id);
+    assert_eq!(health["status"], "healthy", "{health}");
+    let last = health["log"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!(
+        (last["exit_code"].as_i64(), last["output"].as_str()),
+        (Some(0), Some("healthy-service\n"))
+    );
+    let file = sb.state().join("containers").join(&id).join("health.json");
+    assert_eq!(std::fs::metadata(&file).unwrap().permissions().mode() & 0o777, 0o600);
+    // A client container talks to it.
+    let out = sb.drun(&["run", "-q", &image, "wget", "-q", "-O", "-", &url]).ok();
+    assert_eq!(out.stdout, "healthy-service\n");
+
+    // A check that keeps failing turns its container unhealthy: waiting for healthy fails, naming the probe.
+    let bad = detach(
+        &sb,
+        &[
+            "--name",
+            "bad",
+            "--health-cmd",
+            "echo not-ready; exit 1",
+            "--health-interval",
+            "200ms",
+            "--health-retries",
+            "2",
+            &image,
+            "sleep",
+            "600",
+        ],
+    );
+    sb.drun(&["wait", "--condition", "healthy", "bad"]).fails_with(
+        125,
+        &[
+            &format!("container {} is unhealthy", &bad[..12]),
+            "exited with 1: \"not-ready\"",
+        ],
+    );
+    assert!(status(&sb, &bad).ends_with(" (unhealthy)"), "{}", status(&sb, &bad));
+    sb.drun(&["wait", "--condition", "unhealthy", "bad"]).ok();
+    // A container that ends before it is healthy, one without a health check, a --no-healthcheck run.
+    let ends = detach(
+        &sb,
+        &[
+            "--health-cmd",
+            "true",
+            "--health-interval",
+            "1s",
+            &image,
+            "sh",
+            "-c",
+            "exit 3",
+        ],
+    );
+    sb.drun(&["wait", "--condition", "healthy", &ends[..12]])
+        .fails_with(125, &["ended (exit code 3) before it was healthy"]);
+    let plain = detach(&sb, &[&image, "sleep", "600"]);
+    sb.drun(&["wait", "--condition", "healthy", &plain[..12]])
+        .fails_with(125, &["has no health check"]);
+    assert_eq!(status(&sb, &plain).matches('(').count(), 0, "{}", status(&sb, &plain));
+    sb.drun(&["run", "--no-healthcheck", "--health-cmd", "true", &image, "true"])
+        .fails_with(125, &["--no-healthcheck conflicts"]);
+    let ps = sb.drun(&["ps", "-a"]).ok().stdout;
+    assert!(ps.contains("Exited (3)"), "{ps}");
+
+    sb.drun(&["rm", "-f", "web", "bad", &ends[..12], &plain[..12]]).ok();
+    assert_eq!(sb.drun(&["ps", "-a", "-q"]).ok().stdout, "");
+    for c in [&id, &bad, &ends, &plain] {
+        assert!(all_leftovers(&sb, c).is_empty(), "{:?}", all_leftovers(&sb, c));
+        assert!(
+            processes_naming(&c[..12]).is_empty(),
+            "{:?}",
+            processes_naming(&c[..12])
+        );
+    }
+}
+
+#[test]
+fn foreground_runs_and_image_healthchecks_are_probed_too() {
+    let sb = ready();
+    // A foreground run is probed as Docker probes any container: the probe's file appears in its root.
+    let out = sb
+        .drun(&[
+            "run",
+            "-q",
+            "--health-cmd",
+            "touch /tmp/probed",
+            "--health-interval",
+            "100ms",
+            &busybox(),
+            "sh",
+            "-c",
+            "i=0; while [ ! -e /tmp/probed ] && [ $i -lt 1200 ]; do sleep 0.1; i=$((i+1)); done; ls /tmp/probed",
+        ])
+        .ok();
+    assert_eq!(out.stdout, "/tmp/probed\n");
+
+    // An image whose config has a Healthcheck (CMD form), which the typed OCI config does not carry.
+    let layout = image_with_healthcheck(&sb, &["CMD", "touch", "/tmp/from-image"], 100_000_000);
+    let src = format!("oci:{}:uncompressed", layout.display());
+    sb.drun(&["pull", "-q", &src]).ok();
+    let id = detach(&sb, &[&src, "sleep", "600"]);
+    sb.drun(&["wait", "--condition", "healthy", "--timeout", "120s", &id[..12]])
+        .ok();
+    assert_eq!(
+        sb.drun(&["exec", &id[..12], "ls", "/tmp/from-image"]).ok().stdout,
+        "/tmp/from-image\n"
+    );
+    assert_eq!(
+        health_json(&sb, &id)["config"]["interval"],
+        100,
+        "{}",
+        health_json(&sb, &id)
+    );
+    // --no-healthcheck turns the image's off; --health-cmd replaces its test.
+    let off = detach(&sb, &["--no-healthcheck", &src, "sleep", "600"]);
+    sb.drun(&["wait", "--condition", "healthy", &off[..12]])
+        .fails_with(125, &["has no health check"]);
+    let other = detach(
+        &sb,
+        &["--health-cmd", "exit 1", "--health-retries", "1", &src, "sleep", "600"],
+    );
+    sb.drun(&["wait", "--condition", "healthy", &other[..12]])
+        .fails_with(125, &["is unhealthy"]);
+    sb.drun(&["rm", "-f", &id[..12], &off[..12], &other[..12]]).ok();
+    assert_eq!(sb.drun(&["ps", "-a", "-q"]).ok().stdout, "");
+    for c in [&id, &off, &other] {
+        assert!(all_leftovers(&sb, c).is_empty(), "{:?}", all_leftovers(&sb, c));
+    }
+}
+
+/// A copy of the one-layer busybox layout whose config has `Healthcheck: {Test: test, Interval: interval_ns}`.
+fn image_with_healthcheck(sb: &Sandbox, test: &[&str], interval_ns: u64) -> std::path::PathBuf {
+    use sha2::Digest;
+    let dir = sb.path().join("hc-layout");
+    let st = std::process::Command::new("cp")
+        .arg("-r")
+        .arg(cache().join("layouts/busybox-uncompressed"))
+        .arg(&dir)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let blob = |digest: &str| dir.join("blobs/sha256").join(digest.trim_start_matches("sha256:"));
+    let put = |bytes: &[u8]| -> (String, usize) {
+        let digest = format!("sha256:{}", hex::encode(sha2::Sha256::digest(bytes)));
+        std::fs::write(blob(&digest), bytes).unwrap();
+        (digest, bytes.len())
+    };
+    let mut index: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join("index.json")).unwrap()).unwrap();
+    let mdigest = index["manifests"][0]["digest"].as_str().unwrap().to_string();
+    let mut manifest: serde_json::Value = serde_json::from_slice(&std::fs::read(blob(&mdigest)).unwrap()).unwrap();
+    let cdigest = manifest["config"]["digest"].as_str().unwrap().to_string();
+    let mut config: serde_json::Value = serde_json::from_slice(&std::fs::read(blob(&cdigest)).unwrap()).unwrap();
+    config["config"]["Healthcheck"] = serde_json::json!({"Test": test, "Interval": interval_ns});
+    let (d, n) = put(&serde_json::to_vec(&config).unwrap());
+    manifest["config"]["digest"] = d.into();
+    manifest["config"]["size"] = n.into();
+    let (d, n) = put(&serde_json::to_vec(&manifest).unwrap());
+    index["manifests"][0]["digest"] = d.into();
+    index["manifests"][0]["size"] = n.into();
+    std::fs::write(dir.join("index.json"), serde_json::to_vec(&index).unwrap()).unwrap();
+    dir
 }

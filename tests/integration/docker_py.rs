@@ -104,6 +104,12 @@ fn entry(arg: &str, h: &Host) -> Option<(String, Option<String>)> {
             "c=$(sed -n 's/^CapEff:.//p' /proc/self/status); [ $(( 0x$c & 1 )) = 0 ]".into(),
         ),
         "command" => ("command: [sh, -c, \"test -x /bin/busybox\"]".into(), String::new()),
+        // The probe runs in the workflow's container: what it writes appears in its root file system.
+        "healthcheck" => (
+            "healthcheck: {test: [CMD-SHELL, touch /tmp/probed], interval: 100000000, retries: 3}".into(),
+            "i=0; while [ ! -e /tmp/probed ] && [ $i -lt 1200 ]; do sleep 0.1; i=$((i+1)); done; test -e /tmp/probed"
+                .into(),
+        ),
         "entrypoint" => (
             "entrypoint: [sh, -c]\n    command: [\"test -x /bin/busybox\"]".into(),
             String::new(),

@@ -1014,3 +1014,194 @@ fn the_runflow_example_writes_hello_world_to_the_host() {
         .fails_with(125, &["runflow/workflow.yaml:16:7: variable \"out\" is not set"]);
     assert!(!out.stderr.contains("is started"), "{}", out.stderr);
 }
+
+/// Every run directory, mount and libcontainer state of the sandbox, and processes naming its state directory.
+fn service_leftovers(sb: &Sandbox) -> Vec<String> {
+    let mut left = leftovers(sb);
+    let state = sb.state().display().to_string();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        if let Ok(c) = std::fs::read(e.path().join("cmdline")) {
+            let c = String::from_utf8_lossy(&c).replace('\0', " ");
+            if c.contains(&state) {
+                left.push(c);
+            }
+        }
+    }
+    left
+}
+
+#[test]
+fn a_workflow_talks_to_its_service_which_is_gone_afterwards() {
+    let (sb, project) = ready();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    // The service listens after a second (the job waits for its health check); its SIGTERM handler lets it
+    // stop at once.
+    let wf = write(
+        &project,
+        "workflow.yaml",
+        &r#"workflows:
+  - name: client
+    image: {busybox}
+    services:
+      - name: web
+        image: {busybox}
+        environment:
+          GREETING: hello-from-the-service
+        command: ["sh", "-c", "mkdir -p /www && echo $GREETING > /www/index.html && echo serving; sleep 1; trap 'echo stopping; exit 0' TERM; httpd -f -p 127.0.0.1:PORT -h /www & wait"]
+        healthcheck:
+          test: ["CMD", "wget", "-q", "-O-", "http://127.0.0.1:PORT/"]
+          interval: 200ms
+          retries: 100
+    commands:
+      - wget -q -O- http://127.0.0.1:PORT/
+  - name: broken
+    image: {busybox}
+    services:
+      - name: db
+        image: {busybox}
+        command: ["sh", "-c", "trap 'exit 0' TERM; echo db-starting; while :; do sleep 0.1; done"]
+        healthcheck:
+          test: echo not-ready; exit 1
+          interval: 100000000
+          retries: 2
+    commands:
+      - echo must-not-run
+  - name: after
+    image: {busybox}
+    deps: [broken]
+    commands:
+      - echo must-not-run
+"#
+        .replace("PORT", &port.to_string()),
+    );
+    let started = Instant::now();
+    let out = sb.drun(&["run", "--keep-going", wf.to_str().unwrap()]);
+    let took = started.elapsed();
+    assert_eq!(out.code(), Some(125), "{}{}", out.stdout, out.stderr);
+    assert_eq!(out.stdout, "hello-from-the-service\n", "{}", out.stderr);
+    assert!(read(project.join("artifacts/client.log")).ends_with("hello-from-the-service\n"));
+    assert!(
+        out.stderr.contains("Workflow \"client\" is successful."),
+        "{}",
+        out.stderr
+    );
+    // Its log beside the workflow's: everything it wrote, up to its stop.
+    let artifacts = project.join("artifacts");
+    assert_eq!(read(artifacts.join("client.services/web.log")), "serving\nstopping\n");
+    // A service that turns unhealthy fails its workflow, by name, before the commands; its dependents are skipped.
+    assert!(
+        out.stderr
+            .contains("workflow \"broken\": service \"db\" is not ready: container"),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr
+            .contains("is unhealthy: the last probe exited with 1: \"not-ready\""),
+        "{}",
+        out.stderr
+    );
+    assert!(!out.stdout.contains("must-not-run") && !out.stderr.contains("must-not-run"));
+    assert!(read(artifacts.join("broken.log")).contains("service \"db\" is not ready"));
+    assert_eq!(read(artifacts.join("broken.services/db.log")), "db-starting\n");
+    // Nothing of either is left: no container listed, no run directory, mount, cgroup or process.
+    assert_eq!(sb.drun(&["ps", "-a", "-q"]).ok().stdout, "");
+    assert!(service_leftovers(&sb).is_empty(), "{:?}", service_leftovers(&sb));
+    for log in ["client.log", "broken.log"] {
+        let text = read(artifacts.join(log));
+        let id = text
+            .split("runs as container ")
+            .nth(1)
+            .and_then(|t| t.get(..12))
+            .unwrap_or_else(|| panic!("{log}: {text}"));
+        assert!(
+            crate::run::cgroup_dirs(id).is_empty(),
+            "{:?}",
+            crate::run::cgroup_dirs(id)
+        );
+    }
+    assert!(took < Duration::from_secs(120), "{took:?}");
+}
+
+#[test]
+fn a_ctrl_c_while_services_start_or_the_workflow_runs_still_removes_them() {
+    let (sb, project) = ready();
+    let wf = write(
+        &project,
+        "wf.yaml",
+        r#"workflows:
+  - name: waiting
+    image: {busybox}
+    services:
+      - name: slow
+        image: {busybox}
+        command: ["sh", "-c", "trap 'echo slow-stopping; exit 0' TERM; echo slow-up; while :; do sleep 0.1; done"]
+        healthcheck: {test: exit 1, interval: 100ms, retries: 100000}
+    commands: [echo must-not-run]
+  - name: running
+    image: {busybox}
+    services:
+      - name: quick
+        image: {busybox}
+        command: ["sh", "-c", "trap 'echo quick-stopping; exit 0' TERM; echo quick-up; while :; do sleep 0.1; done"]
+        healthcheck: {test: "true", interval: 100ms}
+    commands:
+      - echo ready
+      - sleep 120
+"#,
+    );
+    // While the workflow waits for its service to turn healthy.
+    let child = sb
+        .cmd(&["run", "-q", wf.to_str().unwrap(), "waiting"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Its handler for SIGTERM is set once it has written its first line.
+    wait_until("the service to run", || {
+        let ids = sb.drun(&["ps", "-q"]).ok().stdout;
+        ids.lines()
+            .next()
+            .is_some_and(|id| sb.drun(&["logs", id]).stdout.contains("slow-up"))
+    });
+    nix::sys::signal::kill(pid_of(&child), nix::sys::signal::SIGINT).unwrap();
+    let out = wait(child, Duration::from_secs(120));
+    assert_eq!(out.code(), Some(130), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("interrupted while its services started"),
+        "{}",
+        out.stderr
+    );
+    assert!(!out.stdout.contains("must-not-run"));
+    let log = project.join("artifacts/waiting.services/slow.log");
+    assert_eq!(read(&log), "slow-up\nslow-stopping\n");
+    assert_eq!(sb.drun(&["ps", "-a", "-q"]).ok().stdout, "");
+    assert!(service_leftovers(&sb).is_empty(), "{:?}", service_leftovers(&sb));
+
+    // While the workflow's own container runs.
+    let child = sb
+        .cmd(&["run", "-q", wf.to_str().unwrap(), "running"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for(&project.join("artifacts/running.log"), "ready");
+    nix::sys::signal::kill(pid_of(&child), nix::sys::signal::SIGINT).unwrap();
+    let out = wait(child, Duration::from_secs(120));
+    assert_eq!(out.code(), Some(130), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("Workflow \"running\" is interrupted"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(
+        read(project.join("artifacts/running.services/quick.log")),
+        "quick-up\nquick-stopping\n"
+    );
+    assert_eq!(sb.drun(&["ps", "-a", "-q"]).ok().stdout, "");
+    assert!(service_leftovers(&sb).is_empty(), "{:?}", service_leftovers(&sb));
+}

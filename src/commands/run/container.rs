@@ -183,6 +183,7 @@ fn plan_from_args(args: &RunArgs) -> Result<RunPlan> {
     let domainname = named(&a.domainname, "--domainname", parse::domainname)?;
     let stop_signal = named(&a.stop_signal, "--stop-signal", parse::signal)?;
     let restart = named(&a.restart, "--restart", parse::restart)?.unwrap_or_default();
+    let health = health_from_args(a)?;
 
     // Every value parsed: now the one look at the host.
     let host = resolve_host_paths(host).map_err(|failure| failure.error)?;
@@ -241,9 +242,49 @@ fn plan_from_args(args: &RunArgs) -> Result<RunPlan> {
         rdma: a.rdma,
         cdi_spec_dirs: common.cdi_spec_dir.clone(),
         require_limits: common.require_limits,
+        health,
         ..RunPlan::new(image.clone())
     };
     crate::plan::check::check(&plan)?;
+    Ok(plan)
+}
+
+/// `--health-*` and `--no-healthcheck`.
+fn health_from_args(a: &crate::cli::ContainerArgs) -> Result<crate::run::health::HealthPlan> {
+    use crate::run::health::{parse_duration, HealthPlan, HealthTest};
+    let duration = |flag: &str, v: &Option<String>| -> Result<Option<std::time::Duration>> {
+        v.as_deref()
+            .map(|t| parse_duration(t).map_err(|e| anyhow::anyhow!("invalid {flag}: {e}")))
+            .transpose()
+    };
+    let plan = HealthPlan {
+        disabled: a.no_healthcheck,
+        test: a.health_cmd.clone().map(HealthTest::Shell),
+        interval: duration("--health-interval", &a.health_interval)?,
+        timeout: duration("--health-timeout", &a.health_timeout)?,
+        start_period: duration("--health-start-period", &a.health_start_period)?,
+        retries: a.health_retries,
+    };
+    if plan.disabled
+        && plan
+            != (HealthPlan {
+                disabled: true,
+                ..HealthPlan::default()
+            })
+    {
+        bail!("--no-healthcheck conflicts with the --health-* options");
+    }
+    for (flag, d) in [("--health-interval", plan.interval), ("--health-timeout", plan.timeout)] {
+        if d.is_some_and(|d| d < std::time::Duration::from_millis(10)) {
+            bail!("invalid {flag}: it must be at least 10ms");
+        }
+    }
+    if plan.retries == Some(0) {
+        bail!("invalid --health-retries 0: it must be at least 1");
+    }
+    if a.health_cmd.as_deref().is_some_and(|c| c.trim().is_empty()) {
+        bail!("invalid --health-cmd \"\": give a command");
+    }
     Ok(plan)
 }
 

@@ -167,7 +167,77 @@ pub fn enter(mode: UsernsMode) -> Result<&'static Rootless, UsernsError> {
     }
     private_mounts()?;
     tracing::debug!(mapping = %ns.describe(), "entered a user namespace");
+    // For the drun processes this one starts inside the namespace (a health probe, a workflow's service): they
+    // are rootless too, in this namespace ([`adopt`]). Single-threaded here (checked above): nothing reads the
+    // environment concurrently.
+    std::env::set_var(ENTERED_ENV, ns.uid.to_string());
     Ok(CURRENT.get_or_init(|| ns))
+}
+
+/// Set by a rootless drun once it entered its user namespace, to the caller's host uid.
+const ENTERED_ENV: &str = "DRUN_ROOTLESS_UID";
+
+/// A drun started by a rootless drun inside that drun's user namespace (a health probe's `drun exec`, a workflow
+/// service's `drun run -d`) is root there, but rootless all the same: takes that namespace as its own, its
+/// mapping read from /proc/self. `None` (nothing changes) for any other process, such as a real root's drun or
+/// drun as root in a rootless Podman container (there the variable is not set).
+pub fn adopt() -> Option<&'static Rootless> {
+    let host_uid: u32 = std::env::var(ENTERED_ENV).ok()?.parse().ok()?;
+    let read_map = |file: &str| -> Option<Vec<IdMap>> {
+        let text = crate::sys::safe_fs::read_system(format!("/proc/self/{file}")).ok()?;
+        Some(
+            text.lines()
+                .filter_map(|l| {
+                    let mut n = l.split_whitespace().map(|w| w.parse::<u32>().ok());
+                    Some(IdMap {
+                        inside: n.next()??,
+                        outside: n.next()??,
+                        count: n.next()??,
+                    })
+                })
+                .collect(),
+        )
+    };
+    let (uids, gids) = (read_map("uid_map")?, read_map("gid_map")?);
+    // The caller, as the namespace maps it: refused unless it is the uid the variable names (the initial
+    // namespace's identity mapping maps everyone).
+    let inside = nix::unistd::geteuid().as_raw();
+    let outside = uids
+        .iter()
+        .find(|m| inside >= m.inside && inside - m.inside < m.count)
+        .map(|m| m.outside + (inside - m.inside))?;
+    if outside != host_uid || uids.iter().any(|m| m.count == u32::MAX) {
+        return None;
+    }
+    let gid_inside = nix::unistd::getegid().as_raw();
+    let gid = gids
+        .iter()
+        .find(|m| gid_inside >= m.inside && gid_inside - m.inside < m.count)
+        .map_or(gid_inside, |m| m.outside + (gid_inside - m.inside));
+    let user = host_user(host_uid);
+    let kind = if uids.len() > 1 {
+        MappingKind::Subordinate
+    } else {
+        MappingKind::SingleId
+    };
+    let adopted = Rootless {
+        uid: host_uid,
+        gid,
+        user: user.name,
+        home: user.home,
+        shell: user.shell,
+        gecos: user.gecos,
+        uids,
+        gids,
+        kind,
+        mode: if inside == 0 {
+            UsernsMode::Auto
+        } else {
+            UsernsMode::KeepId
+        },
+    };
+    tracing::debug!(mapping = %adopted.describe(), "in the user namespace of the drun that started this one");
+    Some(CURRENT.get_or_init(|| adopted))
 }
 
 /// A mount namespace of drun's own (of the calling thread, when other threads share the process), in the user

@@ -24,7 +24,7 @@ use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
-pub use enter::{enter, join, private_mounts};
+pub use enter::{adopt, enter, join, private_mounts};
 pub use error::{unshare_advice, InvalidUsernsMode, UsernsError};
 pub use idmap::IdMap;
 

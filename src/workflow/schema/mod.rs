@@ -185,6 +185,12 @@ pub struct Workflow {
     pub stop_signal: Option<Spanned<Scalar>>,
     #[serde(default)]
     pub sysctls: Option<Spanned<KeyValues>>,
+    /// docker-py's `healthcheck`: the container's health check (probed while it runs; see `run::health`).
+    #[serde(default)]
+    pub healthcheck: Option<Spanned<Healthcheck>>,
+    /// Containers started in the background before the workflow's commands and removed after it.
+    #[serde(default)]
+    pub services: Vec<Spanned<Service>>,
     // Refused, each with its reason (`workflow::docker_py::REFUSED`).
     #[serde(default)]
     pub cgroup_parent: Option<Spanned<Refused>>,
@@ -198,8 +204,6 @@ pub struct Workflow {
     pub cpu_rt_runtime: Option<Spanned<Refused>>,
     #[serde(default)]
     pub detach: Option<Spanned<Refused>>,
-    #[serde(default)]
-    pub healthcheck: Option<Spanned<Refused>>,
     #[serde(default)]
     pub init_path: Option<Spanned<Refused>>,
     #[serde(default)]
@@ -226,6 +230,39 @@ pub struct Workflow {
     pub volume_driver: Option<Spanned<Refused>>,
     #[serde(default)]
     pub volumes_from: Option<Spanned<Refused>>,
+}
+
+/// A service of a workflow: a background container for as long as the workflow runs.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Service {
+    pub name: Spanned<String>,
+    pub image: Spanned<String>,
+    #[serde(default)]
+    pub environment: Option<Environment>,
+    #[serde(default)]
+    pub entrypoint: Option<Spanned<StringOrList>>,
+    #[serde(default)]
+    pub command: Option<Spanned<StringOrList>>,
+    #[serde(default)]
+    pub healthcheck: Option<Spanned<Healthcheck>>,
+}
+
+/// docker-py's `healthcheck` (`docker.types.Healthcheck`, in its spelling or the API's): durations in
+/// nanoseconds as docker-py has them, or with a unit (`1s`, `500ms`) as Compose has them.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Healthcheck {
+    #[serde(default, alias = "Test")]
+    pub test: Option<StringOrList>,
+    #[serde(default, alias = "Interval")]
+    pub interval: Option<Scalar>,
+    #[serde(default, alias = "Timeout")]
+    pub timeout: Option<Scalar>,
+    #[serde(default, alias = "StartPeriod")]
+    pub start_period: Option<Scalar>,
+    #[serde(default, alias = "Retries")]
+    pub retries: Option<Scalar>,
 }
 
 /// A refused key's value, whatever its shape: only its place is kept, for the error.
