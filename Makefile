@@ -21,7 +21,7 @@ NEW ?= $(DRUN)
 OLD ?=
 BENCH_BINARIES = --new "$(NEW)" $(if $(OLD),--old "$(OLD)")
 
-.PHONY: all deps fixture-deps test-deps build registry images users demo test test-gpu lint unit integration bench-pull bench-run bench-exec bench-srun bench-mpi bench-setup registry-down clean
+.PHONY: all deps fixture-deps test-deps build registry images users demo test test-props test-gpu lint unit integration bench-pull bench-run bench-exec bench-srun bench-mpi bench-setup registry-down clean
 
 all: build
 
@@ -70,6 +70,11 @@ integration: build images users test-deps
 
 test: lint build images users test-deps
 	$(CARGO) test --release --locked -- --test-threads=2
+
+# The property tests (parsers, workflow loader, unpacker, manifests) with many more cases than `make test`'s 64.
+PROPTEST_CASES ?= 5000
+test-props: deps
+	PROPTEST_CASES=$(PROPTEST_CASES) $(CARGO) test --release --locked --lib props
 
 # On a host with an NVIDIA GPU and driver: the real-hardware test (ignored by `make test`). It builds its own image
 # (hack/gpu-hardware.sh image: glibc + tests/fixtures/cuda_check.c), so a GPU machine needs no registry.

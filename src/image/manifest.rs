@@ -180,3 +180,59 @@ mod tests {
         assert!(err.to_string().contains("lists 0 layers"), "{err}");
     }
 }
+
+/// Property tests: whatever a registry sends as a manifest or config (random bytes, a valid document with bytes
+/// deleted, inserted or flipped), a parsed value or an error, never a panic.
+#[cfg(test)]
+mod props {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    const MANIFEST: &str = r#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:1111111111111111111111111111111111111111111111111111111111111111","size":10},"layers":[{"mediaType":"application/vnd.oci.image.layer.v1.tar+gzip","digest":"sha256:2222222222222222222222222222222222222222222222222222222222222222","size":20}]}"#;
+    const CONFIG: &str = r#"{"os":"linux","architecture":"amd64","rootfs":{"type":"layers","diff_ids":["sha256:1111111111111111111111111111111111111111111111111111111111111111"]}}"#;
+
+    fn mutated(doc: &'static str) -> impl Strategy<Value = Vec<u8>> {
+        prop::collection::vec((any::<usize>(), any::<u8>(), 0u8..3), 1..6).prop_map(move |edits| {
+            let mut b = doc.as_bytes().to_vec();
+            for (at, byte, op) in edits {
+                let i = at % b.len().max(1);
+                match op {
+                    0 if !b.is_empty() => {
+                        b.remove(i);
+                    }
+                    1 => b.insert(i.min(b.len()), byte),
+                    _ if !b.is_empty() => b[i] = byte,
+                    _ => {}
+                }
+            }
+            b
+        })
+    }
+
+    proptest! {
+        #![proptest_config(crate::props::config())]
+
+        #[test]
+        fn any_manifest_bytes_parse_or_fail(data in prop_oneof![
+            prop::collection::vec(any::<u8>(), 0..256),
+            mutated(MANIFEST),
+        ]) {
+            let r = std::panic::catch_unwind(|| parse_manifest(&data).map(|_| ()).map_err(|e| e.to_string()));
+            prop_assert!(r.is_ok());
+            if let Err(e) = r.unwrap() {
+                prop_assert!(!e.is_empty());
+            }
+        }
+
+        #[test]
+        fn any_config_bytes_parse_or_fail(data in mutated(CONFIG)) {
+            let layers = match parse_manifest(MANIFEST.as_bytes()) {
+                Ok(ParsedManifest::Image { layers, .. }) => layers,
+                _ => unreachable!("the sample manifest parses"),
+            };
+            let r = std::panic::catch_unwind(|| config_layers(&data, &layers).map(|_| ()).map_err(|e| e.to_string()));
+            prop_assert!(r.is_ok());
+        }
+    }
+}

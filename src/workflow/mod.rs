@@ -20,6 +20,8 @@ mod load;
 pub mod mounts;
 pub mod order;
 pub mod outputs;
+#[cfg(test)]
+mod props;
 pub mod runner;
 pub mod sanitize;
 pub mod schema;

@@ -21,6 +21,8 @@ mod hardlinks;
 mod header_budget;
 mod layer;
 mod names;
+#[cfg(test)]
+mod props;
 mod tar_fields;
 mod whiteouts;
 mod writer_pool;
