@@ -68,8 +68,12 @@ impl Store {
                     .join(format!("old-layer-{idmap}-{key}.{}.{}", std::process::id(), unique()));
             fs::rename(&dest, &old).map_err(io_err("move aside", &dest))?;
         }
+        // Durable before it is visible: a power cut must not leave a published layer with files missing or
+        // short (the kernel may write the rename before the data; see docs/store.md, Crash safety).
+        super::sync_file_system(staging)?;
         crate::failpoint::hit("layer-before-publish");
         fs::rename(staging, &dest).map_err(io_err("publish", &dest))?;
+        super::sync_parent(&dest)?;
         crate::failpoint::hit("layer-after-publish");
         Ok(())
     }

@@ -217,12 +217,32 @@ impl Store {
         ));
         let mut f = crate::sys::safe_fs::create_new(&tmp, 0o600).map_err(io_err("create", &tmp))?;
         f.write_all(data).map_err(io_err("write", &tmp))?;
+        // Durable before it is visible: after a power cut a name holds all of its data or the old content.
+        f.sync_all().map_err(io_err("sync", &tmp))?;
         drop(f);
         fs::rename(&tmp, path).map_err(|e| {
             let _ = fs::remove_file(&tmp);
             io_err("publish", path)(e)
-        })
+        })?;
+        sync_parent(path)
     }
+}
+
+/// fsync(2) of the directory holding `path`: a rename into it survives a power cut once this returns, so that
+/// what is published later (a record naming a layer) never outlives what it names.
+fn sync_parent(path: &Path) -> Result<(), StoreError> {
+    let dir = path.parent().unwrap_or(path);
+    crate::sys::safe_fs::open_dir_nofollow(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_err("sync", dir))
+}
+
+/// syncfs(2) of the file system holding `dir`: every file written there (a layer's tree, with its many small
+/// files) is on disk once this returns. One call instead of an fsync per file.
+fn sync_file_system(dir: &Path) -> Result<(), StoreError> {
+    crate::sys::safe_fs::open_dir_nofollow(dir)
+        .and_then(|d| rustix::fs::syncfs(&d).map_err(io::Error::from))
+        .map_err(io_err("sync", dir))
 }
 
 /// A number unique in this process, for names under `tmp/`.

@@ -67,7 +67,7 @@ impl Store {
         )
         .map_err(io_err("write", &meta_path))?;
         // Durable before it is visible: a power cut must not leave a published layer with missing files.
-        sync_file_system(staging).map_err(io_err("sync", staging))?;
+        super::sync_file_system(staging)?;
         let parent = self.root.join("setup").join(idmap);
         crate::sys::safe_fs::create_dir_all_mode(&parent, 0o700).map_err(io_err("create", &parent))?;
         let dest = self.setup_dir(idmap, key);
@@ -79,7 +79,7 @@ impl Store {
             fs::rename(&dest, &old).map_err(io_err("move aside", &dest))?;
         }
         fs::rename(staging, &dest).map_err(io_err("publish", &dest))?;
-        Ok(())
+        super::sync_parent(&dest)
     }
 
     pub fn setup_dir(&self, idmap: &str, key: &str) -> PathBuf {
@@ -148,10 +148,4 @@ impl Store {
         }
         out
     }
-}
-
-/// syncfs(2) of the file system holding `dir`.
-fn sync_file_system(dir: &Path) -> std::io::Result<()> {
-    let d = crate::sys::safe_fs::open_dir_nofollow(dir)?;
-    rustix::fs::syncfs(&d).map_err(std::io::Error::from)
 }
