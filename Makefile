@@ -21,7 +21,7 @@ NEW ?= $(DRUN)
 OLD ?=
 BENCH_BINARIES = --new "$(NEW)" $(if $(OLD),--old "$(OLD)")
 
-.PHONY: all deps fixture-deps test-deps build registry images users demo test test-props test-gpu lint unit integration bench-pull bench-run bench-exec bench-srun bench-mpi bench-setup registry-down clean
+.PHONY: all deps fixture-deps test-deps build registry images users demo test test-props test-powercut test-gpu lint unit integration bench-pull bench-run bench-exec bench-srun bench-mpi bench-setup registry-down clean
 
 all: build
 
@@ -75,6 +75,10 @@ test: lint build images users test-deps
 PROPTEST_CASES ?= 5000
 test-props: deps
 	PROPTEST_CASES=$(PROPTEST_CASES) $(CARGO) test --release --locked --lib props
+
+# Power cuts during pulls, in the qemu VM with the store on an ext4 disk (DRUN_POWERCUT_ITERATIONS, default 20)
+test-powercut: build images
+	$(CARGO) test --release --locked --test integration -- --ignored --nocapture power_cuts_during_pulls
 
 # On a host with an NVIDIA GPU and driver: the real-hardware test (ignored by `make test`). It builds its own image
 # (hack/gpu-hardware.sh image: glibc + tests/fixtures/cuda_check.c), so a GPU machine needs no registry.

@@ -3,7 +3,7 @@
 # with a pure cgroup v2 hierarchy (this host is v1-hybrid, production is v2).
 # qemu runs under TCG only (KVM hangs on the dev VM), with no network device.
 #
-#   hack/vm-test.sh [--timeout SECONDS] [--mem MiB] [--smp N] [--console]
+#   hack/vm-test.sh [--timeout SECONDS] [--mem MiB] [--smp N] [--disk FILE] [--console]
 #                   [--add HOSTPATH[:GUESTPATH]]... [--bin HOSTBIN[:GUESTPATH]]...
 #                   SCRIPT
 #
@@ -17,6 +17,8 @@
 #                 files, symlinks, modes; no xattrs: cpio cannot carry them)
 #   --bin H:G     copy ELF binary H to G plus every library `ldd` lists (at the
 #                 same paths, dynamic loader included); G defaults to H
+#   --disk FILE   attach FILE as a raw virtio disk, /dev/vda in the guest (its file system's module, e.g.
+#                 ext4, and virtio_blk must be in DRUN_VM_MODULES); it outlives the VM, as a disk would
 #   --console     stream the whole serial console, not only the script output
 #
 # SCRIPT becomes /test/run.sh in the guest and runs as root with cwd /test;
@@ -45,13 +47,14 @@ umask 022  # modes in the cpio archives become the guest's modes
 
 usage() { sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "$0"; exit "${1:-0}"; }
 
-TIMEOUT=600 MEM=2048 SMP=1 CONSOLE=0 SCRIPT=
+TIMEOUT=600 MEM=2048 SMP=1 DISK= CONSOLE=0 SCRIPT=
 ADDS=() BINS=()
 while [ $# -gt 0 ]; do
     case $1 in
         --timeout) [ $# -ge 2 ] || usage 2; TIMEOUT=$2; shift 2 ;;
         --mem) [ $# -ge 2 ] || usage 2; MEM=$2; shift 2 ;;
         --smp) [ $# -ge 2 ] || usage 2; SMP=$2; shift 2 ;;
+        --disk) [ $# -ge 2 ] || usage 2; DISK=$2; shift 2 ;;
         --add) [ $# -ge 2 ] || usage 2; ADDS+=("$2"); shift 2 ;;
         --bin) [ $# -ge 2 ] || usage 2; BINS+=("$2"); shift 2 ;;
         --console) CONSOLE=1; shift ;;
@@ -67,6 +70,9 @@ SCRIPT=$1
 [[ "$TIMEOUT" =~ ^[1-9][0-9]*$ ]] || die "--timeout wants whole seconds"
 [[ "$MEM" =~ ^[1-9][0-9]*$ ]] || die "--mem wants MiB"
 [[ "$SMP" =~ ^[1-9][0-9]*$ ]] || die "--smp wants a CPU count"
+[ -z "$DISK" ] || [ -f "$DISK" ] || die "no such disk image: $DISK"
+DISK_ARGS=()
+[ -z "$DISK" ] || DISK_ARGS=(-drive "file=$DISK,format=raw,if=virtio")
 
 MODULES=${DRUN_VM_MODULES:-overlay}
 VMCACHE=$DRUN_TEST_CACHE/vm
@@ -394,7 +400,7 @@ rm -rf "$ST" "$T/run.cpio"
 : >"$T/console.log"
 APPEND="console=ttyS0 quiet panic=-1 systemd.unified_cgroup_hierarchy=1 cgroup_no_v1=all"
 T1=$(date +%s.%N)
-qemu-system-x86_64 -accel tcg -cpu max -m "$MEM" -smp "$SMP" -nographic -no-reboot -nic none \
+qemu-system-x86_64 -accel tcg -cpu max -m "$MEM" -smp "$SMP" -nographic -no-reboot -nic none "${DISK_ARGS[@]}" \
     -kernel "$KDIR/vmlinuz" -initrd "$T/initrd" -append "$APPEND" \
     </dev/null >"$T/console.log" 2>&1 &
 QPID=$!

@@ -47,7 +47,16 @@ pub fn execute(global: &GlobalArgs, args: ImagesArgs) -> Result<i32> {
                     l.meta.image,
                     ByteSize(l.meta.size).to_string(),
                     l.meta.created.format(&fmt).unwrap_or_default(),
-                    l.meta.source
+                    // Another user's file name: its control characters escaped.
+                    l.meta
+                        .source
+                        .chars()
+                        .map(|c| if c.is_control() {
+                            c.escape_default().to_string()
+                        } else {
+                            c.to_string()
+                        })
+                        .collect::<String>()
                 );
             }
         }

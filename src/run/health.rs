@@ -173,10 +173,13 @@ pub fn effective(plan: &HealthPlan, image: Option<&ImageHealthcheck>) -> Option<
     if test == HealthTest::None {
         return None;
     }
+    // An image's values are not checked as the flags are: at least 100 ms (about what starting a probe takes;
+    // Docker's floor is 1 ms), so that an image cannot make drun start probes back to back.
+    let floor = |d: Option<Duration>| d.map(|d| d.max(Duration::from_millis(100)));
     Some(HealthConfig {
         test,
-        interval: plan.interval.or(image.interval).unwrap_or(DEFAULT_INTERVAL),
-        timeout: plan.timeout.or(image.timeout).unwrap_or(DEFAULT_TIMEOUT),
+        interval: plan.interval.or(floor(image.interval)).unwrap_or(DEFAULT_INTERVAL),
+        timeout: plan.timeout.or(floor(image.timeout)).unwrap_or(DEFAULT_TIMEOUT),
         start_period: plan.start_period.or(image.start_period).unwrap_or_default(),
         retries: plan.retries.or(image.retries).unwrap_or(DEFAULT_RETRIES),
     })
@@ -415,6 +418,8 @@ impl ProbeJob {
             .arg(&self.state_dir)
             .arg("exec")
             .arg(&self.id)
+            // The image's test is the command, never options of `drun exec` (`["CMD", "-u", "0", …]`).
+            .arg("--")
             .args(config.test.argv())
             .stdin(Stdio::null())
             .stdout(Stdio::from(write.try_clone()?))
@@ -439,7 +444,10 @@ impl ProbeJob {
         let mut child = cmd.spawn()?;
         let mut pipe = std::fs::File::from(read);
         let mut output = Vec::new();
-        let deadline = Instant::now() + config.timeout;
+        // An image's timeout may be centuries: no overflow.
+        let deadline = Instant::now()
+            .checked_add(config.timeout)
+            .unwrap_or_else(|| Instant::now() + Duration::from_secs(365 * 86400));
         let mut timed_out = false;
         let mut open = true;
         let status = loop {
@@ -474,7 +482,9 @@ impl ProbeJob {
                     std::os::fd::AsFd::as_fd(&pipe),
                     nix::poll::PollFlags::POLLIN,
                 )];
-                if nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(20u16)).unwrap_or(0) == 0 {
+                // Bounded: a process that keeps writing to it would keep this thread here for ever.
+                let drained = Instant::now() >= deadline || self.stopped();
+                if drained || nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(20u16)).unwrap_or(0) == 0 {
                     break Some(status);
                 }
                 continue;

@@ -99,7 +99,7 @@ pub fn run(
         },
     )?;
     // A workflow's setup: a layer of the store above the image's, built first if it is not there yet.
-    let setup = setup_layer::ensure(store, cfg, plan, &image, state_dir, quiet, hooks.log.as_deref_mut())?;
+    let mut setup = setup_layer::ensure(store, cfg, plan, &image, state_dir, quiet, hooks.log.as_deref_mut())?;
     // The run's id and directory (and its clean-up, whatever happens from here on).
     let (ctx, run_dir, names_lock) = RunContext::create(plan, state_dir)?;
     let mut cleanup = Cleanup::new(&ctx, run_dir);
@@ -138,6 +138,10 @@ pub fn run(
         };
         layers.extend(setup.as_ref().map(|s| s.root.clone()));
         cleanup.record(info.clone())?;
+        // The setup layer is recorded as this run's: garbage collection keeps it from now on.
+        if let Some(s) = setup.as_mut() {
+            s.held = None;
+        }
         drop(names_lock);
         cleanup.start_warmup(&cgroup, limits);
         match &image.squash {

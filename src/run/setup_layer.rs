@@ -25,12 +25,15 @@ use crate::workflow::REQUIREMENTS_PATH;
 /// Largest requirements file read (pip's own files are a few KiB).
 const REQUIREMENTS_MAX: u64 = 1 << 20;
 /// Changes when what the key covers changes.
-const KEY_FORMAT: &str = "drun-setup-1";
+const KEY_FORMAT: &str = "drun-setup-2";
 
-/// A setup layer the run stacks above the image: its key (recorded by the run, see `state::live_layers`) and tree.
+/// A setup layer the run stacks above the image: its key (recorded by the run, see `state::live_layers`) and tree,
+/// and the store's shared lock, held until the run has recorded the key (garbage collection, which takes the lock
+/// exclusively, either ran before or sees the record).
 pub(super) struct SetupLayer {
     pub key: String,
     pub root: PathBuf,
+    pub held: Option<crate::image::store::StoreLock>,
 }
 
 /// The setup layer of `plan`, built first if the store lacks it; `None` without a setup, or where it cannot be
@@ -55,18 +58,23 @@ pub(super) fn ensure(
         None => None,
     };
     let idmap = store.idmap();
-    let key = key(setup, image, idmap, requirements.as_deref());
+    let key = key(setup, plan, image, idmap, requirements.as_deref());
     let lock_name = Store::setup_lock_key(&key);
     // Runs of the same setup wait here for the one that builds it.
     let _building = store.lock_layer(idmap, &lock_name, true)?;
+    // Held while the staging directory is in use (garbage collection clears `tmp/` under the exclusive lock), and
+    // handed to the run until it has recorded the layer.
+    let shared = store.lock_shared()?;
     if !setup.no_cache {
         if let Some(root) = store.setup_root(idmap, &key) {
             tracing::debug!(%key, "setup layer found");
-            return Ok(Some(SetupLayer { key, root }));
+            return Ok(Some(SetupLayer {
+                key,
+                root,
+                held: Some(shared),
+            }));
         }
     }
-    // Held while the staging directory is in use: garbage collection clears `tmp/` under the exclusive lock.
-    let _shared = store.lock_shared()?;
     let staging = store.setup_staging(idmap, &key)?;
     let built = build(
         store,
@@ -92,7 +100,11 @@ pub(super) fn ensure(
             };
             store.publish_setup(idmap, &key, &staging, &meta)?;
             tracing::info!(%key, size = meta.size, "setup kept as a layer");
-            store.setup_root(idmap, &key).map(|root| SetupLayer { key, root })
+            store.setup_root(idmap, &key).map(|root| SetupLayer {
+                key,
+                root,
+                held: Some(shared),
+            })
         }
         Ok(false) => None,
         Err(e) => {
@@ -135,8 +147,9 @@ fn build(
         platform: plan.platform.clone(),
         entrypoint: Some(vec!["/bin/sh".into(), "-c".into()]),
         command: Some(vec![setup.script.clone()]),
+        // Not the host's variables (`--env-host`, a Slurm job's): they change from job to job, and the key does not
+        // cover them. `build_environment` is what a setup sees.
         env: setup.env.clone(),
-        host_env: plan.host_env.clone(),
         mounts,
         memory: plan.memory,
         cpus: plan.cpus,
@@ -193,17 +206,20 @@ fn build(
     if outcome.code != 0 || outcome.interrupted {
         return Err(RunError::SetupFailed { code: outcome.code });
     }
-    // The mark that tells the run's script the setup is done must be in the layer.
-    let mark = staging.join("upper").join(SETUP_DONE.trim_start_matches('/'));
-    if std::fs::symlink_metadata(&mark).map(|m| m.is_file()).unwrap_or(false) {
+    // The mark that tells the run's script the setup is done must be in the layer (looked up inside it: the
+    // container's symlinks there lead nowhere else).
+    let mark = crate::run::rootfs::stat_in_root(&staging.join("upper"), SETUP_DONE.trim_start_matches('/'));
+    if mark.is_some_and(|m| m.is_file()) {
         Ok(true)
     } else {
         Err(RunError::SetupFailed { code: 0 })
     }
 }
 
-/// The cache key: hex SHA-256 over every input, each length-prefixed.
-fn key(setup: &SetupPlan, image: &ReadyImage, idmap: &str, requirements: Option<&[u8]>) -> String {
+/// The cache key: hex SHA-256 over every input, each length-prefixed. Besides what the setup installs, who built
+/// it (the user behind sudo: one user's layers are never another's, so none can plant a layer another runs) and
+/// what it could reach (network mode, DNS servers) are in it.
+fn key(setup: &SetupPlan, plan: &RunPlan, image: &ReadyImage, idmap: &str, requirements: Option<&[u8]>) -> String {
     use sha2::{Digest as _, Sha256};
     let mut h = Sha256::new();
     let mut part = |bytes: &[u8]| {
@@ -219,5 +235,7 @@ fn key(setup: &SetupPlan, image: &ReadyImage, idmap: &str, requirements: Option<
         part(v.as_bytes());
     }
     part(requirements.unwrap_or(b"\0none"));
+    part(format!("{:?}", crate::sys::userns::invoking_owner()).as_bytes());
+    part(format!("{:?} {:?}", plan.network, plan.dns).as_bytes());
     hex::encode(h.finalize())
 }

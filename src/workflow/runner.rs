@@ -200,8 +200,19 @@ pub fn run_jobs(
 impl Runner<'_> {
     /// `mkdir -p` that hands every directory it creates to the owner, under the caller's umask.
     fn make_dirs(&self, path: &Path) -> Result<(), RunnerError> {
-        if path.is_dir() {
-            return Ok(());
+        // In the artifacts directory nothing is followed: a symlink planted there (by another user who can write
+        // the project directory) would lead root's logs and directories anywhere. Above it, the user's own path.
+        let below = path != self.options.artifacts_root && path.starts_with(&self.options.artifacts_root);
+        match std::fs::symlink_metadata(path) {
+            Ok(m) if m.is_dir() => return Ok(()),
+            Ok(m) if m.file_type().is_symlink() && below => {
+                return Err(RunnerError::CreateDir {
+                    path: path.to_path_buf(),
+                    source: io::Error::other("it is a symbolic link, which is not followed in the artifacts directory"),
+                })
+            }
+            _ if !below && path.is_dir() => return Ok(()),
+            _ => {}
         }
         if let Some(parent) = path.parent() {
             self.make_dirs(parent)?;
@@ -214,7 +225,12 @@ impl Runner<'_> {
                 Ok(())
             }
             Ok(false) => Ok(()),
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists && path.is_dir() => Ok(()),
+            Err(e)
+                if e.kind() == io::ErrorKind::AlreadyExists
+                    && std::fs::symlink_metadata(path).is_ok_and(|m| m.is_dir()) =>
+            {
+                Ok(())
+            }
             Err(source) => Err(RunnerError::CreateDir {
                 path: path.to_path_buf(),
                 source,

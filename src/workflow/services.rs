@@ -171,9 +171,15 @@ pub enum ServiceError {
     },
 }
 
-/// The drun command line that starts `svc` in the background; its environment goes through the child's
-/// environment (`-e NAME`), not its command line, which other users can read in /proc.
-fn launch_command(svc: &ServiceSpec, inputs: &StartInputs<'_>, container_name: &str) -> Command {
+/// The drun command line that starts `svc` in the background. Its environment goes through `env_file`, a file
+/// private to this user (not the command line, which other users can read in /proc, and never the launching
+/// drun's own environment, where a `LD_PRELOAD` or `PATH` meant for the container would act on drun itself).
+fn launch_command(
+    svc: &ServiceSpec,
+    inputs: &StartInputs<'_>,
+    container_name: &str,
+    env_file: Option<&Path>,
+) -> Command {
     let mut cmd = Command::new("/proc/self/exe");
     std::os::unix::process::CommandExt::arg0(&mut cmd, "drun");
     cmd.arg("--root")
@@ -183,9 +189,8 @@ fn launch_command(svc: &ServiceSpec, inputs: &StartInputs<'_>, container_name: &
         .args(["run", "-d", "-q", "--name", container_name]);
     // Images were made ready before any workflow ran.
     cmd.args(["--pull", "never"]);
-    for (k, v) in &svc.env {
-        cmd.arg("-e").arg(k);
-        cmd.env(k, v);
+    if let Some(f) = env_file {
+        cmd.arg("--env-file").arg(f);
     }
     let mut args: Vec<String> = Vec::new();
     match svc.entrypoint.as_deref() {
@@ -260,9 +265,13 @@ pub fn start(svc: &ServiceSpec, inputs: &StartInputs<'_>) -> Result<Running, Ser
         why,
     };
     let container_name = format!("{}-{}-{}", container_safe(inputs.job), svc.name, std::process::id());
-    let out = launch_command(svc, inputs, &container_name)
-        .output()
-        .map_err(|e| fail(format!("cannot run drun: {e}")))?;
+    let env_file = write_env_file(svc, inputs.state_dir, &container_name).map_err(fail)?;
+    let out = launch_command(svc, inputs, &container_name, env_file.as_deref()).output();
+    // Read by the launcher and by the monitor before the container starts; the launcher returns after that.
+    if let Some(f) = &env_file {
+        let _ = std::fs::remove_file(f);
+    }
+    let out = out.map_err(|e| fail(format!("cannot run drun: {e}")))?;
     let id = String::from_utf8_lossy(&out.stdout).trim().to_string();
     // Its messages (a pull's warnings, why it failed), without drun's own "error: " prefix.
     let said = String::from_utf8_lossy(&out.stderr);
@@ -287,6 +296,29 @@ pub fn start(svc: &ServiceSpec, inputs: &StartInputs<'_>) -> Result<Running, Ser
     })
 }
 
+/// The service's environment as an env file (`KEY=VALUE` lines) in the state directory (private to this user),
+/// created new with mode 0600; `None` without variables.
+fn write_env_file(svc: &ServiceSpec, state_dir: &Path, container_name: &str) -> Result<Option<PathBuf>, String> {
+    if svc.env.is_empty() {
+        return Ok(None);
+    }
+    let mut text = String::new();
+    for (k, v) in &svc.env {
+        // An env file holds one variable per line, trimmed: what it cannot carry is refused, not changed.
+        if v.contains(['\n', '\r']) || v.trim() != v {
+            return Err(format!(
+                "the value of {k:?} starts or ends with white space or holds a line break, which a service's \
+                 environment cannot carry"
+            ));
+        }
+        text.push_str(&format!("{k}={v}\n"));
+    }
+    let path = state_dir.join(format!(".env-{container_name}"));
+    crate::sys::safe_fs::write_new(&path, text.as_bytes(), 0o600)
+        .map_err(|e| format!("cannot write its environment to {path:?}: {e}"))?;
+    Ok(Some(path))
+}
+
 /// A workflow's name as part of a container name.
 fn container_safe(job: &str) -> String {
     job.chars()
@@ -303,7 +335,12 @@ fn container_safe(job: &str) -> String {
 /// How long a service with this health check may take to turn healthy: every probe it may take (a failing one
 /// turns it unhealthy after `retries` of them, past the start period), and a minute more on a loaded machine.
 pub fn health_bound(config: &crate::run::health::HealthConfig) -> Duration {
-    config.start_period + (config.interval + config.timeout) * (config.retries + 1) + Duration::from_secs(60)
+    // Saturating: an image's values can be as large as a u64 of nanoseconds and a u32 of retries.
+    let probe = config.interval.saturating_add(config.timeout);
+    config
+        .start_period
+        .saturating_add(probe.saturating_mul(config.retries.saturating_add(1)))
+        .saturating_add(Duration::from_secs(60))
 }
 
 impl Running {

@@ -50,14 +50,23 @@ impl Drop for Server {
     }
 }
 
-/// The setup layers in the sandbox's store.
-fn setup_layers(sb: &Sandbox) -> Vec<PathBuf> {
+/// The setup layers in the sandbox's store (`all`: also those a rebuild replaced, kept until no run uses them).
+fn setup_dirs(sb: &Sandbox, all: bool) -> Vec<PathBuf> {
     let dir = sb.store().join("setup/host");
     let mut out: Vec<PathBuf> = std::fs::read_dir(dir)
-        .map(|rd| rd.flatten().map(|e| e.path()).collect())
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.path())
+                .filter(|p| all || !p.to_string_lossy().contains(".old."))
+                .collect()
+        })
         .unwrap_or_default();
     out.sort();
     out
+}
+
+fn setup_layers(sb: &Sandbox) -> Vec<PathBuf> {
+    setup_dirs(sb, false)
 }
 
 fn python_workflow(project: &Path, index: &str, extra_build_env: &str, runtime_env: &str) -> PathBuf {
@@ -161,13 +170,15 @@ fn requirements_are_installed_once_and_rebuilt_when_their_inputs_change() {
     );
     assert!(index.requests() > third);
     assert_eq!(setup_layers(&sb).len(), 3);
+    // The layer it replaced is kept beside it until garbage collection sees no run of that key.
+    assert_eq!(setup_dirs(&sb, true).len(), 4);
 
     // `drun images` lists them; `prune` keeps the newest of the workflow only.
     let images = sb.drun(&["images"]).ok();
     assert!(images.stdout.contains("SETUP LAYER"), "{}", images.stdout);
     assert!(images.stdout.contains("workflow \"py\" in "), "{}", images.stdout);
     sb.drun(&["prune"]).ok();
-    let left = setup_layers(&sb);
+    let left = setup_dirs(&sb, true);
     assert_eq!(left.len(), 1, "{left:?}");
     let out = sb.drun(&["run", wf_arg]).ok();
     assert!(

@@ -1051,6 +1051,8 @@ fn a_workflow_talks_to_its_service_which_is_gone_afterwards() {
         image: {busybox}
         environment:
           GREETING: hello-from-the-service
+          # For the container only: never in the environment of the drun that starts it.
+          LD_PRELOAD: /nonexistent/drun-test-preload.so
         command: ["sh", "-c", "mkdir -p /www && echo $GREETING > /www/index.html && echo serving; sleep 1; trap 'echo stopping; exit 0' TERM; httpd -f -p 127.0.0.1:PORT -h /www & wait"]
         healthcheck:
           test: ["CMD", "wget", "-q", "-O-", "http://127.0.0.1:PORT/"]
@@ -1083,6 +1085,13 @@ fn a_workflow_talks_to_its_service_which_is_gone_afterwards() {
     let took = started.elapsed();
     assert_eq!(out.code(), Some(125), "{}{}", out.stdout, out.stderr);
     assert_eq!(out.stdout, "hello-from-the-service\n", "{}", out.stderr);
+    assert!(!out.stderr.contains("cannot be preloaded"), "{}", out.stderr);
+    let env_files: Vec<_> = std::fs::read_dir(sb.state())
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with(".env-"))
+        .collect();
+    assert!(env_files.is_empty(), "{env_files:?}");
     assert!(read(project.join("artifacts/client.log")).ends_with("hello-from-the-service\n"));
     assert!(
         out.stderr.contains("Workflow \"client\" is successful."),
@@ -1204,4 +1213,28 @@ fn a_ctrl_c_while_services_start_or_the_workflow_runs_still_removes_them() {
     );
     assert_eq!(sb.drun(&["ps", "-a", "-q"]).ok().stdout, "");
     assert!(service_leftovers(&sb).is_empty(), "{:?}", service_leftovers(&sb));
+}
+
+/// A symlink planted in the artifacts directory (by someone else who can write the project) is not followed: the
+/// workflow fails before it runs, and nothing is written where the link points.
+#[test]
+fn a_symlink_planted_in_the_artifacts_directory_is_not_followed() {
+    let (sb, project) = ready();
+    let elsewhere = sb.path().join("elsewhere");
+    std::fs::create_dir_all(&elsewhere).unwrap();
+    std::fs::create_dir_all(project.join("artifacts")).unwrap();
+    std::os::unix::fs::symlink(&elsewhere, project.join("artifacts/job")).unwrap();
+    let wf = write(
+        &project,
+        "wf.yaml",
+        "workflows:\n  - name: job\n    image: {busybox}\n    commands: [mkdir -p out, echo x > out/f]\n    artifacts: [out]\n",
+    );
+    sb.drun(&["run", wf.to_str().unwrap()]).fails_with(
+        125,
+        &[
+            "artifacts/job",
+            "is a symbolic link, which is not followed in the artifacts directory",
+        ],
+    );
+    assert_eq!(std::fs::read_dir(&elsewhere).unwrap().count(), 0);
 }

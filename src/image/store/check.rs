@@ -45,7 +45,7 @@ impl Store {
         // Layers first: a record that needs a damaged one goes with it.
         let mut bad_layers: HashSet<String> = HashSet::new();
         let layers_dir = self.root.join("layers");
-        for map in read_dir(&layers_dir) {
+        for map in read_dir(&layers_dir).into_iter().filter(is_dir) {
             let map_name = map.file_name().to_string_lossy().into_owned();
             for e in read_dir(&map.path()) {
                 r.layers += 1;
@@ -159,7 +159,7 @@ impl Store {
             }
         }
         // Setup layers.
-        for map in read_dir(&self.root.join("setup")) {
+        for map in read_dir(&self.root.join("setup")).into_iter().filter(is_dir) {
             for e in read_dir(&map.path()) {
                 r.setup_layers += 1;
                 let meta = crate::sys::safe_fs::read_bounded(&e.path().join(SETUP_META), 64 << 10)
@@ -225,6 +225,11 @@ impl Store {
         }
         Ok(done)
     }
+}
+
+/// A directory itself, not a symlink to one (whose entries would be outside the store).
+fn is_dir(e: &fs::DirEntry) -> bool {
+    e.file_type().is_ok_and(|t| t.is_dir())
 }
 
 fn read_dir(dir: &Path) -> Vec<fs::DirEntry> {

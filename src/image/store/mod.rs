@@ -185,7 +185,10 @@ impl Store {
             // Format 0 → 1: the layout is the same; only the record is new.
             tracing::debug!(from = found, to = FORMAT, "upgrading the store's format");
             let data = serde_json::to_vec(&FormatRecord { format: FORMAT }).expect("serialises");
-            self.write_atomic(&path, &data)?;
+            // A store on read-only storage (an image directory an administrator provides) is read as it is.
+            if let Err(e) = self.write_atomic(&path, &data) {
+                tracing::debug!(error = %e, "cannot record the store's format; reading it as it is");
+            }
         }
         Ok(())
     }

@@ -25,6 +25,9 @@ pub struct SetupMeta {
     pub size: u64,
 }
 
+/// In the name of a setup layer that a rebuild (`--no-cache`) replaced: `<key>.old.<pid>.<n>`.
+const OLD_INFIX: &str = ".old.";
+
 /// The file beside a setup layer's `root/` that holds its [`SetupMeta`].
 pub const SETUP_META: &str = "setup.json";
 const SETUP_META_MAX: u64 = 64 << 10;
@@ -71,11 +74,10 @@ impl Store {
         let parent = self.root.join("setup").join(idmap);
         crate::sys::safe_fs::create_dir_all_mode(&parent, 0o700).map_err(io_err("create", &parent))?;
         let dest = self.setup_dir(idmap, key);
+        // One replaced (`--no-cache`) stays beside it as `<key>.old.*` while runs of the key may use it: garbage
+        // collection removes it once none does (it cannot tell the old from the new by the key runs record).
         if fs::symlink_metadata(&dest).is_ok() {
-            let old =
-                self.root
-                    .join("tmp")
-                    .join(format!("old-setup-{idmap}-{key}.{}.{}", std::process::id(), unique()));
+            let old = parent.join(format!("{key}{OLD_INFIX}{}.{}", std::process::id(), unique()));
             fs::rename(&dest, &old).map_err(io_err("move aside", &dest))?;
         }
         fs::rename(staging, &dest).map_err(io_err("publish", &dest))?;
@@ -98,11 +100,14 @@ impl Store {
         let Ok(maps) = fs::read_dir(self.root.join("setup")) else {
             return out;
         };
-        for m in maps.flatten() {
+        for m in maps.flatten().filter(|m| m.file_type().is_ok_and(|t| t.is_dir())) {
             let Ok(entries) = fs::read_dir(m.path()) else {
                 continue;
             };
             for e in entries.flatten() {
+                if e.file_name().to_string_lossy().contains(OLD_INFIX) {
+                    continue;
+                }
                 let data = crate::sys::safe_fs::read_bounded(&e.path().join(SETUP_META), SETUP_META_MAX);
                 if let Some(meta) = data.ok().and_then(|d| serde_json::from_slice(&d).ok()) {
                     out.push(SetupLayer {
@@ -137,11 +142,13 @@ impl Store {
         let Ok(maps) = fs::read_dir(self.root.join("setup")) else {
             return out;
         };
-        for m in maps.flatten() {
+        for m in maps.flatten().filter(|m| m.file_type().is_ok_and(|t| t.is_dir())) {
             for e in fs::read_dir(m.path()).into_iter().flatten().flatten() {
-                if !e.path().join(SETUP_META).is_file()
-                    && !in_use.contains(&Store::setup_lock_key(&e.file_name().to_string_lossy()))
-                {
+                let name = e.file_name().to_string_lossy().into_owned();
+                let key = name.split(OLD_INFIX).next().unwrap_or(&name);
+                let used = in_use.contains(&Store::setup_lock_key(key));
+                // Replaced ones, and any without metadata, unless a run of the key may use them.
+                if !used && (name.contains(OLD_INFIX) || !e.path().join(SETUP_META).is_file()) {
                     out.push(e.path());
                 }
             }

@@ -185,18 +185,7 @@ pub fn adopt() -> Option<&'static Rootless> {
     let host_uid: u32 = std::env::var(ENTERED_ENV).ok()?.parse().ok()?;
     let read_map = |file: &str| -> Option<Vec<IdMap>> {
         let text = crate::sys::safe_fs::read_system(format!("/proc/self/{file}")).ok()?;
-        Some(
-            text.lines()
-                .filter_map(|l| {
-                    let mut n = l.split_whitespace().map(|w| w.parse::<u32>().ok());
-                    Some(IdMap {
-                        inside: n.next()??,
-                        outside: n.next()??,
-                        count: n.next()??,
-                    })
-                })
-                .collect(),
-        )
+        Some(parse_id_map(&text))
     };
     let (uids, gids) = (read_map("uid_map")?, read_map("gid_map")?);
     // The caller, as the namespace maps it: refused unless it is the uid the variable names (the initial
@@ -214,14 +203,39 @@ pub fn adopt() -> Option<&'static Rootless> {
         .iter()
         .find(|m| gid_inside >= m.inside && gid_inside - m.inside < m.count)
         .map_or(gid_inside, |m| m.outside + (gid_inside - m.inside));
-    let user = host_user(host_uid);
+    let mode = if inside == 0 {
+        UsernsMode::Auto
+    } else {
+        UsernsMode::KeepId
+    };
+    let adopted = from_maps(host_uid, gid, host_user(host_uid), uids, gids, mode);
+    tracing::debug!(mapping = %adopted.describe(), "in the user namespace of the drun that started this one");
+    Some(CURRENT.get_or_init(|| adopted))
+}
+
+/// The lines of a /proc/PID/{uid,gid}_map file.
+fn parse_id_map(text: &str) -> Vec<IdMap> {
+    text.lines()
+        .filter_map(|l| {
+            let mut n = l.split_whitespace().map(|w| w.parse::<u32>().ok());
+            Some(IdMap {
+                inside: n.next()??,
+                outside: n.next()??,
+                count: n.next()??,
+            })
+        })
+        .collect()
+}
+
+/// A namespace drun did not make itself ([`adopt`], [`join`]), from its mappings as the kernel shows them.
+fn from_maps(uid: u32, gid: u32, user: HostUser, uids: Vec<IdMap>, gids: Vec<IdMap>, mode: UsernsMode) -> Rootless {
     let kind = if uids.len() > 1 {
         MappingKind::Subordinate
     } else {
         MappingKind::SingleId
     };
-    let adopted = Rootless {
-        uid: host_uid,
+    Rootless {
+        uid,
         gid,
         user: user.name,
         home: user.home,
@@ -230,14 +244,8 @@ pub fn adopt() -> Option<&'static Rootless> {
         uids,
         gids,
         kind,
-        mode: if inside == 0 {
-            UsernsMode::Auto
-        } else {
-            UsernsMode::KeepId
-        },
-    };
-    tracing::debug!(mapping = %adopted.describe(), "in the user namespace of the drun that started this one");
-    Some(CURRENT.get_or_init(|| adopted))
+        mode,
+    }
 }
 
 /// A mount namespace of drun's own (of the calling thread, when other threads share the process), in the user
@@ -351,18 +359,7 @@ pub fn join(pid: i32) -> Result<&'static Rootless, UsernsError> {
     let ns = std::fs::File::open(proc.join("ns/user")).map_err(failed)?;
     let read_map = |file: &str| -> Result<Vec<IdMap>, UsernsError> {
         let text = crate::sys::safe_fs::read_system(proc.join(file)).map_err(failed)?;
-        let maps: Vec<IdMap> = text
-            .lines()
-            .filter_map(|l| {
-                let mut n = l.split_whitespace().map(|w| w.parse::<u32>().ok());
-                Some(IdMap {
-                    inside: n.next()??,
-                    outside: n.next()??,
-                    count: n.next()??,
-                })
-            })
-            .collect();
-        Ok(maps)
+        Ok(parse_id_map(&text))
     };
     let (uids, gids) = (read_map("uid_map")?, read_map("gid_map")?);
     let uid = nix::unistd::getuid().as_raw();
@@ -370,27 +367,11 @@ pub fn join(pid: i32) -> Result<&'static Rootless, UsernsError> {
     let user = host_user(uid);
     nix::sched::setns(ns.as_fd(), CloneFlags::CLONE_NEWUSER).map_err(|e| failed(e.into()))?;
     private_mounts()?;
-    let kind = if uids.len() > 1 {
-        MappingKind::Subordinate
-    } else {
-        MappingKind::SingleId
-    };
     let mode = match super::idmap::inside_id(&uids, uid) {
         Some(inside) if inside != 0 => UsernsMode::KeepId,
         _ => UsernsMode::Auto,
     };
-    let joined = Rootless {
-        uid,
-        gid,
-        user: user.name,
-        home: user.home,
-        shell: user.shell,
-        gecos: user.gecos,
-        uids,
-        gids,
-        kind,
-        mode,
-    };
+    let joined = from_maps(uid, gid, user, uids, gids, mode);
     tracing::debug!(pid, mapping = %joined.describe(), "joined a container's user namespace");
     Ok(CURRENT.get_or_init(|| joined))
 }
