@@ -113,10 +113,21 @@ pub(super) async fn resolve_registry(
     let ParsedManifest::Image { config, layers } = parse_manifest(&manifest).map_err(invalid)? else {
         return Err(invalid(ManifestError::NestedIndex));
     };
-    let config_bytes = match store.read_blob(&config.digest).map_err(|source| PullError::Store {
-        name: name.to_string(),
-        source,
-    })? {
+    // The stored config if it is there and sound; a damaged one (see `Store::write_blob`) is fetched again.
+    let stored = match store.read_blob(&config.digest) {
+        Ok(b) => b,
+        Err(crate::image::store::StoreError::DigestMismatch { path }) => {
+            tracing::warn!(path = %path.display(), "the stored config does not match its digest: fetching it again");
+            None
+        }
+        Err(source) => {
+            return Err(PullError::Store {
+                name: name.to_string(),
+                source,
+            })
+        }
+    };
+    let config_bytes = match stored {
         Some(b) => b,
         None => registry.blob(&config.digest, config.size).await.map_err(reg_err)?,
     };

@@ -28,11 +28,15 @@ impl Store {
         }
     }
 
-    /// Stores a small verified blob (manifest, index, config).
+    /// Stores a small verified blob (manifest, index, config). One already there is kept only if it still
+    /// matches its digest: a damaged one (a power cut on a file system that wrote the rename before the data, a
+    /// bad disk) is replaced, so that pulling again repairs it.
     pub fn write_blob(&self, digest: &Digest, data: &[u8]) -> Result<(), StoreError> {
         let path = self.blob_path(digest);
-        if path.exists() {
-            return Ok(());
+        match self.read_blob(digest) {
+            Ok(Some(_)) => return Ok(()),
+            Ok(None) => {}
+            Err(e) => tracing::warn!("{e}: replacing it with the blob just fetched"),
         }
         self.write_atomic(&path, data)
     }
