@@ -130,18 +130,8 @@ pub fn enter(mode: UsernsMode) -> Result<&'static Rootless, UsernsError> {
             MappingKind::SingleId,
         ),
     };
-    let ns = Rootless {
-        uid,
-        gid,
-        user: user.name.clone(),
-        home: user.home,
-        shell: user.shell,
-        gecos: user.gecos,
-        uids,
-        gids,
-        kind,
-        mode,
-    };
+    let user_name = user.name.clone();
+    let ns = rootless(uid, gid, user, uids, gids, kind, mode);
     match subordinate {
         None => write_single_id_maps(&ns)?,
         Some((newuidmap, newgidmap)) => {
@@ -161,7 +151,7 @@ pub fn enter(mode: UsernsMode) -> Result<&'static Rootless, UsernsError> {
                     ranges: subgids,
                 },
             ];
-            let shown_user = user.name.unwrap_or_else(|| uid.to_string());
+            let shown_user = user_name.unwrap_or_else(|| uid.to_string());
             unshare_with_helpers(&helpers, &shown_user)?;
         }
     }
@@ -234,6 +224,18 @@ fn from_maps(uid: u32, gid: u32, user: HostUser, uids: Vec<IdMap>, gids: Vec<IdM
     } else {
         MappingKind::SingleId
     };
+    rootless(uid, gid, user, uids, gids, kind, mode)
+}
+
+fn rootless(
+    uid: u32,
+    gid: u32,
+    user: HostUser,
+    uids: Vec<IdMap>,
+    gids: Vec<IdMap>,
+    kind: MappingKind,
+    mode: UsernsMode,
+) -> Rootless {
     Rootless {
         uid,
         gid,
