@@ -21,7 +21,7 @@ NEW ?= $(DRUN)
 OLD ?=
 BENCH_BINARIES = --new "$(NEW)" $(if $(OLD),--old "$(OLD)")
 
-.PHONY: all deps fixture-deps test-deps build registry images users demo test test-props test-powercut test-gpu lint unit integration bench-pull bench-run bench-exec bench-srun bench-mpi bench-setup registry-down clean
+.PHONY: all deps fixture-deps test-deps build registry images users demo test test-props test-powercut test-chaos test-soak test-gpu lint unit integration bench-pull bench-run bench-exec bench-srun bench-mpi bench-setup registry-down clean
 
 all: build
 
@@ -79,6 +79,14 @@ test-props: deps
 # Power cuts during pulls, in the qemu VM with the store on an ext4 disk (DRUN_POWERCUT_ITERATIONS, default 20)
 test-powercut: build images
 	$(CARGO) test --release --locked --test integration -- --ignored --nocapture power_cuts_during_pulls
+
+# The crash campaign and the concurrency soak (docs/reliability.md): ignored by `make test`, minutes each.
+# DRUN_CHAOS_ITERATIONS / DRUN_CHAOS_SEED and DRUN_SOAK_OPERATIONS / DRUN_SOAK_MINUTES / DRUN_SOAK_SEED tune them.
+test-chaos: build images users
+	$(CARGO) test --release --locked --test integration -- --ignored chaos:: --test-threads=1 --nocapture
+
+test-soak: build images users
+	$(CARGO) test --release --locked --test integration -- --ignored soak:: --test-threads=1 --nocapture
 
 # On a host with an NVIDIA GPU and driver: the real-hardware test (ignored by `make test`). It builds its own image
 # (hack/gpu-hardware.sh image: glibc + tests/fixtures/cuda_check.c), so a GPU machine needs no registry.

@@ -194,6 +194,7 @@ pub fn run(
     let etc_files = etc_files::write(&ctx.dir, &process.hostname, &plan.dns)?;
     let host_devices = devices::with_rdma(plan)?;
     cleanup.cgroup_created()?;
+    crate::failpoint::hit("run-setup");
     cgroup.hide_host_hierarchy()?;
 
     // The OCI spec, its seccomp filter compiled (or taken from the cache), the bundle.
@@ -264,6 +265,7 @@ pub fn run(
         p.stop();
     }
     cleanup.finished(status.as_ref().ok().map(|o| o.code));
+    crate::failpoint::hit("run-cleanup");
 
     let ended = cleanup.end_container(status.is_ok(), poststop_hooks, &started, &cgroup);
     hooks::call_after_exit(&mut hooks.after_exit, ended, mounts.overlay_view.as_deref());

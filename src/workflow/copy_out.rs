@@ -305,6 +305,7 @@ fn copy_entry(
                 OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
                 Mode::from_bits_truncate(0o600),
             )?);
+            crate::failpoint::hit("artifact-copying");
             copy_sparse(&src, &dst, u64::try_from(st.st_size).map_err(io::Error::other)?)?;
             hand_over(dst.as_fd(), owner);
             fchmod(dst.as_fd(), mode)?;

@@ -6,6 +6,7 @@
 // What a test measures (peak memory, time) goes to stderr, which the test harness shows for a failing test.
 #![allow(clippy::print_stderr)]
 mod background;
+mod chaos;
 mod common;
 mod devices;
 mod docker_py;
@@ -21,6 +22,7 @@ mod run;
 mod security;
 mod setup;
 mod slurm;
+mod soak;
 mod squash;
 mod store;
 mod unpack;
