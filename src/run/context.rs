@@ -77,6 +77,7 @@ impl<'a> RunContext<'a> {
             layers: image.record.layers.iter().map(|l| l.key()).collect(),
             labels: self.plan.labels.clone(),
             detached: false,
+            supervisor: crate::run::state::Supervisor::this_process(),
             auto_remove: false,
             stop_signal: None,
             exit: None,

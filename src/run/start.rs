@@ -115,6 +115,7 @@ pub fn start(
     });
     drop(ignored);
     let container = built.map_err(libcontainer_error("create the container"))?;
+    crate::failpoint::hit("run-created");
     // What libcgroups leaves undone (`CgroupPlan::v1_writes`), between its cgroup set-up and the start.
     for (f, value) in cgroup_writes {
         crate::sys::safe_fs::write_system(f, value).map_err(|e| io_error(format!("write {f:?}"))(e))?;

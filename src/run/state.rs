@@ -44,6 +44,12 @@ pub struct RunInfo {
     /// Started with `-d`: supervised by a monitor process, its output kept in a log file in the run directory.
     #[serde(default)]
     pub detached: bool,
+    /// The drun that holds the run's lock (the foreground drun, or a detached run's monitor): the lock alone does
+    /// not say that it lives, since the container's init, made by a clone of that drun, holds a copy of the lock
+    /// until its exec. A drun SIGKILLed between creating and starting the container leaves that init waiting for
+    /// the start for ever, holding the lock. See [`supervisor_died`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub supervisor: Option<Supervisor>,
     /// With `-d --rm`: the run directory goes when the container ends (otherwise it stays until `drun rm`).
     #[serde(default)]
     pub auto_remove: bool,
@@ -75,6 +81,42 @@ impl ExitRecord {
             monitor_killed: false,
         }
     }
+}
+
+/// A process that supervises a run, as [`RunInfo::supervisor`] records it.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Supervisor {
+    pub pid: i32,
+    /// Its start time (clock ticks after boot): the pid names it only while this matches.
+    pub start: u64,
+    /// Its pid namespace (`/proc/self/ns/pid`): a drun in another one reads `pid` as another process.
+    pub pid_ns: String,
+}
+
+impl Supervisor {
+    /// This process.
+    pub fn this_process() -> Option<Supervisor> {
+        let pid = i32::try_from(std::process::id()).ok()?;
+        Some(Supervisor {
+            pid,
+            start: start_time(pid)?,
+            pid_ns: own_pid_ns()?,
+        })
+    }
+}
+
+fn own_pid_ns() -> Option<String> {
+    fs::read_link("/proc/self/ns/pid")
+        .ok()
+        .map(|p| p.to_string_lossy().into_owned())
+}
+
+/// Whether the run's record names a supervisor that is gone (seen from the same pid namespace): whatever holds
+/// the run's lock then is a process the dead drun left (see [`RunInfo::supervisor`]), not a live run.
+fn supervisor_died(dir: &Path) -> bool {
+    read_info(dir)
+        .and_then(|i| i.supervisor)
+        .is_some_and(|s| own_pid_ns().as_deref() == Some(s.pid_ns.as_str()) && start_time(s.pid) != Some(s.start))
 }
 
 impl RunInfo {
@@ -297,7 +339,7 @@ pub(crate) fn is_live(dir: &Path) -> bool {
     else {
         return false;
     };
-    Flock::lock(f, FlockArg::LockSharedNonblock).is_err()
+    Flock::lock(f, FlockArg::LockSharedNonblock).is_err() && !supervisor_died(dir)
 }
 
 /// Live containers, oldest first.
@@ -337,8 +379,13 @@ pub fn reap_stale(state: &Path) -> usize {
         let Ok(f) = crate::sys::safe_fs::open_or_create(&dir.join("lock"), 0o600) else {
             continue;
         };
-        let Ok(lock) = Flock::lock(f, FlockArg::LockExclusiveNonblock) else {
-            continue;
+        let lock = match Flock::lock(f, FlockArg::LockExclusiveNonblock) {
+            Ok(lock) => lock,
+            Err((f, _)) if supervisor_died(&dir) => match take_from_orphan(state, &dir, f) {
+                Some(lock) => lock,
+                None => continue,
+            },
+            Err(_) => continue,
         };
         let info = read_info(&dir);
         match info {
@@ -366,6 +413,28 @@ pub fn reap_stale(state: &Path) -> usize {
         n += 1;
     }
     n
+}
+
+/// The lock of a run whose drun died while a process it left holds the lock (a container's init that was never
+/// started): ends the run's processes, then takes the lock once they are gone (within a few seconds).
+fn take_from_orphan(state: &Path, dir: &Path, f: File) -> Option<Flock<File>> {
+    let info = read_info(dir)?;
+    tracing::debug!(dir = %dir.display(), "ending what a drun that died left holding its run's lock");
+    if let (Some(pid), Some(start)) = (info.pid, info.pid_start) {
+        if start_time(pid) == Some(start) {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+        }
+    }
+    remove_processes_and_cgroup(state, &info);
+    let mut f = f;
+    for _ in 0..100 {
+        match Flock::lock(f, FlockArg::LockExclusiveNonblock) {
+            Ok(lock) => return Some(lock),
+            Err((back, _)) => f = back,
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    None
 }
 
 /// The run directories [`reap_stale`] would clean up (their drun died), untouched.

@@ -177,9 +177,10 @@ pub fn parse_check(out: &Output) -> Checked {
 }
 
 /// Starts `cmd`, waits `delay` (or for `until` to hold, then `delay`), SIGKILLs it: whether it was still running.
-fn kill_after(mut cmd: Command, delay: Duration, until: Option<&dyn Fn() -> bool>) -> (bool, Output) {
-    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
-    let child: Child = cmd.spawn().expect("spawn");
+/// Its output goes nowhere: processes a killed drun leaves may hold the pipes (until the next drun ends them).
+fn kill_after(mut cmd: Command, delay: Duration, until: Option<&dyn Fn() -> bool>) -> bool {
+    cmd.stdout(Stdio::null()).stderr(Stdio::null());
+    let mut child: Child = cmd.spawn().expect("spawn");
     let start = Instant::now();
     if let Some(ready) = until {
         while !ready() && start.elapsed() < Duration::from_secs(120) {
@@ -188,8 +189,13 @@ fn kill_after(mut cmd: Command, delay: Duration, until: Option<&dyn Fn() -> bool
     }
     std::thread::sleep(delay);
     let _ = nix::sys::signal::kill(pid_of(&child), nix::sys::signal::Signal::SIGKILL);
-    let out = wait(child, Duration::from_secs(300));
-    (out.status.signal() == Some(9), out)
+    child.wait().unwrap().signal() == Some(9)
+}
+
+/// Runs `cmd` (which a fail point kills) to its end, its output nowhere: whether it was SIGKILLed.
+fn killed_at_fail_point(mut cmd: Command) -> bool {
+    cmd.stdout(Stdio::null()).stderr(Stdio::null());
+    cmd.status().unwrap().signal() == Some(9)
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -352,28 +358,34 @@ impl Campaign {
         let mut proxy_holder = None;
         match fault {
             Fault::Pull | Fault::PullDroppingProxy => {
-                let _ = self.sb.drun(&["rmi", &deb]);
+                // The three-layer debian image (127 MiB unpacked) or the one-layer busybox one, half the time each.
+                let (name, upstream) = if self.rng.chance(50) {
+                    ("debian:bookworm", deb.clone())
+                } else {
+                    ("busybox:latest", bb.clone())
+                };
+                let _ = self.sb.drun(&["rmi", &upstream]);
                 let image = if fault == Fault::PullDroppingProxy {
                     // Drops a connection after a random number of bytes, for the first one to three GETs per blob.
                     let at = format!("reset-blob:{}:{}", 1000 + self.rng.below(1_500_000), 1 + self.rng.below(3));
                     let dir = self.sb.path().join(format!("proxy-{}", self.rng.next()));
                     std::fs::create_dir_all(&dir).unwrap();
                     let proxy = Proxy::start(&dir, &registry(), &[&at]);
-                    let image = format!("{}/drun-test/debian:bookworm", proxy.addr());
+                    let image = format!("{}/drun-test/{name}", proxy.addr());
                     proxy_holder = Some(proxy);
                     image
                 } else {
-                    deb.clone()
+                    upstream.clone()
                 };
                 let mut cmd = self.sb.cmd(&["pull", "-q", &image]);
                 if fail_point {
                     let points = ["blob-downloading", "layer-before-publish", "layer-after-publish", "before-record"];
                     cmd.env("DRUN_FAILPOINT", points[self.rng.below(4) as usize]);
-                    let out = run(cmd, Duration::from_secs(300));
-                    killed = out.status.signal() == Some(9);
+                    killed = killed_at_fail_point(cmd);
                 } else {
-                    let d = self.delay(Duration::ZERO, self.pull_time);
-                    killed = kill_after(cmd, d, None).0;
+                    let whole = if name.starts_with("debian") { self.pull_time } else { self.pull_time / 4 };
+                    let d = self.delay(Duration::ZERO, whole);
+                    killed = kill_after(cmd, d, None);
                 }
                 let found = self.after_fault(fault, None);
                 // The interrupted pull completes on retry, through the same proxy.
@@ -389,7 +401,11 @@ impl Campaign {
             }
             Fault::RunSetup | Fault::RunRunning | Fault::RunCleanup => {
                 let (args, point, window): (Vec<&str>, &str, (Duration, Duration)) = match fault {
-                    Fault::RunSetup => (vec!["true"], "run-setup", (Duration::ZERO, self.run_time)),
+                    Fault::RunSetup => (
+                        vec!["true"],
+                        if self.rng.chance(50) { "run-setup" } else { "run-created" },
+                        (Duration::ZERO, self.run_time),
+                    ),
                     Fault::RunRunning => (
                         vec!["sleep", "30"],
                         "",
@@ -409,11 +425,10 @@ impl Campaign {
                 let mut cmd = self.sb.cmd(&full);
                 if fail_point && !point.is_empty() {
                     cmd.env("DRUN_FAILPOINT", point);
-                    let out = run(cmd, Duration::from_secs(300));
-                    killed = out.status.signal() == Some(9);
+                    killed = killed_at_fail_point(cmd);
                 } else {
                     let d = self.delay(window.0, window.1);
-                    killed = kill_after(cmd, d, None).0;
+                    killed = kill_after(cmd, d, None);
                 }
                 let found = self.after_fault(fault, None);
                 self.pull_and_run(fault, &bb, None);
@@ -425,13 +440,12 @@ impl Campaign {
                 let mut cmd = self.sb.cmd(&["run", "-q", self.workflow.to_str().unwrap()]);
                 if fail_point {
                     cmd.env("DRUN_FAILPOINT", "artifact-copying");
-                    let out = run(cmd, Duration::from_secs(300));
-                    killed = out.status.signal() == Some(9);
+                    killed = killed_at_fail_point(cmd);
                 } else {
                     // Once the copy has begun (its destination exists), after up to the copy's usual duration.
                     let dest = arts.join("big/out");
                     let d = Duration::from_millis(self.rng.below(150));
-                    killed = kill_after(cmd, d, Some(&|| dest.exists())).0;
+                    killed = kill_after(cmd, d, Some(&|| dest.exists()));
                 }
                 let found = self.after_fault(fault, None);
                 // The next command is the workflow again: it must succeed and copy every file.

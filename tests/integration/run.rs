@@ -649,6 +649,33 @@ fn a_killed_drun_is_cleaned_up_by_the_next() {
     });
 }
 
+/// Found by the crash campaign (tests/integration/chaos.rs): the container's init, cloned from drun before its
+/// start, holds a copy of the run's lock until its exec. A drun SIGKILLed between creating and starting the
+/// container left that init waiting for the start for ever, holding the lock and the caller's output pipes: the
+/// run looked live to `drun check` and to the next drun, and was never cleaned up.
+#[test]
+fn a_drun_killed_between_creating_and_starting_its_container_is_cleaned_up() {
+    let sb = ready();
+    let mut c = sb.cmd(&["run", &busybox(), "true"]);
+    c.env("DRUN_FAILPOINT", "run-created")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    assert_eq!(c.status().unwrap().signal(), Some(9), "fail point run-created not reached");
+    let checked = sb.drun(&["check"]);
+    assert_eq!(checked.code(), Some(1), "{}", checked.stdout);
+    let stale = checked
+        .stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("stale run: "))
+        .unwrap_or_else(|| panic!("no stale run: {}", checked.stdout));
+    let id = stale.split_whitespace().next().unwrap().rsplit('/').next().unwrap().to_string();
+    // The next drun ends the waiting init and removes the run.
+    sb.drun(&["run", "-q", &busybox(), "true"]).ok();
+    assert!(leftovers(&sb).is_empty(), "{:?}", leftovers(&sb));
+    assert!(cgroup_dirs(&id).is_empty(), "{:?}", cgroup_dirs(&id));
+    assert!(sb.drun(&["check"]).ok().stdout.contains("no problems"));
+}
+
 #[test]
 fn tty_gives_the_container_a_real_terminal() {
     let sb = ready();
