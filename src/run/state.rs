@@ -111,6 +111,38 @@ fn own_pid_ns() -> Option<String> {
         .map(|p| p.to_string_lossy().into_owned())
 }
 
+fn ns_number(ns: &str) -> String {
+    ns.chars().filter(char::is_ascii_digit).collect()
+}
+
+/// Whether a run directory is one being created (a hidden name, see [`RunDir::create`]) by a drun that still lives:
+/// one whose name does not say who creates it is given a minute.
+fn being_created(e: &fs::DirEntry) -> bool {
+    let name = e.file_name().to_string_lossy().into_owned();
+    let Some(rest) = name.strip_prefix('.') else {
+        return false;
+    };
+    let creator: Option<(i32, u64, String)> = rest.split_once('.').and_then(|(_, tag)| {
+        let mut parts = tag.splitn(3, '-');
+        Some((
+            parts.next()?.parse().ok()?,
+            parts.next()?.parse().ok()?,
+            parts.next()?.to_string(),
+        ))
+    });
+    match creator {
+        Some((pid, start, ns)) if own_pid_ns().is_some_and(|own| ns_number(&own) == ns) => {
+            start_time(pid) == Some(start)
+        }
+        _ => e
+            .metadata()
+            .ok()
+            .and_then(|m| m.modified().ok())
+            .and_then(|t| t.elapsed().ok())
+            .is_none_or(|a| a < std::time::Duration::from_secs(60)),
+    }
+}
+
 /// Whether the run's record names a supervisor that is gone (seen from the same pid namespace): whatever holds
 /// the run's lock then is a process the dead drun left (see [`RunInfo::supervisor`]), not a live run.
 fn supervisor_died(dir: &Path) -> bool {
@@ -250,14 +282,19 @@ pub struct RunDir {
 }
 
 impl RunDir {
-    /// Creates the directory under a hidden name (which reapers skip), locks it, and only then gives it its
-    /// name: a concurrent `reap_stale` never sees an unlocked new run directory.
+    /// Creates the directory under a hidden name (which reapers skip while its creator lives), locks it, and only
+    /// then gives it its name: a concurrent `reap_stale` never sees an unlocked new run directory. The hidden name
+    /// says who creates it (`.<id>.<pid>-<start>-<pid ns>`), so that a reaper knows at once when that drun died.
     pub fn create(state: &Path, id: &str) -> std::io::Result<RunDir> {
         let containers = containers_dir(state);
         let path = containers.join(id);
-        let hidden = containers.join(format!(".{id}"));
+        let hidden = containers.join(match Supervisor::this_process() {
+            Some(me) => format!(".{id}.{}-{}-{}", me.pid, me.start, ns_number(&me.pid_ns)),
+            None => format!(".{id}"),
+        });
         ensure_private(state)?;
         crate::sys::safe_fs::create_dir_mode(&hidden, 0o700)?;
+        crate::failpoint::hit("run-dir-hidden");
         let f = crate::sys::safe_fs::create_new(&hidden.join("lock"), 0o600)?;
         let lock = Flock::lock(f, FlockArg::LockExclusiveNonblock).map_err(|(_, e)| std::io::Error::from(e))?;
         fs::rename(&hidden, &path)?;
@@ -366,13 +403,7 @@ pub fn reap_stale(state: &Path) -> usize {
     for e in run_dirs(state) {
         let dir = e.path();
         // Being created (see RunDir::create), unless a drun died in the moment between creating and naming it.
-        let hidden = e.file_name().to_string_lossy().starts_with('.');
-        let age = e
-            .metadata()
-            .ok()
-            .and_then(|m| m.modified().ok())
-            .and_then(|t| t.elapsed().ok());
-        if hidden && age.is_none_or(|a| a < std::time::Duration::from_secs(60)) {
+        if being_created(&e) {
             continue;
         }
         // Take the lock ourselves so a concurrent reaper or a starting run cannot race us.
@@ -442,14 +473,7 @@ pub fn stale_runs(state: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
     for e in run_dirs(state) {
         let dir = e.path();
-        let hidden = e.file_name().to_string_lossy().starts_with('.');
-        let young = e
-            .metadata()
-            .ok()
-            .and_then(|m| m.modified().ok())
-            .and_then(|t| t.elapsed().ok())
-            .is_none_or(|a| a < std::time::Duration::from_secs(60));
-        if (hidden && young) || is_live(&dir) {
+        if being_created(&e) || is_live(&dir) {
             continue;
         }
         // A detached run that ended keeps its record and log until `drun rm`: not debris.

@@ -249,6 +249,7 @@ struct Campaign {
     failures: Vec<String>,
     /// Unfaulted durations, which bound the random kill times.
     pull_time: Duration,
+    small_pull_time: Duration,
     run_time: Duration,
     /// What the debian test image takes in a store, in MiB.
     store_mib: u64,
@@ -330,14 +331,20 @@ impl Campaign {
 
     /// The next normal pull and run after a fault.
     fn pull_and_run(&mut self, fault: Fault, image: &str, store: Option<&Path>) {
-        for args in [vec!["pull", "-q", image], vec!["run", "-q", "--pull=never", image, "true"]] {
+        for args in [
+            vec!["pull", "-q", image],
+            vec!["run", "-q", "--pull=never", image, "true"],
+        ] {
             let mut c = self.sb.cmd(&args);
             if let Some(s) = store {
                 c.env("DRUN_ROOT", s);
             }
             let out = run(c, Duration::from_secs(300));
             if !out.status.success() {
-                self.fail(fault, format!("`drun {}` after the fault failed: {}", args.join(" "), out.stderr));
+                self.fail(
+                    fault,
+                    format!("`drun {}` after the fault failed: {}", args.join(" "), out.stderr),
+                );
             }
         }
     }
@@ -367,7 +374,11 @@ impl Campaign {
                 let _ = self.sb.drun(&["rmi", &upstream]);
                 let image = if fault == Fault::PullDroppingProxy {
                     // Drops a connection after a random number of bytes, for the first one to three GETs per blob.
-                    let at = format!("reset-blob:{}:{}", 1000 + self.rng.below(1_500_000), 1 + self.rng.below(3));
+                    let at = format!(
+                        "reset-blob:{}:{}",
+                        1000 + self.rng.below(1_500_000),
+                        1 + self.rng.below(3)
+                    );
                     let dir = self.sb.path().join(format!("proxy-{}", self.rng.next()));
                     std::fs::create_dir_all(&dir).unwrap();
                     let proxy = Proxy::start(&dir, &registry(), &[&at]);
@@ -379,11 +390,20 @@ impl Campaign {
                 };
                 let mut cmd = self.sb.cmd(&["pull", "-q", &image]);
                 if fail_point {
-                    let points = ["blob-downloading", "layer-before-publish", "layer-after-publish", "before-record"];
+                    let points = [
+                        "blob-downloading",
+                        "layer-before-publish",
+                        "layer-after-publish",
+                        "before-record",
+                    ];
                     cmd.env("DRUN_FAILPOINT", points[self.rng.below(4) as usize]);
                     killed = killed_at_fail_point(cmd);
                 } else {
-                    let whole = if name.starts_with("debian") { self.pull_time } else { self.pull_time / 4 };
+                    let whole = if name.starts_with("debian") {
+                        self.pull_time
+                    } else {
+                        self.small_pull_time
+                    };
                     let d = self.delay(Duration::ZERO, whole);
                     killed = kill_after(cmd, d, None);
                 }
@@ -403,7 +423,11 @@ impl Campaign {
                 let (args, point, window): (Vec<&str>, &str, (Duration, Duration)) = match fault {
                     Fault::RunSetup => (
                         vec!["true"],
-                        if self.rng.chance(50) { "run-setup" } else { "run-created" },
+                        if self.rng.chance(50) {
+                            "run-setup"
+                        } else {
+                            "run-created"
+                        },
                         (Duration::ZERO, self.run_time),
                     ),
                     Fault::RunRunning => (
@@ -420,7 +444,16 @@ impl Campaign {
                         ),
                     ),
                 };
-                let mut full = vec!["run", "-q", "--pull=never", "--memory", "256m", "--pids-limit", "100", &bb];
+                let mut full = vec![
+                    "run",
+                    "-q",
+                    "--pull=never",
+                    "--memory",
+                    "256m",
+                    "--pids-limit",
+                    "100",
+                    &bb,
+                ];
                 full.extend(args);
                 let mut cmd = self.sb.cmd(&full);
                 if fail_point && !point.is_empty() {
@@ -444,7 +477,7 @@ impl Campaign {
                 } else {
                     // Once the copy has begun (its destination exists), after up to the copy's usual duration.
                     let dest = arts.join("big/out");
-                    let d = Duration::from_millis(self.rng.below(150));
+                    let d = Duration::from_millis(self.rng.below(50));
                     killed = kill_after(cmd, d, Some(&|| dest.exists()));
                 }
                 let found = self.after_fault(fault, None);
@@ -452,7 +485,10 @@ impl Campaign {
                 let again = self.sb.drun(&["run", "-q", self.workflow.to_str().unwrap()]);
                 let copied = std::fs::read_dir(arts.join("big/out")).map(|r| r.count()).unwrap_or(0);
                 if !again.status.success() || copied != 65 {
-                    self.fail(fault, format!("the workflow's rerun: {} files, {}", copied, again.stderr));
+                    self.fail(
+                        fault,
+                        format!("the workflow's rerun: {} files, {}", copied, again.stderr),
+                    );
                 }
                 self.after_next(fault, found, None);
             }
@@ -510,8 +546,19 @@ impl Campaign {
         eprintln!("\nchaos campaign: seed {seed}, {:.0} s", took.as_secs_f64());
         eprintln!(
             "{:<22} {:>5} {:>8} {:>6} {:>6} {:>6} {:>7} {:>5} {:>7} {:>6} {:>7} {:>5} {:>5}",
-            "fault", "iter", "injected", "at-fp", "drops", "stale", "staging", "cache", "corrupt", "next", "repair",
-            "leaks", "fail"
+            "fault",
+            "iter",
+            "injected",
+            "at-fp",
+            "drops",
+            "stale",
+            "staging",
+            "cache",
+            "corrupt",
+            "next",
+            "repair",
+            "leaks",
+            "fail"
         );
         let mut total = Tally::default();
         for (k, t) in &self.tally {
@@ -566,7 +613,10 @@ impl Campaign {
 #[test]
 #[ignore = "make test-chaos: the crash campaign (minutes; root, registries)"]
 fn crash_campaign() {
-    assert!(is_root(), "the crash campaign mounts tmpfs stores and runs containers: run it as root");
+    assert!(
+        is_root(),
+        "the crash campaign mounts tmpfs stores and runs containers: run it as root"
+    );
     let seed = seed("DRUN_CHAOS_SEED");
     let iterations = env_count("DRUN_CHAOS_ITERATIONS", 200);
     eprintln!("chaos campaign: seed {seed} (DRUN_CHAOS_SEED={seed} replays it), {iterations} iterations");
@@ -586,12 +636,14 @@ fn crash_campaign() {
         .next()
         .and_then(|s| s.parse().ok())
         .unwrap();
+    let t = Instant::now();
     sb.drun(&["pull", "-q", &busybox()]).ok();
+    let small_pull_time = t.elapsed();
     let t = Instant::now();
     sb.drun(&["run", "-q", "--pull=never", &busybox(), "true"]).ok();
     let run_time = t.elapsed();
     sb.drun(&["run", "-q", workflow.to_str().unwrap()]).ok();
-    eprintln!("unfaulted: pull {pull_time:?}, run {run_time:?}; the image takes {store_mib} MiB");
+    eprintln!("unfaulted: pull {pull_time:?} (busybox {small_pull_time:?}), run {run_time:?}; the image takes {store_mib} MiB");
     let mut c = Campaign {
         sb,
         scope,
@@ -599,6 +651,7 @@ fn crash_campaign() {
         tally: BTreeMap::new(),
         failures: vec![],
         pull_time,
+        small_pull_time,
         run_time,
         store_mib,
         project,
@@ -620,5 +673,10 @@ fn crash_campaign() {
         c.iteration(fault);
     }
     c.print_summary(seed, start.elapsed());
-    assert!(c.failures.is_empty(), "{} failure(s):\n{}", c.failures.len(), c.failures.join("\n"));
+    assert!(
+        c.failures.is_empty(),
+        "{} failure(s):\n{}",
+        c.failures.len(),
+        c.failures.join("\n")
+    );
 }

@@ -660,7 +660,11 @@ fn a_drun_killed_between_creating_and_starting_its_container_is_cleaned_up() {
     c.env("DRUN_FAILPOINT", "run-created")
         .stdout(Stdio::null())
         .stderr(Stdio::null());
-    assert_eq!(c.status().unwrap().signal(), Some(9), "fail point run-created not reached");
+    assert_eq!(
+        c.status().unwrap().signal(),
+        Some(9),
+        "fail point run-created not reached"
+    );
     let checked = sb.drun(&["check"]);
     assert_eq!(checked.code(), Some(1), "{}", checked.stdout);
     let stale = checked
@@ -668,11 +672,45 @@ fn a_drun_killed_between_creating_and_starting_its_container_is_cleaned_up() {
         .lines()
         .find_map(|l| l.strip_prefix("stale run: "))
         .unwrap_or_else(|| panic!("no stale run: {}", checked.stdout));
-    let id = stale.split_whitespace().next().unwrap().rsplit('/').next().unwrap().to_string();
+    let id = stale
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .rsplit('/')
+        .next()
+        .unwrap()
+        .to_string();
     // The next drun ends the waiting init and removes the run.
     sb.drun(&["run", "-q", &busybox(), "true"]).ok();
     assert!(leftovers(&sb).is_empty(), "{:?}", leftovers(&sb));
     assert!(cgroup_dirs(&id).is_empty(), "{:?}", cgroup_dirs(&id));
+    assert!(sb.drun(&["check"]).ok().stdout.contains("no problems"));
+}
+
+/// Found by the crash campaign: a drun SIGKILLed between creating its run directory (under a hidden name) and
+/// naming it left the directory for a minute, unseen by `drun check` and the next drun. The hidden name now says
+/// which drun creates it, and a later drun removes it as soon as that one is gone.
+#[test]
+fn a_run_directory_whose_creator_died_is_removed_by_the_next_drun() {
+    let sb = ready();
+    let mut c = sb.cmd(&["run", &busybox(), "true"]);
+    c.env("DRUN_FAILPOINT", "run-dir-hidden")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    assert_eq!(
+        c.status().unwrap().signal(),
+        Some(9),
+        "fail point run-dir-hidden not reached"
+    );
+    assert_eq!(leftovers(&sb).len(), 1, "{:?}", leftovers(&sb));
+    let checked = sb.drun(&["check"]);
+    assert!(
+        checked.code() == Some(1) && checked.stdout.contains("stale run:"),
+        "{}",
+        checked.stdout
+    );
+    sb.drun(&["run", "-q", &busybox(), "true"]).ok();
+    assert!(leftovers(&sb).is_empty(), "{:?}", leftovers(&sb));
     assert!(sb.drun(&["check"]).ok().stdout.contains("no problems"));
 }
 

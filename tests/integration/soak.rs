@@ -71,7 +71,17 @@ struct StreamReport {
     took: Duration,
 }
 
-const OPS: [&str; 9] = ["pull", "run-limits", "oom", "signal", "workflow", "rmi", "prune", "check", "run-debian"];
+const OPS: [&str; 9] = [
+    "pull",
+    "run-limits",
+    "oom",
+    "signal",
+    "workflow",
+    "rmi",
+    "prune",
+    "check",
+    "run-debian",
+];
 
 fn rss_kib(pid: i32) -> Option<u64> {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
@@ -145,7 +155,18 @@ fn stream(n: usize, who: Who, ops: usize, seed: u64, deadline: Instant) -> (Who,
                 o.status.success().then_some(false).ok_or(o.stderr)
             }
             "run-limits" => {
-                let o = who.drun(&["run", "-q", "--memory", "64m", "--pids-limit", "64", &bb, "sh", "-c", "echo ok"]);
+                let o = who.drun(&[
+                    "run",
+                    "-q",
+                    "--memory",
+                    "64m",
+                    "--pids-limit",
+                    "64",
+                    &bb,
+                    "sh",
+                    "-c",
+                    "echo ok",
+                ]);
                 if o.status.success() && o.stdout == "ok\n" {
                     Ok(false)
                 } else {
@@ -259,7 +280,8 @@ fn stream(n: usize, who: Who, ops: usize, seed: u64, deadline: Instant) -> (Who,
         if let (Some(a), Some(b)) = (first, last) {
             rep.monitor_rss_kib = Some((a, b));
         } else {
-            rep.failures.push(format!("stream {n}: the detached run's monitor is gone: {mon:?}"));
+            rep.failures
+                .push(format!("stream {n}: the detached run's monitor is gone: {mon:?}"));
         }
         let o = who.drun(&["rm", "-f", &id]);
         if !o.status.success() {
@@ -273,11 +295,16 @@ fn stream(n: usize, who: Who, ops: usize, seed: u64, deadline: Instant) -> (Who,
 #[test]
 #[ignore = "make test-soak: the concurrency soak (up to 15 minutes; root, registries, test users)"]
 fn four_streams_of_mixed_operations() {
-    assert!(is_root(), "the soak runs containers as root and as the test users: run it as root");
+    assert!(
+        is_root(),
+        "the soak runs containers as root and as the test users: run it as root"
+    );
     let seed = seed("DRUN_SOAK_SEED");
     let ops = env_count("DRUN_SOAK_OPERATIONS", 250);
     let minutes = env_count("DRUN_SOAK_MINUTES", 14);
-    eprintln!("soak: seed {seed} (DRUN_SOAK_SEED replays the choices), 4 streams x {ops} operations, at most {minutes} min");
+    eprintln!(
+        "soak: seed {seed} (DRUN_SOAK_SEED replays the choices), 4 streams x {ops} operations, at most {minutes} min"
+    );
     let scope = CgroupScope::enter(&format!("drun-soak-{}", std::process::id()));
     let sb = Arc::new(Sandbox::new());
     let deadline = Instant::now() + Duration::from_secs(60 * minutes as u64);
@@ -326,7 +353,10 @@ fn four_streams_of_mixed_operations() {
         }
     }
     eprintln!("\nsoak: seed {seed}, {:.0} s", took.as_secs_f64());
-    eprintln!("{:<8} {:<11} {:>6} {:>9} {:>8}", "stream", "operation", "done", "expected", "failures");
+    eprintln!(
+        "{:<8} {:<11} {:>6} {:>9} {:>8}",
+        "stream", "operation", "done", "expected", "failures"
+    );
     let mut totals: BTreeMap<&str, OpTally> = BTreeMap::new();
     for (n, who, rep) in &reports {
         let label = match who {
@@ -341,7 +371,10 @@ fn four_streams_of_mixed_operations() {
             rep.monitor_rss_kib
         );
         for (op, t) in &rep.ops {
-            eprintln!("{:<8} {:<11} {:>6} {:>9} {:>8}", n, op, t.done, t.expected_faults, t.failures);
+            eprintln!(
+                "{:<8} {:<11} {:>6} {:>9} {:>8}",
+                n, op, t.done, t.expected_faults, t.failures
+            );
             let e = totals.entry(op).or_default();
             e.done += t.done;
             e.expected_faults += t.expected_faults;
@@ -356,7 +389,10 @@ fn four_streams_of_mixed_operations() {
         }
     }
     for (op, t) in &totals {
-        eprintln!("{:<8} {:<11} {:>6} {:>9} {:>8}", "all", op, t.done, t.expected_faults, t.failures);
+        eprintln!(
+            "{:<8} {:<11} {:>6} {:>9} {:>8}",
+            "all", op, t.done, t.expected_faults, t.failures
+        );
     }
     eprintln!(
         "leaks: {} {:?}; root store check clean: {}; user stores clean: {:?}",
@@ -366,5 +402,10 @@ fn four_streams_of_mixed_operations() {
         user_checks
     );
     assert!(leaks.is_empty(), "leaks: {leaks:?}");
-    assert!(failures.is_empty(), "{} failure(s):\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} failure(s):\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
 }
