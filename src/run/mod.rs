@@ -88,16 +88,14 @@ pub fn run(
 ) -> Result<Outcome, RunError> {
     error::check_privileged()?;
     // The image, pulled first if the plan's policy says so.
-    let image = ready::ready_image(
-        store,
-        cfg,
-        &ImageRequest {
-            reference: &plan.image,
-            pull: plan.pull,
-            platform: plan.platform.as_ref(),
-            quiet,
-        },
-    )?;
+    let request = ImageRequest {
+        reference: &plan.image,
+        pull: plan.pull,
+        platform: plan.platform.as_ref(),
+        quiet,
+    };
+    let image = ready::ready_image(store, cfg, &request)?;
+    crate::failpoint::pause("run-image-found");
     // A workflow's setup: a layer of the store above the image's, built first if it is not there yet.
     let mut setup = setup_layer::ensure(store, cfg, plan, &image, state_dir, quiet, hooks.log.as_deref_mut())?;
     // The run's id and directory (and its clean-up, whatever happens from here on).
@@ -131,10 +129,30 @@ pub fn run(
     // A squashfs image file is mounted (after the record: a crash leaves the mount to the next `reap_stale`) and
     // is the overlay's only lower layer; `_squash` ends its squashfuse, if any, once the run is cleaned up.
     let (root, _squash) = {
-        let _shared = store.lock_shared()?;
-        let mut layers = match image.squash {
-            Some(_) => vec![],
-            None => image.layer_dirs(store)?,
+        let mut again = 0;
+        let (_shared, mut layers) = loop {
+            let shared = store.lock_shared()?;
+            if image.squash.is_some() {
+                break (shared, vec![]);
+            }
+            match image.layer_dirs(store) {
+                Ok(dirs) => break (shared, dirs),
+                // Removed (`drun rmi`, `drun prune` of another drun) between finding the image and this lock: found
+                // (pulled) again as the policy says, as long as it is the same image (the run's record names its
+                // layers).
+                Err(missing @ ready::ReadyError::LayerMissing { .. })
+                    if again < 2 && plan.pull != ready::PullPolicy::Never =>
+                {
+                    drop(shared);
+                    again += 1;
+                    tracing::debug!(image = %image.record.name, "its layers went meanwhile: finding it again");
+                    let found = ready::ready_image(store, cfg, &request)?;
+                    if found.record.config_digest != image.record.config_digest {
+                        return Err(missing.into());
+                    }
+                }
+                Err(e) => return Err(e.into()),
+            }
         };
         layers.extend(setup.as_ref().map(|s| s.root.clone()));
         cleanup.record(info.clone())?;

@@ -371,7 +371,17 @@ impl Campaign {
                 } else {
                     ("busybox:latest", bb.clone())
                 };
-                let _ = self.sb.drun(&["rmi", &upstream]);
+                // Every record of the image goes (also those named after an earlier proxy's port), and with them its
+                // layers: the pull starts from nothing.
+                let listed = self.sb.drun(&["images", "--json"]).ok().stdout;
+                let records: serde_json::Value = serde_json::from_str(&listed).unwrap();
+                let repo = format!("/drun-test/{}:", name.split(':').next().unwrap());
+                for r in records.as_array().unwrap() {
+                    let n = r["name"].as_str().unwrap();
+                    if n.contains(&repo) {
+                        self.sb.drun(&["rmi", n]).ok();
+                    }
+                }
                 let image = if fault == Fault::PullDroppingProxy {
                     // Drops a connection after a random number of bytes, for the first one to three GETs per blob.
                     let at = format!(

@@ -714,6 +714,41 @@ fn a_run_directory_whose_creator_died_is_removed_by_the_next_drun() {
     assert!(sb.drun(&["check"]).ok().stdout.contains("no problems"));
 }
 
+/// Found by the concurrency soak (tests/integration/soak.rs): an image removed by another drun (`rmi`, `prune`)
+/// between a run finding it and the run registering its layers made the run fail ("layer … is missing; pull the
+/// image again"), although its pull policy would have pulled it. The run now finds (pulls) the same image again.
+#[test]
+fn an_image_removed_while_a_run_starts_is_pulled_again() {
+    let sb = ready();
+    let flag = sb.path().join("paused");
+    std::fs::write(&flag, "").unwrap();
+    let mut c = sb.cmd(&["run", "-q", &busybox(), "echo", "ran"]);
+    c.env("DRUN_PAUSEPOINT", format!("run-image-found:{}", flag.display()))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let child = c.spawn().unwrap();
+    let reached = sb.path().join("paused.reached");
+    wait_until("the run to find its image", || reached.exists());
+    sb.drun(&["rmi", &busybox()]).ok();
+    assert!(sb.entries("layers/host").is_empty(), "{:?}", sb.entries("layers/host"));
+    std::fs::remove_file(&flag).unwrap();
+    let out = wait(child, Duration::from_secs(120)).ok();
+    assert_eq!(out.stdout, "ran\n");
+    assert!(leftovers(&sb).is_empty(), "{:?}", leftovers(&sb));
+    // With --pull=never it stays an error.
+    std::fs::write(&flag, "").unwrap();
+    let _ = std::fs::remove_file(&reached);
+    let mut c = sb.cmd(&["run", "-q", "--pull=never", &busybox(), "true"]);
+    c.env("DRUN_PAUSEPOINT", format!("run-image-found:{}", flag.display()))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let child = c.spawn().unwrap();
+    wait_until("the run to find its image", || reached.exists());
+    sb.drun(&["rmi", &busybox()]).ok();
+    std::fs::remove_file(&flag).unwrap();
+    wait(child, Duration::from_secs(120)).fails_with(125, &["is missing; pull the image again"]);
+}
+
 #[test]
 fn tty_gives_the_container_a_real_terminal() {
     let sb = ready();
