@@ -1,5 +1,6 @@
 //! Fail points for crash-safety tests: `DRUN_FAILPOINT=<name>` makes drun SIGKILL itself when it reaches the
 //! named stage, the same as an operator's `kill -9` or a node losing power at that moment.
+//! `DRUN_PAUSEPOINT=<name>:<file>` makes it wait at the named stage instead, for races between drun processes.
 
 /// Kills the process with SIGKILL if `DRUN_FAILPOINT` names this point.
 pub fn hit(name: &str) {
