@@ -34,6 +34,11 @@ impl Rng {
             self.next() % n
         }
     }
+    /// One of `items`, each as likely.
+    pub fn pick<T: Copy>(&mut self, items: &[T]) -> T {
+        let n = u64::try_from(items.len()).unwrap();
+        items[usize::try_from(self.below(n)).unwrap()]
+    }
     pub fn chance(&mut self, percent: u64) -> bool {
         self.below(100) < percent
     }
@@ -42,10 +47,10 @@ impl Rng {
 /// `DRUN_CHAOS_SEED`, else one from the clock.
 pub fn seed(var: &str) -> u64 {
     std::env::var(var).ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
-        std::time::SystemTime::now()
+        let d = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos() as u64
+            .unwrap();
+        d.as_secs().wrapping_mul(1_000_000_000) + u64::from(d.subsec_nanos())
     })
 }
 
@@ -350,7 +355,7 @@ impl Campaign {
     }
 
     fn delay(&mut self, from: Duration, to: Duration) -> Duration {
-        let span = to.saturating_sub(from).as_millis() as u64;
+        let span = u64::try_from(to.saturating_sub(from).as_millis()).unwrap_or(u64::MAX);
         from + Duration::from_millis(self.rng.below(span.max(1)))
     }
 
@@ -406,7 +411,7 @@ impl Campaign {
                         "layer-after-publish",
                         "before-record",
                     ];
-                    cmd.env("DRUN_FAILPOINT", points[self.rng.below(4) as usize]);
+                    cmd.env("DRUN_FAILPOINT", self.rng.pick(&points));
                     killed = killed_at_fail_point(cmd);
                 } else {
                     let whole = if name.starts_with("debian") {
@@ -676,7 +681,7 @@ fn crash_campaign() {
     assert!(!kinds.is_empty(), "DRUN_CHAOS_FAULTS={only:?} names none of {FAULTS:?}");
     let start = Instant::now();
     for i in 0..iterations {
-        let fault = kinds[c.rng.below(kinds.len() as u64) as usize];
+        let fault = c.rng.pick(&kinds);
         if i % 10 == 0 {
             eprintln!("iteration {i}/{iterations} ({:.0} s)", start.elapsed().as_secs_f64());
         }

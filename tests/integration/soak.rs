@@ -7,6 +7,7 @@
 //! stream stops early at `DRUN_SOAK_MINUTES` (default 14) so the whole soak stays within 15 minutes.
 
 use std::collections::BTreeMap;
+use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -143,7 +144,7 @@ fn stream(n: usize, who: Who, ops: usize, seed: u64, deadline: Instant) -> (Who,
             eprintln!("stream {n}: the deadline stopped it after {i} operations");
             break;
         }
-        let mut op = OPS[rng.below(OPS.len() as u64) as usize];
+        let mut op = rng.pick(&OPS);
         if op == "oom" && who.rootless() {
             // Without a cgroup of its own (cgroup v1, rootless) no memory limit applies: a run with limits instead.
             op = "run-limits";
@@ -217,8 +218,11 @@ fn stream(n: usize, who: Who, ops: usize, seed: u64, deadline: Instant) -> (Who,
                 let o = wait(child, Duration::from_secs(120));
                 if o.code() == Some(code) && o.stdout == "up\n" {
                     Ok(true)
-                } else if o.stdout.is_empty() && o.code().is_some_and(|c| c != 0) {
-                    // The signal came while drun was still starting the container (a slow start under load).
+                } else if o.stdout.is_empty()
+                    && (o.code().is_some_and(|c| c != 0) || o.status.signal() == Some(sig as i32))
+                {
+                    // The signal came while drun was still starting the container (a slow start under load): drun
+                    // ended (by the signal itself before it forwards signals); the next commands clean up.
                     Ok(true)
                 } else {
                     Err(format!("after {sig}: {} {:?} {}", o.status, o.stdout, o.stderr))
