@@ -84,6 +84,7 @@ test-powercut: build images
 # DRUN_CHAOS_ITERATIONS / DRUN_CHAOS_SEED and DRUN_SOAK_OPERATIONS / DRUN_SOAK_MINUTES / DRUN_SOAK_SEED tune them.
 test-chaos: build images users
 	$(CARGO) test --release --locked --test integration -- --ignored chaos:: --test-threads=1 --nocapture
+	PROPTEST_CASES=$(PROPTEST_CASES) $(CARGO) test --release --locked --lib props
 
 test-soak: build images users
 	$(CARGO) test --release --locked --test integration -- --ignored soak:: --test-threads=1 --nocapture

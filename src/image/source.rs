@@ -163,3 +163,48 @@ mod tests {
         assert!(ImageSource::parse("oci-archive:").is_err());
     }
 }
+
+/// Property tests: any text is a source or an error (never a panic); a well-formed registry reference keeps its
+/// registry, repository and tag; `oci:DIR:TAG` splits at the last colon.
+#[cfg(test)]
+mod props {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        #![proptest_config(crate::props::config())]
+
+        #[test]
+        fn any_text_is_a_source_or_an_error(text in "\\PC{0,80}") {
+            let _ = ImageSource::parse(&text).map(|s| s.canonical_name());
+        }
+
+        #[test]
+        fn registry_references_keep_their_parts(
+            port in 1024u16..65535,
+            repo in "[a-z0-9]{1,8}(/[a-z0-9]{1,8}){0,2}",
+            tag in "[A-Za-z0-9_][A-Za-z0-9_.-]{0,20}",
+        ) {
+            let text = format!("127.0.0.1:{port}/{repo}:{tag}");
+            match ImageSource::parse(&text) {
+                Ok(src @ ImageSource::Registry(_)) => prop_assert_eq!(src.canonical_name(), text),
+                other => prop_assert!(false, "{text:?} gave {other:?}"),
+            }
+        }
+
+        #[test]
+        fn layout_paths_split_at_the_last_colon(
+            dir in "/[a-z0-9_:]{1,12}(/[a-z0-9_.]{1,8}){0,2}",
+            tag in "[a-z0-9_.-]{1,10}",
+        ) {
+            match ImageSource::parse(&format!("oci:{dir}:{tag}")) {
+                Ok(ImageSource::OciLayout { dir: d, tag: t }) => {
+                    prop_assert_eq!(d, PathBuf::from(&dir));
+                    prop_assert_eq!(t, Some(tag));
+                }
+                other => prop_assert!(false, "{other:?}"),
+            }
+        }
+    }
+}

@@ -309,6 +309,7 @@ fn check_finds_each_kind_of_damage_and_repair_removes_it() {
     std::fs::create_dir_all(store.join("setup/host/abcd/root")).unwrap();
     std::fs::create_dir_all(store.join("cache/seccomp")).unwrap();
     std::fs::write(store.join("cache/seccomp/.x.bpf.tmp-999999999"), "x").unwrap();
+    std::fs::write(store.join("cache/seccomp/0000.bpf"), "drunbpf1 not a program").unwrap();
     symlink("/etc/passwd", store.join("locks/evil.lock")).unwrap();
     let stale = sb.state().join("containers/0123456789ab");
     std::fs::create_dir_all(&stale).unwrap();
@@ -326,6 +327,7 @@ fn check_finds_each_kind_of_damage_and_repair_removes_it() {
             "names no image record",
             "setup layer abcd: its setup.json is missing",
             ".x.bpf.tmp-999999999: a cache file whose writer died",
+            "0000.bpf: a damaged compiled seccomp filter",
             "evil.lock: not a regular file",
             "stale run:",
             "0123456789ab",

@@ -190,6 +190,23 @@ impl Store {
                 });
             }
         }
+        // Compiled seccomp filters: each carries its own sha256 (a damaged one would be rebuilt, but is reported).
+        for e in read_dir(&self.root.join("cache/seccomp")) {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.ends_with(".bpf")
+                && !name.starts_with('.')
+                && !crate::run::seccomp::cached_filter_is_whole(&e.path())
+            {
+                r.problems.push(Problem {
+                    what: format!(
+                        "{}: a damaged compiled seccomp filter (rebuilt when next needed)",
+                        e.path().display()
+                    ),
+                    remove: vec![e.path()],
+                    images: vec![],
+                });
+            }
+        }
         for p in self.dead_cache_writes() {
             r.problems.push(Problem {
                 what: format!("{}: a cache file whose writer died", p.display()),

@@ -28,8 +28,15 @@ impl Extraction<'_> {
         comps: &[&OsStr],
         target: Vec<u8>,
     ) -> Result<(), UnpackError> {
-        let tcomps = components(&target)?;
         let target_shown = String::from_utf8_lossy(&target).into_owned();
+        // The error names the entry, not only its target.
+        let tcomps = components(&target).map_err(|e| match e {
+            UnpackError::DotDot { .. } => UnpackError::LinkDotDot {
+                path: place.shown.clone(),
+                target: target_shown.clone(),
+            },
+            other => other,
+        })?;
         let missing = || UnpackError::HardlinkTarget {
             path: place.shown.clone(),
             target: target_shown.clone(),

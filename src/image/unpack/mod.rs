@@ -119,6 +119,8 @@ pub enum UnpackError {
     TooManyPaths { limit: usize },
     #[error("invalid layer entry {path:?}: it contains a \"..\" component")]
     DotDot { path: String },
+    #[error("invalid hardlink {path:?}: its target {target:?} contains a \"..\" component")]
+    LinkDotDot { path: String, target: String },
     #[error("invalid whiteout {path:?}: expected .wh.NAME, NAME one file name")]
     BadWhiteout { path: String },
     #[error("invalid hardlink {path:?}: its target {target:?} is in neither this layer nor a lower one")]

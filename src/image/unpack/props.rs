@@ -1,6 +1,7 @@
 //! Property tests of the unpacker: random tar streams of files, directories, symlinks, hardlinks and whiteouts,
 //! with names that climb (`..`), start at `/`, or pass through symlinks that point out of the layer. Whatever the
-//! stream, the unpacker never writes outside its root and never panics; it either unpacks or says why.
+//! stream, the unpacker never writes outside its root and never panics; it either unpacks or says why, naming an
+//! entry of the stream.
 #![allow(
     clippy::disallowed_methods,
     reason = "fixtures written and read in the test's own temporary directory"
@@ -138,7 +139,12 @@ proptest! {
         let result = std::panic::catch_unwind(|| unpack_layer(Cursor::new(stream), &root, UnpackOptions::for_process()));
         prop_assert!(result.is_ok(), "the unpacker panicked on {:?}", entries);
         if let Err(e) = result.unwrap() {
-            prop_assert!(!e.to_string().is_empty());
+            let message = e.to_string();
+            let names_one = entries.iter().any(|en| {
+                let p = en.path.trim_start_matches('/');
+                !p.is_empty() && message.contains(p)
+            });
+            prop_assert!(names_one, "an error that names no entry: {} for {:?}", message, entries);
         }
         prop_assert_eq!(listing(&outside), before, "written outside the layer by {:?}", entries);
         let names: Vec<String> = std::fs::read_dir(base.path()).unwrap().flatten()

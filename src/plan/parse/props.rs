@@ -69,4 +69,25 @@ proptest! {
         prop_assert_eq!(e.problem, Problem::RelativeDestination(dst.clone()));
         prop_assert!(tmpfs(&dst).is_err());
     }
+
+    #[test]
+    fn env_files_keep_every_setting(
+        vars in prop::collection::vec(("[A-Z_][A-Z0-9_]{0,10}", "[ -~]{0,20}"), 0..8),
+        noise in prop::collection::vec(prop::sample::select(vec!["", "# a comment", "   "]), 0..4),
+    ) {
+        let mut text = String::new();
+        for (i, (k, v)) in vars.iter().enumerate() {
+            if let Some(n) = noise.get(i) {
+                text.push_str(n);
+                text.push('\n');
+            }
+            text.push_str(&format!("{k}={v}\n"));
+        }
+        let lookup = |_: &str| None;
+        let parsed: Vec<(String, String)> = env_file_lines(&text)
+            .filter_map(|(_, line)| env_item(line, &lookup).ok().flatten())
+            .collect();
+        let expected: Vec<(String, String)> = vars.iter().map(|(k, v)| (k.clone(), v.trim_end().to_string())).collect();
+        prop_assert_eq!(parsed, expected);
+    }
 }

@@ -68,6 +68,20 @@ pub fn cache_key(profile: &serde_json::Value) -> String {
     hex::encode(h.finalize())
 }
 
+/// Whether a cache file is whole (its magic, and the program's sha256 matching), for `drun check`.
+pub fn is_whole(path: &Path) -> bool {
+    let Ok(data) = crate::sys::safe_fs::read_bounded(path, CACHE_FILE_CAP) else {
+        return false;
+    };
+    let Some(body) = data.strip_prefix(CACHE_MAGIC.as_slice()) else {
+        return false;
+    };
+    body.len()
+        .checked_sub(32)
+        .and_then(|n| body.split_at_checked(n))
+        .is_some_and(|(program, sum)| Sha256::digest(program).as_slice() == sum)
+}
+
 /// A cache file's program, if the file is whole: the magic, the program, and the program's sha256.
 pub(super) fn read_cached(path: &Path, flags: libc::c_ulong) -> Option<Precompiled> {
     // In drun's private store.

@@ -6,6 +6,7 @@
 //! profile, precompiled the same way when drun can load it itself.
 
 mod cache;
+pub use cache::is_whole as cached_filter_is_whole;
 mod compile;
 mod default_profile;
 mod load;
