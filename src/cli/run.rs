@@ -197,7 +197,7 @@ pub struct ContainerArgs {
     /// Disable any health check, the image's HEALTHCHECK included
     #[arg(long)]
     pub no_healthcheck: bool,
-    /// Restart policy: no (default) or on-failure:N (run again after a failure, at most N times)
+    /// Restart policy: no (default) or on-failure:N (the same container started again after a failure, at most N times)
     #[arg(long, value_name = "POLICY")]
     pub restart: Option<String>,
     /// Mount the root file system read-only

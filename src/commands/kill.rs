@@ -1,11 +1,10 @@
 //! `drun kill`: signal a running container's init (the drun supervising it reports the exit).
 
 use anyhow::{bail, Context, Result};
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
+use nix::sys::signal::Signal;
 
 use crate::cli::{GlobalArgs, KillArgs};
-use crate::run::state;
+use crate::run::{finished, state};
 
 fn parse_signal(s: &str) -> Result<Signal> {
     let n = crate::plan::parse::signal(s).map_err(|e| e.named("signal"))? as i32;
@@ -14,22 +13,29 @@ fn parse_signal(s: &str) -> Result<Signal> {
 
 pub fn execute(global: &GlobalArgs, args: KillArgs) -> Result<i32> {
     let sig = parse_signal(&args.signal)?;
-    let list = state::list(&super::state_dir(global)?);
+    let dir = super::state_dir(global)?;
     for want in &args.containers {
-        let matches: Vec<_> = list
-            .iter()
-            .filter(|c| c.name.as_deref() == Some(want.as_str()) || c.id.starts_with(want.as_str()))
-            .collect();
-        let c = match matches.as_slice() {
-            [one] => *one,
-            [] => bail!("no running container {want:?} (see `drun ps`)"),
-            _ => bail!("{want:?} matches several containers; give more of the id"),
+        let run = match finished::find(&dir, want) {
+            Ok(r) if r.running => r,
+            Ok(_) | Err(finished::FindError::NotFound(_)) => bail!("no running container {want:?} (see `drun ps`)"),
+            Err(e) => return Err(e.into()),
         };
-        let pid = c
-            .pid
-            .with_context(|| format!("container {} has not started yet", &c.id[..12]))?;
-        kill(Pid::from_raw(pid), sig).with_context(|| format!("cannot signal container {}", &c.id[..12]))?;
-        println!("{}", &c.id[..12]);
+        let info = state::read_info(&run.dir).unwrap_or_else(|| run.info.clone());
+        info.pid.with_context(|| {
+            format!(
+                "container {} has not started yet, or is being restarted",
+                run.short_id()
+            )
+        })?;
+        // SIGKILL or its stop signal ends it on purpose: `--restart on-failure` does not start it again (as
+        // Docker's kill).
+        if sig == Signal::SIGKILL || sig as i32 == info.stop_signal.unwrap_or(libc::SIGTERM) {
+            crate::run::restart::request_stop(&run.dir);
+        }
+        // Only while the pid is still the container's init (its start time says so).
+        run.signal(sig as i32)
+            .with_context(|| format!("cannot signal container {}", run.short_id()))?;
+        println!("{}", run.short_id());
     }
     Ok(0)
 }

@@ -94,6 +94,20 @@ impl Cleanup {
             || crate::run::reap::end_all((!supervised).then_some(started.pid), cgroup, started.inherited.as_ref())
     }
 
+    /// Before a restart (`run::restart`), once nothing of the container runs: libcontainer deletes it (its
+    /// poststop hooks run, its cgroup and state go), so that the same id can be created again.
+    pub fn forget_container(&mut self) {
+        if let Some(mut c) = self.container.take() {
+            if let Err(e) = c.delete(true) {
+                tracing::warn!(error = %e, "libcontainer cannot delete the container; cleaning up by hand");
+            }
+        }
+        if let Some(info) = &self.info {
+            let _ = std::fs::remove_dir_all(state::libcontainer_dir(&self.state_dir).join(&info.id));
+        }
+        self.exited = false;
+    }
+
     fn dir(&self) -> &Path {
         &self.run_dir.path
     }

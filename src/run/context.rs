@@ -80,6 +80,7 @@ impl<'a> RunContext<'a> {
             supervisor: crate::run::state::Supervisor::this_process(),
             auto_remove: false,
             stop_signal: None,
+            restart_count: 0,
             exit: None,
         }
     }

@@ -75,7 +75,10 @@ impl Run {
 
     /// Sends `signal` to its init, if that process is still the container's (its start time says so).
     pub fn signal(&self, signal: i32) -> std::io::Result<()> {
-        let (Some(pid), Some(start)) = (self.info.pid, self.info.pid_start) else {
+        // The init as the record names it now: a restarted container (`run::restart`) has a new one.
+        let now = state::read_info(&self.dir);
+        let info = now.as_ref().unwrap_or(&self.info);
+        let (Some(pid), Some(start)) = (info.pid, info.pid_start) else {
             return Ok(());
         };
         if state::start_time(pid) != Some(start) {
@@ -96,6 +99,8 @@ impl Run {
         if !self.is_running() {
             return Ok(());
         }
+        // Stopped on purpose: its supervisor does not restart it (`--restart on-failure`).
+        crate::run::restart::request_stop(&self.dir);
         if !grace.is_zero() {
             self.signal(self.info.stop_signal.unwrap_or(libc::SIGTERM))?;
             if self.wait_stopped(grace) {
@@ -185,6 +190,10 @@ impl Run {
     /// What `drun ps` shows in its STATUS column, as Docker words it.
     pub fn status(&self, now: time::OffsetDateTime) -> String {
         if self.running {
+            // Between an exit and its restart (`--restart on-failure`), the container has no process.
+            if self.info.pid.is_none() && self.info.restart_count > 0 {
+                return format!("Restarting ({})", self.info.restart_count);
+            }
             let up = format!("Up {}", human(now - self.info.started));
             return match crate::run::health::read(&self.dir) {
                 Some(h) => format!("{up} ({})", h.ps_label()),

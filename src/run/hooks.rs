@@ -30,6 +30,9 @@ pub struct RunHooks<'a> {
     pub detach: Option<Detach<'a>>,
     /// A setup run (`run::setup_layer`): its writable layer goes in this directory of the store, to be kept.
     pub setup_in: Option<&'a Path>,
+    /// `drun run --restart on-failure:N` (foreground or detached): the same container started again, as Docker's
+    /// daemon restarts one (see `run::restart`). A workflow runs a failed job again as a new container instead.
+    pub restart: crate::plan::RestartPolicy,
 }
 
 /// What a detached run does besides supervising its container: its output goes to a rotating log in the run

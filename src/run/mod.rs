@@ -47,6 +47,7 @@ mod output;
 pub mod pmi;
 mod process;
 pub mod reap;
+pub mod restart;
 pub mod rootfs;
 pub mod seccomp;
 mod setup_layer;
@@ -242,46 +243,96 @@ pub fn run(
 
     // A detached run's output goes to its log, created before anything starts.
     let logged = hooks.detach.is_some() || hooks.log.is_some();
-    let sink = match &hooks.detach {
-        Some(d) => output::Sink::Log(
-            logfile::RotatingLog::create(&ctx.dir, d.log).map_err(io_error("create the container's log"))?,
-        ),
-        None => output::Sink::Stdout(hooks.log.as_deref_mut()),
-    };
-
-    // Start, supervise until the init exits, end what is left, clean up.
-    let cgroup_writes = cgroup.v1_writes(&plan.tuning);
-    let mut started = start::start(
-        &ctx,
-        &bundle,
-        filter,
-        pmi.fd,
-        &cgroup,
-        logged,
-        &cgroup_writes,
-        &mut cleanup,
-        info,
-    )?;
-    // Its health check, probed from a thread of this process until the container ends (`health`).
-    let prober = health::effective(&plan.health, image.healthcheck.as_ref())
-        .map(|config| health::Prober::start(state_dir, &ctx.dir, &ctx.id, config));
-    if let Some(d) = hooks.detach.as_mut() {
-        (d.started)(&ctx.id, &ctx.dir);
-    }
-    let terminal = match &started.console {
-        Some(console) => Some(tty::Terminal::attach(console).map_err(io_error("receive the container's terminal"))?),
+    let mut log = match &hooks.detach {
+        Some(d) => Some(logfile::RotatingLog::create(&ctx.dir, d.log).map_err(io_error("create the container's log"))?),
         None => None,
     };
-    let master = terminal.as_ref().map(|t| &t.master);
-    let mut output = output::Output::to_sink(
-        started.output.take(),
-        sink,
-        hooks.stdout.as_mut().map(|c| &mut **c as &mut dyn std::io::Write),
-    );
-    let status = supervise::supervise(started.pid, &mut started.signals, master, plan.interactive, &mut output);
-    if let Some(p) = prober {
-        p.stop();
-    }
+
+    // Start, supervise until the init exits (again, the same container, for `--restart on-failure`), end what
+    // is left, clean up.
+    let cgroup_writes = cgroup.v1_writes(&plan.tuning);
+    let mut restarts = restart::Restarts::new(hooks.restart);
+    let (started, status) = loop {
+        let mut started = start::start(
+            &ctx,
+            &bundle,
+            filter.clone(),
+            pmi.fd,
+            &cgroup,
+            logged,
+            &cgroup_writes,
+            &mut cleanup,
+            info.clone(),
+        )?;
+        restarts.started();
+        // Its health check, probed from a thread of this process until the container ends (`health`).
+        let prober = health::effective(&plan.health, image.healthcheck.as_ref())
+            .map(|config| health::Prober::start(state_dir, &ctx.dir, &ctx.id, config));
+        if let (Some(d), 0) = (hooks.detach.as_mut(), restarts.count) {
+            (d.started)(&ctx.id, &ctx.dir);
+        }
+        let terminal = match &started.console {
+            Some(console) => {
+                Some(tty::Terminal::attach(console).map_err(io_error("receive the container's terminal"))?)
+            }
+            None => None,
+        };
+        let master = terminal.as_ref().map(|t| &t.master);
+        let mut output = output::Output::to_sink(
+            started.output.take(),
+            match log.take() {
+                Some(l) => output::Sink::Log(l),
+                None => output::Sink::Stdout(hooks.log.as_deref_mut()),
+            },
+            hooks.stdout.as_mut().map(|c| &mut **c as &mut dyn std::io::Write),
+        );
+        let status = supervise::supervise(started.pid, &mut started.signals, master, plan.interactive, &mut output);
+        if let Some(p) = prober {
+            p.stop();
+        }
+        if let output::Sink::Log(l) = output.into_sink() {
+            log = Some(l);
+        }
+        drop(terminal);
+        let again = match &status {
+            Ok(o) => restarts.again(o.code, o.interrupted, &ctx.dir),
+            Err(_) => false,
+        };
+        if !again {
+            break (started, status);
+        }
+        let code = status.as_ref().map_or(-1, |o| o.code);
+        let max = match hooks.restart {
+            crate::plan::RestartPolicy::OnFailure(n) => n,
+            crate::plan::RestartPolicy::No => 0,
+        };
+        #[allow(
+            clippy::print_stderr,
+            reason = "what drun does, as a pull's progress; in a detached run's monitor log"
+        )]
+        {
+            eprintln!(
+                "drun: the container exited with {code}; restarting it ({} of {max}, --restart on-failure)",
+                restarts.count
+            );
+        }
+        // Nothing of it may run on: then libcontainer forgets it (and removes its cgroup, made again below).
+        if !cleanup.end_container(true, true, &started, &cgroup) {
+            break (started, status);
+        }
+        cleanup.forget_container();
+        info.restart_count = restarts.count;
+        info.pid = None;
+        cleanup.record(info.clone())?;
+        if !restarts.back_off(&started.signals, &ctx.dir) {
+            break (started, status);
+        }
+        cgroup.create_dirs(&limits)?;
+        cgroup.write_limits(&limits)?;
+        // The next start blocks them again; the container's process must not inherit them blocked.
+        started.signals.unblock();
+        info.started = time::OffsetDateTime::now_utc();
+    };
     cleanup.finished(status.as_ref().ok().map(|o| o.code));
     crate::failpoint::hit("run-cleanup");
 

@@ -126,6 +126,11 @@ impl<'a> Output<'a> {
         }
     }
 
+    /// Where the output went, once the pipes are done with (a restarted container's output goes there again).
+    pub fn into_sink(self) -> Sink<'a> {
+        self.sink
+    }
+
     /// Keeps what the pipe carries (at most `cap` bytes) instead of passing it to drun's stdout: one pipe, which
     /// `drun exec` gives both its stdout and stderr.
     pub fn captured(pipe: OwnedFd, cap: usize) -> Output<'a> {

@@ -56,9 +56,16 @@ pub struct RunInfo {
     /// The signal `drun stop` sends first (`--stop-signal`, the image's StopSignal; SIGTERM when `None`).
     #[serde(default)]
     pub stop_signal: Option<i32>,
+    /// How many times `--restart on-failure` started the container again (Docker's RestartCount).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub restart_count: u32,
     /// How it ended: set once a detached run's container has ended and everything but its record and log is gone.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exit: Option<ExitRecord>,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// How a run ended.

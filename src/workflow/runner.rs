@@ -420,6 +420,8 @@ impl Runner<'_> {
                 after_exit: Some(&mut save_artifacts),
                 detach: None,
                 setup_in: None,
+                // A failed job runs again as a new container (`run_jobs`).
+                restart: crate::plan::RestartPolicy::No,
             },
         );
         self.stop_services(job, services);

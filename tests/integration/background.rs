@@ -182,6 +182,125 @@ fn stop_sends_the_stop_signal_first_and_wait_reports_exit_codes() {
         .fails_with(125, &["no such container \"nosuch\""]);
 }
 
+/// The restart count `drun ps -a --json` reports for container `id`.
+fn restart_count(sb: &Sandbox, id: &str) -> i64 {
+    let json: serde_json::Value = serde_json::from_str(&sb.drun(&["ps", "-a", "--json"]).ok().stdout).unwrap();
+    let run = json.as_array().unwrap().iter().find(|r| r["id"] == id).cloned();
+    run.map_or(-1, |r| r["restart_count"].as_i64().unwrap_or(0))
+}
+
+#[test]
+fn restart_on_failure_starts_the_same_container_again_until_stopped() {
+    let sb = ready();
+    let image = busybox();
+    // Counts its starts in its own writable layer: the same container, restarted, sees what it wrote before.
+    let count = "n=$(cat /starts 2>/dev/null || echo 0); n=$((n+1)); echo $n > /starts; echo start $n";
+
+    // Detached: its monitor restarts it twice (same id, log and writable layer), then records the last exit.
+    let fails = detach(
+        &sb,
+        &[
+            "--restart",
+            "on-failure:2",
+            &image,
+            "sh",
+            "-c",
+            &format!("{count}; exit 3"),
+        ],
+    );
+    assert_eq!(sb.drun(&["wait", &fails]).ok().stdout, "3\n");
+    assert_eq!(sb.drun(&["logs", &fails]).ok().stdout, "start 1\nstart 2\nstart 3\n");
+    assert_eq!(restart_count(&sb, &fails), 2);
+    assert!(
+        status(&sb, &fails).starts_with("Exited (3) "),
+        "{}",
+        status(&sb, &fails)
+    );
+    // One that succeeds on its second start is not started a third time.
+    let second = detach(
+        &sb,
+        &[
+            "--restart",
+            "on-failure:5",
+            &image,
+            "sh",
+            "-c",
+            &format!("{count}; [ $n -ge 2 ]"),
+        ],
+    );
+    assert_eq!(sb.drun(&["wait", &second]).ok().stdout, "0\n");
+    assert_eq!(restart_count(&sb, &second), 1);
+
+    // Stopped on purpose (its stop signal ends it with 143): never restarted, whatever the policy allows.
+    let stopped = detach(
+        &sb,
+        &[
+            "--restart",
+            "on-failure:5",
+            "--init",
+            &image,
+            "sh",
+            "-c",
+            &format!("{count}; exec sleep 600"),
+        ],
+    );
+    wait_until("the container to start", || {
+        sb.drun(&["logs", &stopped]).ok().stdout == "start 1\n"
+    });
+    sb.drun(&["stop", "-t", "30", &stopped]).ok();
+    assert_eq!(sb.drun(&["wait", &stopped]).ok().stdout, "143\n");
+    assert_eq!(restart_count(&sb, &stopped), 0);
+    // `drun kill` too; a restart between stop's look at the record and its signal would show as a second start.
+    let killed = detach(
+        &sb,
+        &[
+            "--restart",
+            "on-failure:5",
+            &image,
+            "sh",
+            "-c",
+            &format!("{count}; exec sleep 600"),
+        ],
+    );
+    wait_until("the container to start", || {
+        sb.drun(&["logs", &killed]).ok().stdout == "start 1\n"
+    });
+    sb.drun(&["kill", &killed]).ok();
+    assert_eq!(sb.drun(&["wait", &killed]).ok().stdout, "137\n");
+    assert_eq!(sb.drun(&["logs", &killed]).ok().stdout, "start 1\n");
+
+    // In the foreground too: the same container, drun's status is the last exit's.
+    let out = sb.drun(&[
+        "run",
+        "-q",
+        "--restart",
+        "on-failure:1",
+        &image,
+        "sh",
+        "-c",
+        &format!("{count}; exit 4"),
+    ]);
+    assert_eq!(
+        (out.code(), out.stdout.as_str()),
+        (Some(4), "start 1\nstart 2\n"),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr.contains("restarting it (1 of 1, --restart on-failure)"),
+        "{}",
+        out.stderr
+    );
+    // As Docker: a container removed when it exits cannot be restarted.
+    sb.drun(&["run", "-d", "--rm", "--restart", "on-failure:1", &image, "true"])
+        .fails_with(125, &["--rm and --restart conflict"]);
+
+    sb.drun(&["rm", &fails, &second, &stopped, &killed]).ok();
+    for id in [&fails, &second, &stopped, &killed] {
+        assert!(all_leftovers(&sb, id).is_empty(), "{:?}", all_leftovers(&sb, id));
+    }
+}
+
 #[test]
 fn rm_refuses_a_running_container_and_names_stay_unique_until_rm() {
     let sb = ready();

@@ -19,18 +19,15 @@ pub(super) fn execute(global: &GlobalArgs, args: RunArgs) -> Result<i32> {
         );
     }
     let plan = plan_from_args(&args)?;
+    if args.container.rm && plan.restart != crate::plan::RestartPolicy::No {
+        // As Docker: a container removed when it exits cannot be restarted.
+        bail!("--rm and --restart conflict: a container that is removed when it exits cannot be restarted");
+    }
     let mut hooks = crate::run::RunHooks::default();
     // `drun run -d`: this drun starts the monitor and reports; the monitor (the same command again) runs it.
     let mut report: Option<Report>;
     let mut on_started;
     if args.container.detach {
-        if plan.restart != crate::plan::RestartPolicy::No {
-            bail!(
-                "--restart with -d: drun's monitor does not restart a detached container (a restarted one would be a \
-                 new container with its own ID and log); run drun in the foreground under a service manager with \
-                 Restart=on-failure, or use --restart on a foreground run"
-            );
-        }
         let log = LogOptions::parse(&args.container.log_opt)?;
         report = Some(match Report::take() {
             Some(r) => {
@@ -65,30 +62,16 @@ pub(super) fn execute(global: &GlobalArgs, args: RunArgs) -> Result<i32> {
     let cfg = Config::load()?;
     let store = super::super::open_store(global)?;
     let state_dir = super::super::state_dir(global)?;
-    let mut restarts = 0;
-    loop {
-        let outcome = match crate::run::run(&store, &cfg, &plan, &state_dir, args.common.quiet, &mut hooks) {
-            Ok(outcome) => outcome,
-            Err(e @ crate::run::RunError::Exec { .. }) => {
-                let code = e.exit_code();
-                eprintln!("error: {e}");
-                return Ok(code);
-            }
-            Err(e) => return Err(e.into()),
-        };
-        // --restart on-failure:N: the same plan again, as a new container, after a failure it was not told to end.
-        match plan.restart {
-            crate::plan::RestartPolicy::OnFailure(max)
-                if outcome.code != 0 && !outcome.interrupted && restarts < max =>
-            {
-                restarts += 1;
-                eprintln!(
-                    "drun: the container exited with {}; restarting it ({restarts} of {max}, --restart on-failure)",
-                    outcome.code
-                );
-            }
-            _ => return Ok(outcome.code),
+    // --restart on-failure:N: the run restarts the same container (`run::restart`).
+    hooks.restart = plan.restart;
+    match crate::run::run(&store, &cfg, &plan, &state_dir, args.common.quiet, &mut hooks) {
+        Ok(outcome) => Ok(outcome.code),
+        Err(e @ crate::run::RunError::Exec { .. }) => {
+            let code = e.exit_code();
+            eprintln!("error: {e}");
+            Ok(code)
         }
+        Err(e) => Err(e.into()),
     }
 }
 
