@@ -4,7 +4,7 @@ use std::fmt;
 use std::str::FromStr;
 
 /// A size in bytes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Default)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Default, serde::Serialize, serde::Deserialize)]
 pub struct ByteSize(pub u64);
 
 #[derive(Debug, thiserror::Error)]

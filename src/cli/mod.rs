@@ -114,6 +114,9 @@ pub enum Command {
     Cdi(CdiArgs),
     /// Check this host for drun: kernel features, ids, GPUs, RDMA, Slurm, storage; each problem with its fix
     Doctor(DoctorArgs),
+    /// A detached container's monitor, started by drun itself with its order on a pipe (`run::detach`)
+    #[command(hide = true)]
+    Monitor,
 }
 
 impl Command {

@@ -16,6 +16,7 @@ pub mod images;
 pub mod inspect;
 pub mod kill;
 pub mod logs;
+pub mod monitor;
 pub mod prune;
 pub mod ps;
 pub mod pull;
@@ -58,6 +59,7 @@ pub fn dispatch(global: &GlobalArgs, command: Command) -> Result<i32> {
         Command::Gpus(a) => gpus::execute(a),
         Command::Cdi(a) => cdi::execute(a),
         Command::Doctor(a) => doctor::execute(global, a),
+        Command::Monitor => monitor::execute(),
     }
 }
 

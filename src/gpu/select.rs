@@ -16,7 +16,7 @@ pub struct SelectError {
     listing: String,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Selector {
     All,
     Count(u32),
@@ -24,7 +24,7 @@ pub enum Selector {
     Ids(Vec<String>),
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct GpuRequest {
     pub selector: Selector,
     /// A case-insensitive substring of the model name ("A100").

@@ -5,7 +5,7 @@ use std::str::FromStr;
 
 use crate::image::manifest::Descriptor;
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Platform {
     pub os: String,
     pub arch: String,

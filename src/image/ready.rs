@@ -10,7 +10,7 @@ use crate::image::source::{lookup_names, ImageSource, SourceError};
 use crate::image::store::{ImageRecord, Store, StoreError};
 
 /// When an image is pulled before a run (`--pull`, whose spellings are clap's: the plan re-exports it).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
 pub enum PullPolicy {
     /// Only when the store does not have it.
     #[default]

@@ -9,7 +9,7 @@ use super::slurm_env::{self, TrainingEnv};
 /// The host's variables a plan carries, by layer. The container's environment is, later layers winning: PATH and
 /// HOSTNAME defaults, `inherited`, the image's Env (then HOME and TERM defaults), `job`, the plan's own `env`
 /// (`--env-file`, then `-e`).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct HostEnv {
     /// `--env-host`: below the image's Env, as in Podman (a host's PATH must not hide the image's).
     pub inherited: Vec<(String, String)>,

@@ -25,7 +25,7 @@ use crate::units::ByteSize;
 pub use crate::image::ready::PullPolicy;
 
 /// The container's network (`--network`, a workflow's `network_mode`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
 pub enum NetworkMode {
     /// The host's network namespace: what HPC jobs, GPUs and NCCL need, so the default.
     #[default]
@@ -35,7 +35,7 @@ pub enum NetworkMode {
 }
 
 /// Whether a namespace is shared with the host or private to the container (`--ipc`, `--pid`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
 pub enum Sharing {
     /// The host's namespace.
     Host,
@@ -45,7 +45,7 @@ pub enum Sharing {
 }
 
 /// The seccomp filter (`--security-opt seccomp=…`).
-#[derive(Clone, Debug, PartialEq, Eq, Default)]
+#[derive(Clone, Debug, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 pub enum SeccompMode {
     /// drun's default profile (Docker's).
     #[default]
@@ -58,7 +58,7 @@ pub enum SeccompMode {
 
 /// One mount of the container. Bind sources are absolute host paths (those a user named made canonical by
 /// [`host_paths`]).
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum MountSpec {
     /// A host file or directory.
     Bind {
@@ -75,7 +75,7 @@ pub enum MountSpec {
 }
 
 /// What a container may do with a host device (`--device …:rwm`): the device cgroup's access letters.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct DeviceAccess {
     pub read: bool,
     pub write: bool,
@@ -122,7 +122,7 @@ impl DeviceAccess {
 }
 
 /// A character or a block device.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum DeviceKind {
     Char,
     Block,
@@ -140,7 +140,7 @@ impl DeviceKind {
 
 /// A host device node given to the container (`--device /dev/HOST[:/dev/CONTAINER][:rwm]`), as
 /// [`host_paths`] found it: `host` is canonical (symlinks followed), the numbers are the node's.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct HostDevice {
     pub host: PathBuf,
     pub container: String,
@@ -151,14 +151,14 @@ pub struct HostDevice {
 }
 
 /// A block device's numbers, as [`host_paths`] found them for a path (`--device-read-bps /dev/sda:1mb`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct BlockDevice {
     pub major: u64,
     pub minor: u64,
 }
 
 /// One per-device block I/O setting: a weight (`--blkio-weight-device`) or a throttle rate.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct DeviceValue {
     pub device: BlockDevice,
     pub value: u64,
@@ -166,7 +166,7 @@ pub struct DeviceValue {
 
 /// Cgroup settings beyond `--memory`, `--cpus` and `--pids-limit`, under docker-py's names. All unset by default;
 /// the run path writes them where the host's cgroup version has them (see `run::cgroups::limits`).
-#[derive(Clone, Debug, Default, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct CgroupTuning {
     /// Relative CPU weight (v1 `cpu.shares`; v2 `cpu.weight`, converted).
     pub cpu_shares: Option<u64>,
@@ -220,7 +220,7 @@ impl CgroupTuning {
 }
 
 /// A device cgroup rule: `TYPE MAJOR:MINOR ACCESS`, `*` (None) for any number; `kind` None is `a` (all).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct DeviceRule {
     pub kind: Option<DeviceKind>,
     pub major: Option<u64>,
@@ -230,7 +230,7 @@ pub struct DeviceRule {
 
 /// `/etc/resolv.conf` and `/etc/hosts` settings (`--dns`, `--dns-search`, `--dns-option`, `--add-host`): each list
 /// given replaces the host's lines of its kind; hosts are added.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct NameResolution {
     pub servers: Vec<std::net::IpAddr>,
     pub search: Vec<String>,
@@ -241,7 +241,7 @@ pub struct NameResolution {
 
 /// What to do when the container exits (`--restart`, docker-py's `restart_policy`). Without a daemon only
 /// on-failure has a meaning: the run is started again, in the foreground.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 pub enum RestartPolicy {
     #[default]
     No,
@@ -250,7 +250,7 @@ pub enum RestartPolicy {
 }
 
 /// One resource limit (`--ulimit`, a workflow's `ulimits`); `u64::MAX` is unlimited.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Ulimit {
     pub name: String,
     pub soft: u64,
@@ -260,7 +260,7 @@ pub struct Ulimit {
 /// What to run and how. Fields are public for the run path to read; a plan is made with [`RunPlan::new`] (and
 /// struct update syntax: `RunPlan { memory, ..RunPlan::new(image) }`), never field by field from nothing. The run
 /// path takes it by shared reference: it does not change once the run starts.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct RunPlan {
     /// The image as typed (resolved through the store, pulled per `pull`).
     pub image: String,
@@ -305,6 +305,7 @@ pub struct RunPlan {
     pub sysctls: Vec<(String, String)>,
     /// The signal that stops the container (`--stop-signal`, else the image's StopSignal, else SIGTERM): what
     /// `drun stop` sends first, and what a SIGTERM to a foreground drun becomes.
+    #[serde(with = "signal_number")]
     pub stop_signal: Option<nix::sys::signal::Signal>,
     pub restart: RestartPolicy,
     pub read_only: bool,
@@ -465,5 +466,21 @@ mod tests {
         for bad in ["", "rr", "rwx", "R", "rw m"] {
             assert_eq!(DeviceAccess::parse(bad), None, "{bad:?}");
         }
+    }
+}
+
+/// A signal as its number, for a plan handed to a detached run's monitor (`run::detach`).
+mod signal_number {
+    use nix::sys::signal::Signal;
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub fn serialize<S: Serializer>(sig: &Option<Signal>, s: S) -> Result<S::Ok, S::Error> {
+        sig.map(|g| g as i32).serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Signal>, D::Error> {
+        Option::<i32>::deserialize(d)?
+            .map(|n| Signal::try_from(n).map_err(serde::de::Error::custom))
+            .transpose()
     }
 }

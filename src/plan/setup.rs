@@ -7,7 +7,7 @@ use std::path::PathBuf;
 /// block (it runs inline only where the layer could not be kept).
 pub const SETUP_DONE: &str = "/run/drun/setup.done";
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct SetupPlan {
     /// The shell script (`/bin/sh -c`) that installs everything; it ends by creating [`SETUP_DONE`].
     pub script: String,

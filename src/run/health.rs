@@ -74,7 +74,7 @@ impl HealthTest {
 }
 
 /// The health check a run asks for (`--health-*`, a workflow's `healthcheck`): each setting over the image's.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct HealthPlan {
     /// `--no-healthcheck`: neither this nor the image's.
     pub disabled: bool,

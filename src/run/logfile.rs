@@ -22,7 +22,7 @@ pub const DEFAULT_MAX_FILES: u32 = 2;
 const MOST_FILES: u32 = 100;
 
 /// How large a detached container's log may grow.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct LogOptions {
     /// Bytes per file.
     pub max_size: u64,

@@ -189,6 +189,11 @@ pub(super) fn docker_options(w: &schema::Workflow, inputs: &EntryInputs<'_>) -> 
         ("stderr", &w.stderr),
         ("stream", &w.stream),
     ] {
+        // With `detach`, `auto_remove` removes the detached container's record and log once it ended (`--rm`).
+        let detached = w.detach.as_ref().is_some_and(|d| d.value);
+        if matches!(key, "auto_remove" | "remove") && detached {
+            continue;
+        }
         if let Some(v) = v {
             let why = match key {
                 "auto_remove" | "remove" => "drun removes every container when it exits",
@@ -208,7 +213,6 @@ fn refuse(w: &schema::Workflow, inputs: &EntryInputs<'_>) -> Result<(), Workflow
         ("cpu_percent", &w.cpu_percent),
         ("cpu_rt_period", &w.cpu_rt_period),
         ("cpu_rt_runtime", &w.cpu_rt_runtime),
-        ("detach", &w.detach),
         ("init_path", &w.init_path),
         ("isolation", &w.isolation),
         ("links", &w.links),

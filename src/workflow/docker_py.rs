@@ -28,11 +28,6 @@ pub const REFUSED: &[(&str, &str)] = &[
          drun does not hand them out: run real-time work outside a container",
     ),
     (
-        "detach",
-        "a workflow runs in the foreground and its dependents wait for it; for a background container next to a \
-         workflow (a database, a server), declare it under the workflow's services",
-    ),
-    (
         "init_path",
         "drun's init is catatonit, found where the catatonit package installs it; use init: true, or set an init \
          of the image as entrypoint",

@@ -192,6 +192,12 @@ pub(super) fn job(w: &schema::Workflow, inputs: &EntryInputs<'_>) -> Result<Work
         ..RunPlan::new(w.image.value.trim())
     };
     crate::plan::check::check(&entry_plan).map_err(|e| at(&w.name.referenced, e.to_string()))?;
+    let detach = detached(w, inputs, &artifacts, &services, entry_plan.restart)?;
+    let mut entry_plan = entry_plan;
+    if detach.is_some() {
+        // `drun logs NAME`, `drun stop NAME`: the workflow's name is its container's.
+        entry_plan.name = Some(w.name.value.clone());
+    }
     Ok(WorkflowJob {
         name: w.name.value.clone(),
         entry_plan,
@@ -203,7 +209,45 @@ pub(super) fn job(w: &schema::Workflow, inputs: &EntryInputs<'_>) -> Result<Work
         notes,
         outputs,
         services,
+        detach,
     })
+}
+
+/// `detach: true`, checked: a container that outlives the workflow run has nothing copied out of it and no
+/// services stopped after it.
+fn detached(
+    w: &schema::Workflow,
+    inputs: &EntryInputs<'_>,
+    artifacts: &[super::ArtifactSpec],
+    services: &[super::services::ServiceSpec],
+    restart: crate::plan::RestartPolicy,
+) -> Result<Option<super::Detached>, WorkflowError> {
+    let Some(d) = w.detach.as_ref().filter(|d| d.value) else {
+        return Ok(None);
+    };
+    let at = |why: &str| Err(inputs.locator.at(&d.referenced, format!("`detach: true` {why}")));
+    if !artifacts.is_empty() {
+        return at(
+            "cannot have artifacts: nothing is copied out of a container while it runs, and a detached one runs \
+             after drun has returned; write them to a volume instead",
+        );
+    }
+    if !services.is_empty() {
+        return at(
+            "cannot have services: they are removed once the workflow's container has ended; run them as detached \
+             workflows of their own",
+        );
+    }
+    let auto_remove = [&w.auto_remove, &w.remove]
+        .into_iter()
+        .any(|v| v.as_ref().is_some_and(|v| v.value));
+    if auto_remove && restart != crate::plan::RestartPolicy::No {
+        return at(
+            "with `auto_remove` cannot have a `restart_policy`: a container removed when it exits cannot be \
+             restarted",
+        );
+    }
+    Ok(Some(super::Detached { auto_remove }))
 }
 
 /// The working directory and where the project appears: `/workflow` unless `working_dir` says otherwise; a

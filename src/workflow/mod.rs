@@ -96,6 +96,15 @@ pub struct WorkflowJob {
     pub outputs: outputs::OutputUses,
     /// Background containers started before it and removed after it (`services`).
     pub services: Vec<services::ServiceSpec>,
+    /// `detach: true`: its container runs in the background, as `drun run -d` (see `runner`).
+    pub detach: Option<Detached>,
+}
+
+/// A workflow entry whose container runs in the background (docker-py's `detach`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Detached {
+    /// `auto_remove`: nothing of it stays once it ended (`drun run -d --rm`).
+    pub auto_remove: bool,
 }
 
 /// A loaded workflow file.

@@ -24,6 +24,8 @@ pub trait Reporter {
     /// `job` is not run: `failed_dependency` failed.
     fn job_skipped(&self, job: &str, failed_dependency: &str);
     fn job_started(&self, job: &str);
+    /// `job` (`detach: true`) runs in the background as container `id`.
+    fn job_detached(&self, job: &str, id: &str);
     fn job_ended(&self, job: &str, end: JobEnd);
     /// Something about `job` the user should know; the job goes on.
     fn warning(&self, job: &str, message: &str);
@@ -164,7 +166,12 @@ pub fn run_jobs(
             );
         }
         let keep = used.contains(&job.name.as_str());
-        let restart = plan.restart;
+        // A detached job's restarts are its monitor's (`run::restart`): here it only fails when it cannot start.
+        let restart = if job.detach.is_some() {
+            crate::plan::RestartPolicy::No
+        } else {
+            plan.restart
+        };
         let (mut end, mut captured) = runner.run_job(job, plan.clone(), &outputs, keep)?;
         // restart_policy on-failure: the job's container again, as a new one, after a failure.
         if let crate::plan::RestartPolicy::OnFailure(max) = restart {
@@ -333,6 +340,49 @@ impl Runner<'_> {
         let _ = held.release();
     }
 
+    /// A detached job (`detach: true`): its container started in the background, with a monitor of its own, as
+    /// `drun run -d` does. It succeeds once the container runs; its output (`${deps.NAME.stdout}`) is the
+    /// container's id, as `drun run -d` prints it and docker-py's `detach` returns the container.
+    fn start_detached(
+        &self,
+        job: &WorkflowJob,
+        plan: RunPlan,
+        detached: super::Detached,
+        log: &mut std::fs::File,
+        mut capture: Capture,
+    ) -> (JobEnd, Option<Captured>) {
+        let order = crate::run::detach::MonitorOrder {
+            plan,
+            store_root: self.store.root().to_path_buf(),
+            blob_cache: self.store.blob_cache().map(Path::to_path_buf),
+            state_dir: self.state_dir.to_path_buf(),
+            log: crate::run::logfile::LogOptions::default(),
+            auto_remove: detached.auto_remove,
+            quiet: self.options.quiet,
+        };
+        match crate::run::detach::launch_order(&order) {
+            Ok(crate::run::detach::Launch::Started(id)) => {
+                let _ = writeln!(
+                    log,
+                    "drun: runs in the background as container {} (drun logs/stop/rm {})",
+                    &id[..12],
+                    job.name
+                );
+                let _ = capture.write_all(format!("{id}\n").as_bytes());
+                self.reporter.job_detached(&job.name, &id);
+                (JobEnd::Succeeded, Some(capture.into_captured()))
+            }
+            // The monitor said why on drun's stderr.
+            Ok(crate::run::detach::Launch::Failed(code)) => (JobEnd::Failed(code), None),
+            Err(e) => {
+                let message = format!("cannot start the container's monitor: {e}");
+                self.reporter.error(&job.name, &message);
+                let _ = writeln!(log, "drun: {message}");
+                (JobEnd::Failed(crate::exit::DRUN_ERROR), None)
+            }
+        }
+    }
+
     /// Runs `job` with `plan`, its dependencies' `outputs` filled in; returns how it ended and, when `keep_output`
     /// (a later job uses it), what it wrote to its stdout.
     fn run_job(
@@ -383,6 +433,9 @@ impl Runner<'_> {
                 c => JobEnd::Failed(c),
             };
             return Ok((end, None));
+        }
+        if let Some(d) = job.detach {
+            return Ok(self.start_detached(job, plan, d, &mut log, capture));
         }
         // Container paths of the working directory, relative to the project mount (where its host view starts).
         let rel_wd = job

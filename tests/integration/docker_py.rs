@@ -276,7 +276,10 @@ fn entry(arg: &str, h: &Host) -> Option<(String, Option<String>)> {
 }
 
 /// Arguments checked by a test of their own in this file.
-const OWN_TESTS: &[(&str, &str)] = &[("stop_signal", "stop_signal_is_what_sigterm_becomes")];
+const OWN_TESTS: &[(&str, &str)] = &[
+    ("stop_signal", "stop_signal_is_what_sigterm_becomes"),
+    ("detach", "detach_runs_a_workflow_in_the_background_under_its_monitor"),
+];
 
 fn host() -> Host {
     let link = |kind: &str| {
@@ -502,6 +505,89 @@ fn stop_signal_is_what_sigterm_becomes() {
         out.stderr
     );
     assert!(out.stderr.contains("is interrupted (exit code 7)"), "{}", out.stderr);
+}
+
+/// `detach: true`: the workflow's container runs in the background under a monitor of its own (as `drun run -d`),
+/// named after the workflow; its output for dependents is the container's id; `restart_policy` is the monitor's
+/// (the same container again); `auto_remove` leaves nothing; artifacts and services are refused.
+#[test]
+fn detach_runs_a_workflow_in_the_background_under_its_monitor() {
+    assert!(is_root(), "container tests need root");
+    let sb = Sandbox::new();
+    let image = busybox();
+    sb.drun(&["pull", "-q", &image]).ok();
+    let project = sb.path().join("project");
+    std::fs::create_dir_all(&project).unwrap();
+    let wf = project.join("workflow.yaml");
+    // A value with a line break, which a command line or an env file could not carry to the monitor.
+    std::fs::write(
+        &wf,
+        format!(
+            "workflows:\n  - name: server\n    image: {image}\n    detach: true\n    \
+             restart_policy: {{Name: on-failure, MaximumRetryCount: 1}}\n    environment:\n      MSG: \"two\\nlines\"\n    \
+             commands:\n      - 'n=$(cat /n 2>/dev/null || echo 0); n=$((n+1)); echo $n > /n; echo \"start $n $MSG\"; exit 3'\n  \
+             - name: client\n    image: {image}\n    deps: [server]\n    commands:\n      - 'echo \"server is ${{deps.server.stdout}}\"'\n  \
+             - name: gone\n    image: {image}\n    detach: true\n    auto_remove: true\n    commands: [\"exit 5\"]\n"
+        ),
+    )
+    .unwrap();
+    let out = sb.drun(&["run", wf.to_str().unwrap()]).ok();
+    let line = out
+        .stderr
+        .lines()
+        .find(|l| l.contains("Workflow \"server\" runs in the background as container "))
+        .unwrap_or_else(|| panic!("{}", out.stderr));
+    let short = line.split("container ").nth(1).unwrap()[..12].to_string();
+    let id = out
+        .stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("server is "))
+        .unwrap_or_else(|| panic!("{}\n{}", out.stdout, out.stderr))
+        .to_string();
+    assert!(id.len() == 64 && id.starts_with(&short), "{id:?} {short:?}");
+    assert!(
+        out.stderr.contains("Workflow \"server\" is successful."),
+        "{}",
+        out.stderr
+    );
+    // Restarted once by its monitor: the same container (its own layer kept the count), then its last exit.
+    assert_eq!(sb.drun(&["wait", "server"]).ok().stdout, "3\n");
+    assert_eq!(
+        sb.drun(&["logs", "server"]).ok().stdout,
+        "start 1 two\nlines\nstart 2 two\nlines\n"
+    );
+    let ps: serde_json::Value = serde_json::from_str(&sb.drun(&["ps", "-a", "--json"]).ok().stdout).unwrap();
+    let runs = ps.as_array().unwrap();
+    assert_eq!(runs.len(), 1, "auto_remove left a record: {ps:#}");
+    assert_eq!(
+        (runs[0]["id"].as_str(), runs[0]["restart_count"].as_i64()),
+        (Some(id.as_str()), Some(1))
+    );
+    sb.drun(&["rm", "server"]).ok();
+    assert!(leftovers(&sb).is_empty(), "{:?}", leftovers(&sb));
+
+    // What a container that outlives the workflow run cannot have, each refused at its place.
+    for (extra, line, needle) in [
+        ("artifacts: [out]", 4, "`detach: true` cannot have artifacts"),
+        (
+            "services: [{name: db, image: x}]",
+            4,
+            "`detach: true` cannot have services",
+        ),
+        (
+            "auto_remove: true\n    restart_policy: on-failure:2",
+            4,
+            "with `auto_remove` cannot have a `restart_policy`",
+        ),
+    ] {
+        std::fs::write(
+            &wf,
+            format!("workflows:\n  - name: bad\n    image: {image}\n    detach: true\n    {extra}\n    commands: [\"true\"]\n"),
+        )
+        .unwrap();
+        sb.drun(&["run", wf.to_str().unwrap()])
+            .fails_with(125, &[&format!("workflow.yaml:{line}:13: "), needle]);
+    }
 }
 
 /// Where the host's block I/O scheduler has no weights for a device, its weight is ignored with a warning, as

@@ -23,48 +23,63 @@ pub(super) fn execute(global: &GlobalArgs, args: RunArgs) -> Result<i32> {
         // As Docker: a container removed when it exits cannot be restarted.
         bail!("--rm and --restart conflict: a container that is removed when it exits cannot be restarted");
     }
-    let mut hooks = crate::run::RunHooks::default();
     // `drun run -d`: this drun starts the monitor and reports; the monitor (the same command again) runs it.
-    let mut report: Option<Report>;
-    let mut on_started;
     if args.container.detach {
         let log = LogOptions::parse(&args.container.log_opt)?;
-        report = Some(match Report::take() {
-            Some(r) => {
-                if args.container.interactive && !args.container.tty {
-                    detach::hold_stdin_open().context("cannot keep the container's stdin open")?;
+        return match Report::take() {
+            Some(report) => monitor(global, &plan, report, log, args.container.rm, args.common.quiet),
+            None => match detach::launch().context("cannot start the container's monitor")? {
+                Launch::Started(id) => {
+                    println!("{id}");
+                    Ok(0)
                 }
-                r
-            }
-            None => {
-                return match detach::launch().context("cannot start the container's monitor")? {
-                    Launch::Started(id) => {
-                        println!("{id}");
-                        Ok(0)
-                    }
-                    Launch::Failed(code) => Ok(code),
-                }
-            }
-        });
-        on_started = |id: &str, dir: &std::path::Path| {
-            if let Some(r) = report.take() {
-                r.started(id, dir);
-            }
+                Launch::Failed(code) => Ok(code),
+            },
         };
-        hooks.detach = Some(crate::run::Detach {
-            log,
-            auto_remove: args.container.rm,
-            started: &mut on_started,
-        });
     } else if !args.container.log_opt.is_empty() {
         bail!("--log-opt is for detached runs (-d): a foreground run's output goes to drun's own");
     }
+    run(global, &plan, args.common.quiet, crate::run::RunHooks::default())
+}
+
+/// A detached run's monitor (`run::detach`): runs `plan` with the container's output going to its `log`, tells
+/// `report` once the container runs, and stays its parent until it ends.
+pub(crate) fn monitor(
+    global: &GlobalArgs,
+    plan: &RunPlan,
+    report: Report,
+    log: LogOptions,
+    auto_remove: bool,
+    quiet: bool,
+) -> Result<i32> {
+    if plan.interactive && !plan.tty {
+        detach::hold_stdin_open().context("cannot keep the container's stdin open")?;
+    }
+    let mut report = Some(report);
+    let mut on_started = |id: &str, dir: &std::path::Path| {
+        if let Some(r) = report.take() {
+            r.started(id, dir);
+        }
+    };
+    let hooks = crate::run::RunHooks {
+        detach: Some(crate::run::Detach {
+            log,
+            auto_remove,
+            started: &mut on_started,
+        }),
+        ..Default::default()
+    };
+    run(global, plan, quiet, hooks)
+}
+
+/// Runs `plan` with `hooks`; drun's exit status is the container's.
+fn run(global: &GlobalArgs, plan: &RunPlan, quiet: bool, mut hooks: crate::run::RunHooks) -> Result<i32> {
     let cfg = Config::load()?;
     let store = super::super::open_store(global)?;
     let state_dir = super::super::state_dir(global)?;
     // --restart on-failure:N: the run restarts the same container (`run::restart`).
     hooks.restart = plan.restart;
-    match crate::run::run(&store, &cfg, &plan, &state_dir, args.common.quiet, &mut hooks) {
+    match crate::run::run(&store, &cfg, plan, &state_dir, quiet, &mut hooks) {
         Ok(outcome) => Ok(outcome.code),
         Err(e @ crate::run::RunError::Exec { .. }) => {
             let code = e.exit_code();

@@ -1,7 +1,7 @@
 //! `drun run`: a container from an image (`drun run IMAGE [COMMAND…]`, [`container`]) or the workflows of a
 //! workflow file (`drun run WORKFLOW.yaml [NAME…]`, [`workflow`]).
 
-mod container;
+pub(crate) mod container;
 mod workflow;
 
 use anyhow::Result;

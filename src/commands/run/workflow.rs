@@ -115,6 +115,13 @@ impl Reporter for StderrReporter {
         self.status(&format!("Workflow \"{job}\" is started."));
     }
 
+    fn job_detached(&self, job: &str, id: &str) {
+        self.status(&format!(
+            "Workflow \"{job}\" runs in the background as container {} (drun logs {job}).",
+            &id[..12]
+        ));
+    }
+
     fn job_ended(&self, job: &str, end: JobEnd) {
         self.status(&match end {
             JobEnd::Succeeded => format!("Workflow \"{job}\" is successful."),
@@ -165,6 +172,12 @@ impl Reporter for JsonReporter {
     fn job_started(&self, job: &str) {
         self.started.borrow_mut().insert(job.to_string(), Instant::now());
         self.event(job, "started", serde_json::Map::new());
+    }
+
+    fn job_detached(&self, job: &str, id: &str) {
+        let mut fields = serde_json::Map::new();
+        fields.insert("container".into(), id.into());
+        self.event(job, "detached", fields);
     }
 
     fn job_ended(&self, job: &str, end: JobEnd) {

@@ -209,6 +209,11 @@ impl Store {
         &self.root
     }
 
+    /// The shared blob cache it reads (see [`with_blob_cache`](Self::with_blob_cache)).
+    pub fn blob_cache(&self) -> Option<&Path> {
+        self.blob_cache.as_deref()
+    }
+
     /// Writes `data` to `path` in the store: into a new file under `tmp/`, then renamed into place, so that
     /// `path` holds either its old content or all of `data`.
     fn write_atomic(&self, path: &Path, data: &[u8]) -> Result<(), StoreError> {

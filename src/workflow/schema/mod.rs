@@ -93,6 +93,9 @@ pub struct Workflow {
     // refused ones are [`Refused`], with their reasons in `workflow::docker_py`.
     #[serde(default)]
     pub auto_remove: Option<Spanned<bool>>,
+    /// docker-py's `detach`: the container runs in the background, as `drun run -d` (see `workflow::runner`).
+    #[serde(default)]
+    pub detach: Option<Spanned<bool>>,
     #[serde(default)]
     pub remove: Option<Spanned<bool>>,
     #[serde(default)]
@@ -202,8 +205,6 @@ pub struct Workflow {
     pub cpu_rt_period: Option<Spanned<Refused>>,
     #[serde(default)]
     pub cpu_rt_runtime: Option<Spanned<Refused>>,
-    #[serde(default)]
-    pub detach: Option<Spanned<Refused>>,
     #[serde(default)]
     pub init_path: Option<Spanned<Refused>>,
     #[serde(default)]
