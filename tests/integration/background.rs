@@ -550,6 +550,47 @@ fn detached_runs_work_rootless() {
     let ps = ub.drun(&["ps", "-a"]).ok().stdout;
     assert!(ps.contains("Exited (137)"), "{ps}");
     ub.drun(&["rm", "mine"]).ok();
+    // Its monitor restarts it in the same user namespace and writable layer (`--restart on-failure`).
+    let count = "n=$(cat /starts 2>/dev/null || echo 0); n=$((n+1)); echo $n > /starts; echo start $n; exit 3";
+    let again = ub
+        .drun(&[
+            "run",
+            "-d",
+            "-q",
+            "--restart",
+            "on-failure:1",
+            &busybox(),
+            "sh",
+            "-c",
+            count,
+        ])
+        .ok()
+        .stdout
+        .trim()
+        .to_string();
+    assert_eq!(ub.drun(&["wait", &again]).ok().stdout, "3\n");
+    assert_eq!(ub.drun(&["logs", &again]).ok().stdout, "start 1\nstart 2\n");
+    ub.drun(&["rm", &again]).ok();
+    // A workflow's detached entry: its monitor, started from the workflow's drun, runs in that user namespace.
+    let wf = ub.work().join("workflow.yaml");
+    std::fs::write(
+        &wf,
+        format!(
+            "workflows:\n  - name: bg\n    image: {}\n    detach: true\n    commands: [\"id -u; exit 4\"]\n",
+            busybox()
+        ),
+    )
+    .unwrap();
+    let out = ub.drun(&["run", "workflow.yaml"]).ok();
+    assert!(
+        out.stderr
+            .contains("Workflow \"bg\" runs in the background as container "),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(ub.drun(&["wait", "bg"]).ok().stdout, "4\n");
+    assert_eq!(ub.drun(&["logs", "bg"]).ok().stdout, "0\n");
+    ub.drun(&["rm", "bg"]).ok();
     assert!(ub.leftovers().is_empty(), "{:?}", ub.leftovers());
     assert!(cgroup_dirs(&id).is_empty(), "{:?}", cgroup_dirs(&id));
 }
