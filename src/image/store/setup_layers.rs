@@ -25,6 +25,46 @@ pub struct SetupMeta {
     pub size: u64,
 }
 
+/// The overlay attributes a kept upper directory may carry into later runs, where it is a lower layer: only
+/// `overlay.opaque` (a directory that hides the image's) is part of a layer. The rest (`redirect`, `metacopy`,
+/// `origin`, `impure`, `nlink` …) describe that one mount, and one set by the setup itself (in a user namespace the
+/// `user.overlay.*` names are the setup's to write) could make a later mount look elsewhere in the lower layers.
+fn is_stray_overlay_xattr(name: &[u8]) -> bool {
+    let rest = name
+        .strip_prefix(b"trusted.overlay.")
+        .or_else(|| name.strip_prefix(b"user.overlay."));
+    rest.is_some_and(|r| r != b"opaque")
+}
+
+/// Removes [`is_stray_overlay_xattr`] attributes from every entry of the tree `dir` (a setup's upper directory, in
+/// the store's private staging once the setup's container has ended), never following a symlink.
+fn scrub_overlay_xattrs(dir: &Path) -> std::io::Result<()> {
+    let mut pending = vec![dir.to_path_buf()];
+    // At most 64 KiB of names per entry: the kernel's own limit (XATTR_LIST_MAX).
+    let mut names = vec![0u8; 64 << 10];
+    while let Some(path) = pending.pop() {
+        let n = match rustix::fs::llistxattr(&path, &mut names[..]) {
+            Ok(n) => n,
+            // A file system without extended attributes has none to remove.
+            Err(rustix::io::Errno::OPNOTSUPP) => 0,
+            Err(e) => return Err(e.into()),
+        };
+        for name in names[..n].split(|b| *b == 0).filter(|n| is_stray_overlay_xattr(n)) {
+            let name = std::ffi::CString::new(name).expect("split at NUL bytes");
+            match rustix::fs::lremovexattr(&path, name.as_c_str()) {
+                Ok(()) | Err(rustix::io::Errno::NODATA) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        if fs::symlink_metadata(&path)?.is_dir() {
+            for e in fs::read_dir(&path)? {
+                pending.push(e?.path());
+            }
+        }
+    }
+    Ok(())
+}
+
 /// In the name of a setup layer that a rebuild (`--no-cache`) replaced: `<key>.old.<pid>.<n>`.
 const OLD_INFIX: &str = ".old.";
 
@@ -61,6 +101,7 @@ impl Store {
         // The work directory is overlayfs's; what it left there is not part of the layer.
         remove_tree(&staging.join("work"))?;
         let (upper, root) = (staging.join("upper"), staging.join("root"));
+        scrub_overlay_xattrs(&upper).map_err(io_err("clean the overlay attributes of", &upper))?;
         fs::rename(&upper, &root).map_err(io_err("rename", &upper))?;
         let meta_path = staging.join(SETUP_META);
         crate::sys::safe_fs::write_new(
@@ -154,5 +195,45 @@ impl Store {
             }
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::disallowed_methods, reason = "test scaffolding in a temporary directory")]
+
+    use super::*;
+
+    fn names(p: &Path) -> Vec<String> {
+        let mut buf = vec![0u8; 4096];
+        let n = rustix::fs::llistxattr(p, &mut buf[..]).unwrap();
+        let mut v: Vec<String> = buf[..n]
+            .split(|b| *b == 0)
+            .filter(|n| !n.is_empty())
+            .map(|n| String::from_utf8_lossy(n).into_owned())
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn only_opaque_overlay_attributes_stay_in_a_kept_layer() {
+        let dir = tempfile::tempdir().unwrap();
+        let sub = dir.path().join("d");
+        fs::create_dir(&sub).unwrap();
+        let file = sub.join("f");
+        std::fs::write(&file, "x").unwrap();
+        std::os::unix::fs::symlink("f", sub.join("link")).unwrap();
+        let set = |p: &Path, name: &str| rustix::fs::lsetxattr(p, name, b"y", rustix::fs::XattrFlags::empty());
+        set(&sub, "user.overlay.opaque").unwrap();
+        set(&sub, "user.overlay.redirect").unwrap();
+        set(&file, "user.overlay.metacopy").unwrap();
+        set(&file, "user.kept").unwrap();
+        scrub_overlay_xattrs(dir.path()).unwrap();
+        assert_eq!(names(&sub), ["user.overlay.opaque"]);
+        assert_eq!(names(&file), ["user.kept"]);
+        assert!(is_stray_overlay_xattr(b"trusted.overlay.origin"));
+        assert!(!is_stray_overlay_xattr(b"trusted.overlay.opaque"));
+        assert!(!is_stray_overlay_xattr(b"security.capability"));
     }
 }
