@@ -8,6 +8,11 @@ use super::{RunPlan, Sharing};
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
 pub enum Conflict {
     #[error(
+        "invalid container name {0:?} (--name; a detached workflow's name): use letters, digits, `_`, `.` and `-`, \
+         starting with a letter or digit, as Docker does"
+    )]
+    Name(String),
+    #[error(
         "--cpus (cpus, nano_cpus) and --cpu-period/--cpu-quota (cpu_period, cpu_quota) cannot both be set: use one"
     )]
     CpusAndQuota,
@@ -25,6 +30,11 @@ pub enum Conflict {
 
 /// Checks the combinations of `plan`'s settings.
 pub fn check(plan: &RunPlan) -> Result<(), Conflict> {
+    if let Some(name) = &plan.name {
+        if !valid_name(name) {
+            return Err(Conflict::Name(name.clone()));
+        }
+    }
     let t = &plan.tuning;
     if plan.cpus.is_some() && (t.cpu_period.is_some() || t.cpu_quota.is_some()) {
         return Err(Conflict::CpusAndQuota);
@@ -71,8 +81,27 @@ pub fn check(plan: &RunPlan) -> Result<(), Conflict> {
     Ok(())
 }
 
+/// Docker's rule for container names: `[a-zA-Z0-9][a-zA-Z0-9_.-]*`, at most 128 characters (so that a name
+/// cannot hold a path, a space or a control character).
+fn valid_name(name: &str) -> bool {
+    let mut bytes = name.bytes();
+    bytes.next().is_some_and(|b| b.is_ascii_alphanumeric())
+        && name.len() <= 128
+        && bytes.all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn container_names_follow_dockers_rule() {
+        for ok in ["web", "a", "job-1.x_y", "0abc"] {
+            assert!(super::valid_name(ok), "{ok}");
+        }
+        for bad in ["", "-x", ".x", "a b", "a/b", "../x", "x\n", &"a".repeat(129)] {
+            assert!(!super::valid_name(bad), "{bad:?}");
+        }
+    }
+
     use super::*;
     use crate::plan::NetworkMode;
     use crate::units::ByteSize;

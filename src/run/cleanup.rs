@@ -19,7 +19,7 @@ pub struct Cleanup {
     /// The run's record as last written, if it was.
     info: Option<RunInfo>,
     pub container: Option<libcontainer::container::Container>,
-    pub console_socket: Option<PathBuf>,
+    pub console_socket: Option<crate::run::tty::ConsoleSocket>,
     /// Stopped once the container has started (its processes are in their cgroup).
     pub warmup: Option<Warmup>,
     /// The container's init was reaped and nothing of it can run any more.
@@ -122,9 +122,7 @@ impl Drop for Cleanup {
                 tracing::warn!(error = %e, "libcontainer cannot delete the container; cleaning up by hand");
             }
         }
-        if let Some(p) = &self.console_socket {
-            let _ = std::fs::remove_file(p);
-        }
+        self.console_socket = None;
         // Read by `drun wait` once the lock is free, even when the directory is gone.
         if let Some(exit) = &self.exit {
             if let Err(e) = self.run_dir.write_exit(exit) {

@@ -8,6 +8,9 @@ pub enum RunError {
     Image(#[from] crate::image::ready::ReadyError),
     #[error(transparent)]
     Store(#[from] crate::image::store::StoreError),
+    /// `drun stop` or `drun kill` came while the container was being restarted (`run::restart`): it is not.
+    #[error("the container was stopped while it was being restarted")]
+    StopRequested,
     #[error("no command specified: the image has no Entrypoint or Cmd and none was given")]
     NoCommand,
     #[error("a container named {0:?} is already running")]

@@ -102,10 +102,17 @@ impl ExecError {
 /// still the process recorded.
 pub fn find(state: &Path, want: &str) -> Result<RunInfo, ExecError> {
     let list = state::list(state);
-    let matches: Vec<&RunInfo> = list
-        .iter()
-        .filter(|c| c.name.as_deref() == Some(want) || (!want.is_empty() && c.id.starts_with(want)))
-        .collect();
+    // Docker's order: a full id, then a name, then an id's beginning.
+    let exact: Vec<&RunInfo> = list.iter().filter(|c| c.id == want).collect();
+    let named: Vec<&RunInfo> = list.iter().filter(|c| c.name.as_deref() == Some(want)).collect();
+    let matches: Vec<&RunInfo> = match (exact.is_empty(), named.is_empty()) {
+        (false, _) => exact,
+        (true, false) => named,
+        (true, true) => list
+            .iter()
+            .filter(|c| !want.is_empty() && c.id.starts_with(want))
+            .collect(),
+    };
     let found = match matches.as_slice() {
         [one] => (*one).clone(),
         [] => return Err(ExecError::NotFound(want.to_string())),
@@ -213,9 +220,7 @@ pub fn run_in(state_dir: &Path, info: &RunInfo, spec: &ExecSpec) -> Result<ExecO
     };
     let status = supervise::supervise(started.pid, &mut started.signals, master, spec.interactive, &mut out);
     drop(terminal);
-    if let Some(path) = &started.console_path {
-        let _ = std::fs::remove_file(path);
-    }
+    drop(started.console_path.take());
     started.signals.take_late_interrupt();
     started.signals.unblock();
     let outcome = status?;
@@ -389,7 +394,8 @@ fn tenant_process(
 struct Started {
     pid: Pid,
     console: Option<UnixListener>,
-    console_path: Option<PathBuf>,
+    /// Its directory goes when this is dropped.
+    console_path: Option<crate::run::tty::ConsoleSocket>,
     output: Option<OwnedFd>,
     signals: Forwarding,
 }
@@ -426,11 +432,13 @@ fn start(
     };
     let tty = spec.tty && spec.capture.is_none();
     let (console, console_path) = if tty {
-        let path = std::env::temp_dir().join(format!("drun-exec-{}-{short}.sock", std::process::id()));
-        let _ = std::fs::remove_file(&path);
-        let listener = UnixListener::bind(&path).map_err(io_error("create the console socket"))?;
-        builder = builder.with_console_socket(Some(&path));
-        (Some(listener), Some(path))
+        let socket = crate::run::tty::ConsoleSocket::bind().map_err(io_error("create the console socket"))?;
+        builder = builder.with_console_socket(Some(&socket.path));
+        let listener = socket
+            .listener
+            .try_clone()
+            .map_err(io_error("create the console socket"))?;
+        (Some(listener), Some(socket))
     } else {
         (None, None)
     };
@@ -444,9 +452,7 @@ fn start(
     let pid = match built {
         Ok(pid) => Pid::from_raw(pid.as_raw()),
         Err(e) => {
-            if let Some(p) = &console_path {
-                let _ = std::fs::remove_file(p);
-            }
+            drop(console_path);
             return Err(ExecError::Start {
                 id: short.to_string(),
                 message: e.to_string(),

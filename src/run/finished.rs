@@ -49,6 +49,10 @@ pub fn list_all(state_dir: &Path) -> Vec<Run> {
 /// The run named `want`, or whose id starts with it.
 pub fn find(state_dir: &Path, want: &str) -> Result<Run, FindError> {
     let all = list_all(state_dir);
+    // Docker's order: a full id, then a name, then an id's beginning (so a name cannot stand for another's id).
+    if let Some(r) = all.iter().find(|r| r.info.id == want) {
+        return Ok(r.clone());
+    }
     if let Some(r) = all.iter().find(|r| r.info.name.as_deref() == Some(want)) {
         return Ok(r.clone());
     }

@@ -252,8 +252,11 @@ pub fn run(
     // is left, clean up.
     let cgroup_writes = cgroup.v1_writes(&plan.tuning);
     let mut restarts = restart::Restarts::new(hooks.restart);
+    // Each restart keeps the last container's end: what the run reports if the next start does not happen.
+    let mut last: Option<(start::Started, Result<Outcome, RunError>)> = None;
     let (started, status) = loop {
-        let mut started = start::start(
+        let restarting = last.is_some();
+        let started = start::start(
             &ctx,
             &bundle,
             filter.clone(),
@@ -263,12 +266,25 @@ pub fn run(
             &cgroup_writes,
             &mut cleanup,
             info.clone(),
-        )?;
+            restarting,
+        );
+        let mut started = match (started, last.take()) {
+            (Ok(s), _) => s,
+            // `drun stop` or `drun kill` came while it was restarted: it ends as it last exited.
+            (Err(RunError::StopRequested), Some(last)) => break last,
+            (Err(e), last) => {
+                // A detached run keeps its record and log, with the last exit, whatever failed on a restart.
+                if let Some((_, Ok(o))) = &last {
+                    cleanup.finished(Some(o.code));
+                }
+                return Err(e);
+            }
+        };
         restarts.started();
         // Its health check, probed from a thread of this process until the container ends (`health`).
         let prober = health::effective(&plan.health, image.healthcheck.as_ref())
             .map(|config| health::Prober::start(state_dir, &ctx.dir, &ctx.id, config));
-        if let (Some(d), 0) = (hooks.detach.as_mut(), restarts.count) {
+        if let (Some(d), false) = (hooks.detach.as_mut(), restarting) {
             (d.started)(&ctx.id, &ctx.dir);
         }
         let terminal = match &started.console {
@@ -294,14 +310,10 @@ pub fn run(
             log = Some(l);
         }
         drop(terminal);
-        let again = match &status {
-            Ok(o) => restarts.again(o.code, o.interrupted, &ctx.dir),
-            Err(_) => false,
+        let code = match &status {
+            Ok(o) if restarts.again(o.code, o.interrupted, &ctx.dir) => o.code,
+            _ => break (started, status),
         };
-        if !again {
-            break (started, status);
-        }
-        let code = status.as_ref().map_or(-1, |o| o.code);
         let max = match hooks.restart {
             crate::plan::RestartPolicy::OnFailure(n) => n,
             crate::plan::RestartPolicy::No => 0,
@@ -323,22 +335,37 @@ pub fn run(
         cleanup.forget_container();
         info.restart_count = restarts.count;
         info.pid = None;
-        cleanup.record(info.clone())?;
-        if !restarts.back_off(&started.signals, &ctx.dir) {
-            break (started, status);
+        info.pid_start = None;
+        let prepared = cleanup
+            .record(info.clone())
+            .map(|()| restarts.back_off(&started.signals, &ctx.dir))
+            .and_then(|go| {
+                if go {
+                    cgroup.create_dirs(&limits)?;
+                    cgroup.write_limits(&limits)?;
+                }
+                Ok(go)
+            });
+        match prepared {
+            Ok(true) => {}
+            Ok(false) => break (started, status),
+            Err(e) => {
+                cleanup.finished(Some(code));
+                return Err(e);
+            }
         }
-        cgroup.create_dirs(&limits)?;
-        cgroup.write_limits(&limits)?;
-        // The next start blocks them again; the container's process must not inherit them blocked.
-        started.signals.unblock();
+        // The forwarded signals stay blocked (and pending ones are read by the next start's signalfd): the
+        // container's process unblocks them itself before its command runs (`seccomp::Executor`).
         info.started = time::OffsetDateTime::now_utc();
+        crate::failpoint::pause("run-restarting");
+        last = Some((started, status));
     };
     cleanup.finished(status.as_ref().ok().map(|o| o.code));
     crate::failpoint::hit("run-cleanup");
 
     let ended = cleanup.end_container(status.is_ok(), poststop_hooks, &started, &cgroup);
     hooks::call_after_exit(&mut hooks.after_exit, ended, mounts.overlay_view.as_deref());
-    let late_interrupt = started.signals.take_late_interrupt();
+    let late_interrupt = started.signals.take_late_interrupt() || restarts.interrupted;
     started.signals.unblock();
     drop(cleanup);
     status.map(|mut o| {

@@ -35,7 +35,8 @@ pub fn request_stop(dir: &Path) {
     }
 }
 
-fn stop_requested(dir: &Path) -> bool {
+/// Whether `drun stop` or `drun kill` marked the run in `dir` ([`request_stop`]).
+pub fn stop_requested(dir: &Path) -> bool {
     dir.join(STOP_MARK).symlink_metadata().is_ok()
 }
 
@@ -43,6 +44,8 @@ fn stop_requested(dir: &Path) -> bool {
 pub struct Restarts {
     policy: RestartPolicy,
     pub count: u32,
+    /// SIGINT or SIGTERM came during a back-off: the run was interrupted.
+    pub interrupted: bool,
     delay: Duration,
     started: Instant,
 }
@@ -52,6 +55,7 @@ impl Restarts {
         Restarts {
             policy,
             count: 0,
+            interrupted: false,
             delay: FIRST_DELAY,
             started: Instant::now(),
         }
@@ -90,7 +94,11 @@ impl Restarts {
     pub fn back_off(&mut self, signals: &Forwarding, dir: &Path) -> bool {
         let until = Instant::now() + self.next_delay();
         loop {
-            if signals.take_late_interrupt() || stop_requested(dir) {
+            if signals.take_late_interrupt() {
+                self.interrupted = true;
+                return false;
+            }
+            if stop_requested(dir) {
                 return false;
             }
             let left = until.saturating_duration_since(Instant::now());

@@ -39,7 +39,10 @@ pub struct Started {
 
 /// Creates the container from `bundle` (with `filter` loaded by drun's executor, and `pmi_fd` given the
 /// container as fd 3), moves it into its `cgroup` where libcontainer could not put it (v1), and starts it;
-/// `logged` gives its stdout and stderr a pipe each. `info` is recorded again with the init's pid.
+/// `logged` gives its stdout and stderr a pipe each. `info` is recorded again with the init's pid. A `restart`
+/// (`run::restart`) is given up, before the container's command runs, when `drun stop` or `drun kill` marked the
+/// run meanwhile: they read the record's pid before they signal, so one that came before this record would be
+/// lost.
 #[allow(clippy::too_many_arguments)]
 pub fn start(
     ctx: &RunContext,
@@ -51,6 +54,7 @@ pub fn start(
     cgroup_writes: &[(PathBuf, String)],
     cleanup: &mut Cleanup,
     mut info: RunInfo,
+    restart: bool,
 ) -> Result<Started, RunError> {
     let plan = ctx.plan;
     // Made private with the state directory (`state::ensure_private`).
@@ -84,11 +88,13 @@ pub fn start(
     // With a terminal, libcontainer sends the pty master over a console socket, which it accepts only for a
     // "detached" container: its init is then re-parented, so drun becomes a child subreaper to stay its parent.
     let console = if plan.tty {
-        let path = crate::run::tty::socket_path(&ctx.short_id);
-        let _ = std::fs::remove_file(&path);
-        let listener = UnixListener::bind(&path).map_err(io_error("create the console socket"))?;
-        cleanup.console_socket = Some(path.clone());
-        builder = builder.with_console_socket(Some(&path));
+        let socket = crate::run::tty::ConsoleSocket::bind().map_err(io_error("create the console socket"))?;
+        builder = builder.with_console_socket(Some(&socket.path));
+        let listener = socket
+            .listener
+            .try_clone()
+            .map_err(io_error("create the console socket"))?;
+        cleanup.console_socket = Some(socket);
         Some(listener)
     } else {
         None
@@ -126,7 +132,13 @@ pub fn start(
     info.pid = pid.map(Pid::as_raw);
     info.pid_start = pid.and_then(|p| state::start_time(p.as_raw()));
     cleanup.record(info)?;
-    if let Some(f) = &plan.cidfile {
+    if restart && crate::run::restart::stop_requested(&ctx.dir) {
+        // Its init waits for the start: killed and forgotten now, as a container that never ran.
+        cleanup.forget_container();
+        return Err(RunError::StopRequested);
+    }
+    // Written once: a restarted container keeps its id.
+    if let (Some(f), false) = (&plan.cidfile, restart) {
         // Docker refuses an existing cidfile too; made for the caller, under their umask.
         crate::sys::safe_fs::write_new(f, ctx.id.as_bytes(), crate::sys::safe_fs::for_caller(0o666))
             .map_err(|e| io_error(format!("write {f:?}"))(e))?;
@@ -137,7 +149,7 @@ pub fn start(
     })?;
     // Its init is the container's only process until the start: on v1, into its cgroup of each hierarchy.
     cgroup.settle(pid.as_raw())?;
-    // Signals are blocked only now: the container's process already exists with the default mask.
+    // Signals are blocked only now (on a restart they still are): the container's process unblocks them itself.
     let signals = Forwarding::block(plan.stop_signal)?;
     cleanup
         .container

@@ -115,8 +115,28 @@ pub fn pump(from: &mut dyn Read, to: &mut dyn Write) -> bool {
     }
 }
 
-/// Where the console socket goes. Not in the run directory: socket paths are limited to 107 bytes, and a run
-/// directory below a deep `--state` exceeds that.
-pub fn socket_path(short_id: &str) -> std::path::PathBuf {
-    std::env::temp_dir().join(format!("drun-console-{}-{short_id}.sock", std::process::id()))
+/// A console socket that libcontainer sends the container's pty master over, in a directory of its own (removed
+/// with it). Not in the run directory: socket paths are limited to 107 bytes, and a run directory below a deep
+/// `--state` exceeds that. In the temporary directory, under a random name made private (mode 0700) at once, so
+/// that another user can neither take the socket's name first nor connect to it.
+pub struct ConsoleSocket {
+    pub listener: std::os::unix::net::UnixListener,
+    pub path: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl ConsoleSocket {
+    pub fn bind() -> std::io::Result<ConsoleSocket> {
+        let dir = tempfile::Builder::new()
+            .prefix("drun-console-")
+            .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o700))
+            .tempdir()?;
+        let path = dir.path().join("console.sock");
+        let listener = std::os::unix::net::UnixListener::bind(&path)?;
+        Ok(ConsoleSocket {
+            listener,
+            path,
+            _dir: dir,
+        })
+    }
 }

@@ -141,7 +141,10 @@ pub(super) fn job(w: &schema::Workflow, inputs: &EntryInputs<'_>) -> Result<Work
     for (kind, value) in host.blkio {
         tuning.push_blkio(kind, value);
     }
+    let detach = detached(w, inputs, &artifacts, &services, docker.restart)?;
     let entry_plan = RunPlan {
+        // `drun logs NAME`, `drun stop NAME`: a detached workflow's name is its container's.
+        name: detach.map(|_| w.name.value.clone()),
         tuning,
         pids_limit: docker.pids_limit,
         oom_score_adj: docker.oom_score_adj,
@@ -192,12 +195,6 @@ pub(super) fn job(w: &schema::Workflow, inputs: &EntryInputs<'_>) -> Result<Work
         ..RunPlan::new(w.image.value.trim())
     };
     crate::plan::check::check(&entry_plan).map_err(|e| at(&w.name.referenced, e.to_string()))?;
-    let detach = detached(w, inputs, &artifacts, &services, entry_plan.restart)?;
-    let mut entry_plan = entry_plan;
-    if detach.is_some() {
-        // `drun logs NAME`, `drun stop NAME`: the workflow's name is its container's.
-        entry_plan.name = Some(w.name.value.clone());
-    }
     Ok(WorkflowJob {
         name: w.name.value.clone(),
         entry_plan,

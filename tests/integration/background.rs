@@ -269,10 +269,47 @@ fn restart_on_failure_starts_the_same_container_again_until_stopped() {
     assert_eq!(sb.drun(&["wait", &killed]).ok().stdout, "137\n");
     assert_eq!(sb.drun(&["logs", &killed]).ok().stdout, "start 1\n");
 
-    // In the foreground too: the same container, drun's status is the last exit's.
+    // A stop that comes while it is being restarted (before the new init's pid is recorded, when the stop has
+    // nothing to signal): the container is not started again.
+    let flag = sb.path().join("restarting");
+    std::fs::write(&flag, "").unwrap();
+    let script = format!("{count}; exit 3");
+    let mut c = sb.cmd(&[
+        "run",
+        "-d",
+        "-q",
+        "--restart",
+        "on-failure:3",
+        &image,
+        "sh",
+        "-c",
+        &script,
+    ]);
+    c.env("DRUN_PAUSEPOINT", format!("run-restarting:{}", flag.display()));
+    let late = run(c, Duration::from_secs(120)).ok().stdout.trim().to_string();
+    let reached = sb.path().join("restarting.reached");
+    wait_until("the restart's pause point", || reached.exists());
+    let stop = sb
+        .cmd(&["stop", "-t", "30", &late])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mark = sb.state().join("containers").join(&late).join("stop-requested");
+    wait_until("stop's mark", || mark.exists());
+    std::fs::remove_file(&flag).unwrap();
+    let stopped_late = wait(stop, Duration::from_secs(120));
+    assert!(stopped_late.status.success(), "{}", stopped_late.stderr);
+    assert_eq!(sb.drun(&["wait", &late]).ok().stdout, "3\n");
+    assert_eq!(sb.drun(&["logs", &late]).ok().stdout, "start 1\n");
+
+    // In the foreground too: the same container, drun's status is the last exit's; its cidfile is written once.
+    let cidfile = sb.path().join("cid");
     let out = sb.drun(&[
         "run",
         "-q",
+        "--cidfile",
+        cidfile.to_str().unwrap(),
         "--restart",
         "on-failure:1",
         &image,
@@ -295,8 +332,9 @@ fn restart_on_failure_starts_the_same_container_again_until_stopped() {
     sb.drun(&["run", "-d", "--rm", "--restart", "on-failure:1", &image, "true"])
         .fails_with(125, &["--rm and --restart conflict"]);
 
-    sb.drun(&["rm", &fails, &second, &stopped, &killed]).ok();
-    for id in [&fails, &second, &stopped, &killed] {
+    assert_eq!(std::fs::read_to_string(&cidfile).unwrap().len(), 64);
+    sb.drun(&["rm", &fails, &second, &stopped, &killed, &late]).ok();
+    for id in [&fails, &second, &stopped, &killed, &late] {
         assert!(all_leftovers(&sb, id).is_empty(), "{:?}", all_leftovers(&sb, id));
     }
 }

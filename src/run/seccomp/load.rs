@@ -131,6 +131,9 @@ impl libcontainer::workload::Executor for Executor {
                 unsafe { libc::_exit(crate::exit::DRUN_ERROR) };
             }
         }
+        // The command starts with no signal blocked, as a fresh process would: a restarted container is created
+        // while its supervisor keeps the signals it forwards blocked (`run::restart`).
+        let _ = nix::sys::signal::SigSet::empty().thread_set_mask();
         libcontainer::workload::default::get_executor().exec(spec)
     }
 
