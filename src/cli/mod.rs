@@ -296,8 +296,9 @@ pub struct PullArgs {
 pub struct ExportArgs {
     /// Image reference (pulled first if the store does not have it)
     pub image: String,
-    /// The file to write, e.g. app.sqsh (replaced atomically if it exists)
-    #[arg(short, long, value_name = "FILE.sqsh")]
+    /// What to write (replaced atomically if it exists): FILE.sqsh (a squashfs image file),
+    /// oci-archive:FILE[:TAG] or docker-archive:FILE (a tarball for `drun pull`, podman, docker and skopeo)
+    #[arg(short, long, value_name = "FILE.sqsh|oci-archive:FILE[:TAG]|docker-archive:FILE")]
     pub output: std::path::PathBuf,
     /// Bound mksquashfs's memory for its caches (its `-mem`, e.g. 256M), for small nodes or Slurm jobs
     #[arg(long, value_name = "SIZE")]

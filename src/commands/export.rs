@@ -1,18 +1,24 @@
 //! `drun export IMAGE -o FILE.sqsh`: the image's merged root file system as a squashfs image file
-//! (`image/squash/`), made from the run path's own overlay of its layers.
+//! (`image/squash/`), made from the run path's own overlay of its layers. `-o oci-archive:FILE[:TAG]` and
+//! `-o docker-archive:FILE`: the image as a tarball (`image/archive/`).
 
 use anyhow::{bail, Context, Result};
 
 use crate::cli::{ExportArgs, GlobalArgs};
+use crate::image::archive::{write_archive, ArchiveFormat};
 use crate::image::ready::{ready_image, ImageRequest, PullPolicy};
 use crate::image::registry::config::Config;
+use crate::image::source::ImageSource;
 use crate::image::squash::export::{write_image_file, ImageIds};
 
 pub fn execute(global: &GlobalArgs, args: ExportArgs) -> Result<i32> {
-    let out = args.output.to_string_lossy();
+    let out = args.output.to_string_lossy().into_owned();
+    if out.starts_with("oci-archive:") || out.starts_with("docker-archive:") {
+        return export_archive(global, &args, &out);
+    }
     if !(out.ends_with(".sqsh") || out.ends_with(".squashfs")) {
         bail!(
-            "invalid output file {out:?}: expected FILE.sqsh or FILE.squashfs (drun export writes squashfs image files)"
+            "invalid output {out:?}: expected FILE.sqsh, FILE.squashfs, oci-archive:FILE[:TAG] or docker-archive:FILE"
         );
     }
     let store = super::open_store(global)?;
@@ -63,5 +69,51 @@ pub fn execute(global: &GlobalArgs, args: ExportArgs) -> Result<i32> {
         started.elapsed().as_secs_f64()
     );
     println!("{}", meta.squashfs_digest);
+    Ok(0)
+}
+
+/// `-o oci-archive:FILE[:TAG]` or `-o docker-archive:FILE`.
+fn export_archive(global: &GlobalArgs, args: &ExportArgs, out: &str) -> Result<i32> {
+    let (file, format) = match ImageSource::parse(out)? {
+        ImageSource::OciArchive { file, tag } => (file, ArchiveFormat::Oci { tag }),
+        ImageSource::DockerArchive { file } => (file, ArchiveFormat::Docker),
+        _ => unreachable!("the prefix was checked"),
+    };
+    if args.mem.is_some() {
+        bail!("--mem is for squashfs image files (FILE.sqsh): archives need no mksquashfs");
+    }
+    let store = super::open_store(global)?;
+    let cfg = Config::load()?;
+    let image = ready_image(
+        &store,
+        &cfg,
+        &ImageRequest {
+            reference: &args.image,
+            pull: PullPolicy::Missing,
+            platform: None,
+            quiet: true,
+        },
+    )?;
+    if image.squash.is_some() {
+        bail!(
+            "{:?} is a squashfs image file: it has no layers to write into an archive",
+            args.image
+        );
+    }
+    let record = &image.record;
+    let _shared = store.lock_shared()?;
+    let started = std::time::Instant::now();
+    let done = write_archive(&store, record, &format, &file)
+        .with_context(|| format!("cannot export {:?} to {out:?}", record.name))?;
+    eprintln!(
+        "{}: exported to {} ({}; {} layers copied, {} written from the store; {:.1}s)",
+        record.name,
+        file.display(),
+        crate::units::ByteSize(done.bytes),
+        done.layers_copied,
+        done.layers_rebuilt,
+        started.elapsed().as_secs_f64()
+    );
+    println!("{}", done.manifest_digest);
     Ok(0)
 }
