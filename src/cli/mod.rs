@@ -290,6 +290,9 @@ pub struct PullArgs {
     /// Print nothing but errors
     #[arg(short, long)]
     pub quiet: bool,
+    /// Keep the image as one squashfs file in the store instead of unpacked layers (`drun run` mounts it)
+    #[arg(long)]
+    pub squash: bool,
 }
 
 #[derive(Args, Debug)]

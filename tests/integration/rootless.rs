@@ -63,7 +63,7 @@ impl UserBox {
     }
 
     /// The default store of a rootless user: `$XDG_DATA_HOME/drun`, i.e. `~/.local/share/drun`.
-    fn store(&self) -> PathBuf {
+    pub(crate) fn store(&self) -> PathBuf {
         self.home().join(".local/share/drun")
     }
 
@@ -793,6 +793,35 @@ fn rootless_export_and_run_of_a_squashfs_image_file() {
     let out = common::run(c, Duration::from_secs(120)).ok();
     assert!(out.stderr.contains("mounted with squashfuse"), "{}", out.stderr);
     assert_eq!(out.stdout, "1234\nowned\nv2\ngone\n");
+    assert!(ub.leftovers().is_empty(), "{:?}", ub.leftovers());
+}
+
+#[test]
+fn rootless_pull_squash_runs_through_squashfuse_with_nothing_unpacked() {
+    let ub = UserBox::new(SUB);
+    ub.drun(&["pull", "-q", "--squash", &common::debian()]).ok();
+    let layers = ub.store().join("layers");
+    let unpacked: Vec<_> = std::fs::read_dir(&layers)
+        .map(|rd| rd.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    assert!(unpacked.is_empty(), "{unpacked:?}");
+    let mut c = ub.cmd(&[
+        "--log-level",
+        "drun=debug",
+        "run",
+        "-q",
+        "-u",
+        "1234",
+        &common::debian(),
+    ]);
+    c.args([
+        "sh",
+        "-c",
+        "id -u; cat /opt/perm/owned /opt/keep/changed; stat -c '%u %g' /opt/perm/owned; test -e /opt/keep/gone || echo gone",
+    ]);
+    let out = common::run(c, Duration::from_secs(120)).ok();
+    assert!(out.stderr.contains("mounted with squashfuse"), "{}", out.stderr);
+    assert_eq!(out.stdout, "1234\nowned\nv2\n1234 5678\ngone\n");
     assert!(ub.leftovers().is_empty(), "{:?}", ub.leftovers());
 }
 
