@@ -185,7 +185,15 @@ fn pull_squash_keeps_one_file_runs_it_and_unpacks_no_layer() {
     assert_eq!(run_it().stdout, view);
     assert!(sb.entries("layers/host").is_empty());
     assert!(leftovers(&sb).is_empty(), "{:?}", leftovers(&sb));
-    // `rmi` frees the file with the record.
+    // `drun check` finds the file damaged; `rmi` frees it with the record.
+    std::fs::write(sb.store().join(format!("squash/{digest}.sqsh")), b"damaged").unwrap();
+    let check = sb.drun(&["check"]);
+    assert_eq!(check.code(), Some(1), "{}", check.stdout);
+    assert!(
+        check.stdout.contains("its squashfs file") && check.stdout.contains("is not a drun squashfs image"),
+        "{}",
+        check.stdout
+    );
     sb.drun(&["rmi", &image]).ok();
     assert!(sb.entries("squash").is_empty(), "{:?}", sb.entries("squash"));
 }
