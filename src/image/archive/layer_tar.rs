@@ -185,9 +185,12 @@ fn header(md: &std::fs::Metadata) -> Header {
     h
 }
 
+/// A PAX record: key and value.
+type PaxRecord = (String, Vec<u8>);
+
 /// The xattrs of `path` (not followed) as PAX records, without overlayfs' own; and whether the overlay's opaque
 /// xattr is set.
-fn xattrs(path: &Path) -> io::Result<(Vec<(String, Vec<u8>)>, bool)> {
+fn xattrs(path: &Path) -> io::Result<(Vec<PaxRecord>, bool)> {
     let mut names = vec![0u8; XATTR_MAX];
     let n = match rustix::fs::llistxattr(path, &mut names[..]) {
         Ok(n) => n,
