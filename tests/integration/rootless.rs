@@ -826,6 +826,31 @@ fn rootless_pull_squash_runs_through_squashfuse_with_nothing_unpacked() {
 }
 
 #[test]
+fn rootless_export_to_an_archive_keeps_the_images_owners() {
+    // An ordinary user with subordinate ids exports from its own store (unpacked for its mapping, read inside
+    // its user namespace): root pulls the archive and sees the image's owners and modes.
+    let ub = UserBox::new(SUB);
+    let image = common::debian();
+    let archive = ub.work().join("debian.tar");
+    ub.drun(&["export", &image, "-o", &format!("docker-archive:{}", archive.display())])
+        .ok();
+    let sb = common::Sandbox::new();
+    sb.drun(&["pull", "-q", &format!("docker-archive:{}", archive.display())])
+        .ok();
+    let out = sb
+        .drun(&[
+            "run",
+            "-q",
+            &image,
+            "sh",
+            "-c",
+            "stat -c '%u %g %a' /opt/perm/owned; cat /opt/keep/changed; test -e /opt/keep/gone || echo gone",
+        ])
+        .ok();
+    assert_eq!(out.stdout, "1234 5678 640\nv2\ngone\n");
+}
+
+#[test]
 fn exec_as_a_rootless_user_joins_the_container_and_others_are_refused() {
     use crate::exec::{assert_same_confinement, processes_running, start_named, SELF_REPORT};
     let ub = UserBox::new(SUB);

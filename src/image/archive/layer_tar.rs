@@ -250,3 +250,62 @@ impl<R: Read> Read for Exactly<R> {
         Ok(n)
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::disallowed_methods)] // fixtures in the test's own temporary directory
+mod tests {
+    use super::*;
+
+    fn entries(tar: &[u8]) -> Vec<(String, EntryType, String)> {
+        let mut a = tar::Archive::new(tar);
+        a.entries()
+            .unwrap()
+            .map(|e| {
+                let e = e.unwrap();
+                let link = e
+                    .link_name()
+                    .unwrap()
+                    .map(|l| l.display().to_string())
+                    .unwrap_or_default();
+                (e.path().unwrap().display().to_string(), e.header().entry_type(), link)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn markers_become_whiteouts_and_links_stay_links_in_name_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("root");
+        std::fs::create_dir_all(root.join("etc/opaque")).unwrap();
+        std::fs::write(root.join("etc/b"), b"data").unwrap();
+        std::fs::hard_link(root.join("etc/b"), root.join("etc/a-link")).unwrap();
+        std::os::unix::fs::symlink("b", root.join("etc/sym")).unwrap();
+        let markers = Markers {
+            whiteouts: vec![b"etc/gone".to_vec(), b"top".to_vec()],
+            opaque: vec![b"./etc/opaque".to_vec()],
+        };
+        std::fs::write(dir.path().join(MARKERS_FILE), serde_json::to_vec(&markers).unwrap()).unwrap();
+        let tar = write_layer_tar(dir.path(), Vec::new(), &mut Links::new()).unwrap();
+        let got = entries(&tar);
+        let names: Vec<&str> = got.iter().map(|(n, _, _)| n.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "etc",
+                "etc/a-link",
+                "etc/b",
+                "etc/opaque",
+                "etc/opaque/.wh..wh..opq",
+                "etc/sym",
+                ".wh.top",
+                "etc/.wh.gone"
+            ]
+        );
+        // The first name of a linked file holds the data; the next is a hardlink to it.
+        assert_eq!(got[1].1, EntryType::Regular);
+        assert_eq!(got[2], ("etc/b".into(), EntryType::Link, "etc/a-link".into()));
+        assert_eq!(got[5], ("etc/sym".into(), EntryType::Symlink, "b".into()));
+        // The same tree gives the same bytes.
+        assert_eq!(write_layer_tar(dir.path(), Vec::new(), &mut Links::new()).unwrap(), tar);
+    }
+}
