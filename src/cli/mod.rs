@@ -71,6 +71,10 @@ pub struct GlobalArgs {
     /// several users download each layer once. Unpacked layers stay per user.
     #[arg(long, global = true, env = "DRUN_BLOB_CACHE", value_name = "DIR")]
     pub blob_cache: Option<PathBuf>,
+    /// Shared directory of squashfs image files (a cluster file system): `drun run IMAGE` and `drun pull
+    /// --squash IMAGE` use the image's file there, converting it once if no node has (also config `image_dir`)
+    #[arg(long, global = true, env = "DRUN_IMAGE_DIR", value_name = "DIR")]
+    pub image_dir: Option<PathBuf>,
     /// Log level: error, warn, info, debug, trace (or a tracing filter; also DRUN_LOG)
     #[arg(long, global = true, value_name = "LEVEL")]
     pub log_level: Option<String>,

@@ -15,6 +15,7 @@ mod doctor;
 mod environment;
 mod exec;
 mod gpu;
+mod image_dir;
 mod mpi;
 mod nested;
 mod pull;
