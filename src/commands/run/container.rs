@@ -620,6 +620,7 @@ mod tests {
             root: None,
             state: None,
             blob_cache: None,
+            image_dir: None,
             log_level: None,
         }
     }
