@@ -851,6 +851,40 @@ fn rootless_export_to_an_archive_keeps_the_images_owners() {
 }
 
 #[test]
+fn rootless_runs_from_a_shared_image_directory() {
+    // An ordinary user converts into an image directory and runs from it through squashfuse; nothing unpacked.
+    let ub = UserBox::new(SUB);
+    let dir = ub.work().join("images");
+    let mut c = ub.cmd(&[
+        "--log-level",
+        "drun=debug",
+        "--image-dir",
+        &dir.display().to_string(),
+        "run",
+        "-q",
+    ]);
+    c.args([
+        &common::debian(),
+        "sh",
+        "-c",
+        "stat -c '%u %g' /opt/perm/owned; cat /opt/keep/changed",
+    ]);
+    let out = common::run(c, Duration::from_secs(300)).ok();
+    assert!(
+        out.stderr.contains("converted into the image directory"),
+        "{}",
+        out.stderr
+    );
+    assert!(out.stderr.contains("mounted with squashfuse"), "{}", out.stderr);
+    assert_eq!(out.stdout, "1234 5678\nv2\n");
+    let layers: Vec<_> = std::fs::read_dir(ub.store().join("layers"))
+        .map(|rd| rd.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    assert!(layers.is_empty(), "{layers:?}");
+    assert!(ub.leftovers().is_empty(), "{:?}", ub.leftovers());
+}
+
+#[test]
 fn exec_as_a_rootless_user_joins_the_container_and_others_are_refused() {
     use crate::exec::{assert_same_confinement, processes_running, start_named, SELF_REPORT};
     let ub = UserBox::new(SUB);
