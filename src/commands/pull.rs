@@ -127,6 +127,7 @@ pub(super) fn ensure_in_image_dir(
     if let Some(file) = images.lookup(&name, store)? {
         return Ok(file);
     }
+    crate::failpoint::pause("image-dir-producing");
     let started = std::time::Instant::now();
     let _shared = store.lock_shared()?;
     let (_, meta) = convert(store, cfg, source, opts, &|m| Ok(images.file_for(m)))?;

@@ -103,15 +103,53 @@ fn a_producer_killed_mid_conversion_does_not_hold_the_image_dir() {
         1,
         "the dead producer's lease"
     );
-    let started = std::time::Instant::now();
     let next = run_in(&Sandbox::new(), &dir, &[no_flock, ("DRUN_IMAGE_DIR_LEASE", "2")]).ok();
     assert_eq!(next.stdout, "amd64");
     assert!(next.stderr.contains("took over the lease"), "{}", next.stderr);
-    assert!(
-        started.elapsed() >= Duration::from_secs(2),
-        "waited for the lease to expire"
-    );
     assert!(files(&dir.join("locks"), ".lease").is_empty(), "the lease is released");
+}
+
+#[test]
+fn a_live_producers_lease_is_renewed_and_not_taken_over() {
+    // The producer holds the lease for several lease times (paused at a pause point): the waiting node neither
+    // takes it over nor converts, and runs from what the producer publishes.
+    let shared = Sandbox::new();
+    let dir = shared.path().join("images");
+    let pause = shared.path().join("pause");
+    std::fs::write(&pause, b"").unwrap();
+    let env = [
+        ("DRUN_FAILPOINT_ERROR", "image-dir-flock"),
+        ("DRUN_IMAGE_DIR_LEASE", "2"),
+    ];
+    let producer_node = Sandbox::new();
+    let mut producer = producer_node.cmd(&["--image-dir", &dir.display().to_string(), "run", &busybox()]);
+    producer
+        .args(["cat", "/etc/drun-arch"])
+        .envs(env)
+        .env("DRUN_PAUSEPOINT", format!("image-dir-producing:{}", pause.display()))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let producer = producer.spawn().unwrap();
+    wait_until("the producer holds the lease", || {
+        shared.path().join("pause.reached").exists()
+    });
+    let waiter_node = Sandbox::new();
+    let mut waiter = waiter_node.cmd(&["--image-dir", &dir.display().to_string(), "run", &busybox()]);
+    waiter
+        .args(["cat", "/etc/drun-arch"])
+        .envs(env)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let waiter = waiter.spawn().unwrap();
+    // Three lease times with the lease renewed all along.
+    std::thread::sleep(Duration::from_secs(6));
+    std::fs::remove_file(&pause).unwrap();
+    let p = wait(producer, Duration::from_secs(300)).ok();
+    let w = wait(waiter, Duration::from_secs(300)).ok();
+    assert_eq!((p.stdout.as_str(), w.stdout.as_str()), ("amd64", "amd64"));
+    assert!(p.stderr.contains("converted into the image directory"), "{}", p.stderr);
+    assert!(!w.stderr.contains("converted"), "{}", w.stderr);
+    assert!(!w.stderr.contains("took over the lease"), "{}", w.stderr);
 }
 
 #[test]
