@@ -35,3 +35,9 @@ pub fn pause(name: &str) {
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
 }
+
+/// Whether `DRUN_FAILPOINT_ERROR` (a comma-separated list) names this point: the caller then behaves as if the
+/// operation there had failed (e.g. `image-dir-flock`: `flock` refused, as on a file system without it).
+pub fn error(name: &str) -> bool {
+    std::env::var("DRUN_FAILPOINT_ERROR").is_ok_and(|v| v.split(',').any(|p| p == name))
+}

@@ -71,6 +71,10 @@ pub struct GlobalArgs {
     /// several users download each layer once. Unpacked layers stay per user.
     #[arg(long, global = true, env = "DRUN_BLOB_CACHE", value_name = "DIR")]
     pub blob_cache: Option<PathBuf>,
+    /// Shared directory of squashfs image files (a cluster file system): `drun run IMAGE` and `drun pull
+    /// --squash IMAGE` use the image's file there, converting it once if no node has (also config `image_dir`)
+    #[arg(long, global = true, env = "DRUN_IMAGE_DIR", value_name = "DIR")]
+    pub image_dir: Option<PathBuf>,
     /// Log level: error, warn, info, debug, trace (or a tracing filter; also DRUN_LOG)
     #[arg(long, global = true, value_name = "LEVEL")]
     pub log_level: Option<String>,
@@ -290,14 +294,18 @@ pub struct PullArgs {
     /// Print nothing but errors
     #[arg(short, long)]
     pub quiet: bool,
+    /// Keep the image as one squashfs file in the store instead of unpacked layers (`drun run` mounts it)
+    #[arg(long)]
+    pub squash: bool,
 }
 
 #[derive(Args, Debug)]
 pub struct ExportArgs {
     /// Image reference (pulled first if the store does not have it)
     pub image: String,
-    /// The file to write, e.g. app.sqsh (replaced atomically if it exists)
-    #[arg(short, long, value_name = "FILE.sqsh")]
+    /// What to write (replaced atomically if it exists): FILE.sqsh (a squashfs image file),
+    /// oci-archive:FILE[:TAG] or docker-archive:FILE (a tarball for `drun pull`, podman, docker and skopeo)
+    #[arg(short, long, value_name = "FILE.sqsh|oci-archive:FILE[:TAG]|docker-archive:FILE")]
     pub output: std::path::PathBuf,
     /// Bound mksquashfs's memory for its caches (its `-mem`, e.g. 256M), for small nodes or Slurm jobs
     #[arg(long, value_name = "SIZE")]

@@ -16,6 +16,8 @@ pub fn execute() -> Result<i32> {
         root: Some(order.store_root),
         state: Some(order.state_dir),
         blob_cache: order.blob_cache,
+        // A workflow's entries use the node's store (docs/multi-node.md).
+        image_dir: None,
         log_level: None,
     };
     super::run::container::monitor(&global, &order.plan, report, order.log, order.auto_remove, order.quiet)

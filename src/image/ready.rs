@@ -97,6 +97,12 @@ pub fn ready_image(store: &Store, cfg: &Config, req: &ImageRequest) -> Result<Re
         return squash_image(&file);
     }
     let record = ensure_image(store, cfg, req)?;
+    if record.squash {
+        // Pulled with --squash: the store's file of its manifest (its config is in the file's trailer too).
+        let mut ready = squash_image(&store.squash_file(&record.manifest_digest))?;
+        ready.record = record;
+        return Ok(ready);
+    }
     let bytes = store
         .read_blob(&record.config_digest)?
         .ok_or_else(|| ReadyError::ConfigMissing {
@@ -130,6 +136,7 @@ fn squash_image(file: &std::path::Path) -> Result<ReadyImage, ReadyError> {
         layers: vec![],
         size: image.meta.squashfs_size,
         pulled_at: time::OffsetDateTime::now_utc(),
+        squash: true,
     };
     Ok(ReadyImage {
         record,

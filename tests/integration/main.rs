@@ -5,6 +5,7 @@
 #![allow(clippy::disallowed_methods)]
 // What a test measures (peak memory, time) goes to stderr, which the test harness shows for a failing test.
 #![allow(clippy::print_stderr)]
+mod archive;
 mod background;
 mod chaos;
 mod common;
@@ -14,6 +15,7 @@ mod doctor;
 mod environment;
 mod exec;
 mod gpu;
+mod image_dir;
 mod mpi;
 mod nested;
 mod pull;

@@ -63,7 +63,7 @@ impl UserBox {
     }
 
     /// The default store of a rootless user: `$XDG_DATA_HOME/drun`, i.e. `~/.local/share/drun`.
-    fn store(&self) -> PathBuf {
+    pub(crate) fn store(&self) -> PathBuf {
         self.home().join(".local/share/drun")
     }
 
@@ -793,6 +793,94 @@ fn rootless_export_and_run_of_a_squashfs_image_file() {
     let out = common::run(c, Duration::from_secs(120)).ok();
     assert!(out.stderr.contains("mounted with squashfuse"), "{}", out.stderr);
     assert_eq!(out.stdout, "1234\nowned\nv2\ngone\n");
+    assert!(ub.leftovers().is_empty(), "{:?}", ub.leftovers());
+}
+
+#[test]
+fn rootless_pull_squash_runs_through_squashfuse_with_nothing_unpacked() {
+    let ub = UserBox::new(SUB);
+    ub.drun(&["pull", "-q", "--squash", &common::debian()]).ok();
+    let layers = ub.store().join("layers");
+    let unpacked: Vec<_> = std::fs::read_dir(&layers)
+        .map(|rd| rd.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    assert!(unpacked.is_empty(), "{unpacked:?}");
+    let mut c = ub.cmd(&[
+        "--log-level",
+        "drun=debug",
+        "run",
+        "-q",
+        "-u",
+        "1234",
+        &common::debian(),
+    ]);
+    c.args([
+        "sh",
+        "-c",
+        "id -u; cat /opt/perm/owned /opt/keep/changed; stat -c '%u %g' /opt/perm/owned; test -e /opt/keep/gone || echo gone",
+    ]);
+    let out = common::run(c, Duration::from_secs(120)).ok();
+    assert!(out.stderr.contains("mounted with squashfuse"), "{}", out.stderr);
+    assert_eq!(out.stdout, "1234\nowned\nv2\n1234 5678\ngone\n");
+    assert!(ub.leftovers().is_empty(), "{:?}", ub.leftovers());
+}
+
+#[test]
+fn rootless_export_to_an_archive_keeps_the_images_owners() {
+    // An ordinary user with subordinate ids exports from its own store (unpacked for its mapping, read inside
+    // its user namespace): root pulls the archive and sees the image's owners and modes.
+    let ub = UserBox::new(SUB);
+    let image = common::debian();
+    let archive = ub.work().join("debian.tar");
+    ub.drun(&["export", &image, "-o", &format!("docker-archive:{}", archive.display())])
+        .ok();
+    let sb = common::Sandbox::new();
+    sb.drun(&["pull", "-q", &format!("docker-archive:{}", archive.display())])
+        .ok();
+    let out = sb
+        .drun(&[
+            "run",
+            "-q",
+            &image,
+            "sh",
+            "-c",
+            "stat -c '%u %g %a' /opt/perm/owned; cat /opt/keep/changed; test -e /opt/keep/gone || echo gone",
+        ])
+        .ok();
+    assert_eq!(out.stdout, "1234 5678 640\nv2\ngone\n");
+}
+
+#[test]
+fn rootless_runs_from_a_shared_image_directory() {
+    // An ordinary user converts into an image directory and runs from it through squashfuse; nothing unpacked.
+    let ub = UserBox::new(SUB);
+    let dir = ub.work().join("images");
+    let mut c = ub.cmd(&[
+        "--log-level",
+        "drun=debug",
+        "--image-dir",
+        &dir.display().to_string(),
+        "run",
+        "-q",
+    ]);
+    c.args([
+        &common::debian(),
+        "sh",
+        "-c",
+        "stat -c '%u %g' /opt/perm/owned; cat /opt/keep/changed",
+    ]);
+    let out = common::run(c, Duration::from_secs(300)).ok();
+    assert!(
+        out.stderr.contains("converted into the image directory"),
+        "{}",
+        out.stderr
+    );
+    assert!(out.stderr.contains("mounted with squashfuse"), "{}", out.stderr);
+    assert_eq!(out.stdout, "1234 5678\nv2\n");
+    let layers: Vec<_> = std::fs::read_dir(ub.store().join("layers"))
+        .map(|rd| rd.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    assert!(layers.is_empty(), "{layers:?}");
     assert!(ub.leftovers().is_empty(), "{:?}", ub.leftovers());
 }
 

@@ -150,3 +150,50 @@ fn the_kernel_mounts_only_files_drun_published_and_checks_them() {
         .fails_with(125, &["expected FILE.sqsh"]);
     assert!(leftovers(&sb).is_empty(), "{:?}", leftovers(&sb));
 }
+
+#[test]
+fn pull_squash_keeps_one_file_runs_it_and_unpacks_no_layer() {
+    // The store holds the image as `squash/<manifest hex>.sqsh` only: no unpacked layer, no staging left; a run
+    // mounts it (the kernel, as root: drun published it) and sees the tree the unpacked layers give.
+    let unpacked = Sandbox::new();
+    let image = debian();
+    unpacked.drun(&["pull", "-q", &image]).ok();
+    let view = unpacked.drun(&["run", "-q", &image, "sh", "-c", TREE]).ok().stdout;
+    let sb = Sandbox::new();
+    let out = sb.drun(&["pull", "--squash", &image]).ok();
+    assert!(out.stderr.contains("pulled as a squashfs image file"), "{}", out.stderr);
+    let digest = out.stdout.trim().strip_prefix("sha256:").unwrap().to_string();
+    assert!(sb.store().join(format!("squash/{digest}.sqsh")).is_file());
+    assert!(sb.entries("layers/host").is_empty(), "{:?}", sb.entries("layers/host"));
+    assert!(sb.entries("tmp").is_empty(), "{:?}", sb.entries("tmp"));
+    let run_it = || {
+        let mut c = sb.cmd(&["--log-level", "drun=debug", "run", "-q", &image, "sh", "-c", TREE]);
+        c.env_remove("DRUN_SQUASH");
+        run(c, std::time::Duration::from_secs(120)).ok()
+    };
+    let first = run_it();
+    assert!(
+        first.stderr.contains("squashfs image mounted by the kernel"),
+        "{}",
+        first.stderr
+    );
+    assert_eq!(
+        first.stdout, view,
+        "the squashfs form's tree differs from the unpacked image's"
+    );
+    // Again (the digest check cached): still nothing unpacked.
+    assert_eq!(run_it().stdout, view);
+    assert!(sb.entries("layers/host").is_empty());
+    assert!(leftovers(&sb).is_empty(), "{:?}", leftovers(&sb));
+    // `drun check` finds the file damaged; `rmi` frees it with the record.
+    std::fs::write(sb.store().join(format!("squash/{digest}.sqsh")), b"damaged").unwrap();
+    let check = sb.drun(&["check"]);
+    assert_eq!(check.code(), Some(1), "{}", check.stdout);
+    assert!(
+        check.stdout.contains("its squashfs file") && check.stdout.contains("is not a drun squashfs image"),
+        "{}",
+        check.stdout
+    );
+    sb.drun(&["rmi", &image]).ok();
+    assert!(sb.entries("squash").is_empty(), "{:?}", sb.entries("squash"));
+}

@@ -77,6 +77,25 @@ fn run(global: &GlobalArgs, plan: &RunPlan, quiet: bool, mut hooks: crate::run::
     let cfg = Config::load()?;
     let store = super::super::open_store(global)?;
     let state_dir = super::super::state_dir(global)?;
+    // With an image directory, a registry or archive image runs from its squashfs file there (converted once, by
+    // whichever node gets there first).
+    let from_dir;
+    let plan = match super::super::pull::image_dir(global, &cfg) {
+        Some(dir) if crate::image::squash::is_squash_path(&plan.image).is_none() => {
+            let source = crate::image::source::ImageSource::parse(&plan.image)?;
+            let opts = crate::image::pull::PullOptions {
+                platform: plan.platform.clone(),
+                quiet,
+            };
+            let file = super::super::pull::ensure_in_image_dir(&dir, &store, &cfg, &source, &opts)?;
+            from_dir = RunPlan {
+                image: format!("sqsh:{}", file.display()),
+                ..plan.clone()
+            };
+            &from_dir
+        }
+        _ => plan,
+    };
     // --restart on-failure:N: the run restarts the same container (`run::restart`).
     hooks.restart = plan.restart;
     match crate::run::run(&store, &cfg, plan, &state_dir, quiet, &mut hooks) {
@@ -606,6 +625,7 @@ mod tests {
             root: None,
             state: None,
             blob_cache: None,
+            image_dir: None,
             log_level: None,
         }
     }

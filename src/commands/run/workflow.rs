@@ -225,6 +225,7 @@ mod tests {
             root: None,
             state: None,
             blob_cache: None,
+            image_dir: None,
             log_level: None,
         };
         let e = super::execute(&global, *args).unwrap_err().to_string();

@@ -40,6 +40,7 @@ pub(super) fn record_image(
         let previous = store.image(&n).map_err(store_err)?;
         up_to_date &= previous.is_some_and(|p| p.manifest_digest == image.manifest.1);
         let rec = ImageRecord {
+            squash: false,
             name: n,
             manifest_digest: image.manifest.1.clone(),
             index_digest: image.index.as_ref().map(|i| i.1.clone()),

@@ -8,6 +8,7 @@
 //! # the most a container's writable layer may hold where it is kept in memory (a state directory on overlayfs
 //! # or NFS); default: half of RAM. `--tmp-size` overrides it.
 //! tmp_size = "8g"
+//! image_dir = "/shared/drun-images"
 //!
 //! # extra CA certificates trusted for every registry (PEM files)
 //! ca_files = ["/etc/drun/certs/site-ca.pem"]
@@ -41,6 +42,9 @@ pub struct Config {
     /// The default of `--tmp-size` (see `run/rootfs/memory.rs`).
     #[serde(default, deserialize_with = "size")]
     pub tmp_size: Option<crate::units::ByteSize>,
+    /// The default of `--image-dir` (see `image/image_dir.rs`).
+    #[serde(default)]
+    pub image_dir: Option<PathBuf>,
 }
 
 fn size<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<crate::units::ByteSize>, D::Error> {
@@ -101,6 +105,7 @@ impl Config {
             cfg.ca_files.extend(more.ca_files);
             cfg.registries.extend(more.registries);
             cfg.tmp_size = more.tmp_size.or(cfg.tmp_size);
+            cfg.image_dir = more.image_dir.or(cfg.image_dir);
         }
         Ok(cfg)
     }

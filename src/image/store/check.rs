@@ -106,6 +106,17 @@ impl Store {
                     Err(e) => wrong.push(format!("its {what} {d}: {e}")),
                 }
             }
+            if rec.squash {
+                let file = self.squash_file(&rec.manifest_digest);
+                match crate::image::squash::SquashImage::open(&file) {
+                    Ok(img) if img.meta.manifest_digest == rec.manifest_digest => {}
+                    Ok(_) => wrong.push("its squashfs file holds another image".to_string()),
+                    Err(e) => {
+                        wrong.push(format!("its squashfs file: {e}"));
+                        remove.push(file);
+                    }
+                }
+            }
             for l in &rec.layers {
                 let key = l.key();
                 if bad_layers.contains(&key) {

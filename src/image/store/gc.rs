@@ -27,6 +27,11 @@ impl Store {
             }
             layers.extend(r.layers.iter().map(LayerRecord::key));
         }
+        let squash_files: HashSet<String> = images
+            .iter()
+            .filter(|r| r.squash)
+            .map(|r| format!("{}.sqsh", r.manifest_digest.hex()))
+            .collect();
         layers.extend(in_use.iter().map(|d| d.trim_start_matches("sha256:").to_string()));
         let mut freed = 0;
         let blob_dir = self.root.join("blobs/sha256");
@@ -49,6 +54,15 @@ impl Store {
                     freed += tree_size(&e.path());
                     remove_tree(&e.path())?;
                 }
+            }
+        }
+        // Squashfs files of `pull --squash` that no record names, and debris of conversions that died (a running
+        // container keeps its mounted file open: removing the name does not disturb it).
+        let squash_dir = self.root.join("squash");
+        for e in fs::read_dir(&squash_dir).into_iter().flatten().flatten() {
+            if !squash_files.contains(e.file_name().to_string_lossy().as_ref()) {
+                freed += tree_size(&e.path());
+                remove_tree(&e.path())?;
             }
         }
         let ids: Vec<&crate::digest::Digest> = images.iter().map(|r| r.id()).collect();

@@ -55,6 +55,10 @@ pub struct ImageRecord {
     pub size: u64,
     #[serde(with = "time::serde::rfc3339")]
     pub pulled_at: time::OffsetDateTime,
+    /// Pulled with `--squash`: the image is the squashfs file [`Store::squash_file`] of its manifest digest, and
+    /// `layers` is empty (nothing was unpacked into the store).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub squash: bool,
 }
 
 impl ImageRecord {
@@ -65,6 +69,11 @@ impl ImageRecord {
 }
 
 impl Store {
+    /// Where `drun pull --squash` keeps an image's squashfs file: `squash/<manifest hex>.sqsh`.
+    pub fn squash_file(&self, manifest_digest: &Digest) -> PathBuf {
+        self.root.join("squash").join(format!("{}.sqsh", manifest_digest.hex()))
+    }
+
     fn record_path(&self, name: &str) -> PathBuf {
         self.root
             .join("images")
