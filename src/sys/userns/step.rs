@@ -87,7 +87,12 @@ impl StepRecord {
             UsernsMode::Auto => "auto",
             UsernsMode::KeepId => "keep-id",
         };
-        let path = record_dir(uid)?.join(format!("{key}.{mode}"));
+        let dir = record_dir(uid)?;
+        let path = dir.join(format!("{key}.{mode}"));
+        if std::fs::symlink_metadata(&path).is_err() {
+            // The first drun of the step here clears the records of steps that are over.
+            prune(&dir);
+        }
         let opened = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
@@ -183,6 +188,42 @@ impl StepRecord {
     }
 }
 
+/// Records older than this whose processes are all gone are removed.
+const STALE: std::time::Duration = std::time::Duration::from_secs(3600);
+/// The most records looked at for removal at once.
+const PRUNE_MAX: usize = 256;
+
+/// Removes the records in `dir` of steps that are over: not written for [`STALE`], and no listed holder alive.
+fn prune(dir: &std::path::Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten().take(PRUNE_MAX) {
+        let path = entry.path();
+        let old = std::fs::symlink_metadata(&path)
+            .ok()
+            .filter(|m| m.is_file())
+            .and_then(|m| m.modified().ok())
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age > STALE);
+        if !old {
+            continue;
+        }
+        let Ok(text) = crate::sys::safe_fs::read_bounded(&path, RECORD_LIMIT) else {
+            continue;
+        };
+        let any_alive = String::from_utf8_lossy(&text).lines().any(|l| {
+            l.split(' ')
+                .next()
+                .and_then(|pid| pid.parse::<u32>().ok())
+                .is_some_and(|pid| std::fs::symlink_metadata(format!("/proc/{pid}")).is_ok())
+        });
+        if !any_alive {
+            let _ = std::fs::remove_file(&path);
+        }
+    }
+}
+
 /// Joins the namespace `ns` found by [`StepRecord::find`].
 pub(super) fn join(ns: &File) -> nix::Result<()> {
     nix::sched::setns(ns.as_fd(), nix::sched::CloneFlags::CLONE_NEWUSER)
@@ -219,5 +260,37 @@ fn spawn_holder() -> Option<i32> {
             tracing::debug!(error = %e, "cannot fork the holder of the step's user namespace");
             None
         }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::disallowed_methods)] // fixtures in the tests' own temporary directories
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_of_steps_that_are_over_are_removed() {
+        let t = tempfile::tempdir().unwrap();
+        let old = std::time::SystemTime::now() - 2 * STALE;
+        let record = |name: &str, text: String, aged: bool| {
+            let p = t.path().join(name);
+            std::fs::write(&p, text).unwrap();
+            if aged {
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(&p)
+                    .unwrap()
+                    .set_modified(old)
+                    .unwrap();
+            }
+            p
+        };
+        // pid 0 has no /proc entry: a holder that is gone.
+        let over = record("1.0.auto", "0 4026531837\n".into(), true);
+        let alive = record("2.0.auto", format!("{} 4026531837\n", std::process::id()), true);
+        let recent = record("3.0.auto", "0 4026531837\n".into(), false);
+        prune(t.path());
+        assert!(!over.exists());
+        assert!(alive.exists() && recent.exists());
     }
 }
