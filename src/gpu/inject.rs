@@ -29,8 +29,14 @@ impl Injection {
             .collect()
     }
 
-    /// Applies the edits to the spec, sets the NVIDIA variables and refreshes the ld cache in `rootfs`.
-    pub fn apply(mut self, spec: &mut serde_json::Value, rootfs: &Path) -> Result<(), GpuError> {
+    /// Applies the edits to the spec, sets the NVIDIA variables and refreshes the ld cache in `rootfs`, for
+    /// `other_libs` (host path, container path: the run's other injected libraries, such as RDMA's) as well.
+    pub fn apply(
+        mut self,
+        spec: &mut serde_json::Value,
+        rootfs: &Path,
+        other_libs: &[(PathBuf, String)],
+    ) -> Result<(), GpuError> {
         let before: Vec<serde_json::Value> = spec["mounts"].as_array().cloned().unwrap_or_default();
         for (specs, names) in [self.host.as_mut(), self.generated.as_mut()].into_iter().flatten() {
             specs.inject(spec, names)?;
@@ -63,7 +69,7 @@ impl Injection {
                 "NVIDIA_DRIVER_CAPABILITIES=compute,utility".into(),
             ));
         }
-        let libs: Vec<(PathBuf, String)> = spec["mounts"]
+        let mut libs: Vec<(PathBuf, String)> = spec["mounts"]
             .as_array()
             .into_iter()
             .flatten()
@@ -76,6 +82,7 @@ impl Injection {
             })
             .collect();
         tracing::debug!(source = self.source, libraries = libs.len(), "GPU edits applied");
+        libs.extend(other_libs.iter().cloned());
         container_ldconfig::refresh(rootfs, &libs).map_err(GpuError::LdCache)
     }
 }

@@ -233,8 +233,16 @@ pub fn run(
         init,
         host_devices: &host_devices,
     })?;
-    if let Some(g) = gpus {
-        g.apply(&mut spec, &root)?;
+    // With --rdma, the host's verbs libraries for an image without its own; one ld cache refresh with the GPUs'.
+    let rdma_libs = match plan.rdma {
+        true => crate::rdma::libs::for_image(&crate::rdma::rdma_root(), &root),
+        false => crate::rdma::libs::HostLibraries::default(),
+    };
+    rdma_libs.add_mounts(&mut spec);
+    match gpus {
+        Some(g) => g.apply(&mut spec, &root, &rdma_libs.libraries)?,
+        None => crate::gpu::container_ldconfig::refresh(&root, &rdma_libs.libraries)
+            .map_err(crate::gpu::GpuError::LdCache)?,
     }
     let poststop_hooks = spec::has_poststop_hooks(&spec);
     let filter = seccomp::take_precompiled(&mut spec, &seccomp::BpfCache::new(store.cache_dir(seccomp::CACHE_KIND)))?;

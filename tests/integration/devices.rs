@@ -266,3 +266,105 @@ fn rdma_gives_the_verbs_devices_and_raises_memlock() {
     .fails_with(125, &["cannot use RDMA: no verbs device (uverbs*) in", "mlx5_ib"]);
     assert!(leftovers(&sb).is_empty(), "{:?}", leftovers(&sb));
 }
+
+/// The host's verbs libraries (libibverbs, librdmacm, libnl, the providers and their `.driver` files), copied from
+/// this host (Debian's libibverbs1 and ibverbs-providers, which the MPI test's libucx0 brings) into the simulated
+/// RDMA root.
+fn fake_rdma_libraries(root: &std::path::Path) {
+    let triplet = format!("{}-linux-gnu", std::env::consts::ARCH);
+    let host = std::path::PathBuf::from(format!("/usr/lib/{triplet}"));
+    assert!(
+        host.join("libibverbs.so.1").exists() && host.join("libibverbs").is_dir(),
+        "the host needs libibverbs1 and ibverbs-providers"
+    );
+    let dir = root.join(format!("usr/lib/{triplet}"));
+    std::fs::create_dir_all(dir.join("libibverbs")).unwrap();
+    std::fs::create_dir_all(root.join("etc/libibverbs.d")).unwrap();
+    let copy = |pattern: String, to: &std::path::Path| {
+        let st = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!("cp -a {pattern} {}", to.display()))
+            .status()
+            .unwrap();
+        assert!(st.success(), "cp {pattern}");
+    };
+    for lib in [
+        "libibverbs.so.1*",
+        "librdmacm.so.1*",
+        "libnl-3.so.200*",
+        "libnl-route-3.so.200*",
+        "libmlx5.so.1*",
+    ] {
+        copy(format!("{}/{lib}", host.display()), &dir);
+    }
+    copy(
+        format!("{}/libibverbs/libmlx5-rdmav*.so", host.display()),
+        &dir.join("libibverbs"),
+    );
+    copy("/etc/libibverbs.d/mlx5.driver".into(), &root.join("etc/libibverbs.d"));
+}
+
+#[test]
+fn rdma_gives_the_hosts_verbs_libraries_to_an_image_without_them() {
+    let sb = ready();
+    let root = sb.path().join("rdma");
+    fake_rdma(&root);
+    fake_rdma_libraries(&root);
+    let env = [("DRUN_RDMA_ROOT", root.as_os_str())];
+    let lib = format!("/usr/lib/{}-linux-gnu", std::env::consts::ARCH);
+    // An image without them (debian: no rdma-core) finds them through its ld cache, loads them with their
+    // dependencies, has the provider and its .driver file at the host's paths, and cannot change them.
+    let script = format!(
+        "ldconfig -p | grep -oE '(libibverbs|librdmacm|libmlx5)\\.so\\.1 ' | sort; \
+         /lib64/ld-linux-x86-64.so.2 --list {lib}/libibverbs.so.1 | grep -c 'not found'; \
+         cat /etc/libibverbs.d/mlx5.driver; ls {lib}/libibverbs; \
+         touch {lib}/libibverbs/*.so 2>&1 | grep -c 'Read-only'"
+    );
+    let out = sb
+        .drun_with(&["run", "-q", "--rdma", &debian(), "sh", "-c", &script], &env)
+        .ok();
+    let lines: Vec<&str> = out.stdout.lines().map(str::trim).collect();
+    assert_eq!(
+        lines,
+        [
+            "libibverbs.so.1",
+            "libmlx5.so.1",
+            "librdmacm.so.1",
+            "0",
+            "driver mlx5",
+            "libmlx5-rdmav34.so",
+            "1"
+        ],
+        "{}\n{}",
+        out.stdout,
+        out.stderr
+    );
+    // Without --rdma, nothing of it.
+    let out = sb.drun_with(
+        &["run", "-q", &debian(), "sh", "-c", "ldconfig -p | grep -c ibverbs"],
+        &env,
+    );
+    assert_eq!(out.stdout.trim(), "0", "{}", out.stderr);
+    // An image with its own (the MPI image: rdma-core through libucx0) keeps it: nothing is mounted over it.
+    let out = sb.drun_with(
+        &[
+            "run",
+            "-q",
+            "--rdma",
+            &test_image("mpi:bookworm"),
+            "sh",
+            "-c",
+            "grep -c ibverbs /proc/self/mountinfo; ls /etc/libibverbs.d | wc -l",
+        ],
+        &env,
+    );
+    let lines: Vec<&str> = out.stdout.lines().map(str::trim).collect();
+    assert_eq!(lines.first(), Some(&"0"), "{}\n{}", out.stdout, out.stderr);
+    assert_ne!(
+        lines.get(1),
+        Some(&"1"),
+        "the image's own provider list: {}",
+        out.stdout
+    );
+    assert!(leftovers(&sb).is_empty(), "{:?}", leftovers(&sb));
+}

@@ -4,7 +4,10 @@
 //!
 //! Reads under `DRUN_RDMA_ROOT` (a simulated tree in tests), else `/`. Nothing is mounted from sysfs: the
 //! container's own sysfs shows the host's `/sys/class/infiniband` (RDMA devices are shared by all network
-//! namespaces unless the host has set the RDMA subsystem exclusive). Below the run path: starts nothing.
+//! namespaces unless the host has set the RDMA subsystem exclusive). An image without its own verbs library gets
+//! the host's ([`libs`]). Below the run path: starts nothing.
+
+pub mod libs;
 
 use std::io;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
