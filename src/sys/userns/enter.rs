@@ -132,22 +132,6 @@ pub fn enter(mode: UsernsMode) -> Result<&'static Rootless, UsernsError> {
     };
     let user_name = user.name.clone();
     let ns = rootless(uid, gid, user, uids, gids, kind, mode);
-    // A task of a Slurm step shares the namespace of the step's other containers on this node (see `step`).
-    let mut step = super::step::StepRecord::open(uid, mode);
-    if let Some((pid, found)) = step.as_mut().and_then(|r| r.find(&ns.uids, &ns.gids)) {
-        match super::step::join(&found) {
-            Ok(()) => {
-                private_mounts()?;
-                tracing::debug!(pid, mapping = %ns.describe(), "joined the user namespace of the step's containers");
-                if let Some(r) = step {
-                    r.add_self();
-                }
-                std::env::set_var(ENTERED_ENV, ns.uid.to_string());
-                return Ok(CURRENT.get_or_init(|| ns));
-            }
-            Err(errno) => tracing::debug!(pid, %errno, "cannot join the user namespace of the step's containers"),
-        }
-    }
     match subordinate {
         None => write_single_id_maps(&ns)?,
         Some((newuidmap, newgidmap)) => {
@@ -170,9 +154,6 @@ pub fn enter(mode: UsernsMode) -> Result<&'static Rootless, UsernsError> {
             let shown_user = user_name.unwrap_or_else(|| uid.to_string());
             unshare_with_helpers(&helpers, &shown_user)?;
         }
-    }
-    if let Some(r) = step {
-        r.add_self();
     }
     private_mounts()?;
     tracing::debug!(mapping = %ns.describe(), "entered a user namespace");
@@ -223,7 +204,7 @@ pub fn adopt() -> Option<&'static Rootless> {
 }
 
 /// The lines of a /proc/PID/{uid,gid}_map file.
-pub(super) fn parse_id_map(text: &str) -> Vec<IdMap> {
+fn parse_id_map(text: &str) -> Vec<IdMap> {
     text.lines()
         .filter_map(|l| {
             let mut n = l.split_whitespace().map(|w| w.parse::<u32>().ok());
