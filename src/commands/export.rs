@@ -6,7 +6,7 @@ use anyhow::{bail, Context, Result};
 
 use crate::cli::{ExportArgs, GlobalArgs};
 use crate::image::archive::{write_archive, ArchiveFormat};
-use crate::image::ready::{ready_image, ImageRequest, PullPolicy};
+use crate::image::ready::{ready_image, ImageRequest, PullPolicy, ReadyImage};
 use crate::image::registry::config::Config;
 use crate::image::source::ImageSource;
 use crate::image::squash::export::{write_image_file, ImageIds};
@@ -23,18 +23,7 @@ pub fn execute(global: &GlobalArgs, args: ExportArgs) -> Result<i32> {
             "invalid output {out:?}: expected FILE.sqsh, FILE.squashfs, oci-archive:FILE[:TAG] or docker-archive:FILE"
         );
     }
-    let store = super::open_store(global)?;
-    let cfg = Config::load()?;
-    let image = ready_image(
-        &store,
-        &cfg,
-        &ImageRequest {
-            reference: &args.image,
-            pull: PullPolicy::Missing,
-            platform: None,
-            quiet: true,
-        },
-    )?;
+    let (store, image) = find_image(global, &args.image)?;
     if image.squash.is_some() {
         bail!("{:?} is already a squashfs image file", args.image);
     }
@@ -65,18 +54,7 @@ fn export_archive(global: &GlobalArgs, args: &ExportArgs, out: &str) -> Result<i
     if args.mem.is_some() {
         bail!("--mem is for squashfs image files (FILE.sqsh): archives need no mksquashfs");
     }
-    let store = super::open_store(global)?;
-    let cfg = Config::load()?;
-    let image = ready_image(
-        &store,
-        &cfg,
-        &ImageRequest {
-            reference: &args.image,
-            pull: PullPolicy::Missing,
-            platform: None,
-            quiet: true,
-        },
-    )?;
+    let (store, image) = find_image(global, &args.image)?;
     if image.squash.is_some() {
         bail!(
             "{:?} is a squashfs image file: it has no layers to write into an archive",
@@ -134,4 +112,21 @@ pub(super) fn write_squash(
     let meta = made?;
     crate::image::squash::export::record_published(store, &meta);
     Ok(meta)
+}
+
+/// The store and the image to export, pulled first if it is not there.
+fn find_image(global: &GlobalArgs, reference: &str) -> Result<(Store, ReadyImage)> {
+    let store = super::open_store(global)?;
+    let cfg = Config::load()?;
+    let image = ready_image(
+        &store,
+        &cfg,
+        &ImageRequest {
+            reference,
+            pull: PullPolicy::Missing,
+            platform: None,
+            quiet: true,
+        },
+    )?;
+    Ok((store, image))
 }

@@ -21,7 +21,6 @@
 
 use std::fs::File;
 use std::io::{self, Write};
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -295,16 +294,7 @@ enum Verify {
 /// The squashfs data's digest checked against the record, unless this very file (device, inode, size, times)
 /// was checked on this node before.
 fn verify_cached(store: &Store, f: &mut File, md: &std::fs::Metadata, rec: &Published) -> Result<(), Verify> {
-    let key = format!(
-        "{} {} {} {}.{} {}.{}\n",
-        md.dev(),
-        md.ino(),
-        md.len(),
-        md.mtime(),
-        md.mtime_nsec(),
-        md.ctime(),
-        md.ctime_nsec()
-    );
+    let key = crate::run::squash_mount::file_identity(md);
     let cache = store.cache_dir("image-dir-verified");
     let entry = cache.join(rec.squashfs_digest.hex());
     if crate::sys::safe_fs::read_bounded(&entry, 256).is_ok_and(|k| k == key.as_bytes()) {

@@ -432,12 +432,9 @@ fn start(
     };
     let tty = spec.tty && spec.capture.is_none();
     let (console, console_path) = if tty {
-        let socket = crate::run::tty::ConsoleSocket::bind().map_err(io_error("create the console socket"))?;
+        let (socket, listener) =
+            crate::run::tty::ConsoleSocket::bind().map_err(io_error("create the console socket"))?;
         builder = builder.with_console_socket(Some(&socket.path));
-        let listener = socket
-            .listener
-            .try_clone()
-            .map_err(io_error("create the console socket"))?;
         (Some(listener), Some(socket))
     } else {
         (None, None)

@@ -113,16 +113,7 @@ fn verify_once(
     file: &mut std::fs::File,
     md: &std::fs::Metadata,
 ) -> Result<(), SquashMountError> {
-    let key = format!(
-        "{} {} {} {}.{} {}.{}\n",
-        md.dev(),
-        md.ino(),
-        md.len(),
-        md.mtime(),
-        md.mtime_nsec(),
-        md.ctime(),
-        md.ctime_nsec()
-    );
+    let key = file_identity(md);
     let cache = store.cache_dir("squash-verified");
     let entry = cache.join(image.meta.squashfs_digest.hex());
     if crate::sys::safe_fs::read_bounded(&entry, 256).is_ok_and(|k| k == key.as_bytes()) {
@@ -295,4 +286,19 @@ fn fuse_mount(image: &SquashImage, file: OwnedFd, dir: &Path) -> Result<Child, S
         }
         std::thread::sleep(Duration::from_millis(5));
     }
+}
+
+/// What says a file is the one checked before: device, inode, size and both change times, as one line (the key of
+/// a node's cache of verified image files).
+pub(crate) fn file_identity(md: &std::fs::Metadata) -> String {
+    format!(
+        "{} {} {} {}.{} {}.{}\n",
+        md.dev(),
+        md.ino(),
+        md.len(),
+        md.mtime(),
+        md.mtime_nsec(),
+        md.ctime(),
+        md.ctime_nsec()
+    )
 }

@@ -88,12 +88,9 @@ pub fn start(
     // With a terminal, libcontainer sends the pty master over a console socket, which it accepts only for a
     // "detached" container: its init is then re-parented, so drun becomes a child subreaper to stay its parent.
     let console = if plan.tty {
-        let socket = crate::run::tty::ConsoleSocket::bind().map_err(io_error("create the console socket"))?;
+        let (socket, listener) =
+            crate::run::tty::ConsoleSocket::bind().map_err(io_error("create the console socket"))?;
         builder = builder.with_console_socket(Some(&socket.path));
-        let listener = socket
-            .listener
-            .try_clone()
-            .map_err(io_error("create the console socket"))?;
         cleanup.console_socket = Some(socket);
         Some(listener)
     } else {

@@ -120,23 +120,19 @@ pub fn pump(from: &mut dyn Read, to: &mut dyn Write) -> bool {
 /// `--state` exceeds that. In the temporary directory, under a random name made private (mode 0700) at once, so
 /// that another user can neither take the socket's name first nor connect to it.
 pub struct ConsoleSocket {
-    pub listener: std::os::unix::net::UnixListener,
     pub path: std::path::PathBuf,
     _dir: tempfile::TempDir,
 }
 
 impl ConsoleSocket {
-    pub fn bind() -> std::io::Result<ConsoleSocket> {
+    /// The socket, and the listener that the pty master arrives on.
+    pub fn bind() -> std::io::Result<(ConsoleSocket, std::os::unix::net::UnixListener)> {
         let dir = tempfile::Builder::new()
             .prefix("drun-console-")
             .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o700))
             .tempdir()?;
         let path = dir.path().join("console.sock");
         let listener = std::os::unix::net::UnixListener::bind(&path)?;
-        Ok(ConsoleSocket {
-            listener,
-            path,
-            _dir: dir,
-        })
+        Ok((ConsoleSocket { path, _dir: dir }, listener))
     }
 }
