@@ -2,7 +2,6 @@
 //! podman read back, with the image's tree intact.
 
 use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
 use std::time::Duration;
 
 use crate::common::*;
@@ -17,19 +16,6 @@ fn tree(sb: &Sandbox, image: &str) -> String {
     sb.drun(&["run", "-q", "--pull=never", image, "sh", "-c", TREE])
         .ok()
         .stdout
-}
-
-fn xattr(p: &Path, name: &str) -> Option<Vec<u8>> {
-    let out = std::process::Command::new("python3")
-        .args([
-            "-c",
-            "import os,sys; sys.stdout.buffer.write(os.getxattr(sys.argv[1], sys.argv[2]))",
-        ])
-        .arg(p)
-        .arg(name)
-        .output()
-        .ok()?;
-    out.status.success().then_some(out.stdout)
 }
 
 fn skopeo_inspect(src: &str) -> serde_json::Value {

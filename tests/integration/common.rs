@@ -613,3 +613,18 @@ pub fn many_layer_view(layers: usize) -> String {
     let files = (layers - 1) - (layers - 1) / 10;
     format!("{}\n{files}\nnew\noverlay\n", layers - 1)
 }
+
+/// The value of extended attribute `name` of `p`, read by python3 (std has no xattr call); `None` when it has
+/// none.
+pub fn xattr(p: &Path, name: &str) -> Option<Vec<u8>> {
+    let out = std::process::Command::new("python3")
+        .args([
+            "-c",
+            "import os,sys; sys.stdout.buffer.write(os.getxattr(sys.argv[1], sys.argv[2]))",
+        ])
+        .arg(p)
+        .arg(name)
+        .output()
+        .ok()?;
+    out.status.success().then_some(out.stdout)
+}

@@ -98,19 +98,6 @@ fn an_exported_image_file_is_the_overlay_view_and_runs_without_unpacking() {
     assert!(leftovers(&sb).is_empty(), "{:?}", leftovers(&sb));
 }
 
-fn xattr(p: &Path, name: &str) -> Option<Vec<u8>> {
-    let out = std::process::Command::new("python3")
-        .args([
-            "-c",
-            "import os,sys; sys.stdout.buffer.write(os.getxattr(sys.argv[1], sys.argv[2]))",
-        ])
-        .arg(p)
-        .arg(name)
-        .output()
-        .ok()?;
-    out.status.success().then_some(out.stdout)
-}
-
 #[test]
 fn the_kernel_mounts_only_files_drun_published_and_checks_them() {
     let sb = Sandbox::new();
