@@ -10,9 +10,9 @@
 //!   does not pick a component the server lacks. With munge security the munge socket's directory is bound too.
 //!
 //! The server checks that a client has the job's uid, so a rootless drun in a PMIx step runs the container with
-//! the caller's own id by default ([`default_userns`]); rootless, UCX shares memory through named files and
-//! without cross-memory attach (`UCX_POSIX_USE_PROC_LINK=n`, `UCX_TLS=^cma`), since ranks in different user
-//! namespaces cannot reach each other's /proc/PID/fd or memory. The step's variables themselves reach the container through the plan (`plan::host_env`).
+//! the caller's own id by default ([`default_userns`]). Rootless containers of one step on a node share a user
+//! namespace (`sys::userns`'s `step`), so that ranks reach each other's memory; where they could not, UCX shares
+//! memory through named files and without cross-memory attach (`UCX_POSIX_USE_PROC_LINK=n`, `UCX_TLS=^cma`). The step's variables themselves reach the container through the plan (`plan::host_env`).
 //! Reads only drun's environment and slurm.conf's `TmpFS` (bounded); binds only directories whose names are
 //! the step's own.
 
@@ -52,12 +52,14 @@ pub fn detect(plan: &RunPlan) -> Rendezvous {
         env: pmix_mca(&vars),
         ..Rendezvous::default()
     };
-    // Each rootless drun has a user namespace of its own, and the kernel refuses a process access to the memory
-    // and /proc/PID/fd of one in another namespace: UCX (MPICH's transport, and Open MPI's when chosen) would
-    // share its POSIX shared memory through /proc/PID/fd ("Shared memory error" at start) and copy with
-    // process_vm_readv (EPERM, fatal in mid-run). Named files in the host's /dev/shm (--ipc host) and no
-    // cross-memory attach work. (Open MPI's own shared memory sees the namespaces differ and copies twice.)
-    if crate::sys::userns::current().is_some() {
+    // The rootless containers of a step on a node share one user namespace (`sys::userns::shared_with_step`),
+    // where ranks reach each other's memory and /proc/PID/fd. Where that failed, each has its own, and the kernel
+    // refuses a process access to the memory and /proc/PID/fd of one in another namespace: UCX (MPICH's
+    // transport, and Open MPI's when chosen) would share its POSIX shared memory through /proc/PID/fd ("Shared
+    // memory error" at start) and copy with process_vm_readv (EPERM, fatal in mid-run). Named files in the host's
+    // /dev/shm (--ipc host) and no cross-memory attach work then. (Open MPI's own shared memory sees the
+    // namespaces differ and copies twice.)
+    if crate::sys::userns::current().is_some() && !crate::sys::userns::shared_with_step() {
         for (k, v) in [("UCX_POSIX_USE_PROC_LINK", "n"), ("UCX_TLS", "^cma")] {
             if std::env::var_os(k).is_none() {
                 r.env.push((k.into(), v.into()));

@@ -528,3 +528,59 @@ fn scancel_ends_the_containers_of_a_step() {
     }
     assert_eq!(queued().trim(), "", "the job is gone");
 }
+
+/// The rootless containers of a step on a node share one user namespace (MPI's shared memory needs it), where
+/// each drun leaves a holder process (`drun-userns`). A container given CAP_SYS_PTRACE, and seeing the host's
+/// pids as every container of a step does, must not reach the host's files through its drun or a holder
+/// (`/proc/PID/root`, `/proc/PID/cwd`): both are not dumpable, and the holder's root is an empty tmpfs. (Before,
+/// a dumpable drun in the container's namespace let it read the user's 0600 files.)
+#[test]
+fn rootless_containers_of_a_step_cannot_reach_the_host_through_drun() {
+    assert!(common::is_root(), "the Slurm daemons run as root");
+    let cluster = Cluster::up();
+    let sub = Submitter::new(Some("drun-sub"));
+    let secret = sub.home.join("secret");
+    std::fs::write(&secret, "host secret\n").unwrap();
+    std::os::unix::fs::chown(&secret, Some(sub.uid), Some(sub.gid)).unwrap();
+    std::fs::set_permissions(&secret, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let out = sub.run(&cluster, "srun", &["-N1", drun(), "pull", "-q", &common::busybox()]);
+    assert!(out.status.success(), "pull: {}", out.stderr);
+    // Every drun process and holder of the node, each rank counting the holders it sees (its own at least).
+    let script = format!(
+        "n=0; for p in /proc/[0-9]*; do c=$(cat $p/comm 2>/dev/null); \
+         case $c in drun-userns) n=$((n+1));; esac; \
+         case $c in drun|drun-userns) for f in root cwd; do \
+           cat $p/$f{} 2>/dev/null && echo LEAK $c $p/$f; done;; esac; done; echo holders $n",
+        secret.display()
+    );
+    let out = sub.run(
+        &cluster,
+        "srun",
+        &[
+            "-N1",
+            "-n2",
+            drun(),
+            "run",
+            "-q",
+            "--cap-add",
+            "SYS_PTRACE",
+            &common::busybox(),
+            "sh",
+            "-c",
+            &script,
+        ],
+    );
+    assert!(out.status.success(), "{}\n{}", out.stdout, out.stderr);
+    assert!(!out.stdout.contains("host secret"), "{}", out.stdout);
+    let holders: Vec<u32> = out
+        .stdout
+        .lines()
+        .filter_map(|l| l.strip_prefix("holders ")?.trim().parse().ok())
+        .collect();
+    assert_eq!(holders.len(), 2, "{}", out.stdout);
+    assert!(
+        holders.iter().all(|&n| n >= 1),
+        "every rank sees a holder: {}",
+        out.stdout
+    );
+}

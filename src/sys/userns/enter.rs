@@ -132,6 +132,23 @@ pub fn enter(mode: UsernsMode) -> Result<&'static Rootless, UsernsError> {
     };
     let user_name = user.name.clone();
     let ns = rootless(uid, gid, user, uids, gids, kind, mode);
+    // A task of a Slurm step shares the namespace of the step's other containers on this node (see `step`).
+    let mut step = super::step::StepRecord::open(uid, mode);
+    if let Some((pid, found)) = step.as_mut().and_then(|r| r.find(&ns.uids, &ns.gids)) {
+        match super::step::join(&found) {
+            Ok(()) => {
+                private_mounts()?;
+                tracing::debug!(pid, mapping = %ns.describe(), "joined the user namespace of the step's containers");
+                if let Some(r) = step {
+                    r.add_self(true);
+                }
+                not_dumpable()?;
+                std::env::set_var(ENTERED_ENV, ns.uid.to_string());
+                return Ok(CURRENT.get_or_init(|| ns));
+            }
+            Err(errno) => tracing::debug!(pid, %errno, "cannot join the user namespace of the step's containers"),
+        }
+    }
     match subordinate {
         None => write_single_id_maps(&ns)?,
         Some((newuidmap, newgidmap)) => {
@@ -156,6 +173,10 @@ pub fn enter(mode: UsernsMode) -> Result<&'static Rootless, UsernsError> {
         }
     }
     private_mounts()?;
+    if let Some(r) = step {
+        r.add_self(false);
+    }
+    not_dumpable()?;
     tracing::debug!(mapping = %ns.describe(), "entered a user namespace");
     // For the drun processes this one starts inside the namespace (a health probe, a workflow's service): they
     // are rootless too, in this namespace ([`adopt`]). Single-threaded here (checked above): nothing reads the
@@ -204,7 +225,7 @@ pub fn adopt() -> Option<&'static Rootless> {
 }
 
 /// The lines of a /proc/PID/{uid,gid}_map file.
-fn parse_id_map(text: &str) -> Vec<IdMap> {
+pub(super) fn parse_id_map(text: &str) -> Vec<IdMap> {
     text.lines()
         .filter_map(|l| {
             let mut n = l.split_whitespace().map(|w| w.parse::<u32>().ok());
@@ -262,6 +283,19 @@ pub fn private_mounts() -> Result<(), UsernsError> {
         None::<&str>,
     )
     .map_err(UsernsError::PrivateMounts)
+}
+
+/// Makes drun not dumpable, once it is in its user namespace with every capability there and still sees the
+/// host's files. Its containers are in that namespace too (and, inside a Slurm step, see its pid): a container
+/// given `CAP_SYS_PTRACE` could otherwise trace drun, or open its `/proc/PID/root`, and reach the host through
+/// it. A process that is not dumpable is reached only with `CAP_SYS_PTRACE` over the user namespace its program
+/// was started in, the host's, where containers have none. (Children inherit it until they execute a program.)
+fn not_dumpable() -> Result<(), UsernsError> {
+    // SAFETY: prctl with integer arguments only.
+    match unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) } {
+        0 => Ok(()),
+        _ => Err(UsernsError::NotDumpable(std::io::Error::last_os_error())),
+    }
 }
 
 /// Unshares the user namespace and maps the caller's own ids, which needs no privilege.
@@ -369,6 +403,7 @@ pub fn join(pid: i32) -> Result<&'static Rootless, UsernsError> {
     let user = host_user(uid);
     nix::sched::setns(ns.as_fd(), CloneFlags::CLONE_NEWUSER).map_err(|e| failed(e.into()))?;
     private_mounts()?;
+    not_dumpable()?;
     let mode = match super::idmap::inside_id(&uids, uid) {
         Some(inside) if inside != 0 => UsernsMode::KeepId,
         _ => UsernsMode::Auto,

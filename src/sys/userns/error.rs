@@ -38,6 +38,8 @@ pub enum UsernsError {
     MountNamespace(#[source] Errno),
     #[error("cannot make the mount namespace private")]
     PrivateMounts(#[source] Errno),
+    #[error("cannot make drun not dumpable in its user namespace")]
+    NotDumpable(#[source] std::io::Error),
     #[error("cannot join the user namespace of process {pid}")]
     Join {
         pid: i32,

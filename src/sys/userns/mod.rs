@@ -18,6 +18,7 @@
 mod enter;
 mod error;
 pub mod idmap;
+mod step;
 pub mod subid;
 
 use std::fmt::Write as _;
@@ -27,6 +28,7 @@ use std::sync::OnceLock;
 pub use enter::{adopt, enter, join, private_mounts};
 pub use error::{unshare_advice, InvalidUsernsMode, UsernsError};
 pub use idmap::IdMap;
+pub use step::shared_with_step;
 
 use idmap::{inside_id, is_mapped, squash_id};
 
