@@ -18,9 +18,9 @@ fn limits_devices_shm_and_cleanup_on_a_pure_cgroup_v2_kernel() {
     // Without the trailing newline, as the guest's `$(…)` reads it.
     std::fs::write(check.join("view"), many_layer_view(128).trim_end()).unwrap();
     let mut c = Command::new("bash");
-    // rdma_rxe (soft-RoCE) for tests/vm/rdma.sh's real verbs device, on the dummy module's netdev; it computes
-    // its packets' checksums with the crypto API's crc32.
-    c.env("DRUN_VM_MODULES", "overlay rdma_rxe crc32_generic dummy")
+    // rdma_rxe (soft-RoCE) for tests/vm/rdma.sh's real verbs device, on the dummy module's netdev; rxe computes
+    // its packets' checksums with the crypto API's crc32, and rdma_ucm makes /dev/infiniband/rdma_cm.
+    c.env("DRUN_VM_MODULES", "overlay rdma_rxe crc32_generic dummy rdma_ucm")
         .arg(format!("{repo}/hack/vm-test.sh"))
         .args([
             "--timeout",
@@ -46,6 +46,12 @@ fn limits_devices_shm_and_cleanup_on_a_pure_cgroup_v2_kernel() {
         ])
         .arg(format!("{repo}/tests/vm/cgroup-v2.sh"));
     let out = run(c, Duration::from_secs(480));
+    // The boot and script times, and the RDMA part's, for --nocapture.
+    for line in format!("{}\n{}", out.stdout, out.stderr).lines() {
+        if line.starts_with("rdma.sh: ") || line.starts_with("vm-test.sh: script exit status") {
+            eprintln!("{line}");
+        }
+    }
     assert!(
         out.status.success() && out.stdout.contains(" 0 failed"),
         "VM run failed ({}):\n{}\n{}",

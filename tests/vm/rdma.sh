@@ -4,6 +4,7 @@
 # (added at /opt/iproute2/rdma). The image (tests/fixtures/images.sh's rdma layout) has Debian's rdma-core user
 # space: libibverbs1, ibverbs-providers (rxe's provider) and ibverbs-utils.
 RIMG=oci:/images/rdma:bookworm
+rdma_t0=$(cut -d' ' -f1 /proc/uptime)
 ip link set dummy0 up && ip addr add 10.99.0.1/24 dev dummy0 &&
     /opt/iproute2/rdma link add rxe0 type rxe netdev dummy0
 check "an rxe link on dummy0 gives a verbs device" [ -c /dev/infiniband/uverbs0 ]
@@ -21,7 +22,7 @@ check "--rdma: ibv_devices lists rxe0" sh -c 'echo "$1" | grep -Eq "^[[:space:]]
 check "--rdma: the verbs and rdma_cm nodes" \
     sh -c 'echo "$1" | grep -qx uverbs0 && echo "$1" | grep -qx rdma_cm' _ "$out"
 check "--rdma as root: RLIMIT_MEMLOCK is unlimited" sh -c 'echo "$1" | grep -qx memlock=unlimited' _ "$out"
-echo "$out" | grep -q rxe0 || echo "$out" | sed 's/^/  | /'
+echo "$out" | grep -q rdma_cm || echo "$out" | sed 's/^/  | /'
 
 # The same image without --rdma: sysfs still shows rxe0 (RDMA devices are not per network namespace), but without
 # its device node libibverbs drops it, and a verbs program finds no device.
@@ -69,3 +70,4 @@ grep -q rxe0 /tmp/rl-rdma || sed 's/^/  | /' /tmp/rl-rdma
 check "after the RDMA runs: no container cgroups left" [ -z "$(find /sys/fs/cgroup -name 'drun-*' -type d)" ]
 check "after the RDMA runs: no run directories or mounts left" sh -c \
     '[ -z "$(ls /run/drun/containers)" ] && [ -z "$(ls /tmp/drun-1000/containers)" ] && ! grep -q /run/drun /proc/mounts'
+echo "rdma.sh: $(awk -v t0="$rdma_t0" '{ printf "%.1f", $1 - t0 }' /proc/uptime) s"
