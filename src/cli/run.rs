@@ -234,7 +234,7 @@ pub struct ContainerArgs {
     /// e.g. nvidia.com/gpu=0
     #[arg(long, value_name = "DEVICE")]
     pub device: Vec<String>,
-    /// RDMA/InfiniBand: the host's /dev/infiniband verbs, rdma_cm and umad devices, and RLIMIT_MEMLOCK unlimited
+    /// RDMA/InfiniBand: the host's /dev/infiniband verbs and rdma_cm devices, and RLIMIT_MEMLOCK unlimited
     #[arg(long)]
     pub rdma: bool,
 }

@@ -1,4 +1,5 @@
-//! cgroup v2 for real: a pure-v2 Debian kernel under qemu (TCG) runs `tests/vm/cgroup-v2.sh` with this drun.
+//! cgroup v2 for real: a pure-v2 Debian kernel under qemu (TCG) runs `tests/vm/cgroup-v2.sh` with this drun,
+//! and, in the same boot, `tests/vm/rdma.sh`: `--rdma` on the kernel's soft-RoCE (rdma_rxe) verbs device.
 
 use std::process::Command;
 use std::time::Duration;
@@ -17,7 +18,10 @@ fn limits_devices_shm_and_cleanup_on_a_pure_cgroup_v2_kernel() {
     // Without the trailing newline, as the guest's `$(…)` reads it.
     std::fs::write(check.join("view"), many_layer_view(128).trim_end()).unwrap();
     let mut c = Command::new("bash");
-    c.arg(format!("{repo}/hack/vm-test.sh"))
+    // rdma_rxe (soft-RoCE) for tests/vm/rdma.sh's real verbs device, on the dummy module's netdev; rxe computes
+    // its packets' checksums with the crypto API's crc32, and rdma_ucm makes /dev/infiniband/rdma_cm.
+    c.env("DRUN_VM_MODULES", "overlay rdma_rxe crc32_generic dummy rdma_ucm")
+        .arg(format!("{repo}/hack/vm-test.sh"))
         .args([
             "--timeout",
             "420",
@@ -25,6 +29,8 @@ fn limits_devices_shm_and_cleanup_on_a_pure_cgroup_v2_kernel() {
             &format!("{}:/usr/bin/drun", env!("CARGO_BIN_EXE_drun")),
             "--bin",
             "/usr/bin/setpriv:/opt/util-linux/setpriv",
+            "--bin",
+            "/usr/bin/rdma:/opt/iproute2/rdma",
         ])
         .args([
             "--add",
@@ -33,9 +39,19 @@ fn limits_devices_shm_and_cleanup_on_a_pure_cgroup_v2_kernel() {
             &format!("{}:/images/many", layout.display()),
             "--add",
             &format!("{}:/images/many-check", check.display()),
+            "--add",
+            &format!("{}:/images/rdma", cache().join("layouts/rdma").display()),
+            "--add",
+            &format!("{repo}/tests/vm/rdma.sh:/test/rdma.sh"),
         ])
         .arg(format!("{repo}/tests/vm/cgroup-v2.sh"));
     let out = run(c, Duration::from_secs(480));
+    // The boot and script times, and the RDMA part's, for --nocapture.
+    for line in format!("{}\n{}", out.stdout, out.stderr).lines() {
+        if line.starts_with("rdma.sh: ") || line.starts_with("vm-test.sh: script exit status") {
+            eprintln!("{line}");
+        }
+    }
     assert!(
         out.status.success() && out.stdout.contains(" 0 failed"),
         "VM run failed ({}):\n{}\n{}",
@@ -47,6 +63,10 @@ fn limits_devices_shm_and_cleanup_on_a_pure_cgroup_v2_kernel() {
         "ok: 128 layers named by descriptor paths",
         "ok: memory.low is --memory-reservation",
         "ok: --oom-kill-disable is ignored with a warning",
+        "ok: --rdma: ibv_devices lists rxe0",
+        "ok: without --rdma: no device",
+        "ok: ibv_rc_pingpong server: 200 messages over rxe0",
+        "ok: ibv_rc_pingpong client: 200 messages over rxe0",
     ] {
         assert!(out.stdout.contains(check), "{check:?} missing:\n{}", out.stdout);
     }

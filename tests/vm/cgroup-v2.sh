@@ -187,5 +187,8 @@ check "rootless, state on overlayfs: runs, and says why ($want)" \
 [ -z "$(ls /tmp/ovl/state/containers)" ] || echo "$out"
 check "rootless, state on overlayfs: no run directories left" [ -z "$(ls /tmp/ovl/state/containers)" ]
 
+# --rdma on a real (soft-RoCE) verbs device, in this same boot: tests/vm/rdma.sh (vm.rs adds it).
+. /test/rdma.sh
+
 echo "$pass passed, $fail failed"
 [ "$fail" = 0 ]
