@@ -85,6 +85,26 @@ pub struct HealthPlan {
     pub retries: Option<u32>,
 }
 
+/// Whether the container could reach its health probes, which are not run then (with a warning, once): rootless,
+/// a probe is a `drun exec` started inside the container's user namespace, with every capability there and the
+/// host's files in view, and a container that sees the host's pids and may trace processes of its namespace
+/// (`CAP_SYS_PTRACE`, `--privileged`) could reach the host's files through it.
+pub fn probe_reachable_from(plan: &crate::plan::RunPlan, quiet: bool) -> bool {
+    let traces = plan.privileged
+        || plan.cap_add.iter().any(|c| {
+            let c = c.to_ascii_uppercase();
+            let c = c.trim_start_matches("CAP_");
+            c == "SYS_PTRACE" || c == "ALL"
+        });
+    let reachable = traces && plan.pid_mode() == crate::plan::Sharing::Host && crate::sys::userns::is_rootless();
+    if reachable && !quiet {
+        tracing::warn!(
+            "the health check is not run: this rootless container shares the host's pid namespace and may trace              processes (CAP_SYS_PTRACE), so it could reach drun's probe and through it your files"
+        );
+    }
+    reachable
+}
+
 /// The image config's `Healthcheck` (durations in nanoseconds there; 0 means "the default").
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ImageHealthcheck {

@@ -291,6 +291,7 @@ pub fn run(
         restarts.started();
         // Its health check, probed from a thread of this process until the container ends (`health`).
         let prober = health::effective(&plan.health, image.healthcheck.as_ref())
+            .filter(|_| !health::probe_reachable_from(plan, restarting))
             .map(|config| health::Prober::start(state_dir, &ctx.dir, &ctx.id, config));
         if let (Some(d), false) = (hooks.detach.as_mut(), restarting) {
             (d.started)(&ctx.id, &ctx.dir);

@@ -996,3 +996,35 @@ fn rootless_workflow_setups_are_kept_as_layers_of_the_users_store() {
         assert!(ub.leftovers().is_empty(), "{user}: {:?}", ub.leftovers());
     }
 }
+
+/// A rootless health probe is a `drun exec` started inside the container's user namespace, with the host's files
+/// in view: a container that shares the host's pids and may trace (`CAP_SYS_PTRACE`) could reach the host
+/// through it, so drun does not probe such a container, and says so. Without that capability it probes.
+#[test]
+fn no_health_probes_where_a_rootless_container_could_trace_them() {
+    let ub = UserBox::new(SUB);
+    let img = common::busybox();
+    ub.drun(&["pull", "-q", &img]).ok();
+    let run = |extra: &[&str]| {
+        let mut a = vec![
+            "run",
+            "-q",
+            "--pid",
+            "host",
+            "--health-cmd",
+            "true",
+            "--health-interval",
+            "100ms",
+        ];
+        a.extend_from_slice(extra);
+        a.extend_from_slice(&[&img, "sleep", "1"]);
+        ub.drun(&a).ok()
+    };
+    let warning = "the health check is not run";
+    let out = run(&["--cap-add", "SYS_PTRACE"]);
+    assert!(out.stderr.contains(warning), "{}", out.stderr);
+    let out = run(&["--privileged"]);
+    assert!(out.stderr.contains(warning), "{}", out.stderr);
+    let out = run(&[]);
+    assert!(!out.stderr.contains(warning), "{}", out.stderr);
+}

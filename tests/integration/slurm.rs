@@ -583,4 +583,29 @@ fn rootless_containers_of_a_step_cannot_reach_the_host_through_drun() {
         "every rank sees a holder: {}",
         out.stdout
     );
+
+    // A rank joining the namespace is not reachable either, at no moment: the second rank's drun stops right
+    // after it joined (pause point `userns-joined`), while the first rank's container looks for it. (Made not
+    // dumpable only after joining, it was reachable then, and an O_PATH descriptor of its root stays usable.)
+    let w = &sub.work;
+    std::fs::write(w.join("pause"), "").unwrap();
+    let probe = format!(
+        "touch /w/started; i=0; while [ ! -e /w/pause.reached ] && [ $i -lt 600 ]; do sleep 0.1; i=$((i+1)); done; \
+         [ -e /w/pause.reached ] && echo joiner paused; \
+         for p in /proc/[0-9]*; do c=$(cat $p/comm 2>/dev/null); case $c in drun|drun-userns) \
+           cat $p/root{} 2>/dev/null && echo LEAK $c $p;; esac; done; rm -f /w/pause",
+        secret.display()
+    );
+    let rank = format!(
+        "if [ \"$SLURM_PROCID\" = 0 ]; then exec {drun} run -q --cap-add SYS_PTRACE -v {w}:/w {img} sh -c '{probe}'; \
+         else while [ ! -e {w}/started ]; do sleep 0.05; done; \
+         DRUN_PAUSEPOINT=userns-joined:{w}/pause exec {drun} run -q {img} true; fi",
+        drun = drun(),
+        w = w.display(),
+        img = common::busybox(),
+    );
+    let out = sub.run(&cluster, "srun", &["-N1", "-n2", "sh", "-c", &rank]);
+    assert!(out.status.success(), "{}\n{}", out.stdout, out.stderr);
+    assert!(out.stdout.contains("joiner paused"), "{}\n{}", out.stdout, out.stderr);
+    assert!(!out.stdout.contains("host secret"), "{}", out.stdout);
 }

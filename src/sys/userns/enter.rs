@@ -135,18 +135,25 @@ pub fn enter(mode: UsernsMode) -> Result<&'static Rootless, UsernsError> {
     // A task of a Slurm step shares the namespace of the step's other containers on this node (see `step`).
     let mut step = super::step::StepRecord::open(uid, mode);
     if let Some((pid, found)) = step.as_mut().and_then(|r| r.find(&ns.uids, &ns.gids)) {
+        // Before joining: the step's containers are in that namespace already, and from there a dumpable drun,
+        // or the holder forked from it, could be traced or have its /proc/PID/root opened for good.
+        set_dumpable(false)?;
         match super::step::join(&found) {
             Ok(()) => {
                 private_mounts()?;
                 tracing::debug!(pid, mapping = %ns.describe(), "joined the user namespace of the step's containers");
+                crate::failpoint::pause("userns-joined");
                 if let Some(r) = step {
                     r.add_self(true);
                 }
-                not_dumpable()?;
                 std::env::set_var(ENTERED_ENV, ns.uid.to_string());
                 return Ok(CURRENT.get_or_init(|| ns));
             }
-            Err(errno) => tracing::debug!(pid, %errno, "cannot join the user namespace of the step's containers"),
+            Err(errno) => {
+                tracing::debug!(pid, %errno, "cannot join the user namespace of the step's containers");
+                // newuidmap maps only a process whose /proc/PID is the caller's: a dumpable one.
+                set_dumpable(true)?;
+            }
         }
     }
     match subordinate {
@@ -172,11 +179,13 @@ pub fn enter(mode: UsernsMode) -> Result<&'static Rootless, UsernsError> {
             unshare_with_helpers(&helpers, &shown_user)?;
         }
     }
+    // Not dumpable from now on (until now, alone in a namespace of its own): before the holder is forked, so
+    // that it never is either.
+    set_dumpable(false)?;
     private_mounts()?;
     if let Some(r) = step {
         r.add_self(false);
     }
-    not_dumpable()?;
     tracing::debug!(mapping = %ns.describe(), "entered a user namespace");
     // For the drun processes this one starts inside the namespace (a health probe, a workflow's service): they
     // are rootless too, in this namespace ([`adopt`]). Single-threaded here (checked above): nothing reads the
@@ -285,14 +294,16 @@ pub fn private_mounts() -> Result<(), UsernsError> {
     .map_err(UsernsError::PrivateMounts)
 }
 
-/// Makes drun not dumpable, once it is in its user namespace with every capability there and still sees the
-/// host's files. Its containers are in that namespace too (and, inside a Slurm step, see its pid): a container
-/// given `CAP_SYS_PTRACE` could otherwise trace drun, or open its `/proc/PID/root`, and reach the host through
-/// it. A process that is not dumpable is reached only with `CAP_SYS_PTRACE` over the user namespace its program
-/// was started in, the host's, where containers have none. (Children inherit it until they execute a program.)
-fn not_dumpable() -> Result<(), UsernsError> {
+/// Makes drun not dumpable (`false`) before it shares a user namespace with anything else, there with every
+/// capability and still seeing the host's files. Its containers are in that namespace too (and, inside a Slurm
+/// step, see its pid): a container given `CAP_SYS_PTRACE` could otherwise trace drun, or open its
+/// `/proc/PID/root` (a descriptor that stays usable once opened), and reach the host through it. A process that is
+/// not dumpable is reached only with `CAP_SYS_PTRACE` over the user namespace its program was started in, the
+/// host's, where containers have none. Children inherit it until they execute a program. (`true` again only for
+/// newuidmap, which maps only a process whose /proc/PID is the caller's, before anything else is in the namespace.)
+fn set_dumpable(dumpable: bool) -> Result<(), UsernsError> {
     // SAFETY: prctl with integer arguments only.
-    match unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) } {
+    match unsafe { libc::prctl(libc::PR_SET_DUMPABLE, libc::c_ulong::from(dumpable), 0, 0, 0) } {
         0 => Ok(()),
         _ => Err(UsernsError::NotDumpable(std::io::Error::last_os_error())),
     }
@@ -401,9 +412,9 @@ pub fn join(pid: i32) -> Result<&'static Rootless, UsernsError> {
     let uid = nix::unistd::getuid().as_raw();
     let gid = nix::unistd::getgid().as_raw();
     let user = host_user(uid);
+    set_dumpable(false)?;
     nix::sched::setns(ns.as_fd(), CloneFlags::CLONE_NEWUSER).map_err(|e| failed(e.into()))?;
     private_mounts()?;
-    not_dumpable()?;
     let mode = match super::idmap::inside_id(&uids, uid) {
         Some(inside) if inside != 0 => UsernsMode::KeepId,
         _ => UsernsMode::Auto,

@@ -38,7 +38,7 @@ pub enum UsernsError {
     MountNamespace(#[source] Errno),
     #[error("cannot make the mount namespace private")]
     PrivateMounts(#[source] Errno),
-    #[error("cannot make drun not dumpable in its user namespace")]
+    #[error("cannot change whether drun is dumpable (prctl PR_SET_DUMPABLE)")]
     NotDumpable(#[source] std::io::Error),
     #[error("cannot join the user namespace of process {pid}")]
     Join {

@@ -41,6 +41,8 @@ use super::UsernsMode;
 
 /// Records bigger than this are not read (a step has at most a few hundred ranks on a node, 20 bytes each).
 const RECORD_LIMIT: u64 = 64 * 1024;
+/// How long a drun waits for the step's record before it makes a namespace of its own.
+const LOCK_WAIT: Duration = Duration::from_secs(10);
 /// How long a joiner waits for a holder's answer.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -126,12 +128,22 @@ impl StepRecord {
                 return None;
             }
         };
-        // Held for the few milliseconds a drun takes to join or to create and record a namespace.
-        match Flock::lock(file, FlockArg::LockExclusive) {
-            Ok(file) => Some(StepRecord { file, dir, stem }),
-            Err((_, e)) => {
-                tracing::debug!(path = %path.display(), error = %e, "cannot lock the step's user namespace record");
-                None
+        // Held for the few milliseconds a drun takes to join or to create and record a namespace. A holder of
+        // the lock that does not let go (stopped by a signal of the user's) costs the others LOCK_WAIT, after which
+        // they make namespaces of their own.
+        let start = std::time::Instant::now();
+        let mut file = file;
+        loop {
+            match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+                Ok(file) => return Some(StepRecord { file, dir, stem }),
+                Err((f, nix::errno::Errno::EWOULDBLOCK)) if start.elapsed() < LOCK_WAIT => {
+                    file = f;
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Err((_, e)) => {
+                    tracing::debug!(path = %path.display(), error = %e, "cannot lock the step's user namespace record");
+                    return None;
+                }
             }
         }
     }
@@ -170,9 +182,11 @@ impl StepRecord {
                     return None;
                 }
             };
-            // The answer is the recorded namespace, from the recorded holder (not a process that took its pid).
+            // The answer is the recorded namespace, from the recorded holder (not a process that took its pid),
+            // and a child of this drun's own namespace: not one nested below it by a process of the user (a
+            // container that sees the record directory).
             let same_ns = nix::sys::stat::fstat(ns.as_fd()).is_ok_and(|st| st.st_ino == ino);
-            if peer != pid || !same_ns {
+            if peer != pid || !same_ns || !child_of_own(&ns) {
                 return None;
             }
             let proc = PathBuf::from(format!("/proc/{pid}"));
@@ -262,6 +276,20 @@ fn prune(dir: &Path) {
             let _ = std::fs::remove_file(&path);
         }
     }
+}
+
+/// Whether user namespace `ns`'s parent is this process's own namespace.
+fn child_of_own(ns: &OwnedFd) -> bool {
+    // SAFETY: NS_GET_PARENT on a namespace descriptor this function borrows; it returns a new descriptor or -1.
+    let parent = unsafe { libc::ioctl(ns.as_raw_fd(), libc::NS_GET_PARENT) };
+    if parent < 0 {
+        return false;
+    }
+    // SAFETY: a new descriptor from the ioctl, owned by nothing else.
+    let parent = unsafe { OwnedFd::from_raw_fd(parent) };
+    let own = std::fs::metadata("/proc/self/ns/user").map(|m| (m.dev(), m.ino()));
+    let theirs = nix::sys::stat::fstat(parent.as_fd()).map(|st| (st.st_dev, st.st_ino));
+    matches!((own, theirs), (Ok(a), Ok(b)) if a == b)
 }
 
 /// Joins the namespace `ns` found by [`StepRecord::find`].
