@@ -200,6 +200,15 @@ fn squashfs_mounts(sb: &Sandbox) -> Vec<String> {
         .collect()
 }
 
+/// Lets the waiting runs go when dropped: a failed assertion does not leave them waiting for ever.
+struct Go(std::path::PathBuf);
+
+impl Drop for Go {
+    fn drop(&mut self) {
+        let _ = std::fs::write(self.0.join("go"), b"");
+    }
+}
+
 /// `drun run FILE` whose container says it is up (`CTL/up-TAG`) and waits for `CTL/go`.
 fn waiting_run(sb: &Sandbox, file: &Path, ctl: &Path, tag: &str) -> std::process::Child {
     let mut c = sb.cmd(&["--log-level", "drun=debug", "run", "-q", "-v"]);
@@ -221,6 +230,7 @@ fn concurrent_runs_of_one_image_file_share_one_mount_until_the_last_ends() {
     export(&sb, &busybox(), &file);
     let ctl = sb.path().join("ctl");
     std::fs::create_dir(&ctl).unwrap();
+    let go = Go(ctl.clone());
     let tags = ["a", "b", "c", "d"];
     let runs: Vec<_> = tags.iter().map(|t| waiting_run(&sb, &file, &ctl, t)).collect();
     wait_until("all four containers run", || {
@@ -228,7 +238,7 @@ fn concurrent_runs_of_one_image_file_share_one_mount_until_the_last_ends() {
     });
     // One kernel mount (and loop device) for the four runs, not one each.
     assert_eq!(squashfs_mounts(&sb).len(), 1, "{:#?}", squashfs_mounts(&sb));
-    std::fs::write(ctl.join("go"), b"").unwrap();
+    drop(go);
     let outs: Vec<Output> = runs
         .into_iter()
         .map(|c| wait(c, std::time::Duration::from_secs(120)).ok())
@@ -264,6 +274,7 @@ fn a_run_killed_by_sigkill_does_not_leave_the_shared_mount_behind() {
     export(&sb, &busybox(), &file);
     let ctl = sb.path().join("ctl");
     std::fs::create_dir(&ctl).unwrap();
+    let go = Go(ctl.clone());
     let mut killed = waiting_run(&sb, &file, &ctl, "killed");
     let other = waiting_run(&sb, &file, &ctl, "other");
     wait_until("both containers run", || {
@@ -274,7 +285,7 @@ fn a_run_killed_by_sigkill_does_not_leave_the_shared_mount_behind() {
     // reference: the mount goes although the killed run's reference was never released by its drun.
     killed.kill().unwrap();
     killed.wait().unwrap();
-    std::fs::write(ctl.join("go"), b"").unwrap();
+    drop(go);
     assert_eq!(wait(other, std::time::Duration::from_secs(120)).ok().stdout, "amd64");
     assert!(squashfs_mounts(&sb).is_empty(), "{:#?}", squashfs_mounts(&sb));
     // The killed run's own leftovers go with the next clean-up.
