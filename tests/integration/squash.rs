@@ -352,3 +352,22 @@ fn a_workflow_runs_an_image_file_named_relative_to_the_workflow_file() {
     );
     assert!(leftovers(&sb).is_empty(), "{:?}", leftovers(&sb));
 }
+
+#[test]
+fn squash_mem_bounds_mksquashfs_in_conversions() {
+    // Passed to mksquashfs as its `-mem` (a size it refuses shows that it got there), from the environment or the
+    // configuration file.
+    let sb = Sandbox::new();
+    let pull = |env: &[(&str, &str)]| {
+        let mut c = sb.cmd(&["pull", "--squash", &busybox()]);
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        run(c, std::time::Duration::from_secs(120))
+    };
+    pull(&[("DRUN_SQUASH_MEM", "lots")]).fails_with(125, &["mksquashfs failed", "-mem missing or invalid mem size"]);
+    sb.write_config("squash_mem = \"lots\"\n");
+    pull(&[]).fails_with(125, &["-mem missing or invalid mem size"]);
+    let out = pull(&[("DRUN_SQUASH_MEM", "64M")]).ok();
+    assert!(out.stderr.contains("pulled as a squashfs image file"), "{}", out.stderr);
+}
