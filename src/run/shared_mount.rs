@@ -16,6 +16,10 @@
 //! unmounting the file once no live reference is left. A drun killed between mounting and writing its reference
 //! leaves a mount with no reference at all, found the same way.
 //!
+//! The drun processes of one state directory are taken to share a mount namespace (root's drun runs in the
+//! host's): whether the image is mounted is looked up in the caller's own namespace each time, never believed
+//! from a record.
+//!
 //! Unmounting is lazy (`MNT_DETACH`): should a run still use the mount when it goes (it cannot while its reference
 //! lives), its overlay keeps its own reference to the squashfs and goes on reading it.
 
@@ -89,16 +93,15 @@ fn mounted(mnt: &Path) -> bool {
     m.dev() != parent.dev() && crate::sys::fs_type::of(mnt).is_ok_and(|(name, _)| name == "squashfs")
 }
 
-/// Removes the references in `refs` whose run is not alive (but `keep`'s); how many live ones are left.
-fn drop_dead(state: &Path, refs: &Path, keep: Option<&str>) -> usize {
+/// Removes the references in `refs` whose run is not alive; how many live ones are left.
+fn drop_dead(state: &Path, refs: &Path) -> usize {
     let Ok(rd) = std::fs::read_dir(refs) else {
         return 0;
     };
     let mut live = 0;
     for e in rd.flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
-        let alive = is_run_id(&name)
-            && (keep == Some(name.as_str()) || state::is_live(&state::containers_dir(state).join(&name)));
+        let alive = is_run_id(&name) && state::is_live(&state::containers_dir(state).join(&name));
         if alive {
             live += 1;
         } else {
@@ -156,7 +159,7 @@ pub fn acquire<E: From<io::Error>>(
     let mnt = key_dir.join("mnt");
     crate::sys::safe_fs::create_dir_mode(&refs, 0o700)?;
     crate::sys::safe_fs::create_dir_mode(&mnt, 0o700)?;
-    drop_dead(state, &refs, None);
+    drop_dead(state, &refs);
     let already = mounted(&mnt);
     mount(&mnt, already)?;
     crate::failpoint::hit("shared-mount-unreferenced");
@@ -180,7 +183,7 @@ pub fn release(state: &Path, run_id: &str) {
             continue;
         };
         let _ = std::fs::remove_file(key_dir.join("refs").join(run_id));
-        if drop_dead(state, &key_dir.join("refs"), None) == 0 {
+        if drop_dead(state, &key_dir.join("refs")) == 0 {
             unmount_and_remove(&key_dir);
         }
     }
@@ -200,7 +203,7 @@ pub fn sweep(state: &Path) {
         let Ok(Some(_lock)) = lock(&key_dir, true) else {
             continue;
         };
-        if drop_dead(state, &key_dir.join("refs"), None) == 0 {
+        if drop_dead(state, &key_dir.join("refs")) == 0 {
             unmount_and_remove(&key_dir);
         }
     }
