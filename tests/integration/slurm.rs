@@ -583,6 +583,7 @@ fn rootless_containers_of_a_step_cannot_reach_the_host_through_drun() {
         "every rank sees a holder: {}",
         out.stdout
     );
+}
 
 /// Blob GETs the proxy answered, by path: how many times each blob was downloaded.
 fn blob_downloads(proxy: &common::Proxy) -> std::collections::BTreeMap<String, usize> {
