@@ -1,5 +1,6 @@
 //! `drun check [--repair] [--deep]`: the store's damage and leftovers (`image::store::check`) and the runs whose
-//! drun died (`run::state::stale_runs`). Exit status 1 when something was found and not repaired.
+//! drun died (`run::state::stale_runs`), with the shared squashfs mounts no live run uses
+//! (`run::shared_mount::unreferenced`). Exit status 1 when something was found and not repaired.
 
 use std::time::Instant;
 
@@ -28,7 +29,12 @@ pub fn execute(global: &GlobalArgs, args: CheckArgs) -> Result<i32> {
             dir.display()
         );
     }
-    let found = report.problems.len() + stale.len();
+    // Shared squashfs mounts that no live run uses (a drun killed between mounting and referencing one).
+    let unused = crate::run::shared_mount::unreferenced(&state);
+    for mnt in &unused {
+        println!("unused mount: {} (a squashfs image no live run uses)", mnt.display());
+    }
+    let found = report.problems.len() + stale.len() + unused.len();
     if let (true, Some(lock)) = (args.repair, &lock) {
         for line in store.repair(lock, &report.problems)? {
             println!("{line}");

@@ -171,7 +171,12 @@ fn convert(
         .iter()
         .map(|l| staging.layer_root(staging.idmap(), &l.key()))
         .collect();
-    let meta = super::export::write_squash(store, &staging, first, &layers, &file, None)
+    // A Slurm node's memory is the job's: mksquashfs's default cache (a quarter of RAM) may be more than it has.
+    let mem = std::env::var("DRUN_SQUASH_MEM")
+        .ok()
+        .filter(|m| !m.is_empty())
+        .or_else(|| cfg.squash_mem.clone());
+    let meta = super::export::write_squash(store, &staging, first, &layers, &file, mem.as_deref())
         .with_context(|| format!("cannot pull {:?} as a squashfs image file", first.name))?;
     for digest in [
         Some(&first.manifest_digest),

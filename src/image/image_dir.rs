@@ -295,7 +295,8 @@ enum Verify {
 /// was checked on this node before.
 fn verify_cached(store: &Store, f: &mut File, md: &std::fs::Metadata, rec: &Published) -> Result<(), Verify> {
     let key = crate::run::squash_mount::file_identity(md);
-    let cache = store.cache_dir("image-dir-verified");
+    // The cache a run's mount consults (`run/squash_mount.rs`): one check per node and file, not one each.
+    let cache = store.cache_dir("squash-verified");
     let entry = cache.join(rec.squashfs_digest.hex());
     if crate::sys::safe_fs::read_bounded(&entry, 256).is_ok_and(|k| k == key.as_bytes()) {
         return Ok(());

@@ -150,6 +150,10 @@ fn squash_image(file: &std::path::Path) -> Result<ReadyImage, ReadyError> {
 /// for this process's ID mapping (a rootless `--userns keep-id` run needs its own copies: pulled again, from
 /// `--blob-cache` when it has the blobs).
 pub fn ensure_image(store: &Store, cfg: &Config, req: &ImageRequest) -> Result<ImageRecord, ReadyError> {
+    // A squashfs image file (a workflow's `image: ./app.sqsh`) is all there is: nothing to pull or unpack.
+    if let Some(file) = crate::image::squash::is_squash_path(req.reference) {
+        return squash_image(&file).map(|r| r.record);
+    }
     let record = ensure_record(store, cfg, req)?;
     if record.layers.iter().all(|l| store.has_layer(store.idmap(), &l.key())) {
         return Ok(record);

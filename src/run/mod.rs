@@ -51,6 +51,7 @@ pub mod restart;
 pub mod rootfs;
 pub mod seccomp;
 mod setup_layer;
+pub mod shared_mount;
 mod shm;
 mod signals;
 pub mod spec;
@@ -165,7 +166,7 @@ pub fn run(
         cleanup.start_warmup(&cgroup, limits);
         match &image.squash {
             Some(sq) => {
-                let mounted = squash_mount::mount_image(sq, store, &ctx.dir)?;
+                let mounted = squash_mount::mount_image(sq, store, state_dir, &ctx.dir)?;
                 layers.insert(0, mounted.dir.clone());
                 (rootfs::prepare(&mut scratch, &ctx.dir, &layers)?.0, Some(mounted))
             }

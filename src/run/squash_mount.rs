@@ -5,10 +5,12 @@
 //! by root that no one else can write, whose squashfs data has a digest this store's `drun export`/`pull
 //! --squash` recorded, and whose digest is checked (once per file: the check is cached by device, inode, size and
 //! change times, which only root could alter). It is mounted from a loop device set up from the file descriptor
-//! drun opened without following symlinks, read-only and limited to the squashfs data. Every other file, and every
-//! file of an ordinary user (who cannot mount squashfs in a user namespace), is mounted with `squashfuse`, a
+//! drun opened without following symlinks, read-only and limited to the squashfs data. That mount is shared by
+//! every run of the image on the node and unmounted after the last (`shared_mount.rs`). Every other file, and
+//! every file of an ordinary user (who cannot mount squashfs in a user namespace), is mounted with `squashfuse`, a
 //! process of drun's in its user namespace, reading the same descriptor, with `allow_other` so that the
-//! container's other users can read it.
+//! container's other users can read it: one per run, at `<run dir>/squash`, since the process lives and dies
+//! with the run's drun (and a rootless drun's mounts are in a mount namespace of its own, which goes with it).
 
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -51,6 +53,8 @@ impl Drop for Mounted {
 pub enum SquashMountError {
     #[error("cannot open the image file {path:?}")]
     Open { path: PathBuf, source: io::Error },
+    #[error("cannot share the node's mount of the image file")]
+    Shared(#[from] io::Error),
     #[error("the image file {path:?} is damaged: its squashfs data does not match the digest in its trailer")]
     Digest { path: PathBuf },
     #[error("cannot set up a loop device for {path:?}")]
@@ -63,28 +67,50 @@ pub enum SquashMountError {
     Fuse { path: PathBuf, detail: String },
 }
 
-/// Mounts `image` at `run_dir/squash`.
-pub fn mount_image(image: &SquashImage, store: &Store, run_dir: &Path) -> Result<Mounted, SquashMountError> {
+/// Mounts `image` for the run whose directory is `run_dir` (in the state directory `state`): the kernel's mount
+/// shared by the node's runs of the same image (`shared_mount.rs`), or a squashfuse mount of the run's own at
+/// `run_dir/squash`.
+pub fn mount_image(
+    image: &SquashImage,
+    store: &Store,
+    state: &Path,
+    run_dir: &Path,
+) -> Result<Mounted, SquashMountError> {
     let path = &image.file;
     let open_err = |source| SquashMountError::Open {
         path: path.clone(),
         source,
     };
-    let dir = run_dir.join("squash");
-    crate::sys::safe_fs::create_dir_mode(&dir, 0o755).map_err(open_err)?;
     let file = crate::sys::safe_fs::open_regular(path, false).map_err(open_err)?;
     let md = file.metadata().map_err(open_err)?;
     if trusted_for_the_kernel(image, store, &md) {
-        let mut file = file;
-        verify_once(image, store, &mut file, &md)?;
-        kernel_mount(image, OwnedFd::from(file), &dir)?;
-        tracing::debug!(file = %path.display(), "squashfs image mounted by the kernel");
+        let run_id = run_dir.file_name().unwrap_or_default().to_string_lossy();
+        let mut file = Some(file);
+        let dir = crate::run::shared_mount::acquire(
+            state,
+            image.meta.squashfs_digest.hex(),
+            &run_id,
+            |mnt, already| -> Result<(), SquashMountError> {
+                let mut file = file.take().expect("called once");
+                // Checked even when mounted: that another file with this digest was good says nothing of this one.
+                verify_once(image, store, &mut file, &md)?;
+                if !already {
+                    kernel_mount(image, OwnedFd::from(file), mnt)?;
+                    tracing::debug!(file = %path.display(), "squashfs image mounted by the kernel");
+                } else {
+                    tracing::debug!(file = %path.display(), "squashfs image already mounted by the kernel: shared");
+                }
+                Ok(())
+            },
+        )?;
         return Ok(Mounted {
             dir,
             how: SquashMount::Kernel,
             fuse: None,
         });
     }
+    let dir = run_dir.join("squash");
+    crate::sys::safe_fs::create_dir_mode(&dir, 0o755).map_err(open_err)?;
     let child = fuse_mount(image, OwnedFd::from(file), &dir)?;
     tracing::debug!(file = %path.display(), "squashfs image mounted with squashfuse");
     Ok(Mounted {

@@ -450,6 +450,8 @@ pub fn reap_stale(state: &Path) -> usize {
         }
         n += 1;
     }
+    // Shared squashfs mounts whose runs all died (their references dropped above, or never written).
+    crate::run::shared_mount::sweep(state);
     n
 }
 
@@ -497,7 +499,7 @@ pub fn cleanup(state: &Path, dir: &Path, info: Option<&RunInfo>) {
     if let Some(info) = info {
         remove_processes_and_cgroup(state, info);
     }
-    remove_mounts_and_dir(dir);
+    remove_mounts_and_dir(state, dir);
 }
 
 /// [`cleanup`] once nothing of the container can run any more (its init was reaped, and with it every process of
@@ -506,7 +508,7 @@ pub fn cleanup(state: &Path, dir: &Path, info: Option<&RunInfo>) {
 pub fn cleanup_exited(state: &Path, dir: &Path, info: &RunInfo) {
     std::thread::scope(|s| {
         s.spawn(|| remove_processes_and_cgroup(state, info));
-        remove_mounts_and_dir(dir);
+        remove_mounts_and_dir(state, dir);
     });
 }
 
@@ -539,7 +541,7 @@ fn kept_file(name: &str) -> bool {
 /// [`cleanup`] of a run whose record and log stay (`RunInfo::kept`): everything else of the run goes.
 pub fn cleanup_keeping_record(state: &Path, dir: &Path, info: &RunInfo) {
     remove_processes_and_cgroup(state, info);
-    unmount(dir);
+    unmount(state, dir);
     let Ok(rd) = fs::read_dir(dir) else { return };
     for e in rd.flatten() {
         if e.file_name().to_str().is_some_and(kept_file) {
@@ -552,7 +554,10 @@ pub fn cleanup_keeping_record(state: &Path, dir: &Path, info: &RunInfo) {
     }
 }
 
-fn unmount(dir: &Path) {
+/// Unmounts the run's file systems, then drops its references to the node's shared squashfs mounts (unmounted
+/// when it was the last run using them): before the directory goes, so that a clean-up killed half-way is done
+/// again by the next `reap_stale`.
+fn unmount(state: &Path, dir: &Path) {
     // The tmpfs of writable layers kept in memory last: the overlays above use it.
     for m in [
         "rootfs",
@@ -566,10 +571,13 @@ fn unmount(dir: &Path) {
             nix::mount::MntFlags::MNT_DETACH | nix::mount::MntFlags::UMOUNT_NOFOLLOW,
         );
     }
+    if let Some(id) = dir.file_name().and_then(|n| n.to_str()) {
+        crate::run::shared_mount::release(state, id);
+    }
 }
 
-fn remove_mounts_and_dir(dir: &Path) {
-    unmount(dir);
+fn remove_mounts_and_dir(state: &Path, dir: &Path) {
+    unmount(state, dir);
     if let Err(e) = crate::image::store::remove_tree(dir) {
         tracing::warn!(dir = %dir.display(), error = %e, "cannot remove a run directory");
     }

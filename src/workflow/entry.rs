@@ -192,7 +192,7 @@ pub(super) fn job(w: &schema::Workflow, inputs: &EntryInputs<'_>) -> Result<Work
         tmp_size: options.tmp_size,
         setup,
         health,
-        ..RunPlan::new(w.image.value.trim())
+        ..RunPlan::new(&image_reference(w, inputs)?)
     };
     crate::plan::check::check(&entry_plan).map_err(|e| at(&w.name.referenced, e.to_string()))?;
     Ok(WorkflowJob {
@@ -249,6 +249,42 @@ fn detached(
 
 /// The working directory and where the project appears: `/workflow` unless `working_dir` says otherwise; a
 /// relative `working_dir` is below the project (dstack's were relative to the repository).
+/// The entry's `image`: a registry reference as written, or a squashfs image file (`./app.sqsh`, `sqsh:FILE`,
+/// a name ending in `.sqsh` or `.squashfs` that exists there) relative to the workflow file's directory, like its
+/// other host paths, passed on as `sqsh:` and its absolute path.
+fn image_reference(w: &schema::Workflow, inputs: &EntryInputs<'_>) -> Result<String, WorkflowError> {
+    let typed = w.image.value.trim();
+    let (path, explicit) = match typed.strip_prefix("sqsh:") {
+        Some(rest) => (rest, true),
+        None => (
+            typed,
+            typed.starts_with("./") || typed.starts_with("../") || typed.starts_with('/'),
+        ),
+    };
+    let named = path.ends_with(".sqsh") || path.ends_with(".squashfs");
+    if !explicit && !named {
+        return Ok(typed.to_string());
+    }
+    // (`components` drops the `.` of `./app.sqsh`.)
+    let file: std::path::PathBuf = inputs.dir.join(path).components().collect();
+    let found = std::fs::symlink_metadata(&file).is_ok();
+    if !explicit && !found {
+        // `app.sqsh` may also be a repository name.
+        return Ok(typed.to_string());
+    }
+    if !found {
+        return Err(inputs.locator.at(
+            &w.image.referenced,
+            format!(
+                "cannot find the image file {:?} (relative to the workflow file: {})",
+                path,
+                file.display()
+            ),
+        ));
+    }
+    Ok(format!("sqsh:{}", file.display()))
+}
+
 fn working_dir(w: &schema::Workflow, locator: &Locator<'_>) -> Result<(String, String), WorkflowError> {
     Ok(match &w.working_dir {
         None => (DEFAULT_WORKING_DIR.to_string(), DEFAULT_WORKING_DIR.to_string()),

@@ -609,3 +609,131 @@ fn rootless_containers_of_a_step_cannot_reach_the_host_through_drun() {
     assert!(out.stdout.contains("joiner paused"), "{}\n{}", out.stdout, out.stderr);
     assert!(!out.stdout.contains("host secret"), "{}", out.stdout);
 }
+
+/// Blob GETs the proxy answered, by path: how many times each blob was downloaded.
+fn blob_downloads(proxy: &common::Proxy) -> std::collections::BTreeMap<String, usize> {
+    let mut n = std::collections::BTreeMap::new();
+    for r in proxy.requests() {
+        if r.method == "GET" && r.path.contains("/blobs/sha256:") && r.status.starts_with('2') {
+            *n.entry(r.path).or_insert(0) += 1;
+        }
+    }
+    n
+}
+
+/// What a run left mounted or running after its step: squashfs or FUSE mounts and loop devices of files below
+/// `below` in this (the host's) mount namespace, and squashfuse processes of `uid` still alive (a rootless drun
+/// mounts in a namespace of its own, which lives as long as they do).
+fn left_mounted(below: &Path, uid: u32) -> Vec<String> {
+    let below = below.display().to_string();
+    let mut left: Vec<String> = std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .filter(|l| l.contains(&below))
+        .map(str::to_string)
+        .collect();
+    for e in std::fs::read_dir("/sys/block").unwrap().flatten() {
+        if let Ok(b) = std::fs::read_to_string(e.path().join("loop/backing_file")) {
+            if b.contains(&below) {
+                left.push(format!("{}: {b}", e.path().display()));
+            }
+        }
+    }
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let owned = e.metadata().is_ok_and(|m| m.uid() == uid);
+        let cmdline = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+        if owned && cmdline.starts_with(b"squashfuse\0") {
+            left.push(format!(
+                "squashfuse {}: {}",
+                e.path().display(),
+                String::from_utf8_lossy(&cmdline)
+            ));
+        }
+    }
+    left
+}
+
+/// `srun -N2 -n16 --overcommit drun --image-dir DIR run IMAGE` of an image no node has: one task
+/// downloads each blob once and converts once, every task runs, nothing is left mounted; then a producer
+/// SIGKILLed before it publishes is recovered from by the next step.
+fn image_dir_at_scale(cluster: &Cluster, user: Option<&str>) {
+    let who = user.unwrap_or("root");
+    let sub = Submitter::new(user);
+    let proxy_dir = tempfile::tempdir().unwrap();
+    let proxy = common::Proxy::start(proxy_dir.path(), &common::registry(), &[]);
+    let image = format!("{}/drun-test/busybox:latest", proxy.addr());
+    let srun = |dir: &Path, tasks: &[&str], env: &[(&str, &str)]| {
+        let mut args: Vec<&str> = tasks.to_vec();
+        let dir = dir.display().to_string();
+        args.extend([drun(), "--image-dir", &dir, "run", &image, "cat", "/etc/drun-arch"]);
+        let mut c = sub.cmd(cluster, "srun", &args);
+        // Each node declares 1000 MB: mksquashfs's caches bounded.
+        c.env("DRUN_SQUASH_MEM", "128M");
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        common::run(c, Duration::from_secs(300))
+    };
+    // Eight tasks per node on nodes of two CPUs (this Slurm refuses `--ntasks-per-node=8` above the node's CPUs
+    // even with `--overcommit`; `-n16` spreads them eight a node).
+    let wide = ["-N2", "-n16", "--overcommit"];
+
+    let dir = sub.work.join("images");
+    let out = srun(&dir, &wide, &[]);
+    assert!(out.status.success(), "{who}: {}", out.stderr);
+    assert_eq!(
+        out.stdout.matches("amd64").count(),
+        16,
+        "{who}: every task ran: {}",
+        out.stderr
+    );
+    assert_eq!(
+        out.stderr.matches("converted into the image directory").count(),
+        1,
+        "{who}: one conversion: {}",
+        out.stderr
+    );
+    let downloads = blob_downloads(&proxy);
+    assert!(!downloads.is_empty(), "{who}: {:?}", proxy.requests());
+    assert!(
+        downloads.values().all(|&n| n == 1),
+        "{who}: each blob once: {downloads:#?}"
+    );
+    let files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".sqsh"))
+        .collect();
+    assert_eq!(files.len(), 1, "{who}: one image file");
+    let left = left_mounted(sub.work.parent().unwrap(), sub.uid);
+    assert!(left.is_empty(), "{who}: left mounted: {left:#?}");
+
+    // The producer is SIGKILLed after converting, before publishing (the file renamed into place, no record):
+    // its step fails, the next converts again and every task runs.
+    let dir = sub.work.join("images-killed");
+    let killed = srun(&dir, &["-N1", "-n1"], &[("DRUN_FAILPOINT", "image-dir-before-publish")]);
+    assert!(
+        !killed.status.success(),
+        "{who}: the producer was killed: {}",
+        killed.stdout
+    );
+    let out = srun(&dir, &wide, &[]);
+    assert!(out.status.success(), "{who}: after a killed producer: {}", out.stderr);
+    assert_eq!(out.stdout.matches("amd64").count(), 16, "{who}: {}", out.stderr);
+    assert_eq!(
+        out.stderr.matches("converted into the image directory").count(),
+        1,
+        "{who}: {}",
+        out.stderr
+    );
+    let left = left_mounted(sub.work.parent().unwrap(), sub.uid);
+    assert!(left.is_empty(), "{who}: left mounted: {left:#?}");
+}
+
+#[test]
+fn sixteen_tasks_on_two_nodes_convert_a_cold_image_once_as_root_and_as_a_user() {
+    assert!(common::is_root(), "the Slurm daemons run as root");
+    let cluster = Cluster::up();
+    image_dir_at_scale(&cluster, None);
+    image_dir_at_scale(&cluster, Some("drun-sub"));
+}

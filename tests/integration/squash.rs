@@ -184,3 +184,190 @@ fn pull_squash_keeps_one_file_runs_it_and_unpacks_no_layer() {
     sb.drun(&["rmi", &image]).ok();
     assert!(sb.entries("squash").is_empty(), "{:?}", sb.entries("squash"));
 }
+
+/// squashfs mounts below the sandbox in the host's mount table (drun as root mounts there).
+fn squashfs_mounts(sb: &Sandbox) -> Vec<String> {
+    let dir = sb.path().display().to_string();
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .filter(|l| {
+            let (left, right) = l.split_once(" - ").unwrap_or((l, ""));
+            let point = left.split(' ').nth(4).unwrap_or("");
+            right.split(' ').next() == Some("squashfs") && point.starts_with(&dir)
+        })
+        .map(str::to_string)
+        .collect()
+}
+
+/// Lets the waiting runs go when dropped: a failed assertion does not leave them waiting for ever.
+struct Go(std::path::PathBuf);
+
+impl Drop for Go {
+    fn drop(&mut self) {
+        let _ = std::fs::write(self.0.join("go"), b"");
+    }
+}
+
+/// `drun run FILE` whose container says it is up (`CTL/up-TAG`) and waits for `CTL/go`.
+fn waiting_run(sb: &Sandbox, file: &Path, ctl: &Path, tag: &str) -> std::process::Child {
+    let mut c = sb.cmd(&["--log-level", "drun=debug", "run", "-q", "-v"]);
+    c.arg(format!("{}:/ctl", ctl.display()))
+        .arg(file)
+        .args(["sh", "-c"])
+        .arg(format!(
+            "touch /ctl/up-{tag}; while [ ! -e /ctl/go ]; do sleep 0.1; done; cat /etc/drun-arch"
+        ))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    c.spawn().unwrap()
+}
+
+#[test]
+fn concurrent_runs_of_one_image_file_share_one_mount_until_the_last_ends() {
+    let sb = Sandbox::new();
+    let file = sb.path().join("busybox.sqsh");
+    export(&sb, &busybox(), &file);
+    let ctl = sb.path().join("ctl");
+    std::fs::create_dir(&ctl).unwrap();
+    let go = Go(ctl.clone());
+    let tags = ["a", "b", "c", "d"];
+    let runs: Vec<_> = tags.iter().map(|t| waiting_run(&sb, &file, &ctl, t)).collect();
+    wait_until("all four containers run", || {
+        tags.iter().all(|t| ctl.join(format!("up-{t}")).exists())
+    });
+    // One kernel mount (and loop device) for the four runs, not one each.
+    assert_eq!(squashfs_mounts(&sb).len(), 1, "{:#?}", squashfs_mounts(&sb));
+    drop(go);
+    let outs: Vec<Output> = runs
+        .into_iter()
+        .map(|c| wait(c, std::time::Duration::from_secs(120)).ok())
+        .collect();
+    for o in &outs {
+        assert_eq!(o.stdout, "amd64");
+    }
+    let mounted = outs
+        .iter()
+        .filter(|o| o.stderr.contains("squashfs image mounted by the kernel"))
+        .count();
+    let shared = outs
+        .iter()
+        .filter(|o| o.stderr.contains("already mounted by the kernel: shared"))
+        .count();
+    assert_eq!(
+        (mounted, shared),
+        (1, 3),
+        "{:#?}",
+        outs.iter().map(|o| &o.stderr).collect::<Vec<_>>()
+    );
+    // Unmounted when the last run ended: nothing of it left.
+    assert!(squashfs_mounts(&sb).is_empty(), "{:#?}", squashfs_mounts(&sb));
+    assert!(leftovers(&sb).is_empty(), "{:?}", leftovers(&sb));
+    let refs = std::fs::read_dir(sb.state().join("squash")).unwrap().count();
+    assert_eq!(refs, 0, "the shared mount's directory is removed with it");
+}
+
+#[test]
+fn a_run_killed_by_sigkill_does_not_leave_the_shared_mount_behind() {
+    let sb = Sandbox::new();
+    let file = sb.path().join("busybox.sqsh");
+    export(&sb, &busybox(), &file);
+    let ctl = sb.path().join("ctl");
+    std::fs::create_dir(&ctl).unwrap();
+    let go = Go(ctl.clone());
+    let mut killed = waiting_run(&sb, &file, &ctl, "killed");
+    let other = waiting_run(&sb, &file, &ctl, "other");
+    wait_until("both containers run", || {
+        ctl.join("up-killed").exists() && ctl.join("up-other").exists()
+    });
+    assert_eq!(squashfs_mounts(&sb).len(), 1, "{:#?}", squashfs_mounts(&sb));
+    // The first drun dies holding its reference; the other run ends normally, and with it the last live
+    // reference: the mount goes although the killed run's reference was never released by its drun.
+    killed.kill().unwrap();
+    killed.wait().unwrap();
+    drop(go);
+    assert_eq!(wait(other, std::time::Duration::from_secs(120)).ok().stdout, "amd64");
+    assert!(squashfs_mounts(&sb).is_empty(), "{:#?}", squashfs_mounts(&sb));
+    // The killed run's own leftovers go with the next clean-up.
+    sb.drun(&["ps"]).ok();
+    assert!(leftovers(&sb).is_empty(), "{:?}", leftovers(&sb));
+
+    // A drun killed after mounting, before its reference was written: a mount no run references, which `drun
+    // check` reports and the next clean-up (here `drun ps`) unmounts.
+    let mut c = sb.cmd(&["run", "-q"]);
+    c.arg(&file)
+        .arg("true")
+        .env("DRUN_FAILPOINT", "shared-mount-unreferenced");
+    let out = run(c, std::time::Duration::from_secs(120));
+    assert_eq!(out.code(), None, "killed at the fail point: {}", out.stderr);
+    assert_eq!(squashfs_mounts(&sb).len(), 1, "{:#?}", squashfs_mounts(&sb));
+    let check = sb.drun(&["check"]);
+    assert_eq!(check.code(), Some(1), "{}", check.stdout);
+    assert!(check.stdout.contains("unused mount:"), "{}", check.stdout);
+    sb.drun(&["ps"]).ok();
+    assert!(squashfs_mounts(&sb).is_empty(), "{:#?}", squashfs_mounts(&sb));
+    assert!(leftovers(&sb).is_empty(), "{:?}", leftovers(&sb));
+    // A run of the image afterwards mounts it again.
+    let again = sb.cmd(&["run", "-q"]);
+    let mut again = again;
+    again.arg(&file).args(["cat", "/etc/drun-arch"]);
+    assert_eq!(run(again, std::time::Duration::from_secs(120)).ok().stdout, "amd64");
+}
+
+#[test]
+fn a_workflow_runs_an_image_file_named_relative_to_the_workflow_file() {
+    let sb = Sandbox::new();
+    let project = sb.path().join("project");
+    std::fs::create_dir_all(project.join("images")).unwrap();
+    // Made in another store (as if copied from elsewhere): this one unpacks nothing.
+    export(&Sandbox::new(), &busybox(), &project.join("images/busybox.sqsh"));
+    let wf = project.join("workflow.yaml");
+    std::fs::write(
+        &wf,
+        "workflows:\n  - name: fromfile\n    provider: docker\n    image: ./images/busybox.sqsh\n    commands:\n      - cat /etc/drun-arch\n      - echo\n      - cat input.txt\n",
+    )
+    .unwrap();
+    std::fs::write(project.join("input.txt"), "project file\n").unwrap();
+    // Started from another directory: the file is found beside the workflow file, not in the current directory.
+    let mut c = sb.cmd(&["run", &wf.display().to_string()]);
+    c.current_dir("/");
+    let out = run(c, std::time::Duration::from_secs(120)).ok();
+    assert!(out.stdout.contains("amd64\nproject file\n"), "{}", out.stdout);
+    assert!(
+        sb.entries("layers/host").is_empty(),
+        "nothing unpacked: {:?}",
+        sb.entries("layers/host")
+    );
+    // A path that names no file is an error of the workflow file, with its location.
+    std::fs::write(
+        &wf,
+        "workflows:\n  - name: missing\n    provider: docker\n    image: ./images/none.sqsh\n    commands:\n      - true\n",
+    )
+    .unwrap();
+    let mut c = sb.cmd(&["run", &wf.display().to_string()]);
+    c.current_dir("/");
+    run(c, std::time::Duration::from_secs(120)).fails_with(
+        125,
+        &["workflow.yaml:4:", "cannot find the image file \"./images/none.sqsh\""],
+    );
+    assert!(leftovers(&sb).is_empty(), "{:?}", leftovers(&sb));
+}
+
+#[test]
+fn squash_mem_bounds_mksquashfs_in_conversions() {
+    // Passed to mksquashfs as its `-mem` (a size it refuses shows that it got there), from the environment or the
+    // configuration file.
+    let sb = Sandbox::new();
+    let pull = |env: &[(&str, &str)]| {
+        let mut c = sb.cmd(&["pull", "--squash", &busybox()]);
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        run(c, std::time::Duration::from_secs(120))
+    };
+    pull(&[("DRUN_SQUASH_MEM", "lots")]).fails_with(125, &["mksquashfs failed", "-mem missing or invalid mem size"]);
+    sb.write_config("squash_mem = \"lots\"\n");
+    pull(&[]).fails_with(125, &["-mem missing or invalid mem size"]);
+    let out = pull(&[("DRUN_SQUASH_MEM", "64M")]).ok();
+    assert!(out.stderr.contains("pulled as a squashfs image file"), "{}", out.stderr);
+}

@@ -9,6 +9,9 @@
 //! # or NFS); default: half of RAM. `--tmp-size` overrides it.
 //! tmp_size = "8g"
 //! image_dir = "/shared/drun-images"
+//! # bound mksquashfs's caches (its `-mem`) in `pull --squash` and image directory conversions (also
+//! # `DRUN_SQUASH_MEM`); default: mksquashfs's own (a quarter of RAM)
+//! squash_mem = "256M"
 //!
 //! # extra CA certificates trusted for every registry (PEM files)
 //! ca_files = ["/etc/drun/certs/site-ca.pem"]
@@ -45,6 +48,9 @@ pub struct Config {
     /// The default of `--image-dir` (see `image/image_dir.rs`).
     #[serde(default)]
     pub image_dir: Option<PathBuf>,
+    /// mksquashfs's `-mem` in conversions (`pull --squash`, `--image-dir`); `DRUN_SQUASH_MEM` overrides it.
+    #[serde(default)]
+    pub squash_mem: Option<String>,
 }
 
 fn size<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<crate::units::ByteSize>, D::Error> {
@@ -106,6 +112,7 @@ impl Config {
             cfg.registries.extend(more.registries);
             cfg.tmp_size = more.tmp_size.or(cfg.tmp_size);
             cfg.image_dir = more.image_dir.or(cfg.image_dir);
+            cfg.squash_mem = more.squash_mem.or(cfg.squash_mem);
         }
         Ok(cfg)
     }
