@@ -46,7 +46,7 @@ images: registry
 	bash tests/fixtures/images.sh
 	bash tests/fixtures/scale-images.sh small
 
-# The large scale images (3.4 GB unpacked, 107,000 files; and 64 layers): built once into the cache (minutes),
+# The large scale images (3.4 GB unpacked, 105,000 files; and 64 layers): built once into the cache (minutes),
 # pushed to the test registry.
 scale-images: registry
 	bash tests/fixtures/scale-images.sh large

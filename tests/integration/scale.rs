@@ -1,7 +1,7 @@
 //! The scale images of `tests/fixtures/scale-images.sh` through drun for real: a "CUDA/PyTorch-like" image (large
 //! incompressible files and many small ones, 5 layers) and an "NGC-like" image of 64 layers, pulled into the store
 //! and as squashfs image files, and run from both. `make test` runs the small ones (seconds); `make test-scale` the
-//! large ones (3.4 GB unpacked, 107,000 files), which the ignored tests here need (`scale-images.sh large`).
+//! large ones (3.4 GB unpacked, 105,000 files), which the ignored tests here need (`scale-images.sh large`).
 
 use std::time::{Duration, Instant};
 
