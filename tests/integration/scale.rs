@@ -39,7 +39,9 @@ fn expected(size: &str, image: &str) -> Expected {
     let e = &all[image];
     let mut view = format!(
         "{}\n{}\n{}\nscale image\ndeleted\n2\noverlay\n",
-        e["files"], e["bytes"], e["big_sha256"].as_str().unwrap()
+        e["files"],
+        e["bytes"],
+        e["big_sha256"].as_str().unwrap()
     );
     if image == "scale-layers" {
         view.push_str("63\n53\n");
@@ -71,7 +73,10 @@ fn check(sb: &Sandbox, image: &str, want: &Expected, limit: Duration) -> Output 
     ]);
     c.env_remove("DRUN_SQUASH");
     let out = run(c, limit).ok();
-    assert_eq!(out.stdout, want.view, "{image}: the container's view differs from the image's");
+    assert_eq!(
+        out.stdout, want.view,
+        "{image}: the container's view differs from the image's"
+    );
     out
 }
 
@@ -151,7 +156,11 @@ fn scale_images(size: &str) {
             out.stderr
         );
     }
-    let files: Vec<String> = squash.entries("squash").into_iter().filter(|f| f.ends_with(".sqsh")).collect();
+    let files: Vec<String> = squash
+        .entries("squash")
+        .into_iter()
+        .filter(|f| f.ends_with(".sqsh"))
+        .collect();
     assert_eq!(files.len(), 2, "{files:?}");
     assert!(
         squash.entries("layers/host").is_empty(),
