@@ -21,7 +21,7 @@ NEW ?= $(DRUN)
 OLD ?=
 BENCH_BINARIES = --new "$(NEW)" $(if $(OLD),--old "$(OLD)")
 
-.PHONY: all deps fixture-deps test-deps build registry images users demo test test-props test-powercut test-chaos test-soak test-gpu lint unit integration bench-pull bench-run bench-exec bench-srun bench-mpi bench-setup registry-down clean
+.PHONY: all deps fixture-deps test-deps build registry images users demo test test-props test-powercut test-chaos test-soak test-gpu lint unit integration bench-pull bench-run bench-exec bench-srun bench-mpi bench-setup bench-scale test-scale scale-images registry-down clean
 
 all: build
 
@@ -44,6 +44,12 @@ registry: fixture-deps
 
 images: registry
 	bash tests/fixtures/images.sh
+	bash tests/fixtures/scale-images.sh small
+
+# The large scale images (3.4 GB unpacked, 105,000 files; and 64 layers): built once into the cache (minutes),
+# pushed to the test registry.
+scale-images: registry
+	bash tests/fixtures/scale-images.sh large
 
 registry-down:
 	bash tests/fixtures/registry.sh down
@@ -86,6 +92,12 @@ test-chaos: build images users
 	$(CARGO) test --release --locked --test integration -- --ignored chaos:: --test-threads=1 --nocapture
 	PROPTEST_CASES=$(PROPTEST_CASES) $(CARGO) test --release --locked --lib props
 
+# The large scale images through drun: pulled into the store and as squashfs files, run from both, the 64-layer
+# one through overlay (tests/integration/scale.rs; ignored by `make test`, which runs the small ones).
+test-scale: build images scale-images test-deps
+	time $(CARGO) test --release --locked --test integration -- --ignored --nocapture --test-threads=1 \
+	    scale::large_scale_images
+
 test-soak: build images users
 	$(CARGO) test --release --locked --test integration -- --ignored soak:: --test-threads=1 --nocapture
 
@@ -112,6 +124,11 @@ bench-setup: build images
 # srun launch overhead (hack/slurm.sh's two-node cluster; nothing else may run one meanwhile)
 bench-srun: build images
 	bash hack/bench-srun
+
+# The large scale image: drun's store pull and squashfs conversion against podman and skopeo+umoci+mksquashfs, the
+# floor, peak memory, bytes written, time to first exec, 16 concurrent cold starts on one --image-dir.
+bench-scale: build images scale-images
+	bash hack/bench-scale
 
 # MPI ping-pong between two ranks of one node, host vs containers (the same cluster)
 bench-mpi: build images

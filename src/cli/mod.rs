@@ -307,7 +307,7 @@ pub struct ExportArgs {
     /// oci-archive:FILE[:TAG] or docker-archive:FILE (a tarball for `drun pull`, podman, docker and skopeo)
     #[arg(short, long, value_name = "FILE.sqsh|oci-archive:FILE[:TAG]|docker-archive:FILE")]
     pub output: std::path::PathBuf,
-    /// Bound mksquashfs's memory for its caches (its `-mem`, e.g. 256M), for small nodes or Slurm jobs
+    /// Bound mksquashfs's memory for its caches (its `-mem`; 256M unless given), for small nodes or Slurm jobs
     #[arg(long, value_name = "SIZE")]
     pub mem: Option<String>,
 }

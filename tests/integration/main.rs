@@ -21,6 +21,7 @@ mod nested;
 mod pull;
 mod rootless;
 mod run;
+mod scale;
 mod security;
 mod setup;
 mod slurm;
