@@ -628,3 +628,14 @@ pub fn xattr(p: &Path, name: &str) -> Option<Vec<u8>> {
         .ok()?;
     out.status.success().then_some(out.stdout)
 }
+
+/// Whether the running kernel is at least `major.minor`.
+pub fn kernel_at_least(major: u32, minor: u32) -> bool {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .ok()
+        .and_then(|r| {
+            let mut v = r.split(['.', '-']).map(|n| n.parse::<u32>().unwrap_or(0));
+            Some((v.next()?, v.next()?))
+        })
+        .is_some_and(|v| v >= (major, minor))
+}

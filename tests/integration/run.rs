@@ -1251,13 +1251,7 @@ fn images_of_128_layers_run_through_overlay_without_a_copy() {
     let layout = many_layer_layout(sb.path(), 128);
     let image = format!("oci:{}:latest", layout.display());
     sb.drun(&["pull", "-q", &image]).ok();
-    let new_api = std::fs::read_to_string("/proc/sys/kernel/osrelease")
-        .ok()
-        .and_then(|r| {
-            let mut v = r.split(['.', '-']).map(|n| n.parse::<u32>().unwrap_or(0));
-            Some((v.next()?, v.next()?))
-        })
-        .is_some_and(|v| v >= (6, 8));
+    let new_api = kernel_at_least(6, 8);
     let forms: &[(Option<&str>, &str)] = if new_api {
         &[(None, "LowerdirPlus"), (Some("no-lowerdir-plus"), "DescriptorPaths")]
     } else {

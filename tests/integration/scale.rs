@@ -90,13 +90,7 @@ fn timed<T>(what: &str, f: impl FnOnce() -> T) -> T {
 /// The overlay form drun must use for many layers on this kernel: `lowerdir+` from Linux 6.8, else short
 /// descriptor paths.
 fn many_layer_form() -> &'static str {
-    let new_api = std::fs::read_to_string("/proc/sys/kernel/osrelease")
-        .ok()
-        .and_then(|r| {
-            let mut v = r.split(['.', '-']).map(|n| n.parse::<u32>().unwrap_or(0));
-            Some((v.next()?, v.next()?))
-        })
-        .is_some_and(|v| v >= (6, 8));
+    let new_api = kernel_at_least(6, 8);
     if new_api {
         "form=LowerdirPlus"
     } else {

@@ -394,14 +394,7 @@ fn holder_start(
     let _ = std::fs::remove_file(socket);
     let listener = UnixListener::bind(socket)?;
     // Nothing of the host's to see: an empty, read-only tmpfs as the root of a mount namespace of its own.
-    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS)?;
-    mount(
-        None::<&str>,
-        "/",
-        None::<&str>,
-        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
-        None::<&str>,
-    )?;
+    super::private_mounts().map_err(std::io::Error::other)?;
     let flags = MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
     mount(Some("none"), dir, Some("tmpfs"), flags, Some("size=4k,mode=0500"))?;
     nix::unistd::chdir(dir)?;
