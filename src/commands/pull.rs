@@ -171,7 +171,8 @@ fn convert(
         .iter()
         .map(|l| staging.layer_root(staging.idmap(), &l.key()))
         .collect();
-    // A Slurm node's memory is the job's: mksquashfs's default cache (a quarter of RAM) may be more than it has.
+    // A Slurm node's memory is the job's: mksquashfs's own default cache (a quarter of RAM) may be more than it has;
+    // without a setting, `export` gives it 256M.
     let mem = std::env::var("DRUN_SQUASH_MEM")
         .ok()
         .filter(|m| !m.is_empty())

@@ -21,6 +21,7 @@
 
 use std::fs::File;
 use std::io::{self, Write};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -95,8 +96,9 @@ impl ImageDir {
     }
 
     /// The published file of `name`, checked against its record; `None` when nothing is published. As real root,
-    /// a verified file's squashfs digest is recorded as published in `store`, so the kernel may mount it when the
-    /// file is root's and no one else can write it (see `run/squash_mount.rs`).
+    /// a verified file's squashfs digest is recorded as published in `store`, so the kernel may mount it, only when
+    /// the file, its record and the directories holding them are root's and no one else can write them (see
+    /// `run/squash_mount.rs`).
     pub fn lookup(&self, name: &str, store: &Store) -> Result<Option<PathBuf>, ImageDirError> {
         let record = self.record_path(name);
         let io_err = |source| ImageDirError::Io {
@@ -137,7 +139,14 @@ impl ImageDir {
             },
             Verify::Digest(actual) => mismatch(format!("its squashfs data hashes to {actual}")),
         })?;
-        crate::image::squash::export::record_published(store, &image.meta);
+        // Only a publication no one but root could have made counts as root's own: the file, its record, the
+        // records' directory and the image directory root's and writable by no one else. (Any user who can write
+        // the directory could otherwise have root's kernel parse bytes of theirs; such files go to squashfuse.)
+        let root_only = |p: &Path| std::fs::symlink_metadata(p).is_ok_and(|m| m.uid() == 0 && m.mode() & 0o022 == 0);
+        let dir_images = self.dir.join("images");
+        if md.uid() == 0 && md.mode() & 0o022 == 0 && [&record, &dir_images, &self.dir].iter().all(|p| root_only(p)) {
+            crate::image::squash::export::record_published(store, &image.meta);
+        }
         Ok(Some(file))
     }
 

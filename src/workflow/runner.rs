@@ -48,6 +48,9 @@ pub enum JobEnd {
 pub struct RunnerOptions {
     /// Where artifacts and logs go (see [`WorkflowSet::artifacts_dir`]).
     pub artifacts_root: PathBuf,
+    /// `artifacts_root` is the caller's `--artifacts`, not `artifacts/` beside the workflow file (which the file's
+    /// author controls: not followed if it is a symbolic link).
+    pub artifacts_given: bool,
     /// After a failure, still run the jobs that do not depend on it.
     pub keep_going: bool,
     /// No pull progress.
@@ -208,8 +211,11 @@ impl Runner<'_> {
     /// `mkdir -p` that hands every directory it creates to the owner, under the caller's umask.
     fn make_dirs(&self, path: &Path) -> Result<(), RunnerError> {
         // In the artifacts directory nothing is followed: a symlink planted there (by another user who can write
-        // the project directory) would lead root's logs and directories anywhere. Above it, the user's own path.
-        let below = path != self.options.artifacts_root && path.starts_with(&self.options.artifacts_root);
+        // the project directory) would lead root's logs and directories anywhere. Nor is the default directory
+        // itself, `artifacts/` beside the workflow file, where whoever wrote the file may have put a link to
+        // /root. Above it (and a `--artifacts` the caller gave), the caller's own path.
+        let root = &self.options.artifacts_root;
+        let below = path.starts_with(root) && (path != root || !self.options.artifacts_given);
         match std::fs::symlink_metadata(path) {
             Ok(m) if m.is_dir() => return Ok(()),
             Ok(m) if m.file_type().is_symlink() && below => {

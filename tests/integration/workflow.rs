@@ -1192,3 +1192,31 @@ fn a_symlink_planted_in_the_artifacts_directory_is_not_followed() {
     );
     assert_eq!(std::fs::read_dir(&elsewhere).unwrap().count(), 0);
 }
+
+/// Nor is `artifacts/` itself, beside the workflow file: whoever wrote the file could have linked it to /root, and
+/// root's logs and artifacts would land there. A directory the caller names with `--artifacts` is the caller's.
+#[test]
+fn a_symlinked_default_artifacts_directory_is_not_followed() {
+    let (sb, project) = ready();
+    let elsewhere = sb.path().join("elsewhere");
+    std::fs::create_dir_all(&elsewhere).unwrap();
+    std::os::unix::fs::symlink(&elsewhere, project.join("artifacts")).unwrap();
+    let wf = write(
+        &project,
+        "wf.yaml",
+        "workflows:\n  - name: job\n    image: {busybox}\n    commands: [mkdir -p out, echo x > out/f]\n    artifacts: [out]\n",
+    );
+    sb.drun(&["run", wf.to_str().unwrap()]).fails_with(
+        125,
+        &[
+            "artifacts",
+            "is a symbolic link, which is not followed in the artifacts directory",
+        ],
+    );
+    assert_eq!(std::fs::read_dir(&elsewhere).unwrap().count(), 0);
+    let given = sb.path().join("given");
+    std::os::unix::fs::symlink(&elsewhere, &given).unwrap();
+    sb.drun(&["run", "--artifacts", given.to_str().unwrap(), wf.to_str().unwrap()])
+        .ok();
+    assert_eq!(std::fs::read(elsewhere.join("job/out/f")).unwrap(), b"x\n");
+}

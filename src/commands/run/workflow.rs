@@ -73,6 +73,7 @@ pub(super) fn execute(global: &GlobalArgs, args: RunArgs) -> Result<i32> {
     }
     let options = RunnerOptions {
         artifacts_root,
+        artifacts_given: args.workflow.artifacts.is_some(),
         keep_going: args.workflow.keep_going,
         quiet: common.quiet,
     };

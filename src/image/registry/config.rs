@@ -10,7 +10,7 @@
 //! tmp_size = "8g"
 //! image_dir = "/shared/drun-images"
 //! # bound mksquashfs's caches (its `-mem`) in `pull --squash` and image directory conversions (also
-//! # `DRUN_SQUASH_MEM`); default: mksquashfs's own (a quarter of RAM)
+//! # `DRUN_SQUASH_MEM`); default: 256M (mksquashfs's own would be a quarter of RAM)
 //! squash_mem = "256M"
 //!
 //! # extra CA certificates trusted for every registry (PEM files)
