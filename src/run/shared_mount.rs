@@ -8,8 +8,10 @@
 //! <state>/squash/<squashfs digest hex>/refs/<id>   a reference of the run whose directory is containers/<id>
 //! ```
 //!
-//! All of it lives in drun's private state directory (0700, see [`crate::run::state::ensure_private`]), so on a
-//! host with several slurmd (one kernel) every drun of one user shares one mount; nothing is keyed by host name.
+//! Only real root kernel-mounts image files (an ordinary user's drun uses squashfuse, one mount per run). All of
+//! it lives in root's private state directory (0700, see [`crate::run::state::ensure_private`]), so on a host with
+//! several slurmd (one kernel) every root drun of one state directory shares one mount; nothing is keyed by host
+//! name.
 //! A reference is alive exactly when its run is, by the rules of run directories ([`state::is_live`]: the run's
 //! lock is held by a drun that still lives): a run SIGKILLed leaves a reference that the next user of the mount,
 //! the next run's clean-up ([`state::reap_stale`] calls [`sweep`]) or the clean-up of the dead run itself drops,
@@ -43,7 +45,8 @@ fn is_run_id(name: &str) -> bool {
 }
 
 /// Takes the lock of the mount in `key_dir`, creating the directory and its lock unless `sweeping` (a sweep
-/// waits for no one and creates nothing: `None` when the lock is busy or the directory gone).
+/// waits for no one and creates no directory (only, at worst, the lock file in one that is there): `None` when
+/// the lock is busy or the directory gone).
 ///
 /// The last release removes the directory, lock file included, while it holds the lock: a waiter then holds a
 /// lock on a file no longer there, which protects nothing. So the lock counts only when the file at the path is
@@ -209,8 +212,9 @@ pub fn sweep(state: &Path) {
     }
 }
 
-/// Mount points of shared mounts that no live run references (what [`sweep`] would unmount), untouched; one whose
-/// lock another drun holds (it is being mounted or released) is not counted.
+/// Mount points of shared mounts that no live run references (what [`sweep`] would unmount), left mounted (only
+/// their locks are taken, briefly); one whose lock another drun holds (it is being mounted or released) is not
+/// counted.
 pub fn unreferenced(state: &Path) -> Vec<PathBuf> {
     let Ok(rd) = std::fs::read_dir(root(state)) else {
         return vec![];

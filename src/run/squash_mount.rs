@@ -83,6 +83,11 @@ pub fn mount_image(
     };
     let file = crate::sys::safe_fs::open_regular(path, false).map_err(open_err)?;
     let md = file.metadata().map_err(open_err)?;
+    if (md.dev(), md.ino()) != image.identity {
+        return Err(open_err(io::Error::other(
+            "it is not the file whose metadata was read (its path changed meanwhile)",
+        )));
+    }
     if trusted_for_the_kernel(image, store, &md) {
         let run_id = run_dir.file_name().unwrap_or_default().to_string_lossy();
         let mut file = Some(file);

@@ -15,6 +15,7 @@
 pub mod export;
 
 use std::io::{self, Read, Seek, SeekFrom};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -58,6 +59,9 @@ pub enum SquashError {
 pub struct SquashImage {
     pub file: PathBuf,
     pub meta: Metadata,
+    /// The device and inode of the file the trailer was read from: what is mounted must be that file, not one a
+    /// path swapped in since.
+    pub identity: (u64, u64),
 }
 
 impl SquashImage {
@@ -72,7 +76,8 @@ impl SquashImage {
             reason,
         };
         let mut f = crate::sys::safe_fs::open_regular(file, true).map_err(rd)?;
-        let total = f.metadata().map_err(rd)?.len();
+        let md = f.metadata().map_err(rd)?;
+        let (total, identity) = (md.len(), (md.dev(), md.ino()));
         if total < 16 {
             return Err(SquashError::NoTrailer { path: file.into() });
         }
@@ -107,6 +112,7 @@ impl SquashImage {
         Ok(SquashImage {
             file: file.to_path_buf(),
             meta,
+            identity,
         })
     }
 
