@@ -11,10 +11,11 @@ BUILD_PACKAGES := build-essential pkg-config libseccomp-dev libelf-dev zlib1g-de
 # What the test fixtures (tests/fixtures/*.py) run on.
 FIXTURE_PACKAGES := python3
 # What the tests run on the host besides: catatonit (`--init`), util-linux (setpriv, unshare), podman (the CI job
-# container of tests/integration/nested.rs). The fixture and
+# container of tests/integration/nested.rs, with runc as its runtime: crun refuses hybrid hosts whose cgroup2 has a
+# controller). The fixture and
 # harness scripts install their own tools when they run: registry.sh the registry, images.sh debootstrap, skopeo
 # and umoci, test-users.sh uidmap, hack/vm-test.sh qemu, hack/slurm.sh Slurm, the benchmarks podman and hyperfine.
-TEST_PACKAGES := catatonit util-linux squashfs-tools squashfuse podman
+TEST_PACKAGES := catatonit util-linux squashfs-tools squashfuse podman runc
 # The drun binaries `make bench-run` and `make bench-pull` measure: NEW, and OLD interleaved with it when given
 # (`make bench-run OLD=/path/to/old/drun`).
 NEW ?= $(DRUN)

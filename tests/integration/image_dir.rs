@@ -166,3 +166,24 @@ fn a_reader_refuses_a_file_that_is_not_what_was_published() {
     std::fs::write(&file, &bytes[..bytes.len() - 1]).unwrap();
     run_in(&Sandbox::new(), &dir, &[]).fails_with(125, &["is not what was published", "bytes"]);
 }
+
+/// Root's kernel mounts a file from an image directory only when no one but root could have published it: in a
+/// directory others may write (1777, as users share one), a second node (whose store never converted it) mounts it
+/// with squashfuse; in root's own 0755 directory, with the kernel. (Counted as published whatever its directory,
+/// a user's bytes there reached root's kernel.)
+#[test]
+fn root_kernel_mounts_only_image_dir_files_no_one_else_could_publish() {
+    use std::os::unix::fs::PermissionsExt;
+    let shared = Sandbox::new();
+    for (mode, how) in [(0o1777, "mounted with squashfuse"), (0o755, "mounted by the kernel")] {
+        let dir = shared.path().join(format!("images-{mode:o}"));
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(mode)).unwrap();
+        let producer = Sandbox::new();
+        assert_eq!(run_in(&producer, &dir, &[]).ok().stdout, "amd64");
+        let reader = Sandbox::new();
+        let out = run_in(&reader, &dir, &[("DRUN_LOG", "drun=debug")]).ok();
+        assert_eq!(out.stdout, "amd64");
+        assert!(out.stderr.contains(how), "{mode:o}: {}", out.stderr);
+    }
+}

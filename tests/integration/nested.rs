@@ -22,6 +22,10 @@ fn podman(dir: &Path) -> Command {
         "cgroupfs",
         "--events-backend",
         "none",
+        // runc, not podman's default crun: crun refuses a hybrid cgroup host whose cgroup2 hierarchy has any
+        // controller (hugetlb, on kernels where no v1 hierarchy takes it), where runc leaves v2 alone.
+        "--runtime",
+        "runc",
     ]);
     c
 }
