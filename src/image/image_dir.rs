@@ -142,9 +142,14 @@ impl ImageDir {
         // Only a publication no one but root could have made counts as root's own: the file, its record, the
         // records' directory and the image directory root's and writable by no one else. (Any user who can write
         // the directory could otherwise have root's kernel parse bytes of theirs; such files go to squashfuse.)
-        let root_only = |p: &Path| std::fs::symlink_metadata(p).is_ok_and(|m| m.uid() == 0 && m.mode() & 0o022 == 0);
+        let root_only = |m: &std::fs::Metadata| m.uid() == 0 && m.mode() & 0o022 == 0;
         let dir_images = self.dir.join("images");
-        if md.uid() == 0 && md.mode() & 0o022 == 0 && [&record, &dir_images, &self.dir].iter().all(|p| root_only(p)) {
+        let around = [&record, &dir_images, &self.dir];
+        if root_only(&md)
+            && around
+                .iter()
+                .all(|p| std::fs::symlink_metadata(p).is_ok_and(|m| root_only(&m)))
+        {
             crate::image::squash::export::record_published(store, &image.meta);
         }
         Ok(Some(file))

@@ -134,57 +134,60 @@ pub fn enter(mode: UsernsMode) -> Result<&'static Rootless, UsernsError> {
     let ns = rootless(uid, gid, user, uids, gids, kind, mode);
     // A task of a Slurm step shares the namespace of the step's other containers on this node (see `step`).
     let mut step = super::step::StepRecord::open(uid, mode);
-    if let Some((pid, found)) = step.as_mut().and_then(|r| r.find(&ns.uids, &ns.gids)) {
-        // Before joining: the step's containers are in that namespace already, and from there a dumpable drun,
-        // or the holder forked from it, could be traced or have its /proc/PID/root opened for good.
-        set_dumpable(false)?;
-        match super::step::join(&found) {
-            Ok(()) => {
-                private_mounts()?;
-                tracing::debug!(pid, mapping = %ns.describe(), "joined the user namespace of the step's containers");
-                crate::failpoint::pause("userns-joined");
-                if let Some(r) = step {
-                    r.add_self(true);
+    let joined = match step.as_mut().and_then(|r| r.find(&ns.uids, &ns.gids)) {
+        Some((pid, found)) => {
+            // Before joining: the step's containers are in that namespace already, and from there a dumpable
+            // drun, or the holder forked from it, could be traced or have its /proc/PID/root opened for good.
+            set_dumpable(false)?;
+            match super::step::join(&found) {
+                Ok(()) => {
+                    tracing::debug!(pid, mapping = %ns.describe(), "joined the user namespace of the step's containers");
+                    true
                 }
-                std::env::set_var(ENTERED_ENV, ns.uid.to_string());
-                return Ok(CURRENT.get_or_init(|| ns));
-            }
-            Err(errno) => {
-                tracing::debug!(pid, %errno, "cannot join the user namespace of the step's containers");
-                // newuidmap maps only a process whose /proc/PID is the caller's: a dumpable one.
-                set_dumpable(true)?;
+                Err(errno) => {
+                    tracing::debug!(pid, %errno, "cannot join the user namespace of the step's containers");
+                    // newuidmap maps only a process whose /proc/PID is the caller's: a dumpable one.
+                    set_dumpable(true)?;
+                    false
+                }
             }
         }
-    }
-    match subordinate {
-        None => write_single_id_maps(&ns)?,
-        Some((newuidmap, newgidmap)) => {
-            let helpers = [
-                MapHelper {
-                    name: "newuidmap",
-                    tool: newuidmap,
-                    maps: ns.uids.clone(),
-                    file: "/etc/subuid",
-                    ranges: subuids,
-                },
-                MapHelper {
-                    name: "newgidmap",
-                    tool: newgidmap,
-                    maps: ns.gids.clone(),
-                    file: "/etc/subgid",
-                    ranges: subgids,
-                },
-            ];
-            let shown_user = user_name.unwrap_or_else(|| uid.to_string());
-            unshare_with_helpers(&helpers, &shown_user)?;
+        None => false,
+    };
+    if !joined {
+        match subordinate {
+            None => write_single_id_maps(&ns)?,
+            Some((newuidmap, newgidmap)) => {
+                let helpers = [
+                    MapHelper {
+                        name: "newuidmap",
+                        tool: newuidmap,
+                        maps: ns.uids.clone(),
+                        file: "/etc/subuid",
+                        ranges: subuids,
+                    },
+                    MapHelper {
+                        name: "newgidmap",
+                        tool: newgidmap,
+                        maps: ns.gids.clone(),
+                        file: "/etc/subgid",
+                        ranges: subgids,
+                    },
+                ];
+                let shown_user = user_name.unwrap_or_else(|| uid.to_string());
+                unshare_with_helpers(&helpers, &shown_user)?;
+            }
         }
+        // Not dumpable from now on (until now, alone in a namespace of its own): before the holder is forked, so
+        // that it never is either.
+        set_dumpable(false)?;
     }
-    // Not dumpable from now on (until now, alone in a namespace of its own): before the holder is forked, so
-    // that it never is either.
-    set_dumpable(false)?;
     private_mounts()?;
+    if joined {
+        crate::failpoint::pause("userns-joined");
+    }
     if let Some(r) = step {
-        r.add_self(false);
+        r.add_self(joined);
     }
     tracing::debug!(mapping = %ns.describe(), "entered a user namespace");
     // For the drun processes this one starts inside the namespace (a health probe, a workflow's service): they
