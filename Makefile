@@ -15,7 +15,7 @@ FIXTURE_PACKAGES := python3
 # controller). The fixture and
 # harness scripts install their own tools when they run: registry.sh the registry, images.sh debootstrap, skopeo
 # and umoci, test-users.sh uidmap, hack/vm-test.sh qemu, hack/slurm.sh Slurm, the benchmarks podman and hyperfine.
-TEST_PACKAGES := catatonit util-linux squashfs-tools squashfuse podman runc
+TEST_PACKAGES := catatonit util-linux squashfs-tools squashfs-tools-ng squashfuse podman runc
 # The drun binaries `make bench-run` and `make bench-pull` measure: NEW, and OLD interleaved with it when given
 # (`make bench-run OLD=/path/to/old/drun`).
 NEW ?= $(DRUN)

@@ -109,9 +109,9 @@ pub(super) fn write_squash(
         Ok(write_image_file(&merged, ids, out, mem)?)
     });
     drop(work);
-    let meta = made?;
-    crate::image::squash::export::record_published(store, &meta);
-    Ok(meta)
+    let written = made?;
+    crate::image::squash::export::record_written(store, &written);
+    Ok(written.meta)
 }
 
 /// The store and the image to export, pulled first if it is not there.

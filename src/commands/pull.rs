@@ -6,7 +6,7 @@ use anyhow::{Context, Result};
 
 use crate::cli::{GlobalArgs, PullArgs};
 use crate::image::image_dir::ImageDir;
-use crate::image::pull::{pull, PullOptions};
+use crate::image::pull::{pull, pull_to_squash, PullOptions, Streamed};
 use crate::image::registry::config::Config;
 use crate::image::source::ImageSource;
 use crate::image::store::{ImageRecord, Store};
@@ -91,9 +91,8 @@ fn pull_squash(
         })?;
         if !args.quiet {
             eprintln!(
-                "{}: pulled as a squashfs image file ({} layers; {} in {:.2}s)",
+                "{}: pulled as a squashfs image file ({} in {:.2}s)",
                 rec.name,
-                rec.layers.len(),
                 ByteSize(meta.squashfs_size),
                 started.elapsed().as_secs_f64()
             );
@@ -130,7 +129,11 @@ pub(super) fn ensure_in_image_dir(
     crate::failpoint::pause("image-dir-producing");
     let started = std::time::Instant::now();
     let _shared = store.lock_shared()?;
-    let (_, meta) = convert(store, cfg, source, opts, &|m| Ok(images.file_for(m)))?;
+    let (_, meta) = convert(store, cfg, source, opts, &|m| {
+        let file = images.file_for(m);
+        images.remove_stale_partials(&file);
+        Ok(file)
+    })?;
     let file = images.file_for(&meta.manifest_digest);
     crate::failpoint::hit("image-dir-before-publish");
     images.publish(&name, &file, &meta)?;
@@ -147,16 +150,80 @@ pub(super) fn ensure_in_image_dir(
         .context("the image file just published is gone")
 }
 
-/// Pulls `source` into a staging store of its own under the store's `tmp/` (its layers verified and unpacked
-/// there as any pull's), merges them by the run path's overlay into `mksquashfs` writing `out(manifest digest)`,
-/// and copies the image's manifest and config into the store; the staging store is removed on return. The
-/// caller holds the store's lock shared.
+/// Pulls `source` into the image file `out(manifest digest)`: streamed (`image/pull/to_squash.rs`), or, for an
+/// image whose layers cannot be streamed, through an unpacked copy ([`convert_by_unpacking`]). The caller holds
+/// the store's lock shared.
 fn convert(
     store: &Store,
     cfg: &Config,
     source: &ImageSource,
     opts: &PullOptions,
     out: &dyn Fn(&crate::digest::Digest) -> Result<std::path::PathBuf>,
+) -> Result<(Vec<ImageRecord>, crate::image::squash::Metadata)> {
+    // A Slurm node's memory is the job's: bound the writer's buffers there. Without a setting, tar2sqfs holds ten
+    // blocks per CPU and `export`'s mksquashfs 256M.
+    let mem = std::env::var("DRUN_SQUASH_MEM")
+        .ok()
+        .filter(|m| !m.is_empty())
+        .or_else(|| cfg.squash_mem.clone());
+    let queue_bytes = mem
+        .as_deref()
+        .map(|m| {
+            m.parse::<ByteSize>()
+                .map(|b| b.0)
+                .with_context(|| format!("invalid squash_mem (or DRUN_SQUASH_MEM) {m:?}"))
+        })
+        .transpose()?;
+    // The directory of the file, made once the manifest is known; `out` only names it.
+    let target = |m: &crate::digest::Digest| -> Result<std::path::PathBuf> {
+        let file = out(m)?;
+        crate::sys::safe_fs::create_dir_all_mode(file.parent().expect("a parent"), 0o700)?;
+        Ok(file)
+    };
+    let named = std::cell::RefCell::new(None);
+    let streamed = pull_to_squash(
+        store,
+        cfg,
+        source,
+        opts,
+        &|m| match target(m) {
+            Ok(f) => f,
+            Err(e) => {
+                *named.borrow_mut() = Some(e);
+                std::path::PathBuf::from("/nonexistent/drun-image-file")
+            }
+        },
+        queue_bytes,
+    );
+    if let Some(e) = named.into_inner() {
+        return Err(e);
+    }
+    match streamed? {
+        Streamed::Written {
+            records, file, layers, ..
+        } => {
+            tracing::debug!(layers, "pulled into a squashfs image file, streamed");
+            crate::image::squash::export::record_written(store, &file);
+            Ok((records, file.meta))
+        }
+        Streamed::NotStreamable(why) => {
+            tracing::info!(reason = %why, "converting through an unpacked copy");
+            convert_by_unpacking(store, cfg, source, opts, &target, mem.as_deref())
+        }
+    }
+}
+
+/// Pulls `source` into a staging store of its own under the store's `tmp/` (its layers verified and unpacked
+/// there as any pull's), merges them by the run path's overlay into `mksquashfs` writing `out(manifest digest)`,
+/// and copies the image's manifest and config into the store; the staging store is removed on return. The
+/// caller holds the store's lock shared.
+fn convert_by_unpacking(
+    store: &Store,
+    cfg: &Config,
+    source: &ImageSource,
+    opts: &PullOptions,
+    out: &dyn Fn(&crate::digest::Digest) -> Result<std::path::PathBuf>,
+    mem: Option<&str>,
 ) -> Result<(Vec<ImageRecord>, crate::image::squash::Metadata)> {
     let work = crate::image::squash::export::work_dir(store)?;
     let staging = Store::open(&work.0.join("store"))?.with_blob_cache(store.blob_cache().map(Into::into));
@@ -165,19 +232,12 @@ fn convert(
         anyhow::bail!("cannot pull {:?}: it holds no image", source.canonical_name());
     };
     let file = out(&first.manifest_digest)?;
-    crate::sys::safe_fs::create_dir_all_mode(file.parent().expect("a parent"), 0o700)?;
     let layers: Vec<std::path::PathBuf> = first
         .layers
         .iter()
         .map(|l| staging.layer_root(staging.idmap(), &l.key()))
         .collect();
-    // A Slurm node's memory is the job's: mksquashfs's own default cache (a quarter of RAM) may be more than it has;
-    // without a setting, `export` gives it 256M.
-    let mem = std::env::var("DRUN_SQUASH_MEM")
-        .ok()
-        .filter(|m| !m.is_empty())
-        .or_else(|| cfg.squash_mem.clone());
-    let meta = super::export::write_squash(store, &staging, first, &layers, &file, mem.as_deref())
+    let meta = super::export::write_squash(store, &staging, first, &layers, &file, mem)
         .with_context(|| format!("cannot pull {:?} as a squashfs image file", first.name))?;
     for digest in [
         Some(&first.manifest_digest),

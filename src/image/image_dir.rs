@@ -30,7 +30,8 @@ use std::time::{Duration, SystemTime};
 use serde::{Deserialize, Serialize};
 
 use crate::digest::Digest;
-use crate::image::squash::{digest_prefix, Metadata, SquashImage};
+use crate::image::squash::verified::{check_once, CheckError};
+use crate::image::squash::{Metadata, SquashImage};
 use crate::image::store::Store;
 
 /// The largest publish record read.
@@ -132,12 +133,13 @@ impl ImageDir {
         if image.meta.squashfs_digest != rec.squashfs_digest || image.meta.squashfs_size != rec.squashfs_size {
             return Err(mismatch("its trailer names other squashfs data".into()));
         }
-        verify_cached(store, &mut f, &md, &rec).map_err(|e| match e {
-            Verify::Io(source) => ImageDirError::Io {
+        // Once per node and file (`image/squash/verified.rs`).
+        check_once(store, &mut f, &md, &rec.squashfs_digest, rec.squashfs_size).map_err(|e| match e {
+            CheckError::Io(source) => ImageDirError::Io {
                 path: file.clone(),
                 source,
             },
-            Verify::Digest(actual) => mismatch(format!("its squashfs data hashes to {actual}")),
+            CheckError::Digest(actual) => mismatch(format!("its squashfs data hashes to {actual}")),
         })?;
         // Only a publication no one but root could have made counts as root's own: the file, its record, the
         // records' directory and the image directory root's and writable by no one else. (Any user who can write
@@ -186,6 +188,33 @@ impl ImageDir {
             .map_err(io_err(&tmp))?;
         std::fs::rename(&tmp, &path).map_err(io_err(&path))?;
         sync_dir(&path.with_file_name("")).map_err(io_err(&path))
+    }
+
+    /// Removes what producers killed mid-conversion left of `file`: its temporary files (`.NAME.drun-tmp-*`, see
+    /// `image/squash/export.rs`) not modified for ten lease times (ten minutes by default). A live writer
+    /// modifies its file as the image streams in; one that stalled that long finds its file gone and fails, and
+    /// the image is converted again. Called by the producer, under the lock.
+    pub fn remove_stale_partials(&self, file: &Path) {
+        let Some(name) = file.file_name() else { return };
+        let prefix = format!(".{}.drun-tmp-", name.to_string_lossy());
+        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+            return;
+        };
+        for e in entries.flatten() {
+            if !e.file_name().to_string_lossy().starts_with(&prefix) {
+                continue;
+            }
+            let path = e.path();
+            let stale = std::fs::symlink_metadata(&path)
+                .ok()
+                .filter(|m| m.is_file())
+                .and_then(|m| m.modified().ok())
+                .and_then(|t| SystemTime::now().duration_since(t).ok())
+                .is_some_and(|age| age > 10 * lease_time());
+            if stale && std::fs::remove_file(&path).is_ok() {
+                tracing::info!(file = %path.display(), "removed what a stopped conversion left");
+            }
+        }
     }
 
     /// The producer's lock for `name`: `flock`, or the lease where the file system refuses it.
@@ -298,31 +327,6 @@ impl Drop for Lease {
         }
         let _ = std::fs::remove_file(&self.path);
     }
-}
-
-enum Verify {
-    Io(io::Error),
-    Digest(Digest),
-}
-
-/// The squashfs data's digest checked against the record, unless this very file (device, inode, size, times)
-/// was checked on this node before.
-fn verify_cached(store: &Store, f: &mut File, md: &std::fs::Metadata, rec: &Published) -> Result<(), Verify> {
-    let key = crate::run::squash_mount::file_identity(md);
-    // The cache a run's mount consults (`run/squash_mount.rs`): one check per node and file, not one each.
-    let cache = store.cache_dir("squash-verified");
-    let entry = cache.join(rec.squashfs_digest.hex());
-    if crate::sys::safe_fs::read_bounded(&entry, 256).is_ok_and(|k| k == key.as_bytes()) {
-        return Ok(());
-    }
-    let actual = digest_prefix(f, rec.squashfs_size).map_err(Verify::Io)?;
-    if actual != rec.squashfs_digest {
-        return Err(Verify::Digest(actual));
-    }
-    if crate::sys::safe_fs::create_dir_all_mode(&cache, 0o700).is_ok() {
-        let _ = crate::sys::safe_fs::write_replace(&entry, key.as_bytes(), 0o600);
-    }
-    Ok(())
 }
 
 fn sync_dir(dir: &Path) -> io::Result<()> {

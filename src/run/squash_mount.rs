@@ -3,8 +3,7 @@
 //!
 //! The kernel parses what it mounts, so it is given only files drun published itself: as real root, a file owned
 //! by root that no one else can write, whose squashfs data has a digest this store's `drun export`/`pull
-//! --squash` recorded, and whose digest is checked (once per file: the check is cached by device, inode, size and
-//! change times, which only root could alter). It is mounted from a loop device set up from the file descriptor
+//! --squash` recorded, and whose digest is checked (once per node and file: `image/squash/verified.rs`). It is mounted from a loop device set up from the file descriptor
 //! drun opened without following symlinks, read-only and limited to the squashfs data. That mount is shared by
 //! every run of the image on the node and unmounted after the last (`shared_mount.rs`). Every other file, and
 //! every file of an ordinary user (who cannot mount squashfs in a user namespace), is mounted with `squashfuse`, a
@@ -21,7 +20,8 @@ use std::time::{Duration, Instant};
 
 use nix::mount::{mount, MsFlags};
 
-use crate::image::squash::{digest_prefix, published_dir, SquashImage};
+use crate::image::squash::verified::CheckError;
+use crate::image::squash::{published_dir, SquashImage};
 use crate::image::store::Store;
 
 /// How the file was mounted.
@@ -136,33 +136,26 @@ fn trusted_for_the_kernel(image: &SquashImage, store: &Store, md: &std::fs::Meta
         && published_dir(store).join(image.meta.squashfs_digest.hex()).is_file()
 }
 
-/// Checks the squashfs data's digest, unless this very file (same device, inode, size and change times) was
-/// checked before.
+/// Checks the squashfs data's digest, unless this very file was checked on this node before
+/// (`image/squash/verified.rs`).
 fn verify_once(
     image: &SquashImage,
     store: &Store,
     file: &mut std::fs::File,
     md: &std::fs::Metadata,
 ) -> Result<(), SquashMountError> {
-    let key = file_identity(md);
-    let cache = store.cache_dir("squash-verified");
-    let entry = cache.join(image.meta.squashfs_digest.hex());
-    if crate::sys::safe_fs::read_bounded(&entry, 256).is_ok_and(|k| k == key.as_bytes()) {
-        return Ok(());
-    }
-    let digest = digest_prefix(file, image.meta.squashfs_size).map_err(|source| SquashMountError::Open {
-        path: image.file.clone(),
-        source,
-    })?;
-    if digest != image.meta.squashfs_digest {
-        return Err(SquashMountError::Digest {
-            path: image.file.clone(),
-        });
-    }
-    if crate::sys::safe_fs::create_dir_all_mode(&cache, 0o700).is_ok() {
-        let _ = crate::sys::safe_fs::write_replace(&entry, key.as_bytes(), 0o600);
-    }
-    Ok(())
+    let m = &image.meta;
+    crate::image::squash::verified::check_once(store, file, md, &m.squashfs_digest, m.squashfs_size).map_err(
+        |e| match e {
+            CheckError::Io(source) => SquashMountError::Open {
+                path: image.file.clone(),
+                source,
+            },
+            CheckError::Digest(_) => SquashMountError::Digest {
+                path: image.file.clone(),
+            },
+        },
+    )
 }
 
 // The kernel's loop-device interface (linux/loop.h), which neither nix nor libc wraps.
@@ -317,19 +310,4 @@ fn fuse_mount(image: &SquashImage, file: OwnedFd, dir: &Path) -> Result<Child, S
         }
         std::thread::sleep(Duration::from_millis(5));
     }
-}
-
-/// What says a file is the one checked before: device, inode, size and both change times, as one line (the key of
-/// a node's cache of verified image files).
-pub(crate) fn file_identity(md: &std::fs::Metadata) -> String {
-    format!(
-        "{} {} {} {}.{} {}.{}\n",
-        md.dev(),
-        md.ino(),
-        md.len(),
-        md.mtime(),
-        md.mtime_nsec(),
-        md.ctime(),
-        md.ctime_nsec()
-    )
 }

@@ -710,6 +710,31 @@ fn image_dir_at_scale(cluster: &Cluster, user: Option<&str>) {
 
     // The producer is SIGKILLed after converting, before publishing (the file renamed into place, no record):
     // its step fails, the next converts again and every task runs.
+    let recovered = |dir: &Path, after: &str| {
+        let before = blob_downloads(&proxy);
+        let out = srun(dir, &wide, &[]);
+        assert!(
+            out.status.success(),
+            "{who}: after a producer killed {after}: {}",
+            out.stderr
+        );
+        assert_eq!(out.stdout.matches("amd64").count(), 16, "{who}: {}", out.stderr);
+        assert_eq!(
+            out.stderr.matches("converted into the image directory").count(),
+            1,
+            "{who}: {}",
+            out.stderr
+        );
+        // The layers again, once (a killed producer leaves none; the config may be in the store already).
+        let now = blob_downloads(&proxy);
+        let again: Vec<usize> = now.iter().map(|(blob, n)| n - before.get(blob).unwrap_or(&0)).collect();
+        assert!(
+            again.iter().all(|&n| n <= 1) && again.contains(&1),
+            "{who}: each blob at most once more: {before:#?} {now:#?}"
+        );
+        let left = left_mounted(sub.work.parent().unwrap(), sub.uid);
+        assert!(left.is_empty(), "{who}: left mounted: {left:#?}");
+    };
     let dir = sub.work.join("images-killed");
     let killed = srun(&dir, &["-N1", "-n1"], &[("DRUN_FAILPOINT", "image-dir-before-publish")]);
     assert!(
@@ -717,17 +742,40 @@ fn image_dir_at_scale(cluster: &Cluster, user: Option<&str>) {
         "{who}: the producer was killed: {}",
         killed.stdout
     );
-    let out = srun(&dir, &wide, &[]);
-    assert!(out.status.success(), "{who}: after a killed producer: {}", out.stderr);
-    assert_eq!(out.stdout.matches("amd64").count(), 16, "{who}: {}", out.stderr);
-    assert_eq!(
-        out.stderr.matches("converted into the image directory").count(),
-        1,
-        "{who}: {}",
-        out.stderr
+    recovered(&dir, "before publishing");
+
+    // SIGKILLed mid-conversion (the stream half written into the image file): the next step converts again,
+    // and removes the partial file once it is old enough to be no live producer's (aged here).
+    let dir = sub.work.join("images-killed-mid");
+    let killed = srun(&dir, &["-N1", "-n1"], &[("DRUN_FAILPOINT", "squash-streaming")]);
+    assert!(
+        !killed.status.success(),
+        "{who}: the producer was killed: {}",
+        killed.stdout
     );
-    let left = left_mounted(sub.work.parent().unwrap(), sub.uid);
-    assert!(left.is_empty(), "{who}: left mounted: {left:#?}");
+    let partials = || -> Vec<PathBuf> {
+        std::fs::read_dir(&dir)
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().contains(".drun-tmp-"))
+            .map(|e| e.path())
+            .collect()
+    };
+    let partial = partials();
+    assert_eq!(
+        partial.len(),
+        1,
+        "{who}: the killed producer's partial file: {partial:?}"
+    );
+    let hour_ago = std::time::SystemTime::now() - Duration::from_secs(3600);
+    std::fs::File::options()
+        .write(true)
+        .open(&partial[0])
+        .unwrap()
+        .set_modified(hour_ago)
+        .unwrap();
+    recovered(&dir, "mid-conversion");
+    assert!(partials().is_empty(), "{who}: {:?}", partials());
 }
 
 #[test]

@@ -147,8 +147,14 @@ fn pull_squash_keeps_one_file_runs_it_and_unpacks_no_layer() {
     unpacked.drun(&["pull", "-q", &image]).ok();
     let view = unpacked.drun(&["run", "-q", &image, "sh", "-c", TREE]).ok().stdout;
     let sb = Sandbox::new();
-    let out = sb.drun(&["pull", "--squash", &image]).ok();
+    let out = sb.drun(&["--log-level", "drun=debug", "pull", "--squash", &image]).ok();
     assert!(out.stderr.contains("pulled as a squashfs image file"), "{}", out.stderr);
+    // Streamed: its hardlink into a lower layer (/opt/links/hard-lower) written ahead of its target.
+    assert!(
+        out.stderr.contains("pulled into a squashfs image file, streamed"),
+        "{}",
+        out.stderr
+    );
     let digest = out.stdout.trim().strip_prefix("sha256:").unwrap().to_string();
     assert!(sb.store().join(format!("squash/{digest}.sqsh")).is_file());
     assert!(sb.entries("layers/host").is_empty(), "{:?}", sb.entries("layers/host"));
@@ -354,20 +360,83 @@ fn a_workflow_runs_an_image_file_named_relative_to_the_workflow_file() {
 }
 
 #[test]
-fn squash_mem_bounds_mksquashfs_in_conversions() {
-    // Passed to mksquashfs as its `-mem` (a size it refuses shows that it got there), from the environment or the
-    // configuration file.
+fn squash_mem_bounds_the_converters_memory() {
+    // Given to tar2sqfs as its queue of data blocks (256 KiB each, input and output), from the environment or the
+    // configuration file; a size drun cannot read is an error before anything is fetched.
     let sb = Sandbox::new();
     let pull = |env: &[(&str, &str)]| {
-        let mut c = sb.cmd(&["pull", "--squash", &busybox()]);
+        let mut c = sb.cmd(&["--log-level", "drun=debug", "pull", "--squash", &busybox()]);
         for (k, v) in env {
             c.env(k, v);
         }
         run(c, std::time::Duration::from_secs(120))
     };
-    pull(&[("DRUN_SQUASH_MEM", "lots")]).fails_with(125, &["mksquashfs failed", "-mem missing or invalid mem size"]);
+    pull(&[("DRUN_SQUASH_MEM", "lots")]).fails_with(125, &["invalid squash_mem (or DRUN_SQUASH_MEM) \"lots\""]);
     sb.write_config("squash_mem = \"lots\"\n");
-    pull(&[]).fails_with(125, &["-mem missing or invalid mem size"]);
+    pull(&[]).fails_with(125, &["invalid squash_mem"]);
     let out = pull(&[("DRUN_SQUASH_MEM", "64M")]).ok();
     assert!(out.stderr.contains("pulled as a squashfs image file"), "{}", out.stderr);
+    assert!(out.stderr.contains(r#""--queue-backlog" "256""#), "{}", out.stderr);
+}
+
+#[test]
+fn a_layer_that_cannot_be_streamed_is_converted_through_an_unpacked_copy() {
+    // Layer 1 hardlinks /data/link to layer 0's /data/a, which layer 2 replaces: the link keeps the old content,
+    // which went by before the stream (top layer first) knew it was needed. drun converts through an unpacked copy
+    // instead, and the file holds what the layers give.
+    let sb = Sandbox::new();
+    let dir = sb.path().join("img");
+    std::fs::create_dir(&dir).unwrap();
+    let layer = |n: usize, entries: &[(&str, Option<&str>, &[u8])]| {
+        let p = dir.join(format!("layer-{n}.tar"));
+        let mut b = tar::Builder::new(std::fs::File::create(&p).unwrap());
+        for (path, link, data) in entries {
+            match link {
+                Some(target) => {
+                    let mut h = tar_header(tar::EntryType::Link, 0o644, 0);
+                    b.append_link(&mut h, path, target).unwrap();
+                }
+                None => {
+                    let mut h = tar_header(tar::EntryType::Regular, 0o755, data.len() as u64);
+                    b.append_data(&mut h, path, *data).unwrap();
+                }
+            }
+        }
+        b.finish().unwrap();
+        p
+    };
+    let busybox = std::fs::read("/bin/busybox").unwrap();
+    let tars = [
+        layer(0, &[("bin/busybox", None, &busybox), ("data/a", None, b"lower")]),
+        layer(1, &[("data/link", Some("data/a"), b"")]),
+        layer(2, &[("data/a", None, b"upper")]),
+    ];
+    let layout = dir.join("layout");
+    let spec = serde_json::json!({
+        "layout": layout, "tag": "latest", "created": "2024-01-01T00:00:00Z",
+        "images": [{"os": "linux", "architecture": "amd64", "config": {"Cmd": ["/bin/busybox", "true"]},
+                    "layers": tars.iter().map(|t| serde_json::json!({"tar": t, "compression": "gzip"}))
+                        .collect::<Vec<_>>()}]
+    });
+    let spec_file = dir.join("spec.json");
+    std::fs::write(&spec_file, spec.to_string()).unwrap();
+    mkimage_build(&spec_file);
+    let src = format!("oci:{}:latest", layout.display());
+    let mut c = sb.cmd(&["--log-level", "drun=debug", "pull", "--squash", &src]);
+    c.env("DRUN_SQUASH_MEM", "64M");
+    let out = run(c, std::time::Duration::from_secs(120)).ok();
+    assert!(
+        out.stderr.contains("converting through an unpacked copy")
+            && out
+                .stderr
+                .contains("a hardlink to a file this layer or an upper one replaces or hides"),
+        "{}",
+        out.stderr
+    );
+    let shown = sb
+        .drun(&["run", "-q", &src, "/bin/busybox", "cat", "/data/a", "/data/link"])
+        .ok();
+    assert_eq!(shown.stdout, "upperlower");
+    assert!(sb.entries("tmp").is_empty(), "{:?}", sb.entries("tmp"));
+    assert!(sb.entries("layers/host").is_empty(), "{:?}", sb.entries("layers/host"));
 }

@@ -8,10 +8,10 @@ use std::path::{Path, PathBuf};
 use bytes::Bytes;
 use tokio::sync::mpsc;
 
-use super::verify::{check_identity, unpack_verified, VerifiedLayer};
+use super::verify::{check_identity, check_measured, read_verified, unpack_verified, Measured, VerifiedLayer};
 use super::{LayerError, LayerFetch, PendingLayer};
 use crate::image::store::{remove_tree, Store};
-use crate::image::unpack::UnpackOptions;
+use crate::image::unpack::{MergeError, UnpackOptions};
 
 /// Downloaded chunks queued for a layer's unpacker at most (see [`fetch_layer`]).
 const DOWNLOAD_QUEUE: usize = 4;
@@ -55,6 +55,67 @@ async fn fetch_layer(
     cancel: &tokio::sync::watch::Receiver<bool>,
     bar: &indicatif::ProgressBar,
 ) -> Result<VerifiedLayer, LayerError> {
+    let t = tree.to_path_buf();
+    let v = fetch_blob(store, layer, cancel, bar, move |blob| {
+        let v = unpack_verified(blob, &t, opts)?;
+        Ok((measured(&v), v))
+    })
+    .await?;
+    Ok(v)
+}
+
+/// Reads a layer's tar stream through `use_tar` in one pass from wherever its blob is (the blob cache, the
+/// registry, a local file; see [`fetch_blob`]), and checks the layer's identity. Nothing is retried:
+/// `use_tar` may have used part of a stream that then failed.
+pub(super) async fn read_layer<T: Send + 'static>(
+    store: &Store,
+    layer: &PendingLayer,
+    cancel: &tokio::sync::watch::Receiver<bool>,
+    bar: &indicatif::ProgressBar,
+    use_tar: impl FnOnce(&mut dyn Read) -> Result<T, LayerError> + Send + 'static,
+) -> Result<T, LayerError> {
+    let cached = match (&layer.fetch, &layer.digest) {
+        (LayerFetch::Registry(_), Some(d)) => store.cached_blob(d, layer.size),
+        _ => None,
+    };
+    if let Some((path, file)) = cached {
+        tracing::debug!(blob = %path.display(), "layer blob found in the blob cache");
+        let (size, b) = (layer.size, bar.clone());
+        let (m, made) = tokio::task::spawn_blocking(move || {
+            read_verified(
+                ProgressReader {
+                    inner: file.take(size),
+                    bar: b,
+                },
+                use_tar,
+            )
+        })
+        .await
+        .map_err(LayerError::Task)??;
+        check_measured(layer, m)?;
+        return Ok(made);
+    }
+    fetch_blob(store, layer, cancel, bar, move |blob| read_verified(blob, use_tar)).await
+}
+
+/// The identity measured while unpacking.
+fn measured(v: &VerifiedLayer) -> Measured {
+    Measured {
+        digest: v.digest.clone(),
+        size: v.size,
+        diff_id: v.diff_id.clone(),
+    }
+}
+
+/// Downloads (or reads) a layer blob through `consume` (which measures it) in one pass, and checks its identity;
+/// a registry download is also copied into the blob cache, published there once verified.
+async fn fetch_blob<T: Send + 'static>(
+    store: &Store,
+    layer: &PendingLayer,
+    cancel: &tokio::sync::watch::Receiver<bool>,
+    bar: &indicatif::ProgressBar,
+    consume: impl FnOnce(&mut dyn Read) -> Result<(Measured, T), LayerError> + Send + 'static,
+) -> Result<T, LayerError> {
     match layer.fetch.clone() {
         LayerFetch::Registry(registry) => {
             let digest = layer.digest.clone().expect("registry layers have a digest");
@@ -64,18 +125,13 @@ async fn fetch_layer(
             // up to 6 layers held 100 MiB of RSS on the 3.4 GB scale image (hack/bench-scale). 4 keep the unpacker
             // fed (a chunk arrives in microseconds) within 1.6 MiB per layer.
             let (tx, rx) = mpsc::channel::<Bytes>(DOWNLOAD_QUEUE);
-            let t = tree.to_path_buf();
             let file = tee.as_ref().and_then(|(f, _)| f.try_clone().ok());
             let unpack = tokio::task::spawn_blocking(move || {
-                unpack_verified(
-                    ChannelReader {
-                        rx,
-                        cur: Bytes::new(),
-                        tee: file,
-                    },
-                    &t,
-                    opts,
-                )
+                consume(&mut ChannelReader {
+                    rx,
+                    cur: Bytes::new(),
+                    tee: file,
+                })
             });
             let b = bar.clone();
             let download = registry.stream_blob(&digest, layer.size, tx, move |n| b.inc(n));
@@ -89,12 +145,14 @@ async fn fetch_layer(
             };
             let (dl, up) = tokio::join!(download, unpack);
             let up = up.map_err(LayerError::Task)?;
-            // A download error explains a truncated stream better than the unpacker's complaint about it.
-            let res = match dl {
-                Err(e) => Err(e),
-                Ok(()) => up,
+            // A download error explains a truncated stream better than the unpacker's complaint about it, unless
+            // the consumer stopped reading for a reason of its own (the download then fails for want of a reader).
+            let res = match (dl, up) {
+                (_, Err(e @ LayerError::Merge(MergeError::NotStreamable { .. } | MergeError::Write(_)))) => Err(e),
+                (Err(e), _) => Err(e),
+                (Ok(()), up) => up,
             }
-            .and_then(|v| check_identity(layer, v));
+            .and_then(|(m, made)| check_measured(layer, m).map(|()| made));
             if let Some((file, tmp)) = tee {
                 match &res {
                     Ok(_) => store.publish_cached_blob(&file, &tmp, &digest, layer.size),
@@ -106,35 +164,27 @@ async fn fetch_layer(
             res
         }
         LayerFetch::File { path, offset } => {
-            unpack_file(path, offset, layer.size, tree.to_path_buf(), opts, bar.clone())
-                .await
-                .and_then(|v| check_identity(layer, v))
+            let (size, b) = (layer.size, bar.clone());
+            let (m, made) = tokio::task::spawn_blocking(move || {
+                let file_err = |source| LayerError::File {
+                    path: path.clone(),
+                    source,
+                };
+                // Opened only if it is a regular file, without blocking (a FIFO planted in an image directory
+                // would hang the pull).
+                let mut f = crate::sys::safe_fs::open_regular(&path, true).map_err(file_err)?;
+                f.seek(io::SeekFrom::Start(offset)).map_err(file_err)?;
+                consume(&mut ProgressReader {
+                    inner: f.take(size),
+                    bar: b,
+                })
+            })
+            .await
+            .map_err(LayerError::Task)??;
+            check_measured(layer, m)?;
+            Ok(made)
         }
     }
-}
-
-/// Unpacks `size` bytes of a local file from `offset` into `tree`. The file is opened only if it is a regular
-/// file, without blocking (a FIFO planted in an image directory would hang the pull).
-async fn unpack_file(
-    path: PathBuf,
-    offset: u64,
-    size: u64,
-    tree: PathBuf,
-    opts: UnpackOptions,
-    bar: indicatif::ProgressBar,
-) -> Result<VerifiedLayer, LayerError> {
-    let f = tokio::task::spawn_blocking(move || {
-        let file_err = |source| LayerError::File {
-            path: path.clone(),
-            source,
-        };
-        let mut f = crate::sys::safe_fs::open_regular(&path, true).map_err(file_err)?;
-        f.seek(io::SeekFrom::Start(offset)).map_err(file_err)?;
-        Ok::<_, LayerError>(f)
-    })
-    .await
-    .map_err(LayerError::Task)??;
-    unpack_open(f, size, tree, opts, bar).await
 }
 
 /// Unpacks the next `size` bytes of an open file into `tree`.

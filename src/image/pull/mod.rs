@@ -13,12 +13,14 @@ mod layers;
 mod produce_layer;
 mod record;
 mod resolve;
+mod to_squash;
 mod verify;
 
 use std::io;
 use std::time::{Duration, Instant};
 
 pub use resolve::{LayerFetch, PendingLayer, Resolved};
+pub use to_squash::{pull_to_squash, Streamed};
 
 pub(crate) use resolve::pending_layers;
 
@@ -57,6 +59,11 @@ pub enum PullError {
         digest: Digest,
         source: Box<LayerError>,
     },
+    #[error("cannot pull {name:?} into a squashfs image file")]
+    Squash {
+        name: String,
+        source: crate::image::squash::export::ExportError,
+    },
     #[error("cannot pull {name:?}: cannot start the async runtime")]
     Runtime { name: String, source: io::Error },
     #[error("cannot pull {name:?}: a layer task stopped")]
@@ -79,6 +86,8 @@ pub enum LayerError {
     Size { expected: u64, actual: u64 },
     #[error(transparent)]
     Unpack(#[from] UnpackError),
+    #[error(transparent)]
+    Merge(#[from] crate::image::unpack::MergeError),
     #[error("cannot decompress the layer")]
     Decompress(#[source] io::Error),
     #[error(transparent)]
@@ -129,31 +138,9 @@ pub fn pull(store: &Store, cfg: &Config, source: &ImageSource, opts: &PullOption
         source,
     })?;
     let progress = Progress::new(opts.quiet);
-    // The runtime lives only for this call: later stages (libcontainer) must not run beside its threads.
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .max_blocking_threads(8)
-        .enable_all()
-        .build()
-        .map_err(|source| PullError::Runtime {
-            name: name.clone(),
-            source,
-        })?;
-    let local_err = |source| PullError::Local {
-        name: name.clone(),
-        source: Box::new(source),
-    };
+    let rt = runtime(&name)?;
     let report = rt.block_on(async {
-        let resolved = match source {
-            ImageSource::Registry(r) => resolve::resolve_registry(cfg, store, r, &platform, &name).await?,
-            ImageSource::OciLayout { dir, tag } => {
-                local::resolve_oci_layout(dir, tag.as_deref(), &platform, &name).map_err(local_err)?
-            }
-            ImageSource::OciArchive { file, tag } => {
-                local::resolve_oci_archive(file, tag.as_deref(), &platform, &name).map_err(local_err)?
-            }
-            ImageSource::DockerArchive { file } => local::resolve_docker_archive(file, &name).map_err(local_err)?,
-        };
+        let resolved = resolve_source(cfg, store, source, &platform, &name).await?;
         let Resolved {
             names,
             index,
@@ -176,4 +163,42 @@ pub fn pull(store: &Store, cfg: &Config, source: &ImageSource, opts: &PullOption
     let mut report = report?;
     report.elapsed = started.elapsed();
     Ok(report)
+}
+
+/// The runtime for one pull: it lives only for the call, as later stages (libcontainer) must not run beside its
+/// threads.
+fn runtime(name: &str) -> Result<tokio::runtime::Runtime, PullError> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .max_blocking_threads(8)
+        .enable_all()
+        .build()
+        .map_err(|source| PullError::Runtime {
+            name: name.to_string(),
+            source,
+        })
+}
+
+/// `source` resolved to one image for `platform`.
+async fn resolve_source(
+    cfg: &Config,
+    store: &Store,
+    source: &ImageSource,
+    platform: &Platform,
+    name: &str,
+) -> Result<Resolved, PullError> {
+    let local_err = |source| PullError::Local {
+        name: name.to_string(),
+        source: Box::new(source),
+    };
+    Ok(match source {
+        ImageSource::Registry(r) => resolve::resolve_registry(cfg, store, r, platform, name).await?,
+        ImageSource::OciLayout { dir, tag } => {
+            local::resolve_oci_layout(dir, tag.as_deref(), platform, name).map_err(local_err)?
+        }
+        ImageSource::OciArchive { file, tag } => {
+            local::resolve_oci_archive(file, tag.as_deref(), platform, name).map_err(local_err)?
+        }
+        ImageSource::DockerArchive { file } => local::resolve_docker_archive(file, name).map_err(local_err)?,
+    })
 }

@@ -25,6 +25,30 @@ pub(super) struct VerifiedLayer {
 
 /// The single pass: hash the blob, detect and undo its compression, hash the tar, unpack it into `dest`.
 pub(super) fn unpack_verified<R: Read>(src: R, dest: &Path, opts: UnpackOptions) -> Result<VerifiedLayer, LayerError> {
+    let (m, unpacked) = read_verified(src, |tar| Ok(unpack_layer(tar, dest, opts)?))?;
+    Ok(VerifiedLayer {
+        digest: m.digest,
+        size: m.size,
+        diff_id: m.diff_id,
+        stats: unpacked.stats,
+        lower_links: unpacked.lower_links,
+        markers: unpacked.markers,
+    })
+}
+
+/// A layer's identities, measured as it was read.
+pub(super) struct Measured {
+    pub digest: Digest,
+    pub size: u64,
+    pub diff_id: Digest,
+}
+
+/// Hashes the blob, detects and undoes its compression, hashes the tar stream while `use_tar` reads it, and drains
+/// what it left. The caller checks the identities ([`check_measured`]) before trusting what `use_tar` made.
+pub(super) fn read_verified<R: Read, T>(
+    src: R,
+    use_tar: impl FnOnce(&mut dyn Read) -> Result<T, LayerError>,
+) -> Result<(Measured, T), LayerError> {
     let mut blob = BufReader::with_capacity(1 << 20, HashingReader::new(src));
     let head = blob.fill_buf().map_err(LayerError::Decompress)?.to_vec();
     let decoder: Box<dyn Read + '_> = if head.starts_with(&[0x1f, 0x8b]) {
@@ -35,22 +59,28 @@ pub(super) fn unpack_verified<R: Read>(src: R, dest: &Path, opts: UnpackOptions)
         Box::new(&mut blob)
     };
     let mut tar = HashingReader::new(decoder);
-    let unpacked = unpack_layer(&mut tar, dest, opts)?;
+    let made = use_tar(&mut tar)?;
     let (diff_id, _) = tar.finish().map_err(LayerError::Decompress)?;
     io::copy(&mut blob, &mut io::sink()).map_err(LayerError::Decompress)?;
     let (digest, size) = blob.into_inner().finish().map_err(LayerError::Decompress)?;
-    Ok(VerifiedLayer {
-        digest,
-        size,
-        diff_id,
-        stats: unpacked.stats,
-        lower_links: unpacked.lower_links,
-        markers: unpacked.markers,
-    })
+    Ok((Measured { digest, size, diff_id }, made))
 }
 
 /// Checks an unpacked layer's measured identity against what the manifest and config promised.
 pub(super) fn check_identity(layer: &PendingLayer, v: VerifiedLayer) -> Result<VerifiedLayer, LayerError> {
+    check_measured(
+        layer,
+        Measured {
+            digest: v.digest.clone(),
+            size: v.size,
+            diff_id: v.diff_id.clone(),
+        },
+    )?;
+    Ok(v)
+}
+
+/// Checks a layer's measured identity against what the manifest and config promised.
+pub(super) fn check_measured(layer: &PendingLayer, v: Measured) -> Result<(), LayerError> {
     if let Some(want) = &layer.digest {
         if *want != v.digest {
             return Err(LayerError::Digest {
@@ -71,5 +101,5 @@ pub(super) fn check_identity(layer: &PendingLayer, v: VerifiedLayer) -> Result<V
             actual: v.diff_id,
         });
     }
-    Ok(v)
+    Ok(())
 }

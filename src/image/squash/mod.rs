@@ -13,6 +13,7 @@
 //! Where things are: `export.rs` (building the file from the store), this file (the trailer's format).
 
 pub mod export;
+pub mod verified;
 
 use std::io::{self, Read, Seek, SeekFrom};
 use std::os::unix::fs::MetadataExt;

@@ -33,7 +33,7 @@ use crate::sys::at::{
 };
 
 /// Per-path overhead counted against [`MAX_TRACKED`] (allocation and index entries).
-const TRACKED_OVERHEAD: usize = 96;
+pub(super) const TRACKED_OVERHEAD: usize = 96;
 /// Jobs given to the writer pool between two barriers at most: bounds the set of their paths.
 const PENDING_MAX: usize = 4096;
 

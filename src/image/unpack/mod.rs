@@ -15,11 +15,13 @@
 //! The files: `layer.rs` walks the tarball and creates each entry; `names.rs` checks entry names;
 //! `header_budget.rs` bounds the headers' memory; `tar_fields.rs` reads numbers and PAX records from headers;
 //! `whiteouts.rs` turns whiteouts into overlay whiteouts or markers; `hardlinks.rs` links within a layer and into
-//! lower layers; `writer_pool.rs` writes small files and symlinks on a few threads.
+//! lower layers; `writer_pool.rs` writes small files and symlinks on a few threads. `merge.rs` merges an image's
+//! layers into one tar stream instead (for a squashfs image file), with the same checks.
 
 mod hardlinks;
 mod header_budget;
 mod layer;
+mod merge;
 mod names;
 #[cfg(test)]
 mod props;
@@ -29,6 +31,7 @@ mod writer_pool;
 
 pub use hardlinks::link_from_lower;
 pub use layer::unpack_layer;
+pub use merge::{LayerMerge, MergeError, MergeStats};
 pub use tar_fields::HeaderFieldError;
 pub use whiteouts::{Markers, MARKERS_FILE, MARKERS_FILE_MAX, OVERLAY_OPAQUE_XATTR, OVERLAY_USER_OPAQUE_XATTR};
 
