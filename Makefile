@@ -93,11 +93,12 @@ test-chaos: build images users
 	$(CARGO) test --release --locked --test integration -- --ignored chaos:: --test-threads=1 --nocapture
 	PROPTEST_CASES=$(PROPTEST_CASES) $(CARGO) test --release --locked --lib props
 
-# The large scale images through drun: pulled into the store and as squashfs files, run from both, the 64-layer
-# one through overlay (tests/integration/scale.rs; ignored by `make test`, which runs the small ones).
+# The large scale images through drun: pulled into the store and as squashfs files (as root and as a user), run from
+# both, the 64-layer one through overlay (tests/integration/scale.rs), and a cold two-node Slurm step from an image
+# directory (slurm.rs; needs hack/slurm.sh's cluster). Ignored by `make test`, which runs the small ones.
 test-scale: build images scale-images test-deps
 	time $(CARGO) test --release --locked --test integration -- --ignored --nocapture --test-threads=1 \
-	    scale::large_scale_images
+	    large_scale_image
 
 test-soak: build images users
 	$(CARGO) test --release --locked --test integration -- --ignored soak:: --test-threads=1 --nocapture

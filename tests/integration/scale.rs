@@ -20,14 +20,14 @@ const CHECK: &str = "cd / && find usr opt -type f | wc -l && \
 /// What the many-layer image adds: the top layer's /top and the /layers files its whiteouts leave.
 const LAYERS: &str = "cat /top; echo; ls /layers | wc -l";
 
-struct Expected {
-    big_file: String,
-    view: String,
+pub(crate) struct Expected {
+    pub(crate) big_file: String,
+    pub(crate) view: String,
 }
 
 /// What [`CHECK`] prints for `image` (scale-cuda or scale-layers) of `size`, from what tests/fixtures/mkscale.py
 /// recorded while writing the layers (not from anything drun made).
-fn expected(size: &str, image: &str) -> Expected {
+pub(crate) fn expected(size: &str, image: &str) -> Expected {
     let path = cache().join(format!("scale/{size}/expect.json"));
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| {
         panic!(
@@ -54,12 +54,34 @@ fn expected(size: &str, image: &str) -> Expected {
 
 /// Runs [`CHECK`] (and [`LAYERS`] for the many-layer image) in `image`, with drun's debug log on stderr.
 fn check(sb: &Sandbox, image: &str, want: &Expected, limit: Duration) -> Output {
+    check_with(|a| sb.cmd(a), image, want, limit)
+}
+
+/// [`check`] with the drun command `drun(args)` makes (an ordinary user's, a Slurm step's).
+pub(crate) fn check_with(
+    drun: impl Fn(&[&str]) -> std::process::Command,
+    image: &str,
+    want: &Expected,
+    limit: Duration,
+) -> Output {
+    let mut c = drun(&check_args(image, want).iter().map(String::as_str).collect::<Vec<_>>());
+    c.env_remove("DRUN_SQUASH");
+    let out = run(c, limit).ok();
+    assert_eq!(
+        out.stdout, want.view,
+        "{image}: the container's view differs from the image's"
+    );
+    out
+}
+
+/// drun's arguments for [`CHECK`] in `image`.
+pub(crate) fn check_args(image: &str, want: &Expected) -> Vec<String> {
     let script = if image.contains("scale-layers") {
         format!("{CHECK}; {LAYERS}")
     } else {
         CHECK.to_string()
     };
-    let mut c = sb.cmd(&[
+    [
         "--log-level",
         "drun=debug",
         "run",
@@ -70,14 +92,9 @@ fn check(sb: &Sandbox, image: &str, want: &Expected, limit: Duration) -> Output 
         "sh",
         "-c",
         &script,
-    ]);
-    c.env_remove("DRUN_SQUASH");
-    let out = run(c, limit).ok();
-    assert_eq!(
-        out.stdout, want.view,
-        "{image}: the container's view differs from the image's"
-    );
-    out
+    ]
+    .map(str::to_string)
+    .to_vec()
 }
 
 fn timed<T>(what: &str, f: impl FnOnce() -> T) -> T {
@@ -163,6 +180,36 @@ fn scale_images(size: &str) {
     );
     assert!(leftovers(&squash).is_empty(), "{:?}", leftovers(&squash));
     assert!(leftovers(&store).is_empty(), "{:?}", leftovers(&store));
+
+    // An ordinary user: the file streamed into an image directory of theirs and run through squashfuse (the kernel
+    // mounts no file of theirs), as the container's root.
+    let ub = crate::rootless::UserBox::new("drun-sub");
+    let dir = ub.work().join("images").display().to_string();
+    timed(
+        &format!("{size}: rootless pull --squash into an image directory"),
+        || run(ub.cmd(&["--image-dir", &dir, "pull", "-q", "--squash", &cuda]), limit).ok(),
+    );
+    let out = timed(&format!("{size}: rootless run from the squashfs file"), || {
+        check_with(
+            |a| {
+                let mut args = vec!["--image-dir", dir.as_str()];
+                args.extend(a);
+                ub.cmd(&args)
+            },
+            &cuda,
+            &want_cuda,
+            limit,
+        )
+    });
+    assert!(out.stderr.contains("mounted with squashfuse"), "{}", out.stderr);
+    let unpacked: Vec<_> = std::fs::read_dir(ub.store().join("layers"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .flat_map(|idmap| std::fs::read_dir(idmap.path()).into_iter().flatten().flatten())
+        .map(|l| l.path())
+        .collect();
+    assert!(unpacked.is_empty(), "nothing unpacked: {unpacked:?}");
 }
 
 #[test]

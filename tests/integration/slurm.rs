@@ -785,3 +785,55 @@ fn sixteen_tasks_on_two_nodes_convert_a_cold_image_once_as_root_and_as_a_user() 
     image_dir_at_scale(&cluster, None);
     image_dir_at_scale(&cluster, Some("drun-sub"));
 }
+
+#[test]
+#[ignore = "3.4 GB image: make test-scale (tests/fixtures/scale-images.sh large)"]
+fn large_scale_image_runs_from_an_image_dir_under_slurm_as_root_and_as_a_user() {
+    // The 3.4 GB "CUDA/PyTorch-like" image, cold, from an image directory: one conversion (streamed), then every
+    // task of a two-node step sees the image's tree (the kernel's shared mount as root, squashfuse as a user).
+    assert!(common::is_root(), "the Slurm daemons run as root");
+    let cluster = Cluster::up();
+    let image = common::test_image("scale-cuda:large");
+    let want = crate::scale::expected("large", "scale-cuda");
+    for user in [None, Some("drun-sub")] {
+        let who = user.unwrap_or("root");
+        let sub = Submitter::new(user);
+        let dir = sub.work.join("images").display().to_string();
+        let check = crate::scale::check_args(&image, &want);
+        let mut args = vec!["-N2", "-n4", "--overcommit", "-l", drun(), "--image-dir", &dir];
+        args.extend(check.iter().map(String::as_str));
+        let mut c = sub.cmd(&cluster, "srun", &args);
+        c.env("DRUN_SQUASH_MEM", "128M");
+        let started = Instant::now();
+        let out = common::run(c, Duration::from_secs(1800));
+        eprintln!(
+            "scale: {who}: srun -N2 -n4 of a cold image: {:.1} s",
+            started.elapsed().as_secs_f64()
+        );
+        assert!(out.status.success(), "{who}: {}", out.stderr);
+        for task in 0..4 {
+            let label = format!("{task}: ");
+            let seen: String = out
+                .stdout
+                .lines()
+                .filter_map(|l| l.trim_start().strip_prefix(&label))
+                .map(|l| format!("{l}\n"))
+                .collect();
+            assert_eq!(seen, want.view, "{who}: task {task}: {}", out.stdout);
+        }
+        assert_eq!(
+            out.stderr.matches("converted into the image directory").count(),
+            1,
+            "{who}: one conversion: {}",
+            out.stderr
+        );
+        let how = if user.is_none() {
+            "mounted by the kernel"
+        } else {
+            "mounted with squashfuse"
+        };
+        assert!(out.stderr.contains(how), "{who}: {}", out.stderr);
+        let left = left_mounted(sub.work.parent().unwrap(), sub.uid);
+        assert!(left.is_empty(), "{who}: left mounted: {left:#?}");
+    }
+}
