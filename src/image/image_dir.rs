@@ -142,12 +142,14 @@ impl ImageDir {
             CheckError::Digest(actual) => mismatch(format!("its squashfs data hashes to {actual}")),
         })?;
         // Only a publication no one but root could have made counts as root's own: the file, its record, the
-        // records' directory and the image directory root's and writable by no one else. (Any user who can write
+        // records' directory and the image directory root's and writable by no one else, on a file system whose
+        // owners the kernel keeps (not FUSE, whose daemon reports them). (Any user who can write
         // the directory could otherwise have root's kernel parse bytes of theirs; such files go to squashfuse.)
         let root_only = |m: &std::fs::Metadata| m.uid() == 0 && m.mode() & 0o022 == 0;
         let dir_images = self.dir.join("images");
         let around = [&record, &dir_images, &self.dir];
         if root_only(&md)
+            && !crate::sys::fs_type::is_fuse(&f)
             && around
                 .iter()
                 .all(|p| std::fs::symlink_metadata(p).is_ok_and(|m| root_only(&m)))

@@ -88,7 +88,7 @@ pub fn mount_image(
             "it is not the file whose metadata was read (its path changed meanwhile)",
         )));
     }
-    if trusted_for_the_kernel(image, store, &md) {
+    if trusted_for_the_kernel(image, store, &md) && !crate::sys::fs_type::is_fuse(&file) {
         let run_id = run_dir.file_name().unwrap_or_default().to_string_lossy();
         let mut file = Some(file);
         let dir = crate::run::shared_mount::acquire(

@@ -50,6 +50,16 @@ pub fn of(dir: &Path) -> nix::Result<(String, bool)> {
     Ok(fs_name(i64::from(s.filesystem_type().0)))
 }
 
+/// Whether the open file `f` is on a FUSE file system, whose daemon, not the kernel, says who owns a file and when
+/// it changed (a user's daemon mounted through setuid `fusermount` may claim root's ownership).
+pub fn is_fuse(f: &impl std::os::fd::AsFd) -> bool {
+    nix::sys::statfs::fstatfs(f).is_ok_and(|s| {
+        #[allow(clippy::useless_conversion, reason = "f_type is i64 on x86_64, i32 or u32 elsewhere")]
+        let magic = i64::from(s.filesystem_type().0);
+        magic == 0x6573_5546
+    })
+}
+
 /// The name of `dir`'s file system when it is one overlayfs cannot keep an upper directory on (known by its
 /// type; others may still refuse, which only mounting tells).
 pub fn refuses_overlay_upper(dir: &Path) -> Option<String> {

@@ -440,3 +440,32 @@ fn a_layer_that_cannot_be_streamed_is_converted_through_an_unpacked_copy() {
     assert!(sb.entries("tmp").is_empty(), "{:?}", sb.entries("tmp"));
     assert!(sb.entries("layers/host").is_empty(), "{:?}", sb.entries("layers/host"));
 }
+
+#[test]
+fn a_file_is_hashed_once_per_node_and_copies_do_not_displace_each_others_record() {
+    // The file `pull --squash` wrote is recorded as checked by the pull itself; a copy of it (same data, another
+    // inode) is checked once on its own; neither makes the other be hashed again.
+    let sb = Sandbox::new();
+    let image = busybox();
+    let out = sb.drun(&["pull", "-q", "--squash", &image]).ok();
+    let digest = out.stdout.trim().strip_prefix("sha256:").unwrap().to_string();
+    let file = sb.store().join(format!("squash/{digest}.sqsh"));
+    let copy = sb.path().join("copy.sqsh");
+    std::fs::copy(&file, &copy).unwrap();
+    let checked = |what: &str| {
+        let mut c = sb.cmd(&["--log-level", "drun=debug", "run", "-q", what, "true"]);
+        c.env_remove("DRUN_SQUASH");
+        let out = run(c, std::time::Duration::from_secs(120)).ok();
+        assert!(
+            out.stderr.contains("squashfs image mounted by the kernel"),
+            "{}",
+            out.stderr
+        );
+        out.stderr.contains("checking the digest of an image file")
+    };
+    assert!(!checked(&image), "the pull recorded the file it wrote");
+    assert!(checked(&copy.display().to_string()), "a copy is checked once");
+    assert!(!checked(&copy.display().to_string()));
+    assert!(!checked(&image), "the copy's record did not displace the original's");
+    assert!(leftovers(&sb).is_empty(), "{:?}", leftovers(&sb));
+}

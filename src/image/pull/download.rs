@@ -3,6 +3,7 @@
 //! byte range of a local file. Never publishes anything into the store.
 
 use std::io::{self, Read, Seek, Write};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
@@ -77,7 +78,13 @@ pub(super) async fn read_layer<T: Send + 'static>(
     let cached = match (&layer.fetch, &layer.digest) {
         (LayerFetch::Registry(_), Some(d)) => store.cached_blob(d, layer.size),
         _ => None,
-    };
+    }
+    // Read twice (checked, then streamed), so only a copy no one else can change in between: the caller's or root's,
+    // writable by its owner only. (The unpacker re-downloads a copy that fails the second read; a stream cannot.)
+    .filter(|(_, f)| {
+        f.metadata()
+            .is_ok_and(|m| (m.uid() == nix::unistd::geteuid().as_raw() || m.uid() == 0) && m.mode() & 0o022 == 0)
+    });
     if let Some((path, file)) = cached {
         tracing::debug!(blob = %path.display(), "layer blob found in the blob cache");
         let (size, b) = (layer.size, bar.clone());

@@ -29,7 +29,7 @@ pub enum Streamed {
     Written {
         /// The image's records, for the caller to save or not (`squash: true`, no layers).
         records: Vec<ImageRecord>,
-        file: Written,
+        file: Box<Written>,
         layers: usize,
         bytes_fetched: u64,
         elapsed: Duration,
@@ -188,7 +188,7 @@ async fn stream(
         .collect();
     Ok(Streamed::Written {
         records,
-        file,
+        file: Box::new(file),
         layers: layers.len(),
         bytes_fetched,
         elapsed: Duration::ZERO,

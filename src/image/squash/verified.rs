@@ -1,8 +1,10 @@
 //! A node's record of the image files whose squashfs data drun hashed and found to be what their trailer (or
 //! image-directory record) says: the full check runs once per node and file, not once per run or per store.
 //!
-//! A record is keyed by the squashfs digest and holds the file's identity (device, inode, size and both change
-//! times, which only a writer of the file could alter). As real root the records are the node's, in
+//! A record is named by the squashfs digest, the device and the inode, and holds the file's identity (device,
+//! inode, size and both change times, which only a writer of the file could alter): two files with the same data
+//! (a store's copy and an image directory's) each have theirs, and a user's file never displaces root's record
+//! nor makes root's check of another file wait. As real root the records are the node's, in
 //! `/run/drun/squash-verified` (root's, on the tmpfs that the device numbers in the keys are valid for: one boot),
 //! shared by every store and state directory on the node, as the kernel that mounts the files is one. Otherwise
 //! they are in the store's cache. While one process checks a digest, the others wait for its result on a lock
@@ -39,15 +41,18 @@ pub fn check_once(
 ) -> Result<(), CheckError> {
     let key = file_identity(md);
     let dir = records_dir(store);
-    let entry = dir.as_ref().map(|d| d.join(digest.hex()));
+    let entry = dir.as_ref().map(|d| d.join(record_name(digest, md)));
     let known = || entry.as_ref().is_some_and(|e| is_recorded(e, &key));
     if known() {
         return Ok(());
     }
-    let _one_at_a_time = dir.as_ref().and_then(|d| lock(d, digest));
+    let _one_at_a_time = dir
+        .as_ref()
+        .and_then(|d| lock(&d.join(format!("{}.lock", record_name(digest, md)))));
     if known() {
         return Ok(());
     }
+    tracing::debug!(digest = %digest, "checking the digest of an image file's squashfs data");
     let actual = digest_prefix(f, size).map_err(CheckError::Io)?;
     if actual != *digest {
         return Err(CheckError::Digest(actual));
@@ -62,7 +67,8 @@ pub fn check_once(
 /// published it) has squashfs data with `digest`.
 pub fn record_written(store: &Store, md: &std::fs::Metadata, digest: &Digest) {
     if let Some(dir) = records_dir(store) {
-        let _ = crate::sys::safe_fs::write_replace(&dir.join(digest.hex()), file_identity(md).as_bytes(), 0o600);
+        let _ =
+            crate::sys::safe_fs::write_replace(&dir.join(record_name(digest, md)), file_identity(md).as_bytes(), 0o600);
     }
 }
 
@@ -102,7 +108,12 @@ fn is_recorded(entry: &Path, key: &str) -> bool {
     crate::sys::safe_fs::read_bounded(entry, 256).is_ok_and(|k| k == key.as_bytes())
 }
 
-fn lock(dir: &Path, digest: &Digest) -> Option<Flock<File>> {
-    let f = crate::sys::safe_fs::open_or_create(&dir.join(format!("{}.lock", digest.hex())), 0o600).ok()?;
+/// A record's name: the digest, the device and the inode.
+fn record_name(digest: &Digest, md: &std::fs::Metadata) -> String {
+    format!("{}-{}-{}", digest.hex(), md.dev(), md.ino())
+}
+
+fn lock(path: &Path) -> Option<Flock<File>> {
+    let f = crate::sys::safe_fs::open_or_create(path, 0o600).ok()?;
     Flock::lock(f, FlockArg::LockExclusive).ok()
 }

@@ -14,8 +14,9 @@
 //! target (`tar2sqfs` links the two once the target comes), and the first lower layer to name the target must
 //! have a regular file there. What cannot be written in one pass is refused with [`MergeError::NotStreamable`],
 //! and the caller converts through an unpacked copy instead: a hardlink whose target's data went by unwritten (an
-//! upper layer replaced or deleted it) or that its own layer replaces, and a layer naming one non-directory
-//! twice.
+//! upper layer replaced or deleted it) or that its own layer replaces, a layer naming one path twice (but a
+//! directory first implied by a child) or putting something below its own non-directory, and a PAX header over
+//! 60 KiB (tar2sqfs's limit is 64).
 //!
 //! Entries are written afresh (a PAX header with the normalised path, link target and xattrs, then a GNU header),
 //! never copied: what the writer parses is what drun checked. Memory is bounded as the unpacker's is (headers,
@@ -275,6 +276,10 @@ impl<W: Write> LayerMerge<W> {
                     }
                     .into());
                 }
+                // The kernel refuses it (the unpacker fails there), and the writer would cut the target at it.
+                if target.contains(&0) {
+                    return Err(UnpackError::NulInName { path: shown() }.into());
+                }
                 Some(target)
             }
             _ => None,
@@ -369,8 +374,13 @@ impl<W: Write> LayerMerge<W> {
             if self.deleted.contains(a) || self.opaque.contains(a) {
                 return Ok(Verdict::Hidden { blocks: false });
             }
-            if self.seen.get(a).is_some_and(|s| !s.kind.is_dir()) {
-                return Ok(Verdict::Hidden { blocks: false });
+            match self.seen.get(a) {
+                // Below a symlink or file of its own layer: the unpacker refuses that layer; so does the fallback.
+                Some(s) if !s.kind.is_dir() && s.layer == self.layer => {
+                    return Err(not_streamable(shown(), "it is below a non-directory of its own layer"))
+                }
+                Some(s) if !s.kind.is_dir() => return Ok(Verdict::Hidden { blocks: false }),
+                _ => {}
             }
         }
         if self.deleted.contains(key) {
@@ -383,7 +393,7 @@ impl<W: Write> LayerMerge<W> {
             return match (s.kind, kind) {
                 // Named by a child first, then itself: its own metadata.
                 (Kind::ImplicitDir, Kind::Dir) => Ok(Verdict::Write),
-                (Kind::Dir, Kind::Dir) => Ok(Verdict::Merged),
+                // The last one's metadata counts, and the first is written already.
                 _ => Err(not_streamable(shown(), "the layer names it twice")),
             };
         }
@@ -427,7 +437,16 @@ impl<W: Write> LayerMerge<W> {
             }
         }
         for (k, v) in &extras.xattrs {
-            pax_record(&mut pax, &format!("SCHILY.xattr.{k}"), v);
+            // squashfs keeps user.*, trusted.* and security.* only (ACLs in system.* are lost as mksquashfs loses
+            // them); a key with a NUL the writer would cut.
+            let kept = ["user.", "trusted.", "security."].iter().any(|p| k.starts_with(p));
+            if kept && !k.contains('\0') {
+                pax_record(&mut pax, &format!("SCHILY.xattr.{k}"), v);
+            }
+        }
+        // tar2sqfs reads PAX headers of up to 64 KiB (a large xattr value); the unpacker takes up to 1 MiB.
+        if pax.len() > 60 << 10 {
+            return Err(not_streamable(shown(), "its PAX header is over 60 KiB"));
         }
         let mut x = tar::Header::new_ustar();
         x.set_entry_type(tar::EntryType::XHeader);
@@ -687,6 +706,102 @@ mod tests {
         assert!(matches!(m.add_layer(&l0[..]), Err(MergeError::NotStreamable { .. })));
         assert!(matches!(m.add_layer(&layer(&[])[..]), Err(MergeError::Incomplete)));
         assert!(matches!(m.finish(), Err(MergeError::Incomplete)));
+    }
+
+    /// A layer of one regular file `name`, with PAX records `pax` before it.
+    fn pax_layer(pax: &[(&str, &[u8])], kind: tar::EntryType, link: &str) -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        let mut data = Vec::new();
+        for (k, v) in pax {
+            pax_record(&mut data, k, v);
+        }
+        let mut x = tar::Header::new_ustar();
+        x.set_entry_type(tar::EntryType::XHeader);
+        x.set_size(data.len() as u64);
+        x.set_cksum();
+        b.append(&x, &data[..]).unwrap();
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(kind);
+        h.set_size(0);
+        h.set_mode(0o644);
+        if kind == tar::EntryType::Symlink {
+            h.set_link_name(link).unwrap();
+        }
+        h.set_path("placeholder").unwrap();
+        h.set_cksum();
+        b.append(&h, io::empty()).unwrap();
+        b.into_inner().unwrap()
+    }
+
+    #[test]
+    fn what_the_writer_would_read_otherwise_is_refused() {
+        // A NUL in a name: tar2sqfs would cut the name there (`etc/secret\0x` would become `etc/secret`, out of
+        // reach of the whiteout that deletes it); in a symlink's target likewise.
+        let l = pax_layer(&[("path", b"etc/secret\0x")], tar::EntryType::Regular, "");
+        assert!(matches!(
+            merge(&[l]),
+            Err(MergeError::Layer(UnpackError::NulInName { .. }))
+        ));
+        let l = pax_layer(
+            &[("path", b"s"), ("linkpath", b"/etc\0x")],
+            tar::EntryType::Symlink,
+            "x",
+        );
+        assert!(matches!(
+            merge(&[l]),
+            Err(MergeError::Layer(UnpackError::NulInName { .. }))
+        ));
+        // A name squashfs cannot hold.
+        let long = format!("d/{}", "n".repeat(300));
+        let l = pax_layer(&[("path", long.as_bytes())], tar::EntryType::Regular, "");
+        assert!(matches!(
+            merge(&[l]),
+            Err(MergeError::Layer(UnpackError::NameTooLong { .. }))
+        ));
+        // A PAX header over tar2sqfs's limit: through the unpacked copy instead.
+        let big = vec![b'v'; 70 << 10];
+        let l = pax_layer(
+            &[("path", b"f"), ("SCHILY.xattr.user.big", &big)],
+            tar::EntryType::Regular,
+            "",
+        );
+        assert!(matches!(merge(&[l]), Err(MergeError::NotStreamable { .. })));
+    }
+
+    #[test]
+    fn layers_the_unpacker_reads_differently_go_through_it() {
+        // A directory named twice: the last one's metadata counts, and the first is written.
+        let l0 = layer(&[("d/", 'd', ""), ("d/", 'd', "")]);
+        assert!(matches!(merge(&[l0]), Err(MergeError::NotStreamable { .. })));
+        // Something below a symlink of the same layer: the unpacker refuses the layer.
+        let l0 = layer(&[("x", 'l', "/etc"), ("x/g", 'f', "g")]);
+        assert!(matches!(merge(&[l0]), Err(MergeError::NotStreamable { .. })));
+    }
+
+    #[test]
+    fn acls_are_dropped_as_squashfs_cannot_hold_them() {
+        let l = pax_layer(
+            &[
+                ("path", b"f"),
+                ("SCHILY.xattr.system.posix_acl_access", b"\x02\0\0\0"),
+                ("SCHILY.xattr.user.k", b"v"),
+            ],
+            tar::EntryType::Regular,
+            "",
+        );
+        let mut m = LayerMerge::new(Vec::new());
+        m.add_layer(&l[..]).unwrap();
+        let out = m.finish().unwrap();
+        let mut a = tar::Archive::new(&out[..]);
+        let mut e = a.entries().unwrap().next().unwrap().unwrap();
+        let keys: Vec<String> = e
+            .pax_extensions()
+            .unwrap()
+            .unwrap()
+            .map(|x| x.unwrap().key().unwrap().to_string())
+            .collect();
+        assert!(keys.contains(&"SCHILY.xattr.user.k".to_string()), "{keys:?}");
+        assert!(!keys.iter().any(|k| k.contains("system.")), "{keys:?}");
     }
 
     #[test]

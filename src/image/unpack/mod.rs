@@ -122,6 +122,8 @@ pub enum UnpackError {
     TooManyPaths { limit: usize },
     #[error("invalid layer entry {path:?}: it contains a \"..\" component")]
     DotDot { path: String },
+    #[error("invalid layer entry {path:?}: its name contains a NUL byte")]
+    NulInName { path: String },
     #[error("invalid hardlink {path:?}: its target {target:?} contains a \"..\" component")]
     LinkDotDot { path: String, target: String },
     #[error("invalid whiteout {path:?}: expected .wh.NAME, NAME one file name")]
