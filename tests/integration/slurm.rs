@@ -527,6 +527,24 @@ fn scancel_ends_the_containers_of_a_step() {
         std::thread::sleep(Duration::from_millis(500));
     }
     assert_eq!(queued().trim(), "", "the job is gone");
+    // Slurm SIGKILLed the step's drun processes too, which left their runs' mounts: the next drun command in that
+    // state directory (here `ps`) cleans up after runs whose drun is gone.
+    let home = sub.home.display().to_string();
+    let mounted = || -> Vec<String> {
+        std::fs::read_to_string("/proc/self/mountinfo")
+            .unwrap()
+            .lines()
+            .filter(|l| l.contains(&home))
+            .map(str::to_string)
+            .collect()
+    };
+    let out = sub.run(&cluster, drun(), &["ps", "-a"]);
+    assert!(out.status.success(), "ps: {}", out.stderr);
+    assert!(
+        mounted().is_empty(),
+        "left mounted after the cancelled step: {:#?}",
+        mounted()
+    );
 }
 
 /// The rootless containers of a step on a node share one user namespace (MPI's shared memory needs it), where

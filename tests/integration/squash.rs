@@ -469,3 +469,33 @@ fn a_file_is_hashed_once_per_node_and_copies_do_not_displace_each_others_record(
     assert!(!checked(&image), "the copy's record did not displace the original's");
     assert!(leftovers(&sb).is_empty(), "{:?}", leftovers(&sb));
 }
+
+#[test]
+fn a_streamed_pull_reads_only_cached_blobs_no_one_else_can_change() {
+    // A streamed conversion reads a cached blob twice (checked, then streamed) and cannot retry half-way: it uses
+    // a copy in the shared blob cache only if the caller or root owns it and no one else can write it.
+    let sb = Sandbox::new();
+    let cache = sb.path().join("blob-cache");
+    let bc = format!("--blob-cache={}", cache.display());
+    sb.drun(&[&bc, "pull", "-q", &busybox()]).ok();
+    let blobs: Vec<_> = std::fs::read_dir(cache.join("sha256"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| !p.file_name().unwrap().to_string_lossy().starts_with('.'))
+        .collect();
+    assert!(!blobs.is_empty());
+    let pull_squash = || {
+        let other = Sandbox::new();
+        let out = other
+            .drun(&["--log-level", "drun=debug", &bc, "pull", "--squash", &busybox()])
+            .ok();
+        assert!(out.stderr.contains("streamed"), "{}", out.stderr);
+        out.stderr.contains("layer blob found in the blob cache")
+    };
+    assert!(pull_squash(), "root's own copy is used");
+    for b in &blobs {
+        std::os::unix::fs::chown(b, Some(65534), None).unwrap();
+    }
+    assert!(!pull_squash(), "another user's copy is not");
+}
