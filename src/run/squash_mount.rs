@@ -189,6 +189,23 @@ struct LoopConfig {
     reserved: [u64; 8],
 }
 
+/// Takes the I/O scheduler off the loop device `n` drun just configured. Its requests go to the backing file, whose
+/// own device schedules them; a scheduler on the loop device only adds latency, and BFQ (which some systems give
+/// every block device) idles up to 8 ms after each read waiting for more from the same process: a busybox start
+/// from its squashfs file took 34 ms with it and 19.5 ms without (hack/bench-scale's warm starts; 15.6 ms
+/// unpacked). A failure leaves the system's choice.
+fn no_io_scheduler(n: libc::c_int) {
+    let path = format!("/sys/block/loop{n}/queue/scheduler");
+    // Switching costs more than the idling (the queue is frozen meanwhile): only where it is not off already (a
+    // freed loop device keeps it).
+    if crate::sys::safe_fs::read_system(&path).is_ok_and(|s| s.contains("[none]")) {
+        return;
+    }
+    if let Err(e) = crate::sys::safe_fs::write_system(&path, "none") {
+        tracing::debug!(path, error = %e, "cannot take the loop device's I/O scheduler off");
+    }
+}
+
 /// A loop device over `file` (read-only, limited to the squashfs data, freed by the kernel at the last unmount),
 /// then the squashfs mount.
 fn kernel_mount(image: &SquashImage, file: OwnedFd, dir: &Path) -> Result<(), SquashMountError> {
@@ -242,6 +259,7 @@ fn kernel_mount(image: &SquashImage, file: OwnedFd, dir: &Path) -> Result<(), Sq
             }
             return Err(loop_err(e));
         }
+        no_io_scheduler(n);
         let mounted = mount(
             Some(&dev),
             dir,
