@@ -70,3 +70,34 @@ impl<R: Read> Read for HeaderBudget<R> {
         Ok(got)
     }
 }
+
+/// Calls `each` on every entry of the tar stream `src`, with the headers before each entry bounded by the budget.
+/// Each entry is drained (what `each` did not read skipped) before the next is asked for, so that everything the
+/// crate reads in `next()` is header.
+pub(super) fn for_each_entry<R: Read, E: From<super::UnpackError>>(
+    src: R,
+    mut each: impl FnMut(&mut tar::Entry<'_, HeaderBudget<R>>) -> Result<(), E>,
+) -> Result<(), E> {
+    use super::UnpackError;
+    let budget = Rc::new(BudgetState::default());
+    let mut archive = tar::Archive::new(HeaderBudget::new(src, budget.clone()));
+    let mut entries = archive.entries().map_err(UnpackError::Read)?;
+    loop {
+        budget.arm();
+        let next = entries.next();
+        budget.disarm();
+        let mut entry = match next {
+            None => return Ok(()),
+            Some(Ok(e)) => e,
+            Some(Err(_)) if budget.exceeded() => {
+                return Err(UnpackError::HeadersTooLarge {
+                    limit: MAX_ENTRY_HEADERS,
+                }
+                .into())
+            }
+            Some(Err(e)) => return Err(UnpackError::Read(e).into()),
+        };
+        each(&mut entry)?;
+        io::copy(&mut entry, &mut io::sink()).map_err(UnpackError::Read)?;
+    }
+}

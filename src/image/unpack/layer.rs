@@ -8,7 +8,6 @@ use std::io::{self, Read};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::Path;
-use std::rc::Rc;
 use std::sync::Arc;
 
 use nix::errno::Errno;
@@ -19,14 +18,12 @@ use nix::sys::stat::{
 use nix::sys::time::TimeSpec;
 use nix::unistd::{fchown, Gid, Uid};
 
-use super::header_budget::{BudgetState, HeaderBudget};
+use super::header_budget::for_each_entry;
 use super::names::components;
 use super::tar_fields::{device_numbers, header_fields, pax_extras};
 use super::whiteouts::{markers_forced, OPAQUE_MARKER, WHITEOUT_PREFIX};
 use super::writer_pool::{finish_file, WriteJob, WriteTask, WriterPool, POOL_FILE_MAX};
-use super::{
-    LowerLink, Markers, UnpackError, UnpackOptions, UnpackStats, Unpacked, MAX_ENTRY_HEADERS, MAX_NAME, MAX_TRACKED,
-};
+use super::{LowerLink, Markers, UnpackError, UnpackOptions, UnpackStats, Unpacked, MAX_NAME, MAX_TRACKED};
 use crate::sys::at::{
     chown_at, create_dirs_in_root, create_new_at, is_dir_at, open_dir, open_in_root, relative_path, remove_at,
     set_xattr,
@@ -126,32 +123,7 @@ pub fn unpack_layer<R: Read>(src: R, dest: &Path, opts: UnpackOptions) -> Result
         pool: WriterPool::new(),
         pending: HashSet::new(),
     };
-    let budget = Rc::new(BudgetState::default());
-    let mut archive = tar::Archive::new(HeaderBudget::new(src, budget.clone()));
-    let mut entries = archive.entries().map_err(UnpackError::Read)?;
-    // The entry being unpacked; drained (what it did not read skipped) before the next one is asked for, so that
-    // everything the crate reads in `next()` is header (see [`HeaderBudget`]).
-    let mut current: Option<tar::Entry<'_, HeaderBudget<R>>> = None;
-    loop {
-        if let Some(mut done) = current.take() {
-            io::copy(&mut done, &mut io::sink()).map_err(UnpackError::Read)?;
-        }
-        budget.arm();
-        let next = entries.next();
-        budget.disarm();
-        let entry = match next {
-            None => break,
-            Some(Ok(e)) => current.insert(e),
-            Some(Err(_)) if budget.exceeded() => {
-                return Err(UnpackError::HeadersTooLarge {
-                    limit: MAX_ENTRY_HEADERS,
-                })
-            }
-            Some(Err(e)) => return Err(UnpackError::Read(e)),
-        };
-        layer.entry(entry)?;
-    }
-    drop(current);
+    for_each_entry(src, |entry| layer.entry(entry))?;
     layer.finish()
 }
 

@@ -25,14 +25,13 @@
 use std::collections::{HashMap, HashSet};
 use std::io::{self, Read, Write};
 use std::os::unix::ffi::OsStrExt;
-use std::rc::Rc;
 
-use super::header_budget::{BudgetState, HeaderBudget};
+use super::header_budget::for_each_entry;
 use super::layer::TRACKED_OVERHEAD;
 use super::names::components;
 use super::tar_fields::{device_numbers, header_fields, pax_extras};
 use super::whiteouts::{OPAQUE_MARKER, WHITEOUT_PREFIX};
-use super::{UnpackError, MAX_ENTRY_HEADERS, MAX_NAME, MAX_TRACKED};
+use super::{UnpackError, MAX_NAME, MAX_TRACKED};
 
 #[derive(Debug, thiserror::Error)]
 pub enum MergeError {
@@ -136,33 +135,7 @@ impl<W: Write> LayerMerge<W> {
             return Err(MergeError::Incomplete);
         }
         self.broken = true;
-        let budget = Rc::new(BudgetState::default());
-        let mut archive = tar::Archive::new(HeaderBudget::new(src, budget.clone()));
-        let mut entries = archive.entries().map_err(UnpackError::Read)?;
-        let mut current: Option<tar::Entry<'_, HeaderBudget<R>>> = None;
-        loop {
-            // The previous entry drained first: everything the crate reads in `next()` is header (see the
-            // unpacker's walk, which does the same).
-            if let Some(mut done) = current.take() {
-                io::copy(&mut done, &mut io::sink()).map_err(UnpackError::Read)?;
-            }
-            budget.arm();
-            let next = entries.next();
-            budget.disarm();
-            let entry = match next {
-                None => break,
-                Some(Ok(e)) => current.insert(e),
-                Some(Err(_)) if budget.exceeded() => {
-                    return Err(UnpackError::HeadersTooLarge {
-                        limit: MAX_ENTRY_HEADERS,
-                    }
-                    .into())
-                }
-                Some(Err(e)) => return Err(UnpackError::Read(e).into()),
-            };
-            self.entry(entry)?;
-        }
-        drop(current);
+        for_each_entry(src, |entry| self.entry(entry))?;
         self.deleted.extend(self.layer_deleted.drain());
         self.opaque.extend(self.layer_opaque.drain());
         self.layer += 1;
