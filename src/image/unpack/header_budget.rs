@@ -73,7 +73,9 @@ impl<R: Read> Read for HeaderBudget<R> {
 
 /// Calls `each` on every entry of the tar stream `src`, with the headers before each entry bounded by the budget.
 /// Each entry is drained (what `each` did not read skipped) before the next is asked for, so that everything the
-/// crate reads in `next()` is header.
+/// crate reads in `next()` is header. PAX and GNU extension headers the crate did not attach to an entry (a global
+/// PAX header, or one in a header format the crate does not recognise) carry nothing to unpack: skipped, their
+/// data never read.
 pub(super) fn for_each_entry<R: Read, E: From<super::UnpackError>>(
     src: R,
     mut each: impl FnMut(&mut tar::Entry<'_, HeaderBudget<R>>) -> Result<(), E>,
@@ -97,7 +99,16 @@ pub(super) fn for_each_entry<R: Read, E: From<super::UnpackError>>(
             }
             Some(Err(e)) => return Err(UnpackError::Read(e).into()),
         };
-        each(&mut entry)?;
+        let extension = matches!(
+            entry.header().entry_type(),
+            tar::EntryType::XGlobalHeader
+                | tar::EntryType::XHeader
+                | tar::EntryType::GNULongName
+                | tar::EntryType::GNULongLink
+        );
+        if !extension {
+            each(&mut entry)?;
+        }
         io::copy(&mut entry, &mut io::sink()).map_err(UnpackError::Read)?;
     }
 }

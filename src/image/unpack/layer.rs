@@ -132,17 +132,6 @@ impl Extraction<'_> {
     fn entry<R: Read>(&mut self, entry: &mut tar::Entry<'_, R>) -> Result<(), UnpackError> {
         self.stats.entries += 1;
         let kind = entry.header().entry_type();
-        // PAX and GNU extension headers the crate did not attach to an entry (a global PAX header, or one in a
-        // header format the crate does not recognise) carry nothing to unpack; their data is skipped, never read.
-        if matches!(
-            kind,
-            tar::EntryType::XGlobalHeader
-                | tar::EntryType::XHeader
-                | tar::EntryType::GNULongName
-                | tar::EntryType::GNULongLink
-        ) {
-            return Ok(());
-        }
         let raw = entry.path_bytes().into_owned();
         let shown = String::from_utf8_lossy(&raw).into_owned();
         let comps = components(&raw)?;

@@ -169,15 +169,6 @@ impl<W: Write> LayerMerge<W> {
 
     fn entry<R: Read>(&mut self, entry: &mut tar::Entry<'_, R>) -> Result<(), MergeError> {
         let kind = entry.header().entry_type();
-        if matches!(
-            kind,
-            tar::EntryType::XGlobalHeader
-                | tar::EntryType::XHeader
-                | tar::EntryType::GNULongName
-                | tar::EntryType::GNULongLink
-        ) {
-            return Ok(());
-        }
         let raw = entry.path_bytes().into_owned();
         let shown = || String::from_utf8_lossy(&raw).into_owned();
         let comps = components(&raw)?;
