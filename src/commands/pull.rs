@@ -9,6 +9,7 @@ use crate::image::image_dir::ImageDir;
 use crate::image::pull::{pull, pull_to_squash, PullOptions, Streamed};
 use crate::image::registry::config::Config;
 use crate::image::source::ImageSource;
+use crate::image::squash::export::ExportError;
 use crate::image::store::{ImageRecord, Store};
 use crate::units::ByteSize;
 
@@ -80,7 +81,7 @@ fn pull_squash(
     let started = std::time::Instant::now();
     // Held all along: garbage collection (which removes squash files no record names) waits for the record.
     let _shared = store.lock_shared()?;
-    let (records, meta) = convert(store, cfg, source, &opts, &|m| Ok(store.squash_file(m)))?;
+    let (records, meta) = convert(store, cfg, source, &opts, &|m| store.squash_file(m))?;
     for rec in &records {
         store.save_image(&ImageRecord {
             layers: vec![],
@@ -132,7 +133,7 @@ pub(super) fn ensure_in_image_dir(
     let (_, meta) = convert(store, cfg, source, opts, &|m| {
         let file = images.file_for(m);
         images.remove_stale_partials(&file);
-        Ok(file)
+        file
     })?;
     let file = images.file_for(&meta.manifest_digest);
     crate::failpoint::hit("image-dir-before-publish");
@@ -158,7 +159,7 @@ fn convert(
     cfg: &Config,
     source: &ImageSource,
     opts: &PullOptions,
-    out: &dyn Fn(&crate::digest::Digest) -> Result<std::path::PathBuf>,
+    out: &dyn Fn(&crate::digest::Digest) -> std::path::PathBuf,
 ) -> Result<(Vec<ImageRecord>, crate::image::squash::Metadata)> {
     // A Slurm node's memory is the job's: bound the writer's buffers there. Without a setting, tar2sqfs holds ten
     // blocks per CPU and `export`'s mksquashfs 256M.
@@ -175,29 +176,16 @@ fn convert(
         })
         .transpose()?;
     // The directory of the file, made once the manifest is known; `out` only names it.
-    let target = |m: &crate::digest::Digest| -> Result<std::path::PathBuf> {
-        let file = out(m)?;
-        crate::sys::safe_fs::create_dir_all_mode(file.parent().expect("a parent"), 0o700)?;
+    let target = |m: &crate::digest::Digest| -> Result<std::path::PathBuf, ExportError> {
+        let file = out(m);
+        let dir = file.parent().expect("a parent");
+        crate::sys::safe_fs::create_dir_all_mode(dir, 0o700).map_err(|source| ExportError::Create {
+            path: dir.to_path_buf(),
+            source,
+        })?;
         Ok(file)
     };
-    let named = std::cell::RefCell::new(None);
-    let streamed = pull_to_squash(
-        store,
-        cfg,
-        source,
-        opts,
-        &|m| match target(m) {
-            Ok(f) => f,
-            Err(e) => {
-                *named.borrow_mut() = Some(e);
-                std::path::PathBuf::from("/nonexistent/drun-image-file")
-            }
-        },
-        queue_bytes,
-    );
-    if let Some(e) = named.into_inner() {
-        return Err(e);
-    }
+    let streamed = pull_to_squash(store, cfg, source, opts, &target, queue_bytes);
     match streamed? {
         Streamed::Written {
             records, file, layers, ..
@@ -222,7 +210,7 @@ fn convert_by_unpacking(
     cfg: &Config,
     source: &ImageSource,
     opts: &PullOptions,
-    out: &dyn Fn(&crate::digest::Digest) -> Result<std::path::PathBuf>,
+    out: &dyn Fn(&crate::digest::Digest) -> Result<std::path::PathBuf, ExportError>,
     mem: Option<&str>,
 ) -> Result<(Vec<ImageRecord>, crate::image::squash::Metadata)> {
     let work = crate::image::squash::export::work_dir(store)?;

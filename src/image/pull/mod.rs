@@ -141,22 +141,8 @@ pub fn pull(store: &Store, cfg: &Config, source: &ImageSource, opts: &PullOption
     let rt = runtime(&name)?;
     let report = rt.block_on(async {
         let resolved = resolve_source(cfg, store, source, &platform, &name).await?;
-        let Resolved {
-            names,
-            index,
-            manifest,
-            config,
-            platform,
-            layers,
-        } = resolved;
+        let (image, layers) = record::ImageDocuments::of(resolved);
         let present = layers::make_layers_present(store, layers, &progress, &name).await?;
-        let image = record::ImageDocuments {
-            names,
-            index,
-            manifest,
-            config,
-            platform,
-        };
         record::record_image(store, image, present, &name)
     });
     rt.shutdown_timeout(Duration::from_secs(1));

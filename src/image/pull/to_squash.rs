@@ -11,15 +11,16 @@
 
 use std::io::BufWriter;
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use super::download::read_layer;
+use super::record::ImageDocuments;
 use super::{resolve_source, runtime, LayerError, PullError, PullOptions, Resolved};
 use crate::digest::Digest;
 use crate::image::platform::Platform;
 use crate::image::registry::config::Config;
 use crate::image::source::ImageSource;
-use crate::image::squash::export::{ImageIds, StreamedImageFile, Written};
+use crate::image::squash::export::{ExportError, ImageIds, StreamedImageFile, Written};
 use crate::image::store::{ImageRecord, Store};
 use crate::image::unpack::{LayerMerge, MergeError};
 use crate::progress::Progress;
@@ -31,24 +32,22 @@ pub enum Streamed {
         records: Vec<ImageRecord>,
         file: Box<Written>,
         layers: usize,
-        bytes_fetched: u64,
-        elapsed: Duration,
     },
     /// A layer cannot be streamed (see `image/unpack/merge.rs`); nothing was written.
     NotStreamable(MergeError),
 }
 
-/// Pulls `source` into the image file `out(manifest digest)` (its directory must exist). `queue_bytes` bounds
-/// tar2sqfs's queue (see [`StreamedImageFile::start`]). The caller holds the store's lock shared.
+/// Pulls `source` into the image file `out(manifest digest)`, which names it (and may make its directory).
+/// `queue_bytes` bounds tar2sqfs's queue (see [`StreamedImageFile::start`]). The caller holds the store's lock
+/// shared.
 pub fn pull_to_squash(
     store: &Store,
     cfg: &Config,
     source: &ImageSource,
     opts: &PullOptions,
-    out: &dyn Fn(&Digest) -> PathBuf,
+    out: &dyn Fn(&Digest) -> Result<PathBuf, ExportError>,
     queue_bytes: Option<u64>,
 ) -> Result<Streamed, PullError> {
-    let started = Instant::now();
     let name = source.canonical_name();
     let platform = opts.platform.clone().unwrap_or_else(Platform::host);
     let progress = Progress::new(opts.quiet);
@@ -58,49 +57,40 @@ pub fn pull_to_squash(
         stream(store, resolved, out, queue_bytes, &progress, &name).await
     });
     rt.shutdown_timeout(Duration::from_secs(1));
-    Ok(match res? {
-        Streamed::Written {
-            records,
-            file,
-            layers,
-            bytes_fetched,
-            ..
-        } => Streamed::Written {
-            records,
-            file,
-            layers,
-            bytes_fetched,
-            elapsed: started.elapsed(),
-        },
-        not => not,
-    })
+    res
 }
 
 async fn stream(
     store: &Store,
     resolved: Resolved,
-    out: &dyn Fn(&Digest) -> PathBuf,
+    out: &dyn Fn(&Digest) -> Result<PathBuf, ExportError>,
     queue_bytes: Option<u64>,
     progress: &Progress,
     name: &str,
 ) -> Result<Streamed, PullError> {
-    let Resolved {
-        names,
-        index,
-        manifest,
-        config,
-        platform,
-        layers,
-    } = resolved;
+    let (image, layers) = ImageDocuments::of(resolved);
     let squash_err = |source| PullError::Squash {
         name: name.to_string(),
         source,
     };
-    let mut writer = StreamedImageFile::start(&out(&manifest.1), queue_bytes).map_err(squash_err)?;
-    let input = writer.take_input();
-    let mut merge = LayerMerge::new(BufWriter::with_capacity(1 << 20, input));
+    let path = out(&image.manifest.1).map_err(squash_err)?;
+    // Parsed by the resolver already (it read the layers' diff_ids there).
+    let config: serde_json::Value = serde_json::from_slice(&image.config.0).map_err(|e| {
+        squash_err(ExportError::Write {
+            path: path.clone(),
+            source: std::io::Error::other(format!("the image config is not JSON: {e}")),
+        })
+    })?;
+    let mut writer = StreamedImageFile::start(&path, queue_bytes).map_err(squash_err)?;
+    // The writer stopped reading: what it said is the reason.
+    let writer_failed = |writer: &mut StreamedImageFile, source: std::io::Error| {
+        squash_err(writer.failure().unwrap_or(ExportError::Write {
+            path: path.clone(),
+            source,
+        }))
+    };
+    let mut merge = LayerMerge::new(BufWriter::with_capacity(1 << 20, writer.take_input()));
     let (_cancel_tx, cancel) = tokio::sync::watch::channel(false);
-    let mut bytes_fetched = 0;
     for (i, layer) in layers.iter().enumerate().rev() {
         let bar = progress.bar(layer.diff_id.short(), layer.size);
         let read = read_layer(store, layer, &cancel, &bar, move |tar| {
@@ -112,15 +102,7 @@ async fn stream(
         merge = match read {
             Ok(m) => m,
             Err(LayerError::Merge(e @ MergeError::NotStreamable { .. })) => return Ok(Streamed::NotStreamable(e)),
-            // The writer stopped reading: what it said is the reason.
-            Err(LayerError::Merge(MergeError::Write(e))) => {
-                return Err(squash_err(writer.failure().unwrap_or(
-                    crate::image::squash::export::ExportError::Write {
-                        path: out(&manifest.1),
-                        source: e,
-                    },
-                )))
-            }
+            Err(LayerError::Merge(MergeError::Write(e))) => return Err(writer_failed(&mut writer, e)),
             Err(e) => {
                 return Err(PullError::Layer {
                     name: name.to_string(),
@@ -129,68 +111,36 @@ async fn stream(
                 })
             }
         };
-        bytes_fetched += layer.size;
         if i + 1 == layers.len() {
             // Mid-conversion: the writer has part of the image (the Slurm test kills a producer here).
             crate::failpoint::hit("squash-streaming");
             crate::failpoint::pause("squash-streaming");
         }
     }
-    let input = merge
+    // The end of the stream, and of the writer's input.
+    if let Err(e) = merge
         .finish()
-        .and_then(|w| w.into_inner().map_err(|e| MergeError::Write(e.into_error())));
-    if let Err(e) = input {
-        return Err(squash_err(writer.failure().unwrap_or(
-            crate::image::squash::export::ExportError::Write {
-                path: out(&manifest.1),
-                source: std::io::Error::other(e),
-            },
-        )));
+        .and_then(|w| w.into_inner().map_err(|e| MergeError::Write(e.into_error())))
+    {
+        return Err(writer_failed(&mut writer, std::io::Error::other(e)));
     }
-    drop(input);
-    let config_json: serde_json::Value = serde_json::from_slice(&config.0).map_err(|e| PullError::Squash {
-        name: name.to_string(),
-        source: crate::image::squash::export::ExportError::Write {
-            path: out(&manifest.1),
-            source: std::io::Error::other(format!("the image config is not JSON: {e}")),
-        },
-    })?;
     let file = writer
         .finish(ImageIds {
             name,
-            manifest_digest: &manifest.1,
-            config_digest: &config.1,
-            config: config_json,
+            manifest_digest: &image.manifest.1,
+            config_digest: &image.config.1,
+            config,
         })
         .map_err(squash_err)?;
-    let store_err = |source| PullError::Store {
-        name: name.to_string(),
-        source,
-    };
-    if let Some((data, digest)) = &index {
-        store.write_blob(digest, data).map_err(store_err)?;
-    }
-    store.write_blob(&manifest.1, &manifest.0).map_err(store_err)?;
-    store.write_blob(&config.1, &config.0).map_err(store_err)?;
-    let records = names
-        .into_iter()
-        .map(|n| ImageRecord {
-            squash: true,
-            name: n,
-            manifest_digest: manifest.1.clone(),
-            index_digest: index.as_ref().map(|i| i.1.clone()),
-            config_digest: config.1.clone(),
-            platform: platform.clone(),
-            layers: vec![],
-            size: file.meta.squashfs_size,
-            pulled_at: time::OffsetDateTime::now_utc(),
-        })
+    image.write(store, name)?;
+    let records = image
+        .names
+        .iter()
+        .map(|n| image.record(n.clone(), vec![], file.meta.squashfs_size, true))
         .collect();
     Ok(Streamed::Written {
         records,
         file: Box::new(file),
         layers: layers.len(),
-        bytes_fetched,
-        elapsed: Duration::ZERO,
     })
 }
