@@ -1169,15 +1169,17 @@ fn a_ctrl_c_while_services_start_or_the_workflow_runs_still_removes_them() {
     assert!(service_leftovers(&sb).is_empty(), "{:?}", service_leftovers(&sb));
 }
 
-/// A symlink planted in the artifacts directory (by someone else who can write the project) is not followed: the
-/// workflow fails before it runs, and nothing is written where the link points.
-#[test]
-fn a_symlink_planted_in_the_artifacts_directory_is_not_followed() {
+/// A project whose `link` (below it) is a symlink to a directory elsewhere, and a workflow that writes an artifact:
+/// its run fails before it runs, naming `shown`, and nothing is written where the link points. Returns the
+/// sandbox, the elsewhere directory and the workflow file.
+fn symlinked_artifacts_are_refused(dirs: &[&str], link: &str, shown: &str) -> (Sandbox, PathBuf, PathBuf) {
     let (sb, project) = ready();
     let elsewhere = sb.path().join("elsewhere");
     std::fs::create_dir_all(&elsewhere).unwrap();
-    std::fs::create_dir_all(project.join("artifacts")).unwrap();
-    std::os::unix::fs::symlink(&elsewhere, project.join("artifacts/job")).unwrap();
+    for d in dirs {
+        std::fs::create_dir_all(project.join(d)).unwrap();
+    }
+    std::os::unix::fs::symlink(&elsewhere, project.join(link)).unwrap();
     let wf = write(
         &project,
         "wf.yaml",
@@ -1186,34 +1188,26 @@ fn a_symlink_planted_in_the_artifacts_directory_is_not_followed() {
     sb.drun(&["run", wf.to_str().unwrap()]).fails_with(
         125,
         &[
-            "artifacts/job",
+            shown,
             "is a symbolic link, which is not followed in the artifacts directory",
         ],
     );
     assert_eq!(std::fs::read_dir(&elsewhere).unwrap().count(), 0);
+    (sb, elsewhere, wf)
+}
+
+/// A symlink planted in the artifacts directory (by someone else who can write the project) is not followed: the
+/// workflow fails before it runs, and nothing is written where the link points.
+#[test]
+fn a_symlink_planted_in_the_artifacts_directory_is_not_followed() {
+    symlinked_artifacts_are_refused(&["artifacts"], "artifacts/job", "artifacts/job");
 }
 
 /// Nor is `artifacts/` itself, beside the workflow file: whoever wrote the file could have linked it to /root, and
 /// root's logs and artifacts would land there. A directory the caller names with `--artifacts` is the caller's.
 #[test]
 fn a_symlinked_default_artifacts_directory_is_not_followed() {
-    let (sb, project) = ready();
-    let elsewhere = sb.path().join("elsewhere");
-    std::fs::create_dir_all(&elsewhere).unwrap();
-    std::os::unix::fs::symlink(&elsewhere, project.join("artifacts")).unwrap();
-    let wf = write(
-        &project,
-        "wf.yaml",
-        "workflows:\n  - name: job\n    image: {busybox}\n    commands: [mkdir -p out, echo x > out/f]\n    artifacts: [out]\n",
-    );
-    sb.drun(&["run", wf.to_str().unwrap()]).fails_with(
-        125,
-        &[
-            "artifacts",
-            "is a symbolic link, which is not followed in the artifacts directory",
-        ],
-    );
-    assert_eq!(std::fs::read_dir(&elsewhere).unwrap().count(), 0);
+    let (sb, elsewhere, wf) = symlinked_artifacts_are_refused(&[], "artifacts", "artifacts");
     let given = sb.path().join("given");
     std::os::unix::fs::symlink(&elsewhere, &given).unwrap();
     sb.drun(&["run", "--artifacts", given.to_str().unwrap(), wf.to_str().unwrap()])
