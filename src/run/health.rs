@@ -99,7 +99,7 @@ pub fn probe_reachable_from(plan: &crate::plan::RunPlan, quiet: bool) -> bool {
     let reachable = traces && plan.pid_mode() == crate::plan::Sharing::Host && crate::sys::userns::is_rootless();
     if reachable && !quiet {
         tracing::warn!(
-            "the health check is not run: this rootless container shares the host's pid namespace and may trace              processes (CAP_SYS_PTRACE), so it could reach drun's probe and through it your files"
+            "the health check is not run: this rootless container shares the host's pid namespace and may trace processes (CAP_SYS_PTRACE), so it could reach drun's probe and through it your files"
         );
     }
     reachable

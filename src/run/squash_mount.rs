@@ -3,9 +3,10 @@
 //!
 //! The kernel parses what it mounts, so it is given only files drun published itself: as real root, a file owned
 //! by root that no one else can write, whose squashfs data has a digest this store's `drun export`/`pull
-//! --squash` recorded, and whose digest is checked (once per node and file: `image/squash/verified.rs`). It is mounted from a loop device set up from the file descriptor
-//! drun opened without following symlinks, read-only and limited to the squashfs data. That mount is shared by
-//! every run of the image on the node and unmounted after the last (`shared_mount.rs`). Every other file, and
+//! --squash` recorded, and whose digest is checked (once per node and file: `image/squash/verified.rs`). It is
+//! mounted from a loop device set up from the file descriptor drun opened without following symlinks, read-only
+//! and limited to the squashfs data. That mount is shared by every run of the image on the node and unmounted after
+//! the last (`shared_mount.rs`). Every other file, and
 //! every file of an ordinary user (who cannot mount squashfs in a user namespace), is mounted with `squashfuse`, a
 //! process of drun's in its user namespace, reading the same descriptor, with `allow_other` so that the
 //! container's other users can read it: one per run, at `<run dir>/squash`, since the process lives and dies
